@@ -1,0 +1,74 @@
+//! Task losses. Softmax cross-entropy is the fused distillation loss with no teacher (alpha = 0),
+//! so one kernel serves both. Binary cross-entropy takes soft targets in [0, 1]; because it is
+//! linear in the target, `(1 - w) * BCE(x, y) + w * BCE(x, p_teacher)` is `BCE(x, (1 - w) y + w p)`,
+//! which is how Criteo codistillation uses it.
+
+use super::softmax_kl::{softmax_kl, DistillParams};
+use crate::tensor::{Device, Tensor};
+use crate::{bail, Result};
+
+/// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, and its gradient.
+pub fn softmax_xent(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor)> {
+    let (loss, grad) = softmax_kl(logits, &[], Some(targets), DistillParams { temperature: 1.0, alpha: 0.0 })?;
+    Ok((loss.total, grad))
+}
+
+/// CPU twin: mean of `max(x, 0) - x y + log(1 + exp(-|x|))`, gradient `(sigmoid(x) - y) / N`.
+pub fn bce_with_logits_cpu(x: &[f32], y: &[f32], grad: &mut [f32]) -> f64 {
+    let n = x.len().max(1) as f64;
+    let mut sum = 0f64;
+    for i in 0..x.len() {
+        let (xi, yi) = (x[i] as f64, y[i] as f64);
+        sum += xi.max(0.0) - xi * yi + (-xi.abs()).exp().ln_1p();
+        grad[i] = ((super::elementwise::sigmoid(x[i]) as f64 - yi) / n) as f32;
+    }
+    sum / n
+}
+
+/// Mean binary cross-entropy of logits against soft targets of the same shape, and its gradient.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor)> {
+    targets.expect_shape("bce targets", logits.shape())?;
+    match super::same_device(&[("logits", logits), ("targets", targets)])? {
+        Device::Cpu => {
+            let y = targets.f32s()?;
+            if let Some((i, bad)) = y.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
+                bail!(Invalid, "bce target {bad} at position {i} is not a probability in [0, 1]");
+            }
+            let mut grad = vec![0f32; y.len()];
+            let loss = bce_with_logits_cpu(logits.f32s()?, y, &mut grad);
+            Ok((loss, Tensor::from_f32(grad, logits.shape())?))
+        }
+        d => bail!(Device, "bce has no kernel for {d} in this build"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bce_matches_direct_formula_and_survives_extremes() {
+        let x = Tensor::from_f32(vec![0.3, -2.0, 80.0, -80.0], &[4]).unwrap();
+        let y = Tensor::from_f32(vec![1.0, 0.25, 1.0, 0.0], &[4]).unwrap();
+        let (loss, g) = bce_with_logits(&x, &y).unwrap();
+        let direct = |x: f64, y: f64| {
+            let p = 1.0 / (1.0 + (-x).exp());
+            -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+        };
+        let expect = (direct(0.3, 1.0) + direct(-2.0, 0.25)) / 4.0; // the extremes contribute ~0
+        assert!((loss - expect).abs() < 1e-7, "{loss} vs {expect}"); // inputs are f32-rounded
+        assert!(g.f32s().unwrap().iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn bce_rejects_targets_outside_unit_interval() {
+        let e = bce_with_logits(&Tensor::zeros(&[2]), &Tensor::from_f32(vec![0.5, 1.5], &[2]).unwrap());
+        assert!(e.unwrap_err().to_string().contains("1.5"));
+    }
+
+    #[test]
+    fn xent_of_uniform_logits_is_log_v() {
+        let (loss, _) = softmax_xent(&Tensor::zeros(&[3, 10]), &Tensor::from_i32(vec![0, 5, 9], &[3]).unwrap()).unwrap();
+        assert!((loss - 10f64.ln()).abs() < 1e-9);
+    }
+}

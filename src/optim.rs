@@ -1,0 +1,190 @@
+//! Optimizers over a `ParamStore`, with global-norm clipping folded into the update and learning-rate
+//! schedules. State tensors are keyed by parameter name, so they checkpoint beside the weights.
+
+use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
+use crate::ops::reduce::sum_squares;
+use crate::params::ParamStore;
+use crate::tensor::Tensor;
+use crate::{bail, Result};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    /// SGD with momentum (0 for plain SGD) and L2 weight decay.
+    Sgd { momentum: f32, weight_decay: f32 },
+    /// Adagrad with a starting accumulator value (0.1 as in TensorFlow keeps first steps bounded).
+    Adagrad { eps: f32, initial_accumulator: f32 },
+    /// Adam with decoupled weight decay (AdamW when weight_decay > 0).
+    Adam { beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
+}
+
+impl OptimizerKind {
+    pub fn sgd() -> Self {
+        OptimizerKind::Sgd { momentum: 0.0, weight_decay: 0.0 }
+    }
+    pub fn adagrad() -> Self {
+        OptimizerKind::Adagrad { eps: 1e-10, initial_accumulator: 0.1 }
+    }
+    pub fn adam() -> Self {
+        OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    /// Per parameter: momentum (SGD), accumulator (Adagrad), or first and second moments (Adam).
+    state: BTreeMap<String, Vec<Tensor>>,
+    step: u64,
+}
+
+/// The global L2 norm of all gradients (f64 accumulation).
+pub fn grad_norm(store: &ParamStore) -> Result<f64> {
+    let mut s = 0.0;
+    for (_, p) in store.iter() {
+        s += sum_squares(&p.grad)?;
+    }
+    Ok(s.sqrt())
+}
+
+impl Optimizer {
+    pub fn new(kind: OptimizerKind) -> Self {
+        Optimizer { kind, state: BTreeMap::new(), step: 0 }
+    }
+
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// The optimizer's state by `name/slot`, for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.state.iter().flat_map(|(n, ts)| ts.iter().enumerate().map(move |(i, t)| (format!("{n}/{i}"), t.clone()))).collect()
+    }
+
+    /// Restore state saved by `state_tensors` and the step count.
+    pub fn load_state(&mut self, tensors: Vec<(String, Tensor)>, step: u64) -> Result<()> {
+        self.state.clear();
+        for (key, t) in tensors {
+            let Some((name, slot)) = key.rsplit_once('/') else { bail!(Invalid, "optimizer state key {key:?} lacks a /slot suffix") };
+            let slot: usize = slot.parse().map_err(|_| crate::Error::Invalid(format!("optimizer state key {key:?}: slot is not a number")))?;
+            let v = self.state.entry(name.to_string()).or_default();
+            if v.len() != slot {
+                bail!(Invalid, "optimizer state for {name:?} has slot {slot} out of order");
+            }
+            v.push(t);
+        }
+        self.step = step;
+        Ok(())
+    }
+
+    /// One update of every parameter from its gradient. With `clip = Some(max)`, gradients are
+    /// scaled so that their global norm is at most `max`. Returns the norm before clipping; a
+    /// non-finite norm is an error and leaves the weights untouched.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f32, clip: Option<f32>) -> Result<f64> {
+        let norm = grad_norm(store)?;
+        if !norm.is_finite() {
+            bail!(Invalid, "gradient norm is {norm} at optimizer step {}; the weights were not updated (lower the learning rate or enable clipping)", self.step + 1);
+        }
+        let scale = match clip {
+            Some(max) if norm > max as f64 => (max as f64 / norm) as f32,
+            _ => 1.0,
+        };
+        self.step += 1;
+        let step = self.step;
+        for (name, p) in store.iter_mut() {
+            let nslots = match self.kind {
+                OptimizerKind::Adam { .. } => 2,
+                _ => 1,
+            };
+            let init = match self.kind {
+                OptimizerKind::Adagrad { initial_accumulator, .. } => initial_accumulator,
+                _ => 0.0,
+            };
+            let st = self.state.entry(name.clone()).or_insert_with(|| vec![Tensor::full(p.value.shape(), init); nslots]);
+            let grad = p.grad.f32s()?;
+            let w = p.value.f32s_mut()?;
+            match self.kind {
+                OptimizerKind::Sgd { momentum, weight_decay } => sgd_cpu(w, grad, st[0].f32s_mut()?, lr, momentum, weight_decay, scale),
+                OptimizerKind::Adagrad { eps, .. } => adagrad_cpu(w, grad, st[0].f32s_mut()?, lr, eps, scale),
+                OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
+                    let (m, v) = st.split_at_mut(1);
+                    adam_cpu(w, grad, m[0].f32s_mut()?, v[0].f32s_mut()?, lr, beta1, beta2, eps, weight_decay, step, scale)
+                }
+            }
+        }
+        Ok(norm)
+    }
+}
+
+/// Learning rate as a function of the step: constant, then multiplied by `factor` every `every`
+/// steps after `start` (Zaremba et al.'s schedule is start = epoch 4, factor 0.5, every epoch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrSchedule {
+    pub base: f32,
+    pub factor: f32,
+    pub every: u64,
+    pub start: u64,
+}
+
+impl LrSchedule {
+    pub fn constant(base: f32) -> Self {
+        LrSchedule { base, factor: 1.0, every: u64::MAX, start: u64::MAX }
+    }
+
+    pub fn at(&self, step: u64) -> f32 {
+        if step < self.start || self.every == 0 {
+            return self.base;
+        }
+        let k = (step - self.start) / self.every + 1;
+        self.base * self.factor.powi(k.min(i32::MAX as u64) as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quadratic_store() -> ParamStore {
+        let mut s = ParamStore::new();
+        s.insert("w", Tensor::from_f32(vec![3.0, -4.0], &[2]).unwrap()).unwrap();
+        s
+    }
+
+    #[test]
+    fn every_optimizer_minimises_a_quadratic() {
+        // Adagrad's steps shrink as 1/sqrt(t), so it gets a larger rate.
+        for (kind, lr) in [(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 0.0 }, 0.05), (OptimizerKind::adagrad(), 1.0), (OptimizerKind::adam(), 0.05)] {
+            let mut s = quadratic_store();
+            let mut opt = Optimizer::new(kind);
+            for _ in 0..500 {
+                s.zero_grads();
+                let w = s.get("w").unwrap().clone(); // loss = |w|^2 / 2, grad = w
+                s.accumulate_grad("w", &w).unwrap();
+                opt.step(&mut s, lr, None).unwrap();
+            }
+            let w = s.get("w").unwrap().f32s().unwrap().to_vec();
+            assert!(w.iter().all(|x| x.abs() < 0.05), "{kind:?} ended at {w:?}");
+        }
+    }
+
+    #[test]
+    fn clipping_bounds_the_update_and_nan_is_refused() {
+        let mut s = quadratic_store();
+        s.accumulate_grad("w", &Tensor::from_f32(vec![30.0, -40.0], &[2]).unwrap()).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::sgd());
+        let norm = opt.step(&mut s, 1.0, Some(5.0)).unwrap();
+        assert_eq!(norm, 50.0);
+        assert_eq!(s.get("w").unwrap().f32s().unwrap(), &[0.0, 0.0]); // moved by exactly (3, -4)
+        s.zero_grads();
+        s.accumulate_grad("w", &Tensor::from_f32(vec![f32::NAN, 0.0], &[2]).unwrap()).unwrap();
+        let e = opt.step(&mut s, 1.0, Some(5.0)).unwrap_err().to_string();
+        assert!(e.contains("NaN") && e.contains("step 2"), "{e}");
+        assert_eq!(s.get("w").unwrap().f32s().unwrap(), &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn step_decay_schedule() {
+        let s = LrSchedule { base: 1.0, factor: 0.5, every: 10, start: 20 };
+        assert_eq!((s.at(0), s.at(19), s.at(20), s.at(29), s.at(30)), (1.0, 1.0, 0.5, 0.5, 0.25));
+        assert_eq!(LrSchedule::constant(0.3).at(1_000_000), 0.3);
+    }
+}
