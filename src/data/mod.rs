@@ -1,2 +1,4 @@
-//! Data: synthetic sources with known entropy (the embedded default and the learning checks).
+//! Data: batching for the trainers, and synthetic sources with known entropy (the embedded default
+//! and the learning checks).
+pub mod lm;
 pub mod synthetic;

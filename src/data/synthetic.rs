@@ -130,7 +130,7 @@ impl ClickModel {
         assert!(cardinalities.len() >= 2, "ClickModel needs at least two categorical fields");
         let mut rng = Rng::new(seed);
         let cat_weight = cardinalities.iter().map(|&c| (0..c).map(|_| 0.6 * rng.normal()).collect()).collect();
-        let mut inter_field = |c: usize| (0..c).map(|_| [0.8 * rng.normal(), 0.8 * rng.normal()]).collect::<Vec<_>>();
+        let mut inter_field = |c: usize| (0..c).map(|_| [0.5 * rng.normal(), 0.5 * rng.normal()]).collect::<Vec<_>>();
         let inter = [inter_field(cardinalities[0]), inter_field(cardinalities[1])];
         let int_weight = (0..num_ints).map(|_| 0.3 * rng.normal()).collect();
         let int_missing_weight = (0..num_ints).map(|_| 0.3 * rng.normal()).collect();
