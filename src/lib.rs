@@ -7,6 +7,7 @@
 pub mod autograd;
 pub mod data;
 mod error;
+pub mod hash;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -2,3 +2,4 @@
 //! and the learning checks).
 pub mod lm;
 pub mod synthetic;
+pub mod text;
