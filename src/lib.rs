@@ -5,6 +5,8 @@
 //! `tensor`, `autograd` (a tape over coarse ops), `nn` and `optim`, `data`. See `README.md`.
 
 pub mod autograd;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 mod error;
 pub mod hash;
