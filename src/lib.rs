@@ -16,6 +16,7 @@ pub mod optim;
 pub mod params;
 mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{Grads, Graph, Var};
 pub use error::{Error, Result};

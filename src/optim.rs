@@ -115,8 +115,9 @@ impl Optimizer {
     }
 }
 
-/// Learning rate as a function of the step: constant, then multiplied by `factor` every `every`
-/// steps after `start` (Zaremba et al.'s schedule is start = epoch 4, factor 0.5, every epoch).
+/// Learning rate as a function of the step: `base` before `start`, then multiplied by `factor`
+/// at `start` and again every `every` steps (Zaremba et al.: from epoch 5, halve every epoch).
+/// `every = 0` means no decay.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LrSchedule {
     pub base: f32,
@@ -127,7 +128,7 @@ pub struct LrSchedule {
 
 impl LrSchedule {
     pub fn constant(base: f32) -> Self {
-        LrSchedule { base, factor: 1.0, every: u64::MAX, start: u64::MAX }
+        LrSchedule { base, factor: 1.0, every: 0, start: 0 }
     }
 
     pub fn at(&self, step: u64) -> f32 {
@@ -186,5 +187,7 @@ mod tests {
         let s = LrSchedule { base: 1.0, factor: 0.5, every: 10, start: 20 };
         assert_eq!((s.at(0), s.at(19), s.at(20), s.at(29), s.at(30)), (1.0, 1.0, 0.5, 0.5, 0.25));
         assert_eq!(LrSchedule::constant(0.3).at(1_000_000), 0.3);
+        let never = LrSchedule { base: 0.3, factor: 0.5, every: 0, start: 0 };
+        assert_eq!((never.at(0), never.at(1_000_000)), (0.3, 0.3));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - `MarkovSource`: a sparse order-k Markov chain over a vocabulary. Each context has a few
 //!   successors with random probabilities; successors are drawn from a Zipf law so that word
-//!   frequencies look like language. The generator reports the exact negative log-likelihood of
+//!   frequencies look like language. With probability `noise` the next word is drawn from the Zipf
+//!   law instead, which makes the chain irreducible: every split of a corpus then sees the same
+//!   stationary behaviour (a purely sparse chain can lock into a closed set of contexts). The generator reports the exact negative log-likelihood of
 //!   the text it wrote under the true model, the floor for any language model's cross-entropy.
 //! - `ClickModel`: a click log from a hidden logistic model with power-law category frequencies,
 //!   per-category effects, a low-rank interaction between two fields (so depth helps) and
@@ -36,6 +38,8 @@ pub struct MarkovSource {
     pub vocab: usize,
     pub order: usize,
     pub branching: usize,
+    /// Probability of a Zipf draw in place of the context's successors.
+    pub noise: f64,
     seed: u64,
     zipf: Vec<f64>,
 }
@@ -43,7 +47,13 @@ pub struct MarkovSource {
 impl MarkovSource {
     pub fn new(vocab: usize, order: usize, branching: usize, seed: u64) -> Self {
         assert!(vocab >= 2 && order >= 1 && branching >= 1, "MarkovSource needs vocab >= 2, order >= 1, branching >= 1");
-        MarkovSource { vocab, order, branching, seed, zipf: zipf_cdf(vocab, 1.0) }
+        MarkovSource { vocab, order, branching, noise: 0.05, seed, zipf: zipf_cdf(vocab, 1.0) }
+    }
+
+    fn zipf_pmf(&self, t: u32) -> f64 {
+        let t = t as usize;
+        let total = self.zipf[self.vocab - 1];
+        (self.zipf[t] - if t == 0 { 0.0 } else { self.zipf[t - 1] }) / total
     }
 
     /// Successors of a context (the last `order` tokens) and their probabilities.
@@ -66,20 +76,27 @@ impl MarkovSource {
         (toks, w.into_iter().map(|x| x / z).collect())
     }
 
-    /// `n` tokens and the mean negative log-likelihood (nats) of tokens order..n under the source.
+    /// `n` tokens and the mean negative log-likelihood (nats) of tokens order..n under the source
+    /// (the mixture of the context's successors and the Zipf noise, exactly).
     pub fn generate(&self, n: usize, rng: &mut Rng) -> (Vec<u32>, f64) {
         let mut out: Vec<u32> = (0..self.order.min(n)).map(|_| rng.below(self.vocab) as u32).collect();
         let mut nll = 0.0;
         while out.len() < n {
             let (toks, probs) = self.successors(&out[out.len() - self.order..]);
-            let mut u = rng.uniform();
-            let mut k = 0;
-            while k + 1 < probs.len() && u >= probs[k] {
-                u -= probs[k];
-                k += 1;
-            }
-            nll -= probs[k].ln();
-            out.push(toks[k]);
+            let next = if rng.uniform() < self.noise {
+                rng.sample_cdf(&self.zipf) as u32
+            } else {
+                let mut u = rng.uniform();
+                let mut k = 0;
+                while k + 1 < probs.len() && u >= probs[k] {
+                    u -= probs[k];
+                    k += 1;
+                }
+                toks[k]
+            };
+            let sparse = toks.iter().zip(&probs).find(|(&t, _)| t == next).map(|(_, &p)| p).unwrap_or(0.0);
+            nll -= ((1.0 - self.noise) * sparse + self.noise * self.zipf_pmf(next)).ln();
+            out.push(next);
         }
         (out, nll / (n.saturating_sub(self.order)).max(1) as f64)
     }
@@ -201,4 +218,55 @@ mod tests {
         let base = -(ctr * ctr.ln() + (1.0 - ctr) * (1.0 - ctr).ln());
         assert!(bayes_log_loss(&ex) < 0.95 * base, "features must carry signal");
     }
+}
+
+/// Entropy floors of a written synthetic corpus, in nats per language-model token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CorpusFloors {
+    pub train: f64,
+    pub valid: f64,
+    pub test: f64,
+}
+
+/// Write `train.txt`, `valid.txt` and `test.txt` from a Markov source into `dir` (once: an existing
+/// complete corpus with the same parameters is reused). Token t is the word `w{t}`; every `w0`
+/// also ends its line, so a word-level model sees `<eos>` after each `w0`, which the source makes
+/// certain (0 nats). The floors count those `<eos>` tokens, so they are directly comparable with a
+/// model's per-token cross-entropy.
+pub fn write_markov_corpus(dir: &std::path::Path, src: &MarkovSource, sizes: [usize; 3], seed: u64) -> crate::Result<CorpusFloors> {
+    use crate::data::text::write_atomic;
+    let floors_path = dir.join("floors.txt");
+    if let Ok(text) = std::fs::read_to_string(&floors_path) {
+        let v: Vec<f64> = text.lines().filter_map(|l| l.split('=').nth(1)?.trim().parse().ok()).collect();
+        if v.len() == 3 && ["train.txt", "valid.txt", "test.txt"].iter().all(|f| dir.join(f).exists()) {
+            return Ok(CorpusFloors { train: v[0], valid: v[1], test: v[2] });
+        }
+    }
+    let mut rng = Rng::new(seed);
+    let mut floors = [0.0; 3];
+    for (i, (name, &n)) in ["train.txt", "valid.txt", "test.txt"].iter().zip(&sizes).enumerate() {
+        let (toks, nll) = src.generate(n, &mut rng);
+        let mut text = String::with_capacity(n * 5);
+        let mut eos = 0usize;
+        for (k, &t) in toks.iter().enumerate() {
+            text.push('w');
+            text.push_str(&t.to_string());
+            if t == 0 {
+                text.push('\n');
+                eos += 1;
+            } else if k + 1 < toks.len() {
+                text.push(' ');
+            }
+        }
+        if !text.ends_with('\n') {
+            text.push('\n');
+            eos += 1; // the last line's <eos> is not predictable by the source; it counts as free here
+        }
+        let scored = n.saturating_sub(src.order) as f64;
+        floors[i] = nll * scored / (scored + eos as f64);
+        write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    let f = CorpusFloors { train: floors[0], valid: floors[1], test: floors[2] };
+    write_atomic(&floors_path, format!("train = {}\nvalid = {}\ntest = {}\n", f.train, f.valid, f.test).as_bytes())?;
+    Ok(f)
 }

@@ -46,8 +46,56 @@ fn log_softmax_row(x: &[f32], scale: f32, out: &mut [f64]) {
     }
 }
 
+/// Scratch rows for one thread.
+struct RowScratch {
+    lq: Vec<f64>,
+    lqt: Vec<f64>,
+    lp: Vec<f64>,
+    lt: Vec<f64>,
+}
+
+/// One row: writes `g` (without the 1/N) and returns (hard CE, soft KL).
+fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, g: &mut [f32], w: &mut RowScratch) -> (f64, f64) {
+    let (t, a) = (p.temperature as f64, p.alpha as f64);
+    let inv_t = 1.0 / p.temperature;
+    let (mut hard, mut soft) = (0.0, 0.0);
+    g.iter_mut().for_each(|v| *v = 0.0);
+    if let Some(y) = y.filter(|_| a != 1.0) {
+        let y = y as usize;
+        log_softmax_row(s, 1.0, &mut w.lq);
+        hard = -w.lq[y];
+        for (j, gv) in g.iter_mut().enumerate() {
+            let onehot = if j == y { 1.0 } else { 0.0 };
+            *gv += ((1.0 - a) * (w.lq[j].exp() - onehot)) as f32;
+        }
+    }
+    if a != 0.0 && !teachers.is_empty() {
+        log_softmax_row(s, inv_t, &mut w.lqt);
+        // log p_j = logsumexp_k(log softmax(t_k / T)_j) - log K, elementwise over j
+        w.lp.iter_mut().for_each(|v| *v = f64::NEG_INFINITY);
+        for tk in teachers {
+            log_softmax_row(tk, inv_t, &mut w.lt);
+            for (l, &x) in w.lp.iter_mut().zip(&w.lt) {
+                let m = l.max(x);
+                *l = if m == f64::NEG_INFINITY { m } else { m + ((*l - m).exp() + (x - m).exp()).ln() };
+            }
+        }
+        let log_k = (teachers.len() as f64).ln();
+        for (j, gv) in g.iter_mut().enumerate() {
+            let lpj = w.lp[j] - log_k;
+            let pj = lpj.exp();
+            if pj > 0.0 {
+                soft += pj * (lpj - w.lqt[j]);
+            }
+            *gv += (a * t * (w.lqt[j].exp() - pj)) as f32;
+        }
+    }
+    (hard, soft)
+}
+
 /// CPU twin. `teachers` holds K slices shaped like `student`; `targets` holds N labels in
-/// `[0, V)`. Writes `grad [N, V]` (fully: a poisoned buffer is overwritten).
+/// `[0, V)`. Writes `grad [N, V]` (fully: a poisoned buffer is overwritten). Rows are split over
+/// threads; per-row results are summed in row order, so the result does not depend on the split.
 pub fn softmax_kl_cpu(
     student: &[f32],
     teachers: &[&[f32]],
@@ -57,57 +105,29 @@ pub fn softmax_kl_cpu(
     p: DistillParams,
     grad: &mut [f32],
 ) -> DistillLoss {
-    let (t, a) = (p.temperature as f64, p.alpha as f64);
-    let inv_t = 1.0 / p.temperature;
-    let k = teachers.len();
-    let use_soft = a != 0.0 && k > 0;
-    let use_hard = a != 1.0 && targets.is_some();
-    let mut lq = vec![0f64; cols];
-    let mut lqt = vec![0f64; cols];
-    let mut lp = vec![0f64; cols];
-    let mut lt = vec![0f64; cols];
-    let (mut hard_sum, mut soft_sum) = (0f64, 0f64);
-    for r in 0..rows {
-        let s = &student[r * cols..(r + 1) * cols];
-        let g = &mut grad[r * cols..(r + 1) * cols];
-        g.iter_mut().for_each(|v| *v = 0.0);
-        if use_hard {
-            let y = targets.unwrap()[r] as usize;
-            log_softmax_row(s, 1.0, &mut lq);
-            hard_sum -= lq[y];
-            for (j, gv) in g.iter_mut().enumerate() {
-                let onehot = if j == y { 1.0 } else { 0.0 };
-                *gv += ((1.0 - a) * (lq[j].exp() - onehot)) as f32;
-            }
-        }
-        if use_soft {
-            log_softmax_row(s, inv_t, &mut lqt);
-            // log p_j = logsumexp_k(log softmax(t_k / T)_j) - log K, elementwise over j
-            lp.iter_mut().for_each(|v| *v = f64::NEG_INFINITY);
-            for tk in teachers {
-                log_softmax_row(&tk[r * cols..(r + 1) * cols], inv_t, &mut lt);
-                for (l, &x) in lp.iter_mut().zip(&lt) {
-                    let m = l.max(x);
-                    *l = if m == f64::NEG_INFINITY { m } else { m + ((*l - m).exp() + (x - m).exp()).ln() };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per = rows.div_ceil(threads).max(16);
+    let mut parts: Vec<(f64, f64)> = vec![(0.0, 0.0); rows];
+    let inv_n = 1.0 / rows.max(1) as f32;
+    std::thread::scope(|sc| {
+        for (ci, (gchunk, pchunk)) in grad[..rows * cols].chunks_mut(per * cols).zip(parts.chunks_mut(per)).enumerate() {
+            sc.spawn(move || {
+                let mut w = RowScratch { lq: vec![0.0; cols], lqt: vec![0.0; cols], lp: vec![0.0; cols], lt: vec![0.0; cols] };
+                let mut trows: Vec<&[f32]> = Vec::with_capacity(teachers.len());
+                for (i, (g, out)) in gchunk.chunks_mut(cols).zip(pchunk.iter_mut()).enumerate() {
+                    let r = ci * per + i;
+                    trows.clear();
+                    trows.extend(teachers.iter().map(|t| &t[r * cols..(r + 1) * cols]));
+                    *out = row_loss(&student[r * cols..(r + 1) * cols], &trows, targets.map(|y| y[r]), p, g, &mut w);
+                    g.iter_mut().for_each(|v| *v *= inv_n);
                 }
-            }
-            let log_k = (k as f64).ln();
-            let mut kl = 0.0;
-            for j in 0..cols {
-                let lpj = lp[j] - log_k;
-                let pj = lpj.exp();
-                if pj > 0.0 {
-                    kl += pj * (lpj - lqt[j]);
-                }
-                g[j] += (a * t * (lqt[j].exp() - pj)) as f32;
-            }
-            soft_sum += kl;
+            });
         }
-        let inv_n = 1.0 / rows as f32;
-        g.iter_mut().for_each(|v| *v *= inv_n);
-    }
+    });
     let n = rows.max(1) as f64;
-    let (hard, soft) = (hard_sum / n, soft_sum / n);
+    let hard = parts.iter().map(|x| x.0).sum::<f64>() / n;
+    let soft = parts.iter().map(|x| x.1).sum::<f64>() / n;
+    let (t, a) = (p.temperature as f64, p.alpha as f64);
     DistillLoss { total: (1.0 - a) * hard + a * t * t * soft, hard, soft }
 }
 

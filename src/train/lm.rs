@@ -1,0 +1,440 @@
+//! The LSTM language-model trainer: embedding, multi-layer LSTM, output projection; truncated
+//! backpropagation through time with the state carried between windows; dropout on the
+//! non-recurrent connections (Zaremba et al. 2014); global-norm clipping; step learning-rate decay;
+//! periodic validation; JSON-lines metrics; safetensors checkpoints and exact resume.
+
+use super::{write_result, DeviceChoice, MetricsLog, OptimizerChoice, J};
+use crate::autograd::{Graph, Var};
+use crate::checkpoint::Checkpoint;
+use crate::data::lm::TokenLanes;
+use crate::data::synthetic::{write_markov_corpus, CorpusFloors, MarkovSource};
+use crate::data::text::{cached_tokens, cached_vocab, shard, Tokenizer, Tokens, Vocab};
+use crate::hash::Hasher64;
+use crate::nn::{Embedding, Linear, Lstm, LstmState};
+use crate::optim::{LrSchedule, Optimizer};
+use crate::params::ParamStore;
+use crate::tensor::Tensor;
+use crate::{bail, Error, Result, Rng};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+crate::config_table! {
+    /// Options of `codistill lm train`. Every key can be set in a TOML file (`--config`) and
+    /// overridden on the command line (`--hidden 650` for `hidden`).
+    pub struct LmConfig {
+        /// Directory with train.txt, valid.txt and test.txt (none: the built-in synthetic corpus)
+        data: Option<PathBuf> = None,
+        /// Training text file (overrides DATA/train.txt)
+        train: Option<PathBuf> = None,
+        /// Validation text file (overrides DATA/valid.txt)
+        valid: Option<PathBuf> = None,
+        /// Test text file (overrides DATA/test.txt)
+        test: Option<PathBuf> = None,
+        /// Tokenizer: word (whitespace words, <unk>, <eos> per line) or byte (any text)
+        tokenizer: Tokenizer = Tokenizer::Word,
+        /// Words seen fewer times than this in training become <unk> (4: Bengio et al.'s "3 or fewer" rule)
+        min_count: usize = 4,
+        /// Embedding width
+        emb_dim: usize = 128,
+        /// LSTM hidden units per layer
+        hidden: usize = 256,
+        /// LSTM layers
+        layers: usize = 2,
+        /// Dropout on embeddings, between layers and before the output projection
+        dropout: f32 = 0.2,
+        /// Sequences per batch (parallel lanes of the token stream)
+        batch: usize = 32,
+        /// Steps of truncated backpropagation through time per window
+        bptt: usize = 35,
+        /// Total training steps (windows), counting those before a resume
+        steps: u64 = 3000,
+        /// Optimizer: sgd, momentum, adagrad or adam
+        optimizer: OptimizerChoice = OptimizerChoice::Adam,
+        /// Learning rate
+        lr: f32 = 0.002,
+        /// Multiply the learning rate by this every lr_decay_every steps after lr_decay_start
+        lr_decay: f32 = 0.5,
+        /// Steps between learning-rate decays (0: never decay)
+        lr_decay_every: u64 = 0,
+        /// Step of the first decay
+        lr_decay_start: u64 = 0,
+        /// Clip the global gradient norm to this (0: no clipping)
+        clip: f32 = 5.0,
+        /// Validate every this many steps (and at the end)
+        eval_every: u64 = 500,
+        /// Validate on at most this many tokens (0: the whole validation file)
+        eval_tokens: usize = 0,
+        /// Log training metrics every this many steps
+        log_every: u64 = 50,
+        /// Write a checkpoint every this many steps (and at the end)
+        checkpoint_every: u64 = 1000,
+        /// Output directory: metrics.jsonl, checkpoint.safetensors, best.safetensors, result.json
+        out: PathBuf = PathBuf::from("runs/lm"),
+        /// Cache directory for vocabularies, token files and the synthetic corpus
+        cache: PathBuf = PathBuf::from(".codistill-cache"),
+        /// Random seed (initialisation and dropout)
+        seed: u64 = 1,
+        /// Device: auto (GPU if available, else CPU), cpu or cuda
+        device: DeviceChoice = DeviceChoice::Auto,
+        /// Split the training stream into this many disjoint shards...
+        shards: usize = 1,
+        /// ...and train on this one (0-based)
+        shard: usize = 0,
+        /// Resume from this checkpoint (weights, optimizer, step, carried state)
+        resume: Option<PathBuf> = None,
+        /// Synthetic corpus: vocabulary size of the Markov source
+        synthetic_vocab: usize = 500,
+        /// Synthetic corpus: order of the Markov source
+        synthetic_order: usize = 2,
+        /// Synthetic corpus: successors per context
+        synthetic_branching: usize = 4,
+        /// Synthetic corpus: training tokens (validation and test get a tenth each)
+        synthetic_tokens: usize = 500000,
+    }
+}
+
+/// Keys that fix the model and the data stream: a resumed run must agree on them.
+const RESUME_KEYS: &[&str] = &["tokenizer", "min_count", "emb_dim", "hidden", "layers", "batch", "bptt", "shards", "shard", "seed", "optimizer"];
+const FORMAT: &str = "codistill-lm-v1";
+
+/// Embedding, LSTM, output projection.
+pub struct LmModel {
+    pub emb: Embedding,
+    pub lstm: Lstm,
+    pub out: Linear,
+}
+
+impl LmModel {
+    pub fn new(store: &mut ParamStore, cfg: &LmConfig, vocab: usize, rng: &mut Rng) -> Result<Self> {
+        if cfg.layers == 0 || cfg.hidden == 0 || cfg.emb_dim == 0 {
+            bail!(Invalid, "layers, hidden and emb_dim must be positive (got {}, {}, {})", cfg.layers, cfg.hidden, cfg.emb_dim);
+        }
+        Ok(LmModel {
+            emb: Embedding::new(store, "lm.embedding", vocab, cfg.emb_dim, 0.1, rng)?,
+            lstm: Lstm::new(store, "lm.lstm", cfg.emb_dim, cfg.hidden, cfg.layers, rng)?,
+            out: Linear::new(store, "lm.output", cfg.hidden, vocab, true, rng)?,
+        })
+    }
+
+    /// Logits `[steps * batch, vocab]` for a window of ids (time-major) and the carried state.
+    /// `dropout` is (probability, seed) in training, None in evaluation.
+    pub fn forward(&self, g: &mut Graph, s: &ParamStore, x: &Tensor, state: &LstmState, steps: usize, dropout: Option<(f32, u64)>) -> Result<(Var, LstmState)> {
+        let mut e = self.emb.forward(g, s, x)?;
+        if let Some((p, seed)) = dropout {
+            e = g.dropout(e, p, seed)?;
+        }
+        let (mut h, next) = self.lstm.forward(g, s, e, state, steps, dropout.map(|(p, seed)| (p, seed ^ 0x5EED)))?;
+        if let Some((p, seed)) = dropout {
+            h = g.dropout(h, p, seed ^ 0xD0)?;
+        }
+        Ok((self.out.forward(g, s, h)?, next))
+    }
+}
+
+/// The corpus a run trains on.
+pub struct LmData {
+    pub vocab: Vocab,
+    pub train: Tokens,
+    pub valid: Option<Tokens>,
+    pub test: Option<Tokens>,
+    /// Entropy floors when the corpus is the synthetic one.
+    pub floors: Option<CorpusFloors>,
+}
+
+fn split_file(cfg: &LmConfig, explicit: &Option<PathBuf>, name: &str) -> Option<PathBuf> {
+    explicit.clone().or_else(|| cfg.data.as_ref().map(|d| d.join(name)))
+}
+
+/// Resolve the corpus files (writing the synthetic corpus on first use) and tokenize through the cache.
+pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
+    let (train, valid, test, floors) = match split_file(cfg, &cfg.train, "train.txt") {
+        Some(train) => {
+            if !train.exists() {
+                return Err(Error::io(&train, std::io::Error::new(std::io::ErrorKind::NotFound, "training file not found")));
+            }
+            let opt = |p: Option<PathBuf>| -> Result<Option<PathBuf>> {
+                match p {
+                    Some(p) if !p.exists() => Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"))),
+                    p => Ok(p),
+                }
+            };
+            (train, opt(split_file(cfg, &cfg.valid, "valid.txt"))?, opt(split_file(cfg, &cfg.test, "test.txt"))?, None)
+        }
+        None => {
+            let src = MarkovSource::new(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.seed ^ 0xC0D1);
+            let n = cfg.synthetic_tokens;
+            let mut h = Hasher64::new();
+            h.update(format!("markov-v2/{}/{}/{}/{}/{}", cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, n, cfg.seed).as_bytes());
+            let dir = cfg.cache.join(format!("synthetic-lm-{:016x}", h.finish()));
+            let floors = write_markov_corpus(&dir, &src, [n, n / 10, n / 10], cfg.seed)?;
+            (dir.join("train.txt"), Some(dir.join("valid.txt")), Some(dir.join("test.txt")), Some(floors))
+        }
+    };
+    let vocab = cached_vocab(&train, cfg.tokenizer, cfg.min_count, &cfg.cache)?;
+    let tok = |p: &Option<PathBuf>| p.as_ref().map(|p| cached_tokens(p, &vocab, &cfg.cache)).transpose();
+    Ok(LmData { train: cached_tokens(&train, &vocab, &cfg.cache)?, valid: tok(&valid)?, test: tok(&test)?, vocab, floors })
+}
+
+/// Mean cross-entropy (nats per token) of `tokens` under the model, and the number of tokens
+/// scored. Lanes as in training, state carried, no dropout; at most `max_tokens` (0: all).
+pub fn evaluate(model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
+    let tokens = if max_tokens > 0 && tokens.len() > max_tokens + 1 { &tokens[..max_tokens + 1] } else { tokens };
+    if tokens.len() < 2 {
+        bail!(Invalid, "evaluation needs at least 2 tokens, got {}", tokens.len());
+    }
+    let lanes = batch.min((tokens.len() - 1) / (bptt + 1)).max(1);
+    let steps = bptt.min(tokens.len() / lanes - 1).max(1);
+    let data = TokenLanes::new(tokens, lanes, steps)?;
+    let mut state = LstmState::zeros(model.lstm.num_layers(), lanes, model.lstm.hidden);
+    let mut total = 0.0;
+    for w in 0..data.windows() {
+        let (x, y) = data.window(w)?;
+        let mut g = Graph::no_grad();
+        let (logits, next) = model.forward(&mut g, s, &x, &state, steps, None)?;
+        let loss = g.softmax_xent(logits, &y)?;
+        total += g.value(loss).item()? as f64;
+        state = next;
+    }
+    Ok((total / data.windows() as f64, data.windows() * steps * lanes))
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct LmSummary {
+    pub steps: u64,
+    pub best_valid: Option<f64>,
+    pub test: Option<f64>,
+    pub tokens_per_s: f64,
+    pub floors: Option<CorpusFloors>,
+    pub seconds: f64,
+}
+
+fn save_checkpoint(path: &Path, cfg: &LmConfig, vocab: &Vocab, s: &ParamStore, opt: &Optimizer, state: &LstmState, step: u64, best: Option<f64>) -> Result<()> {
+    let mut c = Checkpoint::new();
+    for (name, p) in s.iter() {
+        c.tensors.insert(name.clone(), p.value.clone());
+    }
+    for (name, t) in opt.state_tensors() {
+        c.tensors.insert(format!("optim/{name}"), t);
+    }
+    for (l, (h, cc)) in state.h.iter().zip(&state.c).enumerate() {
+        c.tensors.insert(format!("state/h{l}"), h.clone());
+        c.tensors.insert(format!("state/c{l}"), cc.clone());
+    }
+    c.meta.insert("format".into(), FORMAT.into());
+    c.meta.insert("step".into(), step.to_string());
+    c.meta.insert("optimizer_steps".into(), opt.steps_taken().to_string());
+    c.meta.insert("config".into(), cfg.to_toml());
+    c.meta.insert("vocab".into(), vocab.to_text());
+    if let Some(b) = best {
+        c.meta.insert("best_valid".into(), b.to_string());
+    }
+    c.save(path)
+}
+
+/// A checkpoint's config, vocabulary, and weights loaded into a fresh model.
+pub struct LoadedLm {
+    pub cfg: LmConfig,
+    pub vocab: Vocab,
+    pub model: LmModel,
+    pub store: ParamStore,
+    pub ckpt: Checkpoint,
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<LoadedLm> {
+    let ckpt = Checkpoint::load(path)?;
+    let format = ckpt.meta("format", path)?;
+    if format != FORMAT {
+        bail!(Invalid, "{}: checkpoint format {format:?} is not a language model ({FORMAT})", path.display());
+    }
+    let mut cfg = LmConfig::default();
+    cfg.apply_toml_str(ckpt.meta("config", path)?, path)?;
+    let vocab = Vocab::from_text(ckpt.meta("vocab", path)?)?;
+    let mut store = ParamStore::new();
+    let model = LmModel::new(&mut store, &cfg, vocab.len(), &mut Rng::new(0))?;
+    for name in store.names() {
+        let t = ckpt.tensors.get(&name).ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks parameter {name:?}", path.display())))?;
+        store.set(&name, t.clone()).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(LoadedLm { cfg, vocab, model, store, ckpt })
+}
+
+/// Train as configured. Prints progress on stderr (a bar on a terminal), writes metrics, checkpoints
+/// and `result.json` under `cfg.out`.
+pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
+    let t0 = Instant::now();
+    cfg.device.resolve()?;
+    if cfg.batch == 0 || cfg.bptt == 0 {
+        bail!(Invalid, "batch and bptt must be positive (got {} and {})", cfg.batch, cfg.bptt);
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
+    }
+    let data = prepare_data(cfg)?;
+    let stream = shard(data.train.as_slice(), cfg.shards, cfg.shard)?;
+    let lanes = TokenLanes::new(stream, cfg.batch, cfg.bptt)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", data.train.path.display())))?;
+    let per_epoch = lanes.windows() as u64;
+
+    let mut store = ParamStore::new();
+    let model = LmModel::new(&mut store, cfg, data.vocab.len(), &mut Rng::new(cfg.seed))?;
+    let mut opt = Optimizer::new(cfg.optimizer.kind());
+    let mut state = LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden);
+    let mut step = 0u64;
+    let mut best: Option<f64> = None;
+    if let Some(path) = &cfg.resume {
+        let loaded = load_checkpoint(path)?;
+        for key in RESUME_KEYS {
+            let (a, b) = (loaded.cfg.entries().into_iter().find(|e| e.0 == *key), cfg.entries().into_iter().find(|e| e.0 == *key));
+            if a != b {
+                bail!(Invalid, "{}: checkpoint has {key} = {:?} but this run has {:?}; resuming needs the same value", path.display(), a.map(|x| x.1).unwrap_or_default(), b.map(|x| x.1).unwrap_or_default());
+            }
+        }
+        if loaded.vocab != data.vocab {
+            bail!(
+                Invalid,
+                "{}: checkpoint vocabulary ({} tokens) differs from the vocabulary of {} ({} tokens); the checkpoint belongs to another corpus",
+                path.display(),
+                loaded.vocab.len(),
+                data.train.path.display(),
+                data.vocab.len()
+            );
+        }
+        store = loaded.store;
+        let ck = loaded.ckpt;
+        step = ck.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
+        let opt_steps: u64 = ck.meta("optimizer_steps", path)?.parse().map_err(|_| Error::Invalid(format!("{}: optimizer_steps is not a number", path.display())))?;
+        opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), opt_steps)?;
+        for l in 0..cfg.layers {
+            let get = |k: String| ck.tensors.get(&k).cloned().ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {k}", path.display())));
+            state.h[l] = get(format!("state/h{l}"))?;
+            state.c[l] = get(format!("state/c{l}"))?;
+        }
+        best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
+        eprintln!("resumed from {} at step {step}", path.display());
+    }
+
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
+    let schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
+    let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
+    let bar = indicatif::ProgressBar::new(cfg.steps);
+    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_position(step);
+    eprintln!(
+        "lm: {} parameters, vocabulary {}, {} training tokens (shard {} of {}), {} windows per epoch",
+        store.num_elements(),
+        data.vocab.len(),
+        stream.len(),
+        cfg.shard,
+        cfg.shards,
+        per_epoch
+    );
+    let tokens_per_step = (cfg.batch * cfg.bptt) as f64;
+    let (mut interval_loss, mut interval_steps, mut interval_t) = (0.0, 0u64, Instant::now());
+    let (mut train_tokens, mut train_secs) = (0.0, 0.0);
+    let valid_tokens = data.valid.as_ref().map(|v| v.as_slice());
+    let validate = |store: &ParamStore| -> Result<Option<f64>> {
+        valid_tokens.map(|v| evaluate(&model, store, v, cfg.batch, cfg.bptt, cfg.eval_tokens).map(|r| r.0)).transpose()
+    };
+    while step < cfg.steps {
+        let w = (step % per_epoch) as usize;
+        if w == 0 {
+            state = LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden);
+        }
+        let ts = Instant::now();
+        let (x, y) = lanes.window(w)?;
+        let mut g = Graph::new();
+        let dropout = if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step))) } else { None };
+        let (logits, next) = model.forward(&mut g, &store, &x, &state, cfg.bptt, dropout)?;
+        let loss = g.softmax_xent(logits, &y)?;
+        let lv = g.value(loss).item()? as f64;
+        if !lv.is_finite() {
+            bail!(Invalid, "training loss is {lv} at step {step}; lower --lr or enable --clip");
+        }
+        let grads = g.backward(loss)?;
+        store.zero_grads();
+        g.accumulate_grads(&grads, &mut store)?;
+        let lr = schedule.at(step);
+        let norm = opt.step(&mut store, lr, clip)?;
+        state = next;
+        step += 1;
+        train_secs += ts.elapsed().as_secs_f64();
+        train_tokens += tokens_per_step;
+        interval_loss += lv;
+        interval_steps += 1;
+        bar.set_position(step);
+        if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
+            let mean = interval_loss / interval_steps as f64;
+            let tps = interval_steps as f64 * tokens_per_step / interval_t.elapsed().as_secs_f64();
+            bar.set_message(format!("loss {mean:.3} ppl {:.1} {tps:.0} tok/s", mean.exp()));
+            log.write(&[("event", J::S("train")), ("step", J::I(step)), ("loss", J::N(mean)), ("ppl", J::N(mean.exp())), ("lr", J::N(lr as f64)), ("grad_norm", J::N(norm)), ("tokens_per_s", J::N(tps))])?;
+            (interval_loss, interval_steps, interval_t) = (0.0, 0, Instant::now());
+        }
+        if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
+            if let Some(v) = validate(&store)? {
+                let improved = best.map(|b| v < b).unwrap_or(true);
+                if improved {
+                    best = Some(v);
+                }
+                bar.println(format!("step {step}: validation loss {v:.4} ppl {:.2}{}", v.exp(), if improved { " (best)" } else { "" }));
+                log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
+                if improved {
+                    save_checkpoint(&cfg.out.join("best.safetensors"), cfg, &data.vocab, &store, &opt, &state, step, best)?;
+                }
+            }
+        }
+        if step % cfg.checkpoint_every.max(1) == 0 || step == cfg.steps {
+            save_checkpoint(&cfg.out.join("checkpoint.safetensors"), cfg, &data.vocab, &store, &opt, &state, step, best)?;
+        }
+    }
+    bar.finish_and_clear();
+    // Test with the best validated weights when there are some, else the last.
+    let test = match &data.test {
+        Some(t) => {
+            let best_path = cfg.out.join("best.safetensors");
+            let (m, s) = if best.is_some() && best_path.exists() {
+                let l = load_checkpoint(&best_path)?;
+                (l.model, l.store)
+            } else {
+                (model, store)
+            };
+            let (ce, n) = evaluate(&m, &s, t.as_slice(), cfg.batch, cfg.bptt, 0)?;
+            eprintln!("test: loss {ce:.4} ppl {:.2} over {n} tokens", ce.exp());
+            log.write(&[("event", J::S("test")), ("step", J::I(step)), ("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))])?;
+            Some(ce)
+        }
+        None => None,
+    };
+    let summary = LmSummary { steps: step, best_valid: best, test, tokens_per_s: train_tokens / train_secs.max(1e-9), floors: data.floors, seconds: t0.elapsed().as_secs_f64() };
+    let nan = f64::NAN;
+    write_result(
+        &cfg.out.join("result.json"),
+        &[
+            ("steps", J::I(step)),
+            ("best_valid_loss", J::N(best.unwrap_or(nan))),
+            ("best_valid_ppl", J::N(best.map(f64::exp).unwrap_or(nan))),
+            ("test_loss", J::N(test.unwrap_or(nan))),
+            ("test_ppl", J::N(test.map(f64::exp).unwrap_or(nan))),
+            ("tokens_per_s", J::N(summary.tokens_per_s)),
+            ("seconds", J::N(summary.seconds)),
+            ("valid_entropy_floor", J::N(data.floors.map(|f| f.valid).unwrap_or(nan))),
+        ],
+    )?;
+    Ok(summary)
+}
+
+/// Perplexity of a checkpoint on a text file (or on its own config's test file).
+pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize) -> Result<(f64, usize)> {
+    let l = load_checkpoint(path)?;
+    let file = match file {
+        Some(f) => f.to_path_buf(),
+        None => split_file(&l.cfg, &l.cfg.test, "test.txt")
+            .ok_or_else(|| Error::Invalid(format!("{}: no test file given and the checkpoint's config names none; pass --file", path.display())))?,
+    };
+    if !file.exists() {
+        return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+    }
+    let tokens = cached_tokens(&file, &l.vocab, cache)?;
+    evaluate(&l.model, &l.store, tokens.as_slice(), l.cfg.batch, l.cfg.bptt, max_tokens)
+}

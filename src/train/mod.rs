@@ -1,0 +1,187 @@
+//! Training loops, evaluation, metrics and the device choice shared by the trainers.
+
+pub mod lm;
+
+use crate::data::text::write_atomic;
+use crate::tensor::Device;
+use crate::{Error, Result};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// `--device auto|cpu|cuda`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => Err(format!("device must be auto, cpu or cuda, got {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+        })
+    }
+}
+
+crate::config_enum!(DeviceChoice, crate::data::text::Tokenizer, OptimizerChoice);
+
+impl DeviceChoice {
+    /// The device to train on. `cuda` fails where there is no CUDA backend; `auto` falls back to the
+    /// CPU and says so on stderr.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda => Err(Error::Device("--device cuda was asked for, but this build has no CUDA backend yet; use --device cpu or auto".into())),
+            DeviceChoice::Auto => {
+                eprintln!("device auto: this build has no CUDA backend yet; training on the CPU");
+                Ok(Device::Cpu)
+            }
+        }
+    }
+}
+
+/// `--optimizer sgd|momentum|adagrad|adam`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerChoice {
+    Sgd,
+    Momentum,
+    Adagrad,
+    Adam,
+}
+
+impl FromStr for OptimizerChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sgd" => Ok(OptimizerChoice::Sgd),
+            "momentum" => Ok(OptimizerChoice::Momentum),
+            "adagrad" => Ok(OptimizerChoice::Adagrad),
+            "adam" => Ok(OptimizerChoice::Adam),
+            _ => Err(format!("optimizer must be sgd, momentum, adagrad or adam, got {s:?}")),
+        }
+    }
+}
+
+impl fmt::Display for OptimizerChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OptimizerChoice::Sgd => "sgd",
+            OptimizerChoice::Momentum => "momentum",
+            OptimizerChoice::Adagrad => "adagrad",
+            OptimizerChoice::Adam => "adam",
+        })
+    }
+}
+
+impl OptimizerChoice {
+    pub fn kind(self) -> crate::optim::OptimizerKind {
+        use crate::optim::OptimizerKind;
+        match self {
+            OptimizerChoice::Sgd => OptimizerKind::sgd(),
+            OptimizerChoice::Momentum => OptimizerKind::Sgd { momentum: 0.9, weight_decay: 0.0 },
+            OptimizerChoice::Adagrad => OptimizerKind::adagrad(),
+            OptimizerChoice::Adam => OptimizerKind::adam(),
+        }
+    }
+}
+
+/// A JSON value for a metrics line.
+pub enum J<'a> {
+    N(f64),
+    I(u64),
+    S(&'a str),
+}
+
+/// Metrics as JSON lines, one object per event, flushed as written.
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+fn json_string(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One JSON object from key/value pairs (non-finite numbers become null: JSON has no NaN).
+pub fn json_object(fields: &[(&str, J)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| {
+            let val = match v {
+                J::N(x) if x.is_finite() => format!("{x}"),
+                J::N(_) => "null".into(),
+                J::I(i) => i.to_string(),
+                J::S(s) => json_string(s),
+            };
+            format!("{}:{val}", json_string(k))
+        })
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+impl MetricsLog {
+    /// Open for appending (a resumed run continues the same file).
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog { file, path: path.to_path_buf() })
+    }
+
+    pub fn write(&mut self, fields: &[(&str, J)]) -> Result<()> {
+        writeln!(self.file, "{}", json_object(fields)).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Write a final result object atomically.
+pub fn write_result(path: &Path, fields: &[(&str, J)]) -> Result<()> {
+    write_atomic(path, format!("{}\n", json_object(fields)).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_escape_strings_and_null_non_finite() {
+        let s = json_object(&[("a", J::N(1.5)), ("b", J::S("x\"y\n")), ("c", J::N(f64::NAN)), ("d", J::I(3))]);
+        assert_eq!(s, r#"{"a":1.5,"b":"x\"y\u000a","c":null,"d":3}"#);
+    }
+
+    #[test]
+    fn cuda_without_backend_is_a_clear_error() {
+        let e = DeviceChoice::Cuda.resolve().unwrap_err().to_string();
+        assert!(e.contains("no CUDA backend"), "{e}");
+        assert_eq!(DeviceChoice::Auto.resolve().unwrap(), Device::Cpu);
+    }
+}
