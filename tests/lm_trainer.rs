@@ -1,0 +1,161 @@
+//! The language-model trainer: bad input gives errors that name the file and the problem, and a
+//! resumed run ends exactly where an uninterrupted one does.
+
+use codistill::checkpoint::Checkpoint;
+use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+use codistill::train::lm::{self, LmConfig};
+use std::path::{Path, PathBuf};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("codistill-lmt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small corpus directory and a config that trains a small model on it quickly.
+fn small_run(dir: &Path, seed: u64) -> LmConfig {
+    let data = dir.join("data");
+    write_markov_corpus(&data, &MarkovSource::new(30, 1, 3, seed), [12_000, 2_000, 2_000], seed).unwrap();
+    let mut c = LmConfig::default();
+    c.data = Some(data);
+    c.cache = dir.join("cache");
+    c.out = dir.join("out");
+    c.min_count = 1;
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (8, 16, 2, 4, 10);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (40, 20, 10, 20);
+    c.device = codistill::train::DeviceChoice::Cpu;
+    c
+}
+
+fn err(r: codistill::Result<impl std::fmt::Debug>) -> String {
+    r.unwrap_err().to_string()
+}
+
+#[test]
+fn resumed_run_ends_exactly_where_an_uninterrupted_run_does() {
+    let d = tmp("resume");
+    let mut full = small_run(&d, 1);
+    full.out = d.join("full");
+    let a = lm::train(&full).unwrap();
+
+    let mut first = full.clone();
+    first.out = d.join("split");
+    first.steps = 20;
+    lm::train(&first).unwrap();
+    let mut second = first.clone();
+    second.steps = 40;
+    second.resume = Some(d.join("split/checkpoint.safetensors"));
+    let b = lm::train(&second).unwrap();
+
+    assert_eq!(a.steps, 40);
+    assert_eq!(b.steps, 40);
+    // The second run really continued (an ignored resume would retrain from step 0 and match too).
+    let metrics = std::fs::read_to_string(d.join("split/metrics.jsonl")).unwrap();
+    let logged: Vec<&str> = metrics.lines().filter(|l| l.contains("\"event\":\"train\"")).map(|l| l.split(',').nth(1).unwrap()).collect();
+    assert_eq!(logged, ["\"step\":10", "\"step\":20", "\"step\":30", "\"step\":40"], "{metrics}");
+    assert_eq!(a.best_valid, b.best_valid, "validation losses differ");
+    assert_eq!(a.test, b.test, "test losses differ");
+    let ca = Checkpoint::load(&d.join("full/checkpoint.safetensors")).unwrap();
+    let cb = Checkpoint::load(&d.join("split/checkpoint.safetensors")).unwrap();
+    assert_eq!(ca.tensors.keys().collect::<Vec<_>>(), cb.tensors.keys().collect::<Vec<_>>());
+    for (name, t) in &ca.tensors {
+        assert_eq!(t, &cb.tensors[name], "tensor {name} differs after resume");
+    }
+}
+
+#[test]
+fn training_learns_the_small_corpus() {
+    let d = tmp("learns");
+    let mut c = small_run(&d, 2);
+    c.steps = 300;
+    c.eval_every = 300;
+    c.lr = 0.01;
+    let s = lm::train(&c).unwrap();
+    let v = s.best_valid.unwrap();
+    let unigram_ln_vocab = (32f64).ln();
+    assert!(v < 0.75 * unigram_ln_vocab, "validation loss {v} did not fall well below log V = {unigram_ln_vocab}");
+    let result = std::fs::read_to_string(c.out.join("result.json")).unwrap();
+    assert!(result.contains("\"test_ppl\"") && result.contains("\"best_valid_ppl\""), "{result}");
+    let metrics = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().any(|l| l.contains("\"event\":\"valid\"")), "{metrics}");
+    // lm eval on the checkpoint agrees with the run's own test figure
+    let (ce, _) = lm::eval_checkpoint(&c.out.join("best.safetensors"), None, &c.cache, 0).unwrap();
+    assert!((ce - s.test.unwrap()).abs() < 1e-9, "eval {ce} vs train's test {:?}", s.test);
+}
+
+#[test]
+fn empty_corpus_is_an_error_naming_the_file() {
+    let d = tmp("empty");
+    let mut c = small_run(&d, 3);
+    let empty = d.join("empty.txt");
+    std::fs::write(&empty, "\n  \n").unwrap();
+    c.train = Some(empty);
+    let e = err(lm::train(&c));
+    assert!(e.contains("empty.txt") && e.contains("no words"), "{e}");
+}
+
+#[test]
+fn missing_file_is_an_error_naming_it() {
+    let d = tmp("missing");
+    let mut c = small_run(&d, 4);
+    c.valid = Some(d.join("nope.txt"));
+    let e = err(lm::train(&c));
+    assert!(e.contains("nope.txt") && e.contains("not found"), "{e}");
+}
+
+#[test]
+fn invalid_utf8_is_an_error_naming_file_and_line() {
+    let d = tmp("utf8");
+    let mut c = small_run(&d, 5);
+    let bad = d.join("bad.txt");
+    std::fs::write(&bad, b"good line\nanother good one\nbad \xff\xfe here\n").unwrap();
+    c.train = Some(bad);
+    let e = err(lm::train(&c));
+    assert!(e.contains("bad.txt:3") && e.contains("UTF-8"), "{e}");
+}
+
+#[test]
+fn checkpoint_of_another_vocabulary_is_refused() {
+    let d = tmp("vocab");
+    let c = small_run(&d, 6);
+    lm::train(&c).unwrap();
+    let other = tmp("vocab-other");
+    let mut c2 = small_run(&other, 7);
+    std::fs::write(other.join("data/train.txt"), "a b c d e f a b c\n".repeat(200)).unwrap();
+    c2.resume = Some(c.out.join("checkpoint.safetensors"));
+    let e = err(lm::train(&c2));
+    assert!(e.contains("checkpoint.safetensors") && e.contains("vocabulary"), "{e}");
+}
+
+#[test]
+fn corrupted_and_truncated_checkpoints_are_refused() {
+    let d = tmp("corrupt");
+    let c = small_run(&d, 8);
+    lm::train(&c).unwrap();
+    let good = std::fs::read(c.out.join("checkpoint.safetensors")).unwrap();
+    let mut flipped = good.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x40;
+    let p = d.join("flipped.safetensors");
+    std::fs::write(&p, &flipped).unwrap();
+    let e = err(lm::eval_checkpoint(&p, None, &c.cache, 0));
+    assert!(e.contains("flipped.safetensors") && e.contains("corrupted"), "{e}");
+    let t = d.join("cut.safetensors");
+    std::fs::write(&t, &good[..good.len() / 2]).unwrap();
+    let mut r = c.clone();
+    r.resume = Some(t);
+    let e = err(lm::train(&r));
+    assert!(e.contains("cut.safetensors") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn config_with_unknown_key_is_refused_by_the_cli() {
+    let d = tmp("cfg");
+    let cfg = d.join("run.toml");
+    std::fs::write(&cfg, "steps = 10\nhiden = 64\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_codistill")).args(["lm", "train", "--config"]).arg(&cfg).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("run.toml:2") && stderr.contains("hiden") && stderr.contains("unknown key"), "{stderr}");
+}
