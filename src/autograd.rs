@@ -26,12 +26,38 @@ type BackwardFn = Box<dyn FnOnce(&Tensor, &mut Grads) -> Result<()>>;
 #[derive(Debug)]
 pub struct Grads {
     grads: Vec<Option<Tensor>>,
+    /// Row-sparse contributions `(ids, rows)` to embedding tables, kept apart from the dense
+    /// gradient so that a large table never gets a dense temporary.
+    rows: Vec<Vec<(Tensor, Tensor)>>,
+    shapes: Vec<Vec<usize>>,
     needs: Vec<bool>,
 }
 
 impl Grads {
+    /// The dense part of `v`'s gradient (an embedding table's gradient is in `rows`).
     pub fn get(&self, v: Var) -> Option<&Tensor> {
         self.grads.get(v.0).and_then(|g| g.as_ref())
+    }
+
+    /// Row-sparse parts of `v`'s gradient: `(ids, rows)` pairs, `grad[ids[i]] += rows[i]`.
+    pub fn rows(&self, v: Var) -> &[(Tensor, Tensor)] {
+        &self.rows[v.0]
+    }
+
+    fn add_rows(&mut self, v: Var, ids: Tensor, rows: Tensor) {
+        if self.needs[v.0] {
+            self.rows[v.0].push((ids, rows));
+        }
+    }
+
+    /// Fold row-sparse parts into the dense gradient (for the rare table that is not a leaf).
+    fn densify(&mut self, i: usize) -> Result<()> {
+        for (ids, r) in std::mem::take(&mut self.rows[i]) {
+            let mut d = Tensor::zeros(&self.shapes[i]);
+            embedding::scatter_add(&r, &ids, &mut d)?;
+            self.add(Var(i), d)?;
+        }
+        Ok(())
     }
 
     /// Whether anything upstream of `v` wants a gradient (lets backward skip work, e.g. dx of data).
@@ -233,11 +259,10 @@ impl Graph {
     /// Rows of `table [V, D]` for `ids` (i32): `[ids.numel(), D]`.
     pub fn embedding(&mut self, table: Var, ids: &Tensor) -> Result<Var> {
         let out = embedding::gather(self.value(table), ids)?;
-        let (ids, tshape) = (ids.clone(), self.value(table).shape().to_vec());
+        let ids = ids.reshape(&[ids.numel()])?;
         Ok(self.push(out, &[table], move |g, grads| {
-            let mut dt = Tensor::zeros(&tshape);
-            embedding::scatter_add(g, &ids, &mut dt)?;
-            grads.add(table, dt)
+            grads.add_rows(table, ids, g.clone());
+            Ok(())
         }))
     }
 
@@ -294,10 +319,13 @@ impl Graph {
         if !self.recording {
             bail!(Invalid, "backward on a no_grad graph: nothing was recorded");
         }
-        let mut grads = Grads { grads: vec![None; self.values.len()], needs: self.needs_grad.clone() };
+        let n = self.values.len();
+        let shapes = self.values.iter().map(|v| v.shape().to_vec()).collect();
+        let mut grads = Grads { grads: vec![None; n], rows: vec![Vec::new(); n], shapes, needs: self.needs_grad.clone() };
         grads.add(loss, Tensor::full(self.value(loss).shape(), 1.0))?;
         for i in (0..=loss.0).rev() {
             if let Some(rule) = self.backward[i].take() {
+                grads.densify(i)?;
                 if let Some(g) = grads.grads[i].take() {
                     rule(&g, &mut grads)?;
                 }
@@ -311,6 +339,9 @@ impl Graph {
         for (v, name) in &self.params {
             if let Some(g) = grads.get(*v) {
                 store.accumulate_grad(name, g)?;
+            }
+            for (ids, rows) in grads.rows(*v) {
+                store.accumulate_rows(name, ids, rows)?;
             }
         }
         Ok(())

@@ -2,8 +2,8 @@
 //! schedules. State tensors are keyed by parameter name, so they checkpoint beside the weights.
 
 use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
-use crate::ops::reduce::sum_squares;
-use crate::params::ParamStore;
+use crate::ops::reduce::{sum_squares, sum_squares_cpu};
+use crate::params::{GradState, ParamStore};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 use std::collections::BTreeMap;
@@ -37,11 +37,18 @@ pub struct Optimizer {
     step: u64,
 }
 
-/// The global L2 norm of all gradients (f64 accumulation).
+/// The global L2 norm of all gradients (f64 accumulation; row-sparse gradients cost their rows).
 pub fn grad_norm(store: &ParamStore) -> Result<f64> {
     let mut s = 0.0;
     for (_, p) in store.iter() {
-        s += sum_squares(&p.grad)?;
+        s += match &p.state {
+            GradState::Zero => 0.0,
+            GradState::Dense => sum_squares(&p.grad)?,
+            GradState::Rows(_) => {
+                let (w, g) = (p.grad.dim(1), p.grad.f32s()?);
+                p.touched_rows().unwrap_or_default().iter().map(|&r| sum_squares_cpu(&g[r as usize * w..(r as usize + 1) * w])).sum()
+            }
+        };
     }
     Ok(s.sqrt())
 }
@@ -79,6 +86,11 @@ impl Optimizer {
     /// One update of every parameter from its gradient. With `clip = Some(max)`, gradients are
     /// scaled so that their global norm is at most `max`. Returns the norm before clipping; a
     /// non-finite norm is an error and leaves the weights untouched.
+    ///
+    /// A parameter without gradient is skipped (PyTorch's rule for `grad = None`); a row-sparse
+    /// gradient updates only its rows: exact for SGD and Adagrad, "lazy" for momentum and Adam
+    /// (the untouched rows' moments wait, as in TensorFlow's LazyAdam), which is how large
+    /// embedding tables are trained.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32, clip: Option<f32>) -> Result<f64> {
         let norm = grad_norm(store)?;
         if !norm.is_finite() {
@@ -99,15 +111,32 @@ impl Optimizer {
                 OptimizerKind::Adagrad { initial_accumulator, .. } => initial_accumulator,
                 _ => 0.0,
             };
+            if p.state == GradState::Zero {
+                continue;
+            }
             let st = self.state.entry(name.clone()).or_insert_with(|| vec![Tensor::full(p.value.shape(), init); nslots]);
+            let width = if p.value.rank() == 2 { p.value.dim(1) } else { p.value.numel() };
+            let ranges: Vec<std::ops::Range<usize>> = match p.touched_rows() {
+                Some(rows) => rows.iter().map(|&r| r as usize * width..(r as usize + 1) * width).collect(),
+                None => vec![0..p.value.numel()],
+            };
             let grad = p.grad.f32s()?;
             let w = p.value.f32s_mut()?;
-            match self.kind {
-                OptimizerKind::Sgd { momentum, weight_decay } => sgd_cpu(w, grad, st[0].f32s_mut()?, lr, momentum, weight_decay, scale),
-                OptimizerKind::Adagrad { eps, .. } => adagrad_cpu(w, grad, st[0].f32s_mut()?, lr, eps, scale),
-                OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
-                    let (m, v) = st.split_at_mut(1);
-                    adam_cpu(w, grad, m[0].f32s_mut()?, v[0].f32s_mut()?, lr, beta1, beta2, eps, weight_decay, step, scale)
+            let (s0, rest) = st.split_at_mut(1);
+            let s0 = s0[0].f32s_mut()?;
+            let mut s1 = match rest.first_mut() {
+                Some(t) => Some(t.f32s_mut()?),
+                None => None,
+            };
+            for r in ranges {
+                let (w, g, a) = (&mut w[r.clone()], &grad[r.clone()], &mut s0[r.clone()]);
+                match self.kind {
+                    OptimizerKind::Sgd { momentum, weight_decay } => sgd_cpu(w, g, a, lr, momentum, weight_decay, scale),
+                    OptimizerKind::Adagrad { eps, .. } => adagrad_cpu(w, g, a, lr, eps, scale),
+                    OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
+                        let v = &mut s1.as_mut().expect("adam keeps two moments")[r];
+                        adam_cpu(w, g, a, v, lr, beta1, beta2, eps, weight_decay, step, scale)
+                    }
                 }
             }
         }
@@ -180,6 +209,28 @@ mod tests {
         let e = opt.step(&mut s, 1.0, Some(5.0)).unwrap_err().to_string();
         assert!(e.contains("NaN") && e.contains("step 2"), "{e}");
         assert_eq!(s.get("w").unwrap().f32s().unwrap(), &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn sparse_rows_update_like_dense_for_adagrad_and_clear_after() {
+        let table = Tensor::from_f32((0..12).map(|x| x as f32 * 0.1).collect(), &[4, 3]).unwrap();
+        let ids = Tensor::from_i32(vec![2, 0, 2], &[3]).unwrap();
+        let rows = Tensor::from_f32(vec![1., 2., 3., 4., 5., 6., 7., 8., 9.], &[3, 3]).unwrap();
+        let mut dense_grad = Tensor::zeros(&[4, 3]);
+        crate::ops::embedding::scatter_add(&rows, &ids, &mut dense_grad).unwrap();
+        let (mut a, mut b) = (ParamStore::new(), ParamStore::new());
+        a.insert("t", table.clone()).unwrap();
+        b.insert("t", table).unwrap();
+        a.accumulate_grad("t", &dense_grad).unwrap();
+        b.accumulate_rows("t", &ids, &rows).unwrap();
+        assert_eq!(grad_norm(&a).unwrap(), grad_norm(&b).unwrap());
+        let (mut oa, mut ob) = (Optimizer::new(OptimizerKind::adagrad()), Optimizer::new(OptimizerKind::adagrad()));
+        oa.step(&mut a, 0.1, Some(10.0)).unwrap();
+        ob.step(&mut b, 0.1, Some(10.0)).unwrap();
+        assert_eq!(a.get("t").unwrap(), b.get("t").unwrap());
+        b.zero_grads();
+        assert!(b.param("t").unwrap().grad.f32s().unwrap().iter().all(|&v| v == 0.0));
+        assert_eq!(b.param("t").unwrap().state, GradState::Zero);
     }
 
     #[test]

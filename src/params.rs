@@ -1,15 +1,45 @@
 //! Named parameters and their gradients. A checkpoint is this map from name to tensor.
 
 use crate::ops::elementwise::axpy;
+use crate::ops::embedding::scatter_add;
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 use std::collections::BTreeMap;
+
+/// Which part of a gradient may be non-zero: lets an embedding table of millions of rows be
+/// cleared, clipped and updated at the cost of the rows a batch touched.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GradState {
+    /// No gradient since the last `zero_grads` (optimizers skip the parameter, as PyTorch does
+    /// for a `None` grad).
+    Zero,
+    /// Any element may be non-zero.
+    Dense,
+    /// Only these rows (of a 2-D parameter) may be non-zero; may hold repeats.
+    Rows(Vec<u32>),
+}
 
 #[derive(Clone, Debug)]
 pub struct Param {
     pub value: Tensor,
     /// Same shape as `value`; accumulated by `Graph::accumulate_grads`, cleared by `zero_grads`.
     pub grad: Tensor,
+    pub state: GradState,
+}
+
+impl Param {
+    /// The touched rows, sorted and without repeats, when the gradient is row-sparse.
+    pub fn touched_rows(&self) -> Option<Vec<u32>> {
+        match &self.state {
+            GradState::Rows(r) => {
+                let mut r = r.clone();
+                r.sort_unstable();
+                r.dedup();
+                Some(r)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Parameters by name, in name order (so iteration, checkpoints and norms are deterministic).
@@ -29,7 +59,7 @@ impl ParamStore {
             bail!(Invalid, "parameter {name:?} is already defined");
         }
         let grad = Tensor::zeros(value.shape());
-        self.params.insert(name.to_string(), Param { value, grad });
+        self.params.insert(name.to_string(), Param { value, grad, state: GradState::Zero });
         Ok(())
     }
 
@@ -64,12 +94,38 @@ impl ParamStore {
 
     pub fn accumulate_grad(&mut self, name: &str, g: &Tensor) -> Result<()> {
         let p = self.param_mut(name)?;
-        axpy(1.0, g, &mut p.grad)
+        axpy(1.0, g, &mut p.grad)?;
+        p.state = GradState::Dense;
+        Ok(())
     }
 
+    /// `grad[ids[i]] += rows[i]`: the embedding backward, without a dense temporary.
+    pub fn accumulate_rows(&mut self, name: &str, ids: &Tensor, rows: &Tensor) -> Result<()> {
+        let p = self.param_mut(name)?;
+        scatter_add(rows, ids, &mut p.grad)?;
+        match &mut p.state {
+            GradState::Dense => {}
+            GradState::Rows(r) => r.extend(ids.i32s()?.iter().map(|&i| i as u32)),
+            st @ GradState::Zero => *st = GradState::Rows(ids.i32s()?.iter().map(|&i| i as u32).collect()),
+        }
+        Ok(())
+    }
+
+    /// Clear every gradient, touching only the rows a sparse gradient used.
     pub fn zero_grads(&mut self) {
         for p in self.params.values_mut() {
-            p.grad = Tensor::zeros(p.value.shape());
+            let width = if p.grad.rank() == 2 { p.grad.dim(1) } else { 1 };
+            let state = std::mem::replace(&mut p.state, GradState::Zero);
+            let g = p.grad.f32s_mut().expect("gradients are f32 on the cpu");
+            match state {
+                GradState::Zero => {}
+                GradState::Dense => g.fill(0.0),
+                GradState::Rows(rows) => {
+                    for r in rows {
+                        g[r as usize * width..(r as usize + 1) * width].fill(0.0);
+                    }
+                }
+            }
         }
     }
 
