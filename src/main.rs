@@ -1,6 +1,8 @@
 //! The `codistill` command line, thin over the library.
 
 use clap::{Arg, ArgMatches, Command};
+use codistill::data::synthetic::{write_criteo_tsv, ClickModel};
+use codistill::train::criteo::{self, CriteoConfig};
 use codistill::train::lm::{self, LmConfig};
 use codistill::Result;
 use std::path::PathBuf;
@@ -31,6 +33,34 @@ fn cli() -> Command {
                         .arg(Arg::new("max_tokens").long("max-tokens").value_name("N").default_value("0").help("Score at most N tokens (0: all)")),
                 ),
         )
+        .subcommand(
+            Command::new("criteo")
+                .about("Click-through models on Criteo-format logs")
+                .subcommand_required(true)
+                .subcommand(Command::new("train").about("Train a click model (on a synthetic log unless --train is given)").arg(config_arg()).args(CriteoConfig::args()))
+                .subcommand(
+                    Command::new("eval")
+                        .about("Log-loss, AUC and calibration of a checkpoint on a file; with --against, the prediction churn between two models")
+                        .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A checkpoint written by criteo train"))
+                        .arg(Arg::new("file").long("file").value_name("FILE").required(true).help("A Criteo TSV file, plain or gzip"))
+                        .arg(Arg::new("against").long("against").value_name("FILE").help("A second checkpoint: report the mean absolute difference of predictions"))
+                        .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for preprocessed files")),
+                )
+                .subcommand(
+                    Command::new("generate")
+                        .about("Write a synthetic log in the Criteo format from a hidden model, and FILE.truth with its true log-loss")
+                        .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("Output file (gzip when it ends in .gz)"))
+                        .arg(Arg::new("rows").long("rows").value_name("N").default_value("1000000").help("Number of rows"))
+                        .arg(Arg::new("scale").long("scale").value_name("S").default_value("0.1").help("Multiplier of the Criteo-like field cardinalities"))
+                        .arg(Arg::new("model_seed").long("model-seed").value_name("N").default_value("1").help("Seed of the hidden model (files with the same model seed share it)"))
+                        .arg(Arg::new("seed").long("seed").value_name("N").default_value("1").help("Seed of the rows drawn")),
+                ),
+        )
+}
+
+fn num<T: std::str::FromStr>(m: &ArgMatches, key: &str) -> Result<T> {
+    let v = m.get_one::<String>(key).expect("defaulted or required");
+    v.parse().map_err(|_| codistill::Error::Invalid(format!("--{}: {v:?} is not a valid number", key.replace('_', "-"))))
 }
 
 fn lm_config(m: &ArgMatches) -> Result<LmConfig> {
@@ -40,6 +70,63 @@ fn lm_config(m: &ArgMatches) -> Result<LmConfig> {
     }
     cfg.apply_matches(m)?;
     Ok(cfg)
+}
+
+fn criteo_config(m: &ArgMatches) -> Result<CriteoConfig> {
+    let mut cfg = CriteoConfig::default();
+    if let Some(path) = m.get_one::<String>("config") {
+        cfg.apply_toml_file(&PathBuf::from(path))?;
+    }
+    cfg.apply_matches(m)?;
+    Ok(cfg)
+}
+
+fn run_criteo(sub: &ArgMatches) -> Result<()> {
+    match sub.subcommand() {
+        Some(("train", a)) => {
+            let cfg = criteo_config(a)?;
+            let s = criteo::train(&cfg)?;
+            if let Some(r) = s.preprocess_rows_per_s {
+                println!("preprocessed at {r:.0} rows/s");
+            }
+            println!("trained {} steps in {:.1} s ({:.0} rows/s)", s.steps, s.seconds, s.train_rows_per_s);
+            if let Some(v) = s.valid {
+                println!("validation ({} rows): log-loss {:.5}, AUC {:.4}, calibration {:.3}", v.rows, v.log_loss, v.auc, v.calibration);
+                if let Some(t) = s.valid_truth {
+                    println!("hidden model's log-loss on the same rows {:.5}: the trained model is {:+.2}% above it", t.bayes_log_loss, 100.0 * (v.log_loss / t.bayes_log_loss - 1.0));
+                }
+            }
+            println!("outputs in {}", cfg.out.display());
+            Ok(())
+        }
+        Some(("eval", a)) => {
+            let ckpt = PathBuf::from(a.get_one::<String>("checkpoint").expect("required"));
+            let file = PathBuf::from(a.get_one::<String>("file").expect("required"));
+            let against = a.get_one::<String>("against").map(PathBuf::from);
+            let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
+            let (e, ch) = criteo::eval_checkpoint(&ckpt, &file, against.as_deref(), &cache)?;
+            let churn = ch.map(|c| format!(",\"churn\":{c}")).unwrap_or_default();
+            println!("{{\"rows\":{},\"log_loss\":{},\"auc\":{},\"calibration\":{}{churn}}}", e.rows, e.log_loss, e.auc, e.calibration);
+            Ok(())
+        }
+        Some(("generate", a)) => {
+            let out = PathBuf::from(a.get_one::<String>("out").expect("required"));
+            let model = ClickModel::criteo_like(num(a, "scale")?, num::<u64>(a, "model_seed")? ^ 0xC11C);
+            let t0 = std::time::Instant::now();
+            let t = write_criteo_tsv(&out, &model, num(a, "rows")?, num(a, "seed")?)?;
+            println!(
+                "wrote {} rows to {} in {:.1} s; hidden model's log-loss {:.5} (expected {:.5}), in {}",
+                t.rows,
+                out.display(),
+                t0.elapsed().as_secs_f64(),
+                t.bayes_log_loss,
+                t.expected_log_loss,
+                codistill::data::synthetic::truth_path(&out).display()
+            );
+            Ok(())
+        }
+        _ => unreachable!("clap requires a subcommand"),
+    }
 }
 
 fn run(m: &ArgMatches) -> Result<()> {
@@ -79,6 +166,7 @@ fn run(m: &ArgMatches) -> Result<()> {
             }
             _ => unreachable!("clap requires a subcommand"),
         },
+        Some(("criteo", sub)) => run_criteo(sub),
         _ => unreachable!("clap requires a subcommand"),
     }
 }

@@ -270,3 +270,109 @@ pub fn write_markov_corpus(dir: &std::path::Path, src: &MarkovSource, sizes: [us
     write_atomic(&floors_path, format!("train = {}\nvalid = {}\ntest = {}\n", f.train, f.valid, f.test).as_bytes())?;
     Ok(f)
 }
+
+/// Cardinalities shaped like the Criteo challenge's 26 fields (a few huge, many small), times
+/// `scale` (at least 2 each).
+pub fn criteo_cardinalities(scale: f64) -> Vec<usize> {
+    const BASE: [usize; 26] = [
+        1_400, 550, 170_000, 80_000, 300, 20, 12_000, 600, 3, 40_000, 5_000, 150_000, 3_000, 27, 14_000, 110_000, 10, 4_500, 2_000, 4, 130_000, 17, 15, 50_000, 100, 35_000,
+    ];
+    BASE.iter().map(|&c| ((c as f64 * scale) as usize).max(2)).collect()
+}
+
+/// What the hidden model says about a generated file.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClickTruth {
+    pub rows: usize,
+    /// Mean negative log-likelihood of the drawn labels under the true probabilities.
+    pub bayes_log_loss: f64,
+    /// Mean binary entropy of the true probabilities (the expectation of the above).
+    pub expected_log_loss: f64,
+}
+
+impl ClickTruth {
+    /// Read the `.truth` sidecar written beside a generated file, if there is one.
+    pub fn for_file(path: &std::path::Path) -> Option<ClickTruth> {
+        let text = std::fs::read_to_string(truth_path(path)).ok()?;
+        let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.trim().strip_prefix('=')?.trim().parse::<f64>().ok());
+        Some(ClickTruth { rows: get("rows")? as usize, bayes_log_loss: get("bayes_log_loss")?, expected_log_loss: get("expected_log_loss")? })
+    }
+}
+
+pub fn truth_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".truth");
+    std::path::PathBuf::from(s)
+}
+
+impl ClickModel {
+    /// 26 categorical fields (cardinalities from `criteo_cardinalities(scale)`) and 13 integers,
+    /// with per-category effects scaled so that the logit's spread matches real click data.
+    pub fn criteo_like(scale: f64, seed: u64) -> Self {
+        let mut m = ClickModel::new(&criteo_cardinalities(scale), crate::data::criteo::NUM_INTS, seed);
+        let s = 1.2 / (26f64).sqrt() / 0.6;
+        for w in &mut m.cat_weight {
+            w.iter_mut().for_each(|x| *x *= s);
+        }
+        m
+    }
+
+    /// The 32-bit category value written for category `c` of field `f`; the most frequent category
+    /// of every fifth field is written as missing, as real logs have missing categories.
+    pub fn category_value(f: usize, c: u32) -> Option<u32> {
+        if f % 5 == 4 && c == 0 {
+            None
+        } else {
+            Some(mix(0xC47E_6021 ^ f as u64, c as u64) as u32)
+        }
+    }
+
+    /// An example as a Criteo row.
+    pub fn to_row(e: &ClickExample) -> crate::data::criteo::Row {
+        let mut row = crate::data::criteo::Row { label: e.label, ints: [None; 13], cats: [None; 26] };
+        for (i, v) in e.ints.iter().take(13).enumerate() {
+            row.ints[i] = v.map(|x| x as i64);
+        }
+        for (f, &c) in e.cats.iter().take(26).enumerate() {
+            row.cats[f] = Self::category_value(f, c);
+        }
+        row
+    }
+}
+
+/// Write `rows` impressions in the Criteo TSV format (gzip when the name ends in `.gz`), through a
+/// temporary name, and the `.truth` sidecar with the hidden model's log-loss on them.
+pub fn write_criteo_tsv(path: &std::path::Path, model: &ClickModel, rows: usize, seed: u64) -> crate::Result<ClickTruth> {
+    use crate::Error;
+    use std::io::Write;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut rng = Rng::new(seed);
+    let (mut bayes, mut expected) = (0.0, 0.0);
+    let mut write_rows = |w: &mut dyn Write| -> std::io::Result<()> {
+        for _ in 0..rows {
+            let e = model.sample(&mut rng);
+            let p = e.p.clamp(1e-15, 1.0 - 1e-15);
+            bayes -= if e.label { p.ln() } else { (1.0 - p).ln() };
+            expected -= p * p.ln() + (1.0 - p) * (1.0 - p).ln();
+            writeln!(w, "{}", ClickModel::to_row(&e).to_line())?;
+        }
+        Ok(())
+    };
+    let written = if path.extension().map(|e| e == "gz").unwrap_or(false) {
+        let mut enc = flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, file), flate2::Compression::fast());
+        write_rows(&mut enc).and_then(|_| enc.finish()).and_then(|mut w| w.flush().and_then(|_| w.get_ref().sync_all()))
+    } else {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        write_rows(&mut w).and_then(|_| w.flush()).and_then(|_| w.get_ref().sync_all())
+    };
+    written.map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    let n = rows.max(1) as f64;
+    let t = ClickTruth { rows, bayes_log_loss: bayes / n, expected_log_loss: expected / n };
+    crate::data::text::write_atomic(&truth_path(path), format!("rows = {rows}\nbayes_log_loss = {}\nexpected_log_loss = {}\n", t.bayes_log_loss, t.expected_log_loss).as_bytes())?;
+    Ok(t)
+}

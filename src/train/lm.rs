@@ -355,6 +355,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         let grads = g.backward(loss)?;
         store.zero_grads();
         g.accumulate_grads(&grads, &mut store)?;
+        // The tape holds references to the weights; drop it so the update writes in place
+        // instead of copying every parameter.
+        drop(g);
         let lr = schedule.at(step);
         let norm = opt.step(&mut store, lr, clip)?;
         state = next;
@@ -377,7 +380,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 if improved {
                     best = Some(v);
                 }
-                bar.println(format!("step {step}: validation loss {v:.4} ppl {:.2}{}", v.exp(), if improved { " (best)" } else { "" }));
+                bar.suspend(|| eprintln!("step {step}: validation loss {v:.4} ppl {:.2}{}", v.exp(), if improved { " (best)" } else { "" }));
                 log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
                 if improved {
                     save_checkpoint(&cfg.out.join("best.safetensors"), cfg, &data.vocab, &store, &opt, &state, step, best)?;

@@ -1,6 +1,8 @@
 //! Training loops, evaluation, metrics and the device choice shared by the trainers.
 
+pub mod criteo;
 pub mod lm;
+pub mod metrics;
 
 use crate::data::text::write_atomic;
 use crate::tensor::Device;
@@ -41,7 +43,7 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-crate::config_enum!(DeviceChoice, crate::data::text::Tokenizer, OptimizerChoice);
+crate::config_enum!(DeviceChoice, crate::data::text::Tokenizer, OptimizerChoice, crate::data::criteo::OnBadLine);
 
 impl DeviceChoice {
     /// The device to train on. `cuda` fails where there is no CUDA backend; `auto` falls back to the

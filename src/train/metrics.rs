@@ -1,0 +1,81 @@
+//! Evaluation metrics for click models, and the codistillation paper's prediction churn.
+
+use crate::{bail, Result};
+
+/// Mean log-loss of probabilities `p` against 0/1 labels (probabilities clamped to [1e-15, 1 - 1e-15]).
+pub fn log_loss(p: &[f32], y: &[f32]) -> f64 {
+    let n = p.len().max(1) as f64;
+    p.iter()
+        .zip(y)
+        .map(|(&p, &y)| {
+            let p = (p as f64).clamp(1e-15, 1.0 - 1e-15);
+            -(y as f64 * p.ln() + (1.0 - y as f64) * (1.0 - p).ln())
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// Area under the ROC curve: the probability that a random positive scores above a random
+/// negative, ties counting one half (Mann-Whitney U with mid-ranks). NaN if one class is absent.
+pub fn auc(score: &[f32], y: &[f32]) -> f64 {
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    idx.sort_by(|&a, &b| score[a].total_cmp(&score[b]));
+    let (mut rank_sum, mut pos) = (0.0, 0usize);
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && score[idx[j + 1]] == score[idx[i]] {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if y[k] > 0.5 {
+                rank_sum += mid;
+                pos += 1;
+            }
+        }
+        i = j + 1;
+    }
+    let neg = score.len() - pos;
+    if pos == 0 || neg == 0 {
+        return f64::NAN;
+    }
+    (rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
+}
+
+/// Mean prediction over mean label: 1 is calibrated on average.
+pub fn calibration(p: &[f32], y: &[f32]) -> f64 {
+    let mp = p.iter().map(|&v| v as f64).sum::<f64>();
+    let my = y.iter().map(|&v| v as f64).sum::<f64>();
+    mp / my
+}
+
+/// Prediction churn (Anil et al. 2018, section 4): mean absolute difference of two models'
+/// predicted probabilities on the same examples.
+pub fn churn(a: &[f32], b: &[f32]) -> Result<f64> {
+    if a.len() != b.len() || a.is_empty() {
+        bail!(Shape, "churn needs two equal, non-empty prediction lists, got {} and {}", a.len(), b.len());
+    }
+    Ok(a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).sum::<f64>() / a.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_counts_pairs_with_half_ties() {
+        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[0., 0., 1., 1.]), 0.75);
+        assert_eq!(auc(&[0.5, 0.5], &[0., 1.]), 0.5);
+        assert!(auc(&[0.5, 0.6], &[1., 1.]).is_nan());
+    }
+
+    #[test]
+    fn log_loss_calibration_and_churn() {
+        assert!((log_loss(&[0.5, 0.5], &[0., 1.]) - 2f64.ln()).abs() < 1e-12);
+        assert!(log_loss(&[0.0], &[1.0]).is_finite());
+        assert!((calibration(&[0.2, 0.4], &[0., 1.]) - 0.6).abs() < 1e-7);
+        assert!((churn(&[0.1, 0.9], &[0.3, 0.6]).unwrap() - 0.25).abs() < 1e-7);
+        assert!(churn(&[0.1], &[]).is_err());
+    }
+}
