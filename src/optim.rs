@@ -118,7 +118,7 @@ impl Optimizer {
             let width = if p.value.rank() == 2 { p.value.dim(1) } else { p.value.numel() };
             let ranges: Vec<std::ops::Range<usize>> = match p.touched_rows() {
                 Some(rows) => rows.iter().map(|&r| r as usize * width..(r as usize + 1) * width).collect(),
-                None => vec![0..p.value.numel()],
+                None => std::iter::once(0..p.value.numel()).collect(),
             };
             let grad = p.grad.f32s()?;
             let w = p.value.f32s_mut()?;

@@ -1,6 +1,8 @@
 //! The language-model trainer: bad input gives errors that name the file and the problem, and a
 //! resumed run ends exactly where an uninterrupted one does.
 
+#![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
+
 use codistill::checkpoint::Checkpoint;
 use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
 use codistill::train::lm::{self, LmConfig};

@@ -209,6 +209,7 @@ pub struct LmSummary {
     pub seconds: f64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint(path: &Path, cfg: &LmConfig, vocab: &Vocab, s: &ParamStore, opt: &Optimizer, state: &LstmState, step: u64, best: Option<f64>) -> Result<()> {
     let mut c = Checkpoint::new();
     for (name, p) in s.iter() {
