@@ -8,6 +8,7 @@ pub mod autograd;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distill;
 mod error;
 pub mod hash;
 pub mod nn;

@@ -90,11 +90,15 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
                 println!("preprocessed at {r:.0} rows/s");
             }
             println!("trained {} steps in {:.1} s ({:.0} rows/s)", s.steps, s.seconds, s.train_rows_per_s);
-            if let Some(v) = s.valid {
-                println!("validation ({} rows): log-loss {:.5}, AUC {:.4}, calibration {:.3}", v.rows, v.log_loss, v.auc, v.calibration);
+            for (i, v) in s.valid.iter().enumerate() {
+                let who = if s.valid.len() > 1 { format!("model {i} ") } else { String::new() };
+                println!("{who}validation ({} rows): log-loss {:.5}, AUC {:.4}, calibration {:.3}", v.rows, v.log_loss, v.auc, v.calibration);
                 if let Some(t) = s.valid_truth {
-                    println!("hidden model's log-loss on the same rows {:.5}: the trained model is {:+.2}% above it", t.bayes_log_loss, 100.0 * (v.log_loss / t.bayes_log_loss - 1.0));
+                    println!("{who}is {:+.2}% above the hidden model's log-loss on the same rows ({:.5})", 100.0 * (v.log_loss / t.bayes_log_loss - 1.0), t.bayes_log_loss);
                 }
+            }
+            if let (Some(e), Some(c)) = (s.ensemble, s.churn) {
+                println!("ensemble of the models: log-loss {:.5}, AUC {:.4}; churn between models 0 and 1: {c:.5}", e.log_loss, e.auc);
             }
             println!("outputs in {}", cfg.out.display());
             Ok(())

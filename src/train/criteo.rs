@@ -71,6 +71,22 @@ crate::config_table! {
         shards: usize = 1,
         /// ...and train on this one (0-based)
         shard: usize = 0,
+        /// Models trained side by side in this process (1: one model; 2 or more: codistillation)
+        models: usize = 1,
+        /// Codistillation: steps with the distillation term off
+        burn_in: u64 = 500,
+        /// Codistillation: publish each model's checkpoint every this many steps
+        exchange_every: u64 = 100,
+        /// Codistillation: weight of the distillation term (the task loss gets 1 - weight); 0 trains independent models
+        distill_weight: f32 = 0.5,
+        /// Codistillation: every model trains on all rows (default: each on its own disjoint shard)
+        same_data: bool = false,
+        /// Codistillation across processes: shared checkpoint directory (one process per model)
+        exchange_dir: Option<PathBuf> = None,
+        /// Codistillation across processes: this process's model index
+        rank: usize = 0,
+        /// Codistillation across processes: number of processes
+        world: usize = 1,
         /// Synthetic log: training rows (the validation file gets a tenth)
         synthetic_rows: usize = 1000000,
         /// Synthetic log: multiplier of the Criteo-like field cardinalities
@@ -229,9 +245,15 @@ pub fn prepare_data(cfg: &CriteoConfig) -> Result<CriteoData> {
 #[derive(Clone, Debug)]
 pub struct CriteoSummary {
     pub steps: u64,
-    pub valid: Option<ClickEval>,
+    /// Final validation of each model (one entry for a single model).
+    pub valid: Vec<ClickEval>,
+    /// The models' averaged predictions, when there are several.
+    pub ensemble: Option<ClickEval>,
+    /// Prediction churn between the first two models, when there are several.
+    pub churn: Option<f64>,
     pub valid_truth: Option<ClickTruth>,
     pub preprocess_rows_per_s: Option<f64>,
+    /// Training rows per second, over all models.
     pub train_rows_per_s: f64,
     pub seconds: f64,
 }
@@ -265,114 +287,241 @@ pub fn load_checkpoint(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStor
     Ok((cfg, model, store))
 }
 
+/// One model of a (possibly codistilled) run.
+struct Member {
+    /// Global model index: shard and exchange rank.
+    index: usize,
+    store: ParamStore,
+    opt: Optimizer,
+    rows: Range<usize>,
+    order: Vec<usize>,
+    pos: usize,
+    epoch: u64,
+    rng: Rng,
+    /// Teacher step last logged per peer, and whether a stale peer was warned about.
+    seen: Vec<Option<u64>>,
+    warned: Vec<bool>,
+}
+
+impl Member {
+    fn next_batch(&mut self, batch: usize) -> Vec<usize> {
+        if self.pos >= self.order.len() {
+            self.order = self.rows.clone().collect();
+            self.rng.fork(self.epoch).shuffle(&mut self.order);
+            self.epoch += 1;
+            self.pos = 0;
+        }
+        let end = (self.pos + batch).min(self.order.len());
+        let b = self.order[self.pos..end].to_vec();
+        self.pos = end;
+        b
+    }
+
+    fn checkpoint_name(&self, single: bool) -> String {
+        if single {
+            "checkpoint.safetensors".into()
+        } else {
+            format!("checkpoint-{}.safetensors", self.index)
+        }
+    }
+}
+
+/// Train as configured: one model, or `models` codistilling models in this process, or this
+/// process's model of a `world`-process codistillation through `exchange_dir`.
 pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
+    use crate::distill::exchange::{timed, DirExchange, Exchange, InProcess};
+    use crate::distill::CodistillSchedule;
     let t0 = Instant::now();
     cfg.device.resolve()?;
-    if cfg.batch == 0 || cfg.epochs == 0 {
-        bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
+    if cfg.batch == 0 || cfg.epochs == 0 || cfg.models == 0 || cfg.world == 0 {
+        bail!(Invalid, "batch, epochs, models and world must be positive (got {}, {}, {}, {})", cfg.batch, cfg.epochs, cfg.models, cfg.world);
+    }
+    if cfg.world > 1 && (cfg.exchange_dir.is_none() || cfg.models != 1 || cfg.rank >= cfg.world) {
+        bail!(Invalid, "a {}-process run needs --exchange-dir, --models 1 and a rank below the world (rank {})", cfg.world, cfg.rank);
+    }
+    if !(0.0..=1.0).contains(&cfg.distill_weight) {
+        bail!(Invalid, "distill_weight must be in [0, 1], got {}", cfg.distill_weight);
+    }
+    let total_models = cfg.models * cfg.world;
+    if total_models > 1 && cfg.shards != 1 {
+        bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", cfg.shards);
     }
     let data = prepare_data(cfg)?;
-    let span = shard_range(data.train_rows.len(), cfg.shards, cfg.shard)?;
-    let rows: Range<usize> = data.train_rows.start + span.start..data.train_rows.start + span.end;
-    if rows.is_empty() {
-        bail!(Invalid, "{}: shard {} of {} has no training rows", data.train.source.display(), cfg.shard, cfg.shards);
+    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
+    let mut members = Vec::new();
+    for local in 0..cfg.models {
+        let index = cfg.rank * cfg.models + local;
+        let (n, i) = if total_models > 1 { (if cfg.same_data { 1 } else { total_models }, if cfg.same_data { 0 } else { index }) } else { (cfg.shards, cfg.shard) };
+        let span = shard_range(data.train_rows.len(), n, i)?;
+        let rows = data.train_rows.start + span.start..data.train_rows.start + span.end;
+        if rows.is_empty() {
+            bail!(Invalid, "{}: shard {i} of {n} has no training rows", data.train.source.display());
+        }
+        let mut store = ParamStore::new();
+        // Each model gets its own initialisation and shuffling.
+        let mut rng = Rng::new(cfg.seed).fork(index as u64);
+        CtrModel::new(&mut store, cfg, &mut rng)?;
+        members.push(Member { index, store, opt: Optimizer::new(cfg.optimizer.kind()), rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng, seen: vec![None; total_models], warned: vec![false; total_models] });
     }
-    let mut store = ParamStore::new();
-    let mut rng = Rng::new(cfg.seed);
-    let model = CtrModel::new(&mut store, cfg, &mut rng)?;
-    let mut opt = Optimizer::new(cfg.optimizer.kind());
+    // The structure (parameter names) is the same for every model; weights come from each store.
+    let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
+    let mut exchange: Box<dyn Exchange> = match &cfg.exchange_dir {
+        Some(dir) if cfg.world > 1 => Box::new(DirExchange::new(dir, cfg.rank, cfg.world, &members[0].store, std::time::Duration::from_millis(50))?),
+        _ => Box::new(InProcess::new(total_models)),
+    };
     let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
-    let steps_per_epoch = rows.len().div_ceil(cfg.batch) as u64;
-    let schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
+    let steps_per_epoch = members.iter().map(|m| m.rows.len().div_ceil(cfg.batch)).min().unwrap_or(0) as u64;
+    let total_steps = steps_per_epoch * cfg.epochs as u64;
+    let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     eprintln!(
-        "criteo: {} parameters, {} training rows (shard {} of {}), {} validation rows",
-        store.num_elements(),
-        rows.len(),
-        cfg.shard,
-        cfg.shards,
+        "criteo: {} model(s) here of {total_models}, {} parameters each, {} training rows each, {} validation rows, {total_steps} steps",
+        cfg.models,
+        members[0].store.num_elements(),
+        members[0].rows.len(),
         data.valid_rows.len()
     );
-    let bar = indicatif::ProgressBar::new(steps_per_epoch * cfg.epochs as u64);
+    let bar = indicatif::ProgressBar::new(total_steps);
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
-    let validate = |store: &ParamStore| -> Result<Option<ClickEval>> {
+    let valid_end = |r: &Range<usize>| if cfg.eval_rows > 0 { (r.start + cfg.eval_rows).min(r.end) } else { r.end };
+    let evaluate_all = |members: &[Member]| -> Result<Vec<(ClickEval, Vec<f32>)>> {
         match data.valid() {
-            Some((c, r)) => {
-                let end = if cfg.eval_rows > 0 { (r.start + cfg.eval_rows).min(r.end) } else { r.end };
-                Ok(Some(evaluate(&model, store, c, r.start..end)?.0))
-            }
-            None => Ok(None),
+            Some((c, r)) => members.iter().map(|m| evaluate(&model, &m.store, c, r.start..valid_end(&r))).collect(),
+            None => Ok(Vec::new()),
         }
     };
-    let (mut step, mut last) = (0u64, None);
+    let peers: Vec<usize> = (0..total_models).collect();
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
-    let (mut train_secs, mut train_rows) = (0.0, 0usize);
-    for epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = rows.clone().collect();
-        rng.fork(epoch as u64).shuffle(&mut order);
-        for chunk in order.chunks(cfg.batch) {
+    let (mut train_secs, mut train_rows, mut exchange_wait) = (0.0, 0usize, 0.0);
+    let mut evals: Vec<(ClickEval, Vec<f32>)> = Vec::new();
+    for step in 0..total_steps {
+        let lr = lr_schedule.at(step);
+        let mut staleness_sum = (0u64, 0u64);
+        for m in members.iter_mut() {
             let ts = Instant::now();
-            let (ids, dense, labels) = data.train.batch(chunk)?;
+            let chunk = m.next_batch(cfg.batch);
+            let (ids, dense, labels) = data.train.batch(&chunk)?;
+            // Teachers: the newest snapshots of the other models, averaged as probabilities.
+            let mut targets = labels.clone();
+            if schedule.distill_at(step) {
+                let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
+                exchange_wait += waited.as_secs_f64();
+                if !teachers.is_empty() {
+                    let mut mean_p = vec![0f32; chunk.len()];
+                    for t in &teachers {
+                        let mut g = Graph::no_grad();
+                        let l = model.forward(&mut g, &t.params, &ids, &dense)?;
+                        for (acc, &x) in mean_p.iter_mut().zip(g.value(l).f32s()?) {
+                            *acc += sigmoid(x) / teachers.len() as f32;
+                        }
+                        let staleness = step - t.step;
+                        staleness_sum = (staleness_sum.0 + staleness, staleness_sum.1 + 1);
+                        if m.seen[t.rank] != Some(t.step) {
+                            m.seen[t.rank] = Some(t.step);
+                            log.write(&[("event", J::S("teacher")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("teacher", J::I(t.rank as u64)), ("teacher_step", J::I(t.step)), ("staleness", J::I(staleness)), ("exchange_wait_ms", J::N(waited.as_secs_f64() * 1e3))])?;
+                        }
+                        if cfg.exchange_every > 0 && staleness > 3 * cfg.exchange_every && !m.warned[t.rank] {
+                            m.warned[t.rank] = true;
+                            bar.suspend(|| eprintln!("warning: model {} has not published for {staleness} steps; model {} keeps training on its checkpoint of step {}", t.rank, m.index, t.step));
+                        }
+                    }
+                    let w = schedule.weight;
+                    let y = labels.f32s()?;
+                    targets = Tensor::from_f32(y.iter().zip(&mean_p).map(|(&y, &p)| (1.0 - w) * y + w * p).collect(), labels.shape())?;
+                }
+            }
             let mut g = Graph::new();
-            let logit = model.forward(&mut g, &store, &ids, &dense)?;
-            let loss = g.bce_with_logits(logit, &labels)?;
+            let logit = model.forward(&mut g, &m.store, &ids, &dense)?;
+            let loss = g.bce_with_logits(logit, &targets)?;
             let lv = g.value(loss).item()? as f64;
             if !lv.is_finite() {
-                bail!(Invalid, "training loss is {lv} at step {step}; lower --lr or set --clip");
+                bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or set --clip", m.index);
             }
             let grads = g.backward(loss)?;
-            store.zero_grads();
-            g.accumulate_grads(&grads, &mut store)?;
-            // The tape holds references to the weights; drop it so the update writes in place
-            // instead of copying every parameter.
+            m.store.zero_grads();
+            g.accumulate_grads(&grads, &mut m.store)?;
+            // The tape holds references to the weights; drop it so the update writes in place.
             drop(g);
-            let lr = schedule.at(step);
-            let norm = opt.step(&mut store, lr, clip)?;
-            step += 1;
+            m.opt.step(&mut m.store, lr, clip)?;
             train_secs += ts.elapsed().as_secs_f64();
             train_rows += chunk.len();
             interval_loss += lv;
             interval_n += 1;
-            bar.set_position(step);
-            if step % cfg.log_every.max(1) == 0 {
-                let mean = interval_loss / interval_n as f64;
-                let rps = interval_n as f64 * cfg.batch as f64 / interval_t.elapsed().as_secs_f64();
-                bar.set_message(format!("loss {mean:.4} {rps:.0} rows/s"));
-                log.write(&[("event", J::S("train")), ("step", J::I(step)), ("epoch", J::I(epoch as u64)), ("loss", J::N(mean)), ("lr", J::N(lr as f64)), ("grad_norm", J::N(norm)), ("rows_per_s", J::N(rps))])?;
-                (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
-            }
-            if cfg.eval_every > 0 && step % cfg.eval_every == 0 {
-                if let Some(v) = validate(&store)? {
-                    bar.suspend(|| eprintln!("step {step}: validation log-loss {:.5} AUC {:.4} calibration {:.3}", v.log_loss, v.auc, v.calibration));
-                    log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("log_loss", J::N(v.log_loss)), ("auc", J::N(v.auc)), ("calibration", J::N(v.calibration))])?;
-                    last = Some(v);
-                }
+        }
+        if schedule.publish_after(step) && total_models > 1 {
+            for m in &members {
+                let ((), waited) = {
+                    let (r, w) = timed(|| exchange.publish(m.index, step + 1, &m.store));
+                    r?;
+                    ((), w)
+                };
+                exchange_wait += waited.as_secs_f64();
             }
         }
-        if cfg.eval_every == 0 || step % cfg.eval_every != 0 {
-            if let Some(v) = validate(&store)? {
-                bar.suspend(|| eprintln!("epoch {}: validation log-loss {:.5} AUC {:.4} calibration {:.3}", epoch + 1, v.log_loss, v.auc, v.calibration));
-                log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("log_loss", J::N(v.log_loss)), ("auc", J::N(v.auc)), ("calibration", J::N(v.calibration))])?;
-                last = Some(v);
+        let step1 = step + 1;
+        bar.set_position(step1);
+        if step1 % cfg.log_every.max(1) == 0 {
+            let mean = interval_loss / interval_n as f64;
+            let rps = interval_n as f64 * cfg.batch as f64 / interval_t.elapsed().as_secs_f64();
+            bar.set_message(format!("loss {mean:.4} {rps:.0} rows/s"));
+            let stale = if staleness_sum.1 > 0 { staleness_sum.0 as f64 / staleness_sum.1 as f64 } else { f64::NAN };
+            log.write(&[("event", J::S("train")), ("step", J::I(step1)), ("loss", J::N(mean)), ("lr", J::N(lr as f64)), ("rows_per_s", J::N(rps)), ("mean_staleness", J::N(stale)), ("exchange_wait_s", J::N(exchange_wait))])?;
+            (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
+        }
+        let epoch_end = steps_per_epoch > 0 && step1 % steps_per_epoch == 0;
+        if (cfg.eval_every > 0 && step1 % cfg.eval_every == 0) || (cfg.eval_every == 0 && epoch_end) || step1 == total_steps {
+            evals = evaluate_all(&members)?;
+            for (m, (v, _)) in members.iter().zip(&evals) {
+                bar.suspend(|| eprintln!("step {step1}: model {} validation log-loss {:.5} AUC {:.4} calibration {:.3}", m.index, v.log_loss, v.auc, v.calibration));
+                log.write(&[("event", J::S("valid")), ("step", J::I(step1)), ("model", J::I(m.index as u64)), ("log_loss", J::N(v.log_loss)), ("auc", J::N(v.auc)), ("calibration", J::N(v.calibration))])?;
             }
         }
-        save_checkpoint(&cfg.out.join("checkpoint.safetensors"), cfg, &store, step)?;
+        if epoch_end || step1 == total_steps {
+            for m in &members {
+                save_checkpoint(&cfg.out.join(m.checkpoint_name(total_models == 1)), cfg, &m.store, step1)?;
+            }
+        }
     }
     bar.finish_and_clear();
+    drop(exchange);
+    let (ensemble, churn_01) = match (data.valid(), evals.len() > 1) {
+        (Some((c, r)), true) => {
+            let n = evals.len() as f32;
+            let mut p = vec![0f32; evals[0].1.len()];
+            for (_, q) in &evals {
+                for (a, &b) in p.iter_mut().zip(q) {
+                    *a += b / n;
+                }
+            }
+            let y: Vec<f32> = (r.start..valid_end(&r)).map(|i| c.label(i)).collect();
+            let e = ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) };
+            (Some(e), Some(churn(&evals[0].1, &evals[1].1)?))
+        }
+        _ => (None, None),
+    };
+    if let (Some(e), Some(ch)) = (ensemble, churn_01) {
+        log.write(&[("event", J::S("ensemble")), ("step", J::I(total_steps)), ("log_loss", J::N(e.log_loss)), ("auc", J::N(e.auc)), ("calibration", J::N(e.calibration)), ("churn", J::N(ch))])?;
+    }
     let truth = data.valid_truth.filter(|_| cfg.eval_rows == 0);
-    let s = CriteoSummary { steps: step, valid: last, valid_truth: truth, preprocess_rows_per_s: data.preprocess_rows_per_s, train_rows_per_s: train_rows as f64 / train_secs.max(1e-9), seconds: t0.elapsed().as_secs_f64() };
+    let valid: Vec<ClickEval> = evals.iter().map(|e| e.0).collect();
+    let s = CriteoSummary { steps: total_steps, valid: valid.clone(), ensemble, churn: churn_01, valid_truth: truth, preprocess_rows_per_s: data.preprocess_rows_per_s, train_rows_per_s: train_rows as f64 / train_secs.max(1e-9), seconds: t0.elapsed().as_secs_f64() };
     let nan = f64::NAN;
+    let mean_ll = if valid.is_empty() { nan } else { valid.iter().map(|v| v.log_loss).sum::<f64>() / valid.len() as f64 };
     write_result(
         &cfg.out.join("result.json"),
         &[
-            ("steps", J::I(step)),
-            ("valid_log_loss", J::N(last.map(|v| v.log_loss).unwrap_or(nan))),
-            ("valid_auc", J::N(last.map(|v| v.auc).unwrap_or(nan))),
-            ("valid_calibration", J::N(last.map(|v| v.calibration).unwrap_or(nan))),
+            ("steps", J::I(total_steps)),
+            ("models", J::I(members.len() as u64)),
+            ("valid_log_loss", J::N(mean_ll)),
+            ("valid_auc", J::N(valid.first().map(|v| v.auc).unwrap_or(nan))),
+            ("valid_calibration", J::N(valid.first().map(|v| v.calibration).unwrap_or(nan))),
+            ("ensemble_log_loss", J::N(ensemble.map(|e| e.log_loss).unwrap_or(nan))),
+            ("churn", J::N(churn_01.unwrap_or(nan))),
             ("bayes_log_loss", J::N(truth.map(|t| t.bayes_log_loss).unwrap_or(nan))),
             ("train_rows_per_s", J::N(s.train_rows_per_s)),
             ("preprocess_rows_per_s", J::N(s.preprocess_rows_per_s.unwrap_or(nan))),
+            ("exchange_wait_s", J::N(exchange_wait)),
             ("seconds", J::N(s.seconds)),
         ],
     )?;
