@@ -24,6 +24,7 @@ fn cli() -> Command {
                 .about("LSTM language models")
                 .subcommand_required(true)
                 .subcommand(Command::new("train").about("Train a language model (on the synthetic corpus unless --data or --train is given)").arg(config_arg()).args(LmConfig::args()))
+                .subcommand(Command::new("codistill").about("Codistill language models: lm train with --models 2 unless --models or --world says otherwise").arg(config_arg()).args(LmConfig::args()))
                 .subcommand(
                     Command::new("eval")
                         .about("Report cross-entropy and perplexity of a checkpoint on a text file")
@@ -38,6 +39,7 @@ fn cli() -> Command {
                 .about("Click-through models on Criteo-format logs")
                 .subcommand_required(true)
                 .subcommand(Command::new("train").about("Train a click model (on a synthetic log unless --train is given)").arg(config_arg()).args(CriteoConfig::args()))
+                .subcommand(Command::new("codistill").about("Codistill click models: criteo train with --models 2 unless --models or --world says otherwise").arg(config_arg()).args(CriteoConfig::args()))
                 .subcommand(
                     Command::new("eval")
                         .about("Log-loss, AUC and calibration of a checkpoint on a file; with --against, the prediction churn between two models")
@@ -63,28 +65,40 @@ fn num<T: std::str::FromStr>(m: &ArgMatches, key: &str) -> Result<T> {
     v.parse().map_err(|_| codistill::Error::Invalid(format!("--{}: {v:?} is not a valid number", key.replace('_', "-"))))
 }
 
-fn lm_config(m: &ArgMatches) -> Result<LmConfig> {
+fn lm_config(m: &ArgMatches, codistill: bool) -> Result<LmConfig> {
     let mut cfg = LmConfig::default();
+    if codistill {
+        cfg.models = 2;
+    }
     if let Some(path) = m.get_one::<String>("config") {
         cfg.apply_toml_file(&PathBuf::from(path))?;
     }
     cfg.apply_matches(m)?;
+    if cfg.world > 1 && m.get_one::<String>("models").is_none() {
+        cfg.models = 1;
+    }
     Ok(cfg)
 }
 
-fn criteo_config(m: &ArgMatches) -> Result<CriteoConfig> {
+fn criteo_config(m: &ArgMatches, codistill: bool) -> Result<CriteoConfig> {
     let mut cfg = CriteoConfig::default();
+    if codistill {
+        cfg.models = 2;
+    }
     if let Some(path) = m.get_one::<String>("config") {
         cfg.apply_toml_file(&PathBuf::from(path))?;
     }
     cfg.apply_matches(m)?;
+    if cfg.world > 1 && m.get_one::<String>("models").is_none() {
+        cfg.models = 1;
+    }
     Ok(cfg)
 }
 
 fn run_criteo(sub: &ArgMatches) -> Result<()> {
     match sub.subcommand() {
-        Some(("train", a)) => {
-            let cfg = criteo_config(a)?;
+        Some((cmd @ ("train" | "codistill"), a)) => {
+            let cfg = criteo_config(a, cmd == "codistill")?;
             let s = criteo::train(&cfg)?;
             if let Some(r) = s.preprocess_rows_per_s {
                 println!("preprocessed at {r:.0} rows/s");
@@ -143,15 +157,21 @@ fn run(m: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Some(("lm", sub)) => match sub.subcommand() {
-            Some(("train", a)) => {
-                let cfg = lm_config(a)?;
+            Some((cmd @ ("train" | "codistill"), a)) => {
+                let cfg = lm_config(a, cmd == "codistill")?;
                 let s = lm::train(&cfg)?;
                 println!("trained {} steps in {:.1} s ({:.0} tokens/s)", s.steps, s.seconds, s.tokens_per_s);
-                if let Some(v) = s.best_valid {
-                    println!("best validation: loss {v:.4} nats/token, perplexity {:.2}", v.exp());
+                for (i, (v, t)) in s.per_model.iter().enumerate() {
+                    let who = if s.per_model.len() > 1 { format!("model {i} ") } else { String::new() };
+                    if let Some(v) = v {
+                        println!("{who}best validation: loss {v:.4} nats/token, perplexity {:.2}", v.exp());
+                    }
+                    if let Some(t) = t {
+                        println!("{who}test: loss {t:.4} nats/token, perplexity {:.2}", t.exp());
+                    }
                 }
-                if let Some(t) = s.test {
-                    println!("test: loss {t:.4} nats/token, perplexity {:.2}", t.exp());
+                if let Some(e) = s.ensemble_valid {
+                    println!("ensemble validation: loss {e:.4} nats/token, perplexity {:.2}", e.exp());
                 }
                 if let Some(f) = s.floors {
                     println!("synthetic source entropy (the floor): validation {:.4}, test {:.4} nats/token", f.valid, f.test);

@@ -81,3 +81,27 @@ fn two_processes_codistill_through_a_directory_and_both_finish() {
     }
     assert!(xdir.join("model-0.safetensors").exists() && xdir.join("model-1.safetensors").exists());
 }
+
+#[test]
+fn language_models_codistill_in_one_process() {
+    use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+    use codistill::train::lm::{self, LmConfig};
+    let d = tmp("lm");
+    write_markov_corpus(&d.join("data"), &MarkovSource::new(30, 1, 3, 5), [24_000, 3_000, 3_000], 5).unwrap();
+    let mut c = LmConfig::default();
+    (c.data, c.cache, c.out, c.device, c.min_count) = (Some(d.join("data")), d.join("cache"), d.join("co"), codistill::train::DeviceChoice::Cpu, 1);
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (8, 16, 1, 4, 10);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (120, 120, 20, 120);
+    (c.models, c.burn_in, c.exchange_every, c.distill_weight, c.temperature) = (2, 40, 20, 0.5, 2.0);
+    let co = lm::train(&c).unwrap();
+    assert_eq!(co.per_model.len(), 2);
+    assert!(co.ensemble_valid.is_some() && co.per_model.iter().all(|(v, t)| v.is_some() && t.is_some()));
+    let metrics = std::fs::read_to_string(d.join("co/metrics.jsonl")).unwrap();
+    let swaps = metrics.lines().filter(|l| l.contains("\"event\":\"teacher\"")).count();
+    assert_eq!(swaps, 2 * 4, "each model takes its peer's snapshots of steps 40, 60, 80 and 100:\n{metrics}");
+    assert!(d.join("co/model-0/checkpoint.safetensors").exists() && d.join("co/model-1/checkpoint.safetensors").exists());
+    c.out = d.join("independent");
+    c.distill_weight = 0.0;
+    let ind = lm::train(&c).unwrap();
+    assert_ne!(co.per_model[0].0, ind.per_model[0].0, "the distillation term changed nothing");
+}

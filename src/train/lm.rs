@@ -82,6 +82,24 @@ crate::config_table! {
         shard: usize = 0,
         /// Resume from this checkpoint (weights, optimizer, step, carried state)
         resume: Option<PathBuf> = None,
+        /// Models trained side by side in this process (1: one model; 2 or more: codistillation)
+        models: usize = 1,
+        /// Codistillation: steps with the distillation term off
+        burn_in: u64 = 500,
+        /// Codistillation: publish each model's checkpoint every this many steps
+        exchange_every: u64 = 100,
+        /// Codistillation: weight alpha of the distillation term (the task loss gets 1 - alpha); 0 trains independent models
+        distill_weight: f32 = 0.5,
+        /// Codistillation: softmax temperature of the distillation term
+        temperature: f32 = 1.0,
+        /// Codistillation: every model trains on the whole stream (default: each on its own disjoint shard)
+        same_data: bool = false,
+        /// Codistillation across processes: shared checkpoint directory (one process per model)
+        exchange_dir: Option<PathBuf> = None,
+        /// Codistillation across processes: this process's model index
+        rank: usize = 0,
+        /// Codistillation across processes: number of processes
+        world: usize = 1,
         /// Synthetic corpus: vocabulary size of the Markov source
         synthetic_vocab: usize = 500,
         /// Synthetic corpus: order of the Markov source
@@ -94,7 +112,7 @@ crate::config_table! {
 }
 
 /// Keys that fix the model and the data stream: a resumed run must agree on them.
-const RESUME_KEYS: &[&str] = &["tokenizer", "min_count", "emb_dim", "hidden", "layers", "batch", "bptt", "shards", "shard", "seed", "optimizer"];
+const RESUME_KEYS: &[&str] = &["tokenizer", "min_count", "emb_dim", "hidden", "layers", "batch", "bptt", "shards", "shard", "seed", "optimizer", "models", "world", "rank", "same_data"];
 const FORMAT: &str = "codistill-lm-v1";
 
 /// Embedding, LSTM, output projection.
@@ -202,8 +220,14 @@ pub fn evaluate(model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, b
 #[derive(Clone, Debug)]
 pub struct LmSummary {
     pub steps: u64,
+    /// Best validation loss of the first model here.
     pub best_valid: Option<f64>,
+    /// Test loss of the first model here (with its best validated weights).
     pub test: Option<f64>,
+    /// Per model here: (best validation, test).
+    pub per_model: Vec<(Option<f64>, Option<f64>)>,
+    /// Validation loss of the models' averaged predictions at the end, when there are several.
+    pub ensemble_valid: Option<f64>,
     pub tokens_per_s: f64,
     pub floors: Option<CorpusFloors>,
     pub seconds: f64,
@@ -260,30 +284,117 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedLm> {
     Ok(LoadedLm { cfg, vocab, model, store, ckpt })
 }
 
-/// Train as configured. Prints progress on stderr (a bar on a terminal), writes metrics, checkpoints
-/// and `result.json` under `cfg.out`.
+/// Mean cross-entropy of the models' averaged next-token distributions (an ensemble), over the
+/// same lanes and windows as `evaluate`.
+pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<f64> {
+    let tokens = if max_tokens > 0 && tokens.len() > max_tokens + 1 { &tokens[..max_tokens + 1] } else { tokens };
+    if tokens.len() < 2 {
+        bail!(Invalid, "evaluation needs at least 2 tokens, got {}", tokens.len());
+    }
+    let lanes = batch.min((tokens.len() - 1) / (bptt + 1)).max(1);
+    let steps = bptt.min(tokens.len() / lanes - 1).max(1);
+    let data = TokenLanes::new(tokens, lanes, steps)?;
+    let mut states: Vec<LstmState> = stores.iter().map(|_| LstmState::zeros(model.lstm.num_layers(), lanes, model.lstm.hidden)).collect();
+    let (mut total, mut count) = (0.0, 0usize);
+    for w in 0..data.windows() {
+        let (x, y) = data.window(w)?;
+        let mut logps: Vec<Vec<f64>> = Vec::new();
+        for (s, st) in stores.iter().zip(states.iter_mut()) {
+            let mut g = Graph::no_grad();
+            let (logits, next) = model.forward(&mut g, s, &x, st, steps, None)?;
+            *st = next;
+            let lv = g.value(logits);
+            let v = lv.dim(1);
+            let (l, yv) = (lv.f32s()?, y.i32s()?);
+            logps.push((0..yv.len()).map(|r| {
+                let row = &l[r * v..(r + 1) * v];
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
+                row[yv[r] as usize] as f64 - lse
+            }).collect());
+        }
+        for r in 0..logps[0].len() {
+            let m = logps.iter().map(|lp| lp[r]).fold(f64::NEG_INFINITY, f64::max);
+            let mean = logps.iter().map(|lp| (lp[r] - m).exp()).sum::<f64>() / logps.len() as f64;
+            total -= m + mean.ln();
+            count += 1;
+        }
+    }
+    Ok(total / count.max(1) as f64)
+}
+
+/// One model of a (possibly codistilled) run.
+struct LmMember {
+    index: usize,
+    store: ParamStore,
+    opt: Optimizer,
+    lanes: TokenLanes,
+    state: LstmState,
+    /// The carried state of each peer's teacher model on this member's lanes.
+    teacher_state: Vec<Option<LstmState>>,
+    seen: Vec<Option<u64>>,
+    warned: Vec<bool>,
+    best: Option<f64>,
+    out: PathBuf,
+}
+
+/// Train as configured: one model, or `models` codistilling models in this process, or this
+/// process's model of a `world`-process codistillation through `exchange_dir`. Prints progress
+/// on stderr (a bar on a terminal), writes metrics, checkpoints and `result.json` under `cfg.out`
+/// (per model `model-<i>/` when there are several here).
 pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
+    use crate::distill::exchange::{timed, DirExchange, Exchange, InProcess};
+    use crate::distill::CodistillSchedule;
+    use crate::ops::softmax_kl::DistillParams;
     let t0 = Instant::now();
     cfg.device.resolve()?;
-    if cfg.batch == 0 || cfg.bptt == 0 {
-        bail!(Invalid, "batch and bptt must be positive (got {} and {})", cfg.batch, cfg.bptt);
+    if cfg.batch == 0 || cfg.bptt == 0 || cfg.models == 0 || cfg.world == 0 {
+        bail!(Invalid, "batch, bptt, models and world must be positive (got {}, {}, {}, {})", cfg.batch, cfg.bptt, cfg.models, cfg.world);
     }
     if !(0.0..1.0).contains(&cfg.dropout) {
         bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
     }
+    if cfg.world > 1 && (cfg.exchange_dir.is_none() || cfg.models != 1 || cfg.rank >= cfg.world) {
+        bail!(Invalid, "a {}-process run needs --exchange-dir, --models 1 and a rank below the world (rank {})", cfg.world, cfg.rank);
+    }
+    let total_models = cfg.models * cfg.world;
+    if total_models > 1 && cfg.shards != 1 {
+        bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", cfg.shards);
+    }
+    if cfg.models > 1 && cfg.resume.is_some() {
+        bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
+    }
+    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
+    let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
     let data = prepare_data(cfg)?;
-    let stream = shard(data.train.as_slice(), cfg.shards, cfg.shard)?;
-    let lanes = TokenLanes::new(stream, cfg.batch, cfg.bptt)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", data.train.path.display())))?;
-    let per_epoch = lanes.windows() as u64;
-
-    let mut store = ParamStore::new();
-    let model = LmModel::new(&mut store, cfg, data.vocab.len(), &mut Rng::new(cfg.seed))?;
-    let mut opt = Optimizer::new(cfg.optimizer.kind());
-    let mut state = LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden);
+    let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
+    let mut members = Vec::new();
+    for local in 0..cfg.models {
+        let index = cfg.rank * cfg.models + local;
+        let (n, i) = if total_models > 1 { (if cfg.same_data { 1 } else { total_models }, if cfg.same_data { 0 } else { index }) } else { (cfg.shards, cfg.shard) };
+        let stream = shard(data.train.as_slice(), n, i)?;
+        let lanes = TokenLanes::new(stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
+        let mut store = ParamStore::new();
+        // A single model keeps the seed's own stream; codistilling models get one each.
+        let mut rng = if total_models > 1 { Rng::new(cfg.seed).fork(index as u64) } else { Rng::new(cfg.seed) };
+        LmModel::new(&mut store, cfg, data.vocab.len(), &mut rng)?;
+        let out = if cfg.models > 1 { cfg.out.join(format!("model-{index}")) } else { cfg.out.clone() };
+        members.push(LmMember {
+            index,
+            store,
+            opt: Optimizer::new(cfg.optimizer.kind()),
+            lanes,
+            state: LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden),
+            teacher_state: vec![None; total_models],
+            seen: vec![None; total_models],
+            warned: vec![false; total_models],
+            best: None,
+            out,
+        });
+    }
     let mut step = 0u64;
-    let mut best: Option<f64> = None;
     if let Some(path) = &cfg.resume {
+        let m = &mut members[0];
         let loaded = load_checkpoint(path)?;
         for key in RESUME_KEYS {
             let (a, b) = (loaded.cfg.entries().into_iter().find(|e| e.0 == *key), cfg.entries().into_iter().find(|e| e.0 == *key));
@@ -301,126 +412,185 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 data.vocab.len()
             );
         }
-        store = loaded.store;
+        m.store = loaded.store;
         let ck = loaded.ckpt;
         step = ck.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
         let opt_steps: u64 = ck.meta("optimizer_steps", path)?.parse().map_err(|_| Error::Invalid(format!("{}: optimizer_steps is not a number", path.display())))?;
-        opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), opt_steps)?;
+        m.opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), opt_steps)?;
         for l in 0..cfg.layers {
             let get = |k: String| ck.tensors.get(&k).cloned().ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {k}", path.display())));
-            state.h[l] = get(format!("state/h{l}"))?;
-            state.c[l] = get(format!("state/c{l}"))?;
+            m.state.h[l] = get(format!("state/h{l}"))?;
+            m.state.c[l] = get(format!("state/c{l}"))?;
         }
-        best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
+        m.best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
         eprintln!("resumed from {} at step {step}", path.display());
     }
-
+    let mut exchange: Box<dyn Exchange> = match &cfg.exchange_dir {
+        Some(dir) if cfg.world > 1 => Box::new(DirExchange::new(dir, cfg.rank, cfg.world, &members[0].store, std::time::Duration::from_millis(50))?),
+        _ => Box::new(InProcess::new(total_models)),
+    };
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
-    let schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
+    let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
     let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
+    let per_epoch = members.iter().map(|m| m.lanes.windows()).min().unwrap_or(0) as u64;
     let bar = indicatif::ProgressBar::new(cfg.steps);
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
     bar.set_position(step);
     eprintln!(
-        "lm: {} parameters, vocabulary {}, {} training tokens (shard {} of {}), {} windows per epoch",
-        store.num_elements(),
+        "lm: {} model(s) here of {total_models}, {} parameters each, vocabulary {}, {} windows per epoch each",
+        cfg.models,
+        members[0].store.num_elements(),
         data.vocab.len(),
-        stream.len(),
-        cfg.shard,
-        cfg.shards,
         per_epoch
     );
     let tokens_per_step = (cfg.batch * cfg.bptt) as f64;
-    let (mut interval_loss, mut interval_steps, mut interval_t) = (0.0, 0u64, Instant::now());
-    let (mut train_tokens, mut train_secs) = (0.0, 0.0);
+    let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
+    let (mut train_tokens, mut train_secs, mut exchange_wait) = (0.0, 0.0, 0.0);
     let valid_tokens = data.valid.as_ref().map(|v| v.as_slice());
-    let validate = |store: &ParamStore| -> Result<Option<f64>> {
-        valid_tokens.map(|v| evaluate(&model, store, v, cfg.batch, cfg.bptt, cfg.eval_tokens).map(|r| r.0)).transpose()
-    };
+    let peers: Vec<usize> = (0..total_models).collect();
     while step < cfg.steps {
         let w = (step % per_epoch) as usize;
-        if w == 0 {
-            state = LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden);
+        let lr = lr_schedule.at(step);
+        let mut staleness_sum = (0u64, 0u64);
+        let mut last_norm = 0.0;
+        for m in members.iter_mut() {
+            if w == 0 {
+                m.state = LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden);
+                m.teacher_state = vec![None; total_models];
+            }
+            let ts = Instant::now();
+            let (x, y) = m.lanes.window(w)?;
+            let mut teacher_logits = Vec::new();
+            if schedule.distill_at(step) {
+                let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
+                exchange_wait += waited.as_secs_f64();
+                for t in &teachers {
+                    let st = m.teacher_state[t.rank].take().unwrap_or_else(|| LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden));
+                    let mut g = Graph::no_grad();
+                    let (l, next) = model.forward(&mut g, &t.params, &x, &st, cfg.bptt, None)?;
+                    m.teacher_state[t.rank] = Some(next);
+                    teacher_logits.push(g.value(l).clone());
+                    let staleness = step - t.step;
+                    staleness_sum = (staleness_sum.0 + staleness, staleness_sum.1 + 1);
+                    if m.seen[t.rank] != Some(t.step) {
+                        m.seen[t.rank] = Some(t.step);
+                        log.write(&[("event", J::S("teacher")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("teacher", J::I(t.rank as u64)), ("teacher_step", J::I(t.step)), ("staleness", J::I(staleness)), ("exchange_wait_ms", J::N(waited.as_secs_f64() * 1e3))])?;
+                    }
+                    if cfg.exchange_every > 0 && staleness > 3 * cfg.exchange_every && !m.warned[t.rank] {
+                        m.warned[t.rank] = true;
+                        bar.suspend(|| eprintln!("warning: model {} has not published for {staleness} steps; model {} keeps training on its checkpoint of step {}", t.rank, m.index, t.step));
+                    }
+                }
+            }
+            let mut g = Graph::new();
+            let dropout = if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((m.index as u64) << 40))) } else { None };
+            let (logits, next) = model.forward(&mut g, &m.store, &x, &m.state, cfg.bptt, dropout)?;
+            let loss = if teacher_logits.is_empty() { g.softmax_xent(logits, &y)? } else { g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0 };
+            let lv = g.value(loss).item()? as f64;
+            if !lv.is_finite() {
+                bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or enable --clip", m.index);
+            }
+            let grads = g.backward(loss)?;
+            m.store.zero_grads();
+            g.accumulate_grads(&grads, &mut m.store)?;
+            // The tape holds references to the weights; drop it so the update writes in place
+            // instead of copying every parameter.
+            drop(g);
+            last_norm = m.opt.step(&mut m.store, lr, clip)?;
+            m.state = next;
+            train_secs += ts.elapsed().as_secs_f64();
+            train_tokens += tokens_per_step;
+            interval_loss += lv;
+            interval_n += 1;
         }
-        let ts = Instant::now();
-        let (x, y) = lanes.window(w)?;
-        let mut g = Graph::new();
-        let dropout = if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step))) } else { None };
-        let (logits, next) = model.forward(&mut g, &store, &x, &state, cfg.bptt, dropout)?;
-        let loss = g.softmax_xent(logits, &y)?;
-        let lv = g.value(loss).item()? as f64;
-        if !lv.is_finite() {
-            bail!(Invalid, "training loss is {lv} at step {step}; lower --lr or enable --clip");
+        if schedule.publish_after(step) && total_models > 1 {
+            for m in &members {
+                let (r, waited) = timed(|| exchange.publish(m.index, step + 1, &m.store));
+                r?;
+                exchange_wait += waited.as_secs_f64();
+            }
         }
-        let grads = g.backward(loss)?;
-        store.zero_grads();
-        g.accumulate_grads(&grads, &mut store)?;
-        // The tape holds references to the weights; drop it so the update writes in place
-        // instead of copying every parameter.
-        drop(g);
-        let lr = schedule.at(step);
-        let norm = opt.step(&mut store, lr, clip)?;
-        state = next;
         step += 1;
-        train_secs += ts.elapsed().as_secs_f64();
-        train_tokens += tokens_per_step;
-        interval_loss += lv;
-        interval_steps += 1;
         bar.set_position(step);
         if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
-            let mean = interval_loss / interval_steps as f64;
-            let tps = interval_steps as f64 * tokens_per_step / interval_t.elapsed().as_secs_f64();
+            let mean = interval_loss / interval_n as f64;
+            let tps = interval_n as f64 * tokens_per_step / interval_t.elapsed().as_secs_f64();
+            let stale = if staleness_sum.1 > 0 { staleness_sum.0 as f64 / staleness_sum.1 as f64 } else { f64::NAN };
             bar.set_message(format!("loss {mean:.3} ppl {:.1} {tps:.0} tok/s", mean.exp()));
-            log.write(&[("event", J::S("train")), ("step", J::I(step)), ("loss", J::N(mean)), ("ppl", J::N(mean.exp())), ("lr", J::N(lr as f64)), ("grad_norm", J::N(norm)), ("tokens_per_s", J::N(tps))])?;
-            (interval_loss, interval_steps, interval_t) = (0.0, 0, Instant::now());
+            log.write(&[("event", J::S("train")), ("step", J::I(step)), ("loss", J::N(mean)), ("ppl", J::N(mean.exp())), ("lr", J::N(lr as f64)), ("grad_norm", J::N(last_norm)), ("tokens_per_s", J::N(tps)), ("mean_staleness", J::N(stale)), ("exchange_wait_s", J::N(exchange_wait))])?;
+            (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
         }
         if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
-            if let Some(v) = validate(&store)? {
-                let improved = best.map(|b| v < b).unwrap_or(true);
-                if improved {
-                    best = Some(v);
-                }
-                bar.suspend(|| eprintln!("step {step}: validation loss {v:.4} ppl {:.2}{}", v.exp(), if improved { " (best)" } else { "" }));
-                log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
-                if improved {
-                    save_checkpoint(&cfg.out.join("best.safetensors"), cfg, &data.vocab, &store, &opt, &state, step, best)?;
+            if let Some(vt) = valid_tokens {
+                for m in members.iter_mut() {
+                    let v = evaluate(&model, &m.store, vt, cfg.batch, cfg.bptt, cfg.eval_tokens)?.0;
+                    let improved = m.best.map(|b| v < b).unwrap_or(true);
+                    if improved {
+                        m.best = Some(v);
+                    }
+                    bar.suspend(|| eprintln!("step {step}: model {} validation loss {v:.4} ppl {:.2}{}", m.index, v.exp(), if improved { " (best)" } else { "" }));
+                    log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
+                    if improved {
+                        save_checkpoint(&m.out.join("best.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best)?;
+                    }
                 }
             }
         }
         if step % cfg.checkpoint_every.max(1) == 0 || step == cfg.steps {
-            save_checkpoint(&cfg.out.join("checkpoint.safetensors"), cfg, &data.vocab, &store, &opt, &state, step, best)?;
+            for m in &members {
+                save_checkpoint(&m.out.join("checkpoint.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best)?;
+            }
         }
     }
     bar.finish_and_clear();
-    // Test with the best validated weights when there are some, else the last.
-    let test = match &data.test {
-        Some(t) => {
-            let best_path = cfg.out.join("best.safetensors");
-            let (m, s) = if best.is_some() && best_path.exists() {
-                let l = load_checkpoint(&best_path)?;
-                (l.model, l.store)
-            } else {
-                (model, store)
-            };
-            let (ce, n) = evaluate(&m, &s, t.as_slice(), cfg.batch, cfg.bptt, 0)?;
-            eprintln!("test: loss {ce:.4} ppl {:.2} over {n} tokens", ce.exp());
-            log.write(&[("event", J::S("test")), ("step", J::I(step)), ("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))])?;
-            Some(ce)
+    drop(exchange);
+    let ensemble_valid = match valid_tokens {
+        Some(vt) if members.len() > 1 => {
+            let stores: Vec<&ParamStore> = members.iter().map(|m| &m.store).collect();
+            let e = evaluate_ensemble(&model, &stores, vt, cfg.batch, cfg.bptt, cfg.eval_tokens)?;
+            eprintln!("ensemble of {} models: validation loss {e:.4} ppl {:.2}", members.len(), e.exp());
+            log.write(&[("event", J::S("ensemble")), ("step", J::I(step)), ("loss", J::N(e)), ("ppl", J::N(e.exp()))])?;
+            Some(e)
         }
-        None => None,
+        _ => None,
     };
-    let summary = LmSummary { steps: step, best_valid: best, test, tokens_per_s: train_tokens / train_secs.max(1e-9), floors: data.floors, seconds: t0.elapsed().as_secs_f64() };
+    // Test each model with its best validated weights when there are some, else the last.
+    let mut per_model = Vec::new();
+    for m in members {
+        let test = match &data.test {
+            Some(t) => {
+                let best_path = m.out.join("best.safetensors");
+                let (tm, ts) = if m.best.is_some() && best_path.exists() {
+                    let l = load_checkpoint(&best_path)?;
+                    (l.model, l.store)
+                } else {
+                    (LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?, m.store)
+                };
+                let (ce, n) = evaluate(&tm, &ts, t.as_slice(), cfg.batch, cfg.bptt, 0)?;
+                eprintln!("model {}: test loss {ce:.4} ppl {:.2} over {n} tokens", m.index, ce.exp());
+                log.write(&[("event", J::S("test")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))])?;
+                Some(ce)
+            }
+            None => None,
+        };
+        per_model.push((m.best, test));
+    }
+    let (best, test) = per_model[0];
+    let summary = LmSummary { steps: step, best_valid: best, test, per_model: per_model.clone(), ensemble_valid, tokens_per_s: train_tokens / train_secs.max(1e-9), floors: data.floors, seconds: t0.elapsed().as_secs_f64() };
     let nan = f64::NAN;
     write_result(
         &cfg.out.join("result.json"),
         &[
             ("steps", J::I(step)),
+            ("models", J::I(per_model.len() as u64)),
             ("best_valid_loss", J::N(best.unwrap_or(nan))),
             ("best_valid_ppl", J::N(best.map(f64::exp).unwrap_or(nan))),
             ("test_loss", J::N(test.unwrap_or(nan))),
             ("test_ppl", J::N(test.map(f64::exp).unwrap_or(nan))),
+            ("ensemble_valid_loss", J::N(ensemble_valid.unwrap_or(nan))),
             ("tokens_per_s", J::N(summary.tokens_per_s)),
+            ("exchange_wait_s", J::N(exchange_wait)),
             ("seconds", J::N(summary.seconds)),
             ("valid_entropy_floor", J::N(data.floors.map(|f| f.valid).unwrap_or(nan))),
         ],
