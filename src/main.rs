@@ -103,7 +103,7 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             if let Some(r) = s.preprocess_rows_per_s {
                 println!("preprocessed at {r:.0} rows/s");
             }
-            println!("trained {} steps in {:.1} s ({:.0} rows/s)", s.steps, s.seconds, s.train_rows_per_s);
+            println!("trained {} steps; {:.1} s in all with data preparation; training ran at {:.0} rows/s", s.steps, s.seconds, s.train_rows_per_s);
             for (i, v) in s.valid.iter().enumerate() {
                 let who = if s.valid.len() > 1 { format!("model {i} ") } else { String::new() };
                 println!("{who}validation ({} rows): log-loss {:.5}, AUC {:.4}, calibration {:.3}", v.rows, v.log_loss, v.auc, v.calibration);
@@ -160,7 +160,7 @@ fn run(m: &ArgMatches) -> Result<()> {
             Some((cmd @ ("train" | "codistill"), a)) => {
                 let cfg = lm_config(a, cmd == "codistill")?;
                 let s = lm::train(&cfg)?;
-                println!("trained {} steps in {:.1} s ({:.0} tokens/s)", s.steps, s.seconds, s.tokens_per_s);
+                println!("trained {} steps; {:.1} s in all with data preparation; training ran at {:.0} tokens/s", s.steps, s.seconds, s.tokens_per_s);
                 for (i, (v, t)) in s.per_model.iter().enumerate() {
                     let who = if s.per_model.len() > 1 { format!("model {i} ") } else { String::new() };
                     if let Some(v) = v {
