@@ -105,3 +105,77 @@ fn language_models_codistill_in_one_process() {
     let ind = lm::train(&c).unwrap();
     assert_ne!(co.per_model[0].0, ind.per_model[0].0, "the distillation term changed nothing");
 }
+
+#[test]
+fn killed_process_leaves_its_peer_training_and_resumes_from_its_checkpoint() {
+    let d = tmp("kill");
+    let c = small(&d);
+    let mut warm = c.clone();
+    (warm.models, warm.out) = (1, d.join("warm"));
+    criteo::prepare_data(&warm).unwrap();
+    let xdir = d.join("exchange");
+    let cmd = |rank: usize, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"));
+        cmd.args(["criteo", "train", "--device", "cpu", "--world", "2", "--rank", &rank.to_string(), "--epochs", "3"])
+            .args(["--synthetic-scale", "0.002", "--synthetic-rows", "200000", "--buckets", "4096", "--burn-in", "20", "--exchange-every", "20", "--checkpoint-every", "20"])
+            .arg("--cache")
+            .arg(&c.cache)
+            .arg("--exchange-dir")
+            .arg(&xdir)
+            .arg("--out")
+            .arg(d.join(format!("rank{rank}")))
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let survivor = cmd(0, &[]).spawn().unwrap();
+    let mut victim = cmd(1, &[]).spawn().unwrap();
+    // Kill rank 1 once it has written a checkpoint and published to rank 0.
+    let ckpt = d.join("rank1/checkpoint.safetensors");
+    let t = std::time::Instant::now();
+    while !(ckpt.exists() && xdir.join("model-1.safetensors").exists()) {
+        assert!(t.elapsed().as_secs() < 120, "rank 1 never wrote a checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let out = survivor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "rank 0 failed after its peer died: {stderr}");
+    assert!(stderr.contains("model 1 has not published") && stderr.contains("keeps training on its checkpoint"), "no warning about the dead peer:\n{stderr}");
+    // Restarted, rank 1 resumes from its own checkpoint and finishes.
+    let again = cmd(1, &["--resume", ckpt.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "restarted rank 1 failed: {stderr}");
+    assert!(stderr.contains("resumed from") && stderr.contains("at step"), "{stderr}");
+    let resumed_at: u64 = stderr.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(resumed_at > 0 && resumed_at % 20 == 0, "resumed at step {resumed_at}");
+}
+
+#[test]
+fn click_model_resume_matches_an_uninterrupted_run() {
+    let d = tmp("resume");
+    let mut c = small(&d);
+    (c.models, c.epochs, c.checkpoint_every) = (1, 2, 100);
+    c.out = d.join("full");
+    let full = criteo::train(&c).unwrap();
+    c.out = d.join("part");
+    c.epochs = 1;
+    criteo::train(&c).unwrap();
+    c.epochs = 2;
+    c.resume = Some(d.join("part/checkpoint.safetensors"));
+    let resumed = criteo::train(&c).unwrap();
+    assert_eq!(full.valid, resumed.valid, "validation after resume differs");
+    let a = codistill::checkpoint::Checkpoint::load(&d.join("full/checkpoint.safetensors")).unwrap();
+    let b = codistill::checkpoint::Checkpoint::load(&d.join("part/checkpoint.safetensors")).unwrap();
+    for (name, t) in &a.tensors {
+        assert_eq!(t, &b.tensors[name], "{name} differs after resume");
+    }
+    // The second run continued (an ignored resume would retrain from step 0 and match too).
+    let metrics = std::fs::read_to_string(d.join("part/metrics.jsonl")).unwrap();
+    let steps: Vec<&str> = metrics.lines().filter(|l| l.contains("\"event\":\"train\"")).map(|l| l.split(',').nth(1).unwrap()).collect();
+    let mut unique = steps.clone();
+    unique.dedup();
+    assert_eq!(steps, unique, "steps were trained twice: {steps:?}");
+}

@@ -59,6 +59,10 @@ crate::config_table! {
         eval_rows: usize = 0,
         /// Log training metrics every this many steps
         log_every: u64 = 100,
+        /// Write checkpoints every this many steps (0: at the end of each epoch only)
+        checkpoint_every: u64 = 0,
+        /// Resume from this checkpoint (weights, optimizer, step, position in the data); one model per process
+        resume: Option<PathBuf> = None,
         /// Output directory: metrics.jsonl, checkpoint.safetensors, result.json
         out: PathBuf = PathBuf::from("runs/criteo"),
         /// Cache directory for preprocessed files and the synthetic log
@@ -259,9 +263,24 @@ pub struct CriteoSummary {
 }
 
 pub fn save_checkpoint(path: &Path, cfg: &CriteoConfig, s: &ParamStore, step: u64) -> Result<()> {
+    save_full(path, cfg, s, None, step, None)
+}
+
+/// A checkpoint with, when given, the optimizer state and the position in the data for resuming.
+fn save_full(path: &Path, cfg: &CriteoConfig, s: &ParamStore, opt: Option<&Optimizer>, step: u64, position: Option<(u64, usize)>) -> Result<()> {
     let mut c = Checkpoint::new();
     for (name, p) in s.iter() {
         c.tensors.insert(name.clone(), p.value.clone());
+    }
+    if let Some(opt) = opt {
+        for (name, t) in opt.state_tensors() {
+            c.tensors.insert(format!("optim/{name}"), t);
+        }
+        c.meta.insert("optimizer_steps".into(), opt.steps_taken().to_string());
+    }
+    if let Some((epoch, pos)) = position {
+        c.meta.insert("epoch".into(), epoch.to_string());
+        c.meta.insert("position".into(), pos.to_string());
     }
     c.meta.insert("format".into(), FORMAT.into());
     c.meta.insert("step".into(), step.to_string());
@@ -271,6 +290,11 @@ pub fn save_checkpoint(path: &Path, cfg: &CriteoConfig, s: &ParamStore, step: u6
 
 /// A checkpoint's config and weights in a fresh model.
 pub fn load_checkpoint(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore)> {
+    let (cfg, model, store, _) = load_with_meta(path)?;
+    Ok((cfg, model, store))
+}
+
+fn load_with_meta(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore, Checkpoint)> {
     let ck = Checkpoint::load(path)?;
     let format = ck.meta("format", path)?;
     if format != FORMAT {
@@ -284,8 +308,11 @@ pub fn load_checkpoint(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStor
         let t = ck.tensors.get(&name).ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks parameter {name:?}", path.display())))?;
         store.set(&name, t.clone()).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     }
-    Ok((cfg, model, store))
+    Ok((cfg, model, store, ck))
 }
+
+/// Keys that fix the model and the data order: a resumed run must agree on them.
+const RESUME_KEYS: &[&str] = &["buckets", "emb_dim", "mlp", "batch", "seed", "optimizer", "models", "world", "rank", "same_data", "shards", "shard", "valid_fraction"];
 
 /// One model of a (possibly codistilled) run.
 struct Member {
@@ -363,6 +390,32 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         CtrModel::new(&mut store, cfg, &mut rng)?;
         members.push(Member { index, store, opt: Optimizer::new(cfg.optimizer.kind()), rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng, seen: vec![None; total_models], warned: vec![false; total_models] });
     }
+    let mut start_step = 0u64;
+    if let Some(path) = &cfg.resume {
+        if cfg.models != 1 {
+            bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
+        }
+        let (saved, _, store, ck) = load_with_meta(path)?;
+        let (a, b) = (saved.entries(), cfg.entries());
+        for key in RESUME_KEYS {
+            let (x, y) = (a.iter().find(|e| e.0 == *key), b.iter().find(|e| e.0 == *key));
+            if x != y {
+                bail!(Invalid, "{}: checkpoint has {key} = {:?} but this run has {:?}; resuming needs the same value", path.display(), x.map(|e| e.1.clone()).unwrap_or_default(), y.map(|e| e.1.clone()).unwrap_or_default());
+            }
+        }
+        let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
+        let m = &mut members[0];
+        m.store = store;
+        m.opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), num("optimizer_steps")?)?;
+        start_step = num("step")?;
+        m.epoch = num("epoch")?;
+        m.pos = num("position")? as usize;
+        if m.epoch > 0 {
+            m.order = m.rows.clone().collect();
+            m.rng.fork(m.epoch - 1).shuffle(&mut m.order);
+        }
+        eprintln!("resumed from {} at step {start_step}", path.display());
+    }
     // The structure (parameter names) is the same for every model; weights come from each store.
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
     let mut exchange: Box<dyn Exchange> = match &cfg.exchange_dir {
@@ -395,7 +448,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
     let (mut train_secs, mut train_rows, mut exchange_wait) = (0.0, 0usize, 0.0);
     let mut evals: Vec<(ClickEval, Vec<f32>)> = Vec::new();
-    for step in 0..total_steps {
+    bar.set_position(start_step);
+    for step in start_step..total_steps {
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
         for m in members.iter_mut() {
@@ -477,9 +531,9 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                 log.write(&[("event", J::S("valid")), ("step", J::I(step1)), ("model", J::I(m.index as u64)), ("log_loss", J::N(v.log_loss)), ("auc", J::N(v.auc)), ("calibration", J::N(v.calibration))])?;
             }
         }
-        if epoch_end || step1 == total_steps {
+        if epoch_end || step1 == total_steps || (cfg.checkpoint_every > 0 && step1 % cfg.checkpoint_every == 0) {
             for m in &members {
-                save_checkpoint(&cfg.out.join(m.checkpoint_name(total_models == 1)), cfg, &m.store, step1)?;
+                save_full(&cfg.out.join(m.checkpoint_name(cfg.models == 1)), cfg, &m.store, Some(&m.opt), step1, Some((m.epoch, m.pos)))?;
             }
         }
     }
