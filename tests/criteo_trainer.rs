@@ -20,7 +20,7 @@ fn small_synthetic_log_is_learned_to_within_two_percent_of_the_truth() {
     let mut c = CriteoConfig::default();
     (c.cache, c.out) = (d.join("cache"), d.join("out"));
     (c.synthetic_scale, c.synthetic_rows, c.buckets) = (0.002, 800_000, 4096);
-    (c.lr, c.lr_decay_start, c.lr_decay_every) = (0.002, 800, 300);
+    (c.lr, c.lr_decay_start, c.lr_decay_every) = (0.004, 800, 300);
     c.device = codistill::train::DeviceChoice::Cpu;
     let s = criteo::train(&c).unwrap();
     let v = s.valid[0];

@@ -201,7 +201,7 @@ pub fn prepare_data(cfg: &CriteoConfig) -> Result<CriteoData> {
         Some(t) => (t.clone(), cfg.valid.clone()),
         None => {
             let mut h = Hasher64::new();
-            h.update(format!("criteo-synth-v1/{}/{}/{}", cfg.synthetic_rows, cfg.synthetic_scale, cfg.seed).as_bytes());
+            h.update(format!("criteo-synth-v2/{}/{}/{}", cfg.synthetic_rows, cfg.synthetic_scale, cfg.seed).as_bytes());
             let dir = cfg.cache.join(format!("synthetic-criteo-{:016x}", h.finish()));
             let model = ClickModel::criteo_like(cfg.synthetic_scale as f64, cfg.seed ^ 0xC11C);
             let (tp, vp) = (dir.join("train.tsv"), dir.join("valid.tsv"));
@@ -389,6 +389,17 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         let mut rng = Rng::new(cfg.seed).fork(index as u64);
         CtrModel::new(&mut store, cfg, &mut rng)?;
         members.push(Member { index, store, opt: Optimizer::new(cfg.optimizer.kind()), rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng, seen: vec![None; total_models], warned: vec![false; total_models] });
+    }
+    // Start calibrated: the output bias at the log-odds of the training click rate. With rare
+    // clicks the bias gradient is small, and a model that starts off-rate stays miscalibrated.
+    let rate = {
+        let r = &data.train_rows;
+        let clicks: f64 = r.clone().map(|i| data.train.label(i) as f64).sum();
+        ((clicks + 1.0) / (r.len() as f64 + 2.0)).clamp(1e-6, 1.0 - 1e-6)
+    };
+    let out_bias = format!("ctr.mlp.{}.bias", parse_widths(&cfg.mlp)?.len());
+    for m in members.iter_mut() {
+        m.store.set(&out_bias, Tensor::full(&[1], (rate / (1.0 - rate)).ln() as f32))?;
     }
     let mut start_step = 0u64;
     if let Some(path) = &cfg.resume {
