@@ -26,14 +26,15 @@ fn small(dir: &std::path::Path) -> CriteoConfig {
 fn codistilled_models_agree_more_than_independent_ones() {
     let d = tmp("churn");
     let mut c = small(&d);
-    c.distill_weight = 0.5;
+    // Models trained well enough to be worth agreeing with (a weak, stale teacher adds noise).
+    (c.lr, c.epochs, c.distill_weight) = (0.004, 2, 0.5);
     let co = criteo::train(&c).unwrap();
     c.out = d.join("independent");
     c.distill_weight = 0.0;
     let ind = criteo::train(&c).unwrap();
     let (a, b) = (co.churn.unwrap(), ind.churn.unwrap());
     println!("churn: codistilled {a:.5}, independent {b:.5}");
-    assert!(a < 0.9 * b, "codistilled churn {a:.5} is not clearly below independent churn {b:.5}");
+    assert!(a < 0.8 * b, "codistilled churn {a:.5} is not clearly below independent churn {b:.5}");
     // Teachers were exchanged, and no teacher was staler than one exchange period.
     let metrics = std::fs::read_to_string(d.join("out/metrics.jsonl")).unwrap();
     let teachers: Vec<&str> = metrics.lines().filter(|l| l.contains("\"event\":\"teacher\"")).collect();
