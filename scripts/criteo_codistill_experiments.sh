@@ -15,7 +15,7 @@ BIN=${BIN:-target/release/codistill}
 mkdir -p "$OUT"
 [ -f "$OUT/train.tsv" ] || "$BIN" criteo generate --rows "$ROWS" --out "$OUT/train.tsv" --seed 11
 [ -f "$OUT/valid.tsv" ] || "$BIN" criteo generate --rows $((ROWS / 10)) --out "$OUT/valid.tsv" --seed 12
-COMMON=(--train "$OUT/train.tsv" --valid "$OUT/valid.tsv" --cache "$OUT/cache" --device cpu --eval-every 200 --burn-in 500)
+COMMON=(--train "$OUT/train.tsv" --valid "$OUT/valid.tsv" --cache "$OUT/cache" --device cpu --eval-every 200 --burn-in 500 --lr 0.004)
 run() { local name=$1; shift; [ -f "$OUT/$name/result.json" ] || "$BIN" criteo train "${COMMON[@]}" --out "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1; }
 run baseline --models 1 --epochs 1
 run co50 --models 2 --epochs 2 --exchange-every 50 --distill-weight 0.5
