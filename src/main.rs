@@ -25,6 +25,7 @@ fn cli() -> Command {
                 .subcommand_required(true)
                 .subcommand(Command::new("train").about("Train a language model (on the synthetic corpus unless --data or --train is given)").arg(config_arg()).args(LmConfig::args()))
                 .subcommand(Command::new("codistill").about("Codistill language models: lm train with --models 2 unless --models or --world says otherwise").arg(config_arg()).args(LmConfig::args()))
+                .subcommand(Command::new("experiment").about("Baseline and codistillation side by side (same steps per model): curves.jsonl, curves.png, curves.svg, report.txt in --out").arg(config_arg()).args(LmConfig::args()))
                 .subcommand(
                     Command::new("eval")
                         .about("Report cross-entropy and perplexity of a checkpoint on a text file")
@@ -40,6 +41,7 @@ fn cli() -> Command {
                 .subcommand_required(true)
                 .subcommand(Command::new("train").about("Train a click model (on a synthetic log unless --train is given)").arg(config_arg()).args(CriteoConfig::args()))
                 .subcommand(Command::new("codistill").about("Codistill click models: criteo train with --models 2 unless --models or --world says otherwise").arg(config_arg()).args(CriteoConfig::args()))
+                .subcommand(Command::new("experiment").about("Baseline and codistillation side by side (same steps per model): curves.jsonl, curves.png, curves.svg, report.txt in --out").arg(config_arg()).args(CriteoConfig::args()))
                 .subcommand(
                     Command::new("eval")
                         .about("Log-loss, AUC and calibration of a checkpoint on a file; with --against, the prediction churn between two models")
@@ -127,6 +129,12 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             println!("{{\"rows\":{},\"log_loss\":{},\"auc\":{},\"calibration\":{}{churn}}}", e.rows, e.log_loss, e.auc, e.calibration);
             Ok(())
         }
+        Some(("experiment", a)) => {
+            let cfg = criteo_config(a, false)?;
+            print!("{}", codistill::train::experiment::criteo_experiment(&cfg)?);
+            println!("curves, plots and report in {}", cfg.out.display());
+            Ok(())
+        }
         Some(("generate", a)) => {
             let out = PathBuf::from(a.get_one::<String>("out").expect("required"));
             let model = ClickModel::criteo_like(num(a, "scale")?, num::<u64>(a, "model_seed")? ^ 0xC11C);
@@ -177,6 +185,12 @@ fn run(m: &ArgMatches) -> Result<()> {
                     println!("synthetic source entropy (the floor): validation {:.4}, test {:.4} nats/token", f.valid, f.test);
                 }
                 println!("outputs in {}", cfg.out.display());
+                Ok(())
+            }
+            Some(("experiment", a)) => {
+                let cfg = lm_config(a, false)?;
+                print!("{}", codistill::train::experiment::lm_experiment(&cfg)?);
+                println!("curves, plots and report in {}", cfg.out.display());
                 Ok(())
             }
             Some(("eval", a)) => {

@@ -180,3 +180,18 @@ fn click_model_resume_matches_an_uninterrupted_run() {
     unique.dedup();
     assert_eq!(steps, unique, "steps were trained twice: {steps:?}");
 }
+
+#[test]
+fn experiment_writes_curves_plots_and_a_report() {
+    let d = tmp("exp");
+    let mut c = small(&d);
+    (c.models, c.eval_every, c.synthetic_rows) = (2, 50, 60_000);
+    let report = codistill::train::experiment::criteo_experiment(&c).unwrap();
+    assert!(report.contains("baseline: best validation loss") && report.contains("codistilled model 1"), "{report}");
+    let curves = std::fs::read_to_string(d.join("out/curves.jsonl")).unwrap();
+    assert!(curves.contains("\"run\":\"baseline\"") && curves.contains("\"run\":\"codistill\",\"model\":1"), "{curves}");
+    let png = std::fs::read(d.join("out/curves.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(d.join("out/curves.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("codistilled model 0"));
+}

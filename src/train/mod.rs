@@ -1,8 +1,10 @@
 //! Training loops, evaluation, metrics and the device choice shared by the trainers.
 
 pub mod criteo;
+pub mod experiment;
 pub mod lm;
 pub mod metrics;
+pub mod plot;
 
 use crate::data::text::write_atomic;
 use crate::tensor::Device;

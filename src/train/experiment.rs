@@ -1,0 +1,150 @@
+//! Baseline and codistillation side by side, from one config: the same model and steps per
+//! model, one model on all the data against n models on disjoint shards. Writes each run under
+//! `out/baseline` and `out/codistill`, the validation curves as `out/curves.jsonl`, a plot as
+//! `out/curves.png` and `out/curves.svg`, and `out/report.txt`.
+
+use super::plot::{plot_curves, Reference, Series};
+use super::{criteo, json_object, lm, J};
+use crate::data::text::write_atomic;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// One validation point of one model of one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CurvePoint {
+    pub run: String,
+    pub model: usize,
+    pub step: u64,
+    pub loss: f64,
+}
+
+/// The raw text of `"key":value` in a flat JSON line written by `MetricsLog`.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
+}
+
+/// The validation curve(s) in a run's metrics file.
+pub fn read_curves(metrics: &Path, run: &str, loss_key: &str) -> Result<Vec<CurvePoint>> {
+    let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
+    Ok(text
+        .lines()
+        .filter(|l| field(l, "event") == Some("valid"))
+        .filter_map(|l| {
+            Some(CurvePoint {
+                run: run.to_string(),
+                model: field(l, "model").and_then(|m| m.parse().ok()).unwrap_or(0),
+                step: field(l, "step")?.parse().ok()?,
+                loss: field(l, loss_key)?.parse().ok()?,
+            })
+        })
+        .collect())
+}
+
+/// Write curves, plot and report; return the report.
+fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], co: &[CurvePoint], mut refs: Vec<Reference>, ensemble: Option<f64>) -> Result<String> {
+    let mut lines = String::new();
+    for p in base.iter().chain(co) {
+        lines.push_str(&json_object(&[("run", J::S(&p.run)), ("model", J::I(p.model as u64)), ("step", J::I(p.step)), ("loss", J::N(p.loss))]));
+        lines.push('\n');
+    }
+    write_atomic(&out.join("curves.jsonl"), lines.as_bytes())?;
+    let Some(best) = base.iter().min_by(|a, b| a.loss.total_cmp(&b.loss)) else {
+        return Err(Error::Invalid(format!("{}: the baseline recorded no validation loss", out.display())));
+    };
+    let models: std::collections::BTreeSet<usize> = co.iter().map(|p| p.model).collect();
+    let mut series = vec![Series { name: "baseline (1 model, all data)".into(), points: base.iter().map(|p| (p.step as f64, p.loss)).collect() }];
+    let mut report = format!("{title}\nbaseline: best validation loss {:.5} at step {} of {}\n", best.loss, best.step, base.last().map(|p| p.step).unwrap_or(0));
+    for m in &models {
+        let c: Vec<&CurvePoint> = co.iter().filter(|p| p.model == *m).collect();
+        series.push(Series { name: format!("codistilled model {m}"), points: c.iter().map(|p| (p.step as f64, p.loss)).collect() });
+        let reach = c.iter().find(|p| p.loss <= best.loss).map(|p| p.step);
+        let fin = c.last().map(|p| p.loss).unwrap_or(f64::NAN);
+        report.push_str(&format!(
+            "codistilled model {m}: final {fin:.5}, best {:.5}; reaches the baseline's best {}\n",
+            c.iter().map(|p| p.loss).fold(f64::INFINITY, f64::min),
+            match reach {
+                Some(s) => format!("at step {s} ({:.2} of the baseline's {} steps)", s as f64 / best.step as f64, best.step),
+                None => "never".into(),
+            }
+        ));
+    }
+    if let Some(e) = ensemble {
+        report.push_str(&format!("ensemble of the codistilled models at the end: {e:.5}\n"));
+        refs.push(Reference { name: "codistilled ensemble (end)".into(), y: e });
+    }
+    plot_curves(&out.join("curves"), title, "steps per model", y_label, &series, &refs)?;
+    write_atomic(&out.join("report.txt"), report.as_bytes())?;
+    Ok(report)
+}
+
+/// Criteo: baseline on all rows, codistillation of `max(2, models)` models on disjoint shards,
+/// with `epochs * models` epochs each so that every model takes the same number of steps.
+pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
+    let mut base = cfg.clone();
+    (base.models, base.world, base.out) = (1, 1, cfg.out.join("baseline"));
+    if base.eval_every == 0 {
+        base.eval_every = 200;
+    }
+    let mut co = base.clone();
+    co.models = cfg.models.max(2);
+    co.epochs = cfg.epochs * co.models;
+    co.out = cfg.out.join("codistill");
+    eprintln!("experiment: baseline");
+    let b = criteo::train(&base)?;
+    eprintln!("experiment: codistillation of {} models", co.models);
+    let c = criteo::train(&co)?;
+    let refs = b.valid_truth.map(|t| vec![Reference { name: "hidden model".into(), y: t.bayes_log_loss }]).unwrap_or_default();
+    let mut report = finish(
+        &cfg.out,
+        "Criteo: validation log-loss, baseline vs codistillation",
+        "validation log-loss",
+        &read_curves(&base.out.join("metrics.jsonl"), "baseline", "log_loss")?,
+        &read_curves(&co.out.join("metrics.jsonl"), "codistill", "log_loss")?,
+        refs,
+        c.ensemble.map(|e| e.log_loss),
+    )?;
+    if let Some(ch) = c.churn {
+        report.push_str(&format!("churn between codistilled models 0 and 1: {ch:.5}\n"));
+        write_atomic(&cfg.out.join("report.txt"), report.as_bytes())?;
+    }
+    Ok(report)
+}
+
+/// Language model: baseline on the whole stream, codistillation of `max(2, models)` models on
+/// disjoint shards, the same `steps` each.
+pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
+    let mut base = cfg.clone();
+    (base.models, base.world, base.out) = (1, 1, cfg.out.join("baseline"));
+    let mut co = base.clone();
+    co.models = cfg.models.max(2);
+    co.out = cfg.out.join("codistill");
+    eprintln!("experiment: baseline");
+    let b = lm::train(&base)?;
+    eprintln!("experiment: codistillation of {} models", co.models);
+    let c = lm::train(&co)?;
+    let refs = b.floors.map(|f| vec![Reference { name: "source entropy".into(), y: f.valid }]).unwrap_or_default();
+    finish(
+        &cfg.out,
+        "Language model: validation cross-entropy, baseline vs codistillation",
+        "validation loss (nats/token)",
+        &read_curves(&base.out.join("metrics.jsonl"), "baseline", "loss")?,
+        &read_curves(&co.out.join("metrics.jsonl"), "codistill", "loss")?,
+        refs,
+        c.ensemble_valid,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_of_metrics_lines() {
+        let l = r#"{"event":"valid","step":200,"model":1,"log_loss":0.41,"auc":0.8}"#;
+        assert_eq!((field(l, "event"), field(l, "step"), field(l, "model"), field(l, "log_loss"), field(l, "auc")), (Some("valid"), Some("200"), Some("1"), Some("0.41"), Some("0.8")));
+        assert_eq!(field(l, "loss"), None);
+    }
+}
