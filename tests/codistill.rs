@@ -195,3 +195,18 @@ fn experiment_writes_curves_plots_and_a_report() {
     let svg = std::fs::read_to_string(d.join("out/curves.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("codistilled model 0"));
 }
+
+#[test]
+fn language_model_experiment_reports_against_the_source_entropy() {
+    use codistill::train::lm::LmConfig;
+    let d = tmp("lmexp");
+    let mut c = LmConfig::default();
+    (c.cache, c.out, c.device) = (d.join("cache"), d.join("out"), codistill::train::DeviceChoice::Cpu);
+    (c.synthetic_vocab, c.synthetic_order, c.synthetic_tokens) = (30, 1, 20_000);
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt, c.min_count) = (8, 16, 1, 4, 10, 1);
+    (c.steps, c.eval_every, c.burn_in, c.exchange_every) = (60, 20, 20, 10);
+    let report = codistill::train::experiment::lm_experiment(&c).unwrap();
+    assert!(report.contains("baseline: best validation loss") && report.contains("codistilled model 1"), "{report}");
+    let svg = std::fs::read_to_string(d.join("out/curves.svg")).unwrap();
+    assert!(svg.contains("source entropy"), "the entropy floor is drawn");
+}
