@@ -9,7 +9,7 @@
 //! - category c of field f: `hash(f, c) mod buckets` (the hashing trick, per field); a missing
 //!   category hashes like a value of its own.
 
-use crate::data::text::write_atomic;
+use crate::data::text::{file_key, write_atomic};
 use crate::hash::Hasher64;
 use crate::{bail, Error, Result};
 use memmap2::Mmap;
@@ -285,17 +285,6 @@ impl CriteoCache {
         }
         Ok((crate::Tensor::from_i32(ids, &[n * NUM_CATS])?, crate::Tensor::from_f32(dense, &[n, DENSE_WIDTH])?, crate::Tensor::from_f32(labels, &[n])?))
     }
-}
-
-fn file_key(path: &Path) -> Result<u64> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut h = Hasher64::new();
-    h.update(canon.to_string_lossy().as_bytes());
-    h.update(&meta.len().to_le_bytes());
-    h.update(&mtime.to_le_bytes());
-    Ok(h.finish())
 }
 
 /// The preprocessed records of `path`, built on first use (streaming, then renamed into place)

@@ -173,8 +173,8 @@ impl Tokens {
     }
 }
 
-/// Identity of a corpus file for the cache: canonical path, size and modification time.
-fn file_key(path: &Path) -> Result<u64> {
+/// Identity of a file for the caches: canonical path, size and modification time.
+pub(crate) fn file_key(path: &Path) -> Result<u64> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let canon = fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);

@@ -325,9 +325,7 @@ struct Member {
     pos: usize,
     epoch: u64,
     rng: Rng,
-    /// Teacher step last logged per peer, and whether a stale peer was warned about.
-    seen: Vec<Option<u64>>,
-    warned: Vec<bool>,
+    teachers: crate::distill::TeacherTracker,
 }
 
 impl Member {
@@ -388,7 +386,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         // Each model gets its own initialisation and shuffling.
         let mut rng = Rng::new(cfg.seed).fork(index as u64);
         CtrModel::new(&mut store, cfg, &mut rng)?;
-        members.push(Member { index, store, opt: Optimizer::new(cfg.optimizer.kind()), rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng, seen: vec![None; total_models], warned: vec![false; total_models] });
+        members.push(Member { index, store, opt: Optimizer::new(cfg.optimizer.kind()), rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng, teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every) });
     }
     // Start calibrated: the output bias at the log-odds of the training click rate. With rare
     // clicks the bias gradient is small, and a model that starts off-rate stays miscalibrated.
@@ -480,15 +478,13 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                         for (acc, &x) in mean_p.iter_mut().zip(g.value(l).f32s()?) {
                             *acc += sigmoid(x) / teachers.len() as f32;
                         }
-                        let staleness = step - t.step;
-                        staleness_sum = (staleness_sum.0 + staleness, staleness_sum.1 + 1);
-                        if m.seen[t.rank] != Some(t.step) {
-                            m.seen[t.rank] = Some(t.step);
-                            log.write(&[("event", J::S("teacher")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("teacher", J::I(t.rank as u64)), ("teacher_step", J::I(t.step)), ("staleness", J::I(staleness)), ("exchange_wait_ms", J::N(waited.as_secs_f64() * 1e3))])?;
+                        let u = m.teachers.observe(m.index, t, step);
+                        staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
+                        if u.swapped {
+                            super::log_teacher_swap(&mut log, step, m.index, t, u.staleness, waited)?;
                         }
-                        if cfg.exchange_every > 0 && staleness > 3 * cfg.exchange_every && !m.warned[t.rank] {
-                            m.warned[t.rank] = true;
-                            bar.suspend(|| eprintln!("warning: model {} has not published for {staleness} steps; model {} keeps training on its checkpoint of step {}", t.rank, m.index, t.step));
+                        if let Some(w) = u.warning {
+                            bar.suspend(|| eprintln!("{w}"));
                         }
                     }
                     let w = schedule.weight;

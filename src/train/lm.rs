@@ -332,8 +332,7 @@ struct LmMember {
     state: LstmState,
     /// The carried state of each peer's teacher model on this member's lanes.
     teacher_state: Vec<Option<LstmState>>,
-    seen: Vec<Option<u64>>,
-    warned: Vec<bool>,
+    teachers: crate::distill::TeacherTracker,
     best: Option<f64>,
     out: PathBuf,
 }
@@ -386,8 +385,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             lanes,
             state: LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden),
             teacher_state: vec![None; total_models],
-            seen: vec![None; total_models],
-            warned: vec![false; total_models],
+            teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
             best: None,
             out,
         });
@@ -471,15 +469,13 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                     let (l, next) = model.forward(&mut g, &t.params, &x, &st, cfg.bptt, None)?;
                     m.teacher_state[t.rank] = Some(next);
                     teacher_logits.push(g.value(l).clone());
-                    let staleness = step - t.step;
-                    staleness_sum = (staleness_sum.0 + staleness, staleness_sum.1 + 1);
-                    if m.seen[t.rank] != Some(t.step) {
-                        m.seen[t.rank] = Some(t.step);
-                        log.write(&[("event", J::S("teacher")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("teacher", J::I(t.rank as u64)), ("teacher_step", J::I(t.step)), ("staleness", J::I(staleness)), ("exchange_wait_ms", J::N(waited.as_secs_f64() * 1e3))])?;
+                    let u = m.teachers.observe(m.index, t, step);
+                    staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
+                    if u.swapped {
+                        super::log_teacher_swap(&mut log, step, m.index, t, u.staleness, waited)?;
                     }
-                    if cfg.exchange_every > 0 && staleness > 3 * cfg.exchange_every && !m.warned[t.rank] {
-                        m.warned[t.rank] = true;
-                        bar.suspend(|| eprintln!("warning: model {} has not published for {staleness} steps; model {} keeps training on its checkpoint of step {}", t.rank, m.index, t.step));
+                    if let Some(w) = u.warning {
+                        bar.suspend(|| eprintln!("{w}"));
                     }
                 }
             }

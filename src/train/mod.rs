@@ -167,6 +167,19 @@ impl MetricsLog {
     }
 }
 
+/// Log a teacher swap: which model took which peer's snapshot, how stale, and the exchange wait.
+pub fn log_teacher_swap(log: &mut MetricsLog, step: u64, model: usize, t: &crate::distill::exchange::Snapshot, staleness: u64, waited: std::time::Duration) -> Result<()> {
+    log.write(&[
+        ("event", J::S("teacher")),
+        ("step", J::I(step)),
+        ("model", J::I(model as u64)),
+        ("teacher", J::I(t.rank as u64)),
+        ("teacher_step", J::I(t.step)),
+        ("staleness", J::I(staleness)),
+        ("exchange_wait_ms", J::N(waited.as_secs_f64() * 1e3)),
+    ])
+}
+
 /// Write a final result object atomically.
 pub fn write_result(path: &Path, fields: &[(&str, J)]) -> Result<()> {
     write_atomic(path, format!("{}\n", json_object(fields)).as_bytes())
