@@ -129,6 +129,14 @@ impl ParamStore {
         }
     }
 
+    /// The weights without gradient buffers (a teacher's copy: forward passes only). Values are
+    /// shared, so this copies nothing until the original is updated; gradients are empty, so
+    /// accumulating into a snapshot is a shape error rather than a silent copy.
+    pub fn weights_only(&self) -> ParamStore {
+        let params = self.params.iter().map(|(k, p)| (k.clone(), Param { value: p.value.clone(), grad: Tensor::zeros(&[0]), state: GradState::Zero })).collect();
+        ParamStore { params }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Param)> {
         self.params.iter()
     }

@@ -46,7 +46,7 @@ impl InProcess {
 
 impl Exchange for InProcess {
     fn publish(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()> {
-        self.slots[rank] = Some(Arc::new(Snapshot { rank, step, params: params.clone() }));
+        self.slots[rank] = Some(Arc::new(Snapshot { rank, step, params: params.weights_only() }));
         Ok(())
     }
 
@@ -98,7 +98,7 @@ impl DirExchange {
         });
         let standby: Arc<Mutex<Vec<Option<Arc<Snapshot>>>>> = Arc::new(Mutex::new(vec![None; world]));
         let stop = Arc::new(Mutex::new(false));
-        let (rdir, rstandby, rstop, rnotes, tmpl) = (dir.to_path_buf(), standby.clone(), stop.clone(), notes.clone(), template.clone());
+        let (rdir, rstandby, rstop, rnotes, tmpl) = (dir.to_path_buf(), standby.clone(), stop.clone(), notes.clone(), template.weights_only());
         let reader_thread = std::thread::spawn(move || {
             let mut seen: Vec<Option<std::time::SystemTime>> = vec![None; world];
             while !*rstop.lock().unwrap() {
@@ -153,7 +153,7 @@ fn load_snapshot(path: &Path, peer: usize, template: &ParamStore) -> Result<Snap
 impl Exchange for DirExchange {
     fn publish(&mut self, _rank: usize, step: u64, params: &ParamStore) -> Result<()> {
         match &self.writer {
-            Some(tx) => tx.send((step, params.clone())).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into())),
+            Some(tx) => tx.send((step, params.weights_only())).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into())),
             None => Err(Error::Invalid("publish after flush".into())),
         }
     }

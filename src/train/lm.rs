@@ -500,7 +500,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             interval_loss += lv;
             interval_n += 1;
         }
-        if schedule.publish_after(step) && total_models > 1 {
+        if schedule.publish_after(step) && schedule.weight > 0.0 {
             for m in &members {
                 let (r, waited) = timed(|| exchange.publish(m.index, step + 1, &m.store));
                 r?;
