@@ -137,6 +137,17 @@ impl ParamStore {
         ParamStore { params }
     }
 
+    /// Copy the weights of `src` (same names and shapes) into this store's own buffers, in place
+    /// when no one else holds them: a publish into a reused standby buffer allocates nothing.
+    pub fn copy_weights_from(&mut self, src: &ParamStore) -> Result<()> {
+        for (name, p) in self.params.iter_mut() {
+            let from = src.get(name)?;
+            from.expect_shape(&format!("parameter {name:?}"), p.value.shape())?;
+            p.value.f32s_mut()?.copy_from_slice(from.f32s()?);
+        }
+        Ok(())
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Param)> {
         self.params.iter()
     }

@@ -13,7 +13,7 @@ use crate::checkpoint::Checkpoint;
 use crate::params::ParamStore;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,25 +33,48 @@ pub trait Exchange {
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>>;
 }
 
-/// Models in one process.
+/// Models in one process. Each model has an active snapshot (what teachers read) and a standby
+/// one; a publish copies the weights into the standby buffers (allocating only the first two
+/// times) and swaps. The trainer's own weights are never shared, so its next update writes in
+/// place instead of copying on write.
 pub struct InProcess {
-    slots: Vec<Option<Arc<Snapshot>>>,
+    active: Vec<Option<Arc<Snapshot>>>,
+    standby: Vec<Option<Arc<Snapshot>>>,
 }
 
 impl InProcess {
     pub fn new(world: usize) -> Self {
-        InProcess { slots: vec![None; world] }
+        InProcess { active: vec![None; world], standby: vec![None; world] }
     }
+}
+
+/// A snapshot in its own buffers (a deep copy of the weights).
+fn fresh_snapshot(rank: usize, step: u64, params: &ParamStore) -> Result<Snapshot> {
+    let mut own = ParamStore::new();
+    for (name, p) in params.iter() {
+        own.insert(name, crate::Tensor::from_f32(p.value.f32s()?.to_vec(), p.value.shape())?)?;
+    }
+    Ok(Snapshot { rank, step, params: own.weights_only() })
 }
 
 impl Exchange for InProcess {
     fn publish(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()> {
-        self.slots[rank] = Some(Arc::new(Snapshot { rank, step, params: params.weights_only() }));
+        let mut slot = self.standby[rank].take();
+        // Reuse the standby buffers when no teacher still holds them.
+        match slot.as_mut().and_then(Arc::get_mut) {
+            Some(s) => {
+                s.params.copy_weights_from(params)?;
+                s.step = step;
+            }
+            None => slot = Some(Arc::new(fresh_snapshot(rank, step, params)?)),
+        }
+        self.standby[rank] = self.active[rank].take();
+        self.active[rank] = slot;
         Ok(())
     }
 
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>> {
-        self.slots[peer].clone()
+        self.active[peer].clone()
     }
 }
 
@@ -62,6 +85,9 @@ pub fn snapshot_path(dir: &Path, rank: usize) -> PathBuf {
 /// One process's end of a shared checkpoint directory.
 pub struct DirExchange {
     writer: Option<Sender<(u64, ParamStore)>>,
+    /// Buffers the writer has finished with, reused by the next publish (no allocation, and the
+    /// trainer's weights are never shared with the writer).
+    pool: Receiver<ParamStore>,
     writer_thread: Option<JoinHandle<()>>,
     reader_thread: Option<JoinHandle<()>>,
     standby: Arc<Mutex<Vec<Option<Arc<Snapshot>>>>>,
@@ -77,12 +103,13 @@ impl DirExchange {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let notes = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel::<(u64, ParamStore)>();
+        let (back, pool) = channel::<ParamStore>();
         let (wdir, wnotes) = (dir.to_path_buf(), notes.clone());
         let writer_thread = std::thread::spawn(move || {
             // Only the newest pending snapshot matters: skip any that queued up behind a slow disk.
             while let Ok(mut item) = rx.recv() {
                 while let Ok(newer) = rx.try_recv() {
-                    item = newer;
+                    let _ = back.send(std::mem::replace(&mut item, newer).1);
                 }
                 let (step, params) = item;
                 let mut c = Checkpoint::new();
@@ -94,6 +121,8 @@ impl DirExchange {
                 if let Err(e) = c.save(&snapshot_path(&wdir, rank)) {
                     wnotes.lock().unwrap().push(format!("publishing step {step} failed: {e}"));
                 }
+                drop(c);
+                let _ = back.send(params);
             }
         });
         let standby: Arc<Mutex<Vec<Option<Arc<Snapshot>>>>> = Arc::new(Mutex::new(vec![None; world]));
@@ -122,7 +151,7 @@ impl DirExchange {
                 std::thread::sleep(poll);
             }
         });
-        Ok(DirExchange { writer: Some(tx), writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes })
+        Ok(DirExchange { writer: Some(tx), pool, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes })
     }
 
     /// Messages from the background threads since the last call.
@@ -153,7 +182,16 @@ fn load_snapshot(path: &Path, peer: usize, template: &ParamStore) -> Result<Snap
 impl Exchange for DirExchange {
     fn publish(&mut self, _rank: usize, step: u64, params: &ParamStore) -> Result<()> {
         match &self.writer {
-            Some(tx) => tx.send((step, params.weights_only())).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into())),
+            Some(tx) => {
+                let buf = match self.pool.try_recv() {
+                    Ok(mut b) => {
+                        b.copy_weights_from(params)?;
+                        b
+                    }
+                    Err(_) => fresh_snapshot(0, step, params)?.params,
+                };
+                tx.send((step, buf)).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into()))
+            }
             None => Err(Error::Invalid("publish after flush".into())),
         }
     }
@@ -198,13 +236,20 @@ mod tests {
     }
 
     #[test]
-    fn in_process_shares_the_newest_snapshot() {
+    fn in_process_serves_the_newest_snapshot_without_sharing_the_publishers_weights() {
         let mut x = InProcess::new(2);
         assert!(x.latest(1).is_none());
-        x.publish(1, 10, &store(1.0)).unwrap();
+        let mut own = store(1.0);
+        x.publish(1, 10, &own).unwrap();
         x.publish(1, 20, &store(2.0)).unwrap();
+        x.publish(1, 30, &store(3.0)).unwrap(); // reuses the step-10 buffers
         let s = x.latest(1).unwrap();
-        assert_eq!((s.step, s.params.get("w").unwrap().f32s().unwrap()[0]), (20, 2.0));
+        assert_eq!((s.step, s.params.get("w").unwrap().f32s().unwrap()[0]), (30, 3.0));
+        // The publisher's tensor is not shared: writing it does not touch the snapshot.
+        let before = own.get("w").unwrap().f32s().unwrap().as_ptr();
+        own.param_mut("w").unwrap().value.f32s_mut().unwrap()[0] = 9.0;
+        assert_eq!(own.get("w").unwrap().f32s().unwrap().as_ptr(), before, "copy on write happened");
+        assert_eq!(s.params.get("w").unwrap().f32s().unwrap()[0], 3.0);
     }
 
     #[test]
