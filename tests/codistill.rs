@@ -210,3 +210,23 @@ fn language_model_experiment_reports_against_the_source_entropy() {
     let svg = std::fs::read_to_string(d.join("out/curves.svg")).unwrap();
     assert!(svg.contains("source entropy"), "the entropy floor is drawn");
 }
+
+#[test]
+fn label_smoothing_is_the_single_model_control() {
+    use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+    use codistill::train::lm::{self, LmConfig};
+    let d = tmp("smooth");
+    write_markov_corpus(&d.join("data"), &MarkovSource::new(30, 1, 3, 6), [12_000, 2_000, 2_000], 6).unwrap();
+    let mut c = LmConfig::default();
+    (c.data, c.cache, c.out, c.device, c.min_count) = (Some(d.join("data")), d.join("cache"), d.join("plain"), codistill::train::DeviceChoice::Cpu, 1);
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt, c.steps, c.eval_every) = (8, 16, 1, 4, 10, 40, 40);
+    let plain = lm::train(&c).unwrap();
+    (c.out, c.label_smoothing) = (d.join("smooth"), 0.1);
+    let smooth = lm::train(&c).unwrap();
+    assert_ne!(plain.best_valid, smooth.best_valid, "label smoothing changed nothing");
+    c.models = 2;
+    assert!(lm::train(&c).unwrap_err().to_string().contains("single model"));
+    let mut k = criteo::CriteoConfig::default();
+    (k.models, k.label_smoothing) = (2, 0.1);
+    assert!(criteo::train(&k).unwrap_err().to_string().contains("single model"));
+}

@@ -75,6 +75,8 @@ crate::config_table! {
         shards: usize = 1,
         /// ...and train on this one (0-based)
         shard: usize = 0,
+        /// Label smoothing epsilon, the control baseline for codistillation (one model only)
+        label_smoothing: f32 = 0.0,
         /// Models trained side by side in this process (1: one model; 2 or more: codistillation)
         models: usize = 1,
         /// Codistillation: steps with the distillation term off
@@ -364,6 +366,9 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     if cfg.world > 1 && (cfg.exchange_dir.is_none() || cfg.models != 1 || cfg.rank >= cfg.world) {
         bail!(Invalid, "a {}-process run needs --exchange-dir, --models 1 and a rank below the world (rank {})", cfg.world, cfg.rank);
     }
+    if !(0.0..1.0).contains(&cfg.label_smoothing) || (cfg.label_smoothing > 0.0 && cfg.models * cfg.world > 1) {
+        bail!(Invalid, "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {} with {} models", cfg.label_smoothing, cfg.models * cfg.world);
+    }
     if !(0.0..=1.0).contains(&cfg.distill_weight) {
         bail!(Invalid, "distill_weight must be in [0, 1], got {}", cfg.distill_weight);
     }
@@ -466,7 +471,12 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             let chunk = m.next_batch(cfg.batch);
             let (ids, dense, labels) = data.train.batch(&chunk)?;
             // Teachers: the newest snapshots of the other models, averaged as probabilities.
-            let mut targets = labels.clone();
+            let mut targets = if cfg.label_smoothing > 0.0 {
+                let e = cfg.label_smoothing;
+                Tensor::from_f32(labels.f32s()?.iter().map(|&y| (1.0 - e) * y + e * 0.5).collect(), labels.shape())?
+            } else {
+                labels.clone()
+            };
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 exchange_wait += waited.as_secs_f64();

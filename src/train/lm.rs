@@ -82,6 +82,8 @@ crate::config_table! {
         shard: usize = 0,
         /// Resume from this checkpoint (weights, optimizer, step, carried state)
         resume: Option<PathBuf> = None,
+        /// Label smoothing epsilon, the control baseline for codistillation (one model only)
+        label_smoothing: f32 = 0.0,
         /// Models trained side by side in this process (1: one model; 2 or more: codistillation)
         models: usize = 1,
         /// Codistillation: steps with the distillation term off
@@ -360,6 +362,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if total_models > 1 && cfg.shards != 1 {
         bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", cfg.shards);
     }
+    if !(0.0..1.0).contains(&cfg.label_smoothing) || (cfg.label_smoothing > 0.0 && total_models > 1) {
+        bail!(Invalid, "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {} with {total_models} models", cfg.label_smoothing);
+    }
     if cfg.models > 1 && cfg.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
@@ -482,7 +487,15 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             let mut g = Graph::new();
             let dropout = if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((m.index as u64) << 40))) } else { None };
             let (logits, next) = model.forward(&mut g, &m.store, &x, &m.state, cfg.bptt, dropout)?;
-            let loss = if teacher_logits.is_empty() { g.softmax_xent(logits, &y)? } else { g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0 };
+            let loss = if !teacher_logits.is_empty() {
+                g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0
+            } else if cfg.label_smoothing > 0.0 {
+                // Label smoothing is distillation from a uniform teacher (all-zero logits).
+                let uniform = Tensor::zeros(g.value(logits).shape());
+                g.softmax_kl(logits, &[uniform], Some(&y), DistillParams { temperature: 1.0, alpha: cfg.label_smoothing })?.0
+            } else {
+                g.softmax_xent(logits, &y)?
+            };
             let lv = g.value(loss).item()? as f64;
             if !lv.is_finite() {
                 bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or enable --clip", m.index);
