@@ -46,6 +46,26 @@ impl ConfigValue for Option<PathBuf> {
     }
 }
 
+/// What every config table offers, so that code can load any of them the same way.
+pub trait ConfigTable: Default {
+    fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String>;
+    fn entries(&self) -> Vec<(&'static str, String)>;
+    fn apply_matches(&mut self, m: &clap::ArgMatches) -> Result<()>;
+    fn apply_toml_file(&mut self, path: &Path) -> Result<()>;
+}
+
+/// Error unless `saved` and `now` agree on every key in `keys` (resuming from a checkpoint).
+pub fn require_same(origin: &Path, keys: &[&str], saved: &[(&str, String)], now: &[(&str, String)]) -> Result<()> {
+    for key in keys {
+        let find = |e: &[(&str, String)]| e.iter().find(|x| x.0 == *key).map(|x| x.1.clone()).unwrap_or_default();
+        let (a, b) = (find(saved), find(now));
+        if a != b {
+            return Err(Error::Invalid(format!("{}: checkpoint has {key} = {a:?} but this run has {b:?}; resuming needs the same value", origin.display())));
+        }
+    }
+    Ok(())
+}
+
 /// Implement `ConfigValue` for an enum that has `FromStr<Err = String>` and `Display`.
 #[macro_export]
 macro_rules! config_enum {
@@ -134,6 +154,21 @@ macro_rules! config_table {
             /// The effective config as TOML.
             pub fn to_toml(&self) -> String {
                 $crate::config::to_toml(&self.entries())
+            }
+        }
+
+        impl $crate::config::ConfigTable for $name {
+            fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+                $name::set(self, key, value)
+            }
+            fn entries(&self) -> Vec<(&'static str, String)> {
+                $name::entries(self)
+            }
+            fn apply_matches(&mut self, m: &clap::ArgMatches) -> $crate::Result<()> {
+                $name::apply_matches(self, m)
+            }
+            fn apply_toml_file(&mut self, path: &std::path::Path) -> $crate::Result<()> {
+                $name::apply_toml_file(self, path)
             }
         }
     };

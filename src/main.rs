@@ -1,6 +1,7 @@
 //! The `codistill` command line, thin over the library.
 
 use clap::{Arg, ArgMatches, Command};
+use codistill::config::ConfigTable;
 use codistill::data::synthetic::{write_criteo_tsv, ClickModel};
 use codistill::train::criteo::{self, CriteoConfig};
 use codistill::train::lm::{self, LmConfig};
@@ -67,32 +68,20 @@ fn num<T: std::str::FromStr>(m: &ArgMatches, key: &str) -> Result<T> {
     v.parse().map_err(|_| codistill::Error::Invalid(format!("--{}: {v:?} is not a valid number", key.replace('_', "-"))))
 }
 
-fn lm_config(m: &ArgMatches, codistill: bool) -> Result<LmConfig> {
-    let mut cfg = LmConfig::default();
+/// A trainer's config: defaults (two models for `codistill`), then the `--config` file, then the
+/// flags given. One model per process when `--world` is set and `--models` is not.
+fn load_config<C: ConfigTable>(m: &ArgMatches, codistill: bool) -> Result<C> {
+    let mut cfg = C::default();
     if codistill {
-        cfg.models = 2;
+        cfg.set("models", "2").map_err(codistill::Error::Invalid)?;
     }
     if let Some(path) = m.get_one::<String>("config") {
         cfg.apply_toml_file(&PathBuf::from(path))?;
     }
     cfg.apply_matches(m)?;
-    if cfg.world > 1 && m.get_one::<String>("models").is_none() {
-        cfg.models = 1;
-    }
-    Ok(cfg)
-}
-
-fn criteo_config(m: &ArgMatches, codistill: bool) -> Result<CriteoConfig> {
-    let mut cfg = CriteoConfig::default();
-    if codistill {
-        cfg.models = 2;
-    }
-    if let Some(path) = m.get_one::<String>("config") {
-        cfg.apply_toml_file(&PathBuf::from(path))?;
-    }
-    cfg.apply_matches(m)?;
-    if cfg.world > 1 && m.get_one::<String>("models").is_none() {
-        cfg.models = 1;
+    let world = cfg.entries().into_iter().find(|e| e.0 == "world").map(|e| e.1).unwrap_or_default();
+    if world != "1" && m.get_one::<String>("models").is_none() {
+        cfg.set("models", "1").map_err(codistill::Error::Invalid)?;
     }
     Ok(cfg)
 }
@@ -100,7 +89,7 @@ fn criteo_config(m: &ArgMatches, codistill: bool) -> Result<CriteoConfig> {
 fn run_criteo(sub: &ArgMatches) -> Result<()> {
     match sub.subcommand() {
         Some((cmd @ ("train" | "codistill"), a)) => {
-            let cfg = criteo_config(a, cmd == "codistill")?;
+            let cfg: CriteoConfig = load_config(a, cmd == "codistill")?;
             let s = criteo::train(&cfg)?;
             if let Some(r) = s.preprocess_rows_per_s {
                 println!("preprocessed at {r:.0} rows/s");
@@ -130,7 +119,7 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Some(("experiment", a)) => {
-            let cfg = criteo_config(a, false)?;
+            let cfg: CriteoConfig = load_config(a, false)?;
             print!("{}", codistill::train::experiment::criteo_experiment(&cfg)?);
             println!("curves, plots and report in {}", cfg.out.display());
             Ok(())
@@ -166,7 +155,7 @@ fn run(m: &ArgMatches) -> Result<()> {
         }
         Some(("lm", sub)) => match sub.subcommand() {
             Some((cmd @ ("train" | "codistill"), a)) => {
-                let cfg = lm_config(a, cmd == "codistill")?;
+                let cfg: LmConfig = load_config(a, cmd == "codistill")?;
                 let s = lm::train(&cfg)?;
                 println!("trained {} steps; {:.1} s in all with data preparation; training ran at {:.0} tokens/s", s.steps, s.seconds, s.tokens_per_s);
                 for (i, (v, t)) in s.per_model.iter().enumerate() {
@@ -188,7 +177,7 @@ fn run(m: &ArgMatches) -> Result<()> {
                 Ok(())
             }
             Some(("experiment", a)) => {
-                let cfg = lm_config(a, false)?;
+                let cfg: LmConfig = load_config(a, false)?;
                 print!("{}", codistill::train::experiment::lm_experiment(&cfg)?);
                 println!("curves, plots and report in {}", cfg.out.display());
                 Ok(())

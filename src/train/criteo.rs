@@ -410,13 +410,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
         }
         let (saved, _, store, ck) = load_with_meta(path)?;
-        let (a, b) = (saved.entries(), cfg.entries());
-        for key in RESUME_KEYS {
-            let (x, y) = (a.iter().find(|e| e.0 == *key), b.iter().find(|e| e.0 == *key));
-            if x != y {
-                bail!(Invalid, "{}: checkpoint has {key} = {:?} but this run has {:?}; resuming needs the same value", path.display(), x.map(|e| e.1.clone()).unwrap_or_default(), y.map(|e| e.1.clone()).unwrap_or_default());
-            }
-        }
+        crate::config::require_same(path, RESUME_KEYS, &saved.entries(), &cfg.entries())?;
         let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
         let m = &mut members[0];
         m.store = store;

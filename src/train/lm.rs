@@ -399,12 +399,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if let Some(path) = &cfg.resume {
         let m = &mut members[0];
         let loaded = load_checkpoint(path)?;
-        for key in RESUME_KEYS {
-            let (a, b) = (loaded.cfg.entries().into_iter().find(|e| e.0 == *key), cfg.entries().into_iter().find(|e| e.0 == *key));
-            if a != b {
-                bail!(Invalid, "{}: checkpoint has {key} = {:?} but this run has {:?}; resuming needs the same value", path.display(), a.map(|x| x.1).unwrap_or_default(), b.map(|x| x.1).unwrap_or_default());
-            }
-        }
+        crate::config::require_same(path, RESUME_KEYS, &loaded.cfg.entries(), &cfg.entries())?;
         if loaded.vocab != data.vocab {
             bail!(
                 Invalid,
