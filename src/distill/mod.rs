@@ -4,6 +4,86 @@
 
 pub mod exchange;
 
+use crate::params::ParamStore;
+use crate::{bail, Result};
+use exchange::{timed, DirExchange, Exchange, InProcess};
+use std::path::Path;
+use std::time::Duration;
+
+/// Where a process's models sit in a codistillation: `models` here, `world` processes, this one
+/// `rank`; global model `rank * models + local` trains on its own shard of the data (or on all
+/// of it with `same_data`). A single model keeps the trainer's own `shards`/`shard` split.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Topology {
+    pub models: usize,
+    pub world: usize,
+    pub rank: usize,
+    pub same_data: bool,
+    pub shards: usize,
+    pub shard: usize,
+}
+
+impl Topology {
+    /// Models in the whole codistillation, over every process.
+    pub fn total(&self) -> usize {
+        self.models * self.world
+    }
+
+    /// Check the options against each other (and the weights against their ranges).
+    pub fn check(&self, exchange_dir: Option<&Path>, distill_weight: f32, label_smoothing: f32) -> Result<()> {
+        if self.models == 0 || self.world == 0 {
+            bail!(Invalid, "models and world must be positive (got {} and {})", self.models, self.world);
+        }
+        if self.world > 1 && (exchange_dir.is_none() || self.models != 1 || self.rank >= self.world) {
+            bail!(Invalid, "a {}-process run needs --exchange-dir, --models 1 and a rank below the world (rank {})", self.world, self.rank);
+        }
+        if self.total() > 1 && self.shards != 1 {
+            bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", self.shards);
+        }
+        if !(0.0..=1.0).contains(&distill_weight) {
+            bail!(Invalid, "distill_weight must be in [0, 1], got {distill_weight}");
+        }
+        if !(0.0..1.0).contains(&label_smoothing) || (label_smoothing > 0.0 && self.total() > 1) {
+            bail!(Invalid, "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {label_smoothing} with {} models", self.total());
+        }
+        Ok(())
+    }
+
+    /// Global index of local model `local`.
+    pub fn index(&self, local: usize) -> usize {
+        self.rank * self.models + local
+    }
+
+    /// `(n, i)`: model `index` trains on shard `i` of `n`.
+    pub fn shard_of(&self, index: usize) -> (usize, usize) {
+        match (self.total() > 1, self.same_data) {
+            (false, _) => (self.shards, self.shard),
+            (true, true) => (1, 0),
+            (true, false) => (self.total(), index),
+        }
+    }
+
+    /// The exchange for this process: a shared directory across processes, else in memory.
+    /// `template` gives the parameter names and shapes.
+    pub fn exchange(&self, exchange_dir: Option<&Path>, template: &ParamStore) -> Result<Box<dyn Exchange>> {
+        Ok(match exchange_dir {
+            Some(dir) if self.world > 1 => Box::new(DirExchange::new(dir, self.rank, self.world, template, Duration::from_millis(50))?),
+            _ => Box::new(InProcess::new(self.total())),
+        })
+    }
+}
+
+/// Publish every local model's weights as of `step`; returns the time spent.
+pub fn publish_all<'a>(exchange: &mut dyn Exchange, step: u64, models: impl Iterator<Item = (usize, &'a ParamStore)>) -> Result<Duration> {
+    let mut spent = Duration::ZERO;
+    for (index, store) in models {
+        let (r, waited) = timed(|| exchange.publish(index, step, store));
+        r?;
+        spent += waited;
+    }
+    Ok(spent)
+}
+
 /// When and how strongly models distill from each other.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CodistillSchedule {
@@ -72,6 +152,19 @@ impl TeacherTracker {
 mod tests {
     use super::*;
     use crate::params::ParamStore;
+
+    #[test]
+    fn topology_assigns_shards_and_rejects_inconsistent_options() {
+        let t = Topology { models: 1, world: 3, rank: 2, same_data: false, shards: 1, shard: 0 };
+        assert_eq!((t.total(), t.index(0), t.shard_of(t.index(0))), (3, 2, (3, 2)));
+        assert_eq!(Topology { same_data: true, ..t }.shard_of(2), (1, 0));
+        let single = Topology { models: 1, world: 1, rank: 0, same_data: false, shards: 4, shard: 1 };
+        assert_eq!(single.shard_of(0), (4, 1));
+        assert!(t.check(None, 0.5, 0.0).unwrap_err().to_string().contains("--exchange-dir"));
+        assert!(t.check(Some(Path::new("x")), 0.5, 0.1).unwrap_err().to_string().contains("single model"));
+        assert!(single.check(None, 1.5, 0.0).unwrap_err().to_string().contains("distill_weight"));
+        assert!(Topology { models: 2, ..single }.check(None, 0.5, 0.0).unwrap_err().to_string().contains("shards"));
+    }
 
     #[test]
     fn tracker_reports_swaps_once_and_warns_once_about_a_silent_peer() {

@@ -356,32 +356,22 @@ impl Member {
 /// Train as configured: one model, or `models` codistilling models in this process, or this
 /// process's model of a `world`-process codistillation through `exchange_dir`.
 pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
-    use crate::distill::exchange::{timed, DirExchange, Exchange, InProcess};
-    use crate::distill::CodistillSchedule;
+    use crate::distill::exchange::timed;
+    use crate::distill::{publish_all, CodistillSchedule, Topology};
     let t0 = Instant::now();
     cfg.device.resolve()?;
-    if cfg.batch == 0 || cfg.epochs == 0 || cfg.models == 0 || cfg.world == 0 {
-        bail!(Invalid, "batch, epochs, models and world must be positive (got {}, {}, {}, {})", cfg.batch, cfg.epochs, cfg.models, cfg.world);
+    if cfg.batch == 0 || cfg.epochs == 0 {
+        bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
     }
-    if cfg.world > 1 && (cfg.exchange_dir.is_none() || cfg.models != 1 || cfg.rank >= cfg.world) {
-        bail!(Invalid, "a {}-process run needs --exchange-dir, --models 1 and a rank below the world (rank {})", cfg.world, cfg.rank);
-    }
-    if !(0.0..1.0).contains(&cfg.label_smoothing) || (cfg.label_smoothing > 0.0 && cfg.models * cfg.world > 1) {
-        bail!(Invalid, "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {} with {} models", cfg.label_smoothing, cfg.models * cfg.world);
-    }
-    if !(0.0..=1.0).contains(&cfg.distill_weight) {
-        bail!(Invalid, "distill_weight must be in [0, 1], got {}", cfg.distill_weight);
-    }
-    let total_models = cfg.models * cfg.world;
-    if total_models > 1 && cfg.shards != 1 {
-        bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", cfg.shards);
-    }
+    let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
+    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
+    let total_models = topo.total();
     let data = prepare_data(cfg)?;
     let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
     let mut members = Vec::new();
     for local in 0..cfg.models {
-        let index = cfg.rank * cfg.models + local;
-        let (n, i) = if total_models > 1 { (if cfg.same_data { 1 } else { total_models }, if cfg.same_data { 0 } else { index }) } else { (cfg.shards, cfg.shard) };
+        let index = topo.index(local);
+        let (n, i) = topo.shard_of(index);
         let span = shard_range(data.train_rows.len(), n, i)?;
         let rows = data.train_rows.start + span.start..data.train_rows.start + span.end;
         if rows.is_empty() {
@@ -426,10 +416,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     }
     // The structure (parameter names) is the same for every model; weights come from each store.
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
-    let mut exchange: Box<dyn Exchange> = match &cfg.exchange_dir {
-        Some(dir) if cfg.world > 1 => Box::new(DirExchange::new(dir, cfg.rank, cfg.world, &members[0].store, std::time::Duration::from_millis(50))?),
-        _ => Box::new(InProcess::new(total_models)),
-    };
+    let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
     let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
     let steps_per_epoch = members.iter().map(|m| m.rows.len().div_ceil(cfg.batch)).min().unwrap_or(0) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
@@ -515,14 +502,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             interval_n += 1;
         }
         if schedule.publish_after(step) && schedule.weight > 0.0 {
-            for m in &members {
-                let ((), waited) = {
-                    let (r, w) = timed(|| exchange.publish(m.index, step + 1, &m.store));
-                    r?;
-                    ((), w)
-                };
-                exchange_wait += waited.as_secs_f64();
-            }
+            exchange_wait += publish_all(exchange.as_mut(), step + 1, members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
         let step1 = step + 1;
         bar.set_position(step1);

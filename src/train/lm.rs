@@ -344,27 +344,20 @@ struct LmMember {
 /// on stderr (a bar on a terminal), writes metrics, checkpoints and `result.json` under `cfg.out`
 /// (per model `model-<i>/` when there are several here).
 pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
-    use crate::distill::exchange::{timed, DirExchange, Exchange, InProcess};
-    use crate::distill::CodistillSchedule;
+    use crate::distill::exchange::timed;
+    use crate::distill::{publish_all, CodistillSchedule, Topology};
     use crate::ops::softmax_kl::DistillParams;
     let t0 = Instant::now();
     cfg.device.resolve()?;
-    if cfg.batch == 0 || cfg.bptt == 0 || cfg.models == 0 || cfg.world == 0 {
-        bail!(Invalid, "batch, bptt, models and world must be positive (got {}, {}, {}, {})", cfg.batch, cfg.bptt, cfg.models, cfg.world);
+    if cfg.batch == 0 || cfg.bptt == 0 {
+        bail!(Invalid, "batch and bptt must be positive (got {} and {})", cfg.batch, cfg.bptt);
     }
     if !(0.0..1.0).contains(&cfg.dropout) {
         bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
     }
-    if cfg.world > 1 && (cfg.exchange_dir.is_none() || cfg.models != 1 || cfg.rank >= cfg.world) {
-        bail!(Invalid, "a {}-process run needs --exchange-dir, --models 1 and a rank below the world (rank {})", cfg.world, cfg.rank);
-    }
-    let total_models = cfg.models * cfg.world;
-    if total_models > 1 && cfg.shards != 1 {
-        bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", cfg.shards);
-    }
-    if !(0.0..1.0).contains(&cfg.label_smoothing) || (cfg.label_smoothing > 0.0 && total_models > 1) {
-        bail!(Invalid, "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {} with {total_models} models", cfg.label_smoothing);
-    }
+    let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
+    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
+    let total_models = topo.total();
     if cfg.models > 1 && cfg.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
@@ -374,8 +367,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
     let mut members = Vec::new();
     for local in 0..cfg.models {
-        let index = cfg.rank * cfg.models + local;
-        let (n, i) = if total_models > 1 { (if cfg.same_data { 1 } else { total_models }, if cfg.same_data { 0 } else { index }) } else { (cfg.shards, cfg.shard) };
+        let index = topo.index(local);
+        let (n, i) = topo.shard_of(index);
         let stream = shard(data.train.as_slice(), n, i)?;
         let lanes = TokenLanes::new(stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
         let mut store = ParamStore::new();
@@ -423,10 +416,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         m.best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
         eprintln!("resumed from {} at step {step}", path.display());
     }
-    let mut exchange: Box<dyn Exchange> = match &cfg.exchange_dir {
-        Some(dir) if cfg.world > 1 => Box::new(DirExchange::new(dir, cfg.rank, cfg.world, &members[0].store, std::time::Duration::from_millis(50))?),
-        _ => Box::new(InProcess::new(total_models)),
-    };
+    let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
@@ -509,11 +499,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             interval_n += 1;
         }
         if schedule.publish_after(step) && schedule.weight > 0.0 {
-            for m in &members {
-                let (r, waited) = timed(|| exchange.publish(m.index, step + 1, &m.store));
-                r?;
-                exchange_wait += waited.as_secs_f64();
-            }
+            exchange_wait += publish_all(exchange.as_mut(), step + 1, members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
         step += 1;
         bar.set_position(step);
