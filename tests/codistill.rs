@@ -22,6 +22,41 @@ fn small(dir: &std::path::Path) -> CriteoConfig {
     c
 }
 
+/// A `codistill criteo train` process of a 2-process run on the `small` log, exchanging in `xdir`,
+/// writing to `out/rank<rank>`.
+fn criteo_process(c: &CriteoConfig, xdir: &std::path::Path, out: &std::path::Path, rank: usize, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"));
+    cmd.args(["criteo", "train", "--device", "cpu", "--world", "2", "--rank", &rank.to_string()])
+        .args(["--synthetic-scale", "0.002", "--synthetic-rows", &c.synthetic_rows.to_string(), "--buckets", "4096"])
+        .args(["--burn-in", &c.burn_in.to_string(), "--exchange-every", &c.exchange_every.to_string()])
+        .arg("--cache")
+        .arg(&c.cache)
+        .arg("--exchange-dir")
+        .arg(xdir)
+        .arg("--out")
+        .arg(out.join(format!("rank{rank}")))
+        .args(extra);
+    cmd
+}
+
+/// Write the `small` synthetic log once, so that processes started together share its cache.
+fn prepare_shared_log(c: &CriteoConfig, dir: &std::path::Path) {
+    let mut warm = c.clone();
+    (warm.models, warm.out) = (1, dir.join("warm"));
+    criteo::prepare_data(&warm).unwrap();
+}
+
+/// A small Markov corpus in `dir/data` and a small, fast language-model config on it.
+fn small_lm(dir: &std::path::Path, seed: u64, train_tokens: usize) -> codistill::train::lm::LmConfig {
+    use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+    let n = train_tokens / 8;
+    write_markov_corpus(&dir.join("data"), &MarkovSource::new(30, 1, 3, seed), [train_tokens, n, n], seed).unwrap();
+    let mut c = codistill::train::lm::LmConfig::default();
+    (c.data, c.cache, c.out, c.device, c.min_count) = (Some(dir.join("data")), dir.join("cache"), dir.join("out"), codistill::train::DeviceChoice::Cpu, 1);
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (8, 16, 1, 4, 10);
+    c
+}
+
 #[test]
 fn codistilled_models_agree_more_than_independent_ones() {
     let d = tmp("churn");
@@ -50,25 +85,9 @@ fn codistilled_models_agree_more_than_independent_ones() {
 fn two_processes_codistill_through_a_directory_and_both_finish() {
     let d = tmp("procs");
     let c = small(&d);
-    // Build the shared synthetic log once, so both processes start from the same cache.
-    let mut warm = c.clone();
-    (warm.models, warm.epochs, warm.out) = (1, 1, d.join("warm"));
-    warm.synthetic_rows = c.synthetic_rows;
-    criteo::prepare_data(&warm).unwrap();
+    prepare_shared_log(&c, &d);
     let xdir = d.join("exchange");
-    let spawn = |rank: usize| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_codistill"))
-            .args(["criteo", "train", "--device", "cpu", "--models", "1", "--world", "2", "--rank", &rank.to_string()])
-            .args(["--synthetic-scale", "0.002", "--synthetic-rows", "200000", "--buckets", "4096", "--burn-in", "100", "--exchange-every", "50"])
-            .arg("--cache")
-            .arg(&c.cache)
-            .arg("--exchange-dir")
-            .arg(&xdir)
-            .arg("--out")
-            .arg(d.join(format!("rank{rank}")))
-            .output()
-            .unwrap()
-    };
+    let spawn = |rank: usize| criteo_process(&c, &xdir, &d, rank, &[]).output().unwrap();
     let (a, b) = std::thread::scope(|s| {
         let ha = s.spawn(|| spawn(0));
         let hb = s.spawn(|| spawn(1));
@@ -85,13 +104,10 @@ fn two_processes_codistill_through_a_directory_and_both_finish() {
 
 #[test]
 fn language_models_codistill_in_one_process() {
-    use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
-    use codistill::train::lm::{self, LmConfig};
+    use codistill::train::lm;
     let d = tmp("lm");
-    write_markov_corpus(&d.join("data"), &MarkovSource::new(30, 1, 3, 5), [24_000, 3_000, 3_000], 5).unwrap();
-    let mut c = LmConfig::default();
-    (c.data, c.cache, c.out, c.device, c.min_count) = (Some(d.join("data")), d.join("cache"), d.join("co"), codistill::train::DeviceChoice::Cpu, 1);
-    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (8, 16, 1, 4, 10);
+    let mut c = small_lm(&d, 5, 24_000);
+    c.out = d.join("co");
     (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (120, 120, 20, 120);
     (c.models, c.burn_in, c.exchange_every, c.distill_weight, c.temperature) = (2, 40, 20, 0.5, 2.0);
     let co = lm::train(&c).unwrap();
@@ -110,24 +126,13 @@ fn language_models_codistill_in_one_process() {
 #[test]
 fn killed_process_leaves_its_peer_training_and_resumes_from_its_checkpoint() {
     let d = tmp("kill");
-    let c = small(&d);
-    let mut warm = c.clone();
-    (warm.models, warm.out) = (1, d.join("warm"));
-    criteo::prepare_data(&warm).unwrap();
+    let mut c = small(&d);
+    (c.burn_in, c.exchange_every) = (20, 20);
+    prepare_shared_log(&c, &d);
     let xdir = d.join("exchange");
     let cmd = |rank: usize, extra: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"));
-        cmd.args(["criteo", "train", "--device", "cpu", "--world", "2", "--rank", &rank.to_string(), "--epochs", "3"])
-            .args(["--synthetic-scale", "0.002", "--synthetic-rows", "200000", "--buckets", "4096", "--burn-in", "20", "--exchange-every", "20", "--checkpoint-every", "20"])
-            .arg("--cache")
-            .arg(&c.cache)
-            .arg("--exchange-dir")
-            .arg(&xdir)
-            .arg("--out")
-            .arg(d.join(format!("rank{rank}")))
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+        let mut cmd = criteo_process(&c, &xdir, &d, rank, &["--epochs", "3", "--checkpoint-every", "20"]);
+        cmd.args(extra).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         cmd
     };
     let survivor = cmd(0, &[]).spawn().unwrap();
@@ -213,13 +218,10 @@ fn language_model_experiment_reports_against_the_source_entropy() {
 
 #[test]
 fn label_smoothing_is_the_single_model_control() {
-    use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
-    use codistill::train::lm::{self, LmConfig};
+    use codistill::train::lm;
     let d = tmp("smooth");
-    write_markov_corpus(&d.join("data"), &MarkovSource::new(30, 1, 3, 6), [12_000, 2_000, 2_000], 6).unwrap();
-    let mut c = LmConfig::default();
-    (c.data, c.cache, c.out, c.device, c.min_count) = (Some(d.join("data")), d.join("cache"), d.join("plain"), codistill::train::DeviceChoice::Cpu, 1);
-    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt, c.steps, c.eval_every) = (8, 16, 1, 4, 10, 40, 40);
+    let mut c = small_lm(&d, 6, 12_000);
+    (c.out, c.steps, c.eval_every) = (d.join("plain"), 40, 40);
     let plain = lm::train(&c).unwrap();
     (c.out, c.label_smoothing) = (d.join("smooth"), 0.1);
     let smooth = lm::train(&c).unwrap();
