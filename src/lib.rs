@@ -7,6 +7,7 @@
 pub mod autograd;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod distill;
 mod error;

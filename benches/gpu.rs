@@ -1,0 +1,200 @@
+//! GPU kernel benchmark: each kernel's median time over many launches (CUDA events), with the
+//! achieved TFLOP/s or GB/s. Prints a table and, with `--json PATH`, writes one JSON object per
+//! line for `scripts/gpu_compare.py`, which times cuBLAS and PyTorch on the same shapes in the same
+//! session and prints the ratios. Without a GPU it says why and exits 0 (so `cargo bench` works on
+//! any machine); `REQUIRE_GPU=1` makes that an error.
+//!
+//! Bytes are the fewest the op must move (each input read once, each output written once); FLOPs
+//! are 2mnk for a matmul.
+
+use codistill::cuda::{self, kernels as k, Gpu, GpuBuf};
+use codistill::{DistillParams, Rng};
+use cudarc::driver::sys;
+use half::bf16;
+use std::io::Write;
+use std::sync::Arc;
+
+struct Row {
+    name: String,
+    shape: String,
+    ms: f64,
+    flops: f64,
+    bytes: f64,
+}
+
+fn time_ms(g: &Arc<Gpu>, iters: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    g.sync().unwrap();
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let a = g.stream().record_event(flags).unwrap();
+        f();
+        let b = g.stream().record_event(flags).unwrap();
+        times.push(a.elapsed_ms(&b).unwrap() as f64);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[iters / 2]
+}
+
+fn randn(g: &Arc<Gpu>, r: &mut Rng, n: usize, std: f32) -> GpuBuf<f32> {
+    g.upload(&r.normal_vec(n, std)).unwrap()
+}
+
+fn randn_bf16(g: &Arc<Gpu>, r: &mut Rng, n: usize) -> GpuBuf<bf16> {
+    let v: Vec<bf16> = r.normal_vec(n, 1.0).into_iter().map(bf16::from_f32).collect();
+    g.upload(&v).unwrap()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().position(|a| a == "--json").map(|i| args[i + 1].clone());
+    let g = match cuda::gpu(0) {
+        Ok(g) => g,
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
+                eprintln!("REQUIRE_GPU=1 but no usable GPU: {e}");
+                std::process::exit(1);
+            }
+            eprintln!("GPU benchmark skipped: {e}");
+            return;
+        }
+    };
+    let mut r = Rng::new(7);
+    let mut rows: Vec<Row> = Vec::new();
+    println!("device: {}", g.name().unwrap_or_default());
+
+    // Copy bandwidth: the memory ceiling (bytes read + written).
+    {
+        let n = 256 << 20; // 1 GiB of f32
+        let a = g.full(n, 1.0).unwrap();
+        let b = g.alloc::<f32>(n).unwrap();
+        let ms = time_ms(&g, 20, || unsafe {
+            cudarc::driver::result::memcpy_dtod_async(b.ptr(), a.ptr(), n * 4, g.stream().cu_stream()).unwrap();
+        });
+        rows.push(Row { name: "copy d2d".into(), shape: "1 GiB".into(), ms, flops: 0.0, bytes: 2.0 * n as f64 * 4.0 });
+    }
+
+    // Matmul: 4096^3 and the trainers' shapes (LSTM LM 2x1024, batch 64, 35 steps, vocab 10k;
+    // Criteo MLP), bf16 operands on the tensor cores, and the fp32 path for reference.
+    let shapes: &[(&str, usize, usize, usize, bool, bool)] = &[
+        ("square", 4096, 4096, 4096, false, false),
+        ("square", 8192, 8192, 8192, false, false),
+        ("lstm x@W_ih", 2240, 4096, 1024, false, false),
+        ("lstm h@W_hh step", 64, 4096, 1024, false, false),
+        ("lstm logits h@W_out^T", 2240, 10000, 1024, false, true),
+        ("lstm dW = h^T@dlogits", 1024, 10000, 2240, true, false),
+        ("criteo mlp", 8192, 512, 432, false, false),
+    ];
+    for &(what, m, n, kk, ta, tb) in shapes {
+        let a = randn_bf16(&g, &mut r, m * kk);
+        let b = randn_bf16(&g, &mut r, kk * n);
+        let mut c = g.alloc::<f32>(m * n).unwrap();
+        let iters = if m * n * kk > 1 << 36 { 10 } else { 50 };
+        let ms = time_ms(&g, iters, || k::gemm_bf16(m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
+        let t = format!("{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" });
+        rows.push(Row { name: format!("gemm bf16 {what}"), shape: format!("{m}x{n}x{kk} {t}"), ms, flops: 2.0 * (m * n * kk) as f64, bytes: 0.0 });
+    }
+    {
+        let (m, n, kk) = (4096, 4096, 4096);
+        let a = randn(&g, &mut r, m * kk, 1.0);
+        let b = randn(&g, &mut r, kk * n, 1.0);
+        let mut c = g.alloc::<f32>(m * n).unwrap();
+        let ms = time_ms(&g, 5, || k::gemm_f32(m, n, kk, 1.0, &a, false, &b, false, 0.0, &mut c).unwrap());
+        rows.push(Row { name: "gemm f32 (CUDA cores)".into(), shape: format!("{m}x{n}x{kk} NN"), ms, flops: 2.0 * (m * n * kk) as f64, bytes: 0.0 });
+    }
+
+    // Fused softmax-KL, forward and backward in one kernel.
+    for &(n, v, nt) in &[(4096usize, 32768usize, 1usize), (2240, 10000, 1), (4096, 32768, 3)] {
+        let s = randn(&g, &mut r, n * v, 3.0);
+        let ts: Vec<GpuBuf<f32>> = (0..nt).map(|_| randn(&g, &mut r, n * v, 3.0)).collect();
+        let tr: Vec<&GpuBuf<f32>> = ts.iter().collect();
+        let y: Vec<i32> = (0..n).map(|_| r.below(v) as i32).collect();
+        let y = g.upload(&y).unwrap();
+        let mut grad = g.alloc::<f32>(n * v).unwrap();
+        let p = DistillParams { temperature: 2.0, alpha: 0.5 };
+        let ms = time_ms(&g, 20, || {
+            k::softmax_kl(&s, &tr, Some(&y), n, v, p, &mut grad).unwrap();
+        });
+        let bytes = ((2 + nt) * n * v * 4) as f64;
+        rows.push(Row { name: format!("softmax-KL fwd+bwd, {nt} teacher(s)"), shape: format!("{n}x{v}"), ms, flops: 0.0, bytes });
+    }
+
+    // Embedding.
+    {
+        let (vocab, dim, n) = (1_000_000usize, 128usize, 262_144usize);
+        let table = randn(&g, &mut r, vocab * dim, 1.0);
+        let ids_h: Vec<i32> = (0..n).map(|_| r.below(vocab) as i32).collect();
+        let ids = g.upload(&ids_h).unwrap();
+        let mut out = g.alloc::<f32>(n * dim).unwrap();
+        let ms = time_ms(&g, 50, || k::gather(&table, vocab, dim, &ids, &mut out).unwrap());
+        rows.push(Row { name: "embedding gather".into(), shape: format!("{n} ids x {dim}, V={vocab}"), ms, flops: 0.0, bytes: 2.0 * (n * dim * 4) as f64 });
+        let dout = randn(&g, &mut r, n * dim, 1.0);
+        let mut dtable = g.full(vocab * dim, 0.0).unwrap();
+        let (order, starts) = k::sorted_segments(&ids_h);
+        let unique = starts.len() - 1;
+        let (o, st) = (g.upload(&order).unwrap(), g.upload(&starts).unwrap());
+        // bytes: dout read once, each touched table row read and written once
+        let bytes = (n * dim * 4 + 2 * unique * dim * 4) as f64;
+        let ms = time_ms(&g, 50, || k::scatter_add(&dout, vocab, dim, &ids, None, &mut dtable, k::ScatterMode::Atomic).unwrap());
+        rows.push(Row { name: "embedding backward, atomic".into(), shape: format!("{n} ids x {dim}, V={vocab}"), ms, flops: 0.0, bytes });
+        let ms = time_ms(&g, 50, || k::scatter_add_planned(&dout, vocab, dim, &ids, &o, &st, &mut dtable).unwrap());
+        rows.push(Row { name: "embedding backward, deterministic".into(), shape: format!("{n} ids x {dim}, V={vocab}"), ms, flops: 0.0, bytes });
+        let t0 = std::time::Instant::now();
+        let _ = k::sorted_segments(&ids_h);
+        println!("deterministic plan (host sort of {n} ids): {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
+    }
+
+    // LSTM cell, one step of the 2x1024 batch-64 model.
+    {
+        let (b, h) = (64usize, 1024usize);
+        let mut gates = randn(&g, &mut r, b * 4 * h, 1.0);
+        let cp = randn(&g, &mut r, b * h, 1.0);
+        let mut c = g.alloc::<f32>(b * h).unwrap();
+        let mut hh = g.alloc::<f32>(b * h).unwrap();
+        let ms = time_ms(&g, 200, || k::lstm_cell_fwd(&mut gates, &cp, &mut c, &mut hh, b, h).unwrap());
+        rows.push(Row { name: "lstm cell fwd".into(), shape: format!("B{b} H{h}"), ms, flops: 0.0, bytes: (b * h * 4 * (4 + 4 + 3)) as f64 });
+        let dh = randn(&g, &mut r, b * h, 1.0);
+        let mut dc = randn(&g, &mut r, b * h, 1.0);
+        let mut dg = g.alloc::<f32>(b * 4 * h).unwrap();
+        let ms = time_ms(&g, 200, || k::lstm_cell_bwd(&gates, &cp, &c, &dh, &mut dc, &mut dg, b, h).unwrap());
+        rows.push(Row { name: "lstm cell bwd".into(), shape: format!("B{b} H{h}"), ms, flops: 0.0, bytes: (b * h * 4 * (4 + 4 + 5)) as f64 });
+    }
+
+    // Adam over 64M parameters: read w, g, m, v; write w, m, v.
+    {
+        let n = 64 << 20;
+        let mut w = randn(&g, &mut r, n, 1.0);
+        let gr = randn(&g, &mut r, n, 1.0);
+        let mut m = g.full(n, 0.0).unwrap();
+        let mut v = g.full(n, 0.0).unwrap();
+        let mut step = 0u64;
+        let ms = time_ms(&g, 20, || {
+            step += 1;
+            k::adam(&mut w, &gr, &mut m, &mut v, None, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, step, 1.0).unwrap()
+        });
+        rows.push(Row { name: "adam update".into(), shape: format!("{n} params"), ms, flops: 0.0, bytes: (n * 4 * 7) as f64 });
+    }
+
+    let copy_gbs = rows[0].bytes / rows[0].ms / 1e6;
+    println!("\n{:<40} {:<28} {:>10} {:>10} {:>10} {:>8}", "kernel", "shape", "ms", "TFLOP/s", "GB/s", "of copy");
+    for row in &rows {
+        let tf = if row.flops > 0.0 { format!("{:.1}", row.flops / row.ms / 1e9) } else { "".into() };
+        let (gb, frac) = if row.bytes > 0.0 {
+            let gbs = row.bytes / row.ms / 1e6;
+            (format!("{gbs:.0}"), format!("{:.0}%", 100.0 * gbs / copy_gbs))
+        } else {
+            (String::new(), String::new())
+        };
+        println!("{:<40} {:<28} {:>10.4} {:>10} {:>10} {:>8}", row.name, row.shape, row.ms, tf, gb, frac);
+    }
+    if let Some(path) = json {
+        let mut f = std::fs::File::create(&path).unwrap();
+        for row in &rows {
+            writeln!(f, "{{\"name\":\"{}\",\"shape\":\"{}\",\"ms\":{},\"flops\":{},\"bytes\":{}}}", row.name, row.shape, row.ms, row.flops, row.bytes).unwrap();
+        }
+    }
+    println!("allocator: {:?}", g.stats());
+}

@@ -1,0 +1,57 @@
+// Shared helpers for codistill's kernels. Compiled by NVRTC (tools/ptx.py), so only CUDA's own
+// headers (cuda_bf16.h) are included; no standard library.
+#pragma once
+#include <cuda_bf16.h>
+
+typedef unsigned long long u64;
+typedef long long i64;
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+#define KERNEL extern "C" __global__
+
+// Grid-stride loop over [0, n).
+#define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n); i += (i64)gridDim.x * blockDim.x)
+
+// The same numerically safe logistic function as ops::elementwise::sigmoid.
+__device__ __forceinline__ float sigmoid_f(float x) {
+    if (x >= 0.f) {
+        return 1.f / (1.f + expf(-x));
+    }
+    float e = expf(x);
+    return e / (1.f + e);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// splitmix64, as in src/rng.rs.
+__device__ __forceinline__ u64 splitmix64(u64 x) {
+    u64 z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// rng::hash_uniform: a uniform number in [0, 1) that depends only on (seed, index).
+__device__ __forceinline__ float hash_uniform(u64 seed, u64 index) {
+    u64 h = splitmix64(seed ^ splitmix64(index));
+    return (float)(h >> 40) * (1.0f / 16777216.0f);
+}

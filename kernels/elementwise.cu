@@ -1,0 +1,64 @@
+// Elementwise kernels, the twins of ops::elementwise. Unary op codes follow the Unary enum:
+// 0 relu, 1 sigmoid, 2 tanh, 3 exp, 4 log, 5 scale(s). Binary: 0 add, 1 sub, 2 mul.
+#include "common.cuh"
+
+__device__ __forceinline__ float unary_apply(int op, float x, float s) {
+    switch (op) {
+        case 0: return fmaxf(x, 0.f);
+        case 1: return sigmoid_f(x);
+        case 2: return tanhf(x);
+        case 3: return expf(x);
+        case 4: return logf(x);
+        default: return s * x;
+    }
+}
+
+__device__ __forceinline__ float unary_deriv(int op, float x, float y, float s) {
+    switch (op) {
+        case 0: return x > 0.f ? 1.f : 0.f;
+        case 1: return y * (1.f - y);
+        case 2: return 1.f - y * y;
+        case 3: return y;
+        case 4: return 1.f / x;
+        default: return s;
+    }
+}
+
+KERNEL void unary_fwd(int op, float s, const float* __restrict__ x, float* __restrict__ y, i64 n) {
+    FOR_EACH(i, n) y[i] = unary_apply(op, x[i], s);
+}
+
+KERNEL void unary_bwd(int op, float s, const float* __restrict__ x, const float* __restrict__ y,
+                      const float* __restrict__ dy, float* __restrict__ dx, i64 n) {
+    FOR_EACH(i, n) dx[i] = dy[i] * unary_deriv(op, x[i], y[i], s);
+}
+
+KERNEL void binary_fwd(int op, const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, i64 n) {
+    FOR_EACH(i, n) {
+        float x = a[i], y = b[i];
+        out[i] = op == 0 ? x + y : (op == 1 ? x - y : x * y);
+    }
+}
+
+// out[r, c] = x[r, c] + bias[c]
+KERNEL void add_row_bias(const float* __restrict__ x, const float* __restrict__ bias, float* __restrict__ out, i64 n, int d) {
+    FOR_EACH(i, n) out[i] = x[i] + bias[i % d];
+}
+
+// a += alpha * b
+KERNEL void axpy(float alpha, const float* __restrict__ b, float* __restrict__ a, i64 n) {
+    FOR_EACH(i, n) a[i] += alpha * b[i];
+}
+
+KERNEL void fill_f32(float* __restrict__ x, float v, i64 n) {
+    FOR_EACH(i, n) x[i] = v;
+}
+
+// Round to nearest even, as half::bf16::from_f32.
+KERNEL void f32_to_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, i64 n) {
+    FOR_EACH(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+KERNEL void bf16_to_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, i64 n) {
+    FOR_EACH(i, n) y[i] = __bfloat162float(x[i]);
+}

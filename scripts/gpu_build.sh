@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds, here, everything the GPU machine runs (it has no Rust toolchain), and copies it into the
+# git-ignored device-bin/, which the device call carries. Then run there:
+#   bash scripts/gpu_remote.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf device-bin && mkdir -p device-bin/tests
+cargo build --release --bin codistill
+cp target/release/codistill device-bin/
+cargo test --release --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])' \
+  | while read -r name exe; do
+      # The GPU suite, and the CPU suites whose subjects touch the device path; the rest run in CI.
+      case "$name" in gpu|softmax_kl) cp "$exe" "device-bin/tests/$name";; esac
+    done
+cargo bench --no-run --bench gpu --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])' | while read -r exe; do cp "$exe" device-bin/gpu-bench; done
+# The carry limit is 64 MiB: drop the debug line tables.
+strip device-bin/codistill device-bin/gpu-bench device-bin/tests/*
+ls -la device-bin device-bin/tests
+du -sh device-bin

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, with device-bin/ carried (scripts/gpu_build.sh).
+# 1. every test binary with REQUIRE_GPU=1 (the GPU suite fails, not skips, without a GPU);
+# 2. compute-sanitizer memcheck over the GPU suite;
+# 3. the kernel benchmark, then cuBLAS/PyTorch on the same shapes, and the table of ratios.
+# Logs go to $OUT (or ./gpu-out when OUT is unset).
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export REQUIRE_GPU=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+status=0
+echo "== tests"
+for t in device-bin/tests/*; do
+  name=$(basename "$t")
+  if "$t" --test-threads=1 >"$OUT/test-$name.log" 2>&1; then
+    echo "PASS $name: $(grep -E '^test result' "$OUT/test-$name.log" | tail -1)"
+  else
+    echo "FAIL $name"; tail -30 "$OUT/test-$name.log"; status=1
+  fi
+done
+if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  echo "== compute-sanitizer memcheck (GPU suite)"
+  if compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1 >"$OUT/sanitizer.log" 2>&1; then
+    echo "memcheck clean: $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.log" | tail -1)"
+  else
+    echo "memcheck FAILED"; tail -40 "$OUT/sanitizer.log"; status=1
+  fi
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  echo "== benchmark"
+  device-bin/gpu-bench --json "$OUT/ours.jsonl" | tee "$OUT/bench.txt" || status=1
+  PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py "$OUT/ours.jsonl" "$OUT/torch.json" | tee "$OUT/compare.txt" || status=1
+fi
+exit $status

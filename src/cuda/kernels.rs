@@ -1,0 +1,518 @@
+//! One launcher per kernel in `kernels/`, each with the contract of its CPU twin in `ops/` (the
+//! twin's doc is the kernel's spec). Launchers queue work on the device's compute stream and
+//! return; `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are
+//! checked here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
+
+use super::{Gpu, GpuBuf};
+use crate::ops::elementwise::{Binary, Unary};
+use crate::ops::softmax_kl::{DistillLoss, DistillParams};
+use crate::{bail, Error, Result};
+use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
+use half::bf16;
+use std::sync::Arc;
+
+macro_rules! launch {
+    ($gpu:expr, $module:literal, $name:literal, $cfg:expr; $($arg:ident),* $(,)?) => {{
+        let f = $gpu.function($module, $name)?;
+        let mut b = $gpu.stream().launch_builder(&f);
+        $( b.arg(&$arg); )*
+        // SAFETY: each launcher checks its buffers' lengths against the sizes the kernel uses.
+        unsafe { b.launch($cfg) }.map_err(|e| Error::Device(format!("launch of {}: {e:?}", $name)))?;
+        if std::env::var_os("CODISTILL_SYNC_EACH_LAUNCH").is_some() {
+            $gpu.sync().map_err(|e| Error::Device(format!("kernel {} failed: {e}", $name)))?;
+        }
+    }};
+}
+
+const THREADS: u32 = 256;
+
+/// A grid-stride launch over n elements.
+fn elems(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 132 * 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn need<T: Copy>(what: &str, b: &GpuBuf<T>, n: usize) -> Result<()> {
+    if b.len() < n {
+        bail!(Shape, "{what} holds {} elements on the device, the kernel needs {n}", b.len());
+    }
+    Ok(())
+}
+
+fn same_gpu<A: Copy, B: Copy>(a: &GpuBuf<A>, b: &GpuBuf<B>) -> Result<()> {
+    if !Arc::ptr_eq(a.gpu(), b.gpu()) {
+        bail!(Device, "buffers on cuda:{} and cuda:{}", a.gpu().ordinal(), b.gpu().ordinal());
+    }
+    Ok(())
+}
+
+pub fn fill(x: &mut GpuBuf<f32>, v: f32) -> Result<()> {
+    let (p, n) = (x.ptr(), x.len() as i64);
+    launch!(x.gpu(), "elementwise", "fill_f32", elems(x.len()); p, v, n);
+    Ok(())
+}
+
+// ---- matmul -------------------------------------------------------------------------------------
+
+/// `C = alpha * op(A) @ op(B) + beta * C` in fp32 on the CUDA cores; twin of `gemm_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &GpuBuf<f32>,
+    trans_a: bool,
+    b: &GpuBuf<f32>,
+    trans_b: bool,
+    beta: f32,
+    c: &mut GpuBuf<f32>,
+) -> Result<()> {
+    need("A", a, m * k)?;
+    need("B", b, k * n)?;
+    need("C", c, m * n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+    let (pa, pb, pc) = (a.ptr(), b.ptr(), c.ptr());
+    let (ta, tb) = (trans_a as i32, trans_b as i32);
+    launch!(a.gpu(), "matmul", "gemm_f32", cfg; mi, ni, ki, alpha, pa, ta, pb, tb, beta, pc);
+    Ok(())
+}
+
+const GEMM_SMEM: u32 = 2 * 3 * 128 * (32 + 8) * 2;
+
+/// `C = alpha * op(A) @ op(B) + beta * C` with bf16 operands on the tensor cores and fp32
+/// accumulation; the twin of `gemm_cpu` on the operands widened to f32.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &GpuBuf<bf16>,
+    trans_a: bool,
+    b: &GpuBuf<bf16>,
+    trans_b: bool,
+    beta: f32,
+    c: &mut GpuBuf<f32>,
+) -> Result<()> {
+    need("A", a, m * k)?;
+    need("B", b, k * n)?;
+    need("C", c, m * n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let gpu = a.gpu().clone();
+    // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
+    let a_contig = if trans_a { m } else { k };
+    let b_contig = if trans_b { k } else { n };
+    let vec_a = (a_contig % 8 == 0 && a.ptr() % 16 == 0) as i32;
+    let vec_b = (b_contig % 8 == 0 && b.ptr() % 16 == 0) as i32;
+    let name: &'static str = match (trans_a, trans_b) {
+        (false, false) => "gemm_bf16_nn",
+        (false, true) => "gemm_bf16_nt",
+        (true, false) => "gemm_bf16_tn",
+        (true, true) => "gemm_bf16_tt",
+    };
+    let f = gpu.function("matmul", name)?;
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, GEMM_SMEM as i32)?;
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: GEMM_SMEM,
+    };
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+    let (pa, pb, pc) = (a.ptr(), b.ptr(), c.ptr());
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc).arg(&vec_a).arg(&vec_b);
+    unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    Ok(())
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+/// `out[r] = table[ids[r]]`; twin of `gather_cpu`. Ids must already be checked against `vocab`.
+pub fn gather(table: &GpuBuf<f32>, vocab: usize, dim: usize, ids: &GpuBuf<i32>, out: &mut GpuBuf<f32>) -> Result<()> {
+    need("table", table, vocab * dim)?;
+    need("out", out, ids.len() * dim)?;
+    same_gpu(table, ids)?;
+    if ids.is_empty() || dim == 0 {
+        return Ok(());
+    }
+    let (pt, v, d, pi, n, po) = (table.ptr(), vocab as i32, dim as i32, ids.ptr(), ids.len() as i32, out.ptr());
+    let work = if dim % 4 == 0 { ids.len() * dim / 4 } else { ids.len() * dim };
+    launch!(table.gpu(), "embedding", "embedding_gather", elems(work); pt, v, d, pi, n, po);
+    Ok(())
+}
+
+/// How the embedding backward adds rows that share an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScatterMode {
+    /// atomicAdd: fastest; the rounding of repeated ids varies from run to run.
+    Atomic,
+    /// Positions sorted by id on the host, one warp per id adding in position order: bitwise
+    /// identical to `scatter_add_cpu`, run after run.
+    Deterministic,
+}
+
+/// Positions sorted stably by id, and where each distinct id's run starts (one extra entry at the
+/// end): the plan for the deterministic scatter-add.
+pub fn sorted_segments(ids: &[i32]) -> (Vec<i32>, Vec<i32>) {
+    let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+    order.sort_by_key(|&p| ids[p as usize]);
+    let mut starts = Vec::new();
+    for (i, &p) in order.iter().enumerate() {
+        if i == 0 || ids[p as usize] != ids[order[i - 1] as usize] {
+            starts.push(i as i32);
+        }
+    }
+    starts.push(ids.len() as i32);
+    (order, starts)
+}
+
+/// `dtable[ids[r]] += dout[r]`; twin of `scatter_add_cpu`. `host_ids` (the same ids, on the host)
+/// is needed for `Deterministic`.
+pub fn scatter_add(
+    dout: &GpuBuf<f32>,
+    vocab: usize,
+    dim: usize,
+    ids: &GpuBuf<i32>,
+    host_ids: Option<&[i32]>,
+    dtable: &mut GpuBuf<f32>,
+    mode: ScatterMode,
+) -> Result<()> {
+    need("dtable", dtable, vocab * dim)?;
+    need("dout", dout, ids.len() * dim)?;
+    if ids.is_empty() || dim == 0 {
+        return Ok(());
+    }
+    let gpu = dout.gpu().clone();
+    let (pd, v, d, pi, n, pt) = (dout.ptr(), vocab as i32, dim as i32, ids.ptr(), ids.len() as i32, dtable.ptr());
+    match mode {
+        ScatterMode::Atomic => {
+            launch!(gpu, "embedding", "embedding_scatter_add_atomic", elems(ids.len() * dim); pd, v, d, pi, n, pt);
+        }
+        ScatterMode::Deterministic => {
+            let h = host_ids.ok_or_else(|| Error::Invalid("the deterministic scatter-add needs the ids on the host".into()))?;
+            if h.len() != ids.len() {
+                bail!(Shape, "{} host ids for {} device ids", h.len(), ids.len());
+            }
+            let (order, starts) = sorted_segments(h);
+            let (o, st) = (gpu.upload(&order)?, gpu.upload(&starts)?);
+            scatter_add_planned(dout, vocab, dim, ids, &o, &st, dtable)?;
+        }
+    }
+    Ok(())
+}
+
+/// The deterministic scatter-add with its plan (`sorted_segments` of the same ids) already on the
+/// device: a trainer that knows its ids ahead builds the plan off the compute path.
+pub fn scatter_add_planned(
+    dout: &GpuBuf<f32>,
+    vocab: usize,
+    dim: usize,
+    ids: &GpuBuf<i32>,
+    order: &GpuBuf<i32>,
+    starts: &GpuBuf<i32>,
+    dtable: &mut GpuBuf<f32>,
+) -> Result<()> {
+    need("dtable", dtable, vocab * dim)?;
+    need("dout", dout, ids.len() * dim)?;
+    need("order", order, ids.len())?;
+    if starts.is_empty() || ids.is_empty() || dim == 0 {
+        return Ok(());
+    }
+    let nseg = (starts.len() - 1) as i32;
+    let (pd, v, d, pi, po, ps, pt) = (dout.ptr(), vocab as i32, dim as i32, ids.ptr(), order.ptr(), starts.ptr(), dtable.ptr());
+    let warps_per_block = 8usize;
+    let blocks = (nseg as usize).div_ceil(warps_per_block).clamp(1, 132 * 16) as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * warps_per_block as u32, 1, 1), shared_mem_bytes: 0 };
+    launch!(dout.gpu(), "embedding", "embedding_scatter_add_sorted", cfg; pd, v, d, pi, po, ps, nseg, pt);
+    Ok(())
+}
+
+// ---- LSTM cell ----------------------------------------------------------------------------------
+
+/// Twin of `lstm::cell_forward_cpu`: gates `[B, 4H]` in place, writes c and h `[B, H]`.
+pub fn lstm_cell_fwd(gates: &mut GpuBuf<f32>, c_prev: &GpuBuf<f32>, c: &mut GpuBuf<f32>, h: &mut GpuBuf<f32>, batch: usize, hidden: usize) -> Result<()> {
+    need("gates", gates, batch * 4 * hidden)?;
+    need("c_prev", c_prev, batch * hidden)?;
+    need("c", c, batch * hidden)?;
+    need("h", h, batch * hidden)?;
+    let (pg, pcp, pc, ph, b, hd) = (gates.ptr(), c_prev.ptr(), c.ptr(), h.ptr(), batch as i32, hidden as i32);
+    launch!(gates.gpu(), "lstm", "lstm_cell_fwd", elems(batch * hidden); pg, pcp, pc, ph, b, hd);
+    Ok(())
+}
+
+/// Twin of `lstm::cell_backward_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_cell_bwd(act: &GpuBuf<f32>, c_prev: &GpuBuf<f32>, c: &GpuBuf<f32>, dh: &GpuBuf<f32>, dc: &mut GpuBuf<f32>, dgates: &mut GpuBuf<f32>, batch: usize, hidden: usize) -> Result<()> {
+    need("act", act, batch * 4 * hidden)?;
+    need("dgates", dgates, batch * 4 * hidden)?;
+    for (w, x) in [("c_prev", c_prev), ("c", c), ("dh", dh)] {
+        need(w, x, batch * hidden)?;
+    }
+    need("dc", dc, batch * hidden)?;
+    let (pa, pcp, pc, pdh, pdc, pdg, b, hd) = (act.ptr(), c_prev.ptr(), c.ptr(), dh.ptr(), dc.ptr(), dgates.ptr(), batch as i32, hidden as i32);
+    launch!(act.gpu(), "lstm", "lstm_cell_bwd", elems(batch * hidden); pa, pcp, pc, pdh, pdc, pdg, b, hd);
+    Ok(())
+}
+
+// ---- softmax-KL ---------------------------------------------------------------------------------
+
+/// The most teachers one softmax-KL launch averages (kernels/softmax_kl.cu's MAX_TEACHERS).
+pub const MAX_TEACHERS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TeacherPtrs([u64; MAX_TEACHERS]);
+// SAFETY: a plain array of device addresses, laid out as the kernel's struct TeacherPtrs.
+unsafe impl DeviceRepr for TeacherPtrs {}
+
+/// Twin of `softmax_kl_cpu`: writes `grad [rows, cols]` and returns the loss parts (per-row values
+/// from the device, summed in f64 on the host in row order).
+pub fn softmax_kl(
+    student: &GpuBuf<f32>,
+    teachers: &[&GpuBuf<f32>],
+    labels: Option<&GpuBuf<i32>>,
+    rows: usize,
+    cols: usize,
+    p: DistillParams,
+    grad: &mut GpuBuf<f32>,
+) -> Result<DistillLoss> {
+    if teachers.len() > MAX_TEACHERS {
+        bail!(Invalid, "{} teachers; one softmax-KL launch averages at most {MAX_TEACHERS}", teachers.len());
+    }
+    if !(p.temperature > 0.0 && p.temperature.is_finite()) || !(0.0..=1.0).contains(&p.alpha) {
+        bail!(Invalid, "softmax-KL needs T > 0 and alpha in [0, 1], got T = {}, alpha = {}", p.temperature, p.alpha);
+    }
+    need("student", student, rows * cols)?;
+    need("grad", grad, rows * cols)?;
+    let mut tp = TeacherPtrs([0; MAX_TEACHERS]);
+    for (i, t) in teachers.iter().enumerate() {
+        need("teacher", t, rows * cols)?;
+        tp.0[i] = t.ptr();
+    }
+    if let Some(y) = labels {
+        need("labels", y, rows)?;
+    }
+    if rows == 0 {
+        return Ok(DistillLoss { total: 0.0, hard: 0.0, soft: 0.0 });
+    }
+    let gpu = student.gpu().clone();
+    let hard = gpu.alloc::<f32>(rows)?;
+    let soft = gpu.alloc::<f32>(rows)?;
+    let threads = if cols >= 8192 { 512 } else if cols >= 1024 { 256 } else { 128 };
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let (ps, py, c, k, t, a, inv_n) = (student.ptr(), labels.map_or(0, |y| y.ptr()), cols as i32, teachers.len() as i32, p.temperature, p.alpha, 1.0 / rows as f32);
+    let (pg, ph, pso) = (grad.ptr(), hard.ptr(), soft.ptr());
+    launch!(gpu, "softmax_kl", "softmax_kl_fwd_bwd", cfg; ps, tp, py, c, k, t, a, inv_n, pg, ph, pso);
+    let (hv, sv) = (hard.download()?, soft.download()?);
+    let n = rows as f64;
+    let hard = hv.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let soft = sv.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (t, a) = (p.temperature as f64, p.alpha as f64);
+    Ok(DistillLoss { total: (1.0 - a) * hard + a * t * t * soft, hard, soft })
+}
+
+// ---- elementwise --------------------------------------------------------------------------------
+
+fn unary_code(op: Unary) -> (i32, f32) {
+    match op {
+        Unary::Relu => (0, 0.0),
+        Unary::Sigmoid => (1, 0.0),
+        Unary::Tanh => (2, 0.0),
+        Unary::Exp => (3, 0.0),
+        Unary::Log => (4, 0.0),
+        Unary::Scale(s) => (5, s),
+    }
+}
+
+pub fn unary(op: Unary, x: &GpuBuf<f32>, y: &mut GpuBuf<f32>) -> Result<()> {
+    need("y", y, x.len())?;
+    let ((code, s), px, py, n) = (unary_code(op), x.ptr(), y.ptr(), x.len() as i64);
+    launch!(x.gpu(), "elementwise", "unary_fwd", elems(x.len()); code, s, px, py, n);
+    Ok(())
+}
+
+pub fn unary_backward(op: Unary, x: &GpuBuf<f32>, y: &GpuBuf<f32>, dy: &GpuBuf<f32>, dx: &mut GpuBuf<f32>) -> Result<()> {
+    let n = x.len();
+    need("y", y, n)?;
+    need("dy", dy, n)?;
+    need("dx", dx, n)?;
+    let ((code, s), px, py, pdy, pdx, n64) = (unary_code(op), x.ptr(), y.ptr(), dy.ptr(), dx.ptr(), n as i64);
+    launch!(x.gpu(), "elementwise", "unary_bwd", elems(n); code, s, px, py, pdy, pdx, n64);
+    Ok(())
+}
+
+pub fn binary(op: Binary, a: &GpuBuf<f32>, b: &GpuBuf<f32>, out: &mut GpuBuf<f32>) -> Result<()> {
+    let n = a.len();
+    need("b", b, n)?;
+    need("out", out, n)?;
+    let code: i32 = match op {
+        Binary::Add => 0,
+        Binary::Sub => 1,
+        Binary::Mul => 2,
+    };
+    let (pa, pb, po, n64) = (a.ptr(), b.ptr(), out.ptr(), n as i64);
+    launch!(a.gpu(), "elementwise", "binary_fwd", elems(n); code, pa, pb, po, n64);
+    Ok(())
+}
+
+pub fn add_row_bias(x: &GpuBuf<f32>, bias: &GpuBuf<f32>, out: &mut GpuBuf<f32>) -> Result<()> {
+    let (n, d) = (x.len(), bias.len());
+    if d == 0 || n % d != 0 {
+        bail!(Shape, "{n} elements are not rows of a {d}-wide bias");
+    }
+    need("out", out, n)?;
+    let (px, pb, po, n64, d32) = (x.ptr(), bias.ptr(), out.ptr(), n as i64, d as i32);
+    launch!(x.gpu(), "elementwise", "add_row_bias", elems(n); px, pb, po, n64, d32);
+    Ok(())
+}
+
+/// `a += alpha * b`.
+pub fn axpy(alpha: f32, b: &GpuBuf<f32>, a: &mut GpuBuf<f32>) -> Result<()> {
+    need("b", b, a.len())?;
+    let (pb, pa, n) = (b.ptr(), a.ptr(), a.len() as i64);
+    launch!(a.gpu(), "elementwise", "axpy", elems(a.len()); alpha, pb, pa, n);
+    Ok(())
+}
+
+pub fn f32_to_bf16(x: &GpuBuf<f32>, y: &mut GpuBuf<bf16>) -> Result<()> {
+    need("y", y, x.len())?;
+    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
+    launch!(x.gpu(), "elementwise", "f32_to_bf16", elems(x.len()); px, py, n);
+    Ok(())
+}
+
+pub fn bf16_to_f32(x: &GpuBuf<bf16>, y: &mut GpuBuf<f32>) -> Result<()> {
+    need("y", y, x.len())?;
+    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
+    launch!(x.gpu(), "elementwise", "bf16_to_f32", elems(x.len()); px, py, n);
+    Ok(())
+}
+
+/// Twin of `dropout_cpu` (the same counter-based mask, bit for bit).
+pub fn dropout(x: &GpuBuf<f32>, p: f32, seed: u64, y: &mut GpuBuf<f32>) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        bail!(Invalid, "dropout probability must be in [0, 1), got {p}");
+    }
+    need("y", y, x.len())?;
+    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
+    launch!(x.gpu(), "dropout", "dropout_fwd", elems(x.len()); px, py, n, p, seed);
+    Ok(())
+}
+
+// ---- reductions ---------------------------------------------------------------------------------
+
+const SUM_BLOCKS: usize = 264;
+
+fn sum_impl(x: &GpuBuf<f32>, squares: i32) -> Result<f64> {
+    let gpu = x.gpu().clone();
+    let parts = gpu.alloc::<f64>(SUM_BLOCKS)?;
+    let out = gpu.alloc::<f64>(1)?;
+    let cfg = LaunchConfig { grid_dim: (SUM_BLOCKS as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (px, n, pp, po, nb) = (x.ptr(), x.len() as i64, parts.ptr(), out.ptr(), SUM_BLOCKS as i32);
+    launch!(gpu, "reduce", "sum_partials", cfg; px, n, squares, pp);
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    launch!(gpu, "reduce", "sum_finish", one; pp, nb, po);
+    Ok(out.download()?[0])
+}
+
+/// Twin of `sum_cpu` (accumulates in f64; deterministic).
+pub fn sum(x: &GpuBuf<f32>) -> Result<f64> {
+    sum_impl(x, 0)
+}
+
+/// Twin of `sum_squares_cpu`.
+pub fn sum_squares(x: &GpuBuf<f32>) -> Result<f64> {
+    sum_impl(x, 1)
+}
+
+/// Twin of `sum_rows_cpu`: column sums of `x [rows, d]` into `out [d]`, `out = beta*out + sum`.
+pub fn sum_rows(x: &GpuBuf<f32>, rows: usize, d: usize, beta: f32, out: &mut GpuBuf<f32>) -> Result<()> {
+    need("x", x, rows * d)?;
+    need("out", out, d)?;
+    if d == 0 {
+        return Ok(());
+    }
+    let gpu = x.gpu().clone();
+    let chunk_rows = rows.div_ceil(64).max(16);
+    let chunks = rows.div_ceil(chunk_rows).max(1);
+    let parts = gpu.alloc::<f64>(chunks * d)?;
+    let cfg = LaunchConfig { grid_dim: (d.div_ceil(128) as u32, chunks as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let (px, r, d32, cr, pp, po, nc) = (x.ptr(), rows as i64, d as i32, chunk_rows as i64, parts.ptr(), out.ptr(), chunks as i32);
+    launch!(gpu, "reduce", "sum_rows_partials", cfg; px, r, d32, cr, pp);
+    launch!(gpu, "reduce", "sum_rows_finish", elems(d); pp, nc, d32, beta, po);
+    Ok(())
+}
+
+// ---- optimizers ---------------------------------------------------------------------------------
+
+/// The rows a row-sparse gradient covers, or None for a dense one; returns (rows ptr, elements).
+fn sparse_args(w: &GpuBuf<f32>, grad: &GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, dim: usize) -> Result<(u64, i64)> {
+    match rows {
+        None => {
+            need("grad", grad, w.len())?;
+            Ok((0, w.len() as i64))
+        }
+        Some(r) => {
+            need("grad", grad, r.len() * dim)?;
+            Ok((r.ptr(), (r.len() * dim) as i64))
+        }
+    }
+}
+
+/// Twin of `sgd_cpu`; with `rows`, a lazy row-sparse update (grad holds rows.len() x dim values).
+#[allow(clippy::too_many_arguments)]
+pub fn sgd(w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, vel: &mut GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, momentum: f32, weight_decay: f32, scale: f32) -> Result<()> {
+    need("velocity", vel, w.len())?;
+    let (pr, n) = sparse_args(w, grad, rows, dim)?;
+    let (pw, pg, pv, d) = (w.ptr(), grad.ptr(), vel.ptr(), dim.max(1) as i32);
+    launch!(w.gpu(), "optim", "sgd_update", elems(n as usize); pw, pg, pv, pr, n, d, lr, momentum, weight_decay, scale);
+    Ok(())
+}
+
+/// Twin of `adagrad_cpu`.
+#[allow(clippy::too_many_arguments)]
+pub fn adagrad(w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, accum: &mut GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, eps: f32, scale: f32) -> Result<()> {
+    need("accumulator", accum, w.len())?;
+    let (pr, n) = sparse_args(w, grad, rows, dim)?;
+    let (pw, pg, pa, d) = (w.ptr(), grad.ptr(), accum.ptr(), dim.max(1) as i32);
+    launch!(w.gpu(), "optim", "adagrad_update", elems(n as usize); pw, pg, pa, pr, n, d, lr, eps, scale);
+    Ok(())
+}
+
+/// Twin of `adam_cpu` (bias corrections computed on the host exactly as there).
+#[allow(clippy::too_many_arguments)]
+pub fn adam(
+    w: &mut GpuBuf<f32>,
+    grad: &GpuBuf<f32>,
+    m: &mut GpuBuf<f32>,
+    v: &mut GpuBuf<f32>,
+    rows: Option<&GpuBuf<i32>>,
+    dim: usize,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step: u64,
+    scale: f32,
+) -> Result<()> {
+    need("m", m, w.len())?;
+    need("v", v, w.len())?;
+    let (pr, n) = sparse_args(w, grad, rows, dim)?;
+    let bc1 = 1.0 - beta1.powi(step as i32);
+    let bc2 = 1.0 - beta2.powi(step as i32);
+    let (pw, pg, pm, pv, d) = (w.ptr(), grad.ptr(), m.ptr(), v.ptr(), dim.max(1) as i32);
+    launch!(w.gpu(), "optim", "adam_update", elems(n as usize); pw, pg, pm, pv, pr, n, d, lr, beta1, beta2, eps, weight_decay, bc1, bc2, scale);
+    Ok(())
+}
+
+/// Keeps `Gpu` in scope for doc links.
+#[allow(dead_code)]
+fn _gpu(_: &Gpu) {}

@@ -1,0 +1,358 @@
+//! The CUDA backend: the driver loaded at run time, our PTX embedded in the binary, a caching
+//! device allocator, and one launcher per kernel in `kernels/` (see `kernels.rs`), each with the
+//! same contract as its CPU twin in `ops/`.
+//!
+//! `cudarc` is built with dynamic loading, so this crate builds and runs its CPU tests on machines
+//! with no CUDA at all. [`probe`] checks for the driver library first (cudarc would panic without
+//! it) and then for a device; every entry point goes through it, so a missing GPU is an `Error`
+//! that says why, never a panic.
+//!
+//! One compute stream per device. The allocator hands freed blocks back to later allocations of
+//! the same size class on that stream, so a training step that repeats its shapes calls
+//! `cuMemAlloc` only in its first step ([`Gpu::stats`] counts both).
+
+pub mod kernels;
+
+use crate::{bail, Error, Result};
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Our kernels' PTX (built by `tools/ptx.py` from `kernels/`), embedded at compile time.
+const MODULES: &[(&str, &str)] = &[
+    ("dropout", include_str!("../../ptx/dropout.ptx")),
+    ("elementwise", include_str!("../../ptx/elementwise.ptx")),
+    ("embedding", include_str!("../../ptx/embedding.ptx")),
+    ("lstm", include_str!("../../ptx/lstm.ptx")),
+    ("matmul", include_str!("../../ptx/matmul.ptx")),
+    ("optim", include_str!("../../ptx/optim.ptx")),
+    ("reduce", include_str!("../../ptx/reduce.ptx")),
+    ("softmax_kl", include_str!("../../ptx/softmax_kl.ptx")),
+];
+
+impl From<result::DriverError> for Error {
+    fn from(e: result::DriverError) -> Self {
+        Error::Device(format!("CUDA driver: {e:?}"))
+    }
+}
+
+/// Whether the CUDA driver library can be loaded. Safe to call anywhere.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library by name.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The number of CUDA devices, or an error that says why there is none usable.
+pub fn probe() -> Result<usize> {
+    static PROBE: OnceLock<std::result::Result<usize, String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            if !driver_present() {
+                return Err("no CUDA driver (libcuda.so) was found on this machine".into());
+            }
+            result::init().map_err(|e| format!("the CUDA driver failed to initialise: {e:?}"))?;
+            let n = result::device::get_count().map_err(|e| format!("cannot count CUDA devices: {e:?}"))?;
+            if n <= 0 {
+                return Err("the CUDA driver is present but reports no device".into());
+            }
+            Ok(n as usize)
+        })
+        .clone()
+        .map_err(Error::Device)
+}
+
+/// Allocator counters: device allocations made, and requests served from the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    pub device_allocs: u64,
+    pub cache_hits: u64,
+    pub bytes_reserved: u64,
+}
+
+struct Pool {
+    free: HashMap<usize, Vec<sys::CUdeviceptr>>,
+    stats: AllocStats,
+}
+
+/// Size classes: 512-byte steps up to 64 KiB, then powers of two up to 64 MiB, then 2 MiB steps.
+fn size_class(bytes: usize) -> usize {
+    let b = bytes.max(1);
+    if b <= 64 << 10 {
+        b.div_ceil(512) * 512
+    } else if b <= 64 << 20 {
+        b.next_power_of_two()
+    } else {
+        b.div_ceil(2 << 20) * (2 << 20)
+    }
+}
+
+/// One CUDA device: its context, compute stream, loaded kernels and allocator.
+pub struct Gpu {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    funcs: Mutex<HashMap<&'static str, CudaFunction>>,
+    pool: Mutex<Pool>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu(cuda:{})", self.ordinal)
+    }
+}
+
+/// The device with this ordinal, created on first use and shared after.
+pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
+    static GPUS: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+    let n = probe()?;
+    if ordinal >= n {
+        bail!(Device, "cuda:{ordinal} does not exist: the driver reports {n} device(s)");
+    }
+    let mut map = GPUS.get_or_init(Default::default).lock().unwrap();
+    if let Some(g) = map.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let ctx = CudaContext::new(ordinal)?;
+    let stream = ctx.new_stream()?;
+    let g = Arc::new(Gpu {
+        ordinal,
+        ctx,
+        stream,
+        modules: Mutex::new(HashMap::new()),
+        funcs: Mutex::new(HashMap::new()),
+        pool: Mutex::new(Pool { free: HashMap::new(), stats: AllocStats::default() }),
+    });
+    map.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+impl Gpu {
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    pub fn name(&self) -> Result<String> {
+        Ok(self.ctx.name()?)
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Waits for all work queued on the compute stream; reports any asynchronous kernel fault.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.stream.synchronize()?)
+    }
+
+    pub fn stats(&self) -> AllocStats {
+        self.pool.lock().unwrap().stats
+    }
+
+    /// A kernel by name, from the module that defines it (loaded on first use).
+    pub fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.funcs.lock().unwrap().get(name) {
+            return Ok(f.clone());
+        }
+        let m = {
+            let mut mods = self.modules.lock().unwrap();
+            match mods.get(module) {
+                Some(m) => m.clone(),
+                None => {
+                    let src = MODULES
+                        .iter()
+                        .find(|(n, _)| *n == module)
+                        .ok_or_else(|| Error::Device(format!("no PTX module named {module}")))?
+                        .1;
+                    let m = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(src)).map_err(|e| {
+                        Error::Device(format!("loading ptx/{module}.ptx on cuda:{}: {e:?}", self.ordinal))
+                    })?;
+                    mods.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        let f = m
+            .load_function(name)
+            .map_err(|e| Error::Device(format!("kernel {name} in ptx/{module}.ptx: {e:?}")))?;
+        self.funcs.lock().unwrap().insert(name, f.clone());
+        Ok(f)
+    }
+
+    fn alloc_raw(&self, bytes: usize) -> Result<(sys::CUdeviceptr, usize)> {
+        let class = size_class(bytes);
+        let mut pool = self.pool.lock().unwrap();
+        if let Some(p) = pool.free.get_mut(&class).and_then(|v| v.pop()) {
+            pool.stats.cache_hits += 1;
+            return Ok((p, class));
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: a plain device allocation; freed in `release` or on a retry below.
+        let p = match unsafe { result::malloc_sync(class) } {
+            Ok(p) => p,
+            Err(_) => {
+                // Out of memory: give the cache back to the driver and try once more.
+                self.stream.synchronize()?;
+                let cached: Vec<(usize, Vec<sys::CUdeviceptr>)> = pool.free.drain().collect();
+                for (c, v) in cached {
+                    for p in v {
+                        unsafe { result::free_sync(p)? };
+                        pool.stats.bytes_reserved = pool.stats.bytes_reserved.saturating_sub(c as u64);
+                    }
+                }
+                unsafe { result::malloc_sync(class) }
+                    .map_err(|e| Error::Device(format!("cuda:{} cannot allocate {bytes} bytes: {e:?}", self.ordinal)))?
+            }
+        };
+        pool.stats.device_allocs += 1;
+        pool.stats.bytes_reserved += class as u64;
+        Ok((p, class))
+    }
+
+    fn release(&self, ptr: sys::CUdeviceptr, class: usize) {
+        // Reuse is ordered by the single compute stream: work queued later runs after the last use.
+        self.pool.lock().unwrap().free.entry(class).or_default().push(ptr);
+    }
+
+    /// An uninitialised buffer of `len` elements.
+    pub fn alloc<T: Copy>(self: &Arc<Self>, len: usize) -> Result<GpuBuf<T>> {
+        let (ptr, class) = self.alloc_raw(len * std::mem::size_of::<T>())?;
+        Ok(GpuBuf { ptr, len, class, gpu: self.clone(), _t: std::marker::PhantomData })
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn upload<T: Copy>(self: &Arc<Self>, data: &[T]) -> Result<GpuBuf<T>> {
+        let b = self.alloc::<T>(data.len())?;
+        if !data.is_empty() {
+            // SAFETY: the buffer holds at least data.len() elements; pageable source memory is
+            // staged by the driver before the call returns.
+            unsafe { result::memcpy_htod_async(b.ptr, data, self.stream.cu_stream())? };
+        }
+        Ok(b)
+    }
+
+    /// A buffer of `len` copies of `v` (filled on the device).
+    pub fn full(self: &Arc<Self>, len: usize, v: f32) -> Result<GpuBuf<f32>> {
+        let mut b = self.alloc::<f32>(len)?;
+        kernels::fill(&mut b, v)?;
+        Ok(b)
+    }
+}
+
+/// A typed device buffer from the caching allocator; returned to the cache when dropped.
+pub struct GpuBuf<T> {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    class: usize,
+    gpu: Arc<Gpu>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for GpuBuf<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuf(cuda:{}, {} x {})", self.gpu.ordinal, self.len, std::any::type_name::<T>())
+    }
+}
+
+impl<T> Drop for GpuBuf<T> {
+    fn drop(&mut self) {
+        self.gpu.release(self.ptr, self.class);
+    }
+}
+
+impl<T: Copy> GpuBuf<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The raw device address (kernel argument).
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// The device address of element `i` (a sub-slice's start).
+    pub fn ptr_at(&self, i: usize) -> u64 {
+        assert!(i <= self.len, "device offset {i} past a buffer of {}", self.len);
+        self.ptr + (i * std::mem::size_of::<T>()) as u64
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Copies the buffer to the host (waits for the stream).
+    pub fn download(&self) -> Result<Vec<T>> {
+        let mut v: Vec<T> = Vec::with_capacity(self.len);
+        // SAFETY: T is plain data; the vector is fully written by the copy before set_len is
+        // relied on, and the stream is synchronised before returning.
+        unsafe {
+            v.set_len(self.len);
+            if self.len > 0 {
+                result::memcpy_dtoh_async(&mut v[..], self.ptr, self.gpu.stream.cu_stream())?;
+            }
+        }
+        self.gpu.sync()?;
+        Ok(v)
+    }
+
+    /// Overwrites the buffer with `data` (same length).
+    pub fn copy_from_host(&mut self, data: &[T]) -> Result<()> {
+        if data.len() != self.len {
+            bail!(Shape, "copy of {} elements into a device buffer of {}", data.len(), self.len);
+        }
+        if !data.is_empty() {
+            unsafe { result::memcpy_htod_async(self.ptr, data, self.gpu.stream.cu_stream())? };
+        }
+        Ok(())
+    }
+
+    /// A device-side copy.
+    pub fn try_clone(&self) -> Result<GpuBuf<T>> {
+        let b = self.gpu.alloc::<T>(self.len)?;
+        let bytes = self.len * std::mem::size_of::<T>();
+        if bytes > 0 {
+            unsafe { result::memcpy_dtod_async(b.ptr, self.ptr, bytes, self.gpu.stream.cu_stream())? };
+        }
+        Ok(b)
+    }
+
+    /// Fills every byte with `byte` (0xFF poisons f32 buffers with NaN).
+    pub fn memset(&mut self, byte: u8) -> Result<()> {
+        let bytes = self.len * std::mem::size_of::<T>();
+        if bytes > 0 {
+            unsafe { result::memset_d8_async(self.ptr, byte, bytes, self.gpu.stream.cu_stream())? };
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_classes_cover_the_request() {
+        for b in [1, 511, 512, 513, 70_000, 1 << 20, (64 << 20) + 1, 300 << 20] {
+            let c = size_class(b);
+            assert!(c >= b, "{b} -> {c}");
+            assert!(c < 2 * b + 1024, "{b} -> {c} wastes too much");
+        }
+    }
+
+    #[test]
+    fn probe_never_panics() {
+        // On a machine without a GPU this is an error that says why; with one, a count.
+        match probe() {
+            Ok(n) => assert!(n > 0),
+            Err(e) => assert!(e.to_string().contains("CUDA"), "{e}"),
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Every CUDA kernel against its CPU twin, on fresh random inputs (the seed is printed), odd sizes
+//! included, with device outputs poisoned (NaN) before each run. Without a GPU each test says why
+//! and returns; with `REQUIRE_GPU=1` a missing GPU fails the whole suite instead.
+//!
+//! Bounds against a float64 reference: fp32 kernels 1e-5 relative (norm), bf16 operands 1e-3 on
+//! operands already rounded to bf16 (so the bound measures the kernel, not the rounding).
+
+use codistill::cuda::{self, kernels as k, Gpu, GpuBuf};
+use codistill::ops::elementwise::{add_row_bias_cpu, binary_cpu, unary_backward_cpu, unary_cpu, Binary, Unary};
+use codistill::ops::{dropout::dropout_cpu, embedding, lstm, optim, reduce, softmax_kl};
+use codistill::{DistillParams, Rng};
+use half::bf16;
+use std::sync::Arc;
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match cuda::gpu(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("REQUIRE_GPU=1 but no usable GPU: {e}");
+            }
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// A fresh seed per run (printed, so a failure can be replayed with CODISTILL_TEST_SEED).
+fn rng(test: &str) -> Rng {
+    let seed = std::env::var("CODISTILL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("{test}: seed {seed}");
+    Rng::new(seed)
+}
+
+fn poisoned(g: &Arc<Gpu>, n: usize) -> GpuBuf<f32> {
+    let mut b = g.alloc::<f32>(n).unwrap();
+    b.memset(0xFF).unwrap();
+    b
+}
+
+/// ||a - b|| / ||b|| against an f64 reference; NaN anywhere fails.
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().all(|x| x.is_finite()), "non-finite output (unwritten or overflowed element)");
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn to64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+fn gemm_ref(m: usize, n: usize, kk: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for p in 0..kk {
+            let av = if ta { a[p * m + i] } else { a[i * kk + p] } as f64;
+            for j in 0..n {
+                let bv = if tb { b[j * kk + p] } else { b[p * n + j] } as f64;
+                c[i * n + j] += av * bv;
+            }
+        }
+    }
+    c
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[(1, 1, 1), (7, 13, 5), (64, 64, 64), (127, 129, 65), (130, 260, 96), (20, 2600, 650), (256, 200, 328)];
+
+#[test]
+fn gemm_f32_matches_f64_reference() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("gemm_f32");
+    for &(m, n, kk) in SHAPES {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = r.normal_vec(m * kk, 1.0);
+            let b = r.normal_vec(kk * n, 1.0);
+            let c0 = r.normal_vec(m * n, 1.0);
+            let (da, db) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+            let mut dc = poisoned(&g, m * n);
+            k::gemm_f32(m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
+            let want = gemm_ref(m, n, kk, &a, ta, &b, tb);
+            let e = rel_err(&dc.download().unwrap(), &want);
+            assert!(e < 1e-5, "gemm_f32 {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+            // alpha and beta: C = 0.5 AB - 2 C0
+            let mut dc = g.upload(&c0).unwrap();
+            k::gemm_f32(m, n, kk, 0.5, &da, ta, &db, tb, -2.0, &mut dc).unwrap();
+            let want: Vec<f64> = want.iter().zip(&c0).map(|(w, &c)| 0.5 * w - 2.0 * c as f64).collect();
+            let e = rel_err(&dc.download().unwrap(), &want);
+            assert!(e < 1e-5, "gemm_f32 alpha/beta {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn gemm_bf16_tensor_cores_match_f64_reference() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("gemm_bf16");
+    let mut shapes = SHAPES.to_vec();
+    shapes.extend([(128, 128, 32), (300, 512, 1024), (64, 2600, 650), (129, 136, 8)]);
+    for &(m, n, kk) in &shapes {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let round = |v: Vec<f32>| -> (Vec<bf16>, Vec<f32>) {
+                let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+                let f = h.iter().map(|x| x.to_f32()).collect();
+                (h, f)
+            };
+            let (ah, af) = round(r.normal_vec(m * kk, 1.0));
+            let (bh, bf) = round(r.normal_vec(kk * n, 1.0));
+            let (da, db) = (g.upload(&ah).unwrap(), g.upload(&bh).unwrap());
+            let mut dc = poisoned(&g, m * n);
+            k::gemm_bf16(m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
+            let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
+            let e = rel_err(&dc.download().unwrap(), &want);
+            assert!(e < 1e-3, "gemm_bf16 {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+            if m * n * kk < 5_000_000 {
+                let c0 = r.normal_vec(m * n, 1.0);
+                let mut dc = g.upload(&c0).unwrap();
+                k::gemm_bf16(m, n, kk, 2.0, &da, ta, &db, tb, 1.0, &mut dc).unwrap();
+                let want: Vec<f64> = want.iter().zip(&c0).map(|(w, &c)| 2.0 * w + c as f64).collect();
+                let e = rel_err(&dc.download().unwrap(), &want);
+                assert!(e < 1e-3, "gemm_bf16 accumulate {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_conversion_rounds_like_half() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("bf16 conversion");
+    let mut x = r.normal_vec(10_001, 100.0);
+    x.extend([0.0, -0.0, 1e-40, 3.0e38, f32::INFINITY, 1.00390625, 1.01171875]);
+    let dx = g.upload(&x).unwrap();
+    let mut dy = g.alloc::<bf16>(x.len()).unwrap();
+    dy.memset(0xFF).unwrap();
+    k::f32_to_bf16(&dx, &mut dy).unwrap();
+    let got = dy.download().unwrap();
+    let want: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    let mut back = poisoned(&g, x.len());
+    k::bf16_to_f32(&dy, &mut back).unwrap();
+    let want: Vec<u32> = want.iter().map(|v| v.to_f32().to_bits()).collect();
+    assert_eq!(back.download().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn embedding_gather_and_both_scatter_modes_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("embedding");
+    for (vocab, dim, n) in [(1, 1, 1), (50, 13, 333), (1000, 64, 4096), (7, 128, 1000), (100_000, 16, 20_000)] {
+        let table = r.normal_vec(vocab * dim, 1.0);
+        // Zipf-like ids so that some repeat many times.
+        let ids: Vec<i32> = (0..n).map(|_| ((r.uniform().powi(3)) * vocab as f64) as i32 % vocab as i32).collect();
+        let (dt, di) = (g.upload(&table).unwrap(), g.upload(&ids).unwrap());
+        let mut out = poisoned(&g, n * dim);
+        k::gather(&dt, vocab, dim, &di, &mut out).unwrap();
+        let mut want = vec![0f32; n * dim];
+        embedding::gather_cpu(&table, dim, &ids, &mut want);
+        assert_eq!(out.download().unwrap(), want, "gather {vocab}x{dim}, {n} ids");
+
+        let dout = r.normal_vec(n * dim, 1.0);
+        let base = r.normal_vec(vocab * dim, 1.0);
+        let mut cpu = base.clone();
+        embedding::scatter_add_cpu(&dout, dim, &ids, &mut cpu);
+        let dd = g.upload(&dout).unwrap();
+        let mut det = Vec::new();
+        for _ in 0..2 {
+            let mut dtab = g.upload(&base).unwrap();
+            k::scatter_add(&dd, vocab, dim, &di, Some(&ids), &mut dtab, k::ScatterMode::Deterministic).unwrap();
+            det.push(dtab.download().unwrap());
+        }
+        assert_eq!(det[0], det[1], "deterministic scatter-add differs between runs");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&det[0]), bits(&cpu), "deterministic scatter-add is not bitwise the CPU twin ({vocab}x{dim})");
+        let mut dtab = g.upload(&base).unwrap();
+        k::scatter_add(&dd, vocab, dim, &di, None, &mut dtab, k::ScatterMode::Atomic).unwrap();
+        let e = rel_err(&dtab.download().unwrap(), &to64(&cpu));
+        assert!(e < 1e-5, "atomic scatter-add {vocab}x{dim}: rel err {e:.2e}");
+    }
+}
+
+#[test]
+fn lstm_cell_forward_and_backward_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("lstm cell");
+    for (b, h) in [(1, 1), (3, 7), (20, 200), (33, 650), (64, 1024)] {
+        let gates = r.normal_vec(b * 4 * h, 2.0);
+        let c_prev = r.normal_vec(b * h, 1.0);
+        let (mut cg, mut cc, mut ch) = (gates.clone(), vec![0f32; b * h], vec![0f32; b * h]);
+        lstm::cell_forward_cpu(&mut cg, &c_prev, &mut cc, &mut ch, h);
+        let mut dg = g.upload(&gates).unwrap();
+        let dcp = g.upload(&c_prev).unwrap();
+        let (mut dc, mut dh) = (poisoned(&g, b * h), poisoned(&g, b * h));
+        k::lstm_cell_fwd(&mut dg, &dcp, &mut dc, &mut dh, b, h).unwrap();
+        for (name, got, want) in [("act", dg.download().unwrap(), &cg), ("c", dc.download().unwrap(), &cc), ("h", dh.download().unwrap(), &ch)] {
+            let e = rel_err(&got, &to64(want));
+            assert!(e < 1e-5, "lstm fwd {name} B{b} H{h}: rel err {e:.2e}");
+        }
+        let dhv = r.normal_vec(b * h, 1.0);
+        let dcv = r.normal_vec(b * h, 1.0);
+        let (mut cpu_dc, mut cpu_dg) = (dcv.clone(), vec![0f32; b * 4 * h]);
+        lstm::cell_backward_cpu(&cg, &c_prev, &cc, &dhv, &mut cpu_dc, &mut cpu_dg, h);
+        let act = g.upload(&cg).unwrap();
+        let cbuf = g.upload(&cc).unwrap();
+        let ddh = g.upload(&dhv).unwrap();
+        let mut ddc = g.upload(&dcv).unwrap();
+        let mut ddg = poisoned(&g, b * 4 * h);
+        k::lstm_cell_bwd(&act, &dcp, &cbuf, &ddh, &mut ddc, &mut ddg, b, h).unwrap();
+        let e = rel_err(&ddg.download().unwrap(), &to64(&cpu_dg));
+        assert!(e < 1e-5, "lstm bwd dgates B{b} H{h}: rel err {e:.2e}");
+        let e = rel_err(&ddc.download().unwrap(), &to64(&cpu_dc));
+        assert!(e < 1e-5, "lstm bwd dc B{b} H{h}: rel err {e:.2e}");
+    }
+}
+
+#[test]
+fn softmax_kl_matches_cpu_twin() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("softmax-KL");
+    let cases = [(1, 1, 1), (3, 5, 1), (37, 1001, 2), (64, 4096, 1), (16, 32768, 3), (9, 10_000, 8), (5, 130, 0)];
+    for &(rows, cols, nt) in &cases {
+        for (t, a) in [(1.0, 0.5), (2.0, 1.0), (4.0, 0.0), (1.5, 0.7)] {
+            if nt == 0 && a > 0.0 {
+                continue;
+            }
+            for extreme in [false, true] {
+                let std = if extreme { 1e4 } else { 3.0 };
+                let s = r.normal_vec(rows * cols, std);
+                let ts: Vec<Vec<f32>> = (0..nt).map(|_| r.normal_vec(rows * cols, std)).collect();
+                let y: Vec<i32> = (0..rows).map(|_| r.below(cols) as i32).collect();
+                let p = DistillParams { temperature: t, alpha: a };
+                let trefs: Vec<&[f32]> = ts.iter().map(|v| v.as_slice()).collect();
+                let mut cg = vec![0f32; rows * cols];
+                let want = softmax_kl::softmax_kl_cpu(&s, if a > 0.0 { &trefs } else { &[] }, Some(&y), rows, cols, p, &mut cg);
+                let ds = g.upload(&s).unwrap();
+                let dts: Vec<GpuBuf<f32>> = ts.iter().map(|v| g.upload(v).unwrap()).collect();
+                let dtr: Vec<&GpuBuf<f32>> = if a > 0.0 { dts.iter().collect() } else { vec![] };
+                let dy = g.upload(&y).unwrap();
+                let mut dg = poisoned(&g, rows * cols);
+                let got = k::softmax_kl(&ds, &dtr, Some(&dy), rows, cols, p, &mut dg).unwrap();
+                let what = format!("{rows}x{cols} K{nt} T{t} a{a} extreme={extreme}");
+                let e = rel_err(&dg.download().unwrap(), &to64(&cg));
+                assert!(e < 1e-5, "softmax-KL grad {what}: rel err {e:.2e}");
+                let scale = want.total.abs().max(1e-3);
+                assert!((got.total - want.total).abs() / scale < 1e-5, "softmax-KL loss {what}: {} vs {}", got.total, want.total);
+                assert!((got.hard - want.hard).abs() / want.hard.abs().max(1e-3) < 1e-5, "hard {what}: {} vs {}", got.hard, want.hard);
+                assert!((got.soft - want.soft).abs() / want.soft.abs().max(1e-3) < 1e-4, "soft {what}: {} vs {}", got.soft, want.soft);
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_kernels_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("elementwise");
+    for n in [1, 17, 1000, 100_003] {
+        let x = r.normal_vec(n, 2.0);
+        let pos: Vec<f32> = x.iter().map(|v| v.abs() + 0.1).collect();
+        let dx_in = g.upload(&x).unwrap();
+        let dpos = g.upload(&pos).unwrap();
+        for op in [Unary::Relu, Unary::Sigmoid, Unary::Tanh, Unary::Exp, Unary::Log, Unary::Scale(-1.5)] {
+            let (src, din) = if op == Unary::Log { (&pos, &dpos) } else { (&x, &dx_in) };
+            let mut want = vec![0f32; n];
+            unary_cpu(op, src, &mut want);
+            let mut y = poisoned(&g, n);
+            k::unary(op, din, &mut y).unwrap();
+            let e = rel_err(&y.download().unwrap(), &to64(&want));
+            assert!(e < 1e-5, "{op:?} n={n}: rel err {e:.2e}");
+            let dy = r.normal_vec(n, 1.0);
+            let mut wdx = vec![0f32; n];
+            unary_backward_cpu(op, src, &want, &dy, &mut wdx);
+            let mut gdx = poisoned(&g, n);
+            let (dyb, yb) = (g.upload(&dy).unwrap(), g.upload(&want).unwrap());
+            k::unary_backward(op, din, &yb, &dyb, &mut gdx).unwrap();
+            let e = rel_err(&gdx.download().unwrap(), &to64(&wdx));
+            assert!(e < 1e-5, "{op:?} backward n={n}: rel err {e:.2e}");
+        }
+        let b = r.normal_vec(n, 1.0);
+        let db = g.upload(&b).unwrap();
+        for op in [Binary::Add, Binary::Sub, Binary::Mul] {
+            let mut want = vec![0f32; n];
+            binary_cpu(op, &x, &b, &mut want);
+            let mut o = poisoned(&g, n);
+            k::binary(op, &dx_in, &db, &mut o).unwrap();
+            assert_eq!(o.download().unwrap(), want, "{op:?} n={n}");
+        }
+        let mut a = g.upload(&x).unwrap();
+        k::axpy(0.25, &db, &mut a).unwrap();
+        let want: Vec<f64> = x.iter().zip(&b).map(|(&p, &q)| p as f64 + 0.25 * q as f64).collect();
+        assert!(rel_err(&a.download().unwrap(), &want) < 1e-6);
+    }
+    for (rows, d) in [(1, 1), (13, 7), (300, 650)] {
+        let x = r.normal_vec(rows * d, 1.0);
+        let bias = r.normal_vec(d, 1.0);
+        let mut want = vec![0f32; rows * d];
+        add_row_bias_cpu(&x, &bias, &mut want);
+        let mut o = poisoned(&g, rows * d);
+        k::add_row_bias(&g.upload(&x).unwrap(), &g.upload(&bias).unwrap(), &mut o).unwrap();
+        assert_eq!(o.download().unwrap(), want);
+    }
+}
+
+#[test]
+fn dropout_mask_is_bitwise_the_cpu_mask() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("dropout");
+    for (n, p) in [(1, 0.5), (1001, 0.1), (1 << 20, 0.3), (77, 0.0)] {
+        let x = r.normal_vec(n, 1.0);
+        let seed = r.next_u64();
+        let mut want = vec![0f32; n];
+        dropout_cpu(&x, p, seed, &mut want);
+        let mut y = poisoned(&g, n);
+        k::dropout(&g.upload(&x).unwrap(), p, seed, &mut y).unwrap();
+        assert_eq!(y.download().unwrap(), want, "dropout n={n} p={p}");
+    }
+}
+
+#[test]
+fn reductions_match_f64() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("reductions");
+    for n in [1, 255, 4097, 3_000_001] {
+        let x = r.normal_vec(n, 1.0);
+        let dx = g.upload(&x).unwrap();
+        let (s, ss) = (k::sum(&dx).unwrap(), k::sum_squares(&dx).unwrap());
+        let (ws, wss) = (reduce::sum_cpu(&x), reduce::sum_squares_cpu(&x));
+        assert!((s - ws).abs() <= 1e-9 * wss.sqrt().max(1.0), "sum n={n}: {s} vs {ws}");
+        assert!((ss - wss).abs() / wss < 1e-12, "sum of squares n={n}: {ss} vs {wss}");
+        assert_eq!(k::sum(&dx).unwrap(), s, "the GPU sum is not deterministic");
+    }
+    for (rows, d) in [(1, 1), (7, 13), (2000, 650), (20_000, 3)] {
+        let x = r.normal_vec(rows * d, 1.0);
+        let old = r.normal_vec(d, 1.0);
+        for beta in [0.0f32, 1.0] {
+            let mut want = old.clone();
+            reduce::sum_rows_cpu(&x, d, beta, &mut want);
+            let mut o = if beta == 0.0 { poisoned(&g, d) } else { g.upload(&old).unwrap() };
+            k::sum_rows(&g.upload(&x).unwrap(), rows, d, beta, &mut o).unwrap();
+            let e = rel_err(&o.download().unwrap(), &to64(&want));
+            assert!(e < 1e-6, "sum_rows {rows}x{d} beta {beta}: rel err {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn optimizer_updates_match_cpu_dense_and_row_sparse() {
+    let Some(g) = gpu() else { return };
+    let mut r = rng("optimizers");
+    let (vocab, dim) = (301, 13);
+    let n = vocab * dim;
+    let rows: Vec<i32> = vec![0, 5, 17, 300, 42];
+    for sparse in [false, true] {
+        let w = r.normal_vec(n, 1.0);
+        let glen = if sparse { rows.len() * dim } else { n };
+        let grad = r.normal_vec(glen, 1.0);
+        let s1: Vec<f32> = r.normal_vec(n, 0.1);
+        let s2: Vec<f32> = r.normal_vec(n, 0.1).iter().map(|v| v.abs()).collect();
+        // CPU: apply the twin to each touched row (or everything).
+        let apply = |f: &mut dyn FnMut(std::ops::Range<usize>, std::ops::Range<usize>)| {
+            if sparse {
+                for (i, &row) in rows.iter().enumerate() {
+                    f(row as usize * dim..(row as usize + 1) * dim, i * dim..(i + 1) * dim);
+                }
+            } else {
+                f(0..n, 0..n);
+            }
+        };
+        let drows = g.upload(&rows).unwrap();
+        let rr = if sparse { Some(&drows) } else { None };
+        let dgrad = g.upload(&grad).unwrap();
+
+        let (mut cw, mut cv) = (w.clone(), s1.clone());
+        apply(&mut |wr, gr| optim::sgd_cpu(&mut cw[wr.clone()], &grad[gr], &mut cv[wr], 0.1, 0.9, 1e-3, 0.7));
+        let (mut gw, mut gv) = (g.upload(&w).unwrap(), g.upload(&s1).unwrap());
+        k::sgd(&mut gw, &dgrad, &mut gv, rr, dim, 0.1, 0.9, 1e-3, 0.7).unwrap();
+        assert!(rel_err(&gw.download().unwrap(), &to64(&cw)) < 1e-6, "sgd sparse={sparse}");
+        assert!(rel_err(&gv.download().unwrap(), &to64(&cv)) < 1e-6, "sgd velocity sparse={sparse}");
+
+        let (mut cw, mut ca) = (w.clone(), s2.clone());
+        apply(&mut |wr, gr| optim::adagrad_cpu(&mut cw[wr.clone()], &grad[gr], &mut ca[wr], 0.05, 1e-8, 1.0));
+        let (mut gw, mut ga) = (g.upload(&w).unwrap(), g.upload(&s2).unwrap());
+        k::adagrad(&mut gw, &dgrad, &mut ga, rr, dim, 0.05, 1e-8, 1.0).unwrap();
+        assert!(rel_err(&gw.download().unwrap(), &to64(&cw)) < 1e-6, "adagrad sparse={sparse}");
+        assert!(rel_err(&ga.download().unwrap(), &to64(&ca)) < 1e-6, "adagrad accum sparse={sparse}");
+
+        let (mut cw, mut cm, mut cv) = (w.clone(), s1.clone(), s2.clone());
+        apply(&mut |wr, gr| optim::adam_cpu(&mut cw[wr.clone()], &grad[gr], &mut cm[wr.clone()], &mut cv[wr], 1e-3, 0.9, 0.999, 1e-8, 0.01, 7, 0.5));
+        let (mut gw, mut gm, mut gv) = (g.upload(&w).unwrap(), g.upload(&s1).unwrap(), g.upload(&s2).unwrap());
+        k::adam(&mut gw, &dgrad, &mut gm, &mut gv, rr, dim, 1e-3, 0.9, 0.999, 1e-8, 0.01, 7, 0.5).unwrap();
+        assert!(rel_err(&gw.download().unwrap(), &to64(&cw)) < 1e-6, "adam sparse={sparse}");
+        assert!(rel_err(&gm.download().unwrap(), &to64(&cm)) < 1e-6, "adam m sparse={sparse}");
+        assert!(rel_err(&gv.download().unwrap(), &to64(&cv)) < 1e-6, "adam v sparse={sparse}");
+    }
+}
+
+#[test]
+fn repeated_steps_reuse_cached_device_memory() {
+    let Some(g) = gpu() else { return };
+    let step = |g: &Arc<Gpu>| {
+        let a = g.full(1000, 1.0).unwrap();
+        let b = g.full(1 << 20, 2.0).unwrap();
+        let mut c = g.alloc::<f32>(1000).unwrap();
+        k::binary(Binary::Add, &a, &a, &mut c).unwrap();
+        drop(b);
+        c.download().unwrap()
+    };
+    step(&g);
+    let before = g.stats();
+    for _ in 0..10 {
+        assert_eq!(step(&g)[999], 2.0);
+    }
+    let after = g.stats();
+    assert_eq!(after.device_allocs, before.device_allocs, "a repeated step called cuMemAlloc: {before:?} -> {after:?}");
+    assert!(after.cache_hits >= before.cache_hits + 30);
+}
+
+#[test]
+fn wrong_sizes_are_errors_not_faults() {
+    let Some(g) = gpu() else { return };
+    let a = g.full(10, 1.0).unwrap();
+    let mut c = g.alloc::<f32>(4).unwrap();
+    let e = k::gemm_f32(2, 2, 5, 1.0, &a, false, &a, false, 0.0, &mut c).unwrap_err().to_string();
+    assert!(e.contains("holds 4 elements") || e.contains("needs"), "{e}");
+    let e = k::softmax_kl(&a, &[], None, 2, 5, DistillParams { temperature: 0.0, alpha: 0.0 }, &mut c).unwrap_err().to_string();
+    assert!(e.contains("T > 0"), "{e}");
+}
