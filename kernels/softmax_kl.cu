@@ -1,54 +1,57 @@
 // Fused softmax-KL distillation loss and its gradient, the twin of ops::softmax_kl::softmax_kl_cpu.
 // One block per row. Pass 1 reads the student row and every teacher row once, keeping online
-// (max, sum of exp) pairs for s, s/T and each t_k/T; pass 2 reads them again (from L2: a row is at
-// most a few hundred KB and the block finishes it before moving on) and writes the gradient and
-// the row's loss parts. No probability matrix is ever stored.
+// (max, sum of exp) pairs for s, s/T and each t_k/T, and copies the student row into shared memory
+// when it fits; pass 2 takes the student row from there and the teachers again (from L2: one row
+// per SM at a time), and writes the gradient and the row's loss parts. No probability matrix is
+// ever stored.
 //
 //   p   = (1/K) sum_k softmax(t_k / T)      q = softmax(s)      q_T = softmax(s / T)
 //   hard_r = -log q[y_r]                     soft_r = KL(p || q_T)
 //   grad   = inv_n * ((1 - alpha) (q - onehot(y)) + alpha T (q_T - p))
+//
+// Exponentials are taken base 2 (exp2f is one MUFU.EX2 plus range handling), with the log2(e)
+// factor folded into the per-distribution scale, so each element costs one multiply-add and one
+// exp2 per distribution. Kernels come in teacher-count classes (KMAX = 1, 2, 4, 8) so that the
+// common one-teacher case keeps its state in few registers.
 #include "common.cuh"
 
 #define MAX_TEACHERS 8
+#define L2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
 
 struct TeacherPtrs {
     const float* p[MAX_TEACHERS];
 };
 
-// Online log-sum-exp state: m is the running max of the raw values, z the sum of exp(scale*(x - m)).
+// Online log-sum-exp, base 2: m is the running max of the raw values, z = sum exp2(c * (x - m)).
 struct Lse {
     float m, z;
 };
 
-__device__ __forceinline__ void lse_add(Lse& a, float x, float scale) {
+__device__ __forceinline__ void lse_add(Lse& a, float x, float c) {
     if (x > a.m) {
-        a.z = a.z * expf(scale * (a.m - x)) + 1.f;
+        a.z = a.z * exp2f(c * (a.m - x)) + 1.f;
         a.m = x;
     } else {
-        a.z += expf(scale * (x - a.m));
+        a.z += exp2f(c * (x - a.m));
     }
 }
 
-__device__ __forceinline__ Lse lse_merge(Lse a, Lse b, float scale) {
+__device__ __forceinline__ Lse lse_merge(Lse a, Lse b, float c) {
     if (b.m == -INFINITY) return a;
     if (a.m == -INFINITY) return b;
     float m = fmaxf(a.m, b.m);
-    return Lse{m, a.z * expf(scale * (a.m - m)) + b.z * expf(scale * (b.m - m))};
+    return Lse{m, a.z * exp2f(c * (a.m - m)) + b.z * exp2f(c * (b.m - m))};
 }
 
-__device__ __forceinline__ Lse warp_lse(Lse a, float scale) {
+// Block-wide merge; every thread gets the result. `buf` holds 64 floats.
+__device__ Lse block_lse(Lse a, float c, float* buf) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         Lse b{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.z, o)};
-        a = lse_merge(a, b, scale);
+        a = lse_merge(a, b, c);
     }
-    return a;
-}
-
-// Block-wide merge; every thread gets the result. `buf` holds 2 * 32 floats.
-__device__ Lse block_lse(Lse a, float scale, float* buf) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-    a = warp_lse(a, scale);
     __syncthreads();
     if (lane == 0) {
         buf[warp] = a.m;
@@ -56,7 +59,7 @@ __device__ Lse block_lse(Lse a, float scale, float* buf) {
     }
     __syncthreads();
     Lse r{-INFINITY, 0.f};
-    for (int w = 0; w < nw; w++) r = lse_merge(r, Lse{buf[w], buf[32 + w]}, scale);
+    for (int w = 0; w < nw; w++) r = lse_merge(r, Lse{buf[w], buf[32 + w]}, c);
     return r;
 }
 
@@ -71,37 +74,45 @@ __device__ double block_sum_d(double v, double* buf) {
     return r;
 }
 
-template <bool VEC>
-__device__ __forceinline__ void row_kernel(const float* __restrict__ s, TeacherPtrs tp, const int* __restrict__ labels,
+// A distribution's normaliser in pass 2: log2-probability of raw value x is c * (x - m) - l2z.
+struct Norm {
+    float m, c, l2z;
+    __device__ __forceinline__ float log2p(float x) const { return c * (x - m) - l2z; }
+};
+
+template <int KMAX, bool VEC>
+__device__ __forceinline__ void row_kernel(const float* __restrict__ s, const TeacherPtrs& tp, const int* __restrict__ labels,
                                            int cols, int K, float T, float alpha, float inv_n, float* __restrict__ grad,
-                                           float* __restrict__ row_hard, float* __restrict__ row_soft) {
+                                           float* __restrict__ row_hard, float* __restrict__ row_soft, float* cache) {
     __shared__ float fbuf[64];
     __shared__ double dbuf[32];
     const i64 r = blockIdx.x;
     const float inv_t = 1.f / T;
+    const float c1 = L2E, ct = inv_t * L2E;
     const bool use_hard = labels != nullptr && alpha != 1.f;
     const bool use_soft = K > 0 && alpha != 0.f;
     const float* srow = s + r * cols;
-    const float* trow[MAX_TEACHERS];
+    const float* trow[KMAX];
 #pragma unroll
-    for (int k = 0; k < MAX_TEACHERS; k++) trow[k] = k < K ? tp.p[k] + r * cols : nullptr;
+    for (int k = 0; k < KMAX; k++) trow[k] = k < K ? tp.p[k] + r * cols : nullptr;
 
-    // Pass 1: online max and sums.
+    // Pass 1: online max and sums (and the student row into shared memory).
     Lse ls{-INFINITY, 0.f}, lst{-INFINITY, 0.f};
-    Lse lt[MAX_TEACHERS];
+    Lse lt[KMAX];
 #pragma unroll
-    for (int k = 0; k < MAX_TEACHERS; k++) lt[k] = Lse{-INFINITY, 0.f};
+    for (int k = 0; k < KMAX; k++) lt[k] = Lse{-INFINITY, 0.f};
     if (VEC) {
         for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
             float4 v = reinterpret_cast<const float4*>(srow)[j];
-            lse_add(ls, v.x, 1.f); lse_add(ls, v.y, 1.f); lse_add(ls, v.z, 1.f); lse_add(ls, v.w, 1.f);
+            if (cache) reinterpret_cast<float4*>(cache)[j] = v;
+            lse_add(ls, v.x, c1); lse_add(ls, v.y, c1); lse_add(ls, v.z, c1); lse_add(ls, v.w, c1);
             if (use_soft) {
-                lse_add(lst, v.x, inv_t); lse_add(lst, v.y, inv_t); lse_add(lst, v.z, inv_t); lse_add(lst, v.w, inv_t);
+                lse_add(lst, v.x, ct); lse_add(lst, v.y, ct); lse_add(lst, v.z, ct); lse_add(lst, v.w, ct);
 #pragma unroll
-                for (int k = 0; k < MAX_TEACHERS; k++) {
+                for (int k = 0; k < KMAX; k++) {
                     if (k < K) {
                         float4 t = reinterpret_cast<const float4*>(trow[k])[j];
-                        lse_add(lt[k], t.x, inv_t); lse_add(lt[k], t.y, inv_t); lse_add(lt[k], t.z, inv_t); lse_add(lt[k], t.w, inv_t);
+                        lse_add(lt[k], t.x, ct); lse_add(lt[k], t.y, ct); lse_add(lt[k], t.z, ct); lse_add(lt[k], t.w, ct);
                     }
                 }
             }
@@ -109,69 +120,71 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, TeacherP
     } else {
         for (int j = threadIdx.x; j < cols; j += blockDim.x) {
             float v = srow[j];
-            lse_add(ls, v, 1.f);
+            if (cache) cache[j] = v;
+            lse_add(ls, v, c1);
             if (use_soft) {
-                lse_add(lst, v, inv_t);
+                lse_add(lst, v, ct);
 #pragma unroll
-                for (int k = 0; k < MAX_TEACHERS; k++)
-                    if (k < K) lse_add(lt[k], trow[k][j], inv_t);
+                for (int k = 0; k < KMAX; k++)
+                    if (k < K) lse_add(lt[k], trow[k][j], ct);
             }
         }
     }
-    ls = block_lse(ls, 1.f, fbuf);
-    const float lse_s = ls.m + logf(ls.z);
-    float lse_st = 0.f;
-    float lse_t[MAX_TEACHERS];
+    ls = block_lse(ls, c1, fbuf);
+    const Norm ns{ls.m, c1, log2f(ls.z)};
+    Norm nst{0.f, ct, 0.f};
+    Norm nt[KMAX];
     if (use_soft) {
-        lst = block_lse(lst, inv_t, fbuf);
-        lse_st = lst.m * inv_t + logf(lst.z);
+        lst = block_lse(lst, ct, fbuf);
+        nst = Norm{lst.m, ct, log2f(lst.z)};
 #pragma unroll
-        for (int k = 0; k < MAX_TEACHERS; k++) {
+        for (int k = 0; k < KMAX; k++) {
             if (k < K) {
-                Lse b = block_lse(lt[k], inv_t, fbuf);
-                lse_t[k] = b.m * inv_t + logf(b.z);
+                Lse b = block_lse(lt[k], ct, fbuf);
+                nt[k] = Norm{b.m, ct, log2f(b.z)};
             } else {
-                lse_t[k] = 0.f;
+                nt[k] = Norm{0.f, 0.f, 0.f};
             }
         }
     }
+    const float* sp = cache ? cache : srow;  // the block's own shared copy is visible after block_lse's barriers
     const int y = labels ? labels[r] : -1;
     const float w_hard = use_hard ? (1.f - alpha) * inv_n : 0.f;
     const float w_soft = use_soft ? alpha * T * inv_n : 0.f;
     const float inv_k = K > 0 ? 1.f / (float)K : 0.f;
 
     // Pass 2: gradient and the soft term.
-    double soft = 0.0;
+    float soft = 0.f;
     float* grow = grad + r * cols;
     auto element = [&](int j, float sv, const float* tv) -> float {
         float g = 0.f;
-        if (use_hard) g += w_hard * (expf(sv - lse_s) - (j == y ? 1.f : 0.f));
+        if (use_hard) g += w_hard * (exp2f(ns.log2p(sv)) - (j == y ? 1.f : 0.f));
         if (use_soft) {
-            float lqt = sv * inv_t - lse_st;
-            float p, lp;
-            if (K == 1) {
-                lp = tv[0] * inv_t - lse_t[0];
-                p = expf(lp);
+            float l2qt = nst.log2p(sv);
+            float p, l2p;
+            if (KMAX == 1) {
+                l2p = nt[0].log2p(tv[0]);
+                p = exp2f(l2p);
             } else {
                 p = 0.f;
 #pragma unroll
-                for (int k = 0; k < MAX_TEACHERS; k++)
-                    if (k < K) p += expf(tv[k] * inv_t - lse_t[k]);
+                for (int k = 0; k < KMAX; k++)
+                    if (k < K) p += exp2f(nt[k].log2p(tv[k]));
                 p *= inv_k;
-                lp = logf(p);
+                l2p = log2f(p);
             }
-            if (p > 0.f) soft += (double)(p * (lp - lqt));
-            g += w_soft * (expf(lqt) - p);
+            if (p > 0.f) soft += p * (l2p - l2qt);
+            g += w_soft * (exp2f(l2qt) - p);
         }
         return g;
     };
     if (VEC) {
         for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
-            float4 v = reinterpret_cast<const float4*>(srow)[j];
-            float t4[4][MAX_TEACHERS];
+            float4 v = reinterpret_cast<const float4*>(sp)[j];
+            float t4[4][KMAX];
             if (use_soft) {
 #pragma unroll
-                for (int k = 0; k < MAX_TEACHERS; k++) {
+                for (int k = 0; k < KMAX; k++) {
                     if (k < K) {
                         float4 t = reinterpret_cast<const float4*>(trow[k])[j];
                         t4[0][k] = t.x; t4[1][k] = t.y; t4[2][k] = t.z; t4[3][k] = t.w;
@@ -183,33 +196,41 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, TeacherP
             g.y = element(4 * j + 1, v.y, t4[1]);
             g.z = element(4 * j + 2, v.z, t4[2]);
             g.w = element(4 * j + 3, v.w, t4[3]);
-            reinterpret_cast<float4*>(grow)[j] = g;
+            __stcs(reinterpret_cast<float4*>(grow) + j, g);
         }
     } else {
         for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-            float tv[MAX_TEACHERS];
+            float tv[KMAX];
             if (use_soft) {
 #pragma unroll
-                for (int k = 0; k < MAX_TEACHERS; k++)
+                for (int k = 0; k < KMAX; k++)
                     if (k < K) tv[k] = trow[k][j];
             }
-            grow[j] = element(j, srow[j], tv);
+            grow[j] = element(j, sp[j], tv);
         }
     }
-    soft = block_sum_d(soft, dbuf);
+    double soft_sum = block_sum_d((double)soft, dbuf);
     if (threadIdx.x == 0) {
-        row_soft[r] = use_soft ? (float)soft : 0.f;
-        row_hard[r] = use_hard ? lse_s - srow[y] : 0.f;
+        row_soft[r] = use_soft ? (float)(soft_sum * LN2) : 0.f;
+        row_hard[r] = use_hard ? -ns.log2p(srow[y]) * LN2 : 0.f;
     }
 }
 
-// Grid: one block per row. labels may be null (no hard term); K teachers in tp.p[0..K).
-KERNEL void __launch_bounds__(512) softmax_kl_fwd_bwd(const float* __restrict__ student, TeacherPtrs tp,
-                                                       const int* __restrict__ labels, int cols, int K, float T,
-                                                       float alpha, float inv_n, float* __restrict__ grad,
-                                                       float* __restrict__ row_hard, float* __restrict__ row_soft) {
-    if ((cols & 3) == 0)
-        row_kernel<true>(student, tp, labels, cols, K, T, alpha, inv_n, grad, row_hard, row_soft);
-    else
-        row_kernel<false>(student, tp, labels, cols, K, T, alpha, inv_n, grad, row_hard, row_soft);
-}
+// Grid: one block per row. labels may be null (no hard term); K <= KMAX teachers in tp.p[0..K).
+// Dynamic shared memory of cols floats caches the student row (0: read it twice from global).
+#define SOFTMAX_KL(KMAX, THREADS)                                                                                      \
+    KERNEL void __launch_bounds__(THREADS, 1) softmax_kl_k##KMAX(                                                     \
+        const float* __restrict__ student, TeacherPtrs tp, const int* __restrict__ labels, int cols, int K, float T,    \
+        float alpha, float inv_n, float* __restrict__ grad, float* __restrict__ row_hard, float* __restrict__ row_soft, \
+        int cache_student) {                                                                                           \
+        extern __shared__ __align__(16) float cache[];                                                                 \
+        float* c = cache_student ? cache : nullptr;                                                                    \
+        if ((cols & 3) == 0)                                                                                           \
+            row_kernel<KMAX, true>(student, tp, labels, cols, K, T, alpha, inv_n, grad, row_hard, row_soft, c);       \
+        else                                                                                                           \
+            row_kernel<KMAX, false>(student, tp, labels, cols, K, T, alpha, inv_n, grad, row_hard, row_soft, c);      \
+    }
+SOFTMAX_KL(1, 1024)
+SOFTMAX_KL(2, 1024)
+SOFTMAX_KL(4, 512)
+SOFTMAX_KL(8, 512)

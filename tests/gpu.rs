@@ -220,7 +220,8 @@ fn lstm_cell_forward_and_backward_match_cpu() {
 fn softmax_kl_matches_cpu_twin() {
     let Some(g) = gpu() else { return };
     let mut r = rng("softmax-KL");
-    let cases = [(1, 1, 1), (3, 5, 1), (37, 1001, 2), (64, 4096, 1), (16, 32768, 3), (9, 10_000, 8), (5, 130, 0)];
+    let cases = [(1, 1, 1), (3, 5, 1), (37, 1001, 2), (64, 4096, 1), (16, 32768, 3), (9, 10_000, 8), (5, 130, 0), (4, 60_001, 5), (2, 70_000, 1)];
+    let mut failures = Vec::new();
     for &(rows, cols, nt) in &cases {
         for (t, a) in [(1.0, 0.5), (2.0, 1.0), (4.0, 0.0), (1.5, 0.7)] {
             if nt == 0 && a > 0.0 {
@@ -242,15 +243,28 @@ fn softmax_kl_matches_cpu_twin() {
                 let mut dg = poisoned(&g, rows * cols);
                 let got = k::softmax_kl(&ds, &dtr, Some(&dy), rows, cols, p, &mut dg).unwrap();
                 let what = format!("{rows}x{cols} K{nt} T{t} a{a} extreme={extreme}");
-                let e = rel_err(&dg.download().unwrap(), &to64(&cg));
-                assert!(e < 1e-5, "softmax-KL grad {what}: rel err {e:.2e}");
-                let scale = want.total.abs().max(1e-3);
-                assert!((got.total - want.total).abs() / scale < 1e-5, "softmax-KL loss {what}: {} vs {}", got.total, want.total);
-                assert!((got.hard - want.hard).abs() / want.hard.abs().max(1e-3) < 1e-5, "hard {what}: {} vs {}", got.hard, want.hard);
-                assert!((got.soft - want.soft).abs() / want.soft.abs().max(1e-3) < 1e-4, "soft {what}: {} vs {}", got.soft, want.soft);
+                let gg = dg.download().unwrap();
+                if cols == 1 {
+                    // One class: the loss and gradient are zero up to fp32 rounding of the logits.
+                    if !(gg.iter().all(|v| v.abs() < 1e-6) && got.total.abs() < 1e-6) {
+                        failures.push(format!("{what}: single-class row gave {:?} / loss {}", gg, got.total));
+                    }
+                    continue;
+                }
+                let e = rel_err(&gg, &to64(&cg));
+                if e >= 1e-5 {
+                    failures.push(format!("grad {what}: rel err {e:.2e}"));
+                }
+                // fp32 loss: relative 1e-5, with an absolute floor of 1e-7 for near-zero losses.
+                for (part, g, w) in [("total", got.total, want.total), ("hard", got.hard, want.hard), ("soft", got.soft, want.soft)] {
+                    if (g - w).abs() > 1e-5 * w.abs().max(1e-2) {
+                        failures.push(format!("{part} loss {what}: {g} vs {w}"));
+                    }
+                }
             }
         }
     }
+    assert!(failures.is_empty(), "softmax-KL mismatches:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -422,9 +436,9 @@ fn repeated_steps_reuse_cached_device_memory() {
 fn wrong_sizes_are_errors_not_faults() {
     let Some(g) = gpu() else { return };
     let a = g.full(10, 1.0).unwrap();
-    let mut c = g.alloc::<f32>(4).unwrap();
+    let mut c = g.alloc::<f32>(3).unwrap();
     let e = k::gemm_f32(2, 2, 5, 1.0, &a, false, &a, false, 0.0, &mut c).unwrap_err().to_string();
-    assert!(e.contains("holds 4 elements") || e.contains("needs"), "{e}");
+    assert!(e.contains("holds 3 elements"), "{e}");
     let e = k::softmax_kl(&a, &[], None, 2, 5, DistillParams { temperature: 0.0, alpha: 0.0 }, &mut c).unwrap_err().to_string();
     assert!(e.contains("T > 0"), "{e}");
 }

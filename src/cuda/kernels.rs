@@ -272,6 +272,9 @@ struct TeacherPtrs([u64; MAX_TEACHERS]);
 // SAFETY: a plain array of device addresses, laid out as the kernel's struct TeacherPtrs.
 unsafe impl DeviceRepr for TeacherPtrs {}
 
+/// The largest student row (bytes) the softmax-KL kernel caches in shared memory.
+const SOFTMAX_KL_CACHE_MAX: usize = 200 * 1024;
+
 /// Twin of `softmax_kl_cpu`: writes `grad [rows, cols]` and returns the loss parts (per-row values
 /// from the device, summed in f64 on the host in row order).
 pub fn softmax_kl(
@@ -305,11 +308,27 @@ pub fn softmax_kl(
     let gpu = student.gpu().clone();
     let hard = gpu.alloc::<f32>(rows)?;
     let soft = gpu.alloc::<f32>(rows)?;
-    let threads = if cols >= 8192 { 512 } else if cols >= 1024 { 256 } else { 128 };
-    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    // Teacher-count class (registers grow with it), block size, and the student row cached in
+    // shared memory when it fits (so pass 2 reads it from there instead of L2 or DRAM).
+    let (name, max_threads): (&'static str, u32) = match teachers.len() {
+        0 | 1 => ("softmax_kl_k1", 1024),
+        2 => ("softmax_kl_k2", 1024),
+        3 | 4 => ("softmax_kl_k4", 512),
+        _ => ("softmax_kl_k8", 512),
+    };
+    let threads = if cols >= 16384 { max_threads } else if cols >= 2048 { 512.min(max_threads) } else { 128 };
+    let cache_bytes = cols * 4;
+    let cache = cache_bytes <= SOFTMAX_KL_CACHE_MAX;
+    let f = gpu.function("softmax_kl", name)?;
+    if cache {
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cache_bytes as i32)?;
+    }
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: if cache { cache_bytes as u32 } else { 0 } };
     let (ps, py, c, k, t, a, inv_n) = (student.ptr(), labels.map_or(0, |y| y.ptr()), cols as i32, teachers.len() as i32, p.temperature, p.alpha, 1.0 / rows as f32);
-    let (pg, ph, pso) = (grad.ptr(), hard.ptr(), soft.ptr());
-    launch!(gpu, "softmax_kl", "softmax_kl_fwd_bwd", cfg; ps, tp, py, c, k, t, a, inv_n, pg, ph, pso);
+    let (pg, ph, pso, cs) = (grad.ptr(), hard.ptr(), soft.ptr(), cache as i32);
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(&ps).arg(&tp).arg(&py).arg(&c).arg(&k).arg(&t).arg(&a).arg(&inv_n).arg(&pg).arg(&ph).arg(&pso).arg(&cs);
+    unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
     let (hv, sv) = (hard.download()?, soft.download()?);
     let n = rows as f64;
     let hard = hv.iter().map(|&x| x as f64).sum::<f64>() / n;
