@@ -64,10 +64,13 @@ fn main() {
     };
     let mut r = Rng::new(7);
     let mut rows: Vec<Row> = Vec::new();
+    // CODISTILL_BENCH_ONLY=gemm (or softmax, embedding, lstm, adam) runs one group, e.g. under ncu.
+    let only = std::env::var("CODISTILL_BENCH_ONLY").ok();
+    let want = |group: &str| only.as_deref().map_or(true, |o| group.contains(o));
     println!("device: {}", g.name().unwrap_or_default());
 
     // Copy bandwidth: the memory ceiling (bytes read + written).
-    {
+    if want("copy") {
         let n = 256 << 20; // 1 GiB of f32
         let a = g.full(n, 1.0).unwrap();
         let b = g.alloc::<f32>(n).unwrap();
@@ -88,7 +91,7 @@ fn main() {
         ("lstm dW = h^T@dlogits", 1024, 10000, 2240, true, false),
         ("criteo mlp", 8192, 512, 432, false, false),
     ];
-    for &(what, m, n, kk, ta, tb) in shapes {
+    for &(what, m, n, kk, ta, tb) in shapes.iter().filter(|_| want("gemm")) {
         let a = randn_bf16(&g, &mut r, m * kk);
         let b = randn_bf16(&g, &mut r, kk * n);
         let mut c = g.alloc::<f32>(m * n).unwrap();
@@ -97,7 +100,7 @@ fn main() {
         let t = format!("{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" });
         rows.push(Row { name: format!("gemm bf16 {what}"), shape: format!("{m}x{n}x{kk} {t}"), ms, flops: 2.0 * (m * n * kk) as f64, bytes: 0.0 });
     }
-    {
+    if want("gemm") {
         let (m, n, kk) = (4096, 4096, 4096);
         let a = randn(&g, &mut r, m * kk, 1.0);
         let b = randn(&g, &mut r, kk * n, 1.0);
@@ -107,7 +110,7 @@ fn main() {
     }
 
     // Fused softmax-KL, forward and backward in one kernel.
-    for &(n, v, nt) in &[(4096usize, 32768usize, 1usize), (2240, 10000, 1), (4096, 32768, 3)] {
+    for &(n, v, nt) in [(4096usize, 32768usize, 1usize), (2240, 10000, 1), (4096, 32768, 3)].iter().filter(|_| want("softmax")) {
         let s = randn(&g, &mut r, n * v, 3.0);
         let ts: Vec<GpuBuf<f32>> = (0..nt).map(|_| randn(&g, &mut r, n * v, 3.0)).collect();
         let tr: Vec<&GpuBuf<f32>> = ts.iter().collect();
@@ -123,7 +126,7 @@ fn main() {
     }
 
     // Embedding.
-    {
+    if want("embedding") {
         let (vocab, dim, n) = (1_000_000usize, 128usize, 262_144usize);
         let table = randn(&g, &mut r, vocab * dim, 1.0);
         let ids_h: Vec<i32> = (0..n).map(|_| r.below(vocab) as i32).collect();
@@ -148,7 +151,7 @@ fn main() {
     }
 
     // LSTM cell, one step of the 2x1024 batch-64 model.
-    {
+    if want("lstm") {
         let (b, h) = (64usize, 1024usize);
         let mut gates = randn(&g, &mut r, b * 4 * h, 1.0);
         let cp = randn(&g, &mut r, b * h, 1.0);
@@ -164,7 +167,7 @@ fn main() {
     }
 
     // Adam over 64M parameters: read w, g, m, v; write w, m, v.
-    {
+    if want("adam") {
         let n = 64 << 20;
         let mut w = randn(&g, &mut r, n, 1.0);
         let gr = randn(&g, &mut r, n, 1.0);
@@ -178,7 +181,7 @@ fn main() {
         rows.push(Row { name: "adam update".into(), shape: format!("{n} params"), ms, flops: 0.0, bytes: (n * 4 * 7) as f64 });
     }
 
-    let copy_gbs = rows[0].bytes / rows[0].ms / 1e6;
+    let copy_gbs = rows.iter().find(|r| r.name == "copy d2d").map_or(f64::NAN, |r| r.bytes / r.ms / 1e6);
     println!("\n{:<40} {:<28} {:>10} {:>10} {:>10} {:>8}", "kernel", "shape", "ms", "TFLOP/s", "GB/s", "of copy");
     for row in &rows {
         let tf = if row.flops > 0.0 { format!("{:.1}", row.flops / row.ms / 1e9) } else { "".into() };

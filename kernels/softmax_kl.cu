@@ -102,8 +102,10 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const Te
 #pragma unroll
     for (int k = 0; k < KMAX; k++) lt[k] = Lse{-INFINITY, 0.f};
     if (VEC) {
-        for (int j = threadIdx.x; j < cols / 4; j += blockDim.x) {
-            float4 v = reinterpret_cast<const float4*>(srow)[j];
+        // U float4 loads of each row in flight per thread before the first use.
+        constexpr int U = KMAX == 1 ? 4 : (KMAX == 2 ? 2 : 1);
+        const int n4 = cols / 4, bd = blockDim.x;
+        auto consume = [&](float4 v, const float4* t, int j) {
             if (cache) reinterpret_cast<float4*>(cache)[j] = v;
             lse_add(ls, v.x, c1); lse_add(ls, v.y, c1); lse_add(ls, v.z, c1); lse_add(ls, v.w, c1);
             if (use_soft) {
@@ -111,11 +113,34 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const Te
 #pragma unroll
                 for (int k = 0; k < KMAX; k++) {
                     if (k < K) {
-                        float4 t = reinterpret_cast<const float4*>(trow[k])[j];
-                        lse_add(lt[k], t.x, ct); lse_add(lt[k], t.y, ct); lse_add(lt[k], t.z, ct); lse_add(lt[k], t.w, ct);
+                        lse_add(lt[k], t[k].x, ct); lse_add(lt[k], t[k].y, ct); lse_add(lt[k], t[k].z, ct); lse_add(lt[k], t[k].w, ct);
                     }
                 }
             }
+        };
+        int j = threadIdx.x;
+        for (; j + (U - 1) * bd < n4; j += U * bd) {
+            float4 v[U], t[U][KMAX];
+#pragma unroll
+            for (int u = 0; u < U; u++) v[u] = __ldcs(reinterpret_cast<const float4*>(srow) + j + u * bd);
+            if (use_soft) {
+#pragma unroll
+                for (int u = 0; u < U; u++)
+#pragma unroll
+                    for (int k = 0; k < KMAX; k++)
+                        if (k < K) t[u][k] = reinterpret_cast<const float4*>(trow[k])[j + u * bd];
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) consume(v[u], t[u], j + u * bd);
+        }
+        for (; j < n4; j += bd) {
+            float4 v = reinterpret_cast<const float4*>(srow)[j], t[KMAX];
+            if (use_soft) {
+#pragma unroll
+                for (int k = 0; k < KMAX; k++)
+                    if (k < K) t[k] = reinterpret_cast<const float4*>(trow[k])[j];
+            }
+            consume(v, t, j);
         }
     } else {
         for (int j = threadIdx.x; j < cols; j += blockDim.x) {

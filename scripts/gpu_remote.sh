@@ -32,4 +32,14 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   device-bin/gpu-bench --json "$OUT/ours.jsonl" | tee "$OUT/bench.txt" || status=1
   PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py "$OUT/ours.jsonl" "$OUT/torch.json" | tee "$OUT/compare.txt" || status=1
 fi
+if [ "${NCU:-0}" = 1 ]; then
+  echo "== Nsight Compute: one launch each of the 4096^3 bf16 matmul and the 4096x32768 softmax-KL"
+  for pair in "gemm:gemm_bf16_nn" "softmax:softmax_kl_k1"; do
+    group=${pair%%:*}; kernel=${pair##*:}
+    CODISTILL_BENCH_ONLY=$group ncu --clock-control none --section SpeedOfLight --section Occupancy \
+      --section MemoryWorkloadAnalysis --section WarpStateStats --section ComputeWorkloadAnalysis \
+      -k "regex:$kernel" -c 1 device-bin/gpu-bench >"$OUT/ncu-$group.txt" 2>&1 || status=1
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Issue Slots Busy|L2 Hit Rate|L1/TEX Hit" "$OUT/ncu-$group.txt" | head -30
+  done
+fi
 exit $status
