@@ -150,7 +150,13 @@ fn run(m: &ArgMatches) -> Result<()> {
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             println!("codistill {}", env!("CARGO_PKG_VERSION"));
             println!("backends: cpu ({threads} threads)");
-            println!("cuda: not in this build (the CUDA backend is not implemented yet)");
+            match codistill::cuda::probe() {
+                Err(e) => println!("cuda: kernels built in (ptx/), no GPU here: {e}"),
+                Ok(n) => {
+                    let name = codistill::cuda::gpu(0).and_then(|g| g.name()).unwrap_or_default();
+                    println!("cuda: kernels built in (ptx/), {n} device(s), cuda:0 = {name}; trainers run on the CPU for now");
+                }
+            }
             Ok(())
         }
         Some(("lm", sub)) => match sub.subcommand() {

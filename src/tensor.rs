@@ -218,7 +218,7 @@ impl Tensor {
         match device {
             Device::Cpu => Ok(self.clone()),
             Device::Cuda(_) => Err(Error::Device(format!(
-                "this build has no CUDA backend; cannot move {:?} to {device}",
+                "tensors do not live on the GPU yet (the kernels run on codistill::cuda::GpuBuf); cannot move {:?} to {device}",
                 self.shape
             ))),
         }

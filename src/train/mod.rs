@@ -48,14 +48,25 @@ impl fmt::Display for DeviceChoice {
 crate::config_enum!(DeviceChoice, crate::data::text::Tokenizer, OptimizerChoice, crate::data::criteo::OnBadLine);
 
 impl DeviceChoice {
-    /// The device to train on. `cuda` fails where there is no CUDA backend; `auto` falls back to the
-    /// CPU and says so on stderr.
+    /// The device to train on. The CUDA kernels exist (`codistill::cuda`) but the trainers do not
+    /// run on them yet, so `cuda` is an error that says which of the two is missing, and `auto`
+    /// trains on the CPU and says why on stderr.
     pub fn resolve(self) -> Result<Device> {
+        let gpu = crate::cuda::probe();
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Err(Error::Device("--device cuda was asked for, but this build has no CUDA backend yet; use --device cpu or auto".into())),
+            DeviceChoice::Cuda => Err(Error::Device(match gpu {
+                Err(e) => format!("--device cuda was asked for, but there is no usable GPU ({e}); use --device cpu or auto"),
+                Ok(n) => format!(
+                    "--device cuda: {n} GPU(s) found, but the trainers do not run on the GPU yet (the kernels do: \
+                     codistill::cuda); use --device cpu or auto"
+                ),
+            })),
             DeviceChoice::Auto => {
-                eprintln!("device auto: this build has no CUDA backend yet; training on the CPU");
+                match gpu {
+                    Err(e) => eprintln!("device auto: no GPU ({e}); training on the CPU"),
+                    Ok(_) => eprintln!("device auto: a GPU is present, but the trainers do not run on it yet; training on the CPU"),
+                }
                 Ok(Device::Cpu)
             }
         }
@@ -196,9 +207,9 @@ mod tests {
     }
 
     #[test]
-    fn cuda_without_backend_is_a_clear_error() {
+    fn cuda_is_a_clear_error_that_says_what_is_missing() {
         let e = DeviceChoice::Cuda.resolve().unwrap_err().to_string();
-        assert!(e.contains("no CUDA backend"), "{e}");
+        assert!(e.contains("no usable GPU") || e.contains("trainers do not run on the GPU yet"), "{e}");
         assert_eq!(DeviceChoice::Auto.resolve().unwrap(), Device::Cpu);
     }
 }
