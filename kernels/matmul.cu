@@ -4,7 +4,7 @@
 // gemm_f32: fp32 on the CUDA cores, 64x64 tiles through shared memory, 4x4 outputs per thread.
 //   The exact path (fp32 products and sums).
 // gemm_bf16_{nn,nt,tn,tt}: bf16 operands on the tensor cores (mma.sync m16n8k16, fp32
-//   accumulation). 128x128x32 block tiles, 8 warps of 64x32, a 3-stage cp.async pipeline, operands
+//   accumulation). 128x128x32 block tiles, 8 warps of 64x32, a 4-stage cp.async pipeline, operands
 //   fed to the tensor cores with ldmatrix (.trans where the operand's contiguous dimension is not
 //   k), rows padded by 16 bytes so ldmatrix is free of bank conflicts. n/t: whether A (first
 //   letter) and B (second) are transposed. Where an operand's contiguous dimension is not a
@@ -76,7 +76,7 @@ KERNEL void __launch_bounds__(256) gemm_f32(int M, int N, int K, float alpha, co
 #define BM 128
 #define BN 128
 #define BK 32
-#define STAGES 3
+#define STAGES 4
 #define PAD 8
 // Elements of one operand's tile in one stage (the larger of the two layouts).
 #define TILE_ELEMS (BM * (BK + PAD))

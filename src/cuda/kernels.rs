@@ -82,7 +82,7 @@ pub fn gemm_f32(
     Ok(())
 }
 
-const GEMM_SMEM: u32 = 2 * 3 * 128 * (32 + 8) * 2;
+const GEMM_SMEM: u32 = 2 * 4 * 128 * (32 + 8) * 2;
 
 /// `C = alpha * op(A) @ op(B) + beta * C` with bf16 operands on the tensor cores and fp32
 /// accumulation; the twin of `gemm_cpu` on the operands widened to f32.
