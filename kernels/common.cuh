@@ -36,6 +36,19 @@ __device__ __forceinline__ double warp_sum_d(double v) {
     return v;
 }
 
+// Block-wide sum in a fixed order (deterministic); every thread gets the result. `buf` holds 32
+// doubles; the leading barrier lets callers reuse it.
+__device__ double block_sum_d(double v, double* buf) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) buf[warp] = v;
+    __syncthreads();
+    double r = 0.0;
+    for (int w = 0; w < nw; w++) r += buf[w];
+    return r;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));

@@ -6,39 +6,23 @@
 
 // partials[blockIdx.x] = sum over this block's strided share of x (of x^2 when squares != 0).
 KERNEL void sum_partials(const float* __restrict__ x, i64 n, int squares, double* __restrict__ partials) {
-    __shared__ double warp_part[32];
+    __shared__ double buf[32];
     double acc = 0.0;
     FOR_EACH(i, n) {
         double v = x[i];
         acc += squares ? v * v : v;
     }
-    acc = warp_sum_d(acc);
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) warp_part[warp] = acc;
-    __syncthreads();
-    if (warp == 0) {
-        int nw = blockDim.x / 32;
-        double v = lane < nw ? warp_part[lane] : 0.0;
-        v = warp_sum_d(v);
-        if (lane == 0) partials[blockIdx.x] = v;
-    }
+    acc = block_sum_d(acc, buf);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
 // out[0] = sum of partials[0..n), one block.
 KERNEL void sum_finish(const double* __restrict__ partials, int n, double* __restrict__ out) {
-    __shared__ double warp_part[32];
+    __shared__ double buf[32];
     double acc = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partials[i];
-    acc = warp_sum_d(acc);
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) warp_part[warp] = acc;
-    __syncthreads();
-    if (warp == 0) {
-        int nw = blockDim.x / 32;
-        double v = lane < nw ? warp_part[lane] : 0.0;
-        v = warp_sum_d(v);
-        if (lane == 0) out[0] = v;
-    }
+    acc = block_sum_d(acc, buf);
+    if (threadIdx.x == 0) out[0] = acc;
 }
 
 // Grid (ceil(d / blockDim.x), chunks): partials[chunk * d + c] = sum of x[r, c] over the chunk's rows.

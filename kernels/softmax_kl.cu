@@ -63,16 +63,6 @@ __device__ Lse block_lse(Lse a, float c, float* buf) {
     return r;
 }
 
-__device__ double block_sum_d(double v, double* buf) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-    v = warp_sum_d(v);
-    __syncthreads();
-    if (lane == 0) buf[warp] = v;
-    __syncthreads();
-    double r = 0.0;
-    for (int w = 0; w < nw; w++) r += buf[w];
-    return r;
-}
 
 // A distribution's normaliser in pass 2: log2-probability of raw value x is c * (x - m) - l2z.
 struct Norm {
