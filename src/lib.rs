@@ -26,3 +26,17 @@ pub use ops::softmax_kl::{DistillLoss, DistillParams};
 pub use params::ParamStore;
 pub use rng::{hash_uniform, Rng};
 pub use tensor::{DType, Device, Tensor};
+
+/// Tunes glibc's allocator for training loops: buffers freed at the end of a step are kept for the
+/// next instead of being unmapped (glibc serves blocks over 128 KiB-32 MiB with `mmap` and returns
+/// them on free, so every step's logits and gradients were fresh pages to fault in and zero:
+/// a third of a Brown language-model step's CPU time was the kernel's). Call once at the start of
+/// a process, before threads start; the `codistill` binary does. A no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}

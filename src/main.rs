@@ -205,6 +205,7 @@ fn run(m: &ArgMatches) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    codistill::tune_allocator();
     let m = cli().get_matches();
     match run(&m) {
         Ok(()) => ExitCode::SUCCESS,
