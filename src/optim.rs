@@ -102,7 +102,8 @@ impl Optimizer {
         };
         self.step += 1;
         let step = self.step;
-        for (name, p) in store.iter_mut() {
+        let (now, params) = store.iter_for_update();
+        for (name, p) in params {
             let nslots = match self.kind {
                 OptimizerKind::Adam { .. } => 2,
                 _ => 1,
@@ -116,7 +117,9 @@ impl Optimizer {
             }
             let st = self.state.entry(name.clone()).or_insert_with(|| vec![Tensor::full(p.value.shape(), init); nslots]);
             let width = if p.value.rank() == 2 { p.value.dim(1) } else { p.value.numel() };
-            let ranges: Vec<std::ops::Range<usize>> = match p.touched_rows() {
+            let touched = p.touched_rows();
+            p.mark_written(now, touched.as_deref());
+            let ranges: Vec<std::ops::Range<usize>> = match &touched {
                 Some(rows) => rows.iter().map(|&r| r as usize * width..(r as usize + 1) * width).collect(),
                 None => std::iter::once(0..p.value.numel()).collect(),
             };

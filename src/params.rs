@@ -25,9 +25,51 @@ pub struct Param {
     /// Same shape as `value`; accumulated by `Graph::accumulate_grads`, cleared by `zero_grads`.
     pub grad: Tensor,
     pub state: GradState,
+    /// When the value was last written, on its store's write clock.
+    written: Written,
+}
+
+/// When each part of a weight was last written, on the store's write clock: lets a publish into
+/// a reused buffer copy only the rows written since that buffer was filled (an embedding table
+/// of millions of rows changes in the few thousand a window of batches touched).
+#[derive(Clone, Debug, Default)]
+struct Written {
+    /// The last write of the whole value.
+    all: u64,
+    /// Per row of a 2-D value, the last row-sparse update (empty until the first one).
+    rows: Vec<u64>,
+}
+
+/// A point in one store's write history: what a copy of its weights is current to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteMark {
+    store: u64,
+    clock: u64,
+}
+
+static NEXT_STORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn new_store_id() -> u64 {
+    NEXT_STORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Param {
+    /// Record that the optimizer wrote `rows` (all of the value when `None`) at time `t`.
+    pub(crate) fn mark_written(&mut self, t: u64, rows: Option<&[u32]>) {
+        match rows {
+            Some(rows) if self.value.rank() == 2 => {
+                let n = self.value.dim(0);
+                if self.written.rows.len() != n {
+                    self.written.rows = vec![0; n];
+                }
+                for &r in rows {
+                    self.written.rows[r as usize] = t;
+                }
+            }
+            _ => self.written.all = t,
+        }
+    }
+
     /// The touched rows, sorted and without repeats, when the gradient is row-sparse.
     pub fn touched_rows(&self) -> Option<Vec<u32>> {
         match &self.state {
@@ -43,14 +85,44 @@ impl Param {
 }
 
 /// Parameters by name, in name order (so iteration, checkpoints and norms are deterministic).
-#[derive(Clone, Debug, Default)]
+///
+/// Every write to a value is recorded on the store's write clock (exactly, per row, for the
+/// optimizer's row-sparse updates; as a write of everything for `set`, `param_mut` and `iter_mut`,
+/// which may write anything), so `copy_weights_changed_since` can bring a copy up to date by
+/// copying only what changed. A clone is a new store with its own history.
+#[derive(Debug)]
 pub struct ParamStore {
     params: BTreeMap<String, Param>,
+    id: u64,
+    clock: u64,
+}
+
+impl Default for ParamStore {
+    fn default() -> Self {
+        ParamStore { params: BTreeMap::new(), id: new_store_id(), clock: 0 }
+    }
+}
+
+impl Clone for ParamStore {
+    fn clone(&self) -> Self {
+        ParamStore { params: self.params.clone(), id: new_store_id(), clock: self.clock }
+    }
 }
 
 impl ParamStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Advance the write clock; the new time stamps the writes about to happen.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The present point of this store's write history.
+    pub fn write_mark(&self) -> WriteMark {
+        WriteMark { store: self.id, clock: self.clock }
     }
 
     /// Add a parameter; a name may be used once.
@@ -59,7 +131,8 @@ impl ParamStore {
             bail!(Invalid, "parameter {name:?} is already defined");
         }
         let grad = Tensor::zeros(value.shape());
-        self.params.insert(name.to_string(), Param { value, grad, state: GradState::Zero });
+        let written = Written { all: self.tick(), rows: Vec::new() };
+        self.params.insert(name.to_string(), Param { value, grad, state: GradState::Zero, written });
         Ok(())
     }
 
@@ -77,7 +150,16 @@ impl ParamStore {
         }
     }
 
+    /// Mutable access to one parameter; its value counts as written.
     pub fn param_mut(&mut self, name: &str) -> Result<&mut Param> {
+        let t = self.tick();
+        let p = self.grad_mut(name)?;
+        p.written.all = t;
+        Ok(p)
+    }
+
+    /// A parameter whose gradient, not value, is about to change.
+    fn grad_mut(&mut self, name: &str) -> Result<&mut Param> {
         match self.params.get_mut(name) {
             Some(p) => Ok(p),
             None => bail!(Invalid, "no parameter named {name:?}"),
@@ -93,7 +175,7 @@ impl ParamStore {
     }
 
     pub fn accumulate_grad(&mut self, name: &str, g: &Tensor) -> Result<()> {
-        let p = self.param_mut(name)?;
+        let p = self.grad_mut(name)?;
         axpy(1.0, g, &mut p.grad)?;
         p.state = GradState::Dense;
         Ok(())
@@ -101,7 +183,7 @@ impl ParamStore {
 
     /// `grad[ids[i]] += rows[i]`: the embedding backward, without a dense temporary.
     pub fn accumulate_rows(&mut self, name: &str, ids: &Tensor, rows: &Tensor) -> Result<()> {
-        let p = self.param_mut(name)?;
+        let p = self.grad_mut(name)?;
         scatter_add(rows, ids, &mut p.grad)?;
         match &mut p.state {
             GradState::Dense => {}
@@ -133,27 +215,68 @@ impl ParamStore {
     /// shared, so this copies nothing until the original is updated; gradients are empty, so
     /// accumulating into a snapshot is a shape error rather than a silent copy.
     pub fn weights_only(&self) -> ParamStore {
-        let params = self.params.iter().map(|(k, p)| (k.clone(), Param { value: p.value.clone(), grad: Tensor::zeros(&[0]), state: GradState::Zero })).collect();
-        ParamStore { params }
+        let params = self.params.iter().map(|(k, p)| (k.clone(), Param { value: p.value.clone(), grad: Tensor::zeros(&[0]), state: GradState::Zero, written: p.written.clone() })).collect();
+        ParamStore { params, id: new_store_id(), clock: self.clock }
     }
 
     /// Copy the weights of `src` (same names and shapes) into this store's own buffers, in place
     /// when no one else holds them: a publish into a reused standby buffer allocates nothing.
     pub fn copy_weights_from(&mut self, src: &ParamStore) -> Result<()> {
+        self.copy_weights_changed_since(src, None).map(|_| ())
+    }
+
+    /// Bring this store's weights up to date with `src` when they were last made equal to it at
+    /// `since` (a `src.write_mark()`): copies only the rows `src` wrote after that mark, or every
+    /// weight when `since` is `None` or marks another store. Returns the number of values copied.
+    /// The caller guarantees this store's weights were not written since they matched `since`.
+    pub fn copy_weights_changed_since(&mut self, src: &ParamStore, since: Option<WriteMark>) -> Result<usize> {
+        let since = since.filter(|m| m.store == src.id).map(|m| m.clock);
+        let t = self.tick();
+        let mut copied = 0;
         for (name, p) in self.params.iter_mut() {
-            let from = src.get(name)?;
-            from.expect_shape(&format!("parameter {name:?}"), p.value.shape())?;
-            p.value.f32s_mut()?.copy_from_slice(from.f32s()?);
+            let from = src.param(name)?;
+            from.value.expect_shape(&format!("parameter {name:?}"), p.value.shape())?;
+            let (dst, srcv) = (p.value.f32s_mut()?, from.value.f32s()?);
+            match since {
+                Some(c) if from.written.all <= c && from.value.rank() == 2 => {
+                    let width = from.value.dim(1);
+                    for (r, &w) in from.written.rows.iter().enumerate() {
+                        if w > c {
+                            let span = r * width..(r + 1) * width;
+                            dst[span.clone()].copy_from_slice(&srcv[span]);
+                            copied += width;
+                        }
+                    }
+                }
+                Some(c) if from.written.all <= c => {}
+                _ => {
+                    dst.copy_from_slice(srcv);
+                    copied += dst.len();
+                }
+            }
+            p.written.all = t;
         }
-        Ok(())
+        Ok(copied)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Param)> {
         self.params.iter()
     }
 
+    /// Mutable access to every parameter; every value counts as written.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Param)> {
-        self.params.iter_mut()
+        let t = self.tick();
+        self.params.iter_mut().map(move |(k, p)| {
+            p.written.all = t;
+            (k, p)
+        })
+    }
+
+    /// For an optimizer step: every parameter, and the time to stamp the writes with through
+    /// [`Param::mark_written`].
+    pub(crate) fn iter_for_update(&mut self) -> (u64, impl Iterator<Item = (&String, &mut Param)>) {
+        let t = self.tick();
+        (t, self.params.iter_mut())
     }
 
     pub fn names(&self) -> Vec<String> {

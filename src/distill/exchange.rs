@@ -10,7 +10,7 @@
 //!   slot, and the trainer swaps it in at a step boundary without waiting on any I/O.
 
 use crate::checkpoint::Checkpoint;
-use crate::params::ParamStore;
+use crate::params::{ParamStore, WriteMark};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -34,17 +34,20 @@ pub trait Exchange {
 }
 
 /// Models in one process. Each model has an active snapshot (what teachers read) and a standby
-/// one; a publish copies the weights into the standby buffers (allocating only the first two
-/// times) and swaps. The trainer's own weights are never shared, so its next update writes in
-/// place instead of copying on write.
+/// one; a publish brings the standby buffers up to date and swaps. The standby holds the weights
+/// of two publishes ago, so only the rows written since then are copied (an embedding table's
+/// touched rows, every dense weight); the first two publishes allocate and copy everything. The
+/// trainer's own weights are never shared, so its next update writes in place.
 pub struct InProcess {
-    active: Vec<Option<Arc<Snapshot>>>,
-    standby: Vec<Option<Arc<Snapshot>>>,
+    active: Vec<Option<(Arc<Snapshot>, WriteMark)>>,
+    standby: Vec<Option<(Arc<Snapshot>, WriteMark)>>,
+    /// Values copied by publishes so far (for the overlap report and the tests).
+    pub copied: usize,
 }
 
 impl InProcess {
     pub fn new(world: usize) -> Self {
-        InProcess { active: vec![None; world], standby: vec![None; world] }
+        InProcess { active: vec![None; world], standby: vec![None; world], copied: 0 }
     }
 }
 
@@ -61,12 +64,21 @@ impl Exchange for InProcess {
     fn publish(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()> {
         let mut slot = self.standby[rank].take();
         // Reuse the standby buffers when no teacher still holds them.
-        match slot.as_mut().and_then(Arc::get_mut) {
-            Some(s) => {
-                s.params.copy_weights_from(params)?;
-                s.step = step;
-            }
-            None => slot = Some(Arc::new(fresh_snapshot(rank, step, params)?)),
+        let reused = match &mut slot {
+            Some((snap, mark)) => match Arc::get_mut(snap) {
+                Some(s) => {
+                    self.copied += s.params.copy_weights_changed_since(params, Some(*mark))?;
+                    s.step = step;
+                    *mark = params.write_mark();
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        if !reused {
+            slot = Some((Arc::new(fresh_snapshot(rank, step, params)?), params.write_mark()));
+            self.copied += params.num_elements();
         }
         self.standby[rank] = self.active[rank].take();
         self.active[rank] = slot;
@@ -74,7 +86,7 @@ impl Exchange for InProcess {
     }
 
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>> {
-        self.active[peer].clone()
+        self.active[peer].as_ref().map(|(s, _)| s.clone())
     }
 }
 
@@ -250,6 +262,54 @@ mod tests {
         own.param_mut("w").unwrap().value.f32s_mut().unwrap()[0] = 9.0;
         assert_eq!(own.get("w").unwrap().f32s().unwrap().as_ptr(), before, "copy on write happened");
         assert_eq!(s.params.get("w").unwrap().f32s().unwrap()[0], 3.0);
+    }
+
+    /// Publishing after row-sparse optimizer steps copies only the touched rows (and the dense
+    /// weights), and every published snapshot is bitwise the publisher's weights, also after a
+    /// write the store cannot see row by row (`param_mut`) and after a dense update.
+    #[test]
+    fn in_process_publish_copies_only_changed_rows_and_stays_exact() {
+        use crate::optim::{Optimizer, OptimizerKind};
+        use crate::Rng;
+        let (rows, width) = (1000, 8);
+        let mut rng = Rng::new(5);
+        let mut own = ParamStore::new();
+        own.insert("table", Tensor::randn(&[rows, width], 1.0, &mut rng)).unwrap();
+        own.insert("bias", Tensor::randn(&[4], 1.0, &mut rng)).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::adam());
+        let mut x = InProcess::new(2);
+        for publish in 0..12u64 {
+            for _ in 0..3 {
+                own.zero_grads();
+                let ids: Vec<i32> = (0..20).map(|_| (rng.next_u64() % rows as u64) as i32).collect();
+                let g = Tensor::randn(&[20, width], 1.0, &mut rng);
+                own.accumulate_rows("table", &Tensor::from_i32(ids, &[20]).unwrap(), &g).unwrap();
+                if publish % 5 == 4 {
+                    let dense = Tensor::randn(&[rows, width], 1.0, &mut rng);
+                    own.accumulate_grad("table", &dense).unwrap(); // a dense gradient: every row moves
+                }
+                own.accumulate_grad("bias", &Tensor::randn(&[4], 1.0, &mut rng)).unwrap();
+                opt.step(&mut own, 1e-2, None).unwrap();
+            }
+            if publish == 7 {
+                own.param_mut("table").unwrap().value.f32s_mut().unwrap()[rows * width - 1] = 42.0;
+            }
+            let before = x.copied;
+            x.publish(1, publish, &own).unwrap();
+            let copied = x.copied - before;
+            let s = x.latest(1).unwrap();
+            for name in ["table", "bias"] {
+                let (a, b) = (s.params.get(name).unwrap().f32s().unwrap(), own.get(name).unwrap().f32s().unwrap());
+                assert!(a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()), "publish {publish}: {name} differs");
+            }
+            // Two publishes' worth of sparse steps touch at most 120 rows; the first two fill the buffers.
+            let full = rows * width + 4;
+            match publish {
+                0 | 1 => assert_eq!(copied, full),
+                4 | 5 | 7 | 8 | 9 | 10 => assert_eq!(copied, full, "publish {publish} follows a full write"),
+                _ => assert!(copied <= 120 * width + 4, "publish {publish} copied {copied} of {full}"),
+            }
+        }
     }
 
     #[test]

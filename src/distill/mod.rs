@@ -91,6 +91,8 @@ pub struct CodistillSchedule {
     pub burn_in: u64,
     /// Publish a checkpoint every this many steps.
     pub exchange_every: u64,
+    /// Publish at most this many times (0: no limit).
+    pub max_publishes: u64,
     /// Weight of the distillation term; `1 - weight` weighs the task loss.
     pub weight: f32,
 }
@@ -103,7 +105,7 @@ impl CodistillSchedule {
 
     /// Whether a checkpoint is published after step `step` (0-based) completes.
     pub fn publish_after(&self, step: u64) -> bool {
-        self.exchange_every > 0 && (step + 1) % self.exchange_every == 0
+        self.exchange_every > 0 && (step + 1) % self.exchange_every == 0 && (self.max_publishes == 0 || (step + 1) / self.exchange_every <= self.max_publishes)
     }
 }
 
@@ -164,6 +166,15 @@ mod tests {
         assert!(t.check(Some(Path::new("x")), 0.5, 0.1).unwrap_err().to_string().contains("single model"));
         assert!(single.check(None, 1.5, 0.0).unwrap_err().to_string().contains("distill_weight"));
         assert!(Topology { models: 2, ..single }.check(None, 0.5, 0.0).unwrap_err().to_string().contains("shards"));
+    }
+
+    #[test]
+    fn schedule_publishes_every_period_up_to_the_limit() {
+        let s = CodistillSchedule { burn_in: 10, exchange_every: 50, max_publishes: 0, weight: 0.5 };
+        let at = |s: CodistillSchedule| (0..500).filter(|&t| s.publish_after(t)).collect::<Vec<_>>();
+        assert_eq!(at(s), (1..=10).map(|k| 50 * k - 1).collect::<Vec<_>>());
+        assert_eq!(at(CodistillSchedule { max_publishes: 2, ..s }), vec![49, 99]);
+        assert!(!s.distill_at(9) && s.distill_at(10) && !CodistillSchedule { weight: 0.0, ..s }.distill_at(10));
     }
 
     #[test]

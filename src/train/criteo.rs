@@ -83,6 +83,8 @@ crate::config_table! {
         burn_in: u64 = 500,
         /// Codistillation: publish each model's checkpoint every this many steps
         exchange_every: u64 = 100,
+        /// Codistillation: publish at most this many times (0: no limit; 1 freezes the teachers at the first exchange, the control run of the overlap measurement)
+        max_publishes: u64 = 0,
         /// Codistillation: weight of the distillation term (the task loss gets 1 - weight); 0 trains independent models
         distill_weight: f32 = 0.5,
         /// Codistillation: every model trains on all rows (default: each on its own disjoint shard)
@@ -367,7 +369,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
     let total_models = topo.total();
     let data = prepare_data(cfg)?;
-    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
+    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, max_publishes: cfg.max_publishes, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
     let mut members = Vec::new();
     for local in 0..cfg.models {
         let index = topo.index(local);
@@ -566,6 +568,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             ("bayes_log_loss", J::N(truth.map(|t| t.bayes_log_loss).unwrap_or(nan))),
             ("train_rows_per_s", J::N(s.train_rows_per_s)),
             ("preprocess_rows_per_s", J::N(s.preprocess_rows_per_s.unwrap_or(nan))),
+            ("train_s", J::N(train_secs)),
             ("exchange_wait_s", J::N(exchange_wait)),
             ("seconds", J::N(s.seconds)),
         ],

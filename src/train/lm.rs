@@ -90,6 +90,8 @@ crate::config_table! {
         burn_in: u64 = 500,
         /// Codistillation: publish each model's checkpoint every this many steps
         exchange_every: u64 = 100,
+        /// Codistillation: publish at most this many times (0: no limit; 1 freezes the teachers at the first exchange, the control run of the overlap measurement)
+        max_publishes: u64 = 0,
         /// Codistillation: weight alpha of the distillation term (the task loss gets 1 - alpha); 0 trains independent models
         distill_weight: f32 = 0.5,
         /// Codistillation: softmax temperature of the distillation term
@@ -361,7 +363,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if cfg.models > 1 && cfg.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
-    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
+    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, max_publishes: cfg.max_publishes, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
     let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
     let data = prepare_data(cfg)?;
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
@@ -580,6 +582,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             ("test_ppl", J::N(test.map(f64::exp).unwrap_or(nan))),
             ("ensemble_valid_loss", J::N(ensemble_valid.unwrap_or(nan))),
             ("tokens_per_s", J::N(summary.tokens_per_s)),
+            ("train_s", J::N(train_secs)),
             ("exchange_wait_s", J::N(exchange_wait)),
             ("seconds", J::N(summary.seconds)),
             ("valid_entropy_floor", J::N(data.floors.map(|f| f.valid).unwrap_or(nan))),
