@@ -4,9 +4,16 @@
 //! - matmul: square sizes and the LM trainer's shapes (batch*steps rows against 4H gate columns).
 //! - lstm step: one layer, forward and backward through time over a window; FLOPs counted as the
 //!   matmuls' 2mnk (the pointwise cell work is a few percent at these sizes and is left out).
+//!
+//! The memory-bound families declare bytes moved (each input read once, each output written
+//! once), so their column reads as bytes/s: embedding gather and scatter-add, the fused LSTM cell,
+//! the fused softmax-KL loss (student, teachers and gradient), and the Adam update.
 
-use codistill::ops::lstm::{layer_backward, layer_forward};
+use codistill::ops::embedding::{gather_cpu, scatter_add_cpu};
+use codistill::ops::lstm::{cell_backward_cpu, cell_forward_cpu, layer_backward, layer_forward};
 use codistill::ops::matmul::gemm_cpu;
+use codistill::ops::optim::adam_cpu;
+use codistill::ops::softmax_kl::{softmax_kl_cpu, DistillParams};
 use codistill::{Rng, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -55,5 +62,82 @@ fn lstm_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, lstm_step);
+fn embedding(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_embedding");
+    let mut rng = Rng::new(2);
+    // (table rows, width, ids): the LM's (vocabulary 10k, 1024 wide, a 64x35 window) and Criteo's
+    for &(rows, dim, n) in &[(10_000, 1024, 64 * 35), (26 * 65_536, 8, 26 * 512)] {
+        let table = rng.normal_vec(rows * dim, 1.0);
+        let ids: Vec<i32> = (0..n).map(|_| rng.below(rows) as i32).collect();
+        let mut out = vec![0f32; n * dim];
+        group.throughput(Throughput::Bytes((2 * n * dim * 4 + n * 4) as u64));
+        group.bench_with_input(BenchmarkId::new("gather", format!("{rows}x{dim}_ids{n}")), &(), |bch, _| bch.iter(|| gather_cpu(&table, dim, &ids, &mut out)));
+        let mut dtable = vec![0f32; rows * dim];
+        // scatter-add reads dout and the rows it adds into, and writes them back
+        group.throughput(Throughput::Bytes((3 * n * dim * 4 + n * 4) as u64));
+        group.bench_with_input(BenchmarkId::new("scatter_add", format!("{rows}x{dim}_ids{n}")), &(), |bch, _| bch.iter(|| scatter_add_cpu(&out, dim, &ids, &mut dtable)));
+    }
+    group.finish();
+}
+
+fn lstm_cell(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_lstm_cell");
+    let mut rng = Rng::new(3);
+    let (batch, hidden) = (64, 1024);
+    let n = batch * hidden;
+    let gates0 = rng.normal_vec(4 * n, 1.0);
+    let c_prev = rng.normal_vec(n, 1.0);
+    let (mut gates, mut cc, mut h) = (gates0.clone(), vec![0f32; n], vec![0f32; n]);
+    // forward: reads 4 gate rows and c_prev, writes 4 activations, c and h (the timing also
+    // includes restoring the pre-activations, so the figure is a lower bound)
+    group.throughput(Throughput::Bytes((4 * (5 * n + 6 * n)) as u64));
+    group.bench_function(BenchmarkId::new("forward", format!("B{batch}_H{hidden}")), |bch| {
+        bch.iter(|| {
+            gates.copy_from_slice(&gates0);
+            cell_forward_cpu(&mut gates, &c_prev, &mut cc, &mut h, hidden)
+        })
+    });
+    let dh = rng.normal_vec(n, 1.0);
+    let (mut dc, mut dgates) = (rng.normal_vec(n, 1.0), vec![0f32; 4 * n]);
+    // backward: reads 4 activations, c_prev, c, dh, dc; writes dc and 4 gate gradients
+    group.throughput(Throughput::Bytes((4 * (8 * n + 5 * n)) as u64));
+    group.bench_function(BenchmarkId::new("backward", format!("B{batch}_H{hidden}")), |bch| {
+        bch.iter(|| cell_backward_cpu(&gates, &c_prev, &cc, &dh, &mut dc, &mut dgates, hidden))
+    });
+    group.finish();
+}
+
+fn softmax_kl(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_softmax_kl");
+    group.sample_size(10);
+    let mut rng = Rng::new(4);
+    // (rows, classes, teachers): a 32x35 Brown window (14,115 words) with one teacher, and 10k with three
+    for &(rows, cols, k) in &[(1120, 14_115, 1), (512, 10_000, 3)] {
+        let s = rng.normal_vec(rows * cols, 2.0);
+        let t: Vec<Vec<f32>> = (0..k).map(|_| rng.normal_vec(rows * cols, 2.0)).collect();
+        let tv: Vec<&[f32]> = t.iter().map(|v| v.as_slice()).collect();
+        let y: Vec<i32> = (0..rows).map(|_| rng.below(cols) as i32).collect();
+        let mut g = vec![0f32; rows * cols];
+        group.throughput(Throughput::Bytes((4 * rows * cols * (k + 2)) as u64));
+        group.bench_function(BenchmarkId::new("fwd_bwd", format!("{rows}x{cols}_k{k}")), |bch| {
+            bch.iter(|| softmax_kl_cpu(&s, &tv, Some(&y), rows, cols, DistillParams { temperature: 1.0, alpha: 0.5 }, &mut g))
+        });
+    }
+    group.finish();
+}
+
+fn adam(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu_adam");
+    let mut rng = Rng::new(5);
+    let n = 1 << 22;
+    let (mut w, g, mut m, mut v) = (rng.normal_vec(n, 1.0), rng.normal_vec(n, 1.0), vec![0f32; n], vec![0f32; n]);
+    // reads w, g, m, v; writes w, m, v
+    group.throughput(Throughput::Bytes((7 * 4 * n) as u64));
+    group.bench_function(BenchmarkId::new("update", format!("{n}")), |bch| {
+        bch.iter(|| adam_cpu(&mut w, &g, &mut m, &mut v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 10, 1.0))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, matmul, lstm_step, embedding, lstm_cell, softmax_kl, adam);
 criterion_main!(benches);

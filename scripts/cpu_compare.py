@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""End-to-end training steps on the CPU: codistill against the same models written in PyTorch.
+
+Each row trains the same model on the same shapes with the same optimizer, one after the other in
+this process's machine state, with the same thread count (torch.set_num_threads = the cores
+codistill uses):
+  lm-issue7   2-layer LSTM, 1024 hidden and embedding, vocabulary 10k, batch 64, 35 steps (issue 7)
+  lm-brown    1-layer LSTM, 256 hidden and embedding, vocabulary 14,115, batch 32, 35 steps
+              (the Brown experiments' model)
+  criteo      26 hashed fields x 65,536 buckets x 8 + 13 dense (+13 missing flags), MLP 128,64,
+              batch 512, lazy (sparse) Adam on the table, Adam on the rest
+PyTorch gets dropout 0.2 like codistill's default, TBPTT with the state carried and detached,
+clipping at 5 (LM), BCE-with-logits (Criteo). codistill's figure is its trainer's own training
+throughput (result.json: tokens_per_s or train_rows_per_s, which excludes data preparation and
+evaluation), on its synthetic data of the same vocabulary or field layout.
+
+Usage: scripts/cpu_compare.py BIN OUTDIR  (scripts/cpu_compare.sh installs torch and calls this)
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+BIN, OUT = sys.argv[1], sys.argv[2]
+THREADS = os.cpu_count()
+torch.set_num_threads(THREADS)
+torch.manual_seed(0)
+
+
+class LM(nn.Module):
+    def __init__(self, vocab, emb, hidden, layers, dropout):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, layers, dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, x, state):
+        h, state = self.lstm(self.drop(self.emb(x)), state)
+        return self.out(self.drop(h)), state
+
+
+def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2):
+    m = LM(vocab, emb, hidden, layers, 0.2)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    data = torch.randint(0, vocab, (bptt + 1, batch))
+    state = None
+    t = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            t = time.perf_counter()
+        logits, state = m(data[:-1], state)
+        state = tuple(s.detach() for s in state)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(m.parameters(), 5.0)
+        opt.step()
+    return steps * batch * bptt / (time.perf_counter() - t)
+
+
+def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps):
+    out = os.path.join(OUT, name)
+    cmd = [BIN, "lm", "train", "--device", "cpu", "--synthetic-vocab", str(vocab), "--synthetic-tokens", "300000",
+           "--emb-dim", str(emb), "--hidden", str(hidden), "--layers", str(layers), "--batch", str(batch),
+           "--bptt", str(bptt), "--steps", str(steps), "--dropout", "0.2", "--clip", "5", "--eval-every", "100000",
+           "--eval-tokens", "2000", "--log-every", "100000", "--checkpoint-every", "100000", "--out", out,
+           "--cache", os.path.join(OUT, "cache")]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.load(open(os.path.join(out, "result.json")))["tokens_per_s"]
+
+
+class Ctr(nn.Module):
+    def __init__(self, buckets=65536, dim=8, fields=26, dense=26, widths=(128, 64)):
+        super().__init__()
+        self.emb = nn.Embedding(fields * buckets, dim, sparse=True)
+        self.dense = nn.Linear(dense, widths[0], bias=False)
+        self.l1 = nn.Linear(fields * dim, widths[0])
+        self.l2 = nn.Linear(widths[0], widths[1])
+        self.l3 = nn.Linear(widths[1], 1)
+
+    def forward(self, ids, dense):
+        e = self.emb(ids).reshape(ids.shape[0], -1)
+        h = torch.relu(self.l1(e) + self.dense(dense))
+        return self.l3(torch.relu(self.l2(h))).squeeze(1)
+
+
+def torch_criteo(batch=512, steps=200, warmup=5):
+    m = Ctr()
+    sparse = torch.optim.SparseAdam([m.emb.weight], lr=2e-3)
+    rest = torch.optim.Adam([p for n, p in m.named_parameters() if n != "emb.weight"], lr=2e-3)
+    offsets = torch.arange(26) * 65536
+    t = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            t = time.perf_counter()
+        ids = torch.randint(0, 65536, (batch, 26)) + offsets
+        dense = torch.randn(batch, 26)
+        y = torch.randint(0, 2, (batch,)).float()
+        loss = nn.functional.binary_cross_entropy_with_logits(m(ids, dense), y)
+        sparse.zero_grad(set_to_none=True)
+        rest.zero_grad(set_to_none=True)
+        loss.backward()
+        sparse.step()
+        rest.step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def ours_criteo():
+    out = os.path.join(OUT, "criteo")
+    cmd = [BIN, "criteo", "train", "--device", "cpu", "--synthetic-rows", "300000", "--out", out,
+           "--cache", os.path.join(OUT, "cache"), "--eval-rows", "1000"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.load(open(os.path.join(out, "result.json")))["train_rows_per_s"]
+
+
+rows = []
+for name, (v, e, h, l, b, t, steps) in {"lm-issue7": (10000, 1024, 1024, 2, 64, 35, 6),
+                                        "lm-brown": (14115, 256, 256, 1, 32, 35, 40)}.items():
+    ours = ours_lm(name, v, e, h, l, b, t, steps)
+    theirs = torch_lm(v, e, h, l, b, t, steps)
+    rows.append((name, "tokens/s", ours, theirs))
+ours = ours_criteo()
+theirs = torch_criteo()
+rows.append(("criteo", "rows/s", ours, theirs))
+print(f"CPU: {THREADS} threads, torch {torch.__version__}")
+print(f"{'model':<10} {'unit':<9} {'codistill':>11} {'pytorch':>11} {'ratio':>6}")
+for name, unit, a, b in rows:
+    print(f"{name:<10} {unit:<9} {a:>11.0f} {b:>11.0f} {a / b:>6.2f}")
