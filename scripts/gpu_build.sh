@@ -17,13 +17,14 @@ for l in sys.stdin:
       # The GPU suite, and the CPU suites whose subjects touch the device path; the rest run in CI.
       case "$name" in gpu|softmax_kl) cp "$exe" "device-bin/tests/$name";; esac
     done
-cargo bench --no-run --bench gpu --message-format=json 2>/dev/null \
+# The table benchmark (gpu-bench) and the criterion groups (kernels-bench).
+cargo bench --no-run --bench gpu --bench kernels --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])' | while read -r exe; do cp "$exe" device-bin/gpu-bench; done
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu", "kernels"):
+        print(m["target"]["name"], m["executable"])' | while read -r name exe; do cp "$exe" "device-bin/$name-bench"; done
 # The carry limit is 64 MiB: drop the debug line tables.
-strip device-bin/codistill device-bin/gpu-bench device-bin/tests/*
+strip device-bin/codistill device-bin/gpu-bench device-bin/kernels-bench device-bin/tests/*
 ls -la device-bin device-bin/tests
 du -sh device-bin

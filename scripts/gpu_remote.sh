@@ -3,6 +3,7 @@
 # 1. every test binary with REQUIRE_GPU=1 (the GPU suite fails, not skips, without a GPU);
 # 2. compute-sanitizer memcheck over the GPU suite;
 # 3. the kernel benchmark, then cuBLAS/PyTorch on the same shapes, and the table of ratios.
+# 4. with CRITERION=1, the criterion gpu_* groups of benches/kernels.rs (throughput per family).
 # Logs go to $OUT (or ./gpu-out when OUT is unset).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -31,6 +32,10 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   echo "== benchmark"
   device-bin/gpu-bench --json "$OUT/ours.jsonl" | tee "$OUT/bench.txt" || status=1
   PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py "$OUT/ours.jsonl" "$OUT/torch.json" | tee "$OUT/compare.txt" || status=1
+fi
+if [ "${CRITERION:-0}" = 1 ]; then
+  echo "== criterion gpu_* groups"
+  device-bin/kernels-bench --bench gpu_ --warm-up-time 1 --measurement-time 2 2>&1 | tee "$OUT/criterion-gpu.txt" | grep -E "^gpu_|thrpt" || status=1
 fi
 if [ "${NCU:-0}" = 1 ]; then
   echo "== Nsight Compute: one launch each of the 4096^3 bf16 matmul and the 4096x32768 softmax-KL"

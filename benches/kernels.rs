@@ -1,5 +1,10 @@
-//! CPU benchmarks of the reference backend. Throughput is declared in FLOPs, so criterion's
-//! "elem/s" column reads as FLOP/s (Gelem/s = GFLOP/s).
+//! Criterion benchmarks of every kernel family: the CPU backend always (groups `cpu_*`), and the
+//! CUDA kernels when there is a GPU (groups `gpu_*`, timed with CUDA events around the launches,
+//! so launch overhead is in and host synchronisation is not; without a GPU they are skipped with
+//! the reason). `cargo bench --bench kernels -- cpu_` or `-- gpu_` picks a side.
+//!
+//! Compute-bound groups declare FLOPs, so criterion's "elem/s" column reads as FLOP/s
+//! (Gelem/s = GFLOP/s).
 //!
 //! - matmul: square sizes and the LM trainer's shapes (batch*steps rows against 4H gate columns).
 //! - lstm step: one layer, forward and backward through time over a window; FLOPs counted as the
@@ -139,5 +144,117 @@ fn adam(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, lstm_step, embedding, lstm_cell, softmax_kl, adam);
+/// The GPU groups: the same families on the CUDA kernels, shapes as in `benches/gpu.rs`.
+mod gpu {
+    use codistill::cuda::{self, kernels as k, Gpu, GpuBuf};
+    use codistill::{DistillParams, Rng};
+    use criterion::{BenchmarkId, Criterion, Throughput};
+    use cudarc::driver::sys;
+    use half::bf16;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// `iters` launches between two CUDA events.
+    fn timed(g: &Arc<Gpu>, iters: u64, mut f: impl FnMut()) -> Duration {
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = g.stream().record_event(flags).unwrap();
+        for _ in 0..iters {
+            f();
+        }
+        let b = g.stream().record_event(flags).unwrap();
+        Duration::from_secs_f64(a.elapsed_ms(&b).unwrap() as f64 / 1e3)
+    }
+
+    fn randn(g: &Arc<Gpu>, r: &mut Rng, n: usize) -> GpuBuf<f32> {
+        g.upload(&r.normal_vec(n, 1.0)).unwrap()
+    }
+
+    fn randn_bf16(g: &Arc<Gpu>, r: &mut Rng, n: usize) -> GpuBuf<bf16> {
+        g.upload(&r.normal_vec(n, 1.0).into_iter().map(bf16::from_f32).collect::<Vec<_>>()).unwrap()
+    }
+
+    pub fn all(c: &mut Criterion) {
+        let g = match cuda::gpu(0) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("gpu_* benchmark groups skipped: {e}");
+                return;
+            }
+        };
+        let mut r = Rng::new(9);
+
+        let mut group = c.benchmark_group("gpu_matmul");
+        for &(m, n, kk, ta, tb) in &[(4096, 4096, 4096, false, false), (2240, 4096, 1024, false, false), (2240, 10000, 1024, false, true), (1024, 10000, 2240, true, false)] {
+            let (a, b) = (randn_bf16(&g, &mut r, m * kk), randn_bf16(&g, &mut r, kk * n));
+            let mut out = g.alloc::<f32>(m * n).unwrap();
+            group.throughput(Throughput::Elements((2 * m * n * kk) as u64));
+            group.bench_function(BenchmarkId::new("bf16", format!("{m}x{n}x{kk}{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" })), |bch| {
+                bch.iter_custom(|it| timed(&g, it, || k::gemm_bf16(m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut out).unwrap()))
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group("gpu_embedding");
+        let (vocab, dim, n) = (1_000_000usize, 128usize, 262_144usize);
+        let table = randn(&g, &mut r, vocab * dim);
+        let ids_h: Vec<i32> = (0..n).map(|_| r.below(vocab) as i32).collect();
+        let ids = g.upload(&ids_h).unwrap();
+        let mut out = g.alloc::<f32>(n * dim).unwrap();
+        group.throughput(Throughput::Bytes((2 * n * dim * 4) as u64));
+        group.bench_function("gather", |bch| bch.iter_custom(|it| timed(&g, it, || k::gather(&table, vocab, dim, &ids, &mut out).unwrap())));
+        let mut dtable = g.full(vocab * dim, 0.0).unwrap();
+        let (order, starts) = k::sorted_segments(&ids_h);
+        let (o, st) = (g.upload(&order).unwrap(), g.upload(&starts).unwrap());
+        group.throughput(Throughput::Bytes((n * dim * 4 + 2 * (starts.len() - 1) * dim * 4) as u64));
+        group.bench_function("scatter_add_atomic", |bch| {
+            bch.iter_custom(|it| timed(&g, it, || k::scatter_add(&out, vocab, dim, &ids, None, &mut dtable, k::ScatterMode::Atomic).unwrap()))
+        });
+        group.bench_function("scatter_add_deterministic", |bch| {
+            bch.iter_custom(|it| timed(&g, it, || k::scatter_add_planned(&out, vocab, dim, &ids, &o, &st, &mut dtable).unwrap()))
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("gpu_lstm_cell");
+        let (b, h) = (64usize, 1024usize);
+        let mut gates = randn(&g, &mut r, b * 4 * h);
+        let cp = randn(&g, &mut r, b * h);
+        let (mut cc, mut hh) = (g.alloc::<f32>(b * h).unwrap(), g.alloc::<f32>(b * h).unwrap());
+        group.throughput(Throughput::Bytes((b * h * 4 * 11) as u64));
+        group.bench_function("forward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_fwd(&mut gates, &cp, &mut cc, &mut hh, b, h).unwrap())));
+        let dh = randn(&g, &mut r, b * h);
+        let (mut dc, mut dg) = (randn(&g, &mut r, b * h), g.alloc::<f32>(b * 4 * h).unwrap());
+        group.throughput(Throughput::Bytes((b * h * 4 * 13) as u64));
+        group.bench_function("backward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_bwd(&gates, &cp, &cc, &dh, &mut dc, &mut dg, b, h).unwrap())));
+        group.finish();
+
+        let mut group = c.benchmark_group("gpu_softmax_kl");
+        for &(n, v, nt) in &[(4096usize, 32768usize, 1usize), (2240, 10000, 1), (4096, 32768, 3)] {
+            let s = randn(&g, &mut r, n * v);
+            let ts: Vec<GpuBuf<f32>> = (0..nt).map(|_| randn(&g, &mut r, n * v)).collect();
+            let tr: Vec<&GpuBuf<f32>> = ts.iter().collect();
+            let y = g.upload(&(0..n).map(|_| r.below(v) as i32).collect::<Vec<_>>()).unwrap();
+            let mut grad = g.alloc::<f32>(n * v).unwrap();
+            let p = DistillParams { temperature: 2.0, alpha: 0.5 };
+            group.throughput(Throughput::Bytes(((2 + nt) * n * v * 4) as u64));
+            group.bench_function(BenchmarkId::new("fwd_bwd", format!("{n}x{v}_k{nt}")), |bch| {
+                bch.iter_custom(|it| timed(&g, it, || {
+                    let _ = k::softmax_kl(&s, &tr, Some(&y), n, v, p, &mut grad).unwrap();
+                }))
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group("gpu_adam");
+        let n = 64 << 20;
+        let (mut w, gr) = (randn(&g, &mut r, n), randn(&g, &mut r, n));
+        let (mut m, mut v) = (g.full(n, 0.0).unwrap(), g.full(n, 0.0).unwrap());
+        group.throughput(Throughput::Bytes((7 * 4 * n) as u64));
+        group.bench_function(BenchmarkId::new("update", n), |bch| {
+            bch.iter_custom(|it| timed(&g, it, || k::adam(&mut w, &gr, &mut m, &mut v, None, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, 10, 1.0).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, matmul, lstm_step, embedding, lstm_cell, softmax_kl, adam, gpu::all);
 criterion_main!(benches);
