@@ -4,14 +4,11 @@
 
 #![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
 
+mod common;
 use codistill::train::criteo::{self, CriteoConfig};
-use std::path::PathBuf;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("codistill-cd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> common::Scratch {
+    common::Scratch::new("cd", name)
 }
 
 fn small(dir: &std::path::Path) -> CriteoConfig {

@@ -2,16 +2,14 @@
 //! shared real sample parses without losing a field, and every kind of bad input is either handled
 //! as the format allows or rejected with file, line and column, or skipped and counted.
 
+mod common;
 use codistill::data::criteo::{read_rows, OnBadLine, Row};
 use codistill::train::criteo::{self, CriteoConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("codistill-ct-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> common::Scratch {
+    common::Scratch::new("ct", name)
 }
 
 #[test]

@@ -3,16 +3,14 @@
 
 #![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
 
+mod common;
 use codistill::checkpoint::Checkpoint;
 use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
 use codistill::train::lm::{self, LmConfig};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("codistill-lmt-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> common::Scratch {
+    common::Scratch::new("lmt", name)
 }
 
 /// A small corpus directory and a config that trains a small model on it quickly.

@@ -344,5 +344,7 @@ mod tests {
         };
         assert!(warned[0].contains("model-0.safetensors"), "{warned:?}");
         assert_eq!(b.latest(0).unwrap().step, 7, "the last good teacher stays");
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
