@@ -219,6 +219,18 @@ impl ParamStore {
         ParamStore { params, id: new_store_id(), clock: self.clock }
     }
 
+    /// The weights in buffers of their own (a deep copy), without gradient buffers: a standby
+    /// teacher's first fill. Its write history starts at one write of everything.
+    pub fn copy_of_weights(&self) -> Result<ParamStore> {
+        let mut out = ParamStore::new();
+        let t = out.tick();
+        for (k, p) in &self.params {
+            let value = Tensor::from_f32(p.value.f32s()?.to_vec(), p.value.shape())?;
+            out.params.insert(k.clone(), Param { value, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Vec::new() } });
+        }
+        Ok(out)
+    }
+
     /// Copy the weights of `src` (same names and shapes) into this store's own buffers, in place
     /// when no one else holds them: a publish into a reused standby buffer allocates nothing.
     pub fn copy_weights_from(&mut self, src: &ParamStore) -> Result<()> {

@@ -53,11 +53,7 @@ impl InProcess {
 
 /// A snapshot in its own buffers (a deep copy of the weights).
 fn fresh_snapshot(rank: usize, step: u64, params: &ParamStore) -> Result<Snapshot> {
-    let mut own = ParamStore::new();
-    for (name, p) in params.iter() {
-        own.insert(name, crate::Tensor::from_f32(p.value.f32s()?.to_vec(), p.value.shape())?)?;
-    }
-    Ok(Snapshot { rank, step, params: own.weights_only() })
+    Ok(Snapshot { rank, step, params: params.copy_of_weights()? })
 }
 
 impl Exchange for InProcess {
