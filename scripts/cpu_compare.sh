@@ -10,7 +10,7 @@ VENV=${VENV:-.venv-bench}
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     python3 -m venv "$VENV"
     # PyPI's torch wheel (it brings NVIDIA's CUDA libraries too, about 3 GB; only the CPU is used)
-    "$VENV/bin/pip" install -q torch==2.9.1
+    "$VENV/bin/pip" install -q torch==2.9.1 numpy
 fi
 cargo build --release
 mkdir -p "$OUT"
