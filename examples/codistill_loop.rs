@@ -70,7 +70,7 @@ fn run(weight: f32, seed: u64, train: &(Vec<f32>, Vec<f32>), valid: &[f32]) -> c
             let logits = mlp.forward(&mut g, params, xv)?;
             let logits = g.reshape(logits, &[BATCH])?;
             let loss = g.bce_with_logits(logits, &Tensor::from_f32(y, &[BATCH])?)?;
-            params.zero_grads();
+            params.zero_grads()?;
             let grads = g.backward(loss)?;
             g.accumulate_grads(&grads, params)?;
             drop(g);

@@ -22,7 +22,7 @@ fn main() -> codistill::Result<()> {
         if step % 10 == 0 {
             println!("step {step}: loss {:.4}", g.value(loss).item()?);
         }
-        params.zero_grads();
+        params.zero_grads()?;
         let grads = g.backward(loss)?;
         g.accumulate_grads(&grads, &mut params)?;
         drop(g); // the tape shares the weights' storage; drop it so the update is in place

@@ -62,3 +62,20 @@ KERNEL void f32_to_bf16(const float* __restrict__ x, __nv_bfloat16* __restrict__
 KERNEL void bf16_to_f32(const __nv_bfloat16* __restrict__ x, float* __restrict__ y, i64 n) {
     FOR_EACH(i, n) y[i] = __bfloat162float(x[i]);
 }
+
+// Binary cross-entropy with logits against soft targets, the twin of ops::loss::bce_with_logits_cpu:
+// loss[i] = max(x, 0) - x y + log(1 + exp(-|x|)) (summed on the host side by the reduction),
+// grad[i] = (sigmoid(x) - y) * inv_n.
+KERNEL void bce_logits(const float* __restrict__ x, const float* __restrict__ y, float* __restrict__ grad,
+                       float* __restrict__ loss, i64 n, float inv_n) {
+    FOR_EACH(i, n) {
+        float xi = x[i], yi = y[i];
+        loss[i] = fmaxf(xi, 0.f) - xi * yi + log1pf(expf(-fabsf(xi)));
+        grad[i] = (sigmoid_f(xi) - yi) * inv_n;
+    }
+}
+
+// t[rows[r], :] = 0 for r < nrows: clears the rows a row-sparse gradient touched (repeats allowed).
+KERNEL void zero_rows(float* __restrict__ t, const int* __restrict__ rows, i64 nrows, int dim) {
+    FOR_EACH(e, nrows * dim) t[(i64)rows[e / dim] * dim + e % dim] = 0.f;
+}

@@ -53,7 +53,7 @@ impl Grads {
     /// Fold row-sparse parts into the dense gradient (for the rare table that is not a leaf).
     fn densify(&mut self, i: usize) -> Result<()> {
         for (ids, r) in std::mem::take(&mut self.rows[i]) {
-            let mut d = Tensor::zeros(&self.shapes[i]);
+            let mut d = Tensor::zeros_on(&self.shapes[i], r.device())?;
             embedding::scatter_add(&r, &ids, &mut d)?;
             self.add(Var(i), d)?;
         }
@@ -245,9 +245,9 @@ impl Graph {
 
     /// Sum of all elements, a scalar.
     pub fn sum(&mut self, x: Var) -> Result<Var> {
-        let shape = self.value(x).shape().to_vec();
+        let (shape, dev) = (self.value(x).shape().to_vec(), self.value(x).device());
         let out = reduce::sum(self.value(x))?;
-        Ok(self.push(out, &[x], move |g, grads| grads.add(x, Tensor::full(&shape, g.item()?))))
+        Ok(self.push(out, &[x], move |g, grads| grads.add(x, Tensor::full_on(&shape, g.item()?, dev)?)))
     }
 
     pub fn mean(&mut self, x: Var) -> Result<Var> {
@@ -322,7 +322,7 @@ impl Graph {
         let n = self.values.len();
         let shapes = self.values.iter().map(|v| v.shape().to_vec()).collect();
         let mut grads = Grads { grads: vec![None; n], rows: vec![Vec::new(); n], shapes, needs: self.needs_grad.clone() };
-        grads.add(loss, Tensor::full(self.value(loss).shape(), 1.0))?;
+        grads.add(loss, Tensor::full_on(self.value(loss).shape(), 1.0, self.value(loss).device())?)?;
         for i in (0..=loss.0).rev() {
             if let Some(rule) = self.backward[i].take() {
                 grads.densify(i)?;

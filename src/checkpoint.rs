@@ -43,6 +43,8 @@ impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut bytes: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = Vec::with_capacity(self.tensors.len());
         for (name, t) in &self.tensors {
+            // Tensors on a GPU are copied to the host first.
+            let t = &t.to_device(crate::tensor::Device::Cpu)?;
             let (data, dt) = match t.dtype() {
                 DType::F32 => (bytemuck::cast_slice(t.f32s()?).to_vec(), Dtype::F32),
                 DType::I32 => (bytemuck::cast_slice(t.i32s()?).to_vec(), Dtype::I32),

@@ -78,6 +78,12 @@ impl LstmState {
     pub fn zeros(layers: usize, batch: usize, hidden: usize) -> Self {
         LstmState { h: vec![Tensor::zeros(&[batch, hidden]); layers], c: vec![Tensor::zeros(&[batch, hidden]); layers] }
     }
+
+    /// Zeros on `device`.
+    pub fn zeros_on(layers: usize, batch: usize, hidden: usize, device: crate::tensor::Device) -> Result<Self> {
+        let z = Tensor::zeros_on(&[batch, hidden], device)?;
+        Ok(LstmState { h: vec![z.clone(); layers], c: vec![z; layers] })
+    }
 }
 
 #[derive(Clone, Debug)]

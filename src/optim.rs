@@ -4,7 +4,8 @@
 use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
 use crate::ops::reduce::{sum_squares, sum_squares_cpu};
 use crate::params::{GradState, ParamStore};
-use crate::tensor::Tensor;
+use crate::cuda::{kernels as gpu, GpuBuf};
+use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 use std::collections::BTreeMap;
 
@@ -44,6 +45,10 @@ pub fn grad_norm(store: &ParamStore) -> Result<f64> {
         s += match &p.state {
             GradState::Zero => 0.0,
             GradState::Dense => sum_squares(&p.grad)?,
+            GradState::Rows(_) if p.grad.device() != Device::Cpu => {
+                let rows = p.touched_rows().unwrap_or_default();
+                gpu::sum_squares(&compact_rows(&p.grad, &rows)?.1)?
+            }
             GradState::Rows(_) => {
                 let (w, g) = (p.grad.dim(1), p.grad.f32s()?);
                 p.touched_rows().unwrap_or_default().iter().map(|&r| sum_squares_cpu(&g[r as usize * w..(r as usize + 1) * w])).sum()
@@ -51,6 +56,18 @@ pub fn grad_norm(store: &ParamStore) -> Result<f64> {
         };
     }
     Ok(s.sqrt())
+}
+
+/// The rows `rows` of a GPU gradient `[R, D]` gathered into `[rows.len(), D]` (the row-sparse
+/// optimizer kernels read the gradient compacted), with the row ids on the device.
+fn compact_rows(grad: &Tensor, rows: &[u32]) -> Result<(GpuBuf<i32>, GpuBuf<f32>)> {
+    let (r, d) = grad.expect_2d("row-sparse gradient")?;
+    let g = grad.cuda_f32()?;
+    let ids: Vec<i32> = rows.iter().map(|&x| x as i32).collect();
+    let ids = g.gpu().upload(&ids)?;
+    let mut out = g.gpu().alloc::<f32>(rows.len() * d)?;
+    gpu::gather(g, r, d, &ids, &mut out)?;
+    Ok((ids, out))
 }
 
 impl Optimizer {
@@ -115,10 +132,40 @@ impl Optimizer {
             if p.state == GradState::Zero {
                 continue;
             }
-            let st = self.state.entry(name.clone()).or_insert_with(|| vec![Tensor::full(p.value.shape(), init); nslots]);
+            let dev = p.value.device();
+            let st = match self.state.entry(name.clone()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert((0..nslots).map(|_| Tensor::full_on(p.value.shape(), init, dev)).collect::<Result<_>>()?),
+            };
+            // State restored from a checkpoint arrives on the host: it follows its weights.
+            for s in st.iter_mut() {
+                if s.device() != dev {
+                    *s = s.to_device(dev)?;
+                }
+            }
             let width = if p.value.rank() == 2 { p.value.dim(1) } else { p.value.numel() };
             let touched = p.touched_rows();
             p.mark_written(now, touched.as_deref());
+            if dev != Device::Cpu {
+                // One fused kernel per parameter; a row-sparse gradient is compacted first.
+                let sparse = touched.as_deref().map(|rows| compact_rows(&p.grad, rows)).transpose()?;
+                let (rows, g) = match &sparse {
+                    Some((ids, g)) => (Some(ids), g),
+                    None => (None, p.grad.cuda_f32()?),
+                };
+                let w = p.value.cuda_f32_mut()?;
+                let (s0, rest) = st.split_at_mut(1);
+                let s0 = s0[0].cuda_f32_mut()?;
+                match self.kind {
+                    OptimizerKind::Sgd { momentum, weight_decay } => gpu::sgd(w, g, s0, rows, width, lr, momentum, weight_decay, scale)?,
+                    OptimizerKind::Adagrad { eps, .. } => gpu::adagrad(w, g, s0, rows, width, lr, eps, scale)?,
+                    OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
+                        let v = rest[0].cuda_f32_mut()?;
+                        gpu::adam(w, g, s0, v, rows, width, lr, beta1, beta2, eps, weight_decay, step, scale)?
+                    }
+                }
+                continue;
+            }
             let ranges: Vec<std::ops::Range<usize>> = match &touched {
                 Some(rows) => rows.iter().map(|&r| r as usize * width..(r as usize + 1) * width).collect(),
                 None => std::iter::once(0..p.value.numel()).collect(),
@@ -189,7 +236,7 @@ mod tests {
             let mut s = quadratic_store();
             let mut opt = Optimizer::new(kind);
             for _ in 0..500 {
-                s.zero_grads();
+                s.zero_grads().unwrap();
                 let w = s.get("w").unwrap().clone(); // loss = |w|^2 / 2, grad = w
                 s.accumulate_grad("w", &w).unwrap();
                 opt.step(&mut s, lr, None).unwrap();
@@ -207,7 +254,7 @@ mod tests {
         let norm = opt.step(&mut s, 1.0, Some(5.0)).unwrap();
         assert_eq!(norm, 50.0);
         assert_eq!(s.get("w").unwrap().f32s().unwrap(), &[0.0, 0.0]); // moved by exactly (3, -4)
-        s.zero_grads();
+        s.zero_grads().unwrap();
         s.accumulate_grad("w", &Tensor::from_f32(vec![f32::NAN, 0.0], &[2]).unwrap()).unwrap();
         let e = opt.step(&mut s, 1.0, Some(5.0)).unwrap_err().to_string();
         assert!(e.contains("NaN") && e.contains("step 2"), "{e}");
@@ -231,7 +278,7 @@ mod tests {
         oa.step(&mut a, 0.1, Some(10.0)).unwrap();
         ob.step(&mut b, 0.1, Some(10.0)).unwrap();
         assert_eq!(a.get("t").unwrap(), b.get("t").unwrap());
-        b.zero_grads();
+        b.zero_grads().unwrap();
         assert!(b.param("t").unwrap().grad.f32s().unwrap().iter().all(|&v| v == 0.0));
         assert_eq!(b.param("t").unwrap().state, GradState::Zero);
     }

@@ -2,7 +2,7 @@
 
 use crate::ops::elementwise::axpy;
 use crate::ops::embedding::scatter_add;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 use std::collections::BTreeMap;
 
@@ -84,6 +84,18 @@ impl Param {
     }
 }
 
+/// `dst = src` for two f32 tensors of one shape, on or between devices, into dst's own buffer.
+fn copy_value(src: &Tensor, dst: &mut Tensor) -> Result<()> {
+    match (src.device(), dst.device()) {
+        (Device::Cpu, Device::Cpu) => dst.f32s_mut()?.copy_from_slice(src.f32s()?),
+        (Device::Cpu, Device::Cuda(_)) => dst.cuda_f32_mut()?.copy_from_host(src.f32s()?)?,
+        (Device::Cuda(_), Device::Cpu) => dst.f32s_mut()?.copy_from_slice(&src.cuda_f32()?.download()?),
+        (Device::Cuda(a), Device::Cuda(b)) if a == b => dst.cuda_f32_mut()?.copy_from(src.cuda_f32()?)?,
+        (Device::Cuda(_), Device::Cuda(_)) => *dst = src.to_device(Device::Cpu)?.to_device(dst.device())?,
+    }
+    Ok(())
+}
+
 /// Parameters by name, in name order (so iteration, checkpoints and norms are deterministic).
 ///
 /// Every write to a value is recorded on the store's write clock (exactly, per row, for the
@@ -130,7 +142,7 @@ impl ParamStore {
         if self.params.contains_key(name) {
             bail!(Invalid, "parameter {name:?} is already defined");
         }
-        let grad = Tensor::zeros(value.shape());
+        let grad = Tensor::zeros_on(value.shape(), value.device())?;
         let written = Written { all: self.tick(), rows: Vec::new() };
         self.params.insert(name.to_string(), Param { value, grad, state: GradState::Zero, written });
         Ok(())
@@ -187,18 +199,31 @@ impl ParamStore {
         scatter_add(rows, ids, &mut p.grad)?;
         match &mut p.state {
             GradState::Dense => {}
-            GradState::Rows(r) => r.extend(ids.i32s()?.iter().map(|&i| i as u32)),
-            st @ GradState::Zero => *st = GradState::Rows(ids.i32s()?.iter().map(|&i| i as u32).collect()),
+            GradState::Rows(r) => r.extend(ids.host_i32s()?.iter().map(|&i| i as u32)),
+            st @ GradState::Zero => *st = GradState::Rows(ids.host_i32s()?.iter().map(|&i| i as u32).collect()),
         }
         Ok(())
     }
 
     /// Clear every gradient, touching only the rows a sparse gradient used.
-    pub fn zero_grads(&mut self) {
+    pub fn zero_grads(&mut self) -> Result<()> {
         for p in self.params.values_mut() {
             let width = if p.grad.rank() == 2 { p.grad.dim(1) } else { 1 };
             let state = std::mem::replace(&mut p.state, GradState::Zero);
-            let g = p.grad.f32s_mut().expect("gradients are f32 on the cpu");
+            if let Device::Cuda(_) = p.grad.device() {
+                let g = p.grad.cuda_f32_mut()?;
+                match state {
+                    GradState::Zero => {}
+                    GradState::Dense => g.memset(0)?,
+                    GradState::Rows(rows) => {
+                        let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+                        let ids = g.gpu().upload(&ids)?;
+                        crate::cuda::kernels::zero_rows(g, &ids, width)?;
+                    }
+                }
+                continue;
+            }
+            let g = p.grad.f32s_mut()?;
             match state {
                 GradState::Zero => {}
                 GradState::Dense => g.fill(0.0),
@@ -209,6 +234,26 @@ impl ParamStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The device the weights live on (the CPU for an empty store).
+    pub fn device(&self) -> Device {
+        self.params.values().next().map_or(Device::Cpu, |p| p.value.device())
+    }
+
+    /// Moves every weight and gradient to `device` (a no-op for those already there); every value
+    /// counts as written.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        let t = self.tick();
+        for p in self.params.values_mut() {
+            p.value = p.value.to_device(device)?;
+            if p.grad.numel() > 0 || p.value.numel() == 0 {
+                p.grad = p.grad.to_device(device)?;
+            }
+            p.written.all = t;
+        }
+        Ok(())
     }
 
     /// The weights without gradient buffers (a teacher's copy: forward passes only). Values are
@@ -222,10 +267,16 @@ impl ParamStore {
     /// The weights in buffers of their own (a deep copy), without gradient buffers: a standby
     /// teacher's first fill. Its write history starts at one write of everything.
     pub fn copy_of_weights(&self) -> Result<ParamStore> {
+        self.copy_of_weights_on(self.device())
+    }
+
+    /// [`copy_of_weights`](Self::copy_of_weights) with the copy on `device` (a host copy of GPU
+    /// weights for a checkpoint writer, say).
+    pub fn copy_of_weights_on(&self, device: Device) -> Result<ParamStore> {
         let mut out = ParamStore::new();
         let t = out.tick();
         for (k, p) in &self.params {
-            let value = Tensor::from_f32(p.value.f32s()?.to_vec(), p.value.shape())?;
+            let value = if p.value.device() == device { p.value.deep_copy()? } else { p.value.to_device(device)? };
             out.params.insert(k.clone(), Param { value, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Vec::new() } });
         }
         Ok(out)
@@ -248,6 +299,21 @@ impl ParamStore {
         for (name, p) in self.params.iter_mut() {
             let from = src.param(name)?;
             from.value.expect_shape(&format!("parameter {name:?}"), p.value.shape())?;
+            if (p.value.device(), from.value.device()) != (Device::Cpu, Device::Cpu) {
+                // On a GPU the changed rows are not copied one by one (a driver call per row
+                // would cost more than the bytes): a parameter that changed at all is copied whole,
+                // on the device or across the bus.
+                let changed = match since {
+                    Some(c) => from.written.all > c || from.written.rows.iter().any(|&w| w > c),
+                    None => true,
+                };
+                if changed {
+                    copy_value(&from.value, &mut p.value)?;
+                    copied += p.value.numel();
+                }
+                p.written.all = t;
+                continue;
+            }
             let (dst, srcv) = (p.value.f32s_mut()?, from.value.f32s()?);
             match since {
                 Some(c) if from.written.all <= c && from.value.rank() == 2 => {

@@ -1,12 +1,15 @@
 //! A tensor is a shape, a dtype and storage on one device. Storage is shared (`Arc`) so that the
 //! autograd tape can keep inputs for backward without copying; writing goes through
-//! `Arc::make_mut`, which copies only when the storage is shared.
+//! [`Tensor::f32s_mut`] or [`Tensor::cuda_f32_mut`], which copy only when the storage is shared.
 //!
-//! Moving between devices is explicit. The CPU is the only device until the CUDA backend lands:
-//! `Storage` then gains a `Cuda` variant and every op in `ops/` a match arm for it.
+//! Moving between devices is explicit ([`Tensor::to_device`]); every op in `ops/` dispatches on
+//! the device its inputs share and refuses mixed devices with an error naming both. Scalars that
+//! ops return (losses, sums) come back to the host: they are read there anyway.
 
+use crate::cuda::{self, GpuBuf};
 use crate::{bail, Error, Result};
 use half::bf16;
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -50,12 +53,39 @@ pub enum CpuStorage {
     I32(Vec<i32>),
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum Storage {
-    Cpu(CpuStorage),
+#[derive(Debug)]
+pub enum CudaStorage {
+    F32(GpuBuf<f32>),
+    BF16(GpuBuf<bf16>),
+    I32(GpuBuf<i32>),
 }
 
-#[derive(Clone, PartialEq)]
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(CpuStorage),
+    /// On a GPU. `host` keeps the host copy of an index tensor that was uploaded from the host, so
+    /// that what ops do with ids on the host (bounds checks, the rows a sparse gradient touched,
+    /// the deterministic scatter plan) needs no device-to-host copy and no sync.
+    Cuda { data: CudaStorage, host: Option<Arc<Vec<i32>>> },
+}
+
+impl Storage {
+    fn try_clone(&self) -> Result<Storage> {
+        Ok(match self {
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+            Storage::Cuda { data, host } => Storage::Cuda {
+                data: match data {
+                    CudaStorage::F32(b) => CudaStorage::F32(b.try_clone()?),
+                    CudaStorage::BF16(b) => CudaStorage::BF16(b.try_clone()?),
+                    CudaStorage::I32(b) => CudaStorage::I32(b.try_clone()?),
+                },
+                host: host.clone(),
+            },
+        })
+    }
+}
+
+#[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
     storage: Arc<Storage>,
@@ -69,6 +99,22 @@ impl fmt::Debug for Tensor {
 
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
+}
+
+/// Equal shapes, dtypes and values (GPU tensors are compared on the host; a failed copy is unequal).
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        if self.shape != other.shape || self.dtype() != other.dtype() {
+            return false;
+        }
+        if Arc::ptr_eq(&self.storage, &other.storage) {
+            return true;
+        }
+        match (self.cpu_storage(), other.cpu_storage()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Tensor {
@@ -135,16 +181,121 @@ impl Tensor {
 
     pub fn dtype(&self) -> DType {
         match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(_)) => DType::F32,
-            Storage::Cpu(CpuStorage::BF16(_)) => DType::BF16,
-            Storage::Cpu(CpuStorage::I32(_)) => DType::I32,
+            Storage::Cpu(CpuStorage::F32(_)) | Storage::Cuda { data: CudaStorage::F32(_), .. } => DType::F32,
+            Storage::Cpu(CpuStorage::BF16(_)) | Storage::Cuda { data: CudaStorage::BF16(_), .. } => DType::BF16,
+            Storage::Cpu(CpuStorage::I32(_)) | Storage::Cuda { data: CudaStorage::I32(_), .. } => DType::I32,
         }
     }
 
     pub fn device(&self) -> Device {
         match &*self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda { data: CudaStorage::F32(b), .. } => Device::Cuda(b.gpu().ordinal()),
+            Storage::Cuda { data: CudaStorage::BF16(b), .. } => Device::Cuda(b.gpu().ordinal()),
+            Storage::Cuda { data: CudaStorage::I32(b), .. } => Device::Cuda(b.gpu().ordinal()),
         }
+    }
+
+    /// `shape` of zeros on `device`.
+    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::full_on(shape, 0.0, device)
+    }
+
+    /// `shape` filled with `v` on `device` (filled by a kernel on the GPU).
+    pub fn full_on(shape: &[usize], v: f32, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::full(shape, v)),
+            Device::Cuda(i) => Tensor::from_gpu_f32(cuda::gpu(i)?.full(numel(shape), v)?, shape),
+        }
+    }
+
+    /// An f32 tensor whose values the caller is about to overwrite in full: zeros on the CPU,
+    /// uninitialised memory from the caching allocator on the GPU.
+    pub fn uninit_on(shape: &[usize], device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::zeros(shape)),
+            Device::Cuda(i) => Tensor::from_gpu_f32(cuda::gpu(i)?.alloc::<f32>(numel(shape))?, shape),
+        }
+    }
+
+    fn from_cuda(shape: &[usize], len: usize, data: CudaStorage, host: Option<Arc<Vec<i32>>>) -> Result<Tensor> {
+        if len != numel(shape) {
+            bail!(Shape, "a device buffer of {len} elements does not fill shape {:?} ({} elements)", shape, numel(shape));
+        }
+        Ok(Tensor { shape: shape.to_vec(), storage: Arc::new(Storage::Cuda { data, host }) })
+    }
+
+    /// Wraps a device buffer of exactly `numel(shape)` values.
+    pub fn from_gpu_f32(buf: GpuBuf<f32>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_cuda(shape, buf.len(), CudaStorage::F32(buf), None)
+    }
+
+    pub fn from_gpu_bf16(buf: GpuBuf<bf16>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_cuda(shape, buf.len(), CudaStorage::BF16(buf), None)
+    }
+
+    pub fn from_gpu_i32(buf: GpuBuf<i32>, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_cuda(shape, buf.len(), CudaStorage::I32(buf), None)
+    }
+
+    /// The device buffer of an f32 tensor on the GPU.
+    pub fn cuda_f32(&self) -> Result<&GpuBuf<f32>> {
+        match &*self.storage {
+            Storage::Cuda { data: CudaStorage::F32(b), .. } => Ok(b),
+            _ => bail!(DType, "expected an f32 tensor on a GPU, got {:?} on {}", self.dtype(), self.device()),
+        }
+    }
+
+    pub fn cuda_bf16(&self) -> Result<&GpuBuf<bf16>> {
+        match &*self.storage {
+            Storage::Cuda { data: CudaStorage::BF16(b), .. } => Ok(b),
+            _ => bail!(DType, "expected a bf16 tensor on a GPU, got {:?} on {}", self.dtype(), self.device()),
+        }
+    }
+
+    pub fn cuda_i32(&self) -> Result<&GpuBuf<i32>> {
+        match &*self.storage {
+            Storage::Cuda { data: CudaStorage::I32(b), .. } => Ok(b),
+            _ => bail!(DType, "expected an i32 index tensor on a GPU, got {:?} on {}", self.dtype(), self.device()),
+        }
+    }
+
+    /// Unique access to the storage, copying it first (on its device) if another tensor shares it.
+    fn storage_mut(&mut self) -> Result<&mut Storage> {
+        if Arc::get_mut(&mut self.storage).is_none() {
+            self.storage = Arc::new(self.storage.try_clone()?);
+        }
+        Ok(Arc::get_mut(&mut self.storage).expect("storage is unique after the copy"))
+    }
+
+    /// The device buffer of an f32 GPU tensor, for writing; copies first if the storage is shared.
+    pub fn cuda_f32_mut(&mut self) -> Result<&mut GpuBuf<f32>> {
+        let (dt, dev) = (self.dtype(), self.device());
+        match self.storage_mut()? {
+            Storage::Cuda { data: CudaStorage::F32(b), .. } => Ok(b),
+            _ => bail!(DType, "expected an f32 tensor on a GPU, got {dt:?} on {dev}"),
+        }
+    }
+
+    /// The ids of an index tensor on the host: borrowed on the CPU and for GPU tensors uploaded
+    /// from the host (which keep their host copy), else copied back from the device.
+    pub fn host_i32s(&self) -> Result<Cow<'_, [i32]>> {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::I32(v)) => Ok(Cow::Borrowed(v)),
+            Storage::Cuda { host: Some(h), .. } => Ok(Cow::Borrowed(h.as_slice())),
+            Storage::Cuda { data: CudaStorage::I32(b), .. } => Ok(Cow::Owned(b.download()?)),
+            _ => bail!(DType, "expected an i32 index tensor, got {:?} on {}", self.dtype(), self.device()),
+        }
+    }
+
+    /// The values as host storage (a copy from the device for GPU tensors).
+    fn cpu_storage(&self) -> Result<Cow<'_, CpuStorage>> {
+        Ok(match &*self.storage {
+            Storage::Cpu(c) => Cow::Borrowed(c),
+            Storage::Cuda { data: CudaStorage::F32(b), .. } => Cow::Owned(CpuStorage::F32(b.download()?)),
+            Storage::Cuda { data: CudaStorage::BF16(b), .. } => Cow::Owned(CpuStorage::BF16(b.download()?)),
+            Storage::Cuda { data: CudaStorage::I32(b), .. } => Cow::Owned(CpuStorage::I32(b.download()?)),
+        })
     }
 
     pub fn storage(&self) -> &Storage {
@@ -159,6 +310,11 @@ impl Tensor {
         Ok(Tensor { shape: shape.to_vec(), storage: self.storage.clone() })
     }
 
+    /// A copy in buffers of its own, on the same device.
+    pub fn deep_copy(&self) -> Result<Tensor> {
+        Ok(Tensor { shape: self.shape.clone(), storage: Arc::new(self.storage.try_clone()?) })
+    }
+
     /// The f32 values of a CPU tensor.
     pub fn f32s(&self) -> Result<&[f32]> {
         match &*self.storage {
@@ -170,7 +326,10 @@ impl Tensor {
     /// Mutable f32 values; copies the storage first if another tensor shares it.
     pub fn f32s_mut(&mut self) -> Result<&mut [f32]> {
         let (dt, dev) = (self.dtype(), self.device());
-        match Arc::make_mut(&mut self.storage) {
+        if dev != Device::Cpu {
+            bail!(DType, "expected an f32 tensor on the cpu, got {dt:?} on {dev}");
+        }
+        match self.storage_mut()? {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(v),
             _ => bail!(DType, "expected an f32 tensor on the cpu, got {dt:?} on {dev}"),
         }
@@ -192,15 +351,20 @@ impl Tensor {
 
     /// A copy of the values as f32 (bf16 widened exactly).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(v)) => Ok(v.clone()),
-            Storage::Cpu(CpuStorage::BF16(v)) => Ok(v.iter().map(|x| x.to_f32()).collect()),
-            Storage::Cpu(CpuStorage::I32(_)) => bail!(DType, "index tensor {:?} has no f32 values", self.shape),
+        match &*self.cpu_storage()? {
+            CpuStorage::F32(v) => Ok(v.clone()),
+            CpuStorage::BF16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+            CpuStorage::I32(_) => bail!(DType, "index tensor {:?} has no f32 values", self.shape),
         }
     }
 
-    /// Round to bf16 (nearest even), the tensor cores' operand format.
+    /// Round to bf16 (nearest even), the tensor cores' operand format; on the tensor's device.
     pub fn to_bf16(&self) -> Result<Tensor> {
+        if let Storage::Cuda { data: CudaStorage::F32(b), .. } = &*self.storage {
+            let mut out = b.gpu().alloc::<bf16>(b.len())?;
+            cuda::kernels::f32_to_bf16(b, &mut out)?;
+            return Tensor::from_gpu_bf16(out, &self.shape);
+        }
         let v = self.f32s()?;
         Ok(Tensor::new(&self.shape, CpuStorage::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect())))
     }
@@ -213,14 +377,23 @@ impl Tensor {
         Ok(self.to_vec_f32()?[0])
     }
 
-    /// Copy to a device. Only the CPU exists until the CUDA backend lands.
+    /// This tensor on `device`: itself (shared) when it is already there, else a copy. An index
+    /// tensor uploaded from the host keeps its host copy (see [`Storage::Cuda`]).
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
         match device {
-            Device::Cpu => Ok(self.clone()),
-            Device::Cuda(_) => Err(Error::Device(format!(
-                "tensors do not live on the GPU yet (the kernels run on codistill::cuda::GpuBuf); cannot move {:?} to {device}",
-                self.shape
-            ))),
+            Device::Cpu => Ok(Tensor::new(&self.shape, self.cpu_storage()?.into_owned())),
+            Device::Cuda(i) => {
+                let gpu = cuda::gpu(i).map_err(|e| Error::Device(format!("cannot move a {:?} tensor to {device}: {e}", self.shape)))?;
+                let n = self.numel();
+                match &*self.cpu_storage()? {
+                    CpuStorage::F32(v) => Tensor::from_cuda(&self.shape, n, CudaStorage::F32(gpu.upload(v)?), None),
+                    CpuStorage::BF16(v) => Tensor::from_cuda(&self.shape, n, CudaStorage::BF16(gpu.upload(v)?), None),
+                    CpuStorage::I32(v) => Tensor::from_cuda(&self.shape, n, CudaStorage::I32(gpu.upload(v)?), Some(Arc::new(v.clone()))),
+                }
+            }
         }
     }
 

@@ -28,7 +28,7 @@ fn gradcheck(what: &str, store: ParamStore, build: impl Fn(&mut Graph, &ParamSto
     let mut rng = Rng::new(0xC0FFEE);
     // Analytic: backward of sum(out * R).
     let mut analytic = store.clone();
-    analytic.zero_grads();
+    analytic.zero_grads().unwrap();
     let mut g = Graph::new();
     let out = build(&mut g, &analytic).unwrap();
     let r = Tensor::randn(g.value(out).shape(), 1.0, &mut rng);

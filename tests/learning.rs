@@ -49,7 +49,7 @@ fn lstm_language_model_learns_markov_source_well_below_unigram_entropy() {
             let mut g = Graph::new();
             let (loss, next) = model.loss(&mut g, &s, &x, &y, &state, steps);
             state = next;
-            s.zero_grads();
+            s.zero_grads().unwrap();
             let grads = g.backward(loss).unwrap();
             g.accumulate_grads(&grads, &mut s).unwrap();
             opt.step(&mut s, if epoch == 0 { 1e-2 } else { 3e-3 }, Some(5.0)).unwrap();
@@ -125,7 +125,7 @@ fn embedding_mlp_learns_click_log_to_near_bayes_log_loss() {
             let mut g = Graph::new();
             let (logit, labels) = forward(&mut g, &s, chunk);
             let loss = g.bce_with_logits(logit, &labels).unwrap();
-            s.zero_grads();
+            s.zero_grads().unwrap();
             let grads = g.backward(loss).unwrap();
             g.accumulate_grads(&grads, &mut s).unwrap();
             opt.step(&mut s, [3e-3, 3e-3, 1e-3, 3e-4, 1e-4][epoch], None).unwrap();

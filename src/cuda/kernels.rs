@@ -3,7 +3,7 @@
 //! return; `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are
 //! checked here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
-use super::{Gpu, GpuBuf};
+use super::{Dev, Gpu, GpuBuf};
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::softmax_kl::{DistillLoss, DistillParams};
 use crate::{bail, Error, Result};
@@ -32,21 +32,21 @@ fn elems(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn need<T: Copy>(what: &str, b: &GpuBuf<T>, n: usize) -> Result<()> {
+fn need<T: Copy>(what: &str, b: &impl Dev<T>, n: usize) -> Result<()> {
     if b.len() < n {
         bail!(Shape, "{what} holds {} elements on the device, the kernel needs {n}", b.len());
     }
     Ok(())
 }
 
-fn same_gpu<A: Copy, B: Copy>(a: &GpuBuf<A>, b: &GpuBuf<B>) -> Result<()> {
+fn same_gpu<A: Copy, B: Copy>(a: &impl Dev<A>, b: &impl Dev<B>) -> Result<()> {
     if !Arc::ptr_eq(a.gpu(), b.gpu()) {
         bail!(Device, "buffers on cuda:{} and cuda:{}", a.gpu().ordinal(), b.gpu().ordinal());
     }
     Ok(())
 }
 
-pub fn fill(x: &mut GpuBuf<f32>, v: f32) -> Result<()> {
+pub fn fill(x: &mut impl Dev<f32>, v: f32) -> Result<()> {
     let (p, n) = (x.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "fill_f32", elems(x.len()); p, v, n);
     Ok(())
@@ -61,12 +61,12 @@ pub fn gemm_f32(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &GpuBuf<f32>,
+    a: &impl Dev<f32>,
     trans_a: bool,
-    b: &GpuBuf<f32>,
+    b: &impl Dev<f32>,
     trans_b: bool,
     beta: f32,
-    c: &mut GpuBuf<f32>,
+    c: &mut impl Dev<f32>,
 ) -> Result<()> {
     need("A", a, m * k)?;
     need("B", b, k * n)?;
@@ -92,12 +92,12 @@ pub fn gemm_bf16(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &GpuBuf<bf16>,
+    a: &impl Dev<bf16>,
     trans_a: bool,
-    b: &GpuBuf<bf16>,
+    b: &impl Dev<bf16>,
     trans_b: bool,
     beta: f32,
-    c: &mut GpuBuf<f32>,
+    c: &mut impl Dev<f32>,
 ) -> Result<()> {
     need("A", a, m * k)?;
     need("B", b, k * n)?;
@@ -135,7 +135,7 @@ pub fn gemm_bf16(
 // ---- embedding ----------------------------------------------------------------------------------
 
 /// `out[r] = table[ids[r]]`; twin of `gather_cpu`. Ids must already be checked against `vocab`.
-pub fn gather(table: &GpuBuf<f32>, vocab: usize, dim: usize, ids: &GpuBuf<i32>, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn gather(table: &impl Dev<f32>, vocab: usize, dim: usize, ids: &impl Dev<i32>, out: &mut impl Dev<f32>) -> Result<()> {
     need("table", table, vocab * dim)?;
     need("out", out, ids.len() * dim)?;
     same_gpu(table, ids)?;
@@ -176,12 +176,12 @@ pub fn sorted_segments(ids: &[i32]) -> (Vec<i32>, Vec<i32>) {
 /// `dtable[ids[r]] += dout[r]`; twin of `scatter_add_cpu`. `host_ids` (the same ids, on the host)
 /// is needed for `Deterministic`.
 pub fn scatter_add(
-    dout: &GpuBuf<f32>,
+    dout: &impl Dev<f32>,
     vocab: usize,
     dim: usize,
-    ids: &GpuBuf<i32>,
+    ids: &impl Dev<i32>,
     host_ids: Option<&[i32]>,
-    dtable: &mut GpuBuf<f32>,
+    dtable: &mut impl Dev<f32>,
     mode: ScatterMode,
 ) -> Result<()> {
     need("dtable", dtable, vocab * dim)?;
@@ -211,13 +211,13 @@ pub fn scatter_add(
 /// The deterministic scatter-add with its plan (`sorted_segments` of the same ids) already on the
 /// device: a trainer that knows its ids ahead builds the plan off the compute path.
 pub fn scatter_add_planned(
-    dout: &GpuBuf<f32>,
+    dout: &impl Dev<f32>,
     vocab: usize,
     dim: usize,
-    ids: &GpuBuf<i32>,
-    order: &GpuBuf<i32>,
-    starts: &GpuBuf<i32>,
-    dtable: &mut GpuBuf<f32>,
+    ids: &impl Dev<i32>,
+    order: &impl Dev<i32>,
+    starts: &impl Dev<i32>,
+    dtable: &mut impl Dev<f32>,
 ) -> Result<()> {
     need("dtable", dtable, vocab * dim)?;
     need("dout", dout, ids.len() * dim)?;
@@ -237,7 +237,7 @@ pub fn scatter_add_planned(
 // ---- LSTM cell ----------------------------------------------------------------------------------
 
 /// Twin of `lstm::cell_forward_cpu`: gates `[B, 4H]` in place, writes c and h `[B, H]`.
-pub fn lstm_cell_fwd(gates: &mut GpuBuf<f32>, c_prev: &GpuBuf<f32>, c: &mut GpuBuf<f32>, h: &mut GpuBuf<f32>, batch: usize, hidden: usize) -> Result<()> {
+pub fn lstm_cell_fwd(gates: &mut impl Dev<f32>, c_prev: &impl Dev<f32>, c: &mut impl Dev<f32>, h: &mut impl Dev<f32>, batch: usize, hidden: usize) -> Result<()> {
     need("gates", gates, batch * 4 * hidden)?;
     need("c_prev", c_prev, batch * hidden)?;
     need("c", c, batch * hidden)?;
@@ -249,12 +249,12 @@ pub fn lstm_cell_fwd(gates: &mut GpuBuf<f32>, c_prev: &GpuBuf<f32>, c: &mut GpuB
 
 /// Twin of `lstm::cell_backward_cpu`.
 #[allow(clippy::too_many_arguments)]
-pub fn lstm_cell_bwd(act: &GpuBuf<f32>, c_prev: &GpuBuf<f32>, c: &GpuBuf<f32>, dh: &GpuBuf<f32>, dc: &mut GpuBuf<f32>, dgates: &mut GpuBuf<f32>, batch: usize, hidden: usize) -> Result<()> {
+pub fn lstm_cell_bwd(act: &impl Dev<f32>, c_prev: &impl Dev<f32>, c: &impl Dev<f32>, dh: &impl Dev<f32>, dc: &mut impl Dev<f32>, dgates: &mut impl Dev<f32>, batch: usize, hidden: usize) -> Result<()> {
     need("act", act, batch * 4 * hidden)?;
     need("dgates", dgates, batch * 4 * hidden)?;
-    for (w, x) in [("c_prev", c_prev), ("c", c), ("dh", dh)] {
-        need(w, x, batch * hidden)?;
-    }
+    need("c_prev", c_prev, batch * hidden)?;
+    need("c", c, batch * hidden)?;
+    need("dh", dh, batch * hidden)?;
     need("dc", dc, batch * hidden)?;
     let (pa, pcp, pc, pdh, pdc, pdg, b, hd) = (act.ptr(), c_prev.ptr(), c.ptr(), dh.ptr(), dc.ptr(), dgates.ptr(), batch as i32, hidden as i32);
     launch!(act.gpu(), "lstm", "lstm_cell_bwd", elems(batch * hidden); pa, pcp, pc, pdh, pdc, pdg, b, hd);
@@ -278,13 +278,13 @@ const SOFTMAX_KL_CACHE_MAX: usize = 200 * 1024;
 /// Twin of `softmax_kl_cpu`: writes `grad [rows, cols]` and returns the loss parts (per-row values
 /// from the device, summed in f64 on the host in row order).
 pub fn softmax_kl(
-    student: &GpuBuf<f32>,
+    student: &impl Dev<f32>,
     teachers: &[&GpuBuf<f32>],
     labels: Option<&GpuBuf<i32>>,
     rows: usize,
     cols: usize,
     p: DistillParams,
-    grad: &mut GpuBuf<f32>,
+    grad: &mut impl Dev<f32>,
 ) -> Result<DistillLoss> {
     if teachers.len() > MAX_TEACHERS {
         bail!(Invalid, "{} teachers; one softmax-KL launch averages at most {MAX_TEACHERS}", teachers.len());
@@ -296,7 +296,7 @@ pub fn softmax_kl(
     need("grad", grad, rows * cols)?;
     let mut tp = TeacherPtrs([0; MAX_TEACHERS]);
     for (i, t) in teachers.iter().enumerate() {
-        need("teacher", t, rows * cols)?;
+        need("teacher", *t, rows * cols)?;
         tp.0[i] = t.ptr();
     }
     if let Some(y) = labels {
@@ -350,14 +350,14 @@ fn unary_code(op: Unary) -> (i32, f32) {
     }
 }
 
-pub fn unary(op: Unary, x: &GpuBuf<f32>, y: &mut GpuBuf<f32>) -> Result<()> {
+pub fn unary(op: Unary, x: &impl Dev<f32>, y: &mut impl Dev<f32>) -> Result<()> {
     need("y", y, x.len())?;
     let ((code, s), px, py, n) = (unary_code(op), x.ptr(), y.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "unary_fwd", elems(x.len()); code, s, px, py, n);
     Ok(())
 }
 
-pub fn unary_backward(op: Unary, x: &GpuBuf<f32>, y: &GpuBuf<f32>, dy: &GpuBuf<f32>, dx: &mut GpuBuf<f32>) -> Result<()> {
+pub fn unary_backward(op: Unary, x: &impl Dev<f32>, y: &impl Dev<f32>, dy: &impl Dev<f32>, dx: &mut impl Dev<f32>) -> Result<()> {
     let n = x.len();
     need("y", y, n)?;
     need("dy", dy, n)?;
@@ -367,7 +367,7 @@ pub fn unary_backward(op: Unary, x: &GpuBuf<f32>, y: &GpuBuf<f32>, dy: &GpuBuf<f
     Ok(())
 }
 
-pub fn binary(op: Binary, a: &GpuBuf<f32>, b: &GpuBuf<f32>, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn binary(op: Binary, a: &impl Dev<f32>, b: &impl Dev<f32>, out: &mut impl Dev<f32>) -> Result<()> {
     let n = a.len();
     need("b", b, n)?;
     need("out", out, n)?;
@@ -381,7 +381,7 @@ pub fn binary(op: Binary, a: &GpuBuf<f32>, b: &GpuBuf<f32>, out: &mut GpuBuf<f32
     Ok(())
 }
 
-pub fn add_row_bias(x: &GpuBuf<f32>, bias: &GpuBuf<f32>, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn add_row_bias(x: &impl Dev<f32>, bias: &impl Dev<f32>, out: &mut impl Dev<f32>) -> Result<()> {
     let (n, d) = (x.len(), bias.len());
     if d == 0 || n % d != 0 {
         bail!(Shape, "{n} elements are not rows of a {d}-wide bias");
@@ -393,21 +393,21 @@ pub fn add_row_bias(x: &GpuBuf<f32>, bias: &GpuBuf<f32>, out: &mut GpuBuf<f32>) 
 }
 
 /// `a += alpha * b`.
-pub fn axpy(alpha: f32, b: &GpuBuf<f32>, a: &mut GpuBuf<f32>) -> Result<()> {
+pub fn axpy(alpha: f32, b: &impl Dev<f32>, a: &mut impl Dev<f32>) -> Result<()> {
     need("b", b, a.len())?;
     let (pb, pa, n) = (b.ptr(), a.ptr(), a.len() as i64);
     launch!(a.gpu(), "elementwise", "axpy", elems(a.len()); alpha, pb, pa, n);
     Ok(())
 }
 
-pub fn f32_to_bf16(x: &GpuBuf<f32>, y: &mut GpuBuf<bf16>) -> Result<()> {
+pub fn f32_to_bf16(x: &impl Dev<f32>, y: &mut impl Dev<bf16>) -> Result<()> {
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "f32_to_bf16", elems(x.len()); px, py, n);
     Ok(())
 }
 
-pub fn bf16_to_f32(x: &GpuBuf<bf16>, y: &mut GpuBuf<f32>) -> Result<()> {
+pub fn bf16_to_f32(x: &impl Dev<bf16>, y: &mut impl Dev<f32>) -> Result<()> {
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "bf16_to_f32", elems(x.len()); px, py, n);
@@ -415,7 +415,7 @@ pub fn bf16_to_f32(x: &GpuBuf<bf16>, y: &mut GpuBuf<f32>) -> Result<()> {
 }
 
 /// Twin of `dropout_cpu` (the same counter-based mask, bit for bit).
-pub fn dropout(x: &GpuBuf<f32>, p: f32, seed: u64, y: &mut GpuBuf<f32>) -> Result<()> {
+pub fn dropout(x: &impl Dev<f32>, p: f32, seed: u64, y: &mut impl Dev<f32>) -> Result<()> {
     if !(0.0..1.0).contains(&p) {
         bail!(Invalid, "dropout probability must be in [0, 1), got {p}");
     }
@@ -429,7 +429,7 @@ pub fn dropout(x: &GpuBuf<f32>, p: f32, seed: u64, y: &mut GpuBuf<f32>) -> Resul
 
 const SUM_BLOCKS: usize = 264;
 
-fn sum_impl(x: &GpuBuf<f32>, squares: i32) -> Result<f64> {
+fn sum_impl(x: &impl Dev<f32>, squares: i32) -> Result<f64> {
     let gpu = x.gpu().clone();
     let parts = gpu.alloc::<f64>(SUM_BLOCKS)?;
     let out = gpu.alloc::<f64>(1)?;
@@ -442,17 +442,17 @@ fn sum_impl(x: &GpuBuf<f32>, squares: i32) -> Result<f64> {
 }
 
 /// Twin of `sum_cpu` (accumulates in f64; deterministic).
-pub fn sum(x: &GpuBuf<f32>) -> Result<f64> {
+pub fn sum(x: &impl Dev<f32>) -> Result<f64> {
     sum_impl(x, 0)
 }
 
 /// Twin of `sum_squares_cpu`.
-pub fn sum_squares(x: &GpuBuf<f32>) -> Result<f64> {
+pub fn sum_squares(x: &impl Dev<f32>) -> Result<f64> {
     sum_impl(x, 1)
 }
 
 /// Twin of `sum_rows_cpu`: column sums of `x [rows, d]` into `out [d]`, `out = beta*out + sum`.
-pub fn sum_rows(x: &GpuBuf<f32>, rows: usize, d: usize, beta: f32, out: &mut GpuBuf<f32>) -> Result<()> {
+pub fn sum_rows(x: &impl Dev<f32>, rows: usize, d: usize, beta: f32, out: &mut impl Dev<f32>) -> Result<()> {
     need("x", x, rows * d)?;
     need("out", out, d)?;
     if d == 0 {
@@ -472,7 +472,7 @@ pub fn sum_rows(x: &GpuBuf<f32>, rows: usize, d: usize, beta: f32, out: &mut Gpu
 // ---- optimizers ---------------------------------------------------------------------------------
 
 /// The rows a row-sparse gradient covers, or None for a dense one; returns (rows ptr, elements).
-fn sparse_args(w: &GpuBuf<f32>, grad: &GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, dim: usize) -> Result<(u64, i64)> {
+fn sparse_args(w: &impl Dev<f32>, grad: &impl Dev<f32>, rows: Option<&GpuBuf<i32>>, dim: usize) -> Result<(u64, i64)> {
     match rows {
         None => {
             need("grad", grad, w.len())?;
@@ -487,7 +487,7 @@ fn sparse_args(w: &GpuBuf<f32>, grad: &GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, 
 
 /// Twin of `sgd_cpu`; with `rows`, a lazy row-sparse update (grad holds rows.len() x dim values).
 #[allow(clippy::too_many_arguments)]
-pub fn sgd(w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, vel: &mut GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, momentum: f32, weight_decay: f32, scale: f32) -> Result<()> {
+pub fn sgd(w: &mut impl Dev<f32>, grad: &impl Dev<f32>, vel: &mut impl Dev<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, momentum: f32, weight_decay: f32, scale: f32) -> Result<()> {
     need("velocity", vel, w.len())?;
     let (pr, n) = sparse_args(w, grad, rows, dim)?;
     let (pw, pg, pv, d) = (w.ptr(), grad.ptr(), vel.ptr(), dim.max(1) as i32);
@@ -497,7 +497,7 @@ pub fn sgd(w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, vel: &mut GpuBuf<f32>, rows:
 
 /// Twin of `adagrad_cpu`.
 #[allow(clippy::too_many_arguments)]
-pub fn adagrad(w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, accum: &mut GpuBuf<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, eps: f32, scale: f32) -> Result<()> {
+pub fn adagrad(w: &mut impl Dev<f32>, grad: &impl Dev<f32>, accum: &mut impl Dev<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, eps: f32, scale: f32) -> Result<()> {
     need("accumulator", accum, w.len())?;
     let (pr, n) = sparse_args(w, grad, rows, dim)?;
     let (pw, pg, pa, d) = (w.ptr(), grad.ptr(), accum.ptr(), dim.max(1) as i32);
@@ -508,10 +508,10 @@ pub fn adagrad(w: &mut GpuBuf<f32>, grad: &GpuBuf<f32>, accum: &mut GpuBuf<f32>,
 /// Twin of `adam_cpu` (bias corrections computed on the host exactly as there).
 #[allow(clippy::too_many_arguments)]
 pub fn adam(
-    w: &mut GpuBuf<f32>,
-    grad: &GpuBuf<f32>,
-    m: &mut GpuBuf<f32>,
-    v: &mut GpuBuf<f32>,
+    w: &mut impl Dev<f32>,
+    grad: &impl Dev<f32>,
+    m: &mut impl Dev<f32>,
+    v: &mut impl Dev<f32>,
     rows: Option<&GpuBuf<i32>>,
     dim: usize,
     lr: f32,
@@ -535,3 +535,31 @@ pub fn adam(
 /// Keeps `Gpu` in scope for doc links.
 #[allow(dead_code)]
 fn _gpu(_: &Gpu) {}
+
+// ---- losses and gradient bookkeeping -------------------------------------------------------------
+
+/// Twin of `loss::bce_with_logits_cpu`: writes `grad` and returns the mean loss (per-element losses
+/// summed in f64 by the deterministic reduction). Targets must already be checked to lie in [0, 1].
+pub fn bce_logits(x: &impl Dev<f32>, y: &impl Dev<f32>, grad: &mut impl Dev<f32>) -> Result<f64> {
+    let n = x.len();
+    need("targets", y, n)?;
+    need("grad", grad, n)?;
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let gpu = x.gpu().clone();
+    let loss = gpu.alloc::<f32>(n)?;
+    let (px, py, pg, pl, n64, inv_n) = (x.ptr(), y.ptr(), grad.ptr(), loss.ptr(), n as i64, 1.0 / n as f32);
+    launch!(gpu, "elementwise", "bce_logits", elems(n); px, py, pg, pl, n64, inv_n);
+    Ok(sum(&loss)? / n as f64)
+}
+
+/// `t[rows[r], :] = 0`: clears the rows of a `[*, dim]` table that a row-sparse gradient touched.
+pub fn zero_rows(t: &mut impl Dev<f32>, rows: &impl Dev<i32>, dim: usize) -> Result<()> {
+    if rows.is_empty() || dim == 0 {
+        return Ok(());
+    }
+    let (pt, pr, nr, d) = (t.ptr(), rows.ptr(), rows.len() as i64, dim as i32);
+    launch!(t.gpu(), "elementwise", "zero_rows", elems(rows.len() * dim); pt, pr, nr, d);
+    Ok(())
+}

@@ -61,6 +61,42 @@ pub fn probe() -> Result<usize> {
         .map_err(Error::Device)
 }
 
+static DETERMINISTIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static MATMUL_F32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether GPU ops must give bitwise-identical results run to run (process-wide; off by default).
+/// On: the embedding backward adds rows that share an id in position order (a host-sorted plan,
+/// bitwise the CPU twin). Off: it uses atomics, faster, with run-to-run rounding differences.
+pub fn set_deterministic(on: bool) {
+    DETERMINISTIC.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn deterministic() -> bool {
+    DETERMINISTIC.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How f32 matrix products run on the GPU (process-wide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// Operands rounded to bf16, products on the tensor cores, fp32 accumulation (the default;
+    /// about 1e-2 relative to the fp32 product, like TF32 or bf16 autocast in PyTorch).
+    Bf16,
+    /// fp32 on the CUDA cores: the exact path, for checking (several times slower).
+    F32,
+}
+
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    MATMUL_F32.store(p == MatmulPrecision::F32, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn matmul_precision() -> MatmulPrecision {
+    if MATMUL_F32.load(std::sync::atomic::Ordering::Relaxed) {
+        MatmulPrecision::F32
+    } else {
+        MatmulPrecision::Bf16
+    }
+}
+
 /// Allocator counters: device allocations made, and requests served from the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocStats {
@@ -230,6 +266,7 @@ impl Gpu {
         if !data.is_empty() {
             // SAFETY: the buffer holds at least data.len() elements; pageable source memory is
             // staged by the driver before the call returns.
+            self.ctx.bind_to_thread()?;
             unsafe { result::memcpy_htod_async(b.ptr, data, self.stream.cu_stream())? };
         }
         Ok(b)
@@ -241,6 +278,70 @@ impl Gpu {
         kernels::fill(&mut b, v)?;
         Ok(b)
     }
+}
+
+/// A device range a kernel reads or writes: a whole [`GpuBuf`] or a [`Slice`] of one. Launchers
+/// take `&impl Dev<T>` for inputs and `&mut impl Dev<T>` for outputs and check `len` against what
+/// the kernel touches.
+pub trait Dev<T: Copy> {
+    /// The device address of the first element.
+    fn ptr(&self) -> u64;
+    fn len(&self) -> usize;
+    fn gpu(&self) -> &Arc<Gpu>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Copy> Dev<T> for GpuBuf<T> {
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
+
+/// Elements `start .. start + len` of a buffer, as a kernel argument. Made from a shared borrow so
+/// that an op can hand disjoint ranges of one buffer to a kernel as input and output (the LSTM
+/// reads h_{t-1} and writes h_t in the same output buffer); the op keeps writes disjoint from
+/// every other range it passes at the same time.
+pub struct Slice<'a, T> {
+    buf: &'a GpuBuf<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy> Dev<T> for Slice<'_, T> {
+    fn ptr(&self) -> u64 {
+        self.buf.ptr + (self.start * std::mem::size_of::<T>()) as u64
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn gpu(&self) -> &Arc<Gpu> {
+        &self.buf.gpu
+    }
+}
+
+/// `dst = src` on the compute stream (equal lengths, one device).
+pub fn copy<T: Copy>(src: &impl Dev<T>, dst: &mut impl Dev<T>) -> Result<()> {
+    if src.len() != dst.len() {
+        bail!(Shape, "device copy of {} elements into a range of {}", src.len(), dst.len());
+    }
+    if !Arc::ptr_eq(src.gpu(), dst.gpu()) {
+        bail!(Device, "device copy from cuda:{} to cuda:{}", src.gpu().ordinal, dst.gpu().ordinal);
+    }
+    let bytes = src.len() * std::mem::size_of::<T>();
+    if bytes > 0 {
+        // SAFETY: both ranges hold `bytes` bytes (lengths checked by their constructors).
+        dst.gpu().ctx.bind_to_thread()?;
+        unsafe { result::memcpy_dtod_async(dst.ptr(), src.ptr(), bytes, dst.gpu().stream.cu_stream())? };
+    }
+    Ok(())
 }
 
 /// A typed device buffer from the caching allocator; returned to the cache when dropped.
@@ -296,6 +397,7 @@ impl<T: Copy> GpuBuf<T> {
         unsafe {
             v.set_len(self.len);
             if self.len > 0 {
+                self.gpu.ctx.bind_to_thread()?;
                 result::memcpy_dtoh_async(&mut v[..], self.ptr, self.gpu.stream.cu_stream())?;
             }
         }
@@ -309,7 +411,32 @@ impl<T: Copy> GpuBuf<T> {
             bail!(Shape, "copy of {} elements into a device buffer of {}", data.len(), self.len);
         }
         if !data.is_empty() {
+            self.gpu.ctx.bind_to_thread()?;
             unsafe { result::memcpy_htod_async(self.ptr, data, self.gpu.stream.cu_stream())? };
+        }
+        Ok(())
+    }
+
+    /// Elements `start .. start + len` as a kernel argument (see [`Slice`]).
+    pub fn slice(&self, start: usize, len: usize) -> Result<Slice<'_, T>> {
+        if start + len > self.len {
+            bail!(Shape, "device range {start}..{} of a buffer of {}", start + len, self.len);
+        }
+        Ok(Slice { buf: self, start, len })
+    }
+
+    /// Copies `src` (same length, same device) into this buffer on the compute stream.
+    pub fn copy_from(&mut self, src: &GpuBuf<T>) -> Result<()> {
+        if src.len != self.len {
+            bail!(Shape, "device copy of {} elements into a buffer of {}", src.len, self.len);
+        }
+        if !Arc::ptr_eq(&self.gpu, &src.gpu) {
+            bail!(Device, "device copy from cuda:{} to cuda:{}", src.gpu.ordinal, self.gpu.ordinal);
+        }
+        let bytes = self.len * std::mem::size_of::<T>();
+        if bytes > 0 {
+            self.gpu.ctx.bind_to_thread()?;
+            unsafe { result::memcpy_dtod_async(self.ptr, src.ptr, bytes, self.gpu.stream.cu_stream())? };
         }
         Ok(())
     }
@@ -319,6 +446,7 @@ impl<T: Copy> GpuBuf<T> {
         let b = self.gpu.alloc::<T>(self.len)?;
         let bytes = self.len * std::mem::size_of::<T>();
         if bytes > 0 {
+            self.gpu.ctx.bind_to_thread()?;
             unsafe { result::memcpy_dtod_async(b.ptr, self.ptr, bytes, self.gpu.stream.cu_stream())? };
         }
         Ok(b)
@@ -328,6 +456,7 @@ impl<T: Copy> GpuBuf<T> {
     pub fn memset(&mut self, byte: u8) -> Result<()> {
         let bytes = self.len * std::mem::size_of::<T>();
         if bytes > 0 {
+            self.gpu.ctx.bind_to_thread()?;
             unsafe { result::memset_d8_async(self.ptr, byte, bytes, self.gpu.stream.cu_stream())? };
         }
         Ok(())

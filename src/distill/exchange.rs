@@ -11,6 +11,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::params::{ParamStore, WriteMark};
+use crate::tensor::Device;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -103,6 +104,9 @@ pub struct DirExchange {
     stop: Arc<Mutex<bool>>,
     /// Messages from the background threads (write failures, refused files), drained by `warnings`.
     notes: Arc<Mutex<Vec<String>>>,
+    /// Where the trainer's weights live: peers' snapshots are read on the host and moved here when
+    /// they are swapped in.
+    device: Device,
 }
 
 impl DirExchange {
@@ -159,7 +163,7 @@ impl DirExchange {
                 std::thread::sleep(poll);
             }
         });
-        Ok(DirExchange { writer: Some(tx), pool, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes })
+        Ok(DirExchange { writer: Some(tx), pool, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes, device: template.device() })
     }
 
     /// Messages from the background threads since the last call.
@@ -196,7 +200,8 @@ impl Exchange for DirExchange {
                         b.copy_weights_from(params)?;
                         b
                     }
-                    Err(_) => fresh_snapshot(0, step, params)?.params,
+                    // The writer's buffers live on the host, whatever device trains.
+                    Err(_) => params.copy_of_weights_on(Device::Cpu)?,
                 };
                 tx.send((step, buf)).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into()))
             }
@@ -208,7 +213,15 @@ impl Exchange for DirExchange {
         // The swap: take a newer standby snapshot if the reader has one; never wait for the reader.
         if let Ok(mut slots) = self.standby.try_lock() {
             if let Some(s) = slots[peer].take() {
-                self.active[peer] = Some(s);
+                if s.params.device() == self.device {
+                    self.active[peer] = Some(s);
+                } else {
+                    let mut params = s.params.clone();
+                    match params.to_device(self.device) {
+                        Ok(()) => self.active[peer] = Some(Arc::new(Snapshot { rank: s.rank, step: s.step, params })),
+                        Err(e) => self.notes.lock().unwrap().push(format!("peer {peer}'s step {} snapshot could not be moved to {}: {e}", s.step, self.device)),
+                    }
+                }
             }
         }
         self.active[peer].clone()
@@ -276,7 +289,7 @@ mod tests {
         let mut x = InProcess::new(2);
         for publish in 0..12u64 {
             for _ in 0..3 {
-                own.zero_grads();
+                own.zero_grads().unwrap();
                 let ids: Vec<i32> = (0..20).map(|_| (rng.next_u64() % rows as u64) as i32).collect();
                 let g = Tensor::randn(&[20, width], 1.0, &mut rng);
                 own.accumulate_rows("table", &Tensor::from_i32(ids, &[20]).unwrap(), &g).unwrap();

@@ -4,6 +4,7 @@
 //! and backward recomputes it instead of storing it.
 
 use crate::rng::hash_uniform;
+use crate::cuda::kernels as gpu;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -34,7 +35,12 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
             dropout_cpu(xv, p, seed, &mut y);
             Tensor::from_f32(y, x.shape())
         }
-        d => bail!(Device, "dropout has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            let xb = x.cuda_f32()?;
+            let mut y = xb.gpu().alloc::<f32>(xb.len())?;
+            gpu::dropout(xb, p, seed, &mut y)?;
+            Tensor::from_gpu_f32(y, x.shape())
+        }
     }
 }
 

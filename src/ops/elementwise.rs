@@ -2,6 +2,7 @@
 //! and the row-broadcast bias add. One opcode enum per arity, so that the GPU has one kernel per
 //! arity that switches on the opcode.
 
+use crate::cuda::kernels as gpu;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -111,7 +112,12 @@ pub fn unary(op: Unary, x: &Tensor) -> Result<Tensor> {
             unary_cpu(op, xv, &mut y);
             Tensor::from_f32(y, x.shape())
         }
-        d => bail!(Device, "{op:?} has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            let xb = x.cuda_f32()?;
+            let mut y = xb.gpu().alloc::<f32>(xb.len())?;
+            gpu::unary(op, xb, &mut y)?;
+            Tensor::from_gpu_f32(y, x.shape())
+        }
     }
 }
 
@@ -123,7 +129,12 @@ pub fn unary_backward(op: Unary, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<
             unary_backward_cpu(op, x.f32s()?, y.f32s()?, dy.f32s()?, &mut dx);
             Tensor::from_f32(dx, x.shape())
         }
-        d => bail!(Device, "{op:?} backward has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            let xb = x.cuda_f32()?;
+            let mut dx = xb.gpu().alloc::<f32>(xb.len())?;
+            gpu::unary_backward(op, xb, y.cuda_f32()?, dy.cuda_f32()?, &mut dx)?;
+            Tensor::from_gpu_f32(dx, x.shape())
+        }
     }
 }
 
@@ -137,7 +148,12 @@ pub fn binary(op: Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             binary_cpu(op, a.f32s()?, b.f32s()?, &mut out);
             Tensor::from_f32(out, a.shape())
         }
-        d => bail!(Device, "{op:?} has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            let ab = a.cuda_f32()?;
+            let mut out = ab.gpu().alloc::<f32>(ab.len())?;
+            gpu::binary(op, ab, b.cuda_f32()?, &mut out)?;
+            Tensor::from_gpu_f32(out, a.shape())
+        }
     }
 }
 
@@ -151,7 +167,14 @@ pub fn add_row_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             add_row_bias_cpu(x.f32s()?, bias.f32s()?, &mut out);
             Tensor::from_f32(out, x.shape())
         }
-        dv => bail!(Device, "bias add has no kernel for {dv} in this build"),
+        Device::Cuda(_) => {
+            let xb = x.cuda_f32()?;
+            let mut out = xb.gpu().alloc::<f32>(xb.len())?;
+            if d > 0 {
+                gpu::add_row_bias(xb, bias.cuda_f32()?, &mut out)?;
+            }
+            Tensor::from_gpu_f32(out, x.shape())
+        }
     }
 }
 
@@ -167,7 +190,7 @@ pub fn axpy(alpha: f32, b: &Tensor, a: &mut Tensor) -> Result<()> {
             }
             Ok(())
         }
-        d => bail!(Device, "axpy has no kernel for {d} in this build"),
+        Device::Cuda(_) => gpu::axpy(alpha, b.cuda_f32()?, a.cuda_f32_mut()?),
     }
 }
 

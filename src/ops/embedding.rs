@@ -3,6 +3,7 @@
 //! past the table. The CPU twin adds in id order, so it is deterministic; the GPU kernel's
 //! deterministic mode reproduces that order.
 
+use crate::cuda::kernels as gpu;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -34,30 +35,38 @@ pub fn scatter_add_cpu(dout: &[f32], dim: usize, ids: &[i32], dtable: &mut [f32]
 /// Rows of `table [V, D]` for `ids` (any shape, i32): returns `[ids.numel(), D]`.
 pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (v, d) = table.expect_2d("embedding table")?;
-    let idv = ids.i32s()?;
-    check_ids(idv, v)?;
+    let idv = ids.host_i32s()?;
+    check_ids(&idv, v)?;
     match super::same_device(&[("table", table), ("ids", ids)])? {
         Device::Cpu => {
             let mut out = vec![0f32; idv.len() * d];
-            gather_cpu(table.f32s()?, d, idv, &mut out);
+            gather_cpu(table.f32s()?, d, &idv, &mut out);
             Tensor::from_f32(out, &[idv.len(), d])
         }
-        dev => bail!(Device, "embedding gather has no kernel for {dev} in this build"),
+        Device::Cuda(_) => {
+            let tb = table.cuda_f32()?;
+            let mut out = tb.gpu().alloc::<f32>(idv.len() * d)?;
+            gpu::gather(tb, v, d, ids.cuda_i32()?, &mut out)?;
+            Tensor::from_gpu_f32(out, &[idv.len(), d])
+        }
     }
 }
 
 /// `dtable[ids[i]] += dout[i]` in place.
 pub fn scatter_add(dout: &Tensor, ids: &Tensor, dtable: &mut Tensor) -> Result<()> {
     let (v, d) = dtable.expect_2d("embedding gradient")?;
-    let idv = ids.i32s()?;
+    let idv = ids.host_i32s()?;
     dout.expect_shape("embedding output gradient", &[idv.len(), d])?;
-    check_ids(idv, v)?;
+    check_ids(&idv, v)?;
     match super::same_device(&[("dout", dout), ("ids", ids), ("dtable", dtable)])? {
         Device::Cpu => {
-            scatter_add_cpu(dout.f32s()?, d, idv, dtable.f32s_mut()?);
+            scatter_add_cpu(dout.f32s()?, d, &idv, dtable.f32s_mut()?);
             Ok(())
         }
-        dev => bail!(Device, "embedding scatter-add has no kernel for {dev} in this build"),
+        Device::Cuda(_) => {
+            let mode = if crate::cuda::deterministic() { gpu::ScatterMode::Deterministic } else { gpu::ScatterMode::Atomic };
+            gpu::scatter_add(dout.cuda_f32()?, v, d, ids.cuda_i32()?, Some(&idv), dtable.cuda_f32_mut()?, mode)
+        }
     }
 }
 

@@ -38,7 +38,17 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor
             let loss = bce_with_logits_cpu(logits.f32s()?, y, &mut grad);
             Ok((loss, Tensor::from_f32(grad, logits.shape())?))
         }
-        d => bail!(Device, "bce has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            // Targets are checked on the host: a batch's worth of floats, copied once.
+            let y = targets.to_vec_f32()?;
+            if let Some((i, bad)) = y.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
+                bail!(Invalid, "bce target {bad} at position {i} is not a probability in [0, 1]");
+            }
+            let xb = logits.cuda_f32()?;
+            let mut grad = xb.gpu().alloc::<f32>(xb.len())?;
+            let loss = crate::cuda::kernels::bce_logits(xb, targets.cuda_f32()?, &mut grad)?;
+            Ok((loss, Tensor::from_gpu_f32(grad, logits.shape())?))
+        }
     }
 }
 

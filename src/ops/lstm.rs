@@ -83,13 +83,13 @@ pub fn cell_backward_cpu(act: &[f32], c_prev: &[f32], c: &[f32], dh: &[f32], dc:
     }
 }
 
-/// What backward needs from forward.
+/// What backward needs from forward (on the layer's device).
 #[derive(Clone, Debug)]
 pub struct LstmCache {
     /// Activated gates for every step, `[T*B, 4H]`.
-    pub act: Vec<f32>,
+    pub act: Tensor,
     /// c_0 .. c_T, `[(T+1)*B, H]`.
-    pub c_all: Vec<f32>,
+    pub c_all: Tensor,
 }
 
 /// Outputs of one layer over a sequence.
@@ -139,7 +139,7 @@ pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: 
     let LstmDims { steps: t_len, batch, input, hidden } = lstm_dims(x, h0, c0, w_ih, w_hh, b, steps)?;
     let dev = super::same_device(&[("x", x), ("h0", h0), ("c0", c0), ("w_ih", w_ih), ("w_hh", w_hh), ("bias", b)])?;
     if dev != Device::Cpu {
-        bail!(Device, "lstm has no kernel for {dev} in this build");
+        return cuda_layer::forward(x, h0, c0, w_ih, w_hh, b, LstmDims { steps: t_len, batch, input, hidden });
     }
     let (bh, g4) = (batch * hidden, 4 * hidden);
     let rows = t_len * batch;
@@ -164,7 +164,8 @@ pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: 
     }
     let h_last = Tensor::from_f32(y[(t_len - 1) * bh..].to_vec(), &[batch, hidden])?;
     let c_last = Tensor::from_f32(c_all[t_len * bh..].to_vec(), &[batch, hidden])?;
-    Ok(LstmOutput { y: Tensor::from_f32(y, &[rows, hidden])?, h_last, c_last, cache: LstmCache { act, c_all } })
+    let cache = LstmCache { act: Tensor::from_f32(act, &[rows, g4])?, c_all: Tensor::from_f32(c_all, &[(t_len + 1) * batch, hidden])? };
+    Ok(LstmOutput { y: Tensor::from_f32(y, &[rows, hidden])?, h_last, c_last, cache })
 }
 
 /// One layer backward through time. `dy [T*B, H]` is the gradient of every output; `dh_last` and
@@ -184,6 +185,17 @@ pub fn layer_backward(
     let (batch, hidden) = h0.expect_2d("lstm h0")?;
     let t_len = rows / batch;
     dy.expect_shape("lstm output gradient", &[rows, hidden])?;
+    w_ih.expect_shape("lstm w_ih", &[input, 4 * hidden])?;
+    w_hh.expect_shape("lstm w_hh", &[hidden, 4 * hidden])?;
+    out.y.expect_shape("lstm output", &[rows, hidden])?;
+    out.cache.act.expect_shape("lstm cached gates", &[rows, 4 * hidden])?;
+    out.cache.c_all.expect_shape("lstm cached cells", &[rows + batch, hidden])?;
+    let mut all = vec![("x", x), ("h0", h0), ("w_ih", w_ih), ("w_hh", w_hh), ("y", &out.y), ("dy", dy)];
+    all.extend(dh_last.map(|t| ("dh_last", t)));
+    all.extend(dc_last.map(|t| ("dc_last", t)));
+    if super::same_device(&all)? != Device::Cpu {
+        return cuda_layer::backward(x, h0, w_ih, w_hh, out, dy, dh_last, dc_last);
+    }
     let (bh, g4) = (batch * hidden, 4 * hidden);
     let mut dh = match dh_last {
         Some(t) => {
@@ -200,7 +212,7 @@ pub fn layer_backward(
         None => vec![0f32; bh],
     };
     let (dyv, whh, yv) = (dy.f32s()?, w_hh.f32s()?, out.y.f32s()?);
-    let LstmCache { act, c_all } = &out.cache;
+    let (act, c_all) = (out.cache.act.f32s()?, out.cache.c_all.f32s()?);
     let mut dgates = vec![0f32; rows * g4];
     for t in (0..t_len).rev() {
         for (d, &g) in dh.iter_mut().zip(&dyv[t * bh..(t + 1) * bh]) {
@@ -239,6 +251,170 @@ pub fn layer_backward(
         dw_hh: Tensor::from_f32(dw_hh, &[hidden, g4])?,
         db: Tensor::from_f32(db, &[g4])?,
     })
+}
+
+/// The layer on the GPU: the same algorithm as the CPU twins above, with the pointwise steps in
+/// the fused cell kernels and the products on `cuda::kernels::gemm_*` in the process's matmul
+/// precision (bf16 operands are rounded once per layer call for the weights and the inputs, and
+/// once per time step for the recurrent operand).
+mod cuda_layer {
+    use super::{LstmCache, LstmDims, LstmGrads, LstmOutput};
+    use crate::cuda::kernels as k;
+    use crate::cuda::{copy, matmul_precision, Dev, GpuBuf, MatmulPrecision, Slice};
+    use crate::tensor::Tensor;
+    use crate::Result;
+    use half::bf16;
+
+    /// A matmul operand: f32, or its bf16 rounding when products run in bf16.
+    enum Opnd<'a> {
+        F32(Slice<'a, f32>),
+        Bf16(Slice<'a, bf16>),
+    }
+
+    fn whole<T: Copy>(b: &GpuBuf<T>) -> Result<Slice<'_, T>> {
+        b.slice(0, b.len())
+    }
+
+    /// The bf16 rounding of `x` when products run in bf16, else None.
+    fn rounded(x: &impl Dev<f32>, bf: bool) -> Result<Option<GpuBuf<bf16>>> {
+        if !bf {
+            return Ok(None);
+        }
+        let mut r = x.gpu().alloc::<bf16>(x.len())?;
+        k::f32_to_bf16(x, &mut r)?;
+        Ok(Some(r))
+    }
+
+    fn opnd<'a>(x: &'a GpuBuf<f32>, r: &'a Option<GpuBuf<bf16>>) -> Result<Opnd<'a>> {
+        Ok(match r {
+            Some(b) => Opnd::Bf16(whole(b)?),
+            None => Opnd::F32(whole(x)?),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mm(m: usize, n: usize, kk: usize, a: &Opnd, ta: bool, b: &Opnd, tb: bool, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
+        match (a, b) {
+            (Opnd::F32(a), Opnd::F32(b)) => k::gemm_f32(m, n, kk, 1.0, a, ta, b, tb, beta, c),
+            (Opnd::Bf16(a), Opnd::Bf16(b)) => k::gemm_bf16(m, n, kk, 1.0, a, ta, b, tb, beta, c),
+            _ => Err(crate::Error::Invalid("lstm: matmul operands in two precisions".into())),
+        }
+    }
+
+    /// `gates += h @ W_hh` for one step, with h rounded into `hb` first in bf16 mode.
+    fn recurrent(batch: usize, hidden: usize, h: &Slice<f32>, hb: &mut Option<GpuBuf<bf16>>, whh: &GpuBuf<f32>, whh_r: &Option<GpuBuf<bf16>>, gates: &mut Slice<f32>) -> Result<()> {
+        match (hb, whh_r) {
+            (Some(hb), Some(w)) => {
+                k::f32_to_bf16(h, hb)?;
+                k::gemm_bf16(batch, 4 * hidden, hidden, 1.0, hb, false, w, false, 1.0, gates)
+            }
+            _ => k::gemm_f32(batch, 4 * hidden, hidden, 1.0, h, false, whh, false, 1.0, gates),
+        }
+    }
+
+    pub(super) fn forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, b: &Tensor, d: LstmDims) -> Result<LstmOutput> {
+        let LstmDims { steps: t_len, batch, input, hidden } = d;
+        let (bh, g4, rows) = (batch * hidden, 4 * hidden, t_len * batch);
+        let (xb, wih, whh) = (x.cuda_f32()?, w_ih.cuda_f32()?, w_hh.cuda_f32()?);
+        let gpu = xb.gpu().clone();
+        let bf = matmul_precision() == MatmulPrecision::Bf16;
+        let (x_r, wih_r, whh_r) = (rounded(xb, bf)?, rounded(wih, bf)?, rounded(whh, bf)?);
+        // Input projection for all steps at once, then the bias added in place.
+        let mut act = gpu.alloc::<f32>(rows * g4)?;
+        mm(rows, g4, input, &opnd(xb, &x_r)?, false, &opnd(wih, &wih_r)?, false, 0.0, &mut act)?;
+        {
+            // In place: each element is read, then written, by one thread.
+            let (a_in, mut a_out) = (whole(&act)?, whole(&act)?);
+            k::add_row_bias(&a_in, b.cuda_f32()?, &mut a_out)?;
+        }
+        let y = gpu.alloc::<f32>(rows * hidden)?;
+        let c_all = gpu.alloc::<f32>((t_len + 1) * bh)?;
+        copy(c0.cuda_f32()?, &mut c_all.slice(0, bh)?)?;
+        let h0b = h0.cuda_f32()?;
+        let mut hb = if bf { Some(gpu.alloc::<bf16>(bh)?) } else { None };
+        for t in 0..t_len {
+            let mut gates = act.slice(t * batch * g4, batch * g4)?;
+            let h_prev = if t == 0 { whole(h0b)? } else { y.slice((t - 1) * bh, bh)? };
+            recurrent(batch, hidden, &h_prev, &mut hb, whh, &whh_r, &mut gates)?;
+            let c_prev = c_all.slice(t * bh, bh)?;
+            let (mut c_t, mut h_t) = (c_all.slice((t + 1) * bh, bh)?, y.slice(t * bh, bh)?);
+            k::lstm_cell_fwd(&mut gates, &c_prev, &mut c_t, &mut h_t, batch, hidden)?;
+        }
+        let mut h_last = gpu.alloc::<f32>(bh)?;
+        copy(&y.slice((t_len - 1) * bh, bh)?, &mut h_last)?;
+        let mut c_last = gpu.alloc::<f32>(bh)?;
+        copy(&c_all.slice(t_len * bh, bh)?, &mut c_last)?;
+        Ok(LstmOutput {
+            y: Tensor::from_gpu_f32(y, &[rows, hidden])?,
+            h_last: Tensor::from_gpu_f32(h_last, &[batch, hidden])?,
+            c_last: Tensor::from_gpu_f32(c_last, &[batch, hidden])?,
+            cache: LstmCache { act: Tensor::from_gpu_f32(act, &[rows, g4])?, c_all: Tensor::from_gpu_f32(c_all, &[(t_len + 1) * batch, hidden])? },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward(x: &Tensor, h0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, out: &LstmOutput, dy: &Tensor, dh_last: Option<&Tensor>, dc_last: Option<&Tensor>) -> Result<LstmGrads> {
+        let (rows, input) = (x.dim(0), x.dim(1));
+        let (batch, hidden) = (h0.dim(0), h0.dim(1));
+        let t_len = rows / batch;
+        let (bh, g4) = (batch * hidden, 4 * hidden);
+        let (xb, wih, whh, dyb) = (x.cuda_f32()?, w_ih.cuda_f32()?, w_hh.cuda_f32()?, dy.cuda_f32()?);
+        let (act, c_all, y) = (out.cache.act.cuda_f32()?, out.cache.c_all.cuda_f32()?, out.y.cuda_f32()?);
+        let gpu = xb.gpu().clone();
+        let bf = matmul_precision() == MatmulPrecision::Bf16;
+        let state = |t: Option<&Tensor>| -> Result<GpuBuf<f32>> {
+            match t {
+                Some(t) => {
+                    t.expect_shape("lstm final state gradient", &[batch, hidden])?;
+                    t.cuda_f32()?.try_clone()
+                }
+                None => gpu.full(bh, 0.0),
+            }
+        };
+        let (mut dh, mut dc) = (state(dh_last)?, state(dc_last)?);
+        let whh_r = rounded(whh, bf)?;
+        let dgates = gpu.alloc::<f32>(rows * g4)?;
+        let mut dgb = if bf { Some(gpu.alloc::<bf16>(batch * g4)?) } else { None };
+        for t in (0..t_len).rev() {
+            k::axpy(1.0, &dyb.slice(t * bh, bh)?, &mut dh)?;
+            let mut dg = dgates.slice(t * batch * g4, batch * g4)?;
+            let a_t = act.slice(t * batch * g4, batch * g4)?;
+            let (c_prev, c_t) = (c_all.slice(t * bh, bh)?, c_all.slice((t + 1) * bh, bh)?);
+            k::lstm_cell_bwd(&a_t, &c_prev, &c_t, &dh, &mut dc, &mut dg, batch, hidden)?;
+            // dh_{t-1} = dgates_t W_hh^T (overwrites: the old dh has been consumed)
+            match (&mut dgb, &whh_r) {
+                (Some(gb), Some(w)) => {
+                    k::f32_to_bf16(&dg, gb)?;
+                    k::gemm_bf16(batch, hidden, g4, 1.0, gb, false, w, true, 0.0, &mut dh)?;
+                }
+                _ => k::gemm_f32(batch, hidden, g4, 1.0, &dg, false, whh, true, 0.0, &mut dh)?,
+            }
+        }
+        // h_0 .. h_{T-1}, the left operands of the recurrent weight gradient
+        let h_prev = gpu.alloc::<f32>(rows * hidden)?;
+        copy(h0.cuda_f32()?, &mut h_prev.slice(0, bh)?)?;
+        if t_len > 1 {
+            copy(&y.slice(0, (t_len - 1) * bh)?, &mut h_prev.slice(bh, (t_len - 1) * bh)?)?;
+        }
+        let (dg_r, hp_r, x_r, wih_r) = (rounded(&dgates, bf)?, rounded(&h_prev, bf)?, rounded(xb, bf)?, rounded(wih, bf)?);
+        let dgo = opnd(&dgates, &dg_r)?;
+        let mut dw_hh = gpu.alloc::<f32>(hidden * g4)?;
+        mm(hidden, g4, rows, &opnd(&h_prev, &hp_r)?, true, &dgo, false, 0.0, &mut dw_hh)?;
+        let mut dw_ih = gpu.alloc::<f32>(input * g4)?;
+        mm(input, g4, rows, &opnd(xb, &x_r)?, true, &dgo, false, 0.0, &mut dw_ih)?;
+        let mut dx = gpu.alloc::<f32>(rows * input)?;
+        mm(rows, input, g4, &dgo, false, &opnd(wih, &wih_r)?, true, 0.0, &mut dx)?;
+        let mut db = gpu.alloc::<f32>(g4)?;
+        k::sum_rows(&dgates, rows, g4, 0.0, &mut db)?;
+        Ok(LstmGrads {
+            dx: Tensor::from_gpu_f32(dx, &[rows, input])?,
+            dh0: Tensor::from_gpu_f32(dh, &[batch, hidden])?,
+            dc0: Tensor::from_gpu_f32(dc, &[batch, hidden])?,
+            dw_ih: Tensor::from_gpu_f32(dw_ih, &[input, g4])?,
+            dw_hh: Tensor::from_gpu_f32(dw_hh, &[hidden, g4])?,
+            db: Tensor::from_gpu_f32(db, &[g4])?,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -73,7 +73,9 @@ fn operand_f32(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
 /// `op(A) @ op(B)` as a new f32 tensor. Operands may be f32 or bf16 (both the same dtype).
 pub fn matmul(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
     let (m, n, _) = matmul_dims(a, trans_a, b, trans_b)?;
-    let mut c = Tensor::zeros(&[m, n]);
+    let dev = super::same_device(&[("lhs", a), ("rhs", b)])?;
+    // beta = 0 below: the output's old contents are never read.
+    let mut c = Tensor::uninit_on(&[m, n], dev)?;
     matmul_into(a, trans_a, b, trans_b, 1.0, 0.0, &mut c)?;
     Ok(c)
 }
@@ -91,7 +93,19 @@ pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: 
             gemm_cpu(m, n, k, alpha, &av, trans_a, &bv, trans_b, beta, c.f32s_mut()?);
             Ok(())
         }
-        d => bail!(Device, "matmul has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            use crate::cuda::{kernels::{gemm_bf16, gemm_f32}, matmul_precision, MatmulPrecision};
+            let cb = c.cuda_f32_mut()?;
+            match (a.dtype(), matmul_precision()) {
+                (DType::BF16, _) => gemm_bf16(m, n, k, alpha, a.cuda_bf16()?, trans_a, b.cuda_bf16()?, trans_b, beta, cb),
+                (DType::F32, MatmulPrecision::F32) => gemm_f32(m, n, k, alpha, a.cuda_f32()?, trans_a, b.cuda_f32()?, trans_b, beta, cb),
+                (DType::F32, MatmulPrecision::Bf16) => {
+                    let (ab, bb) = (a.to_bf16()?, b.to_bf16()?);
+                    gemm_bf16(m, n, k, alpha, ab.cuda_bf16()?, trans_a, bb.cuda_bf16()?, trans_b, beta, cb)
+                }
+                (DType::I32, _) => bail!(DType, "matmul operand {:?} is an index tensor", a.shape()),
+            }
+        }
     }
 }
 

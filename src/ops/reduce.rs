@@ -1,8 +1,9 @@
 //! Reductions. Sums accumulate in f64 on the CPU so that the reference is not the weak link when a
 //! GPU tree reduction is compared with it.
 
+use crate::cuda::kernels as gpu;
 use crate::tensor::{Device, Tensor};
-use crate::{bail, Result};
+use crate::Result;
 
 pub fn sum_cpu(x: &[f32]) -> f64 {
     x.iter().map(|&v| v as f64).sum()
@@ -25,11 +26,11 @@ pub fn sum_rows_cpu(x: &[f32], d: usize, beta: f32, out: &mut [f32]) {
     }
 }
 
-/// Sum of all elements, as a scalar tensor.
+/// Sum of all elements, as a scalar tensor on the host (for a GPU input too: scalars are read there).
 pub fn sum(x: &Tensor) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => Ok(Tensor::scalar(sum_cpu(x.f32s()?) as f32)),
-        d => bail!(Device, "sum has no kernel for {d} in this build"),
+        Device::Cuda(_) => Ok(Tensor::scalar(gpu::sum(x.cuda_f32()?)? as f32)),
     }
 }
 
@@ -42,7 +43,12 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
             sum_rows_cpu(x.f32s()?, d, 0.0, &mut out);
             Tensor::from_f32(out, &[d])
         }
-        dv => bail!(Device, "sum_rows has no kernel for {dv} in this build"),
+        Device::Cuda(_) => {
+            let xb = x.cuda_f32()?;
+            let mut out = xb.gpu().alloc::<f32>(d)?;
+            gpu::sum_rows(xb, x.dim(0), d, 0.0, &mut out)?;
+            Tensor::from_gpu_f32(out, &[d])
+        }
     }
 }
 
@@ -50,7 +56,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 pub fn sum_squares(x: &Tensor) -> Result<f64> {
     match x.device() {
         Device::Cpu => Ok(sum_squares_cpu(x.f32s()?)),
-        d => bail!(Device, "sum_squares has no kernel for {d} in this build"),
+        Device::Cuda(_) => gpu::sum_squares(x.cuda_f32()?),
     }
 }
 

@@ -197,7 +197,7 @@ pub fn softmax_kl(
     }
     if let Some(y) = targets {
         y.expect_shape("labels", &[n])?;
-        if let Some((r, &bad)) = y.i32s()?.iter().enumerate().find(|(_, &c)| c < 0 || c as usize >= v) {
+        if let Some((r, &bad)) = y.host_i32s()?.iter().enumerate().find(|(_, &c)| c < 0 || c as usize >= v) {
             bail!(Invalid, "label {bad} in row {r} is outside the {v} classes");
         }
     }
@@ -211,7 +211,19 @@ pub fn softmax_kl(
             let loss = softmax_kl_cpu(student.f32s()?, &tv, yv, n, v, p, &mut grad);
             Ok((loss, Tensor::from_f32(grad, &[n, v])?))
         }
-        d => bail!(Device, "softmax-KL has no kernel for {d} in this build"),
+        Device::Cuda(_) => {
+            if let Some(y) = targets {
+                if y.device() != student.device() {
+                    bail!(Device, "student logits are on {} but labels are on {}", student.device(), y.device());
+                }
+            }
+            let sb = student.cuda_f32()?;
+            let tv: Vec<&crate::cuda::GpuBuf<f32>> = teachers.iter().map(|t| t.cuda_f32()).collect::<Result<_>>()?;
+            let yb = targets.map(|y| y.cuda_i32()).transpose()?;
+            let mut grad = sb.gpu().alloc::<f32>(n * v)?;
+            let loss = crate::cuda::kernels::softmax_kl(sb, &tv, yb, n, v, p, &mut grad)?;
+            Ok((loss, Tensor::from_gpu_f32(grad, &[n, v])?))
+        }
     }
 }
 

@@ -71,6 +71,10 @@ crate::config_table! {
         seed: u64 = 1,
         /// Device: auto (GPU if available, else CPU), cpu or cuda
         device: DeviceChoice = DeviceChoice::Auto,
+        /// GPU: f32 matrix products on the CUDA cores (exact, slower) instead of bf16 operands on the tensor cores
+        matmul_f32: bool = false,
+        /// GPU: bitwise-reproducible embedding gradients (a sorted plan instead of atomics)
+        deterministic: bool = false,
         /// Split the training rows into this many disjoint shards...
         shards: usize = 1,
         /// ...and train on this one (0-based)
@@ -151,11 +155,13 @@ impl CtrModel {
     pub fn predict(&self, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<Vec<f32>> {
         let idx: Vec<usize> = rows.collect();
         let mut out = Vec::with_capacity(idx.len());
+        let dev = s.device();
         for chunk in idx.chunks(8192) {
             let (ids, dense, _) = data.batch(chunk)?;
+            let (ids, dense) = (ids.to_device(dev)?, dense.to_device(dev)?);
             let mut g = Graph::no_grad();
             let l = self.forward(&mut g, s, &ids, &dense)?;
-            out.extend(g.value(l).f32s()?.iter().map(|&x| sigmoid(x)));
+            out.extend(g.value(l).to_vec_f32()?.iter().map(|&x| sigmoid(x)));
         }
         Ok(out)
     }
@@ -361,7 +367,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     use crate::distill::exchange::timed;
     use crate::distill::{publish_all, CodistillSchedule, Topology};
     let t0 = Instant::now();
-    cfg.device.resolve()?;
+    let dev = cfg.device.resolve()?;
+    super::gpu_settings(cfg.matmul_f32, cfg.deterministic);
     if cfg.batch == 0 || cfg.epochs == 0 {
         bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
     }
@@ -416,6 +423,9 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         }
         eprintln!("resumed from {} at step {start_step}", path.display());
     }
+    for m in members.iter_mut() {
+        m.store.to_device(dev)?;
+    }
     // The structure (parameter names) is the same for every model; weights come from each store.
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
@@ -453,6 +463,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             let ts = Instant::now();
             let chunk = m.next_batch(cfg.batch);
             let (ids, dense, labels) = data.train.batch(&chunk)?;
+            // Labels stay on the host, where the soft targets are mixed; the targets move at the end.
+            let (ids, dense) = (ids.to_device(dev)?, dense.to_device(dev)?);
             // Teachers: the newest snapshots of the other models, averaged as probabilities.
             let mut targets = if cfg.label_smoothing > 0.0 {
                 let e = cfg.label_smoothing;
@@ -468,7 +480,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                     for t in &teachers {
                         let mut g = Graph::no_grad();
                         let l = model.forward(&mut g, &t.params, &ids, &dense)?;
-                        for (acc, &x) in mean_p.iter_mut().zip(g.value(l).f32s()?) {
+                        for (acc, &x) in mean_p.iter_mut().zip(&g.value(l).to_vec_f32()?) {
                             *acc += sigmoid(x) / teachers.len() as f32;
                         }
                         let u = m.teachers.observe(m.index, t, step);
@@ -487,13 +499,13 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             }
             let mut g = Graph::new();
             let logit = model.forward(&mut g, &m.store, &ids, &dense)?;
-            let loss = g.bce_with_logits(logit, &targets)?;
+            let loss = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
             let lv = g.value(loss).item()? as f64;
             if !lv.is_finite() {
                 bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or set --clip", m.index);
             }
             let grads = g.backward(loss)?;
-            m.store.zero_grads();
+            m.store.zero_grads()?;
             g.accumulate_grads(&grads, &mut m.store)?;
             // The tape holds references to the weights; drop it so the update writes in place.
             drop(g);

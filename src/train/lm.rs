@@ -76,6 +76,10 @@ crate::config_table! {
         seed: u64 = 1,
         /// Device: auto (GPU if available, else CPU), cpu or cuda
         device: DeviceChoice = DeviceChoice::Auto,
+        /// GPU: f32 matrix products on the CUDA cores (exact, slower) instead of bf16 operands on the tensor cores
+        matmul_f32: bool = false,
+        /// GPU: bitwise-reproducible embedding gradients (a sorted plan instead of atomics)
+        deterministic: bool = false,
         /// Split the training stream into this many disjoint shards...
         shards: usize = 1,
         /// ...and train on this one (0-based)
@@ -207,10 +211,12 @@ pub fn evaluate(model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, b
     let lanes = batch.min((tokens.len() - 1) / (bptt + 1)).max(1);
     let steps = bptt.min(tokens.len() / lanes - 1).max(1);
     let data = TokenLanes::new(tokens, lanes, steps)?;
-    let mut state = LstmState::zeros(model.lstm.num_layers(), lanes, model.lstm.hidden);
+    let dev = s.device();
+    let mut state = LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)?;
     let mut total = 0.0;
     for w in 0..data.windows() {
         let (x, y) = data.window(w)?;
+        let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
         let mut g = Graph::no_grad();
         let (logits, next) = model.forward(&mut g, s, &x, &state, steps, None)?;
         let loss = g.softmax_xent(logits, &y)?;
@@ -298,10 +304,12 @@ pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32]
     let lanes = batch.min((tokens.len() - 1) / (bptt + 1)).max(1);
     let steps = bptt.min(tokens.len() / lanes - 1).max(1);
     let data = TokenLanes::new(tokens, lanes, steps)?;
-    let mut states: Vec<LstmState> = stores.iter().map(|_| LstmState::zeros(model.lstm.num_layers(), lanes, model.lstm.hidden)).collect();
+    let dev = stores.first().map_or(crate::tensor::Device::Cpu, |s| s.device());
+    let mut states: Vec<LstmState> = stores.iter().map(|_| LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)).collect::<Result<_>>()?;
     let (mut total, mut count) = (0.0, 0usize);
     for w in 0..data.windows() {
         let (x, y) = data.window(w)?;
+        let x = x.to_device(dev)?;
         let mut logps: Vec<Vec<f64>> = Vec::new();
         for (s, st) in stores.iter().zip(states.iter_mut()) {
             let mut g = Graph::no_grad();
@@ -309,7 +317,7 @@ pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32]
             *st = next;
             let lv = g.value(logits);
             let v = lv.dim(1);
-            let (l, yv) = (lv.f32s()?, y.i32s()?);
+            let (l, yv) = (lv.to_vec_f32()?, y.i32s()?);
             logps.push((0..yv.len()).map(|r| {
                 let row = &l[r * v..(r + 1) * v];
                 let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
@@ -350,7 +358,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     use crate::distill::{publish_all, CodistillSchedule, Topology};
     use crate::ops::softmax_kl::DistillParams;
     let t0 = Instant::now();
-    cfg.device.resolve()?;
+    let dev = cfg.device.resolve()?;
+    super::gpu_settings(cfg.matmul_f32, cfg.deterministic);
     if cfg.batch == 0 || cfg.bptt == 0 {
         bail!(Invalid, "batch and bptt must be positive (got {} and {})", cfg.batch, cfg.bptt);
     }
@@ -377,13 +386,14 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         // A single model keeps the seed's own stream; codistilling models get one each.
         let mut rng = if total_models > 1 { Rng::new(cfg.seed).fork(index as u64) } else { Rng::new(cfg.seed) };
         LmModel::new(&mut store, cfg, data.vocab.len(), &mut rng)?;
+        store.to_device(dev)?;
         let out = if cfg.models > 1 { cfg.out.join(format!("model-{index}")) } else { cfg.out.clone() };
         members.push(LmMember {
             index,
             store,
             opt: Optimizer::new(cfg.optimizer.kind()),
             lanes,
-            state: LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden),
+            state: LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?,
             teacher_state: vec![None; total_models],
             teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
             best: None,
@@ -406,14 +416,15 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             );
         }
         m.store = loaded.store;
+        m.store.to_device(dev)?;
         let ck = loaded.ckpt;
         step = ck.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
         let opt_steps: u64 = ck.meta("optimizer_steps", path)?.parse().map_err(|_| Error::Invalid(format!("{}: optimizer_steps is not a number", path.display())))?;
         m.opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), opt_steps)?;
         for l in 0..cfg.layers {
             let get = |k: String| ck.tensors.get(&k).cloned().ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {k}", path.display())));
-            m.state.h[l] = get(format!("state/h{l}"))?;
-            m.state.c[l] = get(format!("state/c{l}"))?;
+            m.state.h[l] = get(format!("state/h{l}"))?.to_device(dev)?;
+            m.state.c[l] = get(format!("state/c{l}"))?.to_device(dev)?;
         }
         m.best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
         eprintln!("resumed from {} at step {step}", path.display());
@@ -446,17 +457,21 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         let mut last_norm = 0.0;
         for m in members.iter_mut() {
             if w == 0 {
-                m.state = LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden);
+                m.state = LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?;
                 m.teacher_state = vec![None; total_models];
             }
             let ts = Instant::now();
             let (x, y) = m.lanes.window(w)?;
+            let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
             let mut teacher_logits = Vec::new();
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 exchange_wait += waited.as_secs_f64();
                 for t in &teachers {
-                    let st = m.teacher_state[t.rank].take().unwrap_or_else(|| LstmState::zeros(cfg.layers, cfg.batch, cfg.hidden));
+                    let st = match m.teacher_state[t.rank].take() {
+                        Some(s) => s,
+                        None => LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?,
+                    };
                     let mut g = Graph::no_grad();
                     let (l, next) = model.forward(&mut g, &t.params, &x, &st, cfg.bptt, None)?;
                     m.teacher_state[t.rank] = Some(next);
@@ -478,7 +493,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0
             } else if cfg.label_smoothing > 0.0 {
                 // Label smoothing is distillation from a uniform teacher (all-zero logits).
-                let uniform = Tensor::zeros(g.value(logits).shape());
+                let uniform = Tensor::zeros_on(g.value(logits).shape(), dev)?;
                 g.softmax_kl(logits, &[uniform], Some(&y), DistillParams { temperature: 1.0, alpha: cfg.label_smoothing })?.0
             } else {
                 g.softmax_xent(logits, &y)?
@@ -488,7 +503,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or enable --clip", m.index);
             }
             let grads = g.backward(loss)?;
-            m.store.zero_grads();
+            m.store.zero_grads()?;
             g.accumulate_grads(&grads, &mut m.store)?;
             // The tape holds references to the weights; drop it so the update writes in place
             // instead of copying every parameter.
@@ -554,7 +569,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             Some(t) => {
                 let best_path = m.out.join("best.safetensors");
                 let (tm, ts) = if m.best.is_some() && best_path.exists() {
-                    let l = load_checkpoint(&best_path)?;
+                    let mut l = load_checkpoint(&best_path)?;
+                    l.store.to_device(dev)?;
                     (l.model, l.store)
                 } else {
                     (LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?, m.store)

@@ -48,29 +48,39 @@ impl fmt::Display for DeviceChoice {
 crate::config_enum!(DeviceChoice, crate::data::text::Tokenizer, OptimizerChoice, crate::data::criteo::OnBadLine);
 
 impl DeviceChoice {
-    /// The device to train on. The CUDA kernels exist (`codistill::cuda`) but the trainers do not
-    /// run on them yet, so `cuda` is an error that says which of the two is missing, and `auto`
-    /// trains on the CPU and says why on stderr.
+    /// The device to train on: `cuda` is the first GPU or an error that says why there is none;
+    /// `auto` is the first GPU when there is one, else the CPU, and says which on stderr.
     pub fn resolve(self) -> Result<Device> {
         let gpu = crate::cuda::probe();
+        let name = || crate::cuda::gpu(0).and_then(|g| g.name()).unwrap_or_else(|e| format!("name unknown: {e}"));
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda => Err(Error::Device(match gpu {
-                Err(e) => format!("--device cuda was asked for, but there is no usable GPU ({e}); use --device cpu or auto"),
-                Ok(n) => format!(
-                    "--device cuda: {n} GPU(s) found, but the trainers do not run on the GPU yet (the kernels do: \
-                     codistill::cuda); use --device cpu or auto"
-                ),
-            })),
-            DeviceChoice::Auto => {
-                match gpu {
-                    Err(e) => eprintln!("device auto: no GPU ({e}); training on the CPU"),
-                    Ok(_) => eprintln!("device auto: a GPU is present, but the trainers do not run on it yet; training on the CPU"),
+            DeviceChoice::Cuda => match gpu {
+                Err(e) => Err(Error::Device(format!("--device cuda was asked for, but there is no usable GPU ({e}); use --device cpu or auto"))),
+                Ok(_) => {
+                    eprintln!("device: training on cuda:0 ({})", name());
+                    Ok(Device::Cuda(0))
                 }
-                Ok(Device::Cpu)
-            }
+            },
+            DeviceChoice::Auto => match gpu {
+                Err(e) => {
+                    eprintln!("device auto: no GPU ({e}); training on the CPU");
+                    Ok(Device::Cpu)
+                }
+                Ok(_) => {
+                    eprintln!("device auto: training on cuda:0 ({})", name());
+                    Ok(Device::Cuda(0))
+                }
+            },
         }
     }
+}
+
+/// The process-wide GPU options of a run (no effect on the CPU).
+pub(crate) fn gpu_settings(matmul_f32: bool, deterministic: bool) {
+    use crate::cuda::{set_deterministic, set_matmul_precision, MatmulPrecision};
+    set_matmul_precision(if matmul_f32 { MatmulPrecision::F32 } else { MatmulPrecision::Bf16 });
+    set_deterministic(deterministic);
 }
 
 /// `--optimizer sgd|momentum|adagrad|adam`.
@@ -207,9 +217,18 @@ mod tests {
     }
 
     #[test]
-    fn cuda_is_a_clear_error_that_says_what_is_missing() {
-        let e = DeviceChoice::Cuda.resolve().unwrap_err().to_string();
-        assert!(e.contains("no usable GPU") || e.contains("trainers do not run on the GPU yet"), "{e}");
-        assert_eq!(DeviceChoice::Auto.resolve().unwrap(), Device::Cpu);
+    fn cuda_is_the_gpu_or_a_clear_error_and_auto_falls_back() {
+        match crate::cuda::probe() {
+            Err(_) => {
+                let e = DeviceChoice::Cuda.resolve().unwrap_err().to_string();
+                assert!(e.contains("no usable GPU") && e.contains("--device cpu"), "{e}");
+                assert_eq!(DeviceChoice::Auto.resolve().unwrap(), Device::Cpu);
+            }
+            Ok(_) => {
+                assert_eq!(DeviceChoice::Cuda.resolve().unwrap(), Device::Cuda(0));
+                assert_eq!(DeviceChoice::Auto.resolve().unwrap(), Device::Cuda(0));
+            }
+        }
+        assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
     }
 }
