@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end CPU comparison against PyTorch (issue 7): installs CPU PyTorch into a git-ignored
 # virtual environment (.venv-bench, once), builds codistill in release mode, and prints the table
-# of scripts/cpu_compare.py. Run it on an otherwise idle machine: both sides use every core.
+# of scripts/e2e_compare.py. Run it on an otherwise idle machine: both sides use every core.
 # Usage: scripts/cpu_compare.sh [OUTDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +14,4 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/
 fi
 cargo build --release
 mkdir -p "$OUT"
-"$VENV/bin/python" scripts/cpu_compare.py target/release/codistill "$OUT" | tee "$OUT/table.txt"
+"$VENV/bin/python" scripts/e2e_compare.py target/release/codistill "$OUT" | tee "$OUT/table.txt"

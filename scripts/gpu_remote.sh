@@ -3,7 +3,9 @@
 # 1. every test binary with REQUIRE_GPU=1 (the GPU suite fails, not skips, without a GPU);
 # 2. compute-sanitizer memcheck over the GPU suite;
 # 3. the kernel benchmark, then cuBLAS/PyTorch on the same shapes, and the table of ratios.
-# 4. with CRITERION=1, the criterion gpu_* groups of benches/kernels.rs (throughput per family).
+# 4. end-to-end training steps on the GPU against the same models in PyTorch (scripts/e2e_compare.py;
+#    SKIP_E2E=1 leaves it out);
+# 5. with CRITERION=1, the criterion gpu_* groups of benches/kernels.rs (throughput per family).
 # Logs go to $OUT (or ./gpu-out when OUT is unset).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -21,8 +23,10 @@ for t in device-bin/tests/*; do
   fi
 done
 if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
-  echo "== compute-sanitizer memcheck (GPU suite)"
-  if compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1 >"$OUT/sanitizer.log" 2>&1; then
+  echo "== compute-sanitizer memcheck (GPU suite, and the GPU training suite but its trainer runs)"
+  if compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1 >"$OUT/sanitizer.log" 2>&1 \
+     && compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu_training --test-threads=1 \
+        every_tensor_op lstm_layer a_language_model a_click_model >>"$OUT/sanitizer.log" 2>&1; then
     echo "memcheck clean: $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.log" | tail -1)"
   else
     echo "memcheck FAILED"; tail -40 "$OUT/sanitizer.log"; status=1
@@ -32,6 +36,10 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   echo "== benchmark"
   device-bin/gpu-bench --json "$OUT/ours.jsonl" | tee "$OUT/bench.txt" || status=1
   PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py "$OUT/ours.jsonl" "$OUT/torch.json" | tee "$OUT/compare.txt" || status=1
+fi
+if [ "${SKIP_E2E:-0}" != 1 ]; then
+  echo "== end-to-end training steps against PyTorch (GPU)"
+  DEVICE=cuda PYTHONUNBUFFERED=1 python3 scripts/e2e_compare.py device-bin/codistill "$OUT/e2e" | tee "$OUT/e2e.txt" || status=1
 fi
 if [ "${CRITERION:-0}" = 1 ]; then
   echo "== criterion gpu_* groups"

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""End-to-end training steps on the CPU: codistill against the same models written in PyTorch.
+"""End-to-end training steps: codistill against the same models written in PyTorch, on the CPU
+(scripts/cpu_compare.sh) or on the GPU (scripts/gpu_remote.sh, DEVICE=cuda).
 
 Each row trains the same model on the same shapes with the same optimizer, one after the other in
-this process's machine state, with the same thread count (torch.set_num_threads = the cores
-codistill uses):
+this process's machine state; on the CPU with the same thread count (torch.set_num_threads = the
+cores codistill uses), on the GPU with TF32 allowed in PyTorch's matmuls and cuDNN (its LSTM's
+default) against codistill's bf16 tensor-core operands:
   lm-issue7   2-layer LSTM, 1024 hidden and embedding, vocabulary 10k, batch 64, 35 steps (issue 7)
   lm-brown    1-layer LSTM, 256 hidden and embedding, vocabulary 14,115, batch 32, 35 steps
               (the Brown experiments' model)
@@ -12,9 +14,11 @@ codistill uses):
 PyTorch gets dropout 0.2 like codistill's default, TBPTT with the state carried and detached,
 clipping at 5 (LM), BCE-with-logits (Criteo). codistill's figure is its trainer's own training
 throughput (result.json: tokens_per_s or train_rows_per_s, which excludes data preparation and
-evaluation), on its synthetic data of the same vocabulary or field layout.
+evaluation), on its synthetic data of the same vocabulary or field layout; on the GPU the mean of
+the logged intervals after the first (so the first step's kernel loading is not counted, as the
+warm-up steps are not on the PyTorch side).
 
-Usage: scripts/cpu_compare.py BIN OUTDIR  (scripts/cpu_compare.sh installs torch and calls this)
+Usage: [DEVICE=cuda] scripts/e2e_compare.py BIN OUTDIR  (scripts/cpu_compare.sh installs torch)
 """
 import json
 import os
@@ -26,9 +30,28 @@ import torch
 import torch.nn as nn
 
 BIN, OUT = sys.argv[1], sys.argv[2]
+DEVICE = os.environ.get("DEVICE", "cpu")
+GPU = DEVICE != "cpu"
 THREADS = os.cpu_count()
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
+if GPU:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def sync():
+    if GPU:
+        torch.cuda.synchronize()
+
+
+def steady(out, key):
+    """codistill's throughput: result.json on the CPU; on the GPU the logged intervals after the first."""
+    if not GPU:
+        return json.load(open(os.path.join(out, "result.json")))[key]
+    vals = [json.loads(l)[key] for l in open(os.path.join(out, "metrics.jsonl")) if '"event":"train"' in l]
+    vals = vals[1:] or vals
+    return sum(vals) / len(vals)
 
 
 class LM(nn.Module):
@@ -45,13 +68,14 @@ class LM(nn.Module):
 
 
 def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2):
-    m = LM(vocab, emb, hidden, layers, 0.2)
+    m = LM(vocab, emb, hidden, layers, 0.2).to(DEVICE)
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-    data = torch.randint(0, vocab, (bptt + 1, batch))
+    data = torch.randint(0, vocab, (bptt + 1, batch), device=DEVICE)
     state = None
     t = None
     for i in range(warmup + steps):
         if i == warmup:
+            sync()
             t = time.perf_counter()
         logits, state = m(data[:-1], state)
         state = tuple(s.detach() for s in state)
@@ -60,18 +84,20 @@ def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2):
         loss.backward()
         nn.utils.clip_grad_norm_(m.parameters(), 5.0)
         opt.step()
+        loss.item()  # codistill reads its loss every step too
+    sync()
     return steps * batch * bptt / (time.perf_counter() - t)
 
 
 def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps):
     out = os.path.join(OUT, name)
-    cmd = [BIN, "lm", "train", "--device", "cpu", "--synthetic-vocab", str(vocab), "--synthetic-tokens", "300000",
+    cmd = [BIN, "lm", "train", "--device", DEVICE, "--synthetic-vocab", str(vocab), "--synthetic-tokens", "300000",
            "--emb-dim", str(emb), "--hidden", str(hidden), "--layers", str(layers), "--batch", str(batch),
            "--bptt", str(bptt), "--steps", str(steps), "--dropout", "0.2", "--clip", "5", "--eval-every", "100000",
-           "--eval-tokens", "2000", "--log-every", "100000", "--checkpoint-every", "100000", "--out", out,
-           "--cache", os.path.join(OUT, "cache")]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.load(open(os.path.join(out, "result.json")))["tokens_per_s"]
+           "--eval-tokens", "2000", "--log-every", str(max(steps // 5, 1) if GPU else 100000),
+           "--checkpoint-every", "100000", "--out", out, "--cache", os.path.join(OUT, "cache")]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(out + ".log", "w"))
+    return steady(out, "tokens_per_s")
 
 
 class Ctr(nn.Module):
@@ -90,44 +116,50 @@ class Ctr(nn.Module):
 
 
 def torch_criteo(batch=512, steps=200, warmup=5):
-    m = Ctr()
+    m = Ctr().to(DEVICE)
     sparse = torch.optim.SparseAdam([m.emb.weight], lr=2e-3)
     rest = torch.optim.Adam([p for n, p in m.named_parameters() if n != "emb.weight"], lr=2e-3)
     offsets = torch.arange(26) * 65536
     t = None
     for i in range(warmup + steps):
         if i == warmup:
+            sync()
             t = time.perf_counter()
-        ids = torch.randint(0, 65536, (batch, 26)) + offsets
-        dense = torch.randn(batch, 26)
-        y = torch.randint(0, 2, (batch,)).float()
+        # batches come from the host, as codistill's do
+        ids = (torch.randint(0, 65536, (batch, 26)) + offsets).to(DEVICE)
+        dense = torch.randn(batch, 26).to(DEVICE)
+        y = torch.randint(0, 2, (batch,)).float().to(DEVICE)
         loss = nn.functional.binary_cross_entropy_with_logits(m(ids, dense), y)
         sparse.zero_grad(set_to_none=True)
         rest.zero_grad(set_to_none=True)
         loss.backward()
         sparse.step()
         rest.step()
+        loss.item()
+    sync()
     return steps * batch / (time.perf_counter() - t)
 
 
 def ours_criteo():
     out = os.path.join(OUT, "criteo")
-    cmd = [BIN, "criteo", "train", "--device", "cpu", "--synthetic-rows", "300000", "--out", out,
-           "--cache", os.path.join(OUT, "cache"), "--eval-rows", "1000"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.load(open(os.path.join(out, "result.json")))["train_rows_per_s"]
+    cmd = [BIN, "criteo", "train", "--device", DEVICE, "--synthetic-rows", "300000", "--out", out,
+           "--cache", os.path.join(OUT, "cache"), "--eval-rows", "1000"] + (["--log-every", "50"] if GPU else [])
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(out + ".log", "w"))
+    return steady(out, "rows_per_s" if GPU else "train_rows_per_s")
 
 
+os.makedirs(OUT, exist_ok=True)
 rows = []
-for name, (v, e, h, l, b, t, steps) in {"lm-issue7": (10000, 1024, 1024, 2, 64, 35, 6),
-                                        "lm-brown": (14115, 256, 256, 1, 32, 35, 40)}.items():
+for name, (v, e, h, l, b, t, steps) in {"lm-issue7": (10000, 1024, 1024, 2, 64, 35, 100 if GPU else 12),
+                                        "lm-brown": (14115, 256, 256, 1, 32, 35, 200 if GPU else 40)}.items():
     ours = ours_lm(name, v, e, h, l, b, t, steps)
     theirs = torch_lm(v, e, h, l, b, t, steps)
     rows.append((name, "tokens/s", ours, theirs))
 ours = ours_criteo()
-theirs = torch_criteo()
+theirs = torch_criteo(steps=1000 if GPU else 200)
 rows.append(("criteo", "rows/s", ours, theirs))
-print(f"CPU: {THREADS} threads, torch {torch.__version__}")
+where = f"GPU: {torch.cuda.get_device_name()}" if GPU else f"CPU: {THREADS} threads"
+print(f"{where}, torch {torch.__version__}")
 print(f"{'model':<10} {'unit':<9} {'codistill':>11} {'pytorch':>11} {'ratio':>6}")
 for name, unit, a, b in rows:
     print(f"{name:<10} {unit:<9} {a:>11.0f} {b:>11.0f} {a / b:>6.2f}")

@@ -1,0 +1,388 @@
+//! Training on the GPU against training on the CPU: every tensor-level op (the dispatch in `ops/`
+//! that the tape and the trainers call), the LSTM layer forward and backward, a whole training step
+//! of the language model and of the click model (gradients and updated weights), and both trainers
+//! end to end. Fresh random inputs each run (the seed is printed), odd sizes, and the allocator's
+//! cache filled with NaN before each op so that an output element an op fails to write shows.
+//!
+//! Without a GPU each test says why and returns; with `REQUIRE_GPU=1` a missing GPU fails instead.
+//! `CODISTILL_GPU_TESTS_ON_CPU=1` runs them with the CPU standing in for the GPU (a check of the
+//! tests themselves on a machine without one: every comparison is then trivially equal).
+//! The matmul precision is process-wide, so the tests here take one lock and run one at a time.
+
+#![allow(clippy::field_reassign_with_default)]
+
+mod common;
+use codistill::autograd::Graph;
+use codistill::cuda::{self, Gpu, MatmulPrecision};
+use codistill::nn::LstmState;
+use codistill::ops::elementwise::{self as ew, Binary, Unary};
+use codistill::ops::{dropout, embedding, loss, lstm, matmul, reduce, softmax_kl};
+use codistill::optim::{Optimizer, OptimizerKind};
+use codistill::tensor::{Device, Tensor};
+use codistill::train::{criteo, lm, DeviceChoice};
+use codistill::{DistillParams, ParamStore, Rng};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The GPU (None when the CPU stands in for it), the lock and a freshly seeded generator, or None
+/// (after saying why) when there is no GPU.
+fn setup(test: &str) -> Option<(Option<Arc<Gpu>>, MutexGuard<'static, ()>, Rng)> {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = match cuda::gpu(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("REQUIRE_GPU=1 but no usable GPU: {e}");
+            }
+            if std::env::var("CODISTILL_GPU_TESTS_ON_CPU").as_deref() != Ok("1") {
+                eprintln!("skipping GPU test: {e}");
+                return None;
+            }
+            eprintln!("{test}: no GPU ({e}); the CPU stands in (CODISTILL_GPU_TESTS_ON_CPU=1)");
+            None
+        }
+    };
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    cuda::set_deterministic(false);
+    let seed = std::env::var("CODISTILL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("{test}: seed {seed}");
+    Some((gpu, guard, Rng::new(seed)))
+}
+
+/// The device under test: the GPU, or the CPU standing in for it.
+fn target() -> Device {
+    if cuda::probe().is_ok() {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    }
+}
+
+/// Fills the allocator's cache with NaN blocks of `n` f32s, so the next output of that size starts
+/// poisoned.
+fn poison(g: &Option<Arc<Gpu>>, n: usize) {
+    let Some(g) = g else { return };
+    let bufs: Vec<_> = (0..4)
+        .map(|_| {
+            let mut b = g.alloc::<f32>(n.max(1)).unwrap();
+            b.memset(0xFF).unwrap();
+            b
+        })
+        .collect();
+    g.sync().unwrap();
+    drop(bufs);
+}
+
+fn up(t: &Tensor) -> Tensor {
+    t.to_device(target()).unwrap()
+}
+
+/// ||gpu - cpu|| / ||cpu||, with the GPU tensor on the GPU and every element finite.
+fn rel(what: &str, gpu: &Tensor, cpu: &Tensor) -> f64 {
+    assert_eq!(gpu.device(), target(), "{what}: the result left the GPU");
+    assert_eq!(gpu.shape(), cpu.shape(), "{what}: shapes differ");
+    let (a, b) = (gpu.to_vec_f32().unwrap(), cpu.to_vec_f32().unwrap());
+    assert!(a.iter().all(|x| x.is_finite()), "{what}: non-finite output on the GPU (an element left unwritten?)");
+    let num: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn check(what: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
+    let e = rel(what, gpu, cpu);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+#[test]
+fn every_tensor_op_on_the_gpu_matches_the_cpu() {
+    let Some((g, _l, mut r)) = setup("tensor ops") else { return };
+    for &(n, d) in &[(1, 1), (7, 13), (129, 65), (300, 1001)] {
+        let x = Tensor::randn(&[n, d], 1.0, &mut r);
+        let y = Tensor::randn(&[n, d], 1.0, &mut r);
+        let pos = Tensor::uniform(&[n, d], 0.1, 3.0, &mut r);
+        let bias = Tensor::randn(&[d], 1.0, &mut r);
+        let (gx, gy) = (up(&x), up(&y));
+        for op in [Unary::Relu, Unary::Sigmoid, Unary::Tanh, Unary::Exp, Unary::Scale(-0.7)] {
+            poison(&g, n * d);
+            let (a, b) = (ew::unary(op, &gx).unwrap(), ew::unary(op, &x).unwrap());
+            check(&format!("{op:?} {n}x{d}"), &a, &b, 1e-6);
+            poison(&g, n * d);
+            check(&format!("{op:?} backward"), &ew::unary_backward(op, &gx, &a, &gy).unwrap(), &ew::unary_backward(op, &x, &b, &y).unwrap(), 1e-6);
+        }
+        poison(&g, n * d);
+        check("log", &ew::unary(Unary::Log, &up(&pos)).unwrap(), &ew::unary(Unary::Log, &pos).unwrap(), 1e-6);
+        for op in [Binary::Add, Binary::Sub, Binary::Mul] {
+            poison(&g, n * d);
+            check(&format!("{op:?}"), &ew::binary(op, &gx, &gy).unwrap(), &ew::binary(op, &x, &y).unwrap(), 1e-7);
+        }
+        poison(&g, n * d);
+        check("bias", &ew::add_row_bias(&gx, &up(&bias)).unwrap(), &ew::add_row_bias(&x, &bias).unwrap(), 1e-7);
+        let (mut acc_g, mut acc_c) = (gx.clone(), x.clone());
+        ew::axpy(0.3, &gy, &mut acc_g).unwrap();
+        ew::axpy(0.3, &y, &mut acc_c).unwrap();
+        check("axpy", &acc_g, &acc_c, 1e-7);
+        assert_eq!(gx.to_vec_f32().unwrap(), x.to_vec_f32().unwrap(), "axpy wrote through a shared tensor");
+        let (sg, sc) = (reduce::sum(&gx).unwrap().item().unwrap() as f64, reduce::sum(&x).unwrap().item().unwrap() as f64);
+        assert!((sg - sc).abs() <= 1e-5 * (1.0 + sc.abs()), "sum {sg} vs {sc}");
+        let (qg, qc) = (reduce::sum_squares(&gx).unwrap(), reduce::sum_squares(&x).unwrap());
+        assert!((qg - qc).abs() <= 1e-6 * qc, "sum of squares {qg} vs {qc}");
+        poison(&g, d);
+        check("sum_rows", &reduce::sum_rows(&gx).unwrap(), &reduce::sum_rows(&x).unwrap(), 1e-5);
+        poison(&g, n * d);
+        let seed = r.next_u64();
+        assert_eq!(dropout::dropout(&gx, 0.3, seed).unwrap().to_vec_f32().unwrap(), dropout::dropout(&x, 0.3, seed).unwrap().to_vec_f32().unwrap(), "dropout mask");
+        // matmul, all transposes, both precisions
+        let k = d.div_ceil(2) + 3;
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = Tensor::randn(&if ta { [k, n] } else { [n, k] }, 1.0, &mut r);
+            let b = Tensor::randn(&if tb { [d, k] } else { [k, d] }, 1.0, &mut r);
+            let want = matmul::matmul(&a, ta, &b, tb).unwrap();
+            for (p, tol) in [(MatmulPrecision::F32, 1e-5), (MatmulPrecision::Bf16, 1e-2)] {
+                cuda::set_matmul_precision(p);
+                poison(&g, n * d);
+                check(&format!("matmul {n}x{k}x{d} ta{ta} tb{tb} {p:?}"), &matmul::matmul(&up(&a), ta, &up(&b), tb).unwrap(), &want, tol);
+            }
+            cuda::set_matmul_precision(MatmulPrecision::F32);
+        }
+    }
+    // embedding: gather, and scatter-add in both modes, with repeated ids
+    for &(v, d, n) in &[(5, 3, 17), (1000, 64, 513), (97, 33, 2000)] {
+        let table = Tensor::randn(&[v, d], 1.0, &mut r);
+        let ids = Tensor::from_i32((0..n).map(|_| r.below(v) as i32).collect(), &[n]).unwrap();
+        let rows = Tensor::randn(&[n, d], 1.0, &mut r);
+        poison(&g, n * d);
+        check("gather", &embedding::gather(&up(&table), &up(&ids)).unwrap(), &embedding::gather(&table, &ids).unwrap(), 0.0);
+        let mut want = Tensor::randn(&[v, d], 1.0, &mut r);
+        let got = up(&want);
+        embedding::scatter_add(&rows, &ids, &mut want).unwrap();
+        for det in [false, true] {
+            cuda::set_deterministic(det);
+            let mut gt = got.deep_copy().unwrap();
+            embedding::scatter_add(&up(&rows), &up(&ids), &mut gt).unwrap();
+            if det {
+                assert_eq!(gt.to_vec_f32().unwrap(), want.to_vec_f32().unwrap(), "deterministic scatter-add is bitwise the CPU twin");
+            } else {
+                check("scatter_add atomic", &gt, &want, 1e-6);
+            }
+        }
+        cuda::set_deterministic(false);
+        let bad = Tensor::from_i32(vec![0, v as i32], &[2]).unwrap();
+        let e = embedding::gather(&up(&table), &up(&bad)).unwrap_err().to_string();
+        assert!(e.contains(&format!("id {v}")), "{e}");
+    }
+    // losses: softmax-KL with 0-3 teachers and labels, softmax cross-entropy, BCE
+    for &(n, c, k) in &[(1, 2, 1), (37, 1001, 2), (64, 10_000, 3), (5, 7, 0)] {
+        let s = Tensor::randn(&[n, c], 3.0, &mut r);
+        let ts: Vec<Tensor> = (0..k).map(|_| Tensor::randn(&[n, c], 3.0, &mut r)).collect();
+        let y = Tensor::from_i32((0..n).map(|_| r.below(c) as i32).collect(), &[n]).unwrap();
+        let p = DistillParams { temperature: if k == 2 { 2.0 } else { 1.0 }, alpha: if k == 0 { 0.0 } else { 0.6 } };
+        let gts: Vec<Tensor> = ts.iter().map(up).collect();
+        poison(&g, n * c);
+        let (lg, gg) = softmax_kl::softmax_kl(&up(&s), &gts, Some(&up(&y)), p).unwrap();
+        let (lc, gc) = softmax_kl::softmax_kl(&s, &ts, Some(&y), p).unwrap();
+        assert!((lg.total - lc.total).abs() <= 1e-5 * (1.0 + lc.total.abs()), "softmax-KL loss {} vs {}", lg.total, lc.total);
+        check(&format!("softmax-KL grad {n}x{c} k{k}"), &gg, &gc, 1e-5);
+        let (xg, xgrad) = loss::softmax_xent(&up(&s), &up(&y)).unwrap();
+        let (xc, xcgrad) = loss::softmax_xent(&s, &y).unwrap();
+        assert!((xg - xc).abs() <= 1e-5 * (1.0 + xc.abs()), "xent {xg} vs {xc}");
+        check("xent grad", &xgrad, &xcgrad, 1e-5);
+        let logits = Tensor::randn(&[n * 3 + 1], 4.0, &mut r);
+        let targets = Tensor::uniform(&[n * 3 + 1], 0.0, 1.0, &mut r);
+        poison(&g, n * 3 + 1);
+        let (bg, bgrad) = loss::bce_with_logits(&up(&logits), &up(&targets)).unwrap();
+        let (bc, bcgrad) = loss::bce_with_logits(&logits, &targets).unwrap();
+        assert!((bg - bc).abs() <= 1e-5 * (1.0 + bc.abs()), "bce {bg} vs {bc}");
+        check("bce grad", &bgrad, &bcgrad, 1e-6);
+        let bad = Tensor::from_f32(vec![0.5; n * 3], &[n * 3]).unwrap();
+        let mut badv = bad.to_vec_f32().unwrap();
+        badv[n] = 1.5;
+        let e = loss::bce_with_logits(&up(&Tensor::zeros(&[n * 3])), &up(&Tensor::from_f32(badv, &[n * 3]).unwrap())).unwrap_err().to_string();
+        assert!(e.contains("1.5"), "{e}");
+    }
+    // mixed devices are an error naming both
+    if target() != Device::Cpu {
+        let e = ew::binary(Binary::Add, &Tensor::zeros(&[2]), &up(&Tensor::zeros(&[2]))).unwrap_err().to_string();
+        assert!(e.contains("cpu") && e.contains("cuda:0"), "{e}");
+    }
+}
+
+#[test]
+fn lstm_layer_on_the_gpu_matches_the_cpu_forward_and_backward() {
+    let Some((g, _l, mut r)) = setup("lstm layer") else { return };
+    for &(t, b, input, h) in &[(1, 1, 1, 1), (5, 3, 7, 13), (35, 20, 64, 96), (9, 64, 200, 256)] {
+        let x = Tensor::randn(&[t * b, input], 1.0, &mut r);
+        let h0 = Tensor::randn(&[b, h], 0.5, &mut r);
+        let c0 = Tensor::randn(&[b, h], 0.5, &mut r);
+        let k = 1.0 / (h as f32).sqrt();
+        let wih = Tensor::uniform(&[input, 4 * h], -k, k, &mut r);
+        let whh = Tensor::uniform(&[h, 4 * h], -k, k, &mut r);
+        let bias = Tensor::uniform(&[4 * h], -k, k, &mut r);
+        let dy = Tensor::randn(&[t * b, h], 1.0, &mut r);
+        let dh = Tensor::randn(&[b, h], 1.0, &mut r);
+        let dc = Tensor::randn(&[b, h], 1.0, &mut r);
+        let cf = lstm::layer_forward(&x, &h0, &c0, &wih, &whh, &bias, t).unwrap();
+        let cb = lstm::layer_backward(&x, &h0, &wih, &whh, &cf, &dy, Some(&dh), Some(&dc)).unwrap();
+        for (p, tol) in [(MatmulPrecision::F32, 1e-5), (MatmulPrecision::Bf16, 2e-2)] {
+            cuda::set_matmul_precision(p);
+            let what = format!("lstm T{t} B{b} In{input} H{h} {p:?}");
+            poison(&g, t * b * 4 * h);
+            let (gx, gh0, gwih, gwhh) = (up(&x), up(&h0), up(&wih), up(&whh));
+            let gf = lstm::layer_forward(&gx, &gh0, &up(&c0), &gwih, &gwhh, &up(&bias), t).unwrap();
+            check(&format!("{what} y"), &gf.y, &cf.y, tol);
+            check(&format!("{what} h_last"), &gf.h_last, &cf.h_last, tol);
+            check(&format!("{what} c_last"), &gf.c_last, &cf.c_last, tol);
+            check(&format!("{what} gates"), &gf.cache.act, &cf.cache.act, tol);
+            poison(&g, t * b * 4 * h);
+            let gb = lstm::layer_backward(&gx, &gh0, &gwih, &gwhh, &gf, &up(&dy), Some(&up(&dh)), Some(&up(&dc))).unwrap();
+            // gradients through many steps compound the operand rounding: a wider bf16 bound
+            let gt = if p == MatmulPrecision::F32 { 1e-4 } else { 5e-2 };
+            for (name, a, c) in [("dx", &gb.dx, &cb.dx), ("dh0", &gb.dh0, &cb.dh0), ("dc0", &gb.dc0, &cb.dc0), ("dw_ih", &gb.dw_ih, &cb.dw_ih), ("dw_hh", &gb.dw_hh, &cb.dw_hh), ("db", &gb.db, &cb.db)] {
+                check(&format!("{what} {name}"), a, c, gt);
+            }
+        }
+    }
+}
+
+/// The relative error of every parameter's gradient and, after `opt` steps, of every weight's change.
+fn compare_stores(what: &str, gpu: &ParamStore, cpu: &ParamStore, start: &ParamStore, grad_tol: f64, step_tol: f64) {
+    for (name, pc) in cpu.iter() {
+        let pg = gpu.param(name).unwrap();
+        if pc.grad.numel() > 0 {
+            check(&format!("{what}: gradient of {name}"), &pg.grad, &pc.grad, grad_tol);
+        }
+        let w0 = start.get(name).unwrap();
+        let dg = ew::binary(Binary::Sub, &pg.value, &up(w0)).unwrap();
+        let dc = ew::binary(Binary::Sub, &pc.value, w0).unwrap();
+        check(&format!("{what}: update of {name}"), &dg, &dc, step_tol);
+    }
+}
+
+#[test]
+fn a_language_model_training_step_on_the_gpu_matches_the_cpu() {
+    let Some((_g, _l, mut r)) = setup("lm step") else { return };
+    let mut cfg = lm::LmConfig::default();
+    (cfg.emb_dim, cfg.hidden, cfg.layers) = (24, 40, 2);
+    let (vocab, batch, steps) = (301, 6, 7);
+    let mut cpu = ParamStore::new();
+    let model = lm::LmModel::new(&mut cpu, &cfg, vocab, &mut r).unwrap();
+    let start = cpu.clone();
+    let mut gpu = cpu.clone();
+    gpu.to_device(target()).unwrap();
+    let teacher = cpu.clone();
+    let (mut oc, mut og) = (Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 }), Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 }));
+    for step in 0..3u64 {
+        let x = Tensor::from_i32((0..steps * batch).map(|_| r.below(vocab) as i32).collect(), &[steps * batch]).unwrap();
+        let y = Tensor::from_i32((0..steps * batch).map(|_| r.below(vocab) as i32).collect(), &[steps * batch]).unwrap();
+        let run = |s: &mut ParamStore, t: &ParamStore, o: &mut Optimizer, dev: Device| -> f64 {
+            let (x, y) = (x.to_device(dev).unwrap(), y.to_device(dev).unwrap());
+            let state = LstmState::zeros_on(cfg.layers, batch, cfg.hidden, dev).unwrap();
+            let mut tg = Graph::no_grad();
+            let (tl, _) = model.forward(&mut tg, t, &x, &state, steps, None).unwrap();
+            let tlog = tg.value(tl).clone();
+            let mut g = Graph::new();
+            let (logits, _) = model.forward(&mut g, s, &x, &state, steps, Some((0.2, 77 + step))).unwrap();
+            let (l, parts) = g.softmax_kl(logits, &[tlog], Some(&y), DistillParams { temperature: 1.5, alpha: 0.5 }).unwrap();
+            let grads = g.backward(l).unwrap();
+            s.zero_grads().unwrap();
+            g.accumulate_grads(&grads, s).unwrap();
+            drop(g);
+            o.step(s, 0.5, Some(5.0)).unwrap();
+            parts.total
+        };
+        let mut tgpu = teacher.clone();
+        tgpu.to_device(target()).unwrap();
+        let lc = run(&mut cpu, &teacher, &mut oc, Device::Cpu);
+        let lg = run(&mut gpu, &tgpu, &mut og, target());
+        assert!((lg - lc).abs() <= 1e-5 * lc.abs(), "step {step}: loss {lg} on the GPU vs {lc}");
+        compare_stores(&format!("lm step {step}"), &gpu, &cpu, &start, 1e-4, 1e-4);
+    }
+}
+
+#[test]
+fn a_click_model_training_step_on_the_gpu_matches_the_cpu() {
+    let Some((_g, _l, mut r)) = setup("ctr step") else { return };
+    let mut cfg = criteo::CriteoConfig::default();
+    (cfg.emb_dim, cfg.buckets) = (8, 1000);
+    cfg.mlp = "33,17".into();
+    let mut cpu = ParamStore::new();
+    let model = criteo::CtrModel::new(&mut cpu, &cfg, &mut r).unwrap();
+    let start = cpu.clone();
+    let mut gpu = cpu.clone();
+    gpu.to_device(target()).unwrap();
+    let n = 257;
+    let (mut oc, mut og) = (Optimizer::new(OptimizerKind::adagrad()), Optimizer::new(OptimizerKind::adagrad()));
+    for step in 0..3 {
+        // ids within each field's buckets, with repeats (a popular category)
+        let ids: Vec<i32> = (0..n * 26).map(|i| ((i % 26) * cfg.buckets + if r.below(3) == 0 { 5 } else { r.below(cfg.buckets) }) as i32).collect();
+        let ids = Tensor::from_i32(ids, &[n * 26]).unwrap();
+        let dense = Tensor::randn(&[n, 26], 1.0, &mut r); // 13 values and their 13 missing flags
+        let targets = Tensor::uniform(&[n], 0.0, 1.0, &mut r);
+        let run = |s: &mut ParamStore, o: &mut Optimizer, dev: Device| -> f64 {
+            let mut g = Graph::new();
+            let l = model.forward(&mut g, s, &ids.to_device(dev).unwrap(), &dense.to_device(dev).unwrap()).unwrap();
+            let loss = g.bce_with_logits(l, &targets.to_device(dev).unwrap()).unwrap();
+            let lv = g.value(loss).item().unwrap() as f64;
+            let grads = g.backward(loss).unwrap();
+            s.zero_grads().unwrap();
+            g.accumulate_grads(&grads, s).unwrap();
+            drop(g);
+            o.step(s, 0.05, Some(10.0)).unwrap();
+            lv
+        };
+        let lc = run(&mut cpu, &mut oc, Device::Cpu);
+        let lg = run(&mut gpu, &mut og, target());
+        assert!((lg - lc).abs() <= 1e-5 * lc.abs(), "step {step}: loss {lg} on the GPU vs {lc}");
+        compare_stores(&format!("ctr step {step}"), &gpu, &cpu, &start, 1e-4, 1e-4);
+    }
+    // after zero_grads the GPU gradients are zero again, sparse rows included
+    gpu.zero_grads().unwrap();
+    for (name, p) in gpu.iter() {
+        assert!(p.grad.to_vec_f32().unwrap().iter().all(|&v| v == 0.0), "{name} not cleared");
+    }
+}
+
+#[test]
+fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
+    let Some((_g, _l, _r)) = setup("trainers") else { return };
+    let d = common::Scratch::new("gput", "trainers");
+    // language model: one model on the CPU and on the GPU (f32 products), then codistillation
+    let data = d.join("data");
+    codistill::data::synthetic::write_markov_corpus(&data, &codistill::data::synthetic::MarkovSource::new(30, 1, 3, 5), [12_000, 2_000, 2_000], 5).unwrap();
+    let mut c = lm::LmConfig::default();
+    c.data = Some(data);
+    c.cache = d.join("cache");
+    c.min_count = 1;
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (8, 16, 2, 4, 10);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (60, 30, 10, 30);
+    c.matmul_f32 = true;
+    let mut cc = c.clone();
+    (cc.device, cc.out) = (DeviceChoice::Cpu, d.join("lm-cpu"));
+    let mut cg = c.clone();
+    (cg.device, cg.out) = (if target() == Device::Cpu { DeviceChoice::Cpu } else { DeviceChoice::Cuda }, d.join("lm-gpu"));
+    let (a, b) = (lm::train(&cc).unwrap(), lm::train(&cg).unwrap());
+    let (va, vb) = (a.best_valid.unwrap(), b.best_valid.unwrap());
+    eprintln!("lm: validation loss cpu {va:.5} gpu {vb:.5}; tokens/s cpu {:.0} gpu {:.0}", a.tokens_per_s, b.tokens_per_s);
+    assert!((va - vb).abs() < 0.02, "validation loss {vb} on the GPU vs {va} on the CPU");
+    let mut co = c.clone();
+    (co.device, co.out, co.models, co.burn_in, co.exchange_every) = (cg.device, d.join("lm-co"), 2, 20, 10);
+    co.matmul_f32 = false;
+    let s = lm::train(&co).unwrap();
+    assert_eq!(s.per_model.len(), 2);
+    assert!(s.ensemble_valid.unwrap().is_finite() && s.per_model.iter().all(|m| m.0.unwrap() < 30f64.ln()), "{:?}", s.per_model);
+    assert!(d.join("lm-co/model-1/checkpoint.safetensors").exists());
+    // click model: one model on each device
+    let mut k = criteo::CriteoConfig::default();
+    (k.cache, k.synthetic_scale, k.synthetic_rows, k.buckets) = (d.join("ccache"), 0.002, 60_000, 4096);
+    k.matmul_f32 = true;
+    let mut kc = k.clone();
+    (kc.device, kc.out) = (DeviceChoice::Cpu, d.join("ctr-cpu"));
+    let mut kg = k.clone();
+    (kg.device, kg.out) = (cg.device, d.join("ctr-gpu"));
+    let (a, b) = (criteo::train(&kc).unwrap(), criteo::train(&kg).unwrap());
+    let (la, lb) = (a.valid[0].log_loss, b.valid[0].log_loss);
+    eprintln!("criteo: validation log-loss cpu {la:.5} gpu {lb:.5}");
+    assert!((la - lb).abs() < 0.002 * la, "log-loss {lb} on the GPU vs {la} on the CPU");
+}
