@@ -40,22 +40,30 @@ pub struct Optimizer {
 
 /// The global L2 norm of all gradients (f64 accumulation; row-sparse gradients cost their rows).
 pub fn grad_norm(store: &ParamStore) -> Result<f64> {
+    Ok(norm_squared(store, &BTreeMap::new())?.sqrt())
+}
+
+/// A GPU row-sparse gradient compacted by [`compact_rows`]: (row ids, rows), by parameter name.
+type Compacted = BTreeMap<String, (GpuBuf<i32>, GpuBuf<f32>)>;
+
+/// The squared global norm, taking GPU row-sparse gradients from `compacted` where present.
+fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
     let mut s = 0.0;
-    for (_, p) in store.iter() {
+    for (name, p) in store.iter() {
         s += match &p.state {
             GradState::Zero => 0.0,
             GradState::Dense => sum_squares(&p.grad)?,
-            GradState::Rows(_) if p.grad.device() != Device::Cpu => {
-                let rows = p.touched_rows().unwrap_or_default();
-                gpu::sum_squares(&compact_rows(&p.grad, &rows)?.1)?
-            }
+            GradState::Rows(_) if p.grad.device() != Device::Cpu => match compacted.get(name) {
+                Some((_, g)) => gpu::sum_squares(g)?,
+                None => gpu::sum_squares(&compact_rows(&p.grad, &p.touched_rows().unwrap_or_default())?.1)?,
+            },
             GradState::Rows(_) => {
                 let (w, g) = (p.grad.dim(1), p.grad.f32s()?);
                 p.touched_rows().unwrap_or_default().iter().map(|&r| sum_squares_cpu(&g[r as usize * w..(r as usize + 1) * w])).sum()
             }
         };
     }
-    Ok(s.sqrt())
+    Ok(s)
 }
 
 /// The rows `rows` of a GPU gradient `[R, D]` gathered into `[rows.len(), D]` (the row-sparse
@@ -109,7 +117,14 @@ impl Optimizer {
     /// (the untouched rows' moments wait, as in TensorFlow's LazyAdam), which is how large
     /// embedding tables are trained.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32, clip: Option<f32>) -> Result<f64> {
-        let norm = grad_norm(store)?;
+        // GPU row-sparse gradients are compacted once, for the norm and for the update.
+        let mut compacted = Compacted::new();
+        for (name, p) in store.iter() {
+            if p.grad.device() != Device::Cpu && matches!(p.state, GradState::Rows(_)) {
+                compacted.insert(name.clone(), compact_rows(&p.grad, &p.touched_rows().unwrap_or_default())?);
+            }
+        }
+        let norm = norm_squared(store, &compacted)?.sqrt();
         if !norm.is_finite() {
             bail!(Invalid, "gradient norm is {norm} at optimizer step {}; the weights were not updated (lower the learning rate or enable clipping)", self.step + 1);
         }
@@ -148,7 +163,7 @@ impl Optimizer {
             p.mark_written(now, touched.as_deref());
             if dev != Device::Cpu {
                 // One fused kernel per parameter; a row-sparse gradient is compacted first.
-                let sparse = touched.as_deref().map(|rows| compact_rows(&p.grad, rows)).transpose()?;
+                let sparse = compacted.remove(name.as_str());
                 let (rows, g) = match &sparse {
                     Some((ids, g)) => (Some(ids), g),
                     None => (None, p.grad.cuda_f32()?),

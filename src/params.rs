@@ -90,7 +90,7 @@ fn copy_value(src: &Tensor, dst: &mut Tensor) -> Result<()> {
         (Device::Cpu, Device::Cpu) => dst.f32s_mut()?.copy_from_slice(src.f32s()?),
         (Device::Cpu, Device::Cuda(_)) => dst.cuda_f32_mut()?.copy_from_host(src.f32s()?)?,
         (Device::Cuda(_), Device::Cpu) => dst.f32s_mut()?.copy_from_slice(&src.cuda_f32()?.download()?),
-        (Device::Cuda(a), Device::Cuda(b)) if a == b => dst.cuda_f32_mut()?.copy_from(src.cuda_f32()?)?,
+        (Device::Cuda(a), Device::Cuda(b)) if a == b => crate::cuda::copy(src.cuda_f32()?, dst.cuda_f32_mut()?)?,
         (Device::Cuda(_), Device::Cuda(_)) => *dst = src.to_device(Device::Cpu)?.to_device(dst.device())?,
     }
     Ok(())

@@ -425,22 +425,6 @@ impl<T: Copy> GpuBuf<T> {
         Ok(Slice { buf: self, start, len })
     }
 
-    /// Copies `src` (same length, same device) into this buffer on the compute stream.
-    pub fn copy_from(&mut self, src: &GpuBuf<T>) -> Result<()> {
-        if src.len != self.len {
-            bail!(Shape, "device copy of {} elements into a buffer of {}", src.len, self.len);
-        }
-        if !Arc::ptr_eq(&self.gpu, &src.gpu) {
-            bail!(Device, "device copy from cuda:{} to cuda:{}", src.gpu.ordinal, self.gpu.ordinal);
-        }
-        let bytes = self.len * std::mem::size_of::<T>();
-        if bytes > 0 {
-            self.gpu.ctx.bind_to_thread()?;
-            unsafe { result::memcpy_dtod_async(self.ptr, src.ptr, bytes, self.gpu.stream.cu_stream())? };
-        }
-        Ok(())
-    }
-
     /// A device-side copy.
     pub fn try_clone(&self) -> Result<GpuBuf<T>> {
         let b = self.gpu.alloc::<T>(self.len)?;
