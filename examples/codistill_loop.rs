@@ -4,6 +4,7 @@
 //! compared with a pair trained independently. `cargo run --release --example codistill_loop`
 //! (CI runs it). The trainers (`codistill::train::{lm, criteo}`) do the same at scale.
 
+use codistill::distill::end_step;
 use codistill::distill::exchange::{Exchange, InProcess};
 use codistill::nn::Mlp;
 use codistill::optim::{Optimizer, OptimizerKind};
@@ -74,13 +75,12 @@ fn run(weight: f32, seed: u64, train: &(Vec<f32>, Vec<f32>), valid: &[f32]) -> c
             let grads = g.backward(loss)?;
             g.accumulate_grads(&grads, params)?;
             drop(g);
+            exchange.settle(i)?; // a publish may still be copying these weights in the background
             opt.step(params, 3e-3, Some(5.0))?;
         }
-        if (step + 1) % EXCHANGE == 0 {
-            for (i, (_, params, _)) in models.iter().enumerate() {
-                exchange.publish(i, step + 1, params)?;
-            }
-        }
+        // Swap in what was published at an earlier step; publish every EXCHANGE steps.
+        let publish = (step + 1) % EXCHANGE == 0;
+        end_step(&mut exchange, step + 1, publish, models.iter().enumerate().map(|(i, (_, p, _))| (i, p)))?;
     }
     models.iter().map(|(mlp, p, _)| predict(mlp, p, valid)).collect()
 }

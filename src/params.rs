@@ -5,6 +5,7 @@ use crate::ops::embedding::scatter_add;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Which part of a gradient may be non-zero: lets an embedding table of millions of rows be
 /// cleared, clipped and updated at the cost of the rows a batch touched.
@@ -36,8 +37,10 @@ pub struct Param {
 struct Written {
     /// The last write of the whole value.
     all: u64,
-    /// Per row of a 2-D value, the last row-sparse update (empty until the first one).
-    rows: Vec<u64>,
+    /// Per row of a 2-D value, the last row-sparse update (empty until the first one). Shared
+    /// with a [`WeightsView`] while a background copy reads it; the next update then owns it again
+    /// (the exchange finishes its copy before the publisher's next update, so no copy is made).
+    rows: Arc<Vec<u64>>,
 }
 
 /// A point in one store's write history: what a copy of its weights is current to.
@@ -45,6 +48,37 @@ struct Written {
 pub struct WriteMark {
     store: u64,
     clock: u64,
+}
+
+/// A store's weights and write history as of a [`ParamStore::weights_view`] call, sharing its
+/// buffers; `Send`, so a background thread can copy from it.
+#[derive(Clone, Debug)]
+pub struct WeightsView {
+    store: u64,
+    clock: u64,
+    params: Vec<(String, Tensor, Written)>,
+}
+
+impl WeightsView {
+    /// The point of the store's write history this view shows.
+    pub fn write_mark(&self) -> WriteMark {
+        WriteMark { store: self.store, clock: self.clock }
+    }
+
+    /// A new store holding a copy of these weights in its own buffers (no gradients).
+    pub fn to_store(&self) -> Result<ParamStore> {
+        let mut out = ParamStore::new();
+        let t = out.tick();
+        for (k, value, _) in &self.params {
+            out.params.insert(k.clone(), Param { value: value.deep_copy()?, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Arc::default() } });
+        }
+        Ok(out)
+    }
+
+    /// Whether every weight is in host memory.
+    pub fn on_cpu(&self) -> bool {
+        self.params.iter().all(|(_, t, _)| t.device() == Device::Cpu)
+    }
 }
 
 static NEXT_STORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -60,10 +94,11 @@ impl Param {
             Some(rows) if self.value.rank() == 2 => {
                 let n = self.value.dim(0);
                 if self.written.rows.len() != n {
-                    self.written.rows = vec![0; n];
+                    self.written.rows = Arc::new(vec![0; n]);
                 }
+                let stamps = Arc::make_mut(&mut self.written.rows);
                 for &r in rows {
-                    self.written.rows[r as usize] = t;
+                    stamps[r as usize] = t;
                 }
             }
             _ => self.written.all = t,
@@ -143,7 +178,7 @@ impl ParamStore {
             bail!(Invalid, "parameter {name:?} is already defined");
         }
         let grad = Tensor::zeros_on(value.shape(), value.device())?;
-        let written = Written { all: self.tick(), rows: Vec::new() };
+        let written = Written { all: self.tick(), rows: Arc::default() };
         self.params.insert(name.to_string(), Param { value, grad, state: GradState::Zero, written });
         Ok(())
     }
@@ -277,7 +312,7 @@ impl ParamStore {
         let t = out.tick();
         for (k, p) in &self.params {
             let value = if p.value.device() == device { p.value.deep_copy()? } else { p.value.to_device(device)? };
-            out.params.insert(k.clone(), Param { value, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Vec::new() } });
+            out.params.insert(k.clone(), Param { value, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Arc::default() } });
         }
         Ok(out)
     }
@@ -293,32 +328,54 @@ impl ParamStore {
     /// weight when `since` is `None` or marks another store. Returns the number of values copied.
     /// The caller guarantees this store's weights were not written since they matched `since`.
     pub fn copy_weights_changed_since(&mut self, src: &ParamStore, since: Option<WriteMark>) -> Result<usize> {
-        let since = since.filter(|m| m.store == src.id).map(|m| m.clock);
+        self.copy_weights_from_view(&src.weights_view(), since)
+    }
+
+    /// The weights and their write history, sharing the buffers (no copy): what a background copy
+    /// reads while the store's owner goes on reading the same weights. The owner must not write
+    /// the weights while a view is alive (a write would copy the shared buffer first, which is
+    /// correct but costs a copy of the whole parameter).
+    pub fn weights_view(&self) -> WeightsView {
+        WeightsView {
+            store: self.id,
+            clock: self.clock,
+            params: self.params.iter().map(|(k, p)| (k.clone(), p.value.clone(), p.written.clone())).collect(),
+        }
+    }
+
+    /// [`copy_weights_changed_since`](Self::copy_weights_changed_since) from a view of the source.
+    pub fn copy_weights_from_view(&mut self, src: &WeightsView, since: Option<WriteMark>) -> Result<usize> {
+        let since = since.filter(|m| m.store == src.store).map(|m| m.clock);
+        if self.params.len() != src.params.len() {
+            bail!(Invalid, "copy of weights: {} parameters into a store of {}", src.params.len(), self.params.len());
+        }
         let t = self.tick();
         let mut copied = 0;
-        for (name, p) in self.params.iter_mut() {
-            let from = src.param(name)?;
-            from.value.expect_shape(&format!("parameter {name:?}"), p.value.shape())?;
-            if (p.value.device(), from.value.device()) != (Device::Cpu, Device::Cpu) {
+        for ((name, p), (from_name, from_value, from_written)) in self.params.iter_mut().zip(&src.params) {
+            if name != from_name {
+                bail!(Invalid, "copy of weights: parameter {from_name:?} where {name:?} was expected");
+            }
+            from_value.expect_shape(&format!("parameter {name:?}"), p.value.shape())?;
+            if (p.value.device(), from_value.device()) != (Device::Cpu, Device::Cpu) {
                 // On a GPU the changed rows are not copied one by one (a driver call per row
                 // would cost more than the bytes): a parameter that changed at all is copied whole,
                 // on the device or across the bus.
                 let changed = match since {
-                    Some(c) => from.written.all > c || from.written.rows.iter().any(|&w| w > c),
+                    Some(c) => from_written.all > c || from_written.rows.iter().any(|&w| w > c),
                     None => true,
                 };
                 if changed {
-                    copy_value(&from.value, &mut p.value)?;
+                    copy_value(from_value, &mut p.value)?;
                     copied += p.value.numel();
                 }
                 p.written.all = t;
                 continue;
             }
-            let (dst, srcv) = (p.value.f32s_mut()?, from.value.f32s()?);
+            let (dst, srcv) = (p.value.f32s_mut()?, from_value.f32s()?);
             match since {
-                Some(c) if from.written.all <= c && from.value.rank() == 2 => {
-                    let width = from.value.dim(1);
-                    for (r, &w) in from.written.rows.iter().enumerate() {
+                Some(c) if from_written.all <= c && from_value.rank() == 2 => {
+                    let width = from_value.dim(1);
+                    for (r, &w) in from_written.rows.iter().enumerate() {
                         if w > c {
                             let span = r * width..(r + 1) * width;
                             dst[span.clone()].copy_from_slice(&srcv[span]);
@@ -326,7 +383,7 @@ impl ParamStore {
                         }
                     }
                 }
-                Some(c) if from.written.all <= c => {}
+                Some(c) if from_written.all <= c => {}
                 _ => {
                     dst.copy_from_slice(srcv);
                     copied += dst.len();

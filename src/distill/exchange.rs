@@ -1,8 +1,9 @@
 //! Checkpoint exchange between codistilling models, off the compute path.
 //!
 //! A `Snapshot` is a model's weights at a step. Two deployments share one interface:
-//! - `InProcess`: models in one process. Publishing shares the weight tensors (`Arc`), so it
-//!   copies nothing; the publisher's next update copies on write.
+//! - `InProcess`: models in one process. A publish brings a standby copy of the weights up to
+//!   date (only the rows written since it was last filled) on a helper thread while the models
+//!   compute the next step, and the next step boundary swaps it in.
 //! - `DirExchange`: one process per model and a shared directory (any shared filesystem). A
 //!   background writer saves each published snapshot as safetensors to a temporary name and
 //!   renames it to `model-<rank>.safetensors`; a background reader polls the peers' files, loads a
@@ -28,27 +29,83 @@ pub struct Snapshot {
 }
 
 pub trait Exchange {
-    /// Make `params` at `step` available to the peers.
+    /// Make `params` at `step` available to the peers. The exchange may go on reading `params`
+    /// after this returns (a copy in the background), until [`settle`](Exchange::settle).
     fn publish(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()>;
+    /// The publisher `rank` is about to write its weights: finish reading them. Called before
+    /// every optimizer update; waits only if a background copy has not finished yet.
+    fn settle(&mut self, _rank: usize) -> Result<()> {
+        Ok(())
+    }
+    /// A step boundary of the whole process: snapshots published before the previous boundary
+    /// become the ones `latest` serves (an in-process copy is in flight for one step, as on a copy
+    /// stream). Deterministic: it never depends on how fast a copy ran.
+    fn advance(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The newest snapshot of `peer` available now, if any. Never blocks on I/O.
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>>;
+    /// Before training: allocate what publishing `params` as `rank` will need, so that the first
+    /// publishes do not allocate (optional; nothing is published).
+    fn prepare(&mut self, _rank: usize, _params: &ParamStore) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A standby snapshot being brought up to date, and the mark it will be current to.
+enum Copying {
+    /// On a helper thread, reading the publisher's weights (CPU weights).
+    Background(JoinHandle<Result<(Snapshot, usize)>>, WriteMark),
+    /// Done (GPU weights are copied on the device at publish; the first fills are deep copies).
+    Done(Snapshot, usize, WriteMark),
 }
 
 /// Models in one process. Each model has an active snapshot (what teachers read) and a standby
-/// one; a publish brings the standby buffers up to date and swaps. The standby holds the weights
-/// of two publishes ago, so only the rows written since then are copied (an embedding table's
-/// touched rows, every dense weight); the first two publishes allocate and copy everything. The
-/// trainer's own weights are never shared, so its next update writes in place.
+/// one; a publish brings the standby buffers up to date and the next step boundary (`advance`)
+/// swaps them in. The standby holds the weights of two publishes ago, so only the rows written since
+/// then are copied (an embedding table's touched rows, every dense weight); the first two
+/// publishes allocate and copy everything. On the CPU the copy runs on a helper thread while the
+/// models compute the next step (the weights are only read until the publisher's next update,
+/// where `settle` waits for the copy), so the compute path pays only for starting it. The
+/// trainer's own weights are never shared after `settle`, so its update writes in place.
 pub struct InProcess {
     active: Vec<Option<(Arc<Snapshot>, WriteMark)>>,
     standby: Vec<Option<(Arc<Snapshot>, WriteMark)>>,
+    /// Published, not yet settled.
+    copying: Vec<Option<Copying>>,
+    /// Settled, swapped in at the next `advance`.
+    landed: Vec<Option<(Snapshot, WriteMark)>>,
+    /// A second standby made by `prepare`, taken when the first swap leaves no old snapshot.
+    spare: Vec<Option<(Arc<Snapshot>, WriteMark)>>,
     /// Values copied by publishes so far (for the overlap report and the tests).
     pub copied: usize,
 }
 
 impl InProcess {
     pub fn new(world: usize) -> Self {
-        InProcess { active: vec![None; world], standby: vec![None; world], copied: 0 }
+        InProcess {
+            active: vec![None; world],
+            standby: vec![None; world],
+            copying: (0..world).map(|_| None).collect(),
+            landed: (0..world).map(|_| None).collect(),
+            spare: vec![None; world],
+            copied: 0,
+        }
+    }
+
+    /// Publish, settle and swap in at once: the snapshot is served by `latest` right away.
+    pub fn publish_now(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()> {
+        self.publish(rank, step, params)?;
+        self.settle(rank)?;
+        self.swap_in(rank);
+        Ok(())
+    }
+
+    fn swap_in(&mut self, rank: usize) {
+        if let Some((snap, mark)) = self.landed[rank].take() {
+            self.standby[rank] = self.active[rank].take().or_else(|| self.spare[rank].take());
+            self.active[rank] = Some((Arc::new(snap), mark));
+        }
     }
 }
 
@@ -59,31 +116,92 @@ fn fresh_snapshot(rank: usize, step: u64, params: &ParamStore) -> Result<Snapsho
 
 impl Exchange for InProcess {
     fn publish(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()> {
-        let mut slot = self.standby[rank].take();
-        // Reuse the standby buffers when no teacher still holds them.
-        let reused = match &mut slot {
-            Some((snap, mark)) => match Arc::get_mut(snap) {
-                Some(s) => {
-                    self.copied += s.params.copy_weights_changed_since(params, Some(*mark))?;
-                    s.step = step;
-                    *mark = params.write_mark();
-                    true
-                }
-                None => false,
-            },
-            None => false,
-        };
-        if !reused {
-            slot = Some((Arc::new(fresh_snapshot(rank, step, params)?), params.write_mark()));
-            self.copied += params.num_elements();
+        // A publish before the previous one was swapped in replaces it; its buffers, current to
+        // their mark, become the standby.
+        self.settle(rank)?;
+        if let Some((old, mark)) = self.landed[rank].take() {
+            self.standby[rank] = Some((Arc::new(old), mark));
         }
-        self.standby[rank] = self.active[rank].take();
-        self.active[rank] = slot;
+        let view = params.weights_view();
+        let mark = view.write_mark();
+        // Reuse the standby buffers when no teacher still holds them.
+        let reusable = self.standby[rank].take().and_then(|(snap, since)| Arc::try_unwrap(snap).ok().map(|s| (s, since)));
+        let background = |job: Box<dyn FnOnce() -> Result<(Snapshot, usize)> + Send>| {
+            std::thread::Builder::new()
+                .name(format!("codistill-publish-{rank}"))
+                .spawn(job)
+                .map(|h| Copying::Background(h, mark))
+                .map_err(|e| Error::Invalid(format!("could not start the publish thread: {e}")))
+        };
+        self.copying[rank] = Some(match reusable {
+            Some((mut snap, since)) if view.on_cpu() && snap.params.device() == Device::Cpu => {
+                snap.step = step;
+                background(Box::new(move || {
+                    let copied = snap.params.copy_weights_from_view(&view, Some(since))?;
+                    Ok((snap, copied))
+                }))?
+            }
+            Some((mut snap, since)) => {
+                snap.step = step;
+                let copied = snap.params.copy_weights_from_view(&view, Some(since))?;
+                Copying::Done(snap, copied, mark)
+            }
+            // The first two publishes allocate their buffers (in the background on the CPU).
+            None if view.on_cpu() => background(Box::new(move || {
+                let params = view.to_store()?;
+                let copied = params.num_elements();
+                Ok((Snapshot { rank, step, params }, copied))
+            }))?,
+            None => Copying::Done(fresh_snapshot(rank, step, params)?, params.num_elements(), mark),
+        });
+        Ok(())
+    }
+
+    fn settle(&mut self, rank: usize) -> Result<()> {
+        let (snap, copied, mark) = match self.copying[rank].take() {
+            None => return Ok(()),
+            Some(Copying::Done(s, c, m)) => (s, c, m),
+            Some(Copying::Background(h, m)) => {
+                let (s, c) = h.join().map_err(|_| Error::Invalid("the publish thread panicked".into()))??;
+                (s, c, m)
+            }
+        };
+        self.copied += copied;
+        self.landed[rank] = Some((snap, mark));
+        Ok(())
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        // Everything pending was published at an earlier boundary (trainers publish after
+        // `advance`), so it has been in flight for at least one step.
+        for rank in 0..self.active.len() {
+            self.settle(rank)?;
+            self.swap_in(rank);
+        }
         Ok(())
     }
 
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>> {
         self.active[peer].as_ref().map(|(s, _)| s.clone())
+    }
+
+    fn prepare(&mut self, rank: usize, params: &ParamStore) -> Result<()> {
+        let mark = params.write_mark();
+        if self.standby[rank].is_none() && self.active[rank].is_none() {
+            self.standby[rank] = Some((Arc::new(fresh_snapshot(rank, 0, params)?), mark));
+            self.spare[rank] = Some((Arc::new(fresh_snapshot(rank, 0, params)?), mark));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        for c in self.copying.iter_mut() {
+            if let Some(Copying::Background(h, _)) = c.take() {
+                let _ = h.join();
+            }
+        }
     }
 }
 
@@ -261,9 +379,9 @@ mod tests {
         let mut x = InProcess::new(2);
         assert!(x.latest(1).is_none());
         let mut own = store(1.0);
-        x.publish(1, 10, &own).unwrap();
-        x.publish(1, 20, &store(2.0)).unwrap();
-        x.publish(1, 30, &store(3.0)).unwrap(); // reuses the step-10 buffers
+        x.publish_now(1, 10, &own).unwrap();
+        x.publish_now(1, 20, &store(2.0)).unwrap();
+        x.publish_now(1, 30, &store(3.0)).unwrap(); // reuses the step-10 buffers
         let s = x.latest(1).unwrap();
         assert_eq!((s.step, s.params.get("w").unwrap().f32s().unwrap()[0]), (30, 3.0));
         // The publisher's tensor is not shared: writing it does not touch the snapshot.
@@ -304,7 +422,7 @@ mod tests {
                 own.param_mut("table").unwrap().value.f32s_mut().unwrap()[rows * width - 1] = 42.0;
             }
             let before = x.copied;
-            x.publish(1, publish, &own).unwrap();
+            x.publish_now(1, publish, &own).unwrap();
             let copied = x.copied - before;
             let s = x.latest(1).unwrap();
             for name in ["table", "bias"] {
@@ -319,6 +437,47 @@ mod tests {
                 _ => assert!(copied <= 120 * width + 4, "publish {publish} copied {copied} of {full}"),
             }
         }
+    }
+
+    /// The trainers' protocol: a publish copies in the background while the publisher reads its
+    /// weights, `settle` finishes it before the update, and the snapshot is served from the next
+    /// `advance` on, never earlier (so what a teacher is does not depend on the copy's speed).
+    #[test]
+    fn in_process_copies_in_the_background_and_swaps_at_the_next_boundary() {
+        use crate::optim::{Optimizer, OptimizerKind};
+        use crate::Rng;
+        let (rows, width) = (5000, 16);
+        let mut rng = Rng::new(9);
+        let mut own = ParamStore::new();
+        own.insert("table", Tensor::randn(&[rows, width], 1.0, &mut rng)).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::sgd());
+        let mut x = InProcess::new(2);
+        let mut expected: Vec<Vec<f32>> = Vec::new();
+        for step in 0..8u64 {
+            // The served snapshot is the one published two boundaries ago (published after step
+            // s - 1, swapped in at the boundary after step s).
+            match x.latest(0) {
+                None => assert!(step < 2, "step {step}: nothing served"),
+                Some(s) => {
+                    assert_eq!(s.step, step - 1, "step {step}");
+                    assert_eq!(s.params.get("table").unwrap().f32s().unwrap(), &expected[(step - 2) as usize][..], "step {step}");
+                }
+            }
+            // Reads of the weights while the copy may run: allowed.
+            let sum: f32 = own.get("table").unwrap().f32s().unwrap().iter().sum();
+            assert!(sum.is_finite());
+            x.settle(0).unwrap();
+            let ptr = own.get("table").unwrap().f32s().unwrap().as_ptr();
+            own.zero_grads().unwrap();
+            let ids: Vec<i32> = (0..50).map(|_| (rng.next_u64() % rows as u64) as i32).collect();
+            own.accumulate_rows("table", &Tensor::from_i32(ids, &[50]).unwrap(), &Tensor::randn(&[50, width], 1.0, &mut rng)).unwrap();
+            opt.step(&mut own, 0.1, None).unwrap();
+            assert_eq!(own.get("table").unwrap().f32s().unwrap().as_ptr(), ptr, "step {step}: the update copied the weights");
+            x.advance().unwrap();
+            expected.push(own.get("table").unwrap().f32s().unwrap().to_vec());
+            x.publish(0, step + 1, &own).unwrap();
+        }
+        assert!(x.copied < 2 * rows * width + 6 * 100 * width, "copied {}", x.copied);
     }
 
     #[test]

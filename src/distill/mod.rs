@@ -73,13 +73,20 @@ impl Topology {
     }
 }
 
-/// Publish every local model's weights as of `step`; returns the time spent.
-pub fn publish_all<'a>(exchange: &mut dyn Exchange, step: u64, models: impl Iterator<Item = (usize, &'a ParamStore)>) -> Result<Duration> {
-    let mut spent = Duration::ZERO;
-    for (index, store) in models {
-        let (r, waited) = timed(|| exchange.publish(index, step, store));
-        r?;
-        spent += waited;
+/// The end of a step of every local model: swap in the snapshots published at an earlier step
+/// boundary (`Exchange::advance`), then, when `publish`, publish every local model's weights as of
+/// `step` (the number of steps done). Returns the time the compute path spent here. The protocol
+/// of a step, per model: `latest` for its teachers, forward and backward, `settle` (the exchange
+/// stops reading its weights), the optimizer update; then `end_step` once.
+pub fn end_step<'a>(exchange: &mut dyn Exchange, step: u64, publish: bool, models: impl Iterator<Item = (usize, &'a ParamStore)>) -> Result<Duration> {
+    let (r, mut spent) = timed(|| exchange.advance());
+    r?;
+    if publish {
+        for (index, store) in models {
+            let (r, waited) = timed(|| exchange.publish(index, step, store));
+            r?;
+            spent += waited;
+        }
     }
     Ok(spent)
 }

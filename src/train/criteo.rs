@@ -365,7 +365,7 @@ impl Member {
 /// process's model of a `world`-process codistillation through `exchange_dir`.
 pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     use crate::distill::exchange::timed;
-    use crate::distill::{publish_all, CodistillSchedule, Topology};
+    use crate::distill::{end_step, CodistillSchedule, Topology};
     let t0 = Instant::now();
     let dev = cfg.device.resolve()?;
     super::gpu_settings(cfg.matmul_f32, cfg.deterministic);
@@ -429,6 +429,12 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     // The structure (parameter names) is the same for every model; weights come from each store.
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
+    if schedule.weight > 0.0 {
+        // The snapshot buffers are allocated now, not inside the first publishes.
+        for m in &members {
+            exchange.prepare(m.index, &m.store)?;
+        }
+    }
     let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
     let steps_per_epoch = members.iter().map(|m| m.rows.len().div_ceil(cfg.batch)).min().unwrap_or(0) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
@@ -460,7 +466,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
         for m in members.iter_mut() {
-            let ts = Instant::now();
+            let (ts, mut waited_here) = (Instant::now(), 0.0);
             let chunk = m.next_batch(cfg.batch);
             let (ids, dense, labels) = data.train.batch(&chunk)?;
             // Labels stay on the host, where the soft targets are mixed; the targets move at the end.
@@ -474,7 +480,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             };
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
-                exchange_wait += waited.as_secs_f64();
+                waited_here += waited.as_secs_f64();
                 if !teachers.is_empty() {
                     let mut mean_p = vec![0f32; chunk.len()];
                     for t in &teachers {
@@ -509,14 +515,20 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             g.accumulate_grads(&grads, &mut m.store)?;
             // The tape holds references to the weights; drop it so the update writes in place.
             drop(g);
+            // A publish may still be copying these weights in the background.
+            let (r, waited) = timed(|| exchange.settle(m.index));
+            r?;
+            waited_here += waited.as_secs_f64();
             m.opt.step(&mut m.store, lr, clip)?;
-            train_secs += ts.elapsed().as_secs_f64();
+            // Compute time excludes the time spent in exchange calls, which is accounted apart.
+            train_secs += ts.elapsed().as_secs_f64() - waited_here;
+            exchange_wait += waited_here;
             train_rows += chunk.len();
             interval_loss += lv;
             interval_n += 1;
         }
-        if schedule.publish_after(step) && schedule.weight > 0.0 {
-            exchange_wait += publish_all(exchange.as_mut(), step + 1, members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
+        if schedule.weight > 0.0 {
+            exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
         let step1 = step + 1;
         bar.set_position(step1);

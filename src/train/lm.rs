@@ -355,7 +355,7 @@ struct LmMember {
 /// (per model `model-<i>/` when there are several here).
 pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     use crate::distill::exchange::timed;
-    use crate::distill::{publish_all, CodistillSchedule, Topology};
+    use crate::distill::{end_step, CodistillSchedule, Topology};
     use crate::ops::softmax_kl::DistillParams;
     let t0 = Instant::now();
     let dev = cfg.device.resolve()?;
@@ -430,6 +430,12 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         eprintln!("resumed from {} at step {step}", path.display());
     }
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
+    if schedule.weight > 0.0 {
+        // The snapshot buffers are allocated now, not inside the first publishes.
+        for m in &members {
+            exchange.prepare(m.index, &m.store)?;
+        }
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
@@ -460,13 +466,13 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 m.state = LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?;
                 m.teacher_state = vec![None; total_models];
             }
-            let ts = Instant::now();
+            let (ts, mut waited_here) = (Instant::now(), 0.0);
             let (x, y) = m.lanes.window(w)?;
             let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
             let mut teacher_logits = Vec::new();
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
-                exchange_wait += waited.as_secs_f64();
+                waited_here += waited.as_secs_f64();
                 for t in &teachers {
                     let st = match m.teacher_state[t.rank].take() {
                         Some(s) => s,
@@ -508,15 +514,21 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             // The tape holds references to the weights; drop it so the update writes in place
             // instead of copying every parameter.
             drop(g);
+            // A publish may still be copying these weights in the background.
+            let (r, waited) = timed(|| exchange.settle(m.index));
+            r?;
+            waited_here += waited.as_secs_f64();
             last_norm = m.opt.step(&mut m.store, lr, clip)?;
             m.state = next;
-            train_secs += ts.elapsed().as_secs_f64();
+            // Compute time excludes the time spent in exchange calls, which is accounted apart.
+            train_secs += ts.elapsed().as_secs_f64() - waited_here;
+            exchange_wait += waited_here;
             train_tokens += tokens_per_step;
             interval_loss += lv;
             interval_n += 1;
         }
-        if schedule.publish_after(step) && schedule.weight > 0.0 {
-            exchange_wait += publish_all(exchange.as_mut(), step + 1, members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
+        if schedule.weight > 0.0 {
+            exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
         step += 1;
         bar.set_position(step);
