@@ -166,6 +166,34 @@ fn main() {
         rows.push(Row { name: "lstm cell bwd".into(), shape: format!("B{b} H{h}"), ms, flops: 0.0, bytes: (b * h * 4 * (4 + 4 + 5)) as f64 });
     }
 
+    // The whole LSTM layer of the 2x1024 language model (one window: 35 steps of batch 64, input
+    // 1024), forward and forward+backward through time, against cuDNN in scripts/gpu_compare.py.
+    // FLOPs: the input and recurrent products, 2*T*B*(I+H)*4H forward and twice that backward.
+    if want("lstm") {
+        use codistill::ops::lstm::{layer_backward, layer_forward};
+        use codistill::tensor::Device;
+        let (t, b, i, h) = (35usize, 64usize, 1024usize, 1024usize);
+        let on = |v: Vec<f32>, shape: &[usize]| codistill::Tensor::from_f32(v, shape).unwrap().to_device(Device::Cuda(0)).unwrap();
+        let x = on(r.normal_vec(t * b * i, 1.0), &[t * b, i]);
+        let h0 = on(r.normal_vec(b * h, 0.5), &[b, h]);
+        let c0 = on(r.normal_vec(b * h, 0.5), &[b, h]);
+        let w_ih = on(r.normal_vec(i * 4 * h, 0.03), &[i, 4 * h]);
+        let w_hh = on(r.normal_vec(h * 4 * h, 0.03), &[h, 4 * h]);
+        let bias = on(r.normal_vec(4 * h, 0.1), &[4 * h]);
+        let dy = on(r.normal_vec(t * b * h, 1.0), &[t * b, h]);
+        let fwd_flops = 2.0 * (t * b * (i + h) * 4 * h) as f64;
+        let shape = format!("T{t} B{b} I{i} H{h}");
+        let ms = time_ms(&g, 20, || {
+            layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+        });
+        rows.push(Row { name: "lstm layer fwd".into(), shape: shape.clone(), ms, flops: fwd_flops, bytes: 0.0 });
+        let ms = time_ms(&g, 20, || {
+            let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+            layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+        });
+        rows.push(Row { name: "lstm layer fwd+bwd".into(), shape, ms, flops: 3.0 * fwd_flops, bytes: 0.0 });
+    }
+
     // Adam over 64M parameters: read w, g, m, v; write w, m, v.
     if want("adam") {
         let n = 64 << 20;

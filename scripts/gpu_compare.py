@@ -99,6 +99,27 @@ def main():
     hh, cc = cell(gq, cq)
     dh, dc = torch.randn_like(hh), torch.randn_like(cc)
     out[f"lstm cell bwd|B{bsz} H{h}"] = time_ms(lambda: torch.autograd.grad((hh, cc), (gq, cq), (dh, dc), retain_graph=True), iters=200)
+    # The whole LSTM layer through cuDNN (torch.nn.LSTM), the shapes of benches/gpu.rs. Our layer
+    # multiplies bf16 operands with fp32 accumulation, so the reference is cuDNN in bf16; cuDNN in
+    # fp32 with TF32 allowed is printed beside it.
+    t_len, inp = 35, 1024
+    key = f"T{t_len} B{bsz} I{inp} H{h}"
+    for dt, tf32, tag in [(torch.bfloat16, False, ""), (torch.float32, True, " (cuDNN fp32, TF32)")]:
+        torch.backends.cudnn.allow_tf32 = tf32
+        lstm = torch.nn.LSTM(inp, h).to(device=dev, dtype=dt)
+        xs = torch.randn(t_len, bsz, inp, device=dev, dtype=dt, requires_grad=True)
+        state = (torch.randn(1, bsz, h, device=dev, dtype=dt), torch.randn(1, bsz, h, device=dev, dtype=dt))
+        dy = torch.randn(t_len, bsz, h, device=dev, dtype=dt)
+        with torch.no_grad():
+            out["lstm layer fwd" + tag + "|" + key] = time_ms(lambda: lstm(xs, state))
+
+        def fwd_bwd():
+            y, _ = lstm(xs, state)
+            torch.autograd.grad(y, [xs] + list(lstm.parameters()), dy)
+
+        out["lstm layer fwd+bwd" + tag + "|" + key] = time_ms(fwd_bwd)
+        del lstm, xs, state, dy
+    torch.backends.cudnn.allow_tf32 = False
     n = 64 << 20
     w = torch.randn(n, device=dev, requires_grad=True)
     w.grad = torch.randn(n, device=dev)
@@ -119,13 +140,16 @@ def main():
         if r["flops"]:
             o, t = f"{r['flops'] / r['ms'] / 1e9:.1f} TF/s", (f"{r['flops'] / ref / 1e9:.1f} TF/s" if ref else "")
             ratio = f"{ref / r['ms']:.2f}" if ref else ""
-            who = "cuBLAS"
+            who = "cuDNN bf16" if r["name"].startswith("lstm layer") else "cuBLAS"
         else:
             o = f"{r['bytes'] / r['ms'] / 1e6:.0f} GB/s ({100 * r['bytes'] / r['ms'] / 1e6 / copy_bw:.0f}%)"
             t = f"{r['bytes'] / ref / 1e6:.0f} GB/s" if ref else ""
             ratio = f"{ref / r['ms']:.2f}" if ref else ""
             who = "PyTorch"
         print(f"{r['name']:<38} {r['shape']:<30} {r['ms']:>9.4f} {(ref or 0):>9.4f} {o:>12} {t:>12} {ratio:>9}  {who}")
+        alt = out.get(r["name"] + " (cuDNN fp32, TF32)|" + r["shape"])
+        if alt:
+            print(f"{'':<38} {'':<30} {'':>9} {alt:>9.4f} {'':>12} {r['flops'] / alt / 1e9:>7.1f} TF/s {alt / r['ms']:>9.2f}  cuDNN fp32 (TF32)")
 
 
 if __name__ == "__main__":
