@@ -227,6 +227,34 @@ mod gpu {
         group.bench_function("backward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_bwd(&gates, &cp, &cc, &dh, &mut dc, &mut dg, b, h).unwrap())));
         group.finish();
 
+        // The whole layer of the 2x1024 model over one window, as the trainer runs it on the GPU.
+        let mut group = c.benchmark_group("gpu_lstm_layer");
+        {
+            use codistill::ops::lstm::{layer_backward, layer_forward};
+            use codistill::tensor::Device;
+            let (t, b, i, h) = (35usize, 64usize, 1024usize, 1024usize);
+            let mut on = |n: usize, std: f32, shape: &[usize]| codistill::Tensor::from_f32(r.normal_vec(n, std), shape).unwrap().to_device(Device::Cuda(0)).unwrap();
+            let x = on(t * b * i, 1.0, &[t * b, i]);
+            let (h0, c0) = (on(b * h, 0.5, &[b, h]), on(b * h, 0.5, &[b, h]));
+            let (w_ih, w_hh, bias) = (on(i * 4 * h, 0.03, &[i, 4 * h]), on(h * 4 * h, 0.03, &[h, 4 * h]), on(4 * h, 0.1, &[4 * h]));
+            let dy = on(t * b * h, 1.0, &[t * b, h]);
+            let fwd = 2 * t * b * (i + h) * 4 * h;
+            group.throughput(Throughput::Elements(fwd as u64));
+            group.bench_function(BenchmarkId::new("forward", format!("T{t}_B{b}_H{h}")), |bch| {
+                bch.iter_custom(|it| timed(&g, it, || {
+                    layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                }))
+            });
+            group.throughput(Throughput::Elements(3 * fwd as u64));
+            group.bench_function(BenchmarkId::new("forward_backward", format!("T{t}_B{b}_H{h}")), |bch| {
+                bch.iter_custom(|it| timed(&g, it, || {
+                    let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                    layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+                }))
+            });
+        }
+        group.finish();
+
         let mut group = c.benchmark_group("gpu_softmax_kl");
         for &(n, v, nt) in &[(4096usize, 32768usize, 1usize), (2240, 10000, 1), (4096, 32768, 3)] {
             let s = randn(&g, &mut r, n * v);
