@@ -242,6 +242,20 @@ pub fn shard(tokens: &[u32], n: usize, i: usize) -> Result<&[u32]> {
     Ok(&tokens[i * per..end])
 }
 
+/// Shard `i` of `n`, disjoint and covering the stream. `block` 0 cuts the stream into `n`
+/// contiguous pieces ([`shard`]); `block` > 0 deals it out in blocks of `block` tokens, block `b`
+/// to shard `b mod n`, so that every shard samples the whole corpus (a corpus ordered by genre, as
+/// Brown is, is then not split by genre; the paper's shards are random partitions).
+pub fn shard_blocks(tokens: &[u32], n: usize, i: usize, block: usize) -> Result<std::borrow::Cow<'_, [u32]>> {
+    if block == 0 || n == 1 {
+        return shard(tokens, n, i).map(std::borrow::Cow::Borrowed);
+    }
+    if i >= n {
+        bail!(Invalid, "shard {i} of {n} does not exist");
+    }
+    Ok(std::borrow::Cow::Owned(tokens.chunks(block).skip(i).step_by(n).flatten().copied().collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +276,20 @@ mod tests {
         assert_eq!(v.words, vec!["<unk>", "<eos>", "a", "b"]);
         assert_eq!(v.encode_file(&f).unwrap(), vec![2, 2, 2, 3, 1, 2, 0, 1, 3, 2, 1]);
         assert_eq!(Vocab::from_text(&v.to_text()).unwrap(), v);
+    }
+
+    #[test]
+    fn block_shards_are_disjoint_cover_the_stream_and_keep_block_order() {
+        let t: Vec<u32> = (0..103).collect();
+        let parts: Vec<Vec<u32>> = (0..3).map(|i| shard_blocks(&t, 3, i, 10).unwrap().into_owned()).collect();
+        assert_eq!(&parts[0][..12], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 30, 31]);
+        assert_eq!(&parts[1][..11], &[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 40]);
+        assert_eq!(*parts[1].last().unwrap(), 102, "the short last block (block 10) goes to shard 10 mod 3 = 1");
+        let mut all: Vec<u32> = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, t);
+        assert_eq!(shard_blocks(&t, 3, 1, 0).unwrap().as_ref(), shard(&t, 3, 1).unwrap());
+        assert!(shard_blocks(&t, 3, 3, 10).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::lm::TokenLanes;
 use crate::data::synthetic::{write_markov_corpus, CorpusFloors, MarkovSource};
-use crate::data::text::{cached_tokens, cached_vocab, shard, Tokenizer, Tokens, Vocab};
+use crate::data::text::{cached_tokens, cached_vocab, shard_blocks, Tokenizer, Tokens, Vocab};
 use crate::hash::Hasher64;
 use crate::nn::{Embedding, Linear, Lstm, LstmState};
 use crate::optim::{LrSchedule, Optimizer};
@@ -84,6 +84,8 @@ crate::config_table! {
         shards: usize = 1,
         /// ...and train on this one (0-based)
         shard: usize = 0,
+        /// Shards: 0 cuts the stream into contiguous pieces; B > 0 deals it out in blocks of B tokens, block b to shard b mod n, so that each shard samples the whole corpus
+        shard_block: usize = 0,
         /// Resume from this checkpoint (weights, optimizer, step, carried state)
         resume: Option<PathBuf> = None,
         /// Label smoothing epsilon, the control baseline for codistillation (one model only)
@@ -120,7 +122,7 @@ crate::config_table! {
 }
 
 /// Keys that fix the model and the data stream: a resumed run must agree on them.
-const RESUME_KEYS: &[&str] = &["tokenizer", "min_count", "emb_dim", "hidden", "layers", "batch", "bptt", "shards", "shard", "seed", "optimizer", "models", "world", "rank", "same_data"];
+const RESUME_KEYS: &[&str] = &["tokenizer", "min_count", "emb_dim", "hidden", "layers", "batch", "bptt", "shards", "shard", "shard_block", "seed", "optimizer", "models", "world", "rank", "same_data"];
 const FORMAT: &str = "codistill-lm-v1";
 
 /// Embedding, LSTM, output projection.
@@ -380,8 +382,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     for local in 0..cfg.models {
         let index = topo.index(local);
         let (n, i) = topo.shard_of(index);
-        let stream = shard(data.train.as_slice(), n, i)?;
-        let lanes = TokenLanes::new(stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
+        let stream = shard_blocks(data.train.as_slice(), n, i, cfg.shard_block)?;
+        let lanes = TokenLanes::new(&stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
         let mut store = ParamStore::new();
         // A single model keeps the seed's own stream; codistilling models get one each.
         let mut rng = if total_models > 1 { Rng::new(cfg.seed).fork(index as u64) } else { Rng::new(cfg.seed) };
