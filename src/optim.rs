@@ -4,7 +4,7 @@
 use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
 use crate::ops::reduce::{sum_squares, sum_squares_cpu};
 use crate::params::{GradState, ParamStore};
-use crate::cuda::{kernels as gpu, GpuBuf};
+use crate::cuda::{kernels as gpu, Dev, GpuBuf};
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 use std::collections::BTreeMap;
@@ -46,22 +46,40 @@ pub fn grad_norm(store: &ParamStore) -> Result<f64> {
 /// A GPU row-sparse gradient compacted by [`compact_rows`]: (row ids, rows), by parameter name.
 type Compacted = BTreeMap<String, (GpuBuf<i32>, GpuBuf<f32>)>;
 
-/// The squared global norm, taking GPU row-sparse gradients from `compacted` where present.
+/// The squared global norm, taking GPU row-sparse gradients from `compacted` where present. GPU
+/// gradients are reduced together, with one copy of the result to the host.
 fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
     let mut s = 0.0;
+    let mut own: Vec<GpuBuf<f32>> = Vec::new();
+    let mut on_gpu: Vec<&str> = Vec::new();
     for (name, p) in store.iter() {
-        s += match &p.state {
-            GradState::Zero => 0.0,
-            GradState::Dense => sum_squares(&p.grad)?,
-            GradState::Rows(_) if p.grad.device() != Device::Cpu => match compacted.get(name) {
-                Some((_, g)) => gpu::sum_squares(g)?,
-                None => gpu::sum_squares(&compact_rows(&p.grad, &p.touched_rows().unwrap_or_default())?.1)?,
-            },
+        match &p.state {
+            GradState::Zero => {}
+            _ if p.grad.device() != Device::Cpu => {
+                if matches!(p.state, GradState::Rows(_)) && !compacted.contains_key(name) {
+                    own.push(compact_rows(&p.grad, &p.touched_rows().unwrap_or_default())?.1);
+                }
+                on_gpu.push(name);
+            }
+            GradState::Dense => s += sum_squares(&p.grad)?,
             GradState::Rows(_) => {
                 let (w, g) = (p.grad.dim(1), p.grad.f32s()?);
-                p.touched_rows().unwrap_or_default().iter().map(|&r| sum_squares_cpu(&g[r as usize * w..(r as usize + 1) * w])).sum()
+                s += p.touched_rows().unwrap_or_default().iter().map(|&r| sum_squares_cpu(&g[r as usize * w..(r as usize + 1) * w])).sum::<f64>();
             }
-        };
+        }
+    }
+    if !on_gpu.is_empty() {
+        let mut own = own.iter();
+        let mut bufs: Vec<&dyn Dev<f32>> = Vec::with_capacity(on_gpu.len());
+        for name in on_gpu {
+            let p = store.param(name)?;
+            bufs.push(match (&p.state, compacted.get(name)) {
+                (GradState::Rows(_), Some((_, g))) => g,
+                (GradState::Rows(_), None) => own.next().expect("one compacted gradient per uncompacted sparse parameter"),
+                _ => p.grad.cuda_f32()?,
+            });
+        }
+        s += gpu::sum_squares_many(&bufs)?;
     }
     Ok(s)
 }

@@ -346,6 +346,16 @@ fn reductions_match_f64() {
         assert!((ss - wss).abs() / wss < 1e-12, "sum of squares n={n}: {ss} vs {wss}");
         assert_eq!(k::sum(&dx).unwrap(), s, "the GPU sum is not deterministic");
     }
+    // Several buffers at once (the global gradient norm), one of them a slice, one empty.
+    let xs: Vec<Vec<f32>> = [3usize, 0, 70_001, 1].iter().map(|&n| r.normal_vec(n, 2.0)).collect();
+    let bufs: Vec<_> = xs.iter().map(|x| g.upload(x).unwrap()).collect();
+    let sl = bufs[2].slice(5, 60_000).unwrap();
+    let want: f64 = xs.iter().map(|x| reduce::sum_squares_cpu(x)).sum::<f64>() + reduce::sum_squares_cpu(&xs[2][5..60_005]);
+    let mut many: Vec<&dyn codistill::cuda::Dev<f32>> = bufs.iter().map(|b| b as &dyn codistill::cuda::Dev<f32>).collect();
+    many.push(&sl);
+    let got = k::sum_squares_many(&many).unwrap();
+    assert!((got - want).abs() / want < 1e-12, "sum_squares_many: {got} vs {want}");
+    assert_eq!(k::sum_squares_many(&[]).unwrap(), 0.0);
     for (rows, d) in [(1, 1), (7, 13), (2000, 650), (20_000, 3)] {
         let x = r.normal_vec(rows * d, 1.0);
         let old = r.normal_vec(d, 1.0);

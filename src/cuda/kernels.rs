@@ -451,6 +451,28 @@ pub fn sum_squares(x: &impl Dev<f32>) -> Result<f64> {
     sum_impl(x, 1)
 }
 
+/// The sum of `sum_squares` over several buffers on one GPU (a global gradient norm), with one
+/// copy back to the host instead of one per buffer: every buffer's block partials go to one array,
+/// which one block sums in a fixed order (deterministic; f64 throughout).
+pub fn sum_squares_many(xs: &[&dyn Dev<f32>]) -> Result<f64> {
+    let Some(first) = xs.first() else { return Ok(0.0) };
+    let gpu = first.gpu().clone();
+    let parts = gpu.alloc::<f64>(SUM_BLOCKS * xs.len())?;
+    let out = gpu.alloc::<f64>(1)?;
+    let cfg = LaunchConfig { grid_dim: (SUM_BLOCKS as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    for (i, x) in xs.iter().enumerate() {
+        if !Arc::ptr_eq(x.gpu(), &gpu) {
+            bail!(Invalid, "sum_squares_many: buffers on different GPUs");
+        }
+        let (px, n, pp, sq) = (x.ptr(), x.len() as i64, parts.ptr_at(i * SUM_BLOCKS), 1i32);
+        launch!(gpu, "reduce", "sum_partials", cfg; px, n, sq, pp);
+    }
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (pp, nb, po) = (parts.ptr(), (SUM_BLOCKS * xs.len()) as i32, out.ptr());
+    launch!(gpu, "reduce", "sum_finish", one; pp, nb, po);
+    Ok(out.download()?[0])
+}
+
 /// Twin of `sum_rows_cpu`: column sums of `x [rows, d]` into `out [d]`, `out = beta*out + sum`.
 pub fn sum_rows(x: &impl Dev<f32>, rows: usize, d: usize, beta: f32, out: &mut impl Dev<f32>) -> Result<()> {
     need("x", x, rows * d)?;
