@@ -26,7 +26,7 @@ if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
   echo "== compute-sanitizer memcheck (GPU suite, and the GPU training suite but its trainer runs)"
   if compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1 >"$OUT/sanitizer.log" 2>&1 \
      && compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu_training --test-threads=1 \
-        every_tensor_op lstm_layer a_language_model a_click_model >>"$OUT/sanitizer.log" 2>&1; then
+        every_tensor_op lstm_layer a_language_model a_click_model directory_exchange >>"$OUT/sanitizer.log" 2>&1; then
     echo "memcheck clean: $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.log" | tail -1)"
   else
     echo "memcheck FAILED"; tail -40 "$OUT/sanitizer.log"; status=1

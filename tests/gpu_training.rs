@@ -386,3 +386,49 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     eprintln!("criteo: validation log-loss cpu {la:.5} gpu {lb:.5}");
     assert!((la - lb).abs() < 0.002 * la, "log-loss {lb} on the GPU vs {la} on the CPU");
 }
+
+/// The directory exchange with GPU weights: a publish copies them to page-locked host memory on
+/// the copy stream (the writer thread waits, the trainer does not), and the peer's reader uploads
+/// the snapshot on the copy stream, so the teacher it serves is already on the GPU. The file
+/// holds the weights as of the publish even though the publisher updates them right after
+/// (`settle` orders that update after the copy), and the served teacher equals them exactly.
+#[test]
+fn directory_exchange_moves_gpu_weights_through_the_copy_stream() {
+    use codistill::distill::exchange::{DirExchange, Exchange};
+    let Some((_g, _guard, mut r)) = setup("directory_exchange_moves_gpu_weights_through_the_copy_stream") else { return };
+    let dev = target();
+    let mut own = ParamStore::new();
+    own.insert("emb", Tensor::randn(&[1001, 33], 1.0, &mut r)).unwrap();
+    own.insert("bias", Tensor::randn(&[7], 1.0, &mut r)).unwrap();
+    own.to_device(dev).unwrap();
+    let published: Vec<Vec<f32>> = ["bias", "emb"].iter().map(|n| own.get(n).unwrap().to_device(Device::Cpu).unwrap().f32s().unwrap().to_vec()).collect();
+    let dir = std::env::temp_dir().join(format!("codistill-gpu-x-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let poll = std::time::Duration::from_millis(5);
+    let mut a = DirExchange::new(&dir, 0, 2, &own, poll).unwrap();
+    let mut b = DirExchange::new(&dir, 1, 2, &own, poll).unwrap();
+    a.publish(0, 5, &own).unwrap();
+    // The publisher's next update, as a trainer makes it: settle, then write the weights.
+    a.settle(0).unwrap();
+    let mut opt = Optimizer::new(OptimizerKind::sgd());
+    own.zero_grads().unwrap();
+    own.accumulate_grad("emb", &up(&Tensor::full(&[1001, 33], 1.0))).unwrap();
+    opt.step(&mut own, 0.5, None).unwrap();
+    let t = std::time::Instant::now();
+    let got = loop {
+        if let Some(s) = b.latest(0) {
+            break s;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "the peer's snapshot never arrived");
+        std::thread::sleep(poll);
+    };
+    assert_eq!(got.step, 5);
+    for (name, want) in ["bias", "emb"].iter().zip(&published) {
+        let v = got.params.get(name).unwrap();
+        assert_eq!(v.device(), dev, "{name}: the teacher is not on the training device");
+        let v = v.to_device(Device::Cpu).unwrap();
+        assert!(v.f32s().unwrap().iter().zip(want).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}: the served teacher differs from the published weights");
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

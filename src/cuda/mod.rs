@@ -7,14 +7,15 @@
 //! it) and then for a device; every entry point goes through it, so a missing GPU is an `Error`
 //! that says why, never a panic.
 //!
-//! One compute stream per device. The allocator hands freed blocks back to later allocations of
+//! One compute stream per device, and a copy stream for the checkpoint exchange's transfers
+//! ([`HostMirror`], [`Gpu::upload_on_copy_stream`]), ordered against compute by events. The allocator hands freed blocks back to later allocations of
 //! the same size class on that stream, so a training step that repeats its shapes calls
 //! `cuMemAlloc` only in its first step ([`Gpu::stats`] counts both).
 
 pub mod kernels;
 
 use crate::{bail, Error, Result};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -127,6 +128,8 @@ pub struct Gpu {
     ordinal: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Transfers that overlap compute (the checkpoint exchange), created on first use.
+    copy_stream: OnceLock<Arc<CudaStream>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     pool: Mutex<Pool>,
@@ -155,6 +158,7 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
         ordinal,
         ctx,
         stream,
+        copy_stream: OnceLock::new(),
         modules: Mutex::new(HashMap::new()),
         funcs: Mutex::new(HashMap::new()),
         pool: Mutex::new(Pool { free: HashMap::new(), stats: AllocStats::default() }),
@@ -178,6 +182,40 @@ impl Gpu {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// The copy stream: transfers on it overlap the compute stream's kernels. Work on it is
+    /// ordered against the compute stream only through events (see [`HostMirror`] and
+    /// [`Gpu::upload_on_copy_stream`]).
+    pub fn copy_stream(&self) -> Result<&Arc<CudaStream>> {
+        if let Some(s) = self.copy_stream.get() {
+            return Ok(s);
+        }
+        let s = self.ctx.new_stream()?;
+        Ok(self.copy_stream.get_or_init(|| s))
+    }
+
+    /// The compute stream waits, on the device, for `event` (the host does not block).
+    pub fn compute_waits_for(&self, event: &CudaEvent) -> Result<()> {
+        Ok(self.stream.wait(event)?)
+    }
+
+    /// A buffer holding a copy of `data`, uploaded on the copy stream, for a thread other than the
+    /// trainer's (the exchange's reader): the calling thread waits for the copy; the compute
+    /// stream never does. The copy is ordered after the compute work queued so far, since the
+    /// allocator may hand back a block that queued kernels still read.
+    pub fn upload_on_copy_stream(self: &Arc<Self>, data: &[f32]) -> Result<GpuBuf<f32>> {
+        let b = self.alloc::<f32>(data.len())?;
+        if !data.is_empty() {
+            let copy = self.copy_stream()?;
+            copy.wait(&self.stream.record_event(None)?)?;
+            self.ctx.bind_to_thread()?;
+            // SAFETY: the buffer holds data.len() elements; the copy stream is synchronised
+            // before `data` can be dropped.
+            unsafe { result::memcpy_htod_async(b.ptr, data, copy.cu_stream())? };
+            copy.synchronize()?;
+        }
+        Ok(b)
     }
 
     /// Waits for all work queued on the compute stream; reports any asynchronous kernel fault.
@@ -324,6 +362,104 @@ impl<T: Copy> Dev<T> for Slice<'_, T> {
     }
     fn gpu(&self) -> &Arc<Gpu> {
         &self.buf.gpu
+    }
+}
+
+/// Page-locked host memory for `f32` values: device-to-host copies into it run asynchronously.
+struct Pinned {
+    ptr: *mut f32,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: a plain host allocation; access goes through `HostMirror`, which orders it with the
+// copies by an event.
+unsafe impl Send for Pinned {}
+unsafe impl Sync for Pinned {}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.len > 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by malloc_host in HostMirror::new; no copy is in flight (HostMirror
+            // waits for its copies before dropping its parts).
+            let _ = unsafe { result::free_host(self.ptr as *mut std::ffi::c_void) };
+        }
+    }
+}
+
+/// Host copies of device buffers in page-locked memory, filled on the copy stream while the
+/// compute stream goes on: how a GPU model's weights are published to a checkpoint writer
+/// without the compute path waiting for the bus.
+pub struct HostMirror {
+    gpu: Arc<Gpu>,
+    parts: Vec<Pinned>,
+    done: Option<Arc<CudaEvent>>,
+}
+
+impl HostMirror {
+    /// Page-locked buffers of these lengths (allocated once, reused by every copy).
+    pub fn new(gpu: &Arc<Gpu>, lens: &[usize]) -> Result<Self> {
+        gpu.ctx.bind_to_thread()?;
+        let mut parts = Vec::with_capacity(lens.len());
+        for &len in lens {
+            let ptr = if len == 0 {
+                std::ptr::NonNull::<f32>::dangling().as_ptr()
+            } else {
+                // SAFETY: a plain page-locked allocation (default flags: cached, fast to read).
+                unsafe { result::malloc_host(len * 4, 0)? as *mut f32 }
+            };
+            parts.push(Pinned { ptr, len, ctx: gpu.ctx.clone() });
+        }
+        Ok(HostMirror { gpu: gpu.clone(), parts, done: None })
+    }
+
+    /// The lengths of the buffers.
+    pub fn lens(&self) -> Vec<usize> {
+        self.parts.iter().map(|p| p.len).collect()
+    }
+
+    /// Starts copying `srcs` (one per buffer, same lengths) on the copy stream, after the compute
+    /// work queued so far; returns the event that marks the copies' end. The caller must not
+    /// write or free `srcs` until the compute stream waits for that event
+    /// ([`Gpu::compute_waits_for`]).
+    pub fn start(&mut self, srcs: &[&GpuBuf<f32>]) -> Result<Arc<CudaEvent>> {
+        if srcs.len() != self.parts.len() || srcs.iter().zip(&self.parts).any(|(s, p)| s.len != p.len) {
+            bail!(Shape, "host mirror of {:?} elements asked to copy {:?}", self.lens(), srcs.iter().map(|s| s.len).collect::<Vec<_>>());
+        }
+        if let Some(d) = self.done.take() {
+            d.synchronize()?; // a previous copy into these buffers must be finished
+        }
+        let copy = self.gpu.copy_stream()?;
+        copy.wait(&self.gpu.stream.record_event(None)?)?;
+        self.gpu.ctx.bind_to_thread()?;
+        for (src, part) in srcs.iter().zip(&mut self.parts) {
+            if part.len > 0 {
+                // SAFETY: the destination is page-locked and holds part.len elements; it is read
+                // only after `wait`, which synchronises on the event recorded below.
+                let dst = unsafe { std::slice::from_raw_parts_mut(part.ptr, part.len) };
+                unsafe { result::memcpy_dtoh_async(dst, src.ptr, copy.cu_stream())? };
+            }
+        }
+        let done = Arc::new(copy.record_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))?);
+        self.done = Some(done.clone());
+        Ok(done)
+    }
+
+    /// Waits for the last copies, then the host data (one slice per buffer).
+    pub fn wait(&self) -> Result<Vec<&[f32]>> {
+        if let Some(d) = &self.done {
+            d.synchronize()?;
+        }
+        // SAFETY: the copies into the buffers have completed (or none was started).
+        Ok(self.parts.iter().map(|p| unsafe { std::slice::from_raw_parts(p.ptr as *const f32, p.len) }).collect())
+    }
+}
+
+impl Drop for HostMirror {
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            let _ = d.synchronize();
+        }
     }
 }
 

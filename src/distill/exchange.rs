@@ -8,7 +8,11 @@
 //!   background writer saves each published snapshot as safetensors to a temporary name and
 //!   renames it to `model-<rank>.safetensors`; a background reader polls the peers' files, loads a
 //!   newer one (checksum verified, so a torn or half-written file is never loaded) into a standby
-//!   slot, and the trainer swaps it in at a step boundary without waiting on any I/O.
+//!   slot, and the trainer swaps it in at a step boundary without waiting on any I/O. With GPU
+//!   weights a publish copies them into page-locked host memory on the copy stream after an event
+//!   that marks the step's end (the writer waits for the copy; the compute stream waits for it,
+//!   on the device, only before the next update), and the reader uploads a peer's snapshot on the
+//!   copy stream, so the swap finds it on the GPU.
 
 use crate::checkpoint::Checkpoint;
 use crate::params::{ParamStore, WriteMark};
@@ -205,16 +209,61 @@ impl Drop for InProcess {
     }
 }
 
+/// What a publish hands the writer thread.
+enum Outgoing {
+    /// Host weights, copied at publish (training on the CPU).
+    Host(ParamStore),
+    /// GPU weights being copied into page-locked host memory on the copy stream; the writer waits
+    /// for the copies, not the trainer.
+    Pinned { names: Arc<Vec<(String, Vec<usize>)>>, mirror: crate::cuda::HostMirror },
+}
+
+impl Outgoing {
+    fn checkpoint(&self) -> Result<Checkpoint> {
+        let mut c = Checkpoint::new();
+        match self {
+            Outgoing::Host(params) => {
+                for (name, p) in params.iter() {
+                    c.tensors.insert(name.clone(), p.value.clone());
+                }
+            }
+            Outgoing::Pinned { names, mirror } => {
+                for ((name, shape), data) in names.iter().zip(mirror.wait()?) {
+                    c.tensors.insert(name.clone(), crate::Tensor::from_f32(data.to_vec(), shape)?);
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// A host snapshot moved to `device`: on a GPU, uploaded on the copy stream by the calling
+/// (reader) thread, so the trainer finds it there when it swaps it in.
+fn snapshot_to(s: Snapshot, device: Device) -> Result<Snapshot> {
+    let Device::Cuda(i) = device else { return Ok(s) };
+    let gpu = crate::cuda::gpu(i)?;
+    let mut params = s.params.clone();
+    for (name, p) in s.params.iter() {
+        let shape = p.value.shape().to_vec();
+        let buf = gpu.upload_on_copy_stream(p.value.f32s()?)?;
+        params.set(name, crate::Tensor::from_gpu_f32(buf, &shape)?)?;
+    }
+    Ok(Snapshot { rank: s.rank, step: s.step, params })
+}
+
 pub fn snapshot_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("model-{rank}.safetensors"))
 }
 
 /// One process's end of a shared checkpoint directory.
 pub struct DirExchange {
-    writer: Option<Sender<(u64, ParamStore)>>,
+    writer: Option<Sender<(u64, Outgoing)>>,
     /// Buffers the writer has finished with, reused by the next publish (no allocation, and the
     /// trainer's weights are never shared with the writer).
-    pool: Receiver<ParamStore>,
+    pool: Receiver<Outgoing>,
+    /// The end of the last publish's device-to-host copies (GPU weights): the compute stream waits
+    /// for it before the next update writes the weights.
+    copying: Option<(Arc<crate::cuda::Gpu>, Arc<cudarc::driver::CudaEvent>)>,
     writer_thread: Option<JoinHandle<()>>,
     reader_thread: Option<JoinHandle<()>>,
     standby: Arc<Mutex<Vec<Option<Arc<Snapshot>>>>>,
@@ -232,8 +281,8 @@ impl DirExchange {
     pub fn new(dir: &Path, rank: usize, world: usize, template: &ParamStore, poll: Duration) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let notes = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = channel::<(u64, ParamStore)>();
-        let (back, pool) = channel::<ParamStore>();
+        let (tx, rx) = channel::<(u64, Outgoing)>();
+        let (back, pool) = channel::<Outgoing>();
         let (wdir, wnotes) = (dir.to_path_buf(), notes.clone());
         let writer_thread = std::thread::spawn(move || {
             // Only the newest pending snapshot matters: skip any that queued up behind a slow disk.
@@ -241,23 +290,24 @@ impl DirExchange {
                 while let Ok(newer) = rx.try_recv() {
                     let _ = back.send(std::mem::replace(&mut item, newer).1);
                 }
-                let (step, params) = item;
-                let mut c = Checkpoint::new();
-                for (name, p) in params.iter() {
-                    c.tensors.insert(name.clone(), p.value.clone());
-                }
-                c.meta.insert("step".into(), step.to_string());
-                c.meta.insert("rank".into(), rank.to_string());
-                if let Err(e) = c.save(&snapshot_path(&wdir, rank)) {
+                let (step, out) = item;
+                let saved = out.checkpoint().and_then(|mut c| {
+                    c.meta.insert("step".into(), step.to_string());
+                    c.meta.insert("rank".into(), rank.to_string());
+                    c.save(&snapshot_path(&wdir, rank))
+                });
+                if let Err(e) = saved {
                     wnotes.lock().unwrap().push(format!("publishing step {step} failed: {e}"));
                 }
-                drop(c);
-                let _ = back.send(params);
+                let _ = back.send(out);
             }
         });
         let standby: Arc<Mutex<Vec<Option<Arc<Snapshot>>>>> = Arc::new(Mutex::new(vec![None; world]));
         let stop = Arc::new(Mutex::new(false));
-        let (rdir, rstandby, rstop, rnotes, tmpl) = (dir.to_path_buf(), standby.clone(), stop.clone(), notes.clone(), template.weights_only());
+        // The reader checks names and shapes against a host copy (sharing the trainer's buffers would
+        // make its first update copy them).
+        let device = template.device();
+        let (rdir, rstandby, rstop, rnotes, tmpl) = (dir.to_path_buf(), standby.clone(), stop.clone(), notes.clone(), template.copy_of_weights_on(Device::Cpu)?);
         let reader_thread = std::thread::spawn(move || {
             let mut seen: Vec<Option<std::time::SystemTime>> = vec![None; world];
             while !*rstop.lock().unwrap() {
@@ -268,7 +318,7 @@ impl DirExchange {
                         continue;
                     }
                     seen[peer] = Some(mtime);
-                    match load_snapshot(&path, peer, &tmpl) {
+                    match load_snapshot(&path, peer, &tmpl).and_then(|s| snapshot_to(s, device)) {
                         Ok(s) => {
                             let mut slots = rstandby.lock().unwrap();
                             if slots[peer].as_ref().map(|o: &Arc<Snapshot>| s.step > o.step).unwrap_or(true) {
@@ -281,7 +331,7 @@ impl DirExchange {
                 std::thread::sleep(poll);
             }
         });
-        Ok(DirExchange { writer: Some(tx), pool, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes, device: template.device() })
+        Ok(DirExchange { writer: Some(tx), pool, copying: None, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes, device })
     }
 
     /// Messages from the background threads since the last call.
@@ -311,20 +361,44 @@ fn load_snapshot(path: &Path, peer: usize, template: &ParamStore) -> Result<Snap
 
 impl Exchange for DirExchange {
     fn publish(&mut self, _rank: usize, step: u64, params: &ParamStore) -> Result<()> {
-        match &self.writer {
-            Some(tx) => {
-                let buf = match self.pool.try_recv() {
-                    Ok(mut b) => {
-                        b.copy_weights_from(params)?;
-                        b
-                    }
-                    // The writer's buffers live on the host, whatever device trains.
-                    Err(_) => params.copy_of_weights_on(Device::Cpu)?,
-                };
-                tx.send((step, buf)).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into()))
-            }
-            None => Err(Error::Invalid("publish after flush".into())),
+        self.settle(_rank)?;
+        if self.writer.is_none() {
+            return Err(Error::Invalid("publish after flush".into()));
         }
+        let reuse = self.pool.try_recv().ok();
+        let out = match params.device() {
+            Device::Cpu => match reuse {
+                Some(Outgoing::Host(mut b)) => {
+                    b.copy_weights_from(params)?;
+                    Outgoing::Host(b)
+                }
+                _ => Outgoing::Host(params.copy_of_weights_on(Device::Cpu)?),
+            },
+            Device::Cuda(_) => {
+                let bufs: Vec<&crate::cuda::GpuBuf<f32>> = params.iter().map(|(_, p)| p.value.cuda_f32()).collect::<Result<_>>()?;
+                let gpu = bufs.first().map(|b| b.gpu().clone()).ok_or_else(|| Error::Invalid("publish of a model without parameters".into()))?;
+                let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+                let (names, mut mirror) = match reuse {
+                    Some(Outgoing::Pinned { names, mirror }) if mirror.lens() == lens => (names, mirror),
+                    _ => (
+                        Arc::new(params.iter().map(|(n, p)| (n.clone(), p.value.shape().to_vec())).collect()),
+                        crate::cuda::HostMirror::new(&gpu, &lens)?,
+                    ),
+                };
+                let done = mirror.start(&bufs)?;
+                self.copying = Some((gpu, done));
+                Outgoing::Pinned { names, mirror }
+            }
+        };
+        let tx = self.writer.as_ref().expect("checked above");
+        tx.send((step, out)).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into()))
+    }
+
+    fn settle(&mut self, _rank: usize) -> Result<()> {
+        if let Some((gpu, done)) = self.copying.take() {
+            gpu.compute_waits_for(&done)?;
+        }
+        Ok(())
     }
 
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>> {
