@@ -33,7 +33,7 @@ fn cli() -> Command {
                         .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A checkpoint written by lm train"))
                         .arg(Arg::new("file").long("file").value_name("FILE").help("Text to score [default: the test file of the checkpoint's config]"))
                         .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for token files"))
-                        .arg(Arg::new("max_tokens").long("max-tokens").value_name("N").default_value("0").help("Score at most N tokens (0: all)")),
+                        .arg(Arg::new("max_tokens").long("max-tokens").value_name("N").default_value("0").help("Score about N tokens, from places spread over the file (0: all)")),
                 ),
         )
         .subcommand(
