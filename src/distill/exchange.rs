@@ -261,6 +261,8 @@ pub struct DirExchange {
     /// Buffers the writer has finished with, reused by the next publish (no allocation, and the
     /// trainer's weights are never shared with the writer).
     pool: Receiver<Outgoing>,
+    /// The pool's other end, for `prepare` to put the first buffers in.
+    pool_in: Sender<Outgoing>,
     /// The end of the last publish's device-to-host copies (GPU weights): the compute stream waits
     /// for it before the next update writes the weights.
     copying: Option<(Arc<crate::cuda::Gpu>, Arc<cudarc::driver::CudaEvent>)>,
@@ -283,6 +285,7 @@ impl DirExchange {
         let notes = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel::<(u64, Outgoing)>();
         let (back, pool) = channel::<Outgoing>();
+        let pool_in = back.clone();
         let (wdir, wnotes) = (dir.to_path_buf(), notes.clone());
         let writer_thread = std::thread::spawn(move || {
             // Only the newest pending snapshot matters: skip any that queued up behind a slow disk.
@@ -331,7 +334,7 @@ impl DirExchange {
                 std::thread::sleep(poll);
             }
         });
-        Ok(DirExchange { writer: Some(tx), pool, copying: None, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes, device })
+        Ok(DirExchange { writer: Some(tx), pool, pool_in, copying: None, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes, device })
     }
 
     /// Messages from the background threads since the last call.
@@ -362,36 +365,19 @@ fn load_snapshot(path: &Path, peer: usize, template: &ParamStore) -> Result<Snap
 impl Exchange for DirExchange {
     fn publish(&mut self, _rank: usize, step: u64, params: &ParamStore) -> Result<()> {
         self.settle(_rank)?;
-        if self.writer.is_none() {
-            return Err(Error::Invalid("publish after flush".into()));
-        }
-        let reuse = self.pool.try_recv().ok();
-        let out = match params.device() {
-            Device::Cpu => match reuse {
-                Some(Outgoing::Host(mut b)) => {
-                    b.copy_weights_from(params)?;
-                    Outgoing::Host(b)
-                }
-                _ => Outgoing::Host(params.copy_of_weights_on(Device::Cpu)?),
-            },
-            Device::Cuda(_) => {
-                let bufs: Vec<&crate::cuda::GpuBuf<f32>> = params.iter().map(|(_, p)| p.value.cuda_f32()).collect::<Result<_>>()?;
-                let gpu = bufs.first().map(|b| b.gpu().clone()).ok_or_else(|| Error::Invalid("publish of a model without parameters".into()))?;
-                let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
-                let (names, mut mirror) = match reuse {
-                    Some(Outgoing::Pinned { names, mirror }) if mirror.lens() == lens => (names, mirror),
-                    _ => (
-                        Arc::new(params.iter().map(|(n, p)| (n.clone(), p.value.shape().to_vec())).collect()),
-                        crate::cuda::HostMirror::new(&gpu, &lens)?,
-                    ),
-                };
-                let done = mirror.start(&bufs)?;
-                self.copying = Some((gpu, done));
-                Outgoing::Pinned { names, mirror }
-            }
-        };
-        let tx = self.writer.as_ref().expect("checked above");
+        let Some(tx) = &self.writer else { return Err(Error::Invalid("publish after flush".into())) };
+        let out = fill(self.pool.try_recv().ok(), params, &mut self.copying)?;
         tx.send((step, out)).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into()))
+    }
+
+    fn prepare(&mut self, _rank: usize, params: &ParamStore) -> Result<()> {
+        // One set of host buffers made before training (page-locked for GPU weights), so that the
+        // first publish allocates nothing.
+        if params.is_empty() {
+            return Ok(());
+        }
+        let _ = self.pool_in.send(host_buffers(params)?);
+        Ok(())
     }
 
     fn settle(&mut self, _rank: usize) -> Result<()> {
@@ -418,6 +404,40 @@ impl Exchange for DirExchange {
         }
         self.active[peer].clone()
     }
+}
+
+/// New host buffers for publishing `params`: a host copy for CPU weights, page-locked buffers
+/// (not yet filled) for GPU weights.
+fn host_buffers(params: &ParamStore) -> Result<Outgoing> {
+    Ok(match params.device() {
+        Device::Cpu => Outgoing::Host(params.copy_of_weights_on(Device::Cpu)?),
+        Device::Cuda(i) => {
+            let lens: Vec<usize> = params.iter().map(|(_, p)| p.value.numel()).collect();
+            let names = Arc::new(params.iter().map(|(n, p)| (n.clone(), p.value.shape().to_vec())).collect());
+            Outgoing::Pinned { names, mirror: crate::cuda::HostMirror::new(&crate::cuda::gpu(i)?, &lens)? }
+        }
+    })
+}
+
+/// A publish's host copy of `params`, into `reuse` when it fits, else into new buffers. For GPU
+/// weights the copy is started on the copy stream and `copying` gets the event of its end.
+fn fill(reuse: Option<Outgoing>, params: &ParamStore, copying: &mut Option<(Arc<crate::cuda::Gpu>, Arc<cudarc::driver::CudaEvent>)>) -> Result<Outgoing> {
+    let lens: Vec<usize> = params.iter().map(|(_, p)| p.value.numel()).collect();
+    let (mut out, fresh) = match reuse {
+        Some(o @ Outgoing::Host(_)) if params.device() == Device::Cpu => (o, false),
+        Some(o @ Outgoing::Pinned { .. }) if params.device() != Device::Cpu && matches!(&o, Outgoing::Pinned { mirror, .. } if mirror.lens() == lens) => (o, false),
+        _ => (host_buffers(params)?, true),
+    };
+    match &mut out {
+        Outgoing::Host(b) if !fresh => b.copy_weights_from(params)?,
+        Outgoing::Host(_) => {} // host_buffers copied the weights
+        Outgoing::Pinned { mirror, .. } => {
+            let bufs: Vec<&crate::cuda::GpuBuf<f32>> = params.iter().map(|(_, p)| p.value.cuda_f32()).collect::<Result<_>>()?;
+            let gpu = bufs.first().map(|b| b.gpu().clone()).ok_or_else(|| Error::Invalid("publish of a model without parameters".into()))?;
+            *copying = Some((gpu, mirror.start(&bufs)?));
+        }
+    }
+    Ok(out)
 }
 
 impl Drop for DirExchange {
