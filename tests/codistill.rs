@@ -231,3 +231,27 @@ fn label_smoothing_is_the_single_model_control() {
     (k.models, k.label_smoothing) = (2, 0.1);
     assert!(criteo::train(&k).unwrap_err().to_string().contains("single model"));
 }
+
+/// `--shard-block` reaches the trainer: with interleaved shards the models train on other text
+/// than with contiguous halves (so their weights differ), and a block larger than the stream is
+/// refused for the shard that gets nothing, with the shard named.
+#[test]
+fn language_model_shards_follow_shard_block() {
+    use codistill::train::lm;
+    let d = tmp("lm-blocks");
+    let mut c = small_lm(&d, 7, 6_000);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (6, 0, 6, 0);
+    (c.models, c.burn_in, c.exchange_every, c.distill_weight) = (2, 100, 3, 0.0);
+    c.out = d.join("contiguous");
+    lm::train(&c).unwrap();
+    c.out = d.join("blocks");
+    c.shard_block = 100;
+    lm::train(&c).unwrap();
+    let weights = |run: &str| codistill::checkpoint::Checkpoint::load(&d.join(run).join("model-0/checkpoint.safetensors")).unwrap().tensors;
+    let (a, b) = (weights("contiguous"), weights("blocks"));
+    assert!(a.iter().any(|(k, t)| b[k] != *t), "the shard layout changed nothing");
+    c.out = d.join("too-big");
+    c.shard_block = 1_000_000;
+    let e = lm::train(&c).unwrap_err().to_string();
+    assert!(e.contains("shard 1 of 2"), "{e}");
+}
