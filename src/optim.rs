@@ -49,18 +49,22 @@ type Compacted = BTreeMap<String, (GpuBuf<i32>, GpuBuf<f32>)>;
 /// The squared global norm, taking GPU row-sparse gradients from `compacted` where present. GPU
 /// gradients are reduced together, with one copy of the result to the host.
 fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
+    // GPU row-sparse gradients not compacted by the caller are compacted here.
+    let mut local = Compacted::new();
+    for (name, p) in store.iter() {
+        if p.grad.device() != Device::Cpu && matches!(p.state, GradState::Rows(_)) && !compacted.contains_key(name) {
+            local.insert(name.clone(), compact_rows(&p.grad, &p.touched_rows().unwrap_or_default())?);
+        }
+    }
     let mut s = 0.0;
-    let mut own: Vec<GpuBuf<f32>> = Vec::new();
-    let mut on_gpu: Vec<&str> = Vec::new();
+    let mut on_gpu: Vec<&dyn Dev<f32>> = Vec::new();
     for (name, p) in store.iter() {
         match &p.state {
             GradState::Zero => {}
-            _ if p.grad.device() != Device::Cpu => {
-                if matches!(p.state, GradState::Rows(_)) && !compacted.contains_key(name) {
-                    own.push(compact_rows(&p.grad, &p.touched_rows().unwrap_or_default())?.1);
-                }
-                on_gpu.push(name);
-            }
+            _ if p.grad.device() != Device::Cpu => on_gpu.push(match compacted.get(name).or_else(|| local.get(name)) {
+                Some((_, g)) => g,
+                None => p.grad.cuda_f32()?,
+            }),
             GradState::Dense => s += sum_squares(&p.grad)?,
             GradState::Rows(_) => {
                 let (w, g) = (p.grad.dim(1), p.grad.f32s()?);
@@ -69,17 +73,7 @@ fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
         }
     }
     if !on_gpu.is_empty() {
-        let mut own = own.iter();
-        let mut bufs: Vec<&dyn Dev<f32>> = Vec::with_capacity(on_gpu.len());
-        for name in on_gpu {
-            let p = store.param(name)?;
-            bufs.push(match (&p.state, compacted.get(name)) {
-                (GradState::Rows(_), Some((_, g))) => g,
-                (GradState::Rows(_), None) => own.next().expect("one compacted gradient per uncompacted sparse parameter"),
-                _ => p.grad.cuda_f32()?,
-            });
-        }
-        s += gpu::sum_squares_many(&bufs)?;
+        s += gpu::sum_squares_many(&on_gpu)?;
     }
     Ok(s)
 }

@@ -363,8 +363,8 @@ fn load_snapshot(path: &Path, peer: usize, template: &ParamStore) -> Result<Snap
 }
 
 impl Exchange for DirExchange {
-    fn publish(&mut self, _rank: usize, step: u64, params: &ParamStore) -> Result<()> {
-        self.settle(_rank)?;
+    fn publish(&mut self, rank: usize, step: u64, params: &ParamStore) -> Result<()> {
+        self.settle(rank)?;
         let Some(tx) = &self.writer else { return Err(Error::Invalid("publish after flush".into())) };
         let out = fill(self.pool.try_recv().ok(), params, &mut self.copying)?;
         tx.send((step, out)).map_err(|_| Error::Invalid("the checkpoint writer thread has stopped".into()))
