@@ -5,7 +5,9 @@
 # step 50), so it makes the same teacher forward passes without the exchange. Each run's compute
 # time per step is (time in the models' steps + time in exchange calls) / steps, evaluation
 # excluded; the table gives each pair's ratio and the median over pairs (run-to-run noise on a
-# shared machine is several percent, so one pair says little).
+# shared machine is several percent, so one pair says little). Then the same pairs scored within
+# each run (scripts/overlap_steps.py): the steps an exchange can touch against their neighbours in
+# the same window, which does resolve a fraction of a percent.
 # Usage: scripts/overlap_pairs.sh OUT [PAIRS] [ROWS]   (data is generated under OUT if absent)
 set -euo pipefail
 OUT=${1:?usage: scripts/overlap_pairs.sh OUT [PAIRS] [ROWS]}
@@ -17,7 +19,7 @@ mkdir -p "$OUT"
 [ -f "$OUT/train.tsv" ] || "$BIN" criteo generate --rows "$ROWS" --out "$OUT/train.tsv" --seed 11
 [ -f "$OUT/valid.tsv" ] || "$BIN" criteo generate --rows $((ROWS / 10)) --out "$OUT/valid.tsv" --seed 12
 COMMON=(--train "$OUT/train.tsv" --valid "$OUT/valid.tsv" --cache "$OUT/cache" --device cpu --eval-every 1000
-        --burn-in 500 --lr 0.004 --models 2 --epochs 2 --exchange-every 50 --distill-weight 0.7)
+        --burn-in 500 --lr 0.004 --models 2 --epochs 2 --exchange-every 50 --distill-weight 0.7 --step-times true)
 for i in $(seq 1 "$PAIRS"); do
     # Alternate which of the two goes first, so a drift in machine speed does not favour one.
     if (( i % 2 )); then order="co50 frozen"; else order="frozen co50"; fi
@@ -44,3 +46,6 @@ print(f"median over {pairs} pairs: {100 * statistics.median(ratios):+.2f}% time 
       f"(mean {100 * statistics.mean(ratios):+.2f}%, min {100 * min(ratios):+.2f}%, max {100 * max(ratios):+.2f}%)")
 print(f"exchange calls on the compute path, co50 minus frozen, share of compute: median {100 * statistics.median(shares):+.3f}%")
 PY
+dirs=()
+for i in $(seq 1 "$PAIRS"); do dirs+=("$OUT/co50-$i" "$OUT/frozen-$i"); done
+python3 "$(dirname "$0")/overlap_steps.py" 50 550 1000 "${dirs[@]}"

@@ -3,7 +3,7 @@
 //! (between two models) prediction churn.
 
 use super::metrics::{auc, calibration, churn, log_loss};
-use super::{write_result, DeviceChoice, MetricsLog, OptimizerChoice, J};
+use super::{write_result, DeviceChoice, MetricsLog, OptimizerChoice, StepTimes, J};
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{cached, shard_range, CriteoCache, OnBadLine, DENSE_WIDTH, NUM_CATS};
@@ -99,6 +99,8 @@ crate::config_table! {
         rank: usize = 0,
         /// Codistillation across processes: number of processes
         world: usize = 1,
+        /// Write step_times.csv to the output directory: each step's compute seconds (all models here) and seconds in exchange calls, for the overlap measurement
+        step_times: bool = false,
         /// Synthetic log: training rows (the validation file gets a tenth)
         synthetic_rows: usize = 1000000,
         /// Synthetic log: multiplier of the Criteo-like field cardinalities
@@ -461,10 +463,12 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
     let (mut train_secs, mut train_rows, mut exchange_wait) = (0.0, 0usize, 0.0);
     let mut evals: Vec<(ClickEval, Vec<f32>)> = Vec::new();
+    let mut step_times = StepTimes::new(cfg.step_times, start_step);
     bar.set_position(start_step);
     for step in start_step..total_steps {
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
+        step_times.begin(train_secs, exchange_wait);
         for m in members.iter_mut() {
             let (ts, mut waited_here) = (Instant::now(), 0.0);
             let chunk = m.next_batch(cfg.batch);
@@ -530,6 +534,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         if schedule.weight > 0.0 {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
+        step_times.end(train_secs, exchange_wait);
         let step1 = step + 1;
         bar.set_position(step1);
         if step1 % cfg.log_every.max(1) == 0 {
@@ -556,6 +561,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     }
     bar.finish_and_clear();
     drop(exchange);
+    step_times.write(&cfg.out)?;
     let (ensemble, churn_01) = match (data.valid(), evals.len() > 1) {
         (Some((c, r)), true) => {
             let n = evals.len() as f32;

@@ -3,7 +3,7 @@
 //! non-recurrent connections (Zaremba et al. 2014); global-norm clipping; step learning-rate decay;
 //! periodic validation; JSON-lines metrics; safetensors checkpoints and exact resume.
 
-use super::{write_result, DeviceChoice, MetricsLog, OptimizerChoice, J};
+use super::{write_result, DeviceChoice, MetricsLog, OptimizerChoice, StepTimes, J};
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::lm::TokenLanes;
@@ -110,6 +110,8 @@ crate::config_table! {
         rank: usize = 0,
         /// Codistillation across processes: number of processes
         world: usize = 1,
+        /// Write step_times.csv to the output directory: each step's compute seconds (all models here) and seconds in exchange calls, for the overlap measurement
+        step_times: bool = false,
         /// Synthetic corpus: vocabulary size of the Markov source
         synthetic_vocab: usize = 500,
         /// Synthetic corpus: order of the Markov source
@@ -469,7 +471,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let (mut train_tokens, mut train_secs, mut exchange_wait) = (0.0, 0.0, 0.0);
     let valid_tokens = data.valid.as_ref().map(|v| v.as_slice());
     let peers: Vec<usize> = (0..total_models).collect();
+    let mut step_times = StepTimes::new(cfg.step_times, step);
     while step < cfg.steps {
+        step_times.begin(train_secs, exchange_wait);
         let w = (step % per_epoch) as usize;
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
@@ -543,6 +547,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         if schedule.weight > 0.0 {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
+        step_times.end(train_secs, exchange_wait);
         step += 1;
         bar.set_position(step);
         if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
@@ -577,6 +582,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     }
     bar.finish_and_clear();
     drop(exchange);
+    step_times.write(&cfg.out)?;
     let ensemble_valid = match valid_tokens {
         Some(vt) if members.len() > 1 => {
             let stores: Vec<&ParamStore> = members.iter().map(|m| &m.store).collect();

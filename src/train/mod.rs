@@ -206,6 +206,43 @@ pub fn write_result(path: &Path, fields: &[(&str, J)]) -> Result<()> {
     write_atomic(path, format!("{}\n", json_object(fields)).as_bytes())
 }
 
+/// Each step's compute seconds and seconds in exchange calls (all models in the process), written
+/// as `step_times.csv` with `--step-times true`: the within-run overlap measurement
+/// (`scripts/overlap_steps.py`) compares the steps an exchange can touch with their neighbours.
+pub struct StepTimes {
+    first_step: u64,
+    rows: Option<Vec<(f64, f64)>>,
+    before: (f64, f64),
+}
+
+impl StepTimes {
+    pub fn new(enabled: bool, first_step: u64) -> Self {
+        StepTimes { first_step, rows: enabled.then(Vec::new), before: (0.0, 0.0) }
+    }
+
+    /// At the start of a step: the running totals of compute and exchange seconds.
+    pub fn begin(&mut self, compute: f64, exchange: f64) {
+        self.before = (compute, exchange);
+    }
+
+    /// At the end of a step: the running totals again; the step gets the differences.
+    pub fn end(&mut self, compute: f64, exchange: f64) {
+        if let Some(rows) = &mut self.rows {
+            rows.push((compute - self.before.0, exchange - self.before.1));
+        }
+    }
+
+    /// Write `step_times.csv` under `dir` (temporary name, then rename); nothing when disabled.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let Some(rows) = &self.rows else { return Ok(()) };
+        let mut csv = String::from("step,compute_s,exchange_s\n");
+        for (i, (c, e)) in rows.iter().enumerate() {
+            csv.push_str(&format!("{},{c:.9},{e:.9}\n", self.first_step + i as u64 + 1));
+        }
+        write_atomic(&dir.join("step_times.csv"), csv.as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +267,26 @@ mod tests {
             }
         }
         assert_eq!(DeviceChoice::Cpu.resolve().unwrap(), Device::Cpu);
+    }
+
+    #[test]
+    fn step_times_record_each_steps_differences_from_the_first_step() {
+        let dir = std::env::temp_dir().join(format!("codistill-step-times-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut t = StepTimes::new(true, 7);
+        t.begin(1.0, 0.5);
+        t.end(1.25, 0.5);
+        t.begin(1.25, 0.5);
+        t.end(2.0, 0.625);
+        t.write(&dir).unwrap();
+        let csv = std::fs::read_to_string(dir.join("step_times.csv")).unwrap();
+        assert_eq!(csv, "step,compute_s,exchange_s\n8,0.250000000,0.000000000\n9,0.750000000,0.125000000\n");
+        std::fs::remove_file(dir.join("step_times.csv")).unwrap();
+        let mut off = StepTimes::new(false, 0);
+        off.begin(0.0, 0.0);
+        off.end(1.0, 1.0);
+        off.write(&dir).unwrap();
+        assert!(!dir.join("step_times.csv").exists(), "disabled step times wrote a file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
