@@ -113,6 +113,22 @@ impl InProcess {
     }
 }
 
+/// Lower the calling thread to the idle scheduling class (Linux `SCHED_IDLE`): it runs only on a
+/// core that nothing else wants, so the background copy of a publish fills the gaps of the
+/// training step (its single-threaded stretches) instead of preempting the GEMM threads, which
+/// would hold up the whole step. If the copy is not done by the publisher's next update, `settle`
+/// blocks, which frees a core for it. Elsewhere, and if the call is refused, nothing changes.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 names the calling thread; `param` is a valid sched_param for SCHED_IDLE.
+        unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        }
+    }
+}
+
 /// A snapshot in its own buffers (a deep copy of the weights).
 fn fresh_snapshot(rank: usize, step: u64, params: &ParamStore) -> Result<Snapshot> {
     Ok(Snapshot { rank, step, params: params.copy_of_weights()? })
@@ -133,7 +149,10 @@ impl Exchange for InProcess {
         let background = |job: Box<dyn FnOnce() -> Result<(Snapshot, usize)> + Send>| {
             std::thread::Builder::new()
                 .name(format!("codistill-publish-{rank}"))
-                .spawn(job)
+                .spawn(move || {
+                    idle_priority();
+                    job()
+                })
                 .map(|h| Copying::Background(h, mark))
                 .map_err(|e| Error::Invalid(format!("could not start the publish thread: {e}")))
         };
