@@ -7,7 +7,7 @@
 #   ls             one model on the whole stream with label smoothing 0.1 (the control)
 # Every run takes the same number of steps per model. Prints one table; runs go under $OUT.
 # Usage: scripts/brown_codistill_experiments.sh [OUT] [DATA] [STEPS]
-# Environment: BATCH (32), LR (0.002), DROPOUT (0.25), WEIGHT (0.5), BURN_IN (200), SHARD_BLOCK (0:
+# Environment: EMB (256), HIDDEN (256), BATCH (32), LR (0.002), DROPOUT (0.25), WEIGHT (0.5), BURN_IN (200), SHARD_BLOCK (0:
 # contiguous halves; e.g. 2000 for interleaved halves that sample every genre). EXPERIMENTS.md's
 # first Brown table is the defaults; its later runs set BATCH=16 LR=0.001 and the rest as stated.
 set -euo pipefail
@@ -17,7 +17,7 @@ STEPS=${3:-1500}
 BIN=${BIN:-target/release/codistill}
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
-COMMON=(--data "$DATA" --cache "$OUT/cache" --device cpu --emb-dim 256 --hidden 256 --layers 1 --dropout "${DROPOUT:-0.25}"
+COMMON=(--data "$DATA" --cache "$OUT/cache" --device cpu --emb-dim "${EMB:-256}" --hidden "${HIDDEN:-256}" --layers 1 --dropout "${DROPOUT:-0.25}"
         --batch "${BATCH:-32}" --bptt 35 --optimizer adam --lr "${LR:-0.002}" --clip 5 --steps "$STEPS" --eval-every 100
         --eval-tokens 30000 --log-every 50 --checkpoint-every 500 --burn-in "${BURN_IN:-200}"
         --distill-weight "${WEIGHT:-0.5}" --temperature 1 --shard-block "${SHARD_BLOCK:-0}")

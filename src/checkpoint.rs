@@ -120,10 +120,8 @@ mod tests {
         p
     }
 
-    fn dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("codistill-ckpt-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn dir(name: &str) -> crate::testdir::TestDir {
+        crate::testdir::TestDir::new(&format!("ckpt-{name}"))
     }
 
     #[test]

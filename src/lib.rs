@@ -18,6 +18,8 @@ pub mod optim;
 pub mod params;
 mod rng;
 pub mod tensor;
+#[cfg(test)]
+mod testdir;
 pub mod train;
 
 pub use autograd::{Grads, Graph, Var};

@@ -260,11 +260,8 @@ pub fn shard_blocks(tokens: &[u32], n: usize, i: usize, block: usize) -> Result<
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("codistill-text-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn tmpdir(name: &str) -> crate::testdir::TestDir {
+        crate::testdir::TestDir::new(&format!("text-{name}"))
     }
 
     #[test]

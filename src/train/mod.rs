@@ -271,8 +271,7 @@ mod tests {
 
     #[test]
     fn step_times_record_each_steps_differences_from_the_first_step() {
-        let dir = std::env::temp_dir().join(format!("codistill-step-times-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("step-times");
         let mut t = StepTimes::new(true, 7);
         t.begin(1.0, 0.5);
         t.end(1.25, 0.5);
@@ -287,6 +286,5 @@ mod tests {
         off.end(1.0, 1.0);
         off.write(&dir).unwrap();
         assert!(!dir.join("step_times.csv").exists(), "disabled step times wrote a file");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
