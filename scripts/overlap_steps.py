@@ -14,7 +14,9 @@ i.e. the time the two steps the exchange can touch take beyond their neighbours'
 window (which cancels drift in machine speed, the noise that wall time between runs cannot
 resolve), plus the direct cost. The control's windows are scored the same way at the same
 positions; the difference of the means, over the control's mean compute per window, is the
-exchange's cost in percent of compute. Windows before FROM (burn-in, the first publish) and
+exchange's cost in percent of compute. As a check that the exchange costs nothing elsewhere, the
+rest of each window (steps 3..EVERY, each beyond the same median) is summed the same way; its
+difference between the runs should be noise around zero. Windows before FROM (burn-in, the first publish) and
 windows that begin at an evaluation (every EVAL steps; evaluation is outside the timed path but
 leaves the caches cold) are left out of both.
 
@@ -31,7 +33,7 @@ def load(d):
 
 
 def windows(t, every, start, eval_every):
-    """Per window: (cost, compute of the whole window)."""
+    """Per window: (cost, compute of the whole window, the rest of the window beyond its median)."""
     out = []
     last = max(t)
     k = start // every
@@ -45,7 +47,8 @@ def windows(t, every, start, eval_every):
             continue
         ref = statistics.median(t[s][0] for s in range(b + 3, b + every))
         cost = t[b + 1][0] + t[b + 2][0] - 2 * ref + sum(t[s][1] for s in steps)
-        out.append((cost, sum(t[s][0] for s in steps)))
+        rest = sum(t[s][0] - ref for s in range(b + 3, b + every + 1))
+        out.append((cost, sum(t[s][0] for s in steps), rest))
     return out
 
 
@@ -54,18 +57,21 @@ def main():
     dirs = sys.argv[4:]
     if len(dirs) < 2 or len(dirs) % 2:
         sys.exit(__doc__)
-    print(f"{'pair':>4} {'windows':>7} {'co: cost/window ms':>18} {'frozen: cost/window ms':>22} {'compute/window ms':>17} {'exchange cost':>13}")
-    shares = []
+    print(f"{'pair':>4} {'windows':>7} {'co: cost/window ms':>18} {'frozen: cost/window ms':>22} {'compute/window ms':>17} {'exchange cost':>13} {'check: rest co-frozen':>21}")
+    shares, rests = [], []
     for i in range(0, len(dirs), 2):
         co = windows(load(dirs[i]), every, start, eval_every)
         fr = windows(load(dirs[i + 1]), every, start, eval_every)
-        c = statistics.mean(x for x, _ in co)
-        f = statistics.mean(x for x, _ in fr)
-        w = statistics.mean(y for _, y in fr)
+        c = statistics.mean(x[0] for x in co)
+        f = statistics.mean(x[0] for x in fr)
+        w = statistics.mean(x[1] for x in fr)
         shares.append((c - f) / w)
-        print(f"{i // 2 + 1:>4} {len(co):>7} {1e3 * c:>18.3f} {1e3 * f:>22.3f} {1e3 * w:>17.2f} {100 * shares[-1]:>+12.3f}%")
+        rests.append((statistics.mean(x[2] for x in co) - statistics.mean(x[2] for x in fr)) / w)
+        print(f"{i // 2 + 1:>4} {len(co):>7} {1e3 * c:>18.3f} {1e3 * f:>22.3f} {1e3 * w:>17.2f} {100 * shares[-1]:>+12.3f}% {100 * rests[-1]:>+20.3f}%")
     print(f"exchange cost, share of compute: median {100 * statistics.median(shares):+.3f}% over {len(shares)} pairs "
           f"(min {100 * min(shares):+.3f}%, max {100 * max(shares):+.3f}%)")
+    print(f"check, the rest of the windows, exchanging minus control: median {100 * statistics.median(rests):+.3f}% "
+          f"(min {100 * min(rests):+.3f}%, max {100 * max(rests):+.3f}%)")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ impl Topology {
 /// boundary (`Exchange::advance`), then, when `publish`, publish every local model's weights as of
 /// `step` (the number of steps done). Returns the time the compute path spent here. The protocol
 /// of a step, per model: `latest` for its teachers, forward and backward, `settle` (the exchange
-/// stops reading its weights), the optimizer update; then `end_step` once.
+/// stops reading its weights), the optimizer update; then `end_step` once. The trainers do every
+/// model's forward and backward before the first `settle`, which gives a publish's background copy
+/// the whole step.
 pub fn end_step<'a>(exchange: &mut dyn Exchange, step: u64, publish: bool, models: impl Iterator<Item = (usize, &'a ParamStore)>) -> Result<Duration> {
     let (r, mut spent) = timed(|| exchange.advance());
     r?;

@@ -519,17 +519,22 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             g.accumulate_grads(&grads, &mut m.store)?;
             // The tape holds references to the weights; drop it so the update writes in place.
             drop(g);
-            // A publish may still be copying these weights in the background.
-            let (r, waited) = timed(|| exchange.settle(m.index));
-            r?;
-            waited_here += waited.as_secs_f64();
-            m.opt.step(&mut m.store, lr, clip)?;
             // Compute time excludes the time spent in exchange calls, which is accounted apart.
             train_secs += ts.elapsed().as_secs_f64() - waited_here;
             exchange_wait += waited_here;
             train_rows += chunk.len();
             interval_loss += lv;
             interval_n += 1;
+        }
+        // The updates come after every model's gradients, so that a publish's background copy of
+        // a model's weights (which must end before that model's update) has the whole step.
+        for m in members.iter_mut() {
+            let (r, waited) = timed(|| exchange.settle(m.index));
+            r?;
+            exchange_wait += waited.as_secs_f64();
+            let (r, took) = timed(|| m.opt.step(&mut m.store, lr, clip));
+            r?;
+            train_secs += took.as_secs_f64();
         }
         if schedule.weight > 0.0 {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();

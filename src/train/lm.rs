@@ -531,11 +531,6 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             // The tape holds references to the weights; drop it so the update writes in place
             // instead of copying every parameter.
             drop(g);
-            // A publish may still be copying these weights in the background.
-            let (r, waited) = timed(|| exchange.settle(m.index));
-            r?;
-            waited_here += waited.as_secs_f64();
-            last_norm = m.opt.step(&mut m.store, lr, clip)?;
             m.state = next;
             // Compute time excludes the time spent in exchange calls, which is accounted apart.
             train_secs += ts.elapsed().as_secs_f64() - waited_here;
@@ -543,6 +538,16 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             train_tokens += tokens_per_step;
             interval_loss += lv;
             interval_n += 1;
+        }
+        // The updates come after every model's gradients, so that a publish's background copy of
+        // a model's weights (which must end before that model's update) has the whole step.
+        for m in members.iter_mut() {
+            let (r, waited) = timed(|| exchange.settle(m.index));
+            r?;
+            exchange_wait += waited.as_secs_f64();
+            let (r, took) = timed(|| m.opt.step(&mut m.store, lr, clip));
+            last_norm = r?;
+            train_secs += took.as_secs_f64();
         }
         if schedule.weight > 0.0 {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
