@@ -5,7 +5,9 @@
 # 3. the kernel benchmark, then cuBLAS/PyTorch on the same shapes, and the table of ratios.
 # 4. end-to-end training steps on the GPU against the same models in PyTorch (scripts/e2e_compare.py;
 #    SKIP_E2E=1 leaves it out);
-# 5. with CRITERION=1, the criterion gpu_* groups of benches/kernels.rs (throughput per family).
+# 5. with CRITERION=1, the criterion gpu_* groups of benches/kernels.rs (throughput per family);
+# 6. with OVERLAP=1, the overlap measurement of issue 6 on the GPU (scripts/overlap_pairs.sh, 3
+#    pairs of Criteo codistillation exchanging vs frozen, scored within runs; data under /tmp).
 # Logs go to $OUT (or ./gpu-out when OUT is unset).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -54,5 +56,9 @@ if [ "${NCU:-0}" = 1 ]; then
       -k "regex:$kernel" -c 1 device-bin/gpu-bench >"$OUT/ncu-$group.txt" 2>&1 || status=1
     grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Issue Slots Busy|L2 Hit Rate|L1/TEX Hit" "$OUT/ncu-$group.txt" | head -30
   done
+fi
+if [ "${OVERLAP:-0}" = 1 ]; then
+  echo "== overlap: exchange every 50 vs teachers frozen, on the GPU, scored within runs"
+  BIN=device-bin/codistill DEVICE=cuda bash scripts/overlap_pairs.sh /tmp/overlap-gpu 3 2>&1 | tee "$OUT/overlap.txt" || status=1
 fi
 exit $status

@@ -9,6 +9,8 @@
 # each run (scripts/overlap_steps.py): the steps an exchange can touch against their neighbours in
 # the same window, which does resolve a fraction of a percent.
 # Usage: scripts/overlap_pairs.sh OUT [PAIRS] [ROWS]   (data is generated under OUT if absent)
+# Environment: BIN (target/release/codistill), DEVICE (cpu; cuda on the GPU machine, where
+# scripts/gpu_remote.sh runs it with OVERLAP=1).
 set -euo pipefail
 OUT=${1:?usage: scripts/overlap_pairs.sh OUT [PAIRS] [ROWS]}
 PAIRS=${2:-8}
@@ -18,7 +20,7 @@ BIN=${BIN:-target/release/codistill}
 mkdir -p "$OUT"
 [ -f "$OUT/train.tsv" ] || "$BIN" criteo generate --rows "$ROWS" --out "$OUT/train.tsv" --seed 11
 [ -f "$OUT/valid.tsv" ] || "$BIN" criteo generate --rows $((ROWS / 10)) --out "$OUT/valid.tsv" --seed 12
-COMMON=(--train "$OUT/train.tsv" --valid "$OUT/valid.tsv" --cache "$OUT/cache" --device cpu --eval-every 1000
+COMMON=(--train "$OUT/train.tsv" --valid "$OUT/valid.tsv" --cache "$OUT/cache" --device "${DEVICE:-cpu}" --eval-every 1000
         --burn-in 500 --lr 0.004 --models 2 --epochs 2 --exchange-every 50 --distill-weight 0.7 --step-times true)
 for i in $(seq 1 "$PAIRS"); do
     # Alternate which of the two goes first, so a drift in machine speed does not favour one.
