@@ -1,4 +1,6 @@
-//! A temporary directory for unit tests, removed when dropped (also when the test fails).
+//! A temporary directory for unit tests, removed when the test that made it passes (kept after a
+//! failure, for looking at): the unit tests' twin of `tests/common::Scratch`, which the library's
+//! own tests cannot reach.
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,8 @@ impl AsRef<Path> for TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
