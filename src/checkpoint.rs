@@ -120,8 +120,8 @@ mod tests {
         p
     }
 
-    fn dir(name: &str) -> crate::testdir::TestDir {
-        crate::testdir::TestDir::new(&format!("ckpt-{name}"))
+    fn dir(name: &str) -> crate::testdir::Scratch {
+        crate::testdir::Scratch::new("ckpt", name)
     }
 
     #[test]

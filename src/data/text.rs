@@ -260,8 +260,8 @@ pub fn shard_blocks(tokens: &[u32], n: usize, i: usize, block: usize) -> Result<
 mod tests {
     use super::*;
 
-    fn tmpdir(name: &str) -> crate::testdir::TestDir {
-        crate::testdir::TestDir::new(&format!("text-{name}"))
+    fn tmpdir(name: &str) -> crate::testdir::Scratch {
+        crate::testdir::Scratch::new("text", name)
     }
 
     #[test]

@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn step_times_record_each_steps_differences_from_the_first_step() {
-        let dir = crate::testdir::TestDir::new("step-times");
+        let dir = crate::testdir::Scratch::new("train", "step-times");
         let mut t = StepTimes::new(true, 7);
         t.begin(1.0, 0.5);
         t.end(1.25, 0.5);

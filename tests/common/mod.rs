@@ -1,37 +1,5 @@
 //! Helpers shared by the integration tests.
 
-use std::path::{Path, PathBuf};
-
-/// A fresh directory under the system temp dir, removed when the test that made it passes (kept
-/// after a failure, for looking at).
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new(prefix: &str, name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("codistill-{prefix}-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+#[path = "../../src/testdir.rs"]
+mod testdir;
+pub use testdir::Scratch;
