@@ -7,7 +7,7 @@
 //! Bytes are the fewest the op must move (each input read once, each output written once); FLOPs
 //! are 2mnk for a matmul.
 
-use codistill::cuda::{self, kernels as k, Gpu, GpuBuf};
+use codistill::cuda::{self, kernels as k, Gpu, GpuBuf, MatmulKernel};
 use codistill::{DistillParams, Rng};
 use cudarc::driver::sys;
 use half::bf16;
@@ -84,6 +84,7 @@ fn main() {
     // Criteo MLP), bf16 operands on the tensor cores, and the fp32 path for reference.
     let shapes: &[(&str, usize, usize, usize, bool, bool)] = &[
         ("square", 4096, 4096, 4096, false, false),
+        ("square", 4096, 4096, 4096, false, true),
         ("square", 8192, 8192, 8192, false, false),
         ("lstm x@W_ih", 2240, 4096, 1024, false, false),
         ("lstm h@W_hh step", 64, 4096, 1024, false, false),
@@ -91,14 +92,33 @@ fn main() {
         ("lstm dW = h^T@dlogits", 1024, 10000, 2240, true, false),
         ("criteo mlp", 8192, 512, 432, false, false),
     ];
+    // Each shape on both tensor-core kernels where the GPU has wgmma (its time includes the
+    // transposes that lay out operands whose contiguous dimension is not k); `auto` is the choice
+    // the trainers get (MatmulKernel::Auto).
+    let kernels: Vec<(MatmulKernel, &str)> = if g.has_wgmma() { vec![(MatmulKernel::MmaSync, "mma.sync"), (MatmulKernel::Wgmma, "wgmma")] } else { vec![(MatmulKernel::MmaSync, "mma.sync")] };
     for &(what, m, n, kk, ta, tb) in shapes.iter().filter(|_| want("gemm")) {
         let a = randn_bf16(&g, &mut r, m * kk);
         let b = randn_bf16(&g, &mut r, kk * n);
         let mut c = g.alloc::<f32>(m * n).unwrap();
         let iters = if m * n * kk > 1 << 36 { 10 } else { 50 };
-        let ms = time_ms(&g, iters, || k::gemm_bf16(m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
-        let t = format!("{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" });
-        rows.push(Row { name: format!("gemm bf16 {what}"), shape: format!("{m}x{n}x{kk} {t}"), ms, flops: 2.0 * (m * n * kk) as f64, bytes: 0.0 });
+        let mut first: Option<Vec<f32>> = None;
+        for &(kernel, kname) in &kernels {
+            let ms = time_ms(&g, iters, || k::gemm_bf16_with(kernel, m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
+            // The kernels must agree on what was timed (the tests check each against f64).
+            let got = c.download().unwrap();
+            let mut name = format!("gemm bf16 {what} {kname}");
+            if let Some(f) = &first {
+                let num: f64 = got.iter().zip(f).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let den: f64 = f.iter().map(|y| (*y as f64).powi(2)).sum();
+                if !((num / den.max(1e-300)).sqrt() < 1e-3) {
+                    name.push_str(" MISMATCH");
+                }
+            } else {
+                first = Some(got);
+            }
+            let t = format!("{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" });
+            rows.push(Row { name, shape: format!("{m}x{n}x{kk} {t}"), ms, flops: 2.0 * (m * n * kk) as f64, bytes: 0.0 });
+        }
     }
     if want("gemm") {
         let (m, n, kk) = (4096, 4096, 4096);

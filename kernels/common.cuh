@@ -68,3 +68,14 @@ __device__ __forceinline__ float hash_uniform(u64 seed, u64 index) {
     u64 h = splitmix64(seed ^ splitmix64(index));
     return (float)(h >> 40) * (1.0f / 16777216.0f);
 }
+
+// Asynchronous 16-byte global-to-shared copies (sm_80+); `valid == false` zero-fills the 16 bytes.
+__device__ __forceinline__ void cp_async16_shared(unsigned smem_addr, const void* gmem, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    cp_async16_shared((unsigned)__cvta_generic_to_shared(smem), gmem, valid);
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }

@@ -15,6 +15,16 @@ mkdir -p "$OUT"
 export REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
 status=0
+# The wgmma matmul (kernels/matmul_sm90a.cu) was written without a GPU: check it alone first. If it
+# is wrong, every later stage runs on the mma.sync kernel (CODISTILL_MATMUL_KERNEL=mma), so that one
+# broken kernel does not cost the session's other measurements; the full suite still reports it.
+echo "== wgmma gate"
+if device-bin/tests/gpu --test-threads=1 gemm transposes >"$OUT/wgmma-gate.log" 2>&1; then
+  echo "PASS matmul tests (mma.sync and wgmma): $(grep -E '^test result' "$OUT/wgmma-gate.log" | tail -1)"
+else
+  echo "FAIL matmul tests: later stages use CODISTILL_MATMUL_KERNEL=mma"; grep -E 'panicked|rel err|FAILED|failed' "$OUT/wgmma-gate.log" | head -20
+  export CODISTILL_MATMUL_KERNEL=mma; status=1
+fi
 echo "== tests"
 for t in device-bin/tests/*; do
   name=$(basename "$t")
@@ -48,13 +58,14 @@ if [ "${CRITERION:-0}" = 1 ]; then
   device-bin/kernels-bench --bench gpu_ --warm-up-time 1 --measurement-time 2 2>&1 | tee "$OUT/criterion-gpu.txt" | grep -E "^gpu_|thrpt" || status=1
 fi
 if [ "${NCU:-0}" = 1 ]; then
-  echo "== Nsight Compute: one launch each of the 4096^3 bf16 matmul and the 4096x32768 softmax-KL"
-  for pair in "gemm:gemm_bf16_nn" "softmax:softmax_kl_k1"; do
+  echo "== Nsight Compute: one launch each of the 4096^3 bf16 matmuls (mma.sync, wgmma) and the 4096x32768 softmax-KL"
+  for pair in "gemm:gemm_bf16_nn" "gemm:gemm_wgmma_b256" "softmax:softmax_kl_k1"; do
     group=${pair%%:*}; kernel=${pair##*:}
     CODISTILL_BENCH_ONLY=$group ncu --clock-control none --section SpeedOfLight --section Occupancy \
       --section MemoryWorkloadAnalysis --section WarpStateStats --section ComputeWorkloadAnalysis \
-      -k "regex:$kernel" -c 1 device-bin/gpu-bench >"$OUT/ncu-$group.txt" 2>&1 || status=1
-    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Issue Slots Busy|L2 Hit Rate|L1/TEX Hit" "$OUT/ncu-$group.txt" | head -30
+      -k "regex:$kernel" -c 1 device-bin/gpu-bench >"$OUT/ncu-$kernel.txt" 2>&1 || status=1
+    echo "-- $kernel"
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Issue Slots Busy|L2 Hit Rate|L1/TEX Hit" "$OUT/ncu-$kernel.txt" | head -30
   done
 fi
 if [ "${OVERLAP:-0}" = 1 ]; then

@@ -5,7 +5,7 @@
 //! Bounds against a float64 reference: fp32 kernels 1e-5 relative (norm), bf16 operands 1e-3 on
 //! operands already rounded to bf16 (so the bound measures the kernel, not the rounding).
 
-use codistill::cuda::{self, kernels as k, Gpu, GpuBuf};
+use codistill::cuda::{self, kernels as k, Gpu, GpuBuf, MatmulKernel};
 use codistill::ops::elementwise::{add_row_bias_cpu, binary_cpu, unary_backward_cpu, unary_cpu, Binary, Unary};
 use codistill::ops::{dropout::dropout_cpu, embedding, lstm, optim, reduce, softmax_kl};
 use codistill::{DistillParams, Rng};
@@ -94,36 +94,119 @@ fn gemm_f32_matches_f64_reference() {
     }
 }
 
+fn round_bf16(v: Vec<f32>) -> (Vec<bf16>, Vec<f32>) {
+    let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+    let f = h.iter().map(|x| x.to_f32()).collect();
+    (h, f)
+}
+
+/// The tensor-core kernels this GPU runs: mma.sync everywhere, wgmma on compute capability 9.0.
+fn tensor_core_kernels(g: &Gpu) -> Vec<MatmulKernel> {
+    if g.has_wgmma() {
+        vec![MatmulKernel::MmaSync, MatmulKernel::Wgmma]
+    } else {
+        eprintln!("this GPU is not compute capability 9.0: the wgmma kernel is not tested here");
+        vec![MatmulKernel::MmaSync]
+    }
+}
+
 #[test]
 fn gemm_bf16_tensor_cores_match_f64_reference() {
     let Some(g) = gpu() else { return };
     let mut r = rng("gemm_bf16");
     let mut shapes = SHAPES.to_vec();
-    shapes.extend([(128, 128, 32), (300, 512, 1024), (64, 2600, 650), (129, 136, 8)]);
-    for &(m, n, kk) in &shapes {
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let round = |v: Vec<f32>| -> (Vec<bf16>, Vec<f32>) {
-                let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-                let f = h.iter().map(|x| x.to_f32()).collect();
-                (h, f)
-            };
-            let (ah, af) = round(r.normal_vec(m * kk, 1.0));
-            let (bh, bf) = round(r.normal_vec(kk * n, 1.0));
-            let (da, db) = (g.upload(&ah).unwrap(), g.upload(&bh).unwrap());
-            let mut dc = poisoned(&g, m * n);
-            k::gemm_bf16(m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
-            let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
-            let e = rel_err(&dc.download().unwrap(), &want);
-            assert!(e < 1e-3, "gemm_bf16 {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
-            if m * n * kk < 5_000_000 {
-                let c0 = r.normal_vec(m * n, 1.0);
-                let mut dc = g.upload(&c0).unwrap();
-                k::gemm_bf16(m, n, kk, 2.0, &da, ta, &db, tb, 1.0, &mut dc).unwrap();
-                let want: Vec<f64> = want.iter().zip(&c0).map(|(w, &c)| 2.0 * w + c as f64).collect();
+    shapes.extend([(128, 128, 32), (300, 512, 1024), (64, 2600, 650), (129, 136, 8), (513, 257, 72), (1, 300, 64), (200, 3, 136)]);
+    for kernel in tensor_core_kernels(&g) {
+        for &(m, n, kk) in &shapes {
+            if kernel == MatmulKernel::Wgmma && kk % 8 != 0 {
+                // wgmma takes inner dimensions in whole 16-byte chunks; the launcher says so.
+                let (da, db) = (g.alloc::<bf16>(m * kk).unwrap(), g.alloc::<bf16>(kk * n).unwrap());
+                let mut dc = poisoned(&g, m * n);
+                let e = k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da, false, &db, false, 0.0, &mut dc).unwrap_err();
+                assert!(e.to_string().contains("multiple of 8"), "{e}");
+                continue;
+            }
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (ah, af) = round_bf16(r.normal_vec(m * kk, 1.0));
+                let (bh, bf) = round_bf16(r.normal_vec(kk * n, 1.0));
+                let (da, db) = (g.upload(&ah).unwrap(), g.upload(&bh).unwrap());
+                let mut dc = poisoned(&g, m * n);
+                k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
+                let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
                 let e = rel_err(&dc.download().unwrap(), &want);
-                assert!(e < 1e-3, "gemm_bf16 accumulate {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+                assert!(e < 1e-3, "gemm_bf16 {kernel:?} {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+                if m * n * kk < 5_000_000 {
+                    let c0 = r.normal_vec(m * n, 1.0);
+                    let mut dc = g.upload(&c0).unwrap();
+                    k::gemm_bf16_with(kernel, m, n, kk, 2.0, &da, ta, &db, tb, 1.0, &mut dc).unwrap();
+                    let want: Vec<f64> = want.iter().zip(&c0).map(|(w, &c)| 2.0 * w + c as f64).collect();
+                    let e = rel_err(&dc.download().unwrap(), &want);
+                    assert!(e < 1e-3, "gemm_bf16 {kernel:?} accumulate {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+                }
             }
         }
+    }
+}
+
+#[test]
+fn gemm_on_unaligned_subranges_matches_f64_reference() {
+    // Operands that start 1 element (2 bytes) into a buffer: no 16-byte copies straight from them.
+    let Some(g) = gpu() else { return };
+    let mut r = rng("gemm_unaligned");
+    let (m, n, kk) = (130, 136, 72);
+    for kernel in tensor_core_kernels(&g) {
+        let (ah, af) = round_bf16(r.normal_vec(m * kk + 1, 1.0));
+        let (bh, bf) = round_bf16(r.normal_vec(kk * n + 1, 1.0));
+        let (da, db) = (g.upload(&ah).unwrap(), g.upload(&bh).unwrap());
+        let mut dc = poisoned(&g, m * n);
+        k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da.slice(1, m * kk).unwrap(), false, &db.slice(1, kk * n).unwrap(), true, 0.0, &mut dc).unwrap();
+        let want = gemm_ref(m, n, kk, &af[1..], false, &bf[1..], true);
+        let e = rel_err(&dc.download().unwrap(), &want);
+        assert!(e < 1e-3, "gemm_bf16 {kernel:?} on unaligned ranges: rel err {e:.2e}");
+    }
+}
+
+#[test]
+fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
+    // The trainers' default path: f32 operands rounded on the device (straight into the wgmma
+    // layout on Hopper), against the f64 product of the rounded operands.
+    let Some(g) = gpu() else { return };
+    let mut r = rng("gemm_f32_as_bf16");
+    for &(m, n, kk) in &[(7, 13, 5), (300, 512, 1024), (513, 257, 72), (129, 2600, 64)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (a, b) = (r.normal_vec(m * kk, 1.0), r.normal_vec(kk * n, 1.0));
+            let (_, af) = round_bf16(a.clone());
+            let (_, bf) = round_bf16(b.clone());
+            let (da, db) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+            let mut dc = poisoned(&g, m * n);
+            k::gemm_f32_as_bf16(m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
+            let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
+            let e = rel_err(&dc.download().unwrap(), &want);
+            assert!(e < 1e-3, "gemm_f32_as_bf16 {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn transposes_match_cpu() {
+    let Some(g) = gpu() else { return };
+    if !g.has_wgmma() {
+        eprintln!("the transpose kernels live in the compute_90a module: not a compute capability 9.0 GPU, skipped");
+        return;
+    }
+    let mut r = rng("transpose");
+    for &(rows, cols) in &[(1, 1), (31, 33), (64, 64), (100, 7), (1025, 130)] {
+        let x = r.normal_vec(rows * cols, 3.0);
+        let (xh, _) = round_bf16(x.clone());
+        let want_f32: Vec<bf16> = (0..rows * cols).map(|i| bf16::from_f32(x[(i % rows) * cols + i / rows])).collect();
+        let want_bf16: Vec<bf16> = (0..rows * cols).map(|i| xh[(i % rows) * cols + i / rows]).collect();
+        let mut out = g.alloc::<bf16>(rows * cols).unwrap();
+        out.memset(0xFF).unwrap();
+        k::transpose_f32_to_bf16(&g.upload(&x).unwrap(), rows, cols, &mut out).unwrap();
+        assert_eq!(out.download().unwrap(), want_f32, "transpose_f32_to_bf16 {rows}x{cols}");
+        out.memset(0xFF).unwrap();
+        k::transpose_bf16(&g.upload(&xh).unwrap(), rows, cols, &mut out).unwrap();
+        assert_eq!(out.download().unwrap(), want_bf16, "transpose_bf16 {rows}x{cols}");
     }
 }
 

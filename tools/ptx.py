@@ -5,12 +5,13 @@
   python3 tools/ptx.py check    recompile into a temporary folder; fail if any committed PTX or
                                 the manifest differs (stale or hand-edited PTX)
   python3 tools/ptx.py ptxas    assemble every PTX for sm_90a with `ptxas -v`; print registers,
-                                shared memory and spills per kernel; fail on any spill
+                                shared memory and spills per kernel; fail on any spill or warning
 
 The compilers come from NVIDIA's pip wheels (versions pinned below, as in DEVELOPERS.md), installed
 on first use into $CODISTILL_CUDA_TOOLS (default ~/.cache/codistill-cuda) and reused after; no CUDA
 toolkit and no GPU are needed. The PTX targets compute_80 (mma.sync with bf16 needs sm_80), so it
-loads on Ampere and Hopper alike; the driver finishes it for the GPU it runs on.
+loads on Ampere and Hopper alike; the driver finishes it for the GPU it runs on. A file named
+*_sm90a.cu targets compute_90a instead (Hopper's wgmma), and loads on compute capability 9.0 only.
 """
 import ctypes
 import hashlib
@@ -25,6 +26,7 @@ KERNELS = os.path.join(ROOT, "kernels")
 PTX = os.path.join(ROOT, "ptx")
 WHEELS = ["nvidia-cuda-nvrtc-cu12==12.9.86", "nvidia-cuda-nvcc-cu12==12.9.86", "nvidia-cuda-runtime-cu12==12.9.79"]
 ARCH = "compute_80"
+ARCH_SM90A = "compute_90a"
 PTXAS_ARCH = "sm_90a"
 
 
@@ -40,8 +42,12 @@ def tools_dir():
     return target
 
 
-def options(include):
-    return [f"--gpu-architecture={ARCH}", "--std=c++17", f"-I{KERNELS}", f"-I{include}", "-default-device"]
+def arch(name):
+    return ARCH_SM90A if name.endswith("_sm90a.cu") else ARCH
+
+
+def options(name, include):
+    return [f"--gpu-architecture={arch(name)}", "--std=c++17", f"-I{KERNELS}", f"-I{include}", "-default-device"]
 
 
 def sources():
@@ -87,7 +93,7 @@ class Nvrtc:
             src = fh.read()
         prog = ctypes.c_void_p()
         self.check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), src, name.encode(), 0, None, None), "create")
-        opts = options(self.include)
+        opts = options(name, self.include)
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         rc = self.lib.nvrtcCompileProgram(prog, len(opts), arr)
         log = self.log(prog).strip()
@@ -149,6 +155,9 @@ def ptxas():
             raise SystemExit(f"ptxas failed on ptx/{stem}.ptx:\n{r.stderr}")
         func = None
         for line in r.stderr.splitlines():
+            if "warning" in line.lower():
+                # e.g. C7510: wgmma serialised (the tensor cores then wait for every instruction).
+                spills.append(f"ptx/{stem}.ptx: {line.strip()}")
             m = re.search(r"Compiling entry function '(\w+)'", line)
             if m:
                 func = m.group(1)
@@ -165,8 +174,8 @@ def ptxas():
     for r in rows:
         print(f"{r[0]:<12} {r[1]:<32} {r[2]:>5} {r[3]:>6} {r[4]:>6} {r[5]:>9} {r[6]:>9}")
     if spills:
-        raise SystemExit("register spills (sm_90a):\n  " + "\n  ".join(spills))
-    print(f"ptxas {PTXAS_ARCH}: {len(rows)} kernels, no spills")
+        raise SystemExit("register spills or ptxas warnings (sm_90a):\n  " + "\n  ".join(spills))
+    print(f"ptxas {PTXAS_ARCH}: {len(rows)} kernels, no spills, no warnings")
 
 
 if __name__ == "__main__":

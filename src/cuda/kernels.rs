@@ -3,7 +3,7 @@
 //! return; `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are
 //! checked here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
-use super::{Dev, Gpu, GpuBuf};
+use super::{Dev, Gpu, GpuBuf, MatmulKernel};
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::softmax_kl::{DistillLoss, DistillParams};
 use crate::{bail, Error, Result};
@@ -85,9 +85,30 @@ pub fn gemm_f32(
 const GEMM_SMEM: u32 = 2 * 4 * 128 * (32 + 8) * 2;
 
 /// `C = alpha * op(A) @ op(B) + beta * C` with bf16 operands on the tensor cores and fp32
-/// accumulation; the twin of `gemm_cpu` on the operands widened to f32.
+/// accumulation; the twin of `gemm_cpu` on the operands widened to f32. The kernel is the
+/// process's choice ([`crate::cuda::matmul_kernel`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &impl Dev<bf16>,
+    trans_a: bool,
+    b: &impl Dev<bf16>,
+    trans_b: bool,
+    beta: f32,
+    c: &mut impl Dev<f32>,
+) -> Result<()> {
+    gemm_bf16_with(super::matmul_kernel(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+}
+
+/// [`gemm_bf16`] on a chosen kernel: `MmaSync` on any GPU from sm_80; `Wgmma` on compute
+/// capability 9.0 with `k` a multiple of 8 (an error elsewhere, never a silent fallback); `Auto`
+/// as documented on [`MatmulKernel`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_with(
+    kernel: MatmulKernel,
     m: usize,
     n: usize,
     k: usize,
@@ -102,10 +123,20 @@ pub fn gemm_bf16(
     need("A", a, m * k)?;
     need("B", b, k * n)?;
     need("C", c, m * n)?;
+    same_gpu(a, b)?;
+    same_gpu(a, c)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
     let gpu = a.gpu().clone();
+    if wgmma_for(&gpu, kernel, m, n, k)? {
+        // Both operands K-major: A as [m, k], B as its transpose [n, k].
+        let (pa, _a_tmp) = kmajor_bf16(a, m, k, trans_a)?;
+        let (pb, _b_tmp) = kmajor_bf16(b, n, k, !trans_b)?;
+        // The scratch operands go back to the allocator after the launch is queued: later work on
+        // the same stream runs after the kernel.
+        return launch_wgmma(&gpu, m, n, k, alpha, pa, pb, beta, c);
+    }
     // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
     let a_contig = if trans_a { m } else { k };
     let b_contig = if trans_b { k } else { n };
@@ -129,6 +160,132 @@ pub fn gemm_bf16(
     let mut l = gpu.stream().launch_builder(&f);
     l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc).arg(&vec_a).arg(&vec_b);
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    Ok(())
+}
+
+/// `C = alpha * op(A) @ op(B) + beta * C` for f32 operands rounded to bf16 on the device (the
+/// `MatmulPrecision::Bf16` path): on the `wgmma` kernel each operand is rounded straight into the
+/// layout it reads (one pass, transposing where needed), else rounded and passed to `mma.sync`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_as_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &impl Dev<f32>,
+    trans_a: bool,
+    b: &impl Dev<f32>,
+    trans_b: bool,
+    beta: f32,
+    c: &mut impl Dev<f32>,
+) -> Result<()> {
+    need("A", a, m * k)?;
+    need("B", b, k * n)?;
+    need("C", c, m * n)?;
+    same_gpu(a, b)?;
+    let gpu = a.gpu().clone();
+    if m > 0 && n > 0 && wgmma_for(&gpu, super::matmul_kernel(), m, n, k)? {
+        let mut ab = gpu.alloc::<bf16>(m * k)?;
+        if trans_a {
+            transpose_f32_to_bf16(a, k, m, &mut ab)?;
+        } else {
+            f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
+        }
+        let mut bb = gpu.alloc::<bf16>(n * k)?;
+        if trans_b {
+            f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
+        } else {
+            transpose_f32_to_bf16(b, k, n, &mut bb)?;
+        }
+        return launch_wgmma(&gpu, m, n, k, alpha, ab.ptr(), bb.ptr(), beta, c);
+    }
+    let mut ab = gpu.alloc::<bf16>(m * k)?;
+    f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
+    let mut bb = gpu.alloc::<bf16>(n * k)?;
+    f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
+    gemm_bf16_with(MatmulKernel::MmaSync, m, n, k, alpha, &ab, trans_a, &bb, trans_b, beta, c)
+}
+
+/// Whether a bf16 product of this shape runs on `wgmma` under `kernel`.
+fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> Result<bool> {
+    match kernel {
+        MatmulKernel::MmaSync => Ok(false),
+        MatmulKernel::Auto => Ok(gpu.has_wgmma() && k % 8 == 0 && m >= 128 && n >= 128 && k >= 64),
+        MatmulKernel::Wgmma => {
+            if !gpu.has_wgmma() {
+                let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));
+                bail!(Device, "the wgmma matmul needs a GPU of compute capability 9.0; cuda:{} has {cc}", gpu.ordinal());
+            }
+            if k % 8 != 0 {
+                bail!(Shape, "the wgmma matmul needs an inner dimension that is a multiple of 8, got {k}");
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// The device address of `x` as a K-major operand (`rows` rows of `k` contiguous elements, 16-byte
+/// aligned): `x` itself where it already is one, else a scratch copy (transposed from `[k, rows]`
+/// when `stored_t`), returned so that the caller keeps it alive until the launch is queued.
+fn kmajor_bf16(x: &impl Dev<bf16>, rows: usize, k: usize, stored_t: bool) -> Result<(u64, Option<GpuBuf<bf16>>)> {
+    if !stored_t && x.ptr() % 16 == 0 {
+        return Ok((x.ptr(), None));
+    }
+    let mut t = x.gpu().alloc::<bf16>(rows * k)?;
+    if stored_t {
+        transpose_bf16(x, k, rows, &mut t)?;
+    } else {
+        super::copy(&x.range(0, rows * k)?, &mut t)?;
+    }
+    Ok((t.ptr(), Some(t)))
+}
+
+const WG_STAGE_A: u32 = 128 * 64 * 2;
+
+/// Launches `gemm_wgmma_b{128,256}` on K-major operands at `pa` ([m, k]) and `pb` ([n, k]).
+#[allow(clippy::too_many_arguments)]
+fn launch_wgmma(gpu: &Arc<Gpu>, m: usize, n: usize, k: usize, alpha: f32, pa: u64, pb: u64, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
+    // One block per multiprocessor at a time (the stages fill shared memory): take the narrower
+    // tile only where it fills the last wave clearly better (a first rule; to be tuned on the GPU).
+    let sms = gpu.sm_count();
+    let fill = |bn: usize| {
+        let tiles = n.div_ceil(bn) * m.div_ceil(128);
+        tiles as f64 / (tiles.div_ceil(sms) * sms) as f64
+    };
+    let bn: usize = if fill(128) > fill(256) + 0.1 { 128 } else { 256 };
+    let name: &'static str = if bn == 256 { "gemm_wgmma_b256" } else { "gemm_wgmma_b128" };
+    let smem = 4 * (WG_STAGE_A + bn as u32 * 64 * 2) + 1024;
+    let f = gpu.function("matmul_sm90a", name)?;
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem };
+    let (mi, ni, ki, pc) = (m as i32, n as i32, k as i32, c.ptr());
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc);
+    unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    if std::env::var_os("CODISTILL_SYNC_EACH_LAUNCH").is_some() {
+        gpu.sync().map_err(|e| Error::Device(format!("kernel {name} failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// `out[c, r] = x[r, c]` for `x` of `[r, c]` bf16 (sm_90 module; used to lay operands out for
+/// the `wgmma` kernel).
+pub fn transpose_bf16(x: &impl Dev<bf16>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
+    need("x", x, r * c)?;
+    need("out", out, r * c)?;
+    let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (ri, ci, px, po) = (r as i32, c as i32, x.ptr(), out.ptr());
+    launch!(x.gpu(), "matmul_sm90a", "transpose_bf16", cfg; ri, ci, px, po);
+    Ok(())
+}
+
+/// `out[c, r] = bf16(x[r, c])` for `x` of `[r, c]` f32, rounded to nearest even.
+pub fn transpose_f32_to_bf16(x: &impl Dev<f32>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
+    need("x", x, r * c)?;
+    need("out", out, r * c)?;
+    let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (ri, ci, px, po) = (r as i32, c as i32, x.ptr(), out.ptr());
+    launch!(x.gpu(), "matmul_sm90a", "transpose_f32_to_bf16", cfg; ri, ci, px, po);
     Ok(())
 }
 

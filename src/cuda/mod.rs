@@ -26,6 +26,7 @@ const MODULES: &[(&str, &str)] = &[
     ("embedding", include_str!("../../ptx/embedding.ptx")),
     ("lstm", include_str!("../../ptx/lstm.ptx")),
     ("matmul", include_str!("../../ptx/matmul.ptx")),
+    ("matmul_sm90a", include_str!("../../ptx/matmul_sm90a.ptx")),
     ("optim", include_str!("../../ptx/optim.ptx")),
     ("reduce", include_str!("../../ptx/reduce.ptx")),
     ("softmax_kl", include_str!("../../ptx/softmax_kl.ptx")),
@@ -98,6 +99,47 @@ pub fn matmul_precision() -> MatmulPrecision {
     }
 }
 
+/// Which tensor-core kernel runs a bf16 matrix product on the GPU (process-wide).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// `wgmma` on Hopper (compute capability 9.0) for products of at least 128 x 128 x 64 whose
+    /// inner dimension is a multiple of 8; `mma.sync` otherwise (the default).
+    Auto,
+    /// Always `mma.sync` (`kernels/matmul.cu`), on any GPU from sm_80.
+    MmaSync,
+    /// Always `wgmma` (`kernels/matmul_sm90a.cu`): an error where it cannot run (not a Hopper GPU,
+    /// or an inner dimension that is not a multiple of 8). For tests and benchmarks.
+    Wgmma,
+}
+
+static MATMUL_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Sets the bf16 matmul kernel for the process (overrides `CODISTILL_MATMUL_KERNEL`).
+pub fn set_matmul_kernel(k: MatmulKernel) {
+    MATMUL_KERNEL.store(k as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The bf16 matmul kernel: as set, else from `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma`),
+/// else `Auto`.
+pub fn matmul_kernel() -> MatmulKernel {
+    let from = |v: u8| match v {
+        1 => MatmulKernel::MmaSync,
+        2 => MatmulKernel::Wgmma,
+        _ => MatmulKernel::Auto,
+    };
+    let v = MATMUL_KERNEL.load(std::sync::atomic::Ordering::Relaxed);
+    if v != u8::MAX {
+        return from(v);
+    }
+    let k = match std::env::var("CODISTILL_MATMUL_KERNEL").as_deref() {
+        Ok("mma") => MatmulKernel::MmaSync,
+        Ok("wgmma") => MatmulKernel::Wgmma,
+        _ => MatmulKernel::Auto,
+    };
+    set_matmul_kernel(k);
+    k
+}
+
 /// Allocator counters: device allocations made, and requests served from the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocStats {
@@ -133,6 +175,8 @@ pub struct Gpu {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     pool: Mutex<Pool>,
+    sm90: OnceLock<bool>,
+    sms: OnceLock<usize>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -162,6 +206,8 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
         modules: Mutex::new(HashMap::new()),
         funcs: Mutex::new(HashMap::new()),
         pool: Mutex::new(Pool { free: HashMap::new(), stats: AllocStats::default() }),
+        sm90: OnceLock::new(),
+        sms: OnceLock::new(),
     });
     map.insert(ordinal, g.clone());
     Ok(g)
@@ -182,6 +228,21 @@ impl Gpu {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// Whether the device runs our compute_90a code (`wgmma`): compute capability 9.0.
+    pub fn has_wgmma(&self) -> bool {
+        *self.sm90.get_or_init(|| matches!(self.ctx.compute_capability(), Ok((9, 0))))
+    }
+
+    /// The number of multiprocessors (for choosing tile sizes that fill the device).
+    pub fn sm_count(&self) -> usize {
+        *self.sms.get_or_init(|| {
+            self.ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map(|n| n.max(1) as usize)
+                .unwrap_or(132)
+        })
     }
 
     /// The copy stream: transfers on it overlap the compute stream's kernels. Work on it is
@@ -328,6 +389,36 @@ pub trait Dev<T: Copy> {
     fn gpu(&self) -> &Arc<Gpu>;
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Elements `start .. start + len` of this range.
+    fn range(&self, start: usize, len: usize) -> Result<View<'_, T>>
+    where
+        Self: Sized,
+    {
+        if start + len > self.len() {
+            bail!(Shape, "device range {start}..{} of a range of {}", start + len, self.len());
+        }
+        Ok(View { ptr: self.ptr() + (start * std::mem::size_of::<T>()) as u64, len, gpu: self.gpu(), _t: std::marker::PhantomData })
+    }
+}
+
+/// A sub-range of any [`Dev`] range (see [`Dev::range`]).
+pub struct View<'a, T> {
+    ptr: u64,
+    len: usize,
+    gpu: &'a Arc<Gpu>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Copy> Dev<T> for View<'_, T> {
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn gpu(&self) -> &Arc<Gpu> {
+        self.gpu
     }
 }
 

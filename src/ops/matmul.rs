@@ -94,15 +94,12 @@ pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: 
             Ok(())
         }
         Device::Cuda(_) => {
-            use crate::cuda::{kernels::{gemm_bf16, gemm_f32}, matmul_precision, MatmulPrecision};
+            use crate::cuda::{kernels::{gemm_bf16, gemm_f32, gemm_f32_as_bf16}, matmul_precision, MatmulPrecision};
             let cb = c.cuda_f32_mut()?;
             match (a.dtype(), matmul_precision()) {
                 (DType::BF16, _) => gemm_bf16(m, n, k, alpha, a.cuda_bf16()?, trans_a, b.cuda_bf16()?, trans_b, beta, cb),
                 (DType::F32, MatmulPrecision::F32) => gemm_f32(m, n, k, alpha, a.cuda_f32()?, trans_a, b.cuda_f32()?, trans_b, beta, cb),
-                (DType::F32, MatmulPrecision::Bf16) => {
-                    let (ab, bb) = (a.to_bf16()?, b.to_bf16()?);
-                    gemm_bf16(m, n, k, alpha, ab.cuda_bf16()?, trans_a, bb.cuda_bf16()?, trans_b, beta, cb)
-                }
+                (DType::F32, MatmulPrecision::Bf16) => gemm_f32_as_bf16(m, n, k, alpha, a.cuda_f32()?, trans_a, b.cuda_f32()?, trans_b, beta, cb),
                 (DType::I32, _) => bail!(DType, "matmul operand {:?} is an index tensor", a.shape()),
             }
         }
