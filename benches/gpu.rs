@@ -95,7 +95,14 @@ fn main() {
     // Each shape on both tensor-core kernels where the GPU has wgmma (its time includes the
     // transposes that lay out operands whose contiguous dimension is not k); `auto` is the choice
     // the trainers get (MatmulKernel::Auto).
-    let kernels: Vec<(MatmulKernel, &str)> = if g.has_wgmma() { vec![(MatmulKernel::MmaSync, "mma.sync"), (MatmulKernel::Wgmma, "wgmma")] } else { vec![(MatmulKernel::MmaSync, "mma.sync")] };
+    // CODISTILL_BENCH_MATMUL=mma,wgmma,wgmma-tma (the default where the GPU has wgmma) picks them;
+    // scripts/gpu_remote.sh passes the ones that passed its gate.
+    let listed = std::env::var("CODISTILL_BENCH_MATMUL").unwrap_or_else(|_| "mma,wgmma,wgmma-tma".into());
+    let kernels: Vec<(MatmulKernel, &str)> = [(MatmulKernel::MmaSync, "mma.sync", "mma"), (MatmulKernel::Wgmma, "wgmma", "wgmma"), (MatmulKernel::WgmmaTma, "wgmma-tma", "wgmma-tma")]
+        .into_iter()
+        .filter(|(kernel, _, key)| listed.split(',').any(|l| l == *key) && (*kernel == MatmulKernel::MmaSync || g.has_wgmma()))
+        .map(|(kernel, name, _)| (kernel, name))
+        .collect();
     for &(what, m, n, kk, ta, tb) in shapes.iter().filter(|_| want("gemm")) {
         let a = randn_bf16(&g, &mut r, m * kk);
         let b = randn_bf16(&g, &mut r, kk * n);

@@ -15,6 +15,14 @@
 //   one being multiplied, one whose multiply may still run (one wgmma group kept in flight).
 //   No mbarrier and no warp specialisation: every wait is a cp.async group or a block barrier, so a
 //   mistake can give a wrong result (the tests compare with the CPU) but not a hang.
+// gemm_wgmma_tma: the same product and contract, with the operands brought in by the bulk tensor
+//   copy engine (TMA: one thread issues a 128 x 64 and a 256 x 64 box per stage, which the engine
+//   writes in the same 128-byte swizzled layout) and warp specialisation: warpgroup 0 produces
+//   (one thread, registers lowered to 40 with setmaxnreg), warpgroups 1 and 2 consume (registers
+//   raised to 232), 4 stages ordered by mbarriers: full[s] (the copies of stage s have landed:
+//   one arrival with the byte count, completed by the engine) and empty[s] (all 256 consumer
+//   threads are done with stage s). Every mbarrier wait gives up after about 10 s of clock and
+//   traps, so a pipeline mistake is a kernel error, not a hang. Block 384 threads, tile 128 x 256.
 // transpose_bf16, transpose_f32_to_bf16: out [C,R] = in [R,C]^T as bf16 (32 x 32 tiles).
 #include "common.cuh"
 
@@ -24,6 +32,10 @@ typedef __nv_bfloat16 bf16;
 #define WG_BK 64
 #define WG_STAGES 4
 #define WG_AHEAD 2  // stages loaded ahead of the one being multiplied
+
+// Dynamic shared memory of every kernel here (the launcher asks for 1 KiB more than the stages
+// need, so that tiles can start on 1024-byte boundaries, as the swizzle requires).
+extern __shared__ __align__(1024) unsigned char wg_smem[];
 
 __device__ __forceinline__ void wgmma_m64n256k16(float* d, u64 da, u64 db) {
     asm volatile(
@@ -124,6 +136,41 @@ __device__ __forceinline__ void wgmma_tile<256>(float* d, u64 da, u64 db) { wgmm
 template <>
 __device__ __forceinline__ void wgmma_tile<128>(float* d, u64 da, u64 db) { wgmma_m64n128k16(d, da, db); }
 
+// Writes one warpgroup's 64 x BN accumulators (rows r0.., columns n0..) as alpha * acc + beta * C.
+// Accumulator layout (as mma.sync's m16n8 C fragment, repeated over BN/8): warp w of the
+// warpgroup holds rows 16w .. 16w + 15; for each 8-column block j, d[4j], d[4j+1] are row lane/4,
+// columns 8j + 2(lane%4) + {0,1}, and d[4j+2], d[4j+3] the same 8 rows below. `t`: the thread's
+// index in its warpgroup.
+template <int BN>
+__device__ __forceinline__ void store_tile(const float* d, int M, int N, float alpha, float beta, float* __restrict__ C,
+                                           int r0, int n0, int t) {
+    const int w = t / 32, lane = t % 32;
+    const int row = r0 + w * 16 + lane / 4;
+    const bool pair = (N % 2) == 0;  // with N even, two adjacent outputs are one 8-byte store
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = n0 + j * 8 + (lane % 4) * 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = row + h * 8;
+            if (r >= M) continue;
+            float v0 = alpha * d[4 * j + 2 * h], v1 = alpha * d[4 * j + 2 * h + 1];
+            float* c = C + (i64)r * N + col;
+            if (pair && col + 1 < N) {
+                if (beta != 0.f) {
+                    float2 old = *reinterpret_cast<float2*>(c);
+                    v0 += beta * old.x;
+                    v1 += beta * old.y;
+                }
+                *reinterpret_cast<float2*>(c) = make_float2(v0, v1);
+            } else {
+                if (col < N) c[0] = beta == 0.f ? v0 : v0 + beta * c[0];
+                if (col + 1 < N) c[1] = beta == 0.f ? v1 : v1 + beta * c[1];
+            }
+        }
+    }
+}
+
 template <int BN>
 __device__ __forceinline__ void gemm_wgmma_body(int M, int N, int K, float alpha, const bf16* __restrict__ A,
                                                 const bf16* __restrict__ Bt, float beta, float* __restrict__ C) {
@@ -131,9 +178,7 @@ __device__ __forceinline__ void gemm_wgmma_body(int M, int N, int K, float alpha
     constexpr int B_BYTES = BN * WG_BK * 2;
     constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
     constexpr int NACC = BN / 2;  // 64 x BN accumulators over 128 threads
-    extern __shared__ __align__(1024) unsigned char wg_smem[];
-    // The swizzle is a function of address bits 4-9: tiles must start on 1024-byte boundaries (the
-    // launcher asks for 1 KiB more than the stages need).
+    // The swizzle is a function of address bits 4-9: tiles start on 1024-byte boundaries.
     const unsigned raw = (unsigned)__cvta_generic_to_shared(wg_smem);
     const unsigned base = (raw + 1023u) & ~1023u;
     const int wg = threadIdx.x / 128;
@@ -186,34 +231,7 @@ __device__ __forceinline__ void gemm_wgmma_body(int M, int N, int K, float alpha
 #pragma unroll
     for (int i = 0; i < NACC; i++) fence_operand(d[i]);
 
-    // Accumulator layout (as mma.sync's m16n8 C fragment, repeated over N/8): warp w of the
-    // warpgroup holds rows 16w .. 16w + 15; for each 8-column block j, d[4j], d[4j+1] are row
-    // lane/4, columns 8j + 2(lane%4) + {0,1}, and d[4j+2], d[4j+3] the same 8 rows below.
-    const int w = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
-    const int row = m0 + wg * 64 + w * 16 + lane / 4;
-    const bool pair = (N % 2) == 0;  // with N even, two adjacent outputs are one 8-byte store
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const int col = n0 + j * 8 + (lane % 4) * 2;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = row + h * 8;
-            if (r >= M) continue;
-            float v0 = alpha * d[4 * j + 2 * h], v1 = alpha * d[4 * j + 2 * h + 1];
-            float* c = C + (i64)r * N + col;
-            if (pair && col + 1 < N) {
-                if (beta != 0.f) {
-                    float2 old = *reinterpret_cast<float2*>(c);
-                    v0 += beta * old.x;
-                    v1 += beta * old.y;
-                }
-                *reinterpret_cast<float2*>(c) = make_float2(v0, v1);
-            } else {
-                if (col < N) c[0] = beta == 0.f ? v0 : v0 + beta * c[0];
-                if (col + 1 < N) c[1] = beta == 0.f ? v1 : v1 + beta * c[1];
-            }
-        }
-    }
+    store_tile<BN>(d, M, N, alpha, beta, C, m0 + wg * 64, n0, threadIdx.x % 128);
 }
 
 KERNEL void __launch_bounds__(256, 1) gemm_wgmma_b256(int M, int N, int K, float alpha, const bf16* __restrict__ A,
@@ -224,6 +242,118 @@ KERNEL void __launch_bounds__(256, 1) gemm_wgmma_b256(int M, int N, int K, float
 KERNEL void __launch_bounds__(256, 1) gemm_wgmma_b128(int M, int N, int K, float alpha, const bf16* __restrict__ A,
                                                        const bf16* __restrict__ Bt, float beta, float* __restrict__ C) {
     gemm_wgmma_body<128>(M, N, K, alpha, A, Bt, beta, C);
+}
+
+// ---- TMA + warp-specialised variant -------------------------------------------------------------
+
+// A CUtensorMap (128 bytes, built on the host by cuTensorMapEncodeTiled), passed by value.
+struct __align__(64) TmaMap {
+    u64 v[16];
+};
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for the completion of the barrier's phase of this parity; traps after ~10 s of clock.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done = 0;
+    long long start = clock64();
+    while (true) {
+        asm volatile(
+            "{\n"
+            ".reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n"
+            "}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        if (clock64() - start > 20000000000ll) __trap();
+    }
+}
+// A 2-D box of the tensor map at (c0 innermost, c1) into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap* map, int c0, int c1, unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+#define TMA_BN 256
+#define TMA_STAGES 4
+
+KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
+                                                      int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
+    constexpr int A_BYTES = WG_BM * WG_BK * 2;
+    constexpr int B_BYTES = TMA_BN * WG_BK * 2;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    constexpr int NACC = TMA_BN / 2;
+    const unsigned raw = (unsigned)__cvta_generic_to_shared(wg_smem);
+    const unsigned base = (raw + 1023u) & ~1023u;
+    // The barriers after the stages: full[0..S), then empty[0..S), 8 bytes each.
+    const unsigned bars = base + TMA_STAGES * STAGE_BYTES;
+    const int m0 = blockIdx.y * WG_BM, n0 = blockIdx.x * TMA_BN;
+    const int ktiles = (K + WG_BK - 1) / WG_BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < TMA_STAGES; s++) {
+            mbar_init(bars + 8 * s, 1);
+            mbar_init(bars + 8 * (TMA_STAGES + s), 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    }
+    __syncthreads();
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 0) {
+            for (int kt = 0; kt < ktiles; kt++) {
+                const int s = kt % TMA_STAGES;
+                // Stage s was last used by tile kt - S: wait until every consumer released it.
+                if (kt >= TMA_STAGES) mbar_wait(bars + 8 * (TMA_STAGES + s), ((kt / TMA_STAGES) - 1) & 1);
+                const unsigned st = base + s * STAGE_BYTES, full = bars + 8 * s;
+                mbar_arrive_expect_tx(full, STAGE_BYTES);
+                tma_load_2d(st, &mapA, kt * WG_BK, m0, full);
+                tma_load_2d(st + A_BYTES, &mapB, kt * WG_BK, n0, full);
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        const int cw = wg - 1;
+        float d[NACC];
+#pragma unroll
+        for (int i = 0; i < NACC; i++) d[i] = 0.f;
+        for (int kt = 0; kt < ktiles; kt++) {
+            const int s = kt % TMA_STAGES;
+            mbar_wait(bars + 8 * s, (kt / TMA_STAGES) & 1);
+            const unsigned sa = base + s * STAGE_BYTES + cw * (64 * 128);
+            const unsigned sb = base + s * STAGE_BYTES + A_BYTES;
+#pragma unroll
+            for (int i = 0; i < NACC; i++) fence_operand(d[i]);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < WG_BK / 16; kk++) {
+                wgmma_m64n256k16(d, desc_kmajor_sw128(sa + kk * 32), desc_kmajor_sw128(sb + kk * 32));
+            }
+            wgmma_commit();
+            wgmma_wait<1>();
+#pragma unroll
+            for (int i = 0; i < NACC; i++) fence_operand(d[i]);
+            // The multiplies of tile kt - 1 are done: its stage may be refilled.
+            if (kt > 0) mbar_arrive(bars + 8 * (TMA_STAGES + (kt - 1) % TMA_STAGES));
+        }
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < NACC; i++) fence_operand(d[i]);
+        store_tile<TMA_BN>(d, M, N, alpha, beta, C, m0 + cw * 64, n0, threadIdx.x % 128);
+    }
 }
 
 // out [C, R] = in [R, C]^T, rounded to bf16 (round to nearest even, as f32_to_bf16). Block 32 x 8

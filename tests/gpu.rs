@@ -103,49 +103,67 @@ fn round_bf16(v: Vec<f32>) -> (Vec<bf16>, Vec<f32>) {
 /// The tensor-core kernels this GPU runs: mma.sync everywhere, wgmma on compute capability 9.0.
 fn tensor_core_kernels(g: &Gpu) -> Vec<MatmulKernel> {
     if g.has_wgmma() {
-        vec![MatmulKernel::MmaSync, MatmulKernel::Wgmma]
+        vec![MatmulKernel::MmaSync, MatmulKernel::Wgmma, MatmulKernel::WgmmaTma]
     } else {
         eprintln!("this GPU is not compute capability 9.0: the wgmma kernel is not tested here");
         vec![MatmulKernel::MmaSync]
     }
 }
 
-#[test]
-fn gemm_bf16_tensor_cores_match_f64_reference() {
+/// One tensor-core kernel against the f64 product of bf16-rounded operands, every orientation,
+/// odd sizes, alpha and beta; a kernel this GPU cannot run is skipped with the reason.
+fn check_gemm_bf16(kernel: MatmulKernel) {
     let Some(g) = gpu() else { return };
-    let mut r = rng("gemm_bf16");
+    if kernel != MatmulKernel::MmaSync && !g.has_wgmma() {
+        eprintln!("this GPU is not compute capability 9.0: {kernel:?} is not tested here");
+        return;
+    }
+    let mut r = rng(&format!("gemm_bf16 {kernel:?}"));
     let mut shapes = SHAPES.to_vec();
     shapes.extend([(128, 128, 32), (300, 512, 1024), (64, 2600, 650), (129, 136, 8), (513, 257, 72), (1, 300, 64), (200, 3, 136)]);
-    for kernel in tensor_core_kernels(&g) {
-        for &(m, n, kk) in &shapes {
-            if kernel == MatmulKernel::Wgmma && kk % 8 != 0 {
-                // wgmma takes inner dimensions in whole 16-byte chunks; the launcher says so.
-                let (da, db) = (g.alloc::<bf16>(m * kk).unwrap(), g.alloc::<bf16>(kk * n).unwrap());
-                let mut dc = poisoned(&g, m * n);
-                let e = k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da, false, &db, false, 0.0, &mut dc).unwrap_err();
-                assert!(e.to_string().contains("multiple of 8"), "{e}");
-                continue;
-            }
-            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-                let (ah, af) = round_bf16(r.normal_vec(m * kk, 1.0));
-                let (bh, bf) = round_bf16(r.normal_vec(kk * n, 1.0));
-                let (da, db) = (g.upload(&ah).unwrap(), g.upload(&bh).unwrap());
-                let mut dc = poisoned(&g, m * n);
-                k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
-                let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
+    for &(m, n, kk) in &shapes {
+        if kernel != MatmulKernel::MmaSync && kk % 8 != 0 {
+            // wgmma takes inner dimensions in whole 16-byte chunks; the launcher says so.
+            let (da, db) = (g.alloc::<bf16>(m * kk).unwrap(), g.alloc::<bf16>(kk * n).unwrap());
+            let mut dc = poisoned(&g, m * n);
+            let e = k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da, false, &db, false, 0.0, &mut dc).unwrap_err();
+            assert!(e.to_string().contains("multiple of 8"), "{e}");
+            continue;
+        }
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (ah, af) = round_bf16(r.normal_vec(m * kk, 1.0));
+            let (bh, bf) = round_bf16(r.normal_vec(kk * n, 1.0));
+            let (da, db) = (g.upload(&ah).unwrap(), g.upload(&bh).unwrap());
+            let mut dc = poisoned(&g, m * n);
+            k::gemm_bf16_with(kernel, m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
+            let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
+            let e = rel_err(&dc.download().unwrap(), &want);
+            assert!(e < 1e-3, "gemm_bf16 {kernel:?} {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+            if m * n * kk < 5_000_000 {
+                let c0 = r.normal_vec(m * n, 1.0);
+                let mut dc = g.upload(&c0).unwrap();
+                k::gemm_bf16_with(kernel, m, n, kk, 2.0, &da, ta, &db, tb, 1.0, &mut dc).unwrap();
+                let want: Vec<f64> = want.iter().zip(&c0).map(|(w, &c)| 2.0 * w + c as f64).collect();
                 let e = rel_err(&dc.download().unwrap(), &want);
-                assert!(e < 1e-3, "gemm_bf16 {kernel:?} {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
-                if m * n * kk < 5_000_000 {
-                    let c0 = r.normal_vec(m * n, 1.0);
-                    let mut dc = g.upload(&c0).unwrap();
-                    k::gemm_bf16_with(kernel, m, n, kk, 2.0, &da, ta, &db, tb, 1.0, &mut dc).unwrap();
-                    let want: Vec<f64> = want.iter().zip(&c0).map(|(w, &c)| 2.0 * w + c as f64).collect();
-                    let e = rel_err(&dc.download().unwrap(), &want);
-                    assert!(e < 1e-3, "gemm_bf16 {kernel:?} accumulate {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
-                }
+                assert!(e < 1e-3, "gemm_bf16 {kernel:?} accumulate {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
             }
         }
     }
+}
+
+#[test]
+fn gemm_bf16_mma_sync_matches_f64_reference() {
+    check_gemm_bf16(MatmulKernel::MmaSync);
+}
+
+#[test]
+fn gemm_bf16_wgmma_matches_f64_reference() {
+    check_gemm_bf16(MatmulKernel::Wgmma);
+}
+
+#[test]
+fn gemm_bf16_wgmma_tma_matches_f64_reference() {
+    check_gemm_bf16(MatmulKernel::WgmmaTma);
 }
 
 #[test]

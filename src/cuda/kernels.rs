@@ -135,7 +135,7 @@ pub fn gemm_bf16_with(
         let (pb, _b_tmp) = kmajor_bf16(b, n, k, !trans_b)?;
         // The scratch operands go back to the allocator after the launch is queued: later work on
         // the same stream runs after the kernel.
-        return launch_wgmma(&gpu, m, n, k, alpha, pa, pb, beta, c);
+        return launch_wgmma(&gpu, kernel == MatmulKernel::WgmmaTma, m, n, k, alpha, pa, pb, beta, c);
     }
     // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
     let a_contig = if trans_a { m } else { k };
@@ -184,7 +184,8 @@ pub fn gemm_f32_as_bf16(
     need("C", c, m * n)?;
     same_gpu(a, b)?;
     let gpu = a.gpu().clone();
-    if m > 0 && n > 0 && wgmma_for(&gpu, super::matmul_kernel(), m, n, k)? {
+    let kernel = super::matmul_kernel();
+    if m > 0 && n > 0 && wgmma_for(&gpu, kernel, m, n, k)? {
         let mut ab = gpu.alloc::<bf16>(m * k)?;
         if trans_a {
             transpose_f32_to_bf16(a, k, m, &mut ab)?;
@@ -197,7 +198,7 @@ pub fn gemm_f32_as_bf16(
         } else {
             transpose_f32_to_bf16(b, k, n, &mut bb)?;
         }
-        return launch_wgmma(&gpu, m, n, k, alpha, ab.ptr(), bb.ptr(), beta, c);
+        return launch_wgmma(&gpu, kernel == MatmulKernel::WgmmaTma, m, n, k, alpha, ab.ptr(), bb.ptr(), beta, c);
     }
     let mut ab = gpu.alloc::<bf16>(m * k)?;
     f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
@@ -211,7 +212,7 @@ fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> R
     match kernel {
         MatmulKernel::MmaSync => Ok(false),
         MatmulKernel::Auto => Ok(gpu.has_wgmma() && k % 8 == 0 && m >= 128 && n >= 128 && k >= 64),
-        MatmulKernel::Wgmma => {
+        MatmulKernel::Wgmma | MatmulKernel::WgmmaTma => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));
                 bail!(Device, "the wgmma matmul needs a GPU of compute capability 9.0; cuda:{} has {cc}", gpu.ordinal());
@@ -242,25 +243,81 @@ fn kmajor_bf16(x: &impl Dev<bf16>, rows: usize, k: usize, stored_t: bool) -> Res
 
 const WG_STAGE_A: u32 = 128 * 64 * 2;
 
-/// Launches `gemm_wgmma_b{128,256}` on K-major operands at `pa` ([m, k]) and `pb` ([n, k]).
+/// A `CUtensorMap`, passed to a kernel by value (`const __grid_constant__ TmaMap`).
+#[repr(C, align(64))]
+struct TmaMap(sys::CUtensorMap);
+
+// SAFETY: plain bytes, the layout of the kernel's `TmaMap` parameter (128 bytes, 64-byte aligned).
+unsafe impl DeviceRepr for TmaMap {}
+
+/// The tensor map of a K-major bf16 operand (`rows` rows of `k`, at a 16-byte aligned `ptr`, `k` a
+/// multiple of 8) in boxes of `box_rows` x 64, written to shared memory with the 128-byte swizzle;
+/// reads past the operand's edges fill zeros.
+fn tma_map(ptr: u64, rows: usize, k: usize, box_rows: u32) -> Result<TmaMap> {
+    use sys::{CUtensorMapDataType as D, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I, CUtensorMapL2promotion as L, CUtensorMapSwizzle as S};
+    let dims: [u64; 2] = [k as u64, rows as u64];
+    let strides: [u64; 1] = [(k * 2) as u64];
+    let boxes: [u32; 2] = [64, box_rows];
+    let steps: [u32; 2] = [1, 1];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: every array holds the rank's entries; the map is fully written on success.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            D::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            steps.as_ptr(),
+            I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            S::CU_TENSOR_MAP_SWIZZLE_128B,
+            L::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+        .map_err(|e| Error::Device(format!("tensor map of a {rows} x {k} bf16 operand: {e:?}")))?;
+        Ok(TmaMap(map.assume_init()))
+    }
+}
+
+/// Launches a `wgmma` kernel on K-major operands at `pa` ([m, k]) and `pb` ([n, k]): with `tma`,
+/// `gemm_wgmma_tma`, else `gemm_wgmma_b{128,256}`.
 #[allow(clippy::too_many_arguments)]
-fn launch_wgmma(gpu: &Arc<Gpu>, m: usize, n: usize, k: usize, alpha: f32, pa: u64, pb: u64, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
-    // One block per multiprocessor at a time (the stages fill shared memory): take the narrower
-    // tile only where it fills the last wave clearly better (a first rule; to be tuned on the GPU).
-    let sms = gpu.sm_count();
-    let fill = |bn: usize| {
-        let tiles = n.div_ceil(bn) * m.div_ceil(128);
-        tiles as f64 / (tiles.div_ceil(sms) * sms) as f64
-    };
-    let bn: usize = if fill(128) > fill(256) + 0.1 { 128 } else { 256 };
-    let name: &'static str = if bn == 256 { "gemm_wgmma_b256" } else { "gemm_wgmma_b128" };
-    let smem = 4 * (WG_STAGE_A + bn as u32 * 64 * 2) + 1024;
-    let f = gpu.function("matmul_sm90a", name)?;
-    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
-    let cfg = LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem };
+fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: f32, pa: u64, pb: u64, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
     let (mi, ni, ki, pc) = (m as i32, n as i32, k as i32, c.ptr());
+    let (name, f, cfg) = if tma {
+        // 4 stages of a 128 x 64 and a 256 x 64 tile, 1 KiB for alignment, 8 mbarriers.
+        let smem = 4 * (WG_STAGE_A + 256 * 64 * 2) + 1024 + 64;
+        let f = gpu.function("matmul_sm90a", "gemm_wgmma_tma")?;
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+        ("gemm_wgmma_tma", f, LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem })
+    } else {
+        // One block per multiprocessor at a time (the stages fill shared memory): take the
+        // narrower tile only where it fills the last wave clearly better (a first rule; to be
+        // tuned on the GPU).
+        let sms = gpu.sm_count();
+        let fill = |bn: usize| {
+            let tiles = n.div_ceil(bn) * m.div_ceil(128);
+            tiles as f64 / (tiles.div_ceil(sms) * sms) as f64
+        };
+        let bn: usize = if fill(128) > fill(256) + 0.1 { 128 } else { 256 };
+        let name: &'static str = if bn == 256 { "gemm_wgmma_b256" } else { "gemm_wgmma_b128" };
+        let smem = 4 * (WG_STAGE_A + bn as u32 * 64 * 2) + 1024;
+        let f = gpu.function("matmul_sm90a", name)?;
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+        (name, f, LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem })
+    };
     let mut l = gpu.stream().launch_builder(&f);
-    l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc);
+    let maps;
+    if tma {
+        maps = (tma_map(pa, m, k, 128)?, tma_map(pb, n, k, 256)?);
+        l.arg(&maps.0).arg(&maps.1).arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&beta).arg(&pc);
+    } else {
+        l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc);
+    }
+    // SAFETY: the operands hold m x k and n x k elements and C m x n (checked by the callers).
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
     if std::env::var_os("CODISTILL_SYNC_EACH_LAUNCH").is_some() {
         gpu.sync().map_err(|e| Error::Device(format!("kernel {name} failed: {e}")))?;

@@ -107,9 +107,13 @@ pub enum MatmulKernel {
     Auto,
     /// Always `mma.sync` (`kernels/matmul.cu`), on any GPU from sm_80.
     MmaSync,
-    /// Always `wgmma` (`kernels/matmul_sm90a.cu`): an error where it cannot run (not a Hopper GPU,
-    /// or an inner dimension that is not a multiple of 8). For tests and benchmarks.
+    /// Always `wgmma` (`kernels/matmul_sm90a.cu`, `gemm_wgmma_b*`, operands loaded by `cp.async`):
+    /// an error where it cannot run (not a Hopper GPU, or an inner dimension that is not a
+    /// multiple of 8). For tests and benchmarks.
     Wgmma,
+    /// Always the `wgmma` kernel fed by the tensor copy engine with a producer warpgroup
+    /// (`gemm_wgmma_tma`); the same conditions as `Wgmma`. For tests and benchmarks.
+    WgmmaTma,
 }
 
 static MATMUL_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
@@ -119,12 +123,13 @@ pub fn set_matmul_kernel(k: MatmulKernel) {
     MATMUL_KERNEL.store(k as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The bf16 matmul kernel: as set, else from `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma`),
-/// else `Auto`.
+/// The bf16 matmul kernel: as set, else from `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma`,
+/// `wgmma-tma`), else `Auto`.
 pub fn matmul_kernel() -> MatmulKernel {
     let from = |v: u8| match v {
         1 => MatmulKernel::MmaSync,
         2 => MatmulKernel::Wgmma,
+        3 => MatmulKernel::WgmmaTma,
         _ => MatmulKernel::Auto,
     };
     let v = MATMUL_KERNEL.load(std::sync::atomic::Ordering::Relaxed);
@@ -134,6 +139,7 @@ pub fn matmul_kernel() -> MatmulKernel {
     let k = match std::env::var("CODISTILL_MATMUL_KERNEL").as_deref() {
         Ok("mma") => MatmulKernel::MmaSync,
         Ok("wgmma") => MatmulKernel::Wgmma,
+        Ok("wgmma-tma") => MatmulKernel::WgmmaTma,
         _ => MatmulKernel::Auto,
     };
     set_matmul_kernel(k);
