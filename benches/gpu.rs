@@ -98,11 +98,12 @@ fn main() {
     // CODISTILL_BENCH_MATMUL=mma,wgmma,wgmma-tma (the default where the GPU has wgmma) picks them;
     // scripts/gpu_remote.sh passes the ones that passed its gate.
     let listed = std::env::var("CODISTILL_BENCH_MATMUL").unwrap_or_else(|_| "mma,wgmma,wgmma-tma".into());
-    let kernels: Vec<(MatmulKernel, &str)> = [(MatmulKernel::MmaSync, "mma.sync", "mma"), (MatmulKernel::Wgmma, "wgmma", "wgmma"), (MatmulKernel::WgmmaTma, "wgmma-tma", "wgmma-tma")]
-        .into_iter()
-        .filter(|(kernel, _, key)| listed.split(',').any(|l| l == *key) && (*kernel == MatmulKernel::MmaSync || g.has_wgmma()))
-        .map(|(kernel, name, _)| (kernel, name))
-        .collect();
+    let kernels: Vec<(MatmulKernel, &str)> =
+        [(MatmulKernel::MmaSync, "mma.sync", "mma"), (MatmulKernel::Wgmma, "wgmma", "wgmma"), (MatmulKernel::WgmmaTma, "wgmma-tma", "wgmma-tma")]
+            .into_iter()
+            .filter(|(kernel, _, key)| listed.split(',').any(|l| l == *key) && (*kernel == MatmulKernel::MmaSync || g.has_wgmma()))
+            .map(|(kernel, name, _)| (kernel, name))
+            .collect();
     for &(what, m, n, kk, ta, tb) in shapes.iter().filter(|_| want("gemm")) {
         let a = randn_bf16(&g, &mut r, m * kk);
         let b = randn_bf16(&g, &mut r, kk * n);
@@ -117,7 +118,8 @@ fn main() {
             if let Some(f) = &first {
                 let num: f64 = got.iter().zip(f).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
                 let den: f64 = f.iter().map(|y| (*y as f64).powi(2)).sum();
-                if !((num / den.max(1e-300)).sqrt() < 1e-3) {
+                let rel = (num / den.max(1e-300)).sqrt();
+                if rel.is_nan() || rel >= 1e-3 {
                     name.push_str(" MISMATCH");
                 }
             } else {

@@ -80,7 +80,9 @@ fn embedding(c: &mut Criterion) {
         let mut dtable = vec![0f32; rows * dim];
         // scatter-add reads dout and the rows it adds into, and writes them back
         group.throughput(Throughput::Bytes((3 * n * dim * 4 + n * 4) as u64));
-        group.bench_with_input(BenchmarkId::new("scatter_add", format!("{rows}x{dim}_ids{n}")), &(), |bch, _| bch.iter(|| scatter_add_cpu(&out, dim, &ids, &mut dtable)));
+        group.bench_with_input(BenchmarkId::new("scatter_add", format!("{rows}x{dim}_ids{n}")), &(), |bch, _| {
+            bch.iter(|| scatter_add_cpu(&out, dim, &ids, &mut dtable))
+        });
     }
     group.finish();
 }
@@ -184,7 +186,9 @@ mod gpu {
         let mut r = Rng::new(9);
 
         let mut group = c.benchmark_group("gpu_matmul");
-        for &(m, n, kk, ta, tb) in &[(4096, 4096, 4096, false, false), (2240, 4096, 1024, false, false), (2240, 10000, 1024, false, true), (1024, 10000, 2240, true, false)] {
+        for &(m, n, kk, ta, tb) in
+            &[(4096, 4096, 4096, false, false), (2240, 4096, 1024, false, false), (2240, 10000, 1024, false, true), (1024, 10000, 2240, true, false)]
+        {
             let (a, b) = (randn_bf16(&g, &mut r, m * kk), randn_bf16(&g, &mut r, kk * n));
             let mut out = g.alloc::<f32>(m * n).unwrap();
             group.throughput(Throughput::Elements((2 * m * n * kk) as u64));
@@ -224,7 +228,8 @@ mod gpu {
         let dh = randn(&g, &mut r, b * h);
         let (mut dc, mut dg) = (randn(&g, &mut r, b * h), g.alloc::<f32>(b * 4 * h).unwrap());
         group.throughput(Throughput::Bytes((b * h * 4 * 13) as u64));
-        group.bench_function("backward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_bwd(&gates, &cp, &cc, &dh, &mut dc, &mut dg, b, h).unwrap())));
+        group
+            .bench_function("backward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_bwd(&gates, &cp, &cc, &dh, &mut dc, &mut dg, b, h).unwrap())));
         group.finish();
 
         // The whole layer of the 2x1024 model over one window, as the trainer runs it on the GPU.
@@ -233,7 +238,8 @@ mod gpu {
             use codistill::ops::lstm::{layer_backward, layer_forward};
             use codistill::tensor::Device;
             let (t, b, i, h) = (35usize, 64usize, 1024usize, 1024usize);
-            let mut on = |n: usize, std: f32, shape: &[usize]| codistill::Tensor::from_f32(r.normal_vec(n, std), shape).unwrap().to_device(Device::Cuda(0)).unwrap();
+            let mut on =
+                |n: usize, std: f32, shape: &[usize]| codistill::Tensor::from_f32(r.normal_vec(n, std), shape).unwrap().to_device(Device::Cuda(0)).unwrap();
             let x = on(t * b * i, 1.0, &[t * b, i]);
             let (h0, c0) = (on(b * h, 0.5, &[b, h]), on(b * h, 0.5, &[b, h]));
             let (w_ih, w_hh, bias) = (on(i * 4 * h, 0.03, &[i, 4 * h]), on(h * 4 * h, 0.03, &[h, 4 * h]), on(4 * h, 0.1, &[4 * h]));
@@ -241,16 +247,20 @@ mod gpu {
             let fwd = 2 * t * b * (i + h) * 4 * h;
             group.throughput(Throughput::Elements(fwd as u64));
             group.bench_function(BenchmarkId::new("forward", format!("T{t}_B{b}_H{h}")), |bch| {
-                bch.iter_custom(|it| timed(&g, it, || {
-                    layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
-                }))
+                bch.iter_custom(|it| {
+                    timed(&g, it, || {
+                        layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                    })
+                })
             });
             group.throughput(Throughput::Elements(3 * fwd as u64));
             group.bench_function(BenchmarkId::new("forward_backward", format!("T{t}_B{b}_H{h}")), |bch| {
-                bch.iter_custom(|it| timed(&g, it, || {
-                    let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
-                    layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
-                }))
+                bch.iter_custom(|it| {
+                    timed(&g, it, || {
+                        let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                        layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+                    })
+                })
             });
         }
         group.finish();
@@ -265,9 +275,11 @@ mod gpu {
             let p = DistillParams { temperature: 2.0, alpha: 0.5 };
             group.throughput(Throughput::Bytes(((2 + nt) * n * v * 4) as u64));
             group.bench_function(BenchmarkId::new("fwd_bwd", format!("{n}x{v}_k{nt}")), |bch| {
-                bch.iter_custom(|it| timed(&g, it, || {
-                    let _ = k::softmax_kl(&s, &tr, Some(&y), n, v, p, &mut grad).unwrap();
-                }))
+                bch.iter_custom(|it| {
+                    timed(&g, it, || {
+                        let _ = k::softmax_kl(&s, &tr, Some(&y), n, v, p, &mut grad).unwrap();
+                    })
+                })
             });
         }
         group.finish();

@@ -199,7 +199,12 @@ pub fn apply_toml(text: &str, path: &Path, mut set: impl FnMut(&str, &str) -> st
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
             other => {
-                return Err(Error::Data { path: path.to_path_buf(), line: key_line(text, k), field: k.clone(), message: format!("expected a string, number or boolean, got {}", other.type_str()) })
+                return Err(Error::Data {
+                    path: path.to_path_buf(),
+                    line: key_line(text, k),
+                    field: k.clone(),
+                    message: format!("expected a string, number or boolean, got {}", other.type_str()),
+                })
             }
         };
         set(k, &s).map_err(|message| Error::Data { path: path.to_path_buf(), line: key_line(text, k), field: k.clone(), message })?;

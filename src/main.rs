@@ -24,32 +24,75 @@ fn cli() -> Command {
             Command::new("lm")
                 .about("LSTM language models")
                 .subcommand_required(true)
-                .subcommand(Command::new("train").about("Train a language model (on the synthetic corpus unless --data or --train is given)").arg(config_arg()).args(LmConfig::args()))
-                .subcommand(Command::new("codistill").about("Codistill language models: lm train with --models 2 unless --models or --world says otherwise").arg(config_arg()).args(LmConfig::args()))
-                .subcommand(Command::new("experiment").about("Baseline and codistillation side by side (same steps per model): curves.jsonl, curves.png, curves.svg, report.txt in --out").arg(config_arg()).args(LmConfig::args()))
+                .subcommand(
+                    Command::new("train")
+                        .about("Train a language model (on the synthetic corpus unless --data or --train is given)")
+                        .arg(config_arg())
+                        .args(LmConfig::args()),
+                )
+                .subcommand(
+                    Command::new("codistill")
+                        .about("Codistill language models: lm train with --models 2 unless --models or --world says otherwise")
+                        .arg(config_arg())
+                        .args(LmConfig::args()),
+                )
+                .subcommand(
+                    Command::new("experiment")
+                        .about("Baseline and codistillation side by side (same steps per model): curves.jsonl, curves.png, curves.svg, report.txt in --out")
+                        .arg(config_arg())
+                        .args(LmConfig::args()),
+                )
                 .subcommand(
                     Command::new("eval")
                         .about("Report cross-entropy and perplexity of a checkpoint on a text file")
                         .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A checkpoint written by lm train"))
                         .arg(Arg::new("file").long("file").value_name("FILE").help("Text to score [default: the test file of the checkpoint's config]"))
                         .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for token files"))
-                        .arg(Arg::new("max_tokens").long("max-tokens").value_name("N").default_value("0").help("Score about N tokens, from places spread over the file (0: all)")),
+                        .arg(
+                            Arg::new("max_tokens")
+                                .long("max-tokens")
+                                .value_name("N")
+                                .default_value("0")
+                                .help("Score about N tokens, from places spread over the file (0: all)"),
+                        ),
                 ),
         )
         .subcommand(
             Command::new("criteo")
                 .about("Click-through models on Criteo-format logs")
                 .subcommand_required(true)
-                .subcommand(Command::new("train").about("Train a click model (on a synthetic log unless --train is given)").arg(config_arg()).args(CriteoConfig::args()))
-                .subcommand(Command::new("codistill").about("Codistill click models: criteo train with --models 2 unless --models or --world says otherwise").arg(config_arg()).args(CriteoConfig::args()))
-                .subcommand(Command::new("experiment").about("Baseline and codistillation side by side (same steps per model): curves.jsonl, curves.png, curves.svg, report.txt in --out").arg(config_arg()).args(CriteoConfig::args()))
+                .subcommand(
+                    Command::new("train")
+                        .about("Train a click model (on a synthetic log unless --train is given)")
+                        .arg(config_arg())
+                        .args(CriteoConfig::args()),
+                )
+                .subcommand(
+                    Command::new("codistill")
+                        .about("Codistill click models: criteo train with --models 2 unless --models or --world says otherwise")
+                        .arg(config_arg())
+                        .args(CriteoConfig::args()),
+                )
+                .subcommand(
+                    Command::new("experiment")
+                        .about("Baseline and codistillation side by side (same steps per model): curves.jsonl, curves.png, curves.svg, report.txt in --out")
+                        .arg(config_arg())
+                        .args(CriteoConfig::args()),
+                )
                 .subcommand(
                     Command::new("eval")
                         .about("Log-loss, AUC and calibration of a checkpoint on a file; with --against, the prediction churn between two models")
                         .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A checkpoint written by criteo train"))
                         .arg(Arg::new("file").long("file").value_name("FILE").required(true).help("A Criteo TSV file, plain or gzip"))
-                        .arg(Arg::new("against").long("against").value_name("FILE").help("A second checkpoint: report the mean absolute difference of predictions"))
-                        .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for preprocessed files")),
+                        .arg(
+                            Arg::new("against")
+                                .long("against")
+                                .value_name("FILE")
+                                .help("A second checkpoint: report the mean absolute difference of predictions"),
+                        )
+                        .arg(
+                            Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for preprocessed files"),
+                        ),
                 )
                 .subcommand(
                     Command::new("generate")
@@ -57,7 +100,13 @@ fn cli() -> Command {
                         .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("Output file (gzip when it ends in .gz)"))
                         .arg(Arg::new("rows").long("rows").value_name("N").default_value("1000000").help("Number of rows"))
                         .arg(Arg::new("scale").long("scale").value_name("S").default_value("0.1").help("Multiplier of the Criteo-like field cardinalities"))
-                        .arg(Arg::new("model_seed").long("model-seed").value_name("N").default_value("1").help("Seed of the hidden model (files with the same model seed share it)"))
+                        .arg(
+                            Arg::new("model_seed")
+                                .long("model-seed")
+                                .value_name("N")
+                                .default_value("1")
+                                .help("Seed of the hidden model (files with the same model seed share it)"),
+                        )
                         .arg(Arg::new("seed").long("seed").value_name("N").default_value("1").help("Seed of the rows drawn")),
                 ),
         )
@@ -99,7 +148,11 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
                 let who = if s.valid.len() > 1 { format!("model {i} ") } else { String::new() };
                 println!("{who}validation ({} rows): log-loss {:.5}, AUC {:.4}, calibration {:.3}", v.rows, v.log_loss, v.auc, v.calibration);
                 if let Some(t) = s.valid_truth {
-                    println!("{who}is {:+.2}% above the hidden model's log-loss on the same rows ({:.5})", 100.0 * (v.log_loss / t.bayes_log_loss - 1.0), t.bayes_log_loss);
+                    println!(
+                        "{who}is {:+.2}% above the hidden model's log-loss on the same rows ({:.5})",
+                        100.0 * (v.log_loss / t.bayes_log_loss - 1.0),
+                        t.bayes_log_loss
+                    );
                 }
             }
             if let (Some(e), Some(c)) = (s.ensemble, s.churn) {
@@ -192,7 +245,11 @@ fn run(m: &ArgMatches) -> Result<()> {
                 let ckpt = PathBuf::from(a.get_one::<String>("checkpoint").expect("required"));
                 let file = a.get_one::<String>("file").map(PathBuf::from);
                 let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
-                let max: usize = a.get_one::<String>("max_tokens").expect("defaulted").parse().map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
+                let max: usize = a
+                    .get_one::<String>("max_tokens")
+                    .expect("defaulted")
+                    .parse()
+                    .map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
                 let (ce, n) = lm::eval_checkpoint(&ckpt, file.as_deref(), &cache, max)?;
                 println!("{{\"loss\":{ce},\"ppl\":{},\"tokens\":{n}}}", ce.exp());
                 Ok(())

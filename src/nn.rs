@@ -109,11 +109,7 @@ impl Lstm {
         let mut layers = Vec::with_capacity(num_layers);
         for l in 0..num_layers {
             let in_dim = if l == 0 { input } else { hidden };
-            let layer = LstmLayer {
-                w_ih: format!("{name}.l{l}.w_ih"),
-                w_hh: format!("{name}.l{l}.w_hh"),
-                bias: format!("{name}.l{l}.bias"),
-            };
+            let layer = LstmLayer { w_ih: format!("{name}.l{l}.w_ih"), w_hh: format!("{name}.l{l}.w_hh"), bias: format!("{name}.l{l}.bias") };
             store.insert(&layer.w_ih, Tensor::uniform(&[in_dim, 4 * hidden], -k, k, rng))?;
             store.insert(&layer.w_hh, Tensor::uniform(&[hidden, 4 * hidden], -k, k, rng))?;
             let mut b = vec![0f32; 4 * hidden];
@@ -160,11 +156,7 @@ pub struct Mlp {
 impl Mlp {
     /// `dims = [in, hidden..., out]`.
     pub fn new(store: &mut ParamStore, name: &str, dims: &[usize], rng: &mut Rng) -> Result<Self> {
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| Linear::new(store, &format!("{name}.{i}"), w[0], w[1], true, rng))
-            .collect::<Result<_>>()?;
+        let layers = dims.windows(2).enumerate().map(|(i, w)| Linear::new(store, &format!("{name}.{i}"), w[0], w[1], true, rng)).collect::<Result<_>>()?;
         Ok(Mlp { layers })
     }
 

@@ -1,10 +1,10 @@
 //! Optimizers over a `ParamStore`, with global-norm clipping folded into the update and learning-rate
 //! schedules. State tensors are keyed by parameter name, so they checkpoint beside the weights.
 
+use crate::cuda::{kernels as gpu, Dev, GpuBuf};
 use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
 use crate::ops::reduce::{sum_squares, sum_squares_cpu};
 use crate::params::{GradState, ParamStore};
-use crate::cuda::{kernels as gpu, Dev, GpuBuf};
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 use std::collections::BTreeMap;
@@ -138,7 +138,11 @@ impl Optimizer {
         }
         let norm = norm_squared(store, &compacted)?.sqrt();
         if !norm.is_finite() {
-            bail!(Invalid, "gradient norm is {norm} at optimizer step {}; the weights were not updated (lower the learning rate or enable clipping)", self.step + 1);
+            bail!(
+                Invalid,
+                "gradient norm is {norm} at optimizer step {}; the weights were not updated (lower the learning rate or enable clipping)",
+                self.step + 1
+            );
         }
         let scale = match clip {
             Some(max) if norm > max as f64 => (max as f64 / norm) as f32,
@@ -162,7 +166,9 @@ impl Optimizer {
             let dev = p.value.device();
             let st = match self.state.entry(name.clone()) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert((0..nslots).map(|_| Tensor::full_on(p.value.shape(), init, dev)).collect::<Result<_>>()?),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((0..nslots).map(|_| Tensor::full_on(p.value.shape(), init, dev)).collect::<Result<_>>()?)
+                }
             };
             // State restored from a checkpoint arrives on the host: it follows its weights.
             for s in st.iter_mut() {

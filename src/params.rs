@@ -70,7 +70,10 @@ impl WeightsView {
         let mut out = ParamStore::new();
         let t = out.tick();
         for (k, value, _) in &self.params {
-            out.params.insert(k.clone(), Param { value: value.deep_copy()?, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Arc::default() } });
+            out.params.insert(
+                k.clone(),
+                Param { value: value.deep_copy()?, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Arc::default() } },
+            );
         }
         Ok(out)
     }
@@ -295,7 +298,11 @@ impl ParamStore {
     /// shared, so this copies nothing until the original is updated; gradients are empty, so
     /// accumulating into a snapshot is a shape error rather than a silent copy.
     pub fn weights_only(&self) -> ParamStore {
-        let params = self.params.iter().map(|(k, p)| (k.clone(), Param { value: p.value.clone(), grad: Tensor::zeros(&[0]), state: GradState::Zero, written: p.written.clone() })).collect();
+        let params = self
+            .params
+            .iter()
+            .map(|(k, p)| (k.clone(), Param { value: p.value.clone(), grad: Tensor::zeros(&[0]), state: GradState::Zero, written: p.written.clone() }))
+            .collect();
         ParamStore { params, id: new_store_id(), clock: self.clock }
     }
 
@@ -336,11 +343,7 @@ impl ParamStore {
     /// the weights while a view is alive (a write would copy the shared buffer first, which is
     /// correct but costs a copy of the whole parameter).
     pub fn weights_view(&self) -> WeightsView {
-        WeightsView {
-            store: self.id,
-            clock: self.clock,
-            params: self.params.iter().map(|(k, p)| (k.clone(), p.value.clone(), p.written.clone())).collect(),
-        }
+        WeightsView { store: self.id, clock: self.clock, params: self.params.iter().map(|(k, p)| (k.clone(), p.value.clone(), p.written.clone())).collect() }
     }
 
     /// [`copy_weights_changed_since`](Self::copy_weights_changed_since) from a view of the source.

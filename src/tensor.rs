@@ -66,7 +66,10 @@ pub enum Storage {
     /// On a GPU. `host` keeps the host copy of an index tensor that was uploaded from the host, so
     /// that what ops do with ids on the host (bounds checks, the rows a sparse gradient touched,
     /// the deterministic scatter plan) needs no device-to-host copy and no sync.
-    Cuda { data: CudaStorage, host: Option<Arc<Vec<i32>>> },
+    Cuda {
+        data: CudaStorage,
+        host: Option<Arc<Vec<i32>>>,
+    },
 }
 
 impl Storage {

@@ -24,11 +24,19 @@ fn small_synthetic_log_is_learned_to_within_two_percent_of_the_truth() {
     let v = s.valid[0];
     let truth = s.valid_truth.expect("the synthetic log records its truth");
     let gap = v.log_loss / truth.bayes_log_loss - 1.0;
-    println!("validation log-loss {:.5} vs hidden model {:.5}: {:+.2}%; AUC {:.4}; calibration {:.3}", v.log_loss, truth.bayes_log_loss, 100.0 * gap, v.auc, v.calibration);
+    println!(
+        "validation log-loss {:.5} vs hidden model {:.5}: {:+.2}%; AUC {:.4}; calibration {:.3}",
+        v.log_loss,
+        truth.bayes_log_loss,
+        100.0 * gap,
+        v.auc,
+        v.calibration
+    );
     assert!(gap < 0.02, "log-loss {:.5} is {:.2}% above the hidden model's {:.5}", v.log_loss, 100.0 * gap, truth.bayes_log_loss);
     assert!((0.9..1.1).contains(&v.calibration), "calibration {}", v.calibration);
     // criteo eval reproduces the run's own validation figure from the checkpoint
-    let valid = std::fs::read_dir(&c.cache).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().contains("synthetic-criteo")).unwrap().join("valid.tsv");
+    let valid =
+        std::fs::read_dir(&c.cache).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().contains("synthetic-criteo")).unwrap().join("valid.tsv");
     let (e, churn) = criteo::eval_checkpoint(&c.out.join("checkpoint.safetensors"), &valid, Some(&c.out.join("checkpoint.safetensors")), &c.cache).unwrap();
     assert!((e.log_loss - v.log_loss).abs() < 1e-9, "{} vs {}", e.log_loss, v.log_loss);
     assert_eq!(churn, Some(0.0), "a model has no churn against itself");

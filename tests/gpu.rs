@@ -27,9 +27,10 @@ fn gpu() -> Option<Arc<Gpu>> {
 
 /// A fresh seed per run (printed, so a failure can be replayed with CODISTILL_TEST_SEED).
 fn rng(test: &str) -> Rng {
-    let seed = std::env::var("CODISTILL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("CODISTILL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("{test}: seed {seed}");
     Rng::new(seed)
 }
@@ -233,7 +234,8 @@ fn bf16_conversion_rounds_like_half() {
     let Some(g) = gpu() else { return };
     let mut r = rng("bf16 conversion");
     let mut x = r.normal_vec(10_001, 100.0);
-    x.extend([0.0, -0.0, 1e-40, 3.0e38, f32::INFINITY, 1.00390625, 1.01171875]);
+    // ... and two exact ties between bf16 neighbours (1 + 2^-8, 1 + 3 * 2^-8): round to even.
+    x.extend([0.0, -0.0, 1e-40, 3.0e38, f32::INFINITY, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0]);
     let dx = g.upload(&x).unwrap();
     let mut dy = g.alloc::<bf16>(x.len()).unwrap();
     dy.memset(0xFF).unwrap();

@@ -45,9 +45,10 @@ fn setup(test: &str) -> Option<(Option<Arc<Gpu>>, MutexGuard<'static, ()>, Rng)>
     };
     cuda::set_matmul_precision(MatmulPrecision::F32);
     cuda::set_deterministic(false);
-    let seed = std::env::var("CODISTILL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("CODISTILL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("{test}: seed {seed}");
     Some((gpu, guard, Rng::new(seed)))
 }
@@ -133,7 +134,11 @@ fn every_tensor_op_on_the_gpu_matches_the_cpu() {
         check("sum_rows", &reduce::sum_rows(&gx).unwrap(), &reduce::sum_rows(&x).unwrap(), 1e-5);
         poison(&g, n * d);
         let seed = r.next_u64();
-        assert_eq!(dropout::dropout(&gx, 0.3, seed).unwrap().to_vec_f32().unwrap(), dropout::dropout(&x, 0.3, seed).unwrap().to_vec_f32().unwrap(), "dropout mask");
+        assert_eq!(
+            dropout::dropout(&gx, 0.3, seed).unwrap().to_vec_f32().unwrap(),
+            dropout::dropout(&x, 0.3, seed).unwrap().to_vec_f32().unwrap(),
+            "dropout mask"
+        );
         // matmul, all transposes, both precisions
         let k = d.div_ceil(2) + 3;
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -239,7 +244,14 @@ fn lstm_layer_on_the_gpu_matches_the_cpu_forward_and_backward() {
             let gb = lstm::layer_backward(&gx, &gh0, &gwih, &gwhh, &gf, &up(&dy), Some(&up(&dh)), Some(&up(&dc))).unwrap();
             // gradients through many steps compound the operand rounding: a wider bf16 bound
             let gt = if p == MatmulPrecision::F32 { 1e-4 } else { 5e-2 };
-            for (name, a, c) in [("dx", &gb.dx, &cb.dx), ("dh0", &gb.dh0, &cb.dh0), ("dc0", &gb.dc0, &cb.dc0), ("dw_ih", &gb.dw_ih, &cb.dw_ih), ("dw_hh", &gb.dw_hh, &cb.dw_hh), ("db", &gb.db, &cb.db)] {
+            for (name, a, c) in [
+                ("dx", &gb.dx, &cb.dx),
+                ("dh0", &gb.dh0, &cb.dh0),
+                ("dc0", &gb.dc0, &cb.dc0),
+                ("dw_ih", &gb.dw_ih, &cb.dw_ih),
+                ("dw_hh", &gb.dw_hh, &cb.dw_hh),
+                ("db", &gb.db, &cb.db),
+            ] {
                 check(&format!("{what} {name}"), a, c, gt);
             }
         }
@@ -272,7 +284,8 @@ fn a_language_model_training_step_on_the_gpu_matches_the_cpu() {
     let mut gpu = cpu.clone();
     gpu.to_device(target()).unwrap();
     let teacher = cpu.clone();
-    let (mut oc, mut og) = (Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 }), Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 }));
+    let (mut oc, mut og) =
+        (Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 }), Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 }));
     for step in 0..3u64 {
         let x = Tensor::from_i32((0..steps * batch).map(|_| r.below(vocab) as i32).collect(), &[steps * batch]).unwrap();
         let y = Tensor::from_i32((0..steps * batch).map(|_| r.below(vocab) as i32).collect(), &[steps * batch]).unwrap();

@@ -89,29 +89,44 @@ fn away_from_zero(shape: &[usize], seed: u64, gap: f32) -> Tensor {
 #[test]
 fn matmul_gradients() {
     let s = store_of(&[("a", randn(&[5, 7], 1)), ("b", randn(&[7, 3], 2))]);
-    gradcheck("matmul", s, |g, s| {
-        let (a, b) = (g.param(s, "a")?, g.param(s, "b")?);
-        g.matmul(a, b)
-    }, DEFAULT);
+    gradcheck(
+        "matmul",
+        s,
+        |g, s| {
+            let (a, b) = (g.param(s, "a")?, g.param(s, "b")?);
+            g.matmul(a, b)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
 fn add_bias_gradients() {
     let s = store_of(&[("x", randn(&[4, 5], 3)), ("b", randn(&[5], 4))]);
-    gradcheck("add_bias", s, |g, s| {
-        let (x, b) = (g.param(s, "x")?, g.param(s, "b")?);
-        g.add_bias(x, b)
-    }, DEFAULT);
+    gradcheck(
+        "add_bias",
+        s,
+        |g, s| {
+            let (x, b) = (g.param(s, "x")?, g.param(s, "b")?);
+            g.add_bias(x, b)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
 fn binary_op_gradients() {
     for op in [Binary::Add, Binary::Sub, Binary::Mul] {
         let s = store_of(&[("a", randn(&[3, 4], 5)), ("b", randn(&[3, 4], 6))]);
-        gradcheck(&format!("{op:?}"), s, move |g, s| {
-            let (a, b) = (g.param(s, "a")?, g.param(s, "b")?);
-            g.binary(op, a, b)
-        }, DEFAULT);
+        gradcheck(
+            &format!("{op:?}"),
+            s,
+            move |g, s| {
+                let (a, b) = (g.param(s, "a")?, g.param(s, "b")?);
+                g.binary(op, a, b)
+            },
+            DEFAULT,
+        );
     }
 }
 
@@ -120,47 +135,82 @@ fn unary_op_gradients() {
     for op in [Unary::Relu, Unary::Sigmoid, Unary::Tanh, Unary::Exp, Unary::Scale(-1.7)] {
         // ReLU's kink at 0 is kept 0.05 away, beyond the 0.01 step.
         let s = store_of(&[("x", away_from_zero(&[3, 5], 7, 0.05))]);
-        gradcheck(&format!("{op:?}"), s, move |g, s| {
-            let x = g.param(s, "x")?;
-            g.unary(op, x)
-        }, DEFAULT);
+        gradcheck(
+            &format!("{op:?}"),
+            s,
+            move |g, s| {
+                let x = g.param(s, "x")?;
+                g.unary(op, x)
+            },
+            DEFAULT,
+        );
     }
     let pos = Tensor::uniform(&[3, 5], 0.5, 3.0, &mut Rng::new(8));
-    gradcheck("Log", store_of(&[("x", pos)]), |g, s| {
-        let x = g.param(s, "x")?;
-        g.unary(Unary::Log, x)
-    }, DEFAULT);
+    gradcheck(
+        "Log",
+        store_of(&[("x", pos)]),
+        |g, s| {
+            let x = g.param(s, "x")?;
+            g.unary(Unary::Log, x)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
 fn dropout_reshape_sum_mean_gradients() {
     let s = store_of(&[("x", randn(&[6, 5], 9))]);
-    gradcheck("dropout", s.clone(), |g, s| {
-        let x = g.param(s, "x")?;
-        g.dropout(x, 0.4, 77)
-    }, DEFAULT);
-    gradcheck("reshape", s.clone(), |g, s| {
-        let x = g.param(s, "x")?;
-        g.reshape(x, &[3, 10])
-    }, DEFAULT);
-    gradcheck("sum", s.clone(), |g, s| {
-        let x = g.param(s, "x")?;
-        g.sum(x)
-    }, DEFAULT);
-    gradcheck("mean", s, |g, s| {
-        let x = g.param(s, "x")?;
-        g.mean(x)
-    }, DEFAULT);
+    gradcheck(
+        "dropout",
+        s.clone(),
+        |g, s| {
+            let x = g.param(s, "x")?;
+            g.dropout(x, 0.4, 77)
+        },
+        DEFAULT,
+    );
+    gradcheck(
+        "reshape",
+        s.clone(),
+        |g, s| {
+            let x = g.param(s, "x")?;
+            g.reshape(x, &[3, 10])
+        },
+        DEFAULT,
+    );
+    gradcheck(
+        "sum",
+        s.clone(),
+        |g, s| {
+            let x = g.param(s, "x")?;
+            g.sum(x)
+        },
+        DEFAULT,
+    );
+    gradcheck(
+        "mean",
+        s,
+        |g, s| {
+            let x = g.param(s, "x")?;
+            g.mean(x)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
 fn embedding_gradient_with_repeated_ids() {
     let ids = Tensor::from_i32(vec![3, 0, 3, 6, 1, 3], &[6]).unwrap();
     let s = store_of(&[("table", randn(&[7, 4], 10))]);
-    gradcheck("embedding", s, move |g, s| {
-        let t = g.param(s, "table")?;
-        g.embedding(t, &ids)
-    }, DEFAULT);
+    gradcheck(
+        "embedding",
+        s,
+        move |g, s| {
+            let t = g.param(s, "table")?;
+            g.embedding(t, &ids)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
@@ -175,21 +225,31 @@ fn lstm_layer_gradients_through_time() {
         ("w_hh", Tensor::randn(&[h, 4 * h], 0.5, &mut Rng::new(15))),
         ("bias", randn(&[4 * h], 16)),
     ]);
-    gradcheck("lstm", s, move |g, s| {
-        let v: Vec<Var> = ["x", "h0", "c0", "w_ih", "w_hh", "bias"].iter().map(|n| g.param(s, n)).collect::<Result<_>>()?;
-        let (y, _, _) = g.lstm(v[0], v[1], v[2], v[3], v[4], v[5], t)?;
-        Ok(y)
-    }, DEFAULT);
+    gradcheck(
+        "lstm",
+        s,
+        move |g, s| {
+            let v: Vec<Var> = ["x", "h0", "c0", "w_ih", "w_hh", "bias"].iter().map(|n| g.param(s, n)).collect::<Result<_>>()?;
+            let (y, _, _) = g.lstm(v[0], v[1], v[2], v[3], v[4], v[5], t)?;
+            Ok(y)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
 fn softmax_xent_gradient() {
     let y = Tensor::from_i32(vec![0, 4, 2, 6, 6], &[5]).unwrap();
     let s = store_of(&[("logits", Tensor::randn(&[5, 7], 2.0, &mut Rng::new(17)))]);
-    gradcheck("softmax_xent", s, move |g, s| {
-        let l = g.param(s, "logits")?;
-        g.softmax_xent(l, &y)
-    }, DEFAULT);
+    gradcheck(
+        "softmax_xent",
+        s,
+        move |g, s| {
+            let l = g.param(s, "logits")?;
+            g.softmax_xent(l, &y)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
@@ -199,10 +259,15 @@ fn softmax_kl_gradient_with_two_teachers() {
     for (temperature, alpha) in [(1.0, 0.5), (2.0, 1.0), (4.0, 0.3)] {
         let (y, teachers) = (y.clone(), teachers.clone());
         let s = store_of(&[("student", Tensor::randn(&[4, 6], 2.0, &mut Rng::new(20)))]);
-        gradcheck(&format!("softmax_kl T={temperature} alpha={alpha}"), s, move |g, s| {
-            let st = g.param(s, "student")?;
-            Ok(g.softmax_kl(st, &teachers, Some(&y), DistillParams { temperature, alpha })?.0)
-        }, DEFAULT);
+        gradcheck(
+            &format!("softmax_kl T={temperature} alpha={alpha}"),
+            s,
+            move |g, s| {
+                let st = g.param(s, "student")?;
+                Ok(g.softmax_kl(st, &teachers, Some(&y), DistillParams { temperature, alpha })?.0)
+            },
+            DEFAULT,
+        );
     }
 }
 
@@ -210,10 +275,15 @@ fn softmax_kl_gradient_with_two_teachers() {
 fn bce_with_soft_targets_gradient() {
     let y = Tensor::from_f32(vec![0.0, 1.0, 0.3, 0.9, 0.5, 1.0], &[6]).unwrap();
     let s = store_of(&[("logits", Tensor::randn(&[6], 2.0, &mut Rng::new(21)))]);
-    gradcheck("bce", s, move |g, s| {
-        let l = g.param(s, "logits")?;
-        g.bce_with_logits(l, &y)
-    }, DEFAULT);
+    gradcheck(
+        "bce",
+        s,
+        move |g, s| {
+            let l = g.param(s, "logits")?;
+            g.bce_with_logits(l, &y)
+        },
+        DEFAULT,
+    );
 }
 
 #[test]
@@ -223,17 +293,27 @@ fn linear_and_mlp_module_gradients() {
     let lin = Linear::new(&mut s, "lin", 5, 3, true, &mut rng).unwrap();
     let x = randn(&[4, 5], 23);
     let xc = x.clone();
-    gradcheck("Linear", s, move |g, s| {
-        let xv = g.constant(xc.clone());
-        lin.forward(g, s, xv)
-    }, DEFAULT);
+    gradcheck(
+        "Linear",
+        s,
+        move |g, s| {
+            let xv = g.constant(xc.clone());
+            lin.forward(g, s, xv)
+        },
+        DEFAULT,
+    );
 
     let mut s = ParamStore::new();
     let mlp = Mlp::new(&mut s, "mlp", &[5, 8, 6, 2], &mut rng).unwrap();
-    gradcheck("Mlp", s, move |g, s| {
-        let xv = g.constant(x.clone());
-        mlp.forward(g, s, xv)
-    }, Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 }); // ReLU kinks: a smaller step crosses fewer
+    gradcheck(
+        "Mlp",
+        s,
+        move |g, s| {
+            let xv = g.constant(x.clone());
+            mlp.forward(g, s, xv)
+        },
+        Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
+    ); // ReLU kinks: a smaller step crosses fewer
 }
 
 #[test]
@@ -245,8 +325,13 @@ fn embedding_and_two_layer_lstm_module_gradients() {
     let lstm = Lstm::new(&mut s, "lstm", dim, hidden, 2, &mut rng).unwrap();
     let ids = Tensor::from_i32((0..(t * b) as i32).map(|i| (i * 5) % vocab as i32).collect(), &[t * b]).unwrap();
     let state = LstmState { h: vec![randn(&[b, hidden], 25), randn(&[b, hidden], 26)], c: vec![randn(&[b, hidden], 27), randn(&[b, hidden], 28)] };
-    gradcheck("Embedding + 2-layer Lstm with dropout", s, move |g, s| {
-        let x = emb.forward(g, s, &ids)?;
-        Ok(lstm.forward(g, s, x, &state, t, Some((0.3, 5)))?.0)
-    }, DEFAULT);
+    gradcheck(
+        "Embedding + 2-layer Lstm with dropout",
+        s,
+        move |g, s| {
+            let x = emb.forward(g, s, &ids)?;
+            Ok(lstm.forward(g, s, x, &state, t, Some((0.3, 5)))?.0)
+        },
+        DEFAULT,
+    );
 }

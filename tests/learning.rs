@@ -77,14 +77,20 @@ fn encode(batch: &[ClickExample], offsets: &[u32]) -> (Tensor, Tensor, Tensor) {
     let ids: Vec<i32> = batch.iter().flat_map(|e| e.cats.iter().zip(offsets).map(|(&c, &o)| (c + o) as i32)).collect();
     let dense: Vec<f32> = batch
         .iter()
-        .flat_map(|e| e.ints.iter().flat_map(|v| match v {
-            Some(x) => [(1.0 + *x as f32).ln(), 0.0],
-            None => [0.0, 1.0],
-        }))
+        .flat_map(|e| {
+            e.ints.iter().flat_map(|v| match v {
+                Some(x) => [(1.0 + *x as f32).ln(), 0.0],
+                None => [0.0, 1.0],
+            })
+        })
         .collect();
     let labels: Vec<f32> = batch.iter().map(|e| e.label as u8 as f32).collect();
     let nd = dense.len() / batch.len();
-    (Tensor::from_i32(ids, &[batch.len() * offsets.len()]).unwrap(), Tensor::from_f32(dense, &[batch.len(), nd]).unwrap(), Tensor::from_f32(labels, &[batch.len()]).unwrap())
+    (
+        Tensor::from_i32(ids, &[batch.len() * offsets.len()]).unwrap(),
+        Tensor::from_f32(dense, &[batch.len(), nd]).unwrap(),
+        Tensor::from_f32(labels, &[batch.len()]).unwrap(),
+    )
 }
 
 #[test]
@@ -94,7 +100,14 @@ fn embedding_mlp_learns_click_log_to_near_bayes_log_loss() {
     let mut rng = Rng::new(3);
     let train: Vec<_> = (0..400_000).map(|_| model.sample(&mut rng)).collect();
     let valid: Vec<_> = (0..30_000).map(|_| model.sample(&mut rng)).collect();
-    let offsets: Vec<u32> = cards.iter().scan(0u32, |acc, &c| { let o = *acc; *acc += c as u32; Some(o) }).collect();
+    let offsets: Vec<u32> = cards
+        .iter()
+        .scan(0u32, |acc, &c| {
+            let o = *acc;
+            *acc += c as u32;
+            Some(o)
+        })
+        .collect();
     let rows: usize = cards.iter().sum();
 
     let (dim, fields, dense_in) = (8, cards.len(), 6);

@@ -51,7 +51,13 @@ fn logits(rows: usize, cols: usize, seed: u64, extreme: bool) -> Vec<f32> {
     if extreme {
         // Row 0: huge positive and huge negative logits; row 1: all equal and huge.
         for j in 0..cols {
-            v[j] = if j % 3 == 0 { 1e4 } else if j % 3 == 1 { -1e4 } else { 50.0 * v[j] };
+            v[j] = if j % 3 == 0 {
+                1e4
+            } else if j % 3 == 1 {
+                -1e4
+            } else {
+                50.0 * v[j]
+            };
             v[cols + j] = 8e3;
         }
         v[2 * cols] = -3e4;

@@ -150,11 +150,7 @@ pub fn gemm_bf16_with(
     };
     let f = gpu.function("matmul", name)?;
     f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, GEMM_SMEM as i32)?;
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: GEMM_SMEM,
-    };
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: GEMM_SMEM };
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     let (pa, pb, pc) = (a.ptr(), b.ptr(), c.ptr());
     let mut l = gpu.stream().launch_builder(&f);
@@ -451,7 +447,14 @@ pub fn scatter_add_planned(
 // ---- LSTM cell ----------------------------------------------------------------------------------
 
 /// Twin of `lstm::cell_forward_cpu`: gates `[B, 4H]` in place, writes c and h `[B, H]`.
-pub fn lstm_cell_fwd(gates: &mut impl Dev<f32>, c_prev: &impl Dev<f32>, c: &mut impl Dev<f32>, h: &mut impl Dev<f32>, batch: usize, hidden: usize) -> Result<()> {
+pub fn lstm_cell_fwd(
+    gates: &mut impl Dev<f32>,
+    c_prev: &impl Dev<f32>,
+    c: &mut impl Dev<f32>,
+    h: &mut impl Dev<f32>,
+    batch: usize,
+    hidden: usize,
+) -> Result<()> {
     need("gates", gates, batch * 4 * hidden)?;
     need("c_prev", c_prev, batch * hidden)?;
     need("c", c, batch * hidden)?;
@@ -463,7 +466,16 @@ pub fn lstm_cell_fwd(gates: &mut impl Dev<f32>, c_prev: &impl Dev<f32>, c: &mut 
 
 /// Twin of `lstm::cell_backward_cpu`.
 #[allow(clippy::too_many_arguments)]
-pub fn lstm_cell_bwd(act: &impl Dev<f32>, c_prev: &impl Dev<f32>, c: &impl Dev<f32>, dh: &impl Dev<f32>, dc: &mut impl Dev<f32>, dgates: &mut impl Dev<f32>, batch: usize, hidden: usize) -> Result<()> {
+pub fn lstm_cell_bwd(
+    act: &impl Dev<f32>,
+    c_prev: &impl Dev<f32>,
+    c: &impl Dev<f32>,
+    dh: &impl Dev<f32>,
+    dc: &mut impl Dev<f32>,
+    dgates: &mut impl Dev<f32>,
+    batch: usize,
+    hidden: usize,
+) -> Result<()> {
     need("act", act, batch * 4 * hidden)?;
     need("dgates", dgates, batch * 4 * hidden)?;
     need("c_prev", c_prev, batch * hidden)?;
@@ -503,7 +515,7 @@ pub fn softmax_kl(
     if teachers.len() > MAX_TEACHERS {
         bail!(Invalid, "{} teachers; one softmax-KL launch averages at most {MAX_TEACHERS}", teachers.len());
     }
-    if !(p.temperature > 0.0 && p.temperature.is_finite()) || !(0.0..=1.0).contains(&p.alpha) {
+    if !(p.temperature > 0.0 && p.temperature.is_finite() && (0.0..=1.0).contains(&p.alpha)) {
         bail!(Invalid, "softmax-KL needs T > 0 and alpha in [0, 1], got T = {}, alpha = {}", p.temperature, p.alpha);
     }
     need("student", student, rows * cols)?;
@@ -530,7 +542,13 @@ pub fn softmax_kl(
         3 | 4 => ("softmax_kl_k4", 512),
         _ => ("softmax_kl_k8", 512),
     };
-    let threads = if cols >= 16384 { max_threads } else if cols >= 2048 { 512.min(max_threads) } else { 128 };
+    let threads = if cols >= 16384 {
+        max_threads
+    } else if cols >= 2048 {
+        512.min(max_threads)
+    } else {
+        128
+    };
     let cache_bytes = cols * 4;
     let cache = cache_bytes <= SOFTMAX_KL_CACHE_MAX;
     let f = gpu.function("softmax_kl", name)?;
@@ -538,7 +556,8 @@ pub fn softmax_kl(
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cache_bytes as i32)?;
     }
     let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: if cache { cache_bytes as u32 } else { 0 } };
-    let (ps, py, c, k, t, a, inv_n) = (student.ptr(), labels.map_or(0, |y| y.ptr()), cols as i32, teachers.len() as i32, p.temperature, p.alpha, 1.0 / rows as f32);
+    let (ps, py, c, k, t, a, inv_n) =
+        (student.ptr(), labels.map_or(0, |y| y.ptr()), cols as i32, teachers.len() as i32, p.temperature, p.alpha, 1.0 / rows as f32);
     let (pg, ph, pso, cs) = (grad.ptr(), hard.ptr(), soft.ptr(), cache as i32);
     let mut l = gpu.stream().launch_builder(&f);
     l.arg(&ps).arg(&tp).arg(&py).arg(&c).arg(&k).arg(&t).arg(&a).arg(&inv_n).arg(&pg).arg(&ph).arg(&pso).arg(&cs);
@@ -723,7 +742,17 @@ fn sparse_args(w: &impl Dev<f32>, grad: &impl Dev<f32>, rows: Option<&GpuBuf<i32
 
 /// Twin of `sgd_cpu`; with `rows`, a lazy row-sparse update (grad holds rows.len() x dim values).
 #[allow(clippy::too_many_arguments)]
-pub fn sgd(w: &mut impl Dev<f32>, grad: &impl Dev<f32>, vel: &mut impl Dev<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, momentum: f32, weight_decay: f32, scale: f32) -> Result<()> {
+pub fn sgd(
+    w: &mut impl Dev<f32>,
+    grad: &impl Dev<f32>,
+    vel: &mut impl Dev<f32>,
+    rows: Option<&GpuBuf<i32>>,
+    dim: usize,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    scale: f32,
+) -> Result<()> {
     need("velocity", vel, w.len())?;
     let (pr, n) = sparse_args(w, grad, rows, dim)?;
     let (pw, pg, pv, d) = (w.ptr(), grad.ptr(), vel.ptr(), dim.max(1) as i32);
@@ -733,7 +762,16 @@ pub fn sgd(w: &mut impl Dev<f32>, grad: &impl Dev<f32>, vel: &mut impl Dev<f32>,
 
 /// Twin of `adagrad_cpu`.
 #[allow(clippy::too_many_arguments)]
-pub fn adagrad(w: &mut impl Dev<f32>, grad: &impl Dev<f32>, accum: &mut impl Dev<f32>, rows: Option<&GpuBuf<i32>>, dim: usize, lr: f32, eps: f32, scale: f32) -> Result<()> {
+pub fn adagrad(
+    w: &mut impl Dev<f32>,
+    grad: &impl Dev<f32>,
+    accum: &mut impl Dev<f32>,
+    rows: Option<&GpuBuf<i32>>,
+    dim: usize,
+    lr: f32,
+    eps: f32,
+    scale: f32,
+) -> Result<()> {
     need("accumulator", accum, w.len())?;
     let (pr, n) = sparse_args(w, grad, rows, dim)?;
     let (pw, pg, pa, d) = (w.ptr(), grad.ptr(), accum.ptr(), dim.max(1) as i32);

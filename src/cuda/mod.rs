@@ -243,12 +243,9 @@ impl Gpu {
 
     /// The number of multiprocessors (for choosing tile sizes that fill the device).
     pub fn sm_count(&self) -> usize {
-        *self.sms.get_or_init(|| {
-            self.ctx
-                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .map(|n| n.max(1) as usize)
-                .unwrap_or(132)
-        })
+        *self
+            .sms
+            .get_or_init(|| self.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map(|n| n.max(1) as usize).unwrap_or(132))
     }
 
     /// The copy stream: transfers on it overlap the compute stream's kernels. Work on it is
@@ -304,22 +301,17 @@ impl Gpu {
             match mods.get(module) {
                 Some(m) => m.clone(),
                 None => {
-                    let src = MODULES
-                        .iter()
-                        .find(|(n, _)| *n == module)
-                        .ok_or_else(|| Error::Device(format!("no PTX module named {module}")))?
-                        .1;
-                    let m = self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(src)).map_err(|e| {
-                        Error::Device(format!("loading ptx/{module}.ptx on cuda:{}: {e:?}", self.ordinal))
-                    })?;
+                    let src = MODULES.iter().find(|(n, _)| *n == module).ok_or_else(|| Error::Device(format!("no PTX module named {module}")))?.1;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_src(src))
+                        .map_err(|e| Error::Device(format!("loading ptx/{module}.ptx on cuda:{}: {e:?}", self.ordinal)))?;
                     mods.insert(module, m.clone());
                     m
                 }
             }
         };
-        let f = m
-            .load_function(name)
-            .map_err(|e| Error::Device(format!("kernel {name} in ptx/{module}.ptx: {e:?}")))?;
+        let f = m.load_function(name).map_err(|e| Error::Device(format!("kernel {name} in ptx/{module}.ptx: {e:?}")))?;
         self.funcs.lock().unwrap().insert(name, f.clone());
         Ok(f)
     }
@@ -345,8 +337,7 @@ impl Gpu {
                         pool.stats.bytes_reserved = pool.stats.bytes_reserved.saturating_sub(c as u64);
                     }
                 }
-                unsafe { result::malloc_sync(class) }
-                    .map_err(|e| Error::Device(format!("cuda:{} cannot allocate {bytes} bytes: {e:?}", self.ordinal)))?
+                unsafe { result::malloc_sync(class) }.map_err(|e| Error::Device(format!("cuda:{} cannot allocate {bytes} bytes: {e:?}", self.ordinal)))?
             }
         };
         pool.stats.device_allocs += 1;
@@ -625,16 +616,19 @@ impl<T: Copy> GpuBuf<T> {
     /// Copies the buffer to the host (waits for the stream).
     pub fn download(&self) -> Result<Vec<T>> {
         let mut v: Vec<T> = Vec::with_capacity(self.len);
-        // SAFETY: T is plain data; the vector is fully written by the copy before set_len is
-        // relied on, and the stream is synchronised before returning.
-        unsafe {
-            v.set_len(self.len);
-            if self.len > 0 {
-                self.gpu.ctx.bind_to_thread()?;
-                result::memcpy_dtoh_async(&mut v[..], self.ptr, self.gpu.stream.cu_stream())?;
+        if self.len > 0 {
+            self.gpu.ctx.bind_to_thread()?;
+            // SAFETY: the destination is the vector's spare capacity of len elements; the copy into
+            // pageable memory returns when it is done, and the stream is synchronised below before
+            // the length is set.
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(v.as_mut_ptr() as *mut std::ffi::c_void, self.ptr, self.len * std::mem::size_of::<T>(), self.gpu.stream.cu_stream())
+                    .result()?;
             }
         }
         self.gpu.sync()?;
+        // SAFETY: T is plain data and all len elements were written by the completed copy.
+        unsafe { v.set_len(self.len) };
         Ok(v)
     }
 

@@ -84,7 +84,8 @@ impl Row {
                     if !f.is_empty() {
                         let ok = f.len() <= 8 && f.iter().all(u8::is_ascii_hexdigit);
                         let v = if ok { u32::from_str_radix(std::str::from_utf8(f).unwrap(), 16).ok() } else { None };
-                        row.cats[i - 1 - NUM_INTS] = Some(v.ok_or_else(|| FieldError { column: col, message: format!("{:?} is not a 32-bit hex category", text()) })?);
+                        row.cats[i - 1 - NUM_INTS] =
+                            Some(v.ok_or_else(|| FieldError { column: col, message: format!("{:?} is not a 32-bit hex category", text()) })?);
                     }
                 }
             }

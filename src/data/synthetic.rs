@@ -153,7 +153,18 @@ impl ClickModel {
         let int_missing_weight = (0..num_ints).map(|_| 0.3 * rng.normal()).collect();
         let int_scale = (0..num_ints).map(|_| (2.0 + 4.0 * rng.uniform()).exp()).collect();
         let cdfs = cardinalities.iter().map(|&c| zipf_cdf(c, 1.1)).collect();
-        ClickModel { cardinalities: cardinalities.to_vec(), num_ints, missing: 0.2, bias: -1.2, cat_weight, inter, int_weight, int_missing_weight, int_scale, cdfs }
+        ClickModel {
+            cardinalities: cardinalities.to_vec(),
+            num_ints,
+            missing: 0.2,
+            bias: -1.2,
+            cat_weight,
+            inter,
+            int_weight,
+            int_missing_weight,
+            int_scale,
+            cdfs,
+        }
     }
 
     /// The true logit of an example's features.
@@ -175,11 +186,8 @@ impl ClickModel {
 
     pub fn sample(&self, rng: &mut Rng) -> ClickExample {
         let cats: Vec<u32> = self.cdfs.iter().map(|cdf| rng.sample_cdf(cdf) as u32).collect();
-        let ints: Vec<Option<u32>> = self
-            .int_scale
-            .iter()
-            .map(|&s| if rng.uniform() < self.missing { None } else { Some((s * -(1.0 - rng.uniform()).ln()) as u32) })
-            .collect();
+        let ints: Vec<Option<u32>> =
+            self.int_scale.iter().map(|&s| if rng.uniform() < self.missing { None } else { Some((s * -(1.0 - rng.uniform()).ln()) as u32) }).collect();
         let p = 1.0 / (1.0 + (-self.logit(&cats, &ints)).exp());
         ClickExample { label: rng.uniform() < p, cats, ints, p }
     }
@@ -285,7 +293,8 @@ pub fn write_markov_corpus(dir: &std::path::Path, src: &MarkovSource, sizes: [us
 /// `scale` (at least 2 each).
 pub fn criteo_cardinalities(scale: f64) -> Vec<usize> {
     const BASE: [usize; 26] = [
-        1_400, 550, 170_000, 80_000, 300, 20, 12_000, 600, 3, 40_000, 5_000, 150_000, 3_000, 27, 14_000, 110_000, 10, 4_500, 2_000, 4, 130_000, 17, 15, 50_000, 100, 35_000,
+        1_400, 550, 170_000, 80_000, 300, 20, 12_000, 600, 3, 40_000, 5_000, 150_000, 3_000, 27, 14_000, 110_000, 10, 4_500, 2_000, 4, 130_000, 17, 15, 50_000,
+        100, 35_000,
     ];
     BASE.iter().map(|&c| ((c as f64 * scale) as usize).max(2)).collect()
 }
@@ -327,7 +336,12 @@ impl ClickModel {
             w.iter_mut().for_each(|x| *x *= s);
         }
         let mut rng = Rng::new(seed ^ 0xB1A5);
-        let logits: Vec<f64> = (0..20_000).map(|_| { let e = m.sample(&mut rng); m.logit(&e.cats, &e.ints) - m.bias }).collect();
+        let logits: Vec<f64> = (0..20_000)
+            .map(|_| {
+                let e = m.sample(&mut rng);
+                m.logit(&e.cats, &e.ints) - m.bias
+            })
+            .collect();
         let rate = |b: f64| logits.iter().map(|z| 1.0 / (1.0 + (-(z + b)).exp())).sum::<f64>() / logits.len() as f64;
         let (mut lo, mut hi) = (-20.0, 20.0);
         for _ in 0..60 {
@@ -398,6 +412,9 @@ pub fn write_criteo_tsv(path: &std::path::Path, model: &ClickModel, rows: usize,
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     let n = rows.max(1) as f64;
     let t = ClickTruth { rows, bayes_log_loss: bayes / n, expected_log_loss: expected / n };
-    crate::data::text::write_atomic(&truth_path(path), format!("rows = {rows}\nbayes_log_loss = {}\nexpected_log_loss = {}\n", t.bayes_log_loss, t.expected_log_loss).as_bytes())?;
+    crate::data::text::write_atomic(
+        &truth_path(path),
+        format!("rows = {rows}\nbayes_log_loss = {}\nexpected_log_loss = {}\n", t.bayes_log_loss, t.expected_log_loss).as_bytes(),
+    )?;
     Ok(t)
 }

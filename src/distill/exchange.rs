@@ -329,7 +329,8 @@ impl DirExchange {
         // The reader checks names and shapes against a host copy (sharing the trainer's buffers would
         // make its first update copy them).
         let device = template.device();
-        let (rdir, rstandby, rstop, rnotes, tmpl) = (dir.to_path_buf(), standby.clone(), stop.clone(), notes.clone(), template.copy_of_weights_on(Device::Cpu)?);
+        let (rdir, rstandby, rstop, rnotes, tmpl) =
+            (dir.to_path_buf(), standby.clone(), stop.clone(), notes.clone(), template.copy_of_weights_on(Device::Cpu)?);
         let reader_thread = std::thread::spawn(move || {
             let mut seen: Vec<Option<std::time::SystemTime>> = vec![None; world];
             while !*rstop.lock().unwrap() {
@@ -353,7 +354,19 @@ impl DirExchange {
                 std::thread::sleep(poll);
             }
         });
-        Ok(DirExchange { writer: Some(tx), pool, pool_in, copying: None, writer_thread: Some(writer_thread), reader_thread: Some(reader_thread), standby, active: vec![None; world], stop, notes, device })
+        Ok(DirExchange {
+            writer: Some(tx),
+            pool,
+            pool_in,
+            copying: None,
+            writer_thread: Some(writer_thread),
+            reader_thread: Some(reader_thread),
+            standby,
+            active: vec![None; world],
+            stop,
+            notes,
+            device,
+        })
     }
 
     /// Messages from the background threads since the last call.
@@ -444,7 +457,9 @@ fn fill(reuse: Option<Outgoing>, params: &ParamStore, copying: &mut Option<(Arc<
     let lens: Vec<usize> = params.iter().map(|(_, p)| p.value.numel()).collect();
     let (mut out, fresh) = match reuse {
         Some(o @ Outgoing::Host(_)) if params.device() == Device::Cpu => (o, false),
-        Some(o @ Outgoing::Pinned { .. }) if params.device() != Device::Cpu && matches!(&o, Outgoing::Pinned { mirror, .. } if mirror.lens() == lens) => (o, false),
+        Some(o @ Outgoing::Pinned { .. }) if params.device() != Device::Cpu && matches!(&o, Outgoing::Pinned { mirror, .. } if mirror.lens() == lens) => {
+            (o, false)
+        }
         _ => (host_buffers(params)?, true),
     };
     match &mut out {

@@ -44,7 +44,11 @@ impl Topology {
             bail!(Invalid, "distill_weight must be in [0, 1], got {distill_weight}");
         }
         if !(0.0..1.0).contains(&label_smoothing) || (label_smoothing > 0.0 && self.total() > 1) {
-            bail!(Invalid, "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {label_smoothing} with {} models", self.total());
+            bail!(
+                Invalid,
+                "label_smoothing must be in [0, 1) and is for a single model (the control baseline), got {label_smoothing} with {} models",
+                self.total()
+            );
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! the seed and the element's index: the GPU kernel draws the same mask without sharing state,
 //! and backward recomputes it instead of storing it.
 
-use crate::rng::hash_uniform;
 use crate::cuda::kernels as gpu;
+use crate::rng::hash_uniform;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 

@@ -13,9 +13,9 @@
 //! in `kernels/lstm.cu`. Forward keeps the activated gates and every c_t; backward runs through
 //! time inside the op and finishes with three large matmuls for the weight and input gradients.
 
-use super::softmax_kl::exp_f32;
 use super::matmul::gemm_cpu;
 use super::reduce::sum_rows_cpu;
+use super::softmax_kl::exp_f32;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -55,7 +55,7 @@ fn fast_sigmoid(x: f32) -> f32 {
 fn fast_tanh(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
-    let small = ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 0.133_314_42) * z - 0.333_332_82) * z * x + x;
+    let small = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 0.133_314_42) * z - 0.333_332_8) * z * x + x;
     let large = (1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0)).copysign(x);
     if a < 0.625 {
         small
@@ -302,7 +302,15 @@ mod cuda_layer {
     }
 
     /// `gates += h @ W_hh` for one step, with h rounded into `hb` first in bf16 mode.
-    fn recurrent(batch: usize, hidden: usize, h: &Slice<f32>, hb: &mut Option<GpuBuf<bf16>>, whh: &GpuBuf<f32>, whh_r: &Option<GpuBuf<bf16>>, gates: &mut Slice<f32>) -> Result<()> {
+    fn recurrent(
+        batch: usize,
+        hidden: usize,
+        h: &Slice<f32>,
+        hb: &mut Option<GpuBuf<bf16>>,
+        whh: &GpuBuf<f32>,
+        whh_r: &Option<GpuBuf<bf16>>,
+        gates: &mut Slice<f32>,
+    ) -> Result<()> {
         match (hb, whh_r) {
             (Some(hb), Some(w)) => {
                 k::f32_to_bf16(h, hb)?;
@@ -353,7 +361,16 @@ mod cuda_layer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn backward(x: &Tensor, h0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, out: &LstmOutput, dy: &Tensor, dh_last: Option<&Tensor>, dc_last: Option<&Tensor>) -> Result<LstmGrads> {
+    pub(super) fn backward(
+        x: &Tensor,
+        h0: &Tensor,
+        w_ih: &Tensor,
+        w_hh: &Tensor,
+        out: &LstmOutput,
+        dy: &Tensor,
+        dh_last: Option<&Tensor>,
+        dc_last: Option<&Tensor>,
+    ) -> Result<LstmGrads> {
         let (rows, input) = (x.dim(0), x.dim(1));
         let (batch, hidden) = (h0.dim(0), h0.dim(1));
         let t_len = rows / batch;
@@ -467,9 +484,7 @@ mod tests {
         let mut rng = Rng::new(0);
         let x = Tensor::randn(&[7, 3], 1.0, &mut rng);
         let h = Tensor::zeros(&[2, 4]);
-        let e = layer_forward(&x, &h, &h, &Tensor::zeros(&[3, 16]), &Tensor::zeros(&[4, 16]), &Tensor::zeros(&[16]), 3)
-            .unwrap_err()
-            .to_string();
+        let e = layer_forward(&x, &h, &h, &Tensor::zeros(&[3, 16]), &Tensor::zeros(&[4, 16]), &Tensor::zeros(&[16]), 3).unwrap_err().to_string();
         assert!(e.contains("7 rows") && e.contains("batch 2"), "{e}");
     }
 }

@@ -10,18 +10,7 @@ use crate::{bail, Result};
 /// `trans_b`), `c` is `[m,n]`. With `beta == 0` the old contents of `c` are never read, so a
 /// poisoned (NaN) output buffer is fully overwritten.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_cpu(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    trans_a: bool,
-    b: &[f32],
-    trans_b: bool,
-    beta: f32,
-    c: &mut [f32],
-) {
+pub fn gemm_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm_cpu buffers too small");
     if m == 0 || n == 0 {
         return;
@@ -37,9 +26,7 @@ pub fn gemm_cpu(
     let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
     // SAFETY: the asserts above bound every index matrixmultiply forms from these strides.
     unsafe {
-        matrixmultiply::sgemm(
-            m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1,
-        );
+        matrixmultiply::sgemm(m, k, n, alpha, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1);
     }
 }
 
@@ -94,7 +81,10 @@ pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: 
             Ok(())
         }
         Device::Cuda(_) => {
-            use crate::cuda::{kernels::{gemm_bf16, gemm_f32, gemm_f32_as_bf16}, matmul_precision, MatmulPrecision};
+            use crate::cuda::{
+                kernels::{gemm_bf16, gemm_f32, gemm_f32_as_bf16},
+                matmul_precision, MatmulPrecision,
+            };
             let cb = c.cuda_f32_mut()?;
             match (a.dtype(), matmul_precision()) {
                 (DType::BF16, _) => gemm_bf16(m, n, k, alpha, a.cuda_bf16()?, trans_a, b.cuda_bf16()?, trans_b, beta, cb),

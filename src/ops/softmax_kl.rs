@@ -173,12 +173,7 @@ pub fn softmax_kl_cpu(
 }
 
 /// Tensor entry: checks shapes, labels and parameters; returns the loss parts and the gradient.
-pub fn softmax_kl(
-    student: &Tensor,
-    teachers: &[Tensor],
-    targets: Option<&Tensor>,
-    p: DistillParams,
-) -> Result<(DistillLoss, Tensor)> {
+pub fn softmax_kl(student: &Tensor, teachers: &[Tensor], targets: Option<&Tensor>, p: DistillParams) -> Result<(DistillLoss, Tensor)> {
     let (n, v) = student.expect_2d("student logits")?;
     if !(p.temperature > 0.0 && p.temperature.is_finite()) {
         bail!(Invalid, "distillation temperature must be positive and finite, got {}", p.temperature);

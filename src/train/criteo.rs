@@ -119,7 +119,13 @@ pub struct CtrModel {
 
 pub fn parse_widths(s: &str) -> Result<Vec<usize>> {
     s.split(',')
-        .map(|w| w.trim().parse::<usize>().ok().filter(|&w| w > 0).ok_or_else(|| Error::Invalid(format!("mlp widths must be positive integers separated by commas, got {s:?}"))))
+        .map(|w| {
+            w.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| Error::Invalid(format!("mlp widths must be positive integers separated by commas, got {s:?}")))
+        })
         .collect()
 }
 
@@ -324,7 +330,8 @@ fn load_with_meta(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore, Ch
 }
 
 /// Keys that fix the model and the data order: a resumed run must agree on them.
-const RESUME_KEYS: &[&str] = &["buckets", "emb_dim", "mlp", "batch", "seed", "optimizer", "models", "world", "rank", "same_data", "shards", "shard", "valid_fraction"];
+const RESUME_KEYS: &[&str] =
+    &["buckets", "emb_dim", "mlp", "batch", "seed", "optimizer", "models", "world", "rank", "same_data", "shards", "shard", "valid_fraction"];
 
 /// One model of a (possibly codistilled) run.
 struct Member {
@@ -378,7 +385,12 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
     let total_models = topo.total();
     let data = prepare_data(cfg)?;
-    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, max_publishes: cfg.max_publishes, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
+    let schedule = CodistillSchedule {
+        burn_in: cfg.burn_in,
+        exchange_every: cfg.exchange_every,
+        max_publishes: cfg.max_publishes,
+        weight: if total_models > 1 { cfg.distill_weight } else { 0.0 },
+    };
     let mut members = Vec::new();
     for local in 0..cfg.models {
         let index = topo.index(local);
@@ -392,7 +404,17 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         // Each model gets its own initialisation and shuffling.
         let mut rng = Rng::new(cfg.seed).fork(index as u64);
         CtrModel::new(&mut store, cfg, &mut rng)?;
-        members.push(Member { index, store, opt: Optimizer::new(cfg.optimizer.kind()), rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng, teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every) });
+        members.push(Member {
+            index,
+            store,
+            opt: Optimizer::new(cfg.optimizer.kind()),
+            rows,
+            order: Vec::new(),
+            pos: usize::MAX,
+            epoch: 0,
+            rng,
+            teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
+        });
     }
     // Start calibrated: the output bias at the log-odds of the training click rate. With rare
     // clicks the bias gradient is small, and a model that starts off-rate stays miscalibrated.
@@ -415,7 +437,10 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
         let m = &mut members[0];
         m.store = store;
-        m.opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), num("optimizer_steps")?)?;
+        m.opt.load_state(
+            ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(),
+            num("optimizer_steps")?,
+        )?;
         start_step = num("step")?;
         m.epoch = num("epoch")?;
         m.pos = num("position")? as usize;
@@ -547,15 +572,32 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             let rps = interval_n as f64 * cfg.batch as f64 / interval_t.elapsed().as_secs_f64();
             bar.set_message(format!("loss {mean:.4} {rps:.0} rows/s"));
             let stale = if staleness_sum.1 > 0 { staleness_sum.0 as f64 / staleness_sum.1 as f64 } else { f64::NAN };
-            log.write(&[("event", J::S("train")), ("step", J::I(step1)), ("loss", J::N(mean)), ("lr", J::N(lr as f64)), ("rows_per_s", J::N(rps)), ("mean_staleness", J::N(stale)), ("exchange_wait_s", J::N(exchange_wait))])?;
+            log.write(&[
+                ("event", J::S("train")),
+                ("step", J::I(step1)),
+                ("loss", J::N(mean)),
+                ("lr", J::N(lr as f64)),
+                ("rows_per_s", J::N(rps)),
+                ("mean_staleness", J::N(stale)),
+                ("exchange_wait_s", J::N(exchange_wait)),
+            ])?;
             (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
         }
         let epoch_end = steps_per_epoch > 0 && step1 % steps_per_epoch == 0;
         if (cfg.eval_every > 0 && step1 % cfg.eval_every == 0) || (cfg.eval_every == 0 && epoch_end) || step1 == total_steps {
             evals = evaluate_all(&members)?;
             for (m, (v, _)) in members.iter().zip(&evals) {
-                bar.suspend(|| eprintln!("step {step1}: model {} validation log-loss {:.5} AUC {:.4} calibration {:.3}", m.index, v.log_loss, v.auc, v.calibration));
-                log.write(&[("event", J::S("valid")), ("step", J::I(step1)), ("model", J::I(m.index as u64)), ("log_loss", J::N(v.log_loss)), ("auc", J::N(v.auc)), ("calibration", J::N(v.calibration))])?;
+                bar.suspend(|| {
+                    eprintln!("step {step1}: model {} validation log-loss {:.5} AUC {:.4} calibration {:.3}", m.index, v.log_loss, v.auc, v.calibration)
+                });
+                log.write(&[
+                    ("event", J::S("valid")),
+                    ("step", J::I(step1)),
+                    ("model", J::I(m.index as u64)),
+                    ("log_loss", J::N(v.log_loss)),
+                    ("auc", J::N(v.auc)),
+                    ("calibration", J::N(v.calibration)),
+                ])?;
             }
         }
         if epoch_end || step1 == total_steps || (cfg.checkpoint_every > 0 && step1 % cfg.checkpoint_every == 0) {
@@ -583,11 +625,27 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         _ => (None, None),
     };
     if let (Some(e), Some(ch)) = (ensemble, churn_01) {
-        log.write(&[("event", J::S("ensemble")), ("step", J::I(total_steps)), ("log_loss", J::N(e.log_loss)), ("auc", J::N(e.auc)), ("calibration", J::N(e.calibration)), ("churn", J::N(ch))])?;
+        log.write(&[
+            ("event", J::S("ensemble")),
+            ("step", J::I(total_steps)),
+            ("log_loss", J::N(e.log_loss)),
+            ("auc", J::N(e.auc)),
+            ("calibration", J::N(e.calibration)),
+            ("churn", J::N(ch)),
+        ])?;
     }
     let truth = data.valid_truth.filter(|_| cfg.eval_rows == 0);
     let valid: Vec<ClickEval> = evals.iter().map(|e| e.0).collect();
-    let s = CriteoSummary { steps: total_steps, valid: valid.clone(), ensemble, churn: churn_01, valid_truth: truth, preprocess_rows_per_s: data.preprocess_rows_per_s, train_rows_per_s: train_rows as f64 / train_secs.max(1e-9), seconds: t0.elapsed().as_secs_f64() };
+    let s = CriteoSummary {
+        steps: total_steps,
+        valid: valid.clone(),
+        ensemble,
+        churn: churn_01,
+        valid_truth: truth,
+        preprocess_rows_per_s: data.preprocess_rows_per_s,
+        train_rows_per_s: train_rows as f64 / train_secs.max(1e-9),
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     let nan = f64::NAN;
     let mean_ll = if valid.is_empty() { nan } else { valid.iter().map(|v| v.log_loss).sum::<f64>() / valid.len() as f64 };
     write_result(

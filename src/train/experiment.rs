@@ -56,7 +56,8 @@ fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], co: &[Cur
     };
     let models: std::collections::BTreeSet<usize> = co.iter().map(|p| p.model).collect();
     let mut series = vec![Series { name: "baseline (1 model, all data)".into(), points: base.iter().map(|p| (p.step as f64, p.loss)).collect() }];
-    let mut report = format!("{title}\nbaseline: best validation loss {:.5} at step {} of {}\n", best.loss, best.step, base.last().map(|p| p.step).unwrap_or(0));
+    let mut report =
+        format!("{title}\nbaseline: best validation loss {:.5} at step {} of {}\n", best.loss, best.step, base.last().map(|p| p.step).unwrap_or(0));
     for m in &models {
         let c: Vec<&CurvePoint> = co.iter().filter(|p| p.model == *m).collect();
         series.push(Series { name: format!("codistilled model {m}"), points: c.iter().map(|p| (p.step as f64, p.loss)).collect() });
@@ -144,7 +145,10 @@ mod tests {
     #[test]
     fn fields_of_metrics_lines() {
         let l = r#"{"event":"valid","step":200,"model":1,"log_loss":0.41,"auc":0.8}"#;
-        assert_eq!((field(l, "event"), field(l, "step"), field(l, "model"), field(l, "log_loss"), field(l, "auc")), (Some("valid"), Some("200"), Some("1"), Some("0.41"), Some("0.8")));
+        assert_eq!(
+            (field(l, "event"), field(l, "step"), field(l, "model"), field(l, "log_loss"), field(l, "auc")),
+            (Some("valid"), Some("200"), Some("1"), Some("0.41"), Some("0.8"))
+        );
         assert_eq!(field(l, "loss"), None);
     }
 }

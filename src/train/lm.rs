@@ -124,7 +124,24 @@ crate::config_table! {
 }
 
 /// Keys that fix the model and the data stream: a resumed run must agree on them.
-const RESUME_KEYS: &[&str] = &["tokenizer", "min_count", "emb_dim", "hidden", "layers", "batch", "bptt", "shards", "shard", "shard_block", "seed", "optimizer", "models", "world", "rank", "same_data"];
+const RESUME_KEYS: &[&str] = &[
+    "tokenizer",
+    "min_count",
+    "emb_dim",
+    "hidden",
+    "layers",
+    "batch",
+    "bptt",
+    "shards",
+    "shard",
+    "shard_block",
+    "seed",
+    "optimizer",
+    "models",
+    "world",
+    "rank",
+    "same_data",
+];
 const FORMAT: &str = "codistill-lm-v1";
 
 /// Embedding, LSTM, output projection.
@@ -320,7 +337,8 @@ pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32]
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
     let dev = stores.first().map_or(crate::tensor::Device::Cpu, |s| s.device());
-    let mut states: Vec<LstmState> = stores.iter().map(|_| LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)).collect::<Result<_>>()?;
+    let mut states: Vec<LstmState> =
+        stores.iter().map(|_| LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)).collect::<Result<_>>()?;
     let (mut total, mut count) = (0.0, 0usize);
     for w in 0..windows {
         let (x, y) = data.window(w)?;
@@ -333,12 +351,16 @@ pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32]
             let lv = g.value(logits);
             let v = lv.dim(1);
             let (l, yv) = (lv.to_vec_f32()?, y.i32s()?);
-            logps.push((0..yv.len()).map(|r| {
-                let row = &l[r * v..(r + 1) * v];
-                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
-                row[yv[r] as usize] as f64 - lse
-            }).collect());
+            logps.push(
+                (0..yv.len())
+                    .map(|r| {
+                        let row = &l[r * v..(r + 1) * v];
+                        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                        let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
+                        row[yv[r] as usize] as f64 - lse
+                    })
+                    .collect(),
+            );
         }
         for r in 0..logps[0].len() {
             let m = logps.iter().map(|lp| lp[r]).fold(f64::NEG_INFINITY, f64::max);
@@ -387,7 +409,12 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if cfg.models > 1 && cfg.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
-    let schedule = CodistillSchedule { burn_in: cfg.burn_in, exchange_every: cfg.exchange_every, max_publishes: cfg.max_publishes, weight: if total_models > 1 { cfg.distill_weight } else { 0.0 } };
+    let schedule = CodistillSchedule {
+        burn_in: cfg.burn_in,
+        exchange_every: cfg.exchange_every,
+        max_publishes: cfg.max_publishes,
+        weight: if total_models > 1 { cfg.distill_weight } else { 0.0 },
+    };
     let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
     let data = prepare_data(cfg)?;
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
@@ -396,7 +423,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         let index = topo.index(local);
         let (n, i) = topo.shard_of(index);
         let stream = shard_blocks(data.train.as_slice(), n, i, cfg.shard_block)?;
-        let lanes = TokenLanes::new(&stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
+        let lanes =
+            TokenLanes::new(&stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
         let mut store = ParamStore::new();
         // A single model keeps the seed's own stream; codistilling models get one each.
         let mut rng = if total_models > 1 { Rng::new(cfg.seed).fork(index as u64) } else { Rng::new(cfg.seed) };
@@ -434,7 +462,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         m.store.to_device(dev)?;
         let ck = loaded.ckpt;
         step = ck.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
-        let opt_steps: u64 = ck.meta("optimizer_steps", path)?.parse().map_err(|_| Error::Invalid(format!("{}: optimizer_steps is not a number", path.display())))?;
+        let opt_steps: u64 =
+            ck.meta("optimizer_steps", path)?.parse().map_err(|_| Error::Invalid(format!("{}: optimizer_steps is not a number", path.display())))?;
         m.opt.load_state(ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(), opt_steps)?;
         for l in 0..cfg.layers {
             let get = |k: String| ck.tensors.get(&k).cloned().ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {k}", path.display())));
@@ -510,7 +539,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 }
             }
             let mut g = Graph::new();
-            let dropout = if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((m.index as u64) << 40))) } else { None };
+            let dropout =
+                if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((m.index as u64) << 40))) } else { None };
             let (logits, next) = model.forward(&mut g, &m.store, &x, &m.state, cfg.bptt, dropout)?;
             let loss = if !teacher_logits.is_empty() {
                 g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0
@@ -560,7 +590,17 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             let tps = interval_n as f64 * tokens_per_step / interval_t.elapsed().as_secs_f64();
             let stale = if staleness_sum.1 > 0 { staleness_sum.0 as f64 / staleness_sum.1 as f64 } else { f64::NAN };
             bar.set_message(format!("loss {mean:.3} ppl {:.1} {tps:.0} tok/s", mean.exp()));
-            log.write(&[("event", J::S("train")), ("step", J::I(step)), ("loss", J::N(mean)), ("ppl", J::N(mean.exp())), ("lr", J::N(lr as f64)), ("grad_norm", J::N(last_norm)), ("tokens_per_s", J::N(tps)), ("mean_staleness", J::N(stale)), ("exchange_wait_s", J::N(exchange_wait))])?;
+            log.write(&[
+                ("event", J::S("train")),
+                ("step", J::I(step)),
+                ("loss", J::N(mean)),
+                ("ppl", J::N(mean.exp())),
+                ("lr", J::N(lr as f64)),
+                ("grad_norm", J::N(last_norm)),
+                ("tokens_per_s", J::N(tps)),
+                ("mean_staleness", J::N(stale)),
+                ("exchange_wait_s", J::N(exchange_wait)),
+            ])?;
             (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
         }
         if step % cfg.eval_every.max(1) == 0 || step == cfg.steps {
@@ -571,7 +611,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                     if improved {
                         m.best = Some(v);
                     }
-                    bar.suspend(|| eprintln!("step {step}: model {} validation loss {v:.4} ppl {:.2}{}", m.index, v.exp(), if improved { " (best)" } else { "" }));
+                    bar.suspend(|| {
+                        eprintln!("step {step}: model {} validation loss {v:.4} ppl {:.2}{}", m.index, v.exp(), if improved { " (best)" } else { "" })
+                    });
                     log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
                     if improved {
                         save_checkpoint(&m.out.join("best.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best)?;
@@ -613,7 +655,14 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 };
                 let (ce, n) = evaluate(&tm, &ts, t.as_slice(), cfg.batch, cfg.bptt, 0)?;
                 eprintln!("model {}: test loss {ce:.4} ppl {:.2} over {n} tokens", m.index, ce.exp());
-                log.write(&[("event", J::S("test")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))])?;
+                log.write(&[
+                    ("event", J::S("test")),
+                    ("step", J::I(step)),
+                    ("model", J::I(m.index as u64)),
+                    ("loss", J::N(ce)),
+                    ("ppl", J::N(ce.exp())),
+                    ("tokens", J::I(n as u64)),
+                ])?;
                 Some(ce)
             }
             None => None,
@@ -621,7 +670,16 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         per_model.push((m.best, test));
     }
     let (best, test) = per_model[0];
-    let summary = LmSummary { steps: step, best_valid: best, test, per_model: per_model.clone(), ensemble_valid, tokens_per_s: train_tokens / train_secs.max(1e-9), floors: data.floors, seconds: t0.elapsed().as_secs_f64() };
+    let summary = LmSummary {
+        steps: step,
+        best_valid: best,
+        test,
+        per_model: per_model.clone(),
+        ensemble_valid,
+        tokens_per_s: train_tokens / train_secs.max(1e-9),
+        floors: data.floors,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     let nan = f64::NAN;
     write_result(
         &cfg.out.join("result.json"),

@@ -189,7 +189,14 @@ impl MetricsLog {
 }
 
 /// Log a teacher swap: which model took which peer's snapshot, how stale, and the exchange wait.
-pub fn log_teacher_swap(log: &mut MetricsLog, step: u64, model: usize, t: &crate::distill::exchange::Snapshot, staleness: u64, waited: std::time::Duration) -> Result<()> {
+pub fn log_teacher_swap(
+    log: &mut MetricsLog,
+    step: u64,
+    model: usize,
+    t: &crate::distill::exchange::Snapshot,
+    staleness: u64,
+    waited: std::time::Duration,
+) -> Result<()> {
     log.write(&[
         ("event", J::S("teacher")),
         ("step", J::I(step)),
