@@ -18,6 +18,7 @@ use codistill::ops::embedding::{gather_cpu, scatter_add_cpu};
 use codistill::ops::lstm::{cell_backward_cpu, cell_forward_cpu, layer_backward, layer_forward};
 use codistill::ops::matmul::gemm_cpu;
 use codistill::ops::optim::adam_cpu;
+use codistill::ops::packed::PackedB;
 use codistill::ops::softmax_kl::{softmax_kl_cpu, DistillParams};
 use codistill::{Rng, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -34,6 +35,23 @@ fn matmul(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(format!("{m}x{n}x{k}")), &(), |bch, _| {
             bch.iter(|| gemm_cpu(m, n, k, 1.0, &a, false, &b, false, 0.0, &mut out))
         });
+    }
+    // The LSTM's per-step products with the right-hand side packed once (ops::packed), against the
+    // same product through gemm_cpu: gates += h @ W_hh and dh = dgates @ W_hh^T.
+    for &(batch, hidden) in &[(64, 1024), (32, 256), (20, 650)] {
+        let w = rng.normal_vec(hidden * 4 * hidden, 0.05);
+        for (what, m, n, k, trans) in [("fwd", batch, 4 * hidden, hidden, false), ("bwd", batch, hidden, 4 * hidden, true)] {
+            let a = rng.normal_vec(m * k, 1.0);
+            let mut out = vec![0f32; m * n];
+            let packed = PackedB::new(&w, k, n, trans);
+            group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            group.bench_with_input(BenchmarkId::new(format!("step_{what}_gemm_cpu"), format!("{m}x{n}x{k}")), &(), |bch, _| {
+                bch.iter(|| gemm_cpu(m, n, k, 1.0, &a, false, &w, trans, 0.0, &mut out))
+            });
+            group.bench_with_input(BenchmarkId::new(format!("step_{what}_packed"), format!("{m}x{n}x{k}")), &(), |bch, _| {
+                bch.iter(|| packed.gemm(m, &a, 0.0, &mut out))
+            });
+        }
     }
     group.finish();
 }

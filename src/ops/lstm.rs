@@ -12,8 +12,11 @@
 //! The pointwise part is `cell_forward_cpu` / `cell_backward_cpu`, the twins of the fused kernels
 //! in `kernels/lstm.cu`. Forward keeps the activated gates and every c_t; backward runs through
 //! time inside the op and finishes with three large matmuls for the weight and input gradients.
+//! On the CPU the per-step products use `W_hh` (forward) and `W_hh^T` (backward) packed once per
+//! call (`ops::packed`), not repacked at each of the T steps.
 
 use super::matmul::gemm_cpu;
+use super::packed::PackedB;
 use super::reduce::sum_rows_cpu;
 use super::softmax_kl::exp_f32;
 use crate::tensor::{Device, Tensor};
@@ -154,11 +157,13 @@ pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: 
     let mut c_all = vec![0f32; (t_len + 1) * bh];
     c_all[..bh].copy_from_slice(c0.f32s()?);
     let h0v = h0.f32s()?;
+    // W_hh packed once for the window's per-step products (ops::packed).
+    let whh_p = PackedB::new(whh, hidden, g4, false);
     for t in 0..t_len {
         let gates = &mut act[t * batch * g4..(t + 1) * batch * g4];
         let (y_prev, y_rest) = y.split_at_mut(t * bh);
         let h_prev = if t == 0 { h0v } else { &y_prev[(t - 1) * bh..] };
-        gemm_cpu(batch, g4, hidden, 1.0, h_prev, false, whh, false, 1.0, gates);
+        whh_p.gemm(batch, &h_prev[..bh], 1.0, gates);
         let (c_prev, c_rest) = c_all.split_at_mut((t + 1) * bh);
         cell_forward_cpu(gates, &c_prev[t * bh..], &mut c_rest[..bh], &mut y_rest[..bh], hidden);
     }
@@ -214,6 +219,8 @@ pub fn layer_backward(
     let (dyv, whh, yv) = (dy.f32s()?, w_hh.f32s()?, out.y.f32s()?);
     let (act, c_all) = (out.cache.act.f32s()?, out.cache.c_all.f32s()?);
     let mut dgates = vec![0f32; rows * g4];
+    // W_hh^T packed once for the per-step products dh_{t-1} = dgates_t W_hh^T.
+    let whh_t = PackedB::new(whh, g4, hidden, true);
     for t in (0..t_len).rev() {
         for (d, &g) in dh.iter_mut().zip(&dyv[t * bh..(t + 1) * bh]) {
             *d += g;
@@ -229,7 +236,7 @@ pub fn layer_backward(
             hidden,
         );
         // dh_{t-1} = dgates_t W_hh^T (overwrites: the old dh has been consumed)
-        gemm_cpu(batch, hidden, g4, 1.0, dg, false, whh, true, 0.0, &mut dh);
+        whh_t.gemm(batch, dg, 0.0, &mut dh);
     }
     // h_0 .. h_{T-1}, the left operands of the recurrent matmuls
     let mut h_prev = Vec::with_capacity(rows * hidden);

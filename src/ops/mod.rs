@@ -10,6 +10,7 @@ pub mod loss;
 pub mod lstm;
 pub mod matmul;
 pub mod optim;
+pub mod packed;
 pub mod reduce;
 pub mod softmax_kl;
 
