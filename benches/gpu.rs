@@ -186,12 +186,12 @@ fn main() {
         let cp = randn(&g, &mut r, b * h, 1.0);
         let mut c = g.alloc::<f32>(b * h).unwrap();
         let mut hh = g.alloc::<f32>(b * h).unwrap();
-        let ms = time_ms(&g, 200, || k::lstm_cell_fwd(&mut gates, &cp, &mut c, &mut hh, b, h).unwrap());
+        let ms = time_ms(&g, 200, || k::lstm_cell_fwd(&mut gates, &cp, &mut c, &mut hh, None, b, h).unwrap());
         rows.push(Row { name: "lstm cell fwd".into(), shape: format!("B{b} H{h}"), ms, flops: 0.0, bytes: (b * h * 4 * (4 + 4 + 3)) as f64 });
         let dh = randn(&g, &mut r, b * h, 1.0);
         let mut dc = randn(&g, &mut r, b * h, 1.0);
         let mut dg = g.alloc::<f32>(b * 4 * h).unwrap();
-        let ms = time_ms(&g, 200, || k::lstm_cell_bwd(&gates, &cp, &c, &dh, &mut dc, &mut dg, b, h).unwrap());
+        let ms = time_ms(&g, 200, || k::lstm_cell_bwd(&gates, &cp, &c, &dh, &mut dc, &mut dg, None, b, h).unwrap());
         rows.push(Row { name: "lstm cell bwd".into(), shape: format!("B{b} H{h}"), ms, flops: 0.0, bytes: (b * h * 4 * (4 + 4 + 5)) as f64 });
     }
 

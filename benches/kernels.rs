@@ -242,12 +242,13 @@ mod gpu {
         let cp = randn(&g, &mut r, b * h);
         let (mut cc, mut hh) = (g.alloc::<f32>(b * h).unwrap(), g.alloc::<f32>(b * h).unwrap());
         group.throughput(Throughput::Bytes((b * h * 4 * 11) as u64));
-        group.bench_function("forward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_fwd(&mut gates, &cp, &mut cc, &mut hh, b, h).unwrap())));
+        group.bench_function("forward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_fwd(&mut gates, &cp, &mut cc, &mut hh, None, b, h).unwrap())));
         let dh = randn(&g, &mut r, b * h);
         let (mut dc, mut dg) = (randn(&g, &mut r, b * h), g.alloc::<f32>(b * 4 * h).unwrap());
         group.throughput(Throughput::Bytes((b * h * 4 * 13) as u64));
-        group
-            .bench_function("backward", |bch| bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_bwd(&gates, &cp, &cc, &dh, &mut dc, &mut dg, b, h).unwrap())));
+        group.bench_function("backward", |bch| {
+            bch.iter_custom(|it| timed(&g, it, || k::lstm_cell_bwd(&gates, &cp, &cc, &dh, &mut dc, &mut dg, None, b, h).unwrap()))
+        });
         group.finish();
 
         // The whole layer of the 2x1024 model over one window, as the trainer runs it on the GPU.

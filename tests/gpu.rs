@@ -297,11 +297,22 @@ fn lstm_cell_forward_and_backward_match_cpu() {
         let mut dg = g.upload(&gates).unwrap();
         let dcp = g.upload(&c_prev).unwrap();
         let (mut dc, mut dh) = (poisoned(&g, b * h), poisoned(&g, b * h));
-        k::lstm_cell_fwd(&mut dg, &dcp, &mut dc, &mut dh, b, h).unwrap();
-        for (name, got, want) in [("act", dg.download().unwrap(), &cg), ("c", dc.download().unwrap(), &cc), ("h", dh.download().unwrap(), &ch)] {
+        let mut dhb = g.alloc::<bf16>(b * h).unwrap();
+        dhb.memset(0xFF).unwrap();
+        k::lstm_cell_fwd(&mut dg, &dcp, &mut dc, &mut dh, Some(&mut dhb), b, h).unwrap();
+        let got_h = dh.download().unwrap();
+        for (name, got, want) in [("act", dg.download().unwrap(), &cg), ("c", dc.download().unwrap(), &cc), ("h", got_h.clone(), &ch)] {
             let e = rel_err(&got, &to64(want));
             assert!(e < 1e-5, "lstm fwd {name} B{b} H{h}: rel err {e:.2e}");
         }
+        // the optional bf16 copy of h is h rounded to nearest even, element for element
+        let want_hb: Vec<bf16> = got_h.iter().map(|&x| bf16::from_f32(x)).collect();
+        assert_eq!(dhb.download().unwrap(), want_hb, "lstm fwd h as bf16 B{b} H{h}");
+        // and without it the kernel writes the same f32 outputs
+        let mut dg2 = g.upload(&gates).unwrap();
+        let (mut dc2, mut dh2) = (poisoned(&g, b * h), poisoned(&g, b * h));
+        k::lstm_cell_fwd(&mut dg2, &dcp, &mut dc2, &mut dh2, None, b, h).unwrap();
+        assert_eq!(dh2.download().unwrap(), got_h, "lstm fwd h without the bf16 copy B{b} H{h}");
         let dhv = r.normal_vec(b * h, 1.0);
         let dcv = r.normal_vec(b * h, 1.0);
         let (mut cpu_dc, mut cpu_dg) = (dcv.clone(), vec![0f32; b * 4 * h]);
@@ -311,9 +322,14 @@ fn lstm_cell_forward_and_backward_match_cpu() {
         let ddh = g.upload(&dhv).unwrap();
         let mut ddc = g.upload(&dcv).unwrap();
         let mut ddg = poisoned(&g, b * 4 * h);
-        k::lstm_cell_bwd(&act, &dcp, &cbuf, &ddh, &mut ddc, &mut ddg, b, h).unwrap();
-        let e = rel_err(&ddg.download().unwrap(), &to64(&cpu_dg));
+        let mut ddgb = g.alloc::<bf16>(b * 4 * h).unwrap();
+        ddgb.memset(0xFF).unwrap();
+        k::lstm_cell_bwd(&act, &dcp, &cbuf, &ddh, &mut ddc, &mut ddg, Some(&mut ddgb), b, h).unwrap();
+        let got_dg = ddg.download().unwrap();
+        let e = rel_err(&got_dg, &to64(&cpu_dg));
         assert!(e < 1e-5, "lstm bwd dgates B{b} H{h}: rel err {e:.2e}");
+        let want_dgb: Vec<bf16> = got_dg.iter().map(|&x| bf16::from_f32(x)).collect();
+        assert_eq!(ddgb.download().unwrap(), want_dgb, "lstm bwd dgates as bf16 B{b} H{h}");
         let e = rel_err(&ddc.download().unwrap(), &to64(&cpu_dc));
         assert!(e < 1e-5, "lstm bwd dc B{b} H{h}: rel err {e:.2e}");
     }

@@ -446,12 +446,15 @@ pub fn scatter_add_planned(
 
 // ---- LSTM cell ----------------------------------------------------------------------------------
 
-/// Twin of `lstm::cell_forward_cpu`: gates `[B, 4H]` in place, writes c and h `[B, H]`.
+/// Twin of `lstm::cell_forward_cpu`: gates `[B, 4H]` in place, writes c and h `[B, H]`; with
+/// `h_bf16`, also h rounded to bf16 (the next step's matmul operand).
+#[allow(clippy::too_many_arguments)]
 pub fn lstm_cell_fwd(
     gates: &mut impl Dev<f32>,
     c_prev: &impl Dev<f32>,
     c: &mut impl Dev<f32>,
     h: &mut impl Dev<f32>,
+    h_bf16: Option<&mut GpuBuf<bf16>>,
     batch: usize,
     hidden: usize,
 ) -> Result<()> {
@@ -459,12 +462,20 @@ pub fn lstm_cell_fwd(
     need("c_prev", c_prev, batch * hidden)?;
     need("c", c, batch * hidden)?;
     need("h", h, batch * hidden)?;
+    let phb = match h_bf16 {
+        Some(x) => {
+            need("h_bf16", x, batch * hidden)?;
+            x.ptr()
+        }
+        None => 0u64,
+    };
     let (pg, pcp, pc, ph, b, hd) = (gates.ptr(), c_prev.ptr(), c.ptr(), h.ptr(), batch as i32, hidden as i32);
-    launch!(gates.gpu(), "lstm", "lstm_cell_fwd", elems(batch * hidden); pg, pcp, pc, ph, b, hd);
+    launch!(gates.gpu(), "lstm", "lstm_cell_fwd", elems(batch * hidden); pg, pcp, pc, ph, phb, b, hd);
     Ok(())
 }
 
-/// Twin of `lstm::cell_backward_cpu`.
+/// The fused cell backward; twin of `cell_backward_cpu`. With `dg_bf16`, also writes dgates
+/// rounded to bf16 (the operand of dgates W_hh^T).
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_cell_bwd(
     act: &impl Dev<f32>,
@@ -473,6 +484,7 @@ pub fn lstm_cell_bwd(
     dh: &impl Dev<f32>,
     dc: &mut impl Dev<f32>,
     dgates: &mut impl Dev<f32>,
+    dg_bf16: Option<&mut GpuBuf<bf16>>,
     batch: usize,
     hidden: usize,
 ) -> Result<()> {
@@ -482,8 +494,15 @@ pub fn lstm_cell_bwd(
     need("c", c, batch * hidden)?;
     need("dh", dh, batch * hidden)?;
     need("dc", dc, batch * hidden)?;
+    let pdgb = match dg_bf16 {
+        Some(x) => {
+            need("dgates_bf16", x, batch * 4 * hidden)?;
+            x.ptr()
+        }
+        None => 0u64,
+    };
     let (pa, pcp, pc, pdh, pdc, pdg, b, hd) = (act.ptr(), c_prev.ptr(), c.ptr(), dh.ptr(), dc.ptr(), dgates.ptr(), batch as i32, hidden as i32);
-    launch!(act.gpu(), "lstm", "lstm_cell_bwd", elems(batch * hidden); pa, pcp, pc, pdh, pdc, pdg, b, hd);
+    launch!(act.gpu(), "lstm", "lstm_cell_bwd", elems(batch * hidden); pa, pcp, pc, pdh, pdc, pdg, pdgb, b, hd);
     Ok(())
 }
 

@@ -308,21 +308,19 @@ mod cuda_layer {
         }
     }
 
-    /// `gates += h @ W_hh` for one step, with h rounded into `hb` first in bf16 mode.
+    /// `gates += h @ W_hh` for one step: in bf16 mode on `hb`, h already rounded (by the previous
+    /// step's cell kernel, or before the first step).
     fn recurrent(
         batch: usize,
         hidden: usize,
         h: &Slice<f32>,
-        hb: &mut Option<GpuBuf<bf16>>,
+        hb: &Option<GpuBuf<bf16>>,
         whh: &GpuBuf<f32>,
         whh_r: &Option<GpuBuf<bf16>>,
         gates: &mut Slice<f32>,
     ) -> Result<()> {
         match (hb, whh_r) {
-            (Some(hb), Some(w)) => {
-                k::f32_to_bf16(h, hb)?;
-                k::gemm_bf16(batch, 4 * hidden, hidden, 1.0, hb, false, w, false, 1.0, gates)
-            }
+            (Some(hb), Some(w)) => k::gemm_bf16(batch, 4 * hidden, hidden, 1.0, hb, false, w, false, 1.0, gates),
             _ => k::gemm_f32(batch, 4 * hidden, hidden, 1.0, h, false, whh, false, 1.0, gates),
         }
     }
@@ -346,14 +344,16 @@ mod cuda_layer {
         let c_all = gpu.alloc::<f32>((t_len + 1) * bh)?;
         copy(c0.cuda_f32()?, &mut c_all.slice(0, bh)?)?;
         let h0b = h0.cuda_f32()?;
-        let mut hb = if bf { Some(gpu.alloc::<bf16>(bh)?) } else { None };
+        // In bf16 mode, hb holds h_{t-1} rounded: h_0 rounded here, then each step's cell kernel
+        // writes its h_t there as well, after the step's product has read h_{t-1} (stream order).
+        let mut hb = rounded(h0b, bf)?;
         for t in 0..t_len {
             let mut gates = act.slice(t * batch * g4, batch * g4)?;
             let h_prev = if t == 0 { whole(h0b)? } else { y.slice((t - 1) * bh, bh)? };
-            recurrent(batch, hidden, &h_prev, &mut hb, whh, &whh_r, &mut gates)?;
+            recurrent(batch, hidden, &h_prev, &hb, whh, &whh_r, &mut gates)?;
             let c_prev = c_all.slice(t * bh, bh)?;
             let (mut c_t, mut h_t) = (c_all.slice((t + 1) * bh, bh)?, y.slice(t * bh, bh)?);
-            k::lstm_cell_fwd(&mut gates, &c_prev, &mut c_t, &mut h_t, batch, hidden)?;
+            k::lstm_cell_fwd(&mut gates, &c_prev, &mut c_t, &mut h_t, hb.as_mut(), batch, hidden)?;
         }
         let mut h_last = gpu.alloc::<f32>(bh)?;
         copy(&y.slice((t_len - 1) * bh, bh)?, &mut h_last)?;
@@ -404,13 +404,11 @@ mod cuda_layer {
             let mut dg = dgates.slice(t * batch * g4, batch * g4)?;
             let a_t = act.slice(t * batch * g4, batch * g4)?;
             let (c_prev, c_t) = (c_all.slice(t * bh, bh)?, c_all.slice((t + 1) * bh, bh)?);
-            k::lstm_cell_bwd(&a_t, &c_prev, &c_t, &dh, &mut dc, &mut dg, batch, hidden)?;
-            // dh_{t-1} = dgates_t W_hh^T (overwrites: the old dh has been consumed)
-            match (&mut dgb, &whh_r) {
-                (Some(gb), Some(w)) => {
-                    k::f32_to_bf16(&dg, gb)?;
-                    k::gemm_bf16(batch, hidden, g4, 1.0, gb, false, w, true, 0.0, &mut dh)?;
-                }
+            k::lstm_cell_bwd(&a_t, &c_prev, &c_t, &dh, &mut dc, &mut dg, dgb.as_mut(), batch, hidden)?;
+            // dh_{t-1} = dgates_t W_hh^T (overwrites: the old dh has been consumed); in bf16 mode
+            // on dgates_t as the cell kernel rounded it
+            match (&dgb, &whh_r) {
+                (Some(gb), Some(w)) => k::gemm_bf16(batch, hidden, g4, 1.0, gb, false, w, true, 0.0, &mut dh)?,
                 _ => k::gemm_f32(batch, hidden, g4, 1.0, &dg, false, whh, true, 0.0, &mut dh)?,
             }
         }
