@@ -17,6 +17,8 @@ const NR: usize = 16;
 const MR: usize = 6;
 /// Depth of one pass over a panel: 256 x 16 floats (16 KiB) stays in L1 across the row blocks.
 const KC: usize = 256;
+/// Rows of A per outer block: 96 x 1024 floats (384 KiB) stay in L2 while every panel passes.
+const MC: usize = 96;
 
 /// `B [k, n]` packed for `C[m, n] = A[m, k] @ B + beta * C`.
 pub struct PackedB {
@@ -73,10 +75,15 @@ impl PackedB {
     /// `C = A @ B + beta * C` for `A [m, k]` and `C [m, n]`, both row-major. With `beta == 0` the
     /// old contents of C are never read.
     pub fn gemm(&self, m: usize, a: &[f32], beta: f32, c: &mut [f32]) {
+        self.gemm_scaled(m, a, 1.0, beta, c)
+    }
+
+    /// `C = alpha * A @ B + beta * C` (see [`PackedB::gemm`]).
+    pub fn gemm_scaled(&self, m: usize, a: &[f32], alpha: f32, beta: f32, c: &mut [f32]) {
         let (k, n) = (self.k, self.n);
         assert!(a.len() >= m * k && c.len() >= m * n, "PackedB::gemm: buffers too small for {m} x {k} @ {k} x {n}");
         if let Some((b, trans)) = &self.plain {
-            gemm_cpu(m, n, k, 1.0, a, false, b, *trans, beta, c);
+            gemm_cpu(m, n, k, alpha, a, false, b, *trans, beta, c);
             return;
         }
         if m == 0 || n == 0 {
@@ -89,69 +96,85 @@ impl PackedB {
             return;
         }
         let np = n.div_ceil(NR);
-        // Two or more panels per thread, and threads only for products worth a thread's start
-        // (about 8 MFLOP, ~0.1 ms here, against ~20 us); the threads write disjoint columns of C.
-        let threads = if m * n * k < 1 << 22 { 1 } else { std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1).min(np.div_ceil(2)).max(1) };
-        if threads == 1 {
-            // SAFETY: `available()` held when the panels were packed; bounds asserted above.
-            unsafe { self.run(m, a, beta, c.as_mut_ptr(), 0, np) };
-            return;
-        }
-        let per = np.div_ceil(threads);
+        // Threads only for products worth a thread's start (about 8 MFLOP, ~0.1 ms here, against
+        // ~20 us). Many rows: each thread takes whole row blocks; few: a range of panels. Either
+        // way the threads write disjoint parts of C.
+        let cores = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
+        let by_rows = m >= 2 * MC * cores;
+        let units = if by_rows { m.div_ceil(MC) } else { np.div_ceil(2) };
+        let threads = if m * n * k < 1 << 22 { 1 } else { cores.min(units).max(1) };
+        let task = |t: usize| -> (usize, usize, usize, usize) {
+            if by_rows {
+                let per = m.div_ceil(MC).div_ceil(threads) * MC;
+                ((t * per).min(m), ((t + 1) * per).min(m), 0, np)
+            } else {
+                let per = np.div_ceil(threads);
+                (0, m, (t * per).min(np), ((t + 1) * per).min(np))
+            }
+        };
         let cp = SendPtr(c.as_mut_ptr());
         std::thread::scope(|s| {
             for t in 1..threads {
-                let (p0, p1) = (t * per, ((t + 1) * per).min(np));
-                if p0 < p1 {
-                    // SAFETY: each thread writes only the columns of its own panels.
-                    s.spawn(move || unsafe { self.run(m, a, beta, cp.get(), p0, p1) });
+                let (r0, r1, p0, p1) = task(t);
+                if r0 < r1 && p0 < p1 {
+                    // SAFETY: `available()` held when the panels were packed; bounds asserted
+                    // above; each thread writes only its own rows or panels of C.
+                    s.spawn(move || unsafe { self.run(a, alpha, beta, cp.get(), r0, r1, p0, p1) });
                 }
             }
-            // SAFETY: as above; this thread takes the first range.
-            unsafe { self.run(m, a, beta, cp.get(), 0, per.min(np)) };
+            let (r0, r1, p0, p1) = task(0);
+            // SAFETY: as above; this thread takes the first part.
+            unsafe { self.run(a, alpha, beta, cp.get(), r0, r1, p0, p1) };
         });
     }
 
-    /// Panels `p0 .. p1` of `C = A @ B + beta * C`.
+    /// Rows `r0 .. r1` and panels `p0 .. p1` of `C = alpha * A @ B + beta * C`: for each block of
+    /// MC rows (kept in L2), each panel, each KC-deep slice of it (kept in L1), each MR-row block.
     ///
     /// # Safety
-    /// AVX2 and FMA are present; `c` points to `m * n` floats of which only the columns of these
-    /// panels are touched.
-    unsafe fn run(&self, m: usize, a: &[f32], beta: f32, c: *mut f32, p0: usize, p1: usize) {
+    /// AVX2 and FMA are present; `c` points to `m * n` floats (m >= r1) of which only these rows and
+    /// the columns of these panels are touched.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(&self, a: &[f32], alpha: f32, beta: f32, c: *mut f32, r0: usize, r1: usize, p0: usize, p1: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             let (k, n) = (self.k, self.n);
-            for p in p0..p1 {
-                let (j0, w) = (p * NR, NR.min(n - p * NR));
-                let panel = self.panels.as_ptr().add(p * k * NR);
-                let mut k0 = 0;
-                while k0 < k {
-                    let kc = KC.min(k - k0);
-                    // The first pass over k applies the caller's beta; later ones accumulate.
-                    let b = if k0 == 0 { beta } else { 1.0 };
-                    let mut i0 = 0;
-                    while i0 < m {
-                        let mr = MR.min(m - i0);
-                        let ap = a.as_ptr().add(i0 * k + k0);
-                        let bp = panel.add(k0 * NR);
-                        let cp = c.add(i0 * n + j0);
-                        match mr {
-                            6 => avx::block::<6>(kc, ap, k, bp, cp, n, w, b),
-                            5 => avx::block::<5>(kc, ap, k, bp, cp, n, w, b),
-                            4 => avx::block::<4>(kc, ap, k, bp, cp, n, w, b),
-                            3 => avx::block::<3>(kc, ap, k, bp, cp, n, w, b),
-                            2 => avx::block::<2>(kc, ap, k, bp, cp, n, w, b),
-                            _ => avx::block::<1>(kc, ap, k, bp, cp, n, w, b),
+            let mut ib = r0;
+            while ib < r1 {
+                let ie = (ib + MC).min(r1);
+                for p in p0..p1 {
+                    let (j0, w) = (p * NR, NR.min(n - p * NR));
+                    let panel = self.panels.as_ptr().add(p * k * NR);
+                    let mut k0 = 0;
+                    while k0 < k {
+                        let kc = KC.min(k - k0);
+                        // The first slice of k applies the caller's beta; later ones accumulate.
+                        let b = if k0 == 0 { beta } else { 1.0 };
+                        let mut i0 = ib;
+                        while i0 < ie {
+                            let mr = MR.min(ie - i0);
+                            let ap = a.as_ptr().add(i0 * k + k0);
+                            let bp = panel.add(k0 * NR);
+                            let cp = c.add(i0 * n + j0);
+                            match mr {
+                                6 => avx::block::<6>(kc, ap, k, bp, cp, n, w, alpha, b),
+                                5 => avx::block::<5>(kc, ap, k, bp, cp, n, w, alpha, b),
+                                4 => avx::block::<4>(kc, ap, k, bp, cp, n, w, alpha, b),
+                                3 => avx::block::<3>(kc, ap, k, bp, cp, n, w, alpha, b),
+                                2 => avx::block::<2>(kc, ap, k, bp, cp, n, w, alpha, b),
+                                _ => avx::block::<1>(kc, ap, k, bp, cp, n, w, alpha, b),
+                            }
+                            i0 += mr;
                         }
-                        i0 += mr;
+                        k0 += kc;
                     }
-                    k0 += kc;
                 }
+                ib = ie;
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (m, a, beta, c, p0, p1);
+            let _ = (a, alpha, beta, c, r0, r1, p0, p1);
             unreachable!("the packed kernel is x86-64 only; `plain` is used elsewhere");
         }
     }
@@ -173,14 +196,24 @@ mod avx {
     use super::NR;
     use std::arch::x86_64::*;
 
-    /// `C[R, w] = A[R, kc] @ panel[kc, 16][:, :w] + beta * C` for one register block: A rows `lda`
+    /// `C[R, w] = alpha * A[R, kc] @ panel[kc, 16][:, :w] + beta * C` for one register block: A rows `lda`
     /// apart, C rows `ldc` apart, `w <= 16` valid columns (the panel is zero past them).
     ///
     /// # Safety
     /// AVX2 and FMA are present and every pointer covers the ranges described.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block<const R: usize>(kc: usize, a: *const f32, lda: usize, panel: *const f32, c: *mut f32, ldc: usize, w: usize, beta: f32) {
+    pub(super) unsafe fn block<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        panel: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        w: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for p in 0..kc {
             let b0 = _mm256_loadu_ps(panel.add(p * NR));
@@ -191,10 +224,11 @@ mod avx {
                 accr[1] = _mm256_fmadd_ps(av, b1, accr[1]);
             }
         }
+        let al = _mm256_set1_ps(alpha);
         for (r, accr) in acc.iter().enumerate() {
             let cr = c.add(r * ldc);
             if w == NR {
-                let (mut v0, mut v1) = (accr[0], accr[1]);
+                let (mut v0, mut v1) = (_mm256_mul_ps(al, accr[0]), _mm256_mul_ps(al, accr[1]));
                 if beta != 0.0 {
                     let bv = _mm256_set1_ps(beta);
                     v0 = _mm256_fmadd_ps(bv, _mm256_loadu_ps(cr), v0);
@@ -204,8 +238,8 @@ mod avx {
                 _mm256_storeu_ps(cr.add(8), v1);
             } else {
                 let mut tmp = [0f32; NR];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), accr[0]);
-                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), accr[1]);
+                _mm256_storeu_ps(tmp.as_mut_ptr(), _mm256_mul_ps(al, accr[0]));
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), _mm256_mul_ps(al, accr[1]));
                 for (j, &t) in tmp.iter().enumerate().take(w) {
                     let o = cr.add(j);
                     *o = if beta == 0.0 { t } else { t + beta * *o };
@@ -254,6 +288,25 @@ mod tests {
                         let tol = 1e-5 * (k as f64).sqrt() * (1.0 + y.abs());
                         assert!((*x as f64 - y).abs() <= tol, "m{m} n{n} k{k} trans {trans} beta {beta} at {idx}: {x} vs {y}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scaled_products_across_row_blocks_and_thread_splits_match_gemm_cpu() {
+        // m from one register block to several row blocks per thread (the by-rows split)
+        let mut rng = Rng::new(7);
+        for &(m, n, k) in &[(1, 1, 1), (7, 13, 5), (97, 33, 300), (200, 70, 64), (1000, 40, 150)] {
+            for tb in [false, true] {
+                let a = rng.normal_vec(m * k, 1.0);
+                let b = rng.normal_vec(k * n, 1.0);
+                let c0 = rng.normal_vec(m * n, 1.0);
+                let (mut want, mut got) = (c0.clone(), c0.clone());
+                gemm_cpu(m, n, k, 0.5, &a, false, &b, tb, -2.0, &mut want);
+                PackedB::new(&b, k, n, tb).gemm_scaled(m, &a, 0.5, -2.0, &mut got);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-4 * (k as f32).sqrt() * (1.0 + y.abs()), "m{m} n{n} k{k} tb{tb}: {x} vs {y}");
                 }
             }
         }
