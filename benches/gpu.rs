@@ -94,7 +94,7 @@ fn main() {
     ];
     // Each shape on both tensor-core kernels where the GPU has wgmma (its time includes the
     // transposes that lay out operands whose contiguous dimension is not k); `auto` is the choice
-    // the trainers get (MatmulKernel::Auto).
+    // the trainers get once they are verified (MatmulKernel::AutoWgmma).
     // CODISTILL_BENCH_MATMUL=mma,wgmma,wgmma-tma (the default where the GPU has wgmma) picks them;
     // scripts/gpu_remote.sh passes the ones that passed its gate.
     let listed = std::env::var("CODISTILL_BENCH_MATMUL").unwrap_or_else(|_| "mma,wgmma,wgmma-tma".into());

@@ -191,17 +191,20 @@ fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
     // layout on Hopper), against the f64 product of the rounded operands.
     let Some(g) = gpu() else { return };
     let mut r = rng("gemm_f32_as_bf16");
-    for &(m, n, kk) in &[(7, 13, 5), (300, 512, 1024), (513, 257, 72), (129, 2600, 64)] {
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            let (a, b) = (r.normal_vec(m * kk, 1.0), r.normal_vec(kk * n, 1.0));
-            let (_, af) = round_bf16(a.clone());
-            let (_, bf) = round_bf16(b.clone());
-            let (da, db) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
-            let mut dc = poisoned(&g, m * n);
-            k::gemm_f32_as_bf16(m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
-            let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
-            let e = rel_err(&dc.download().unwrap(), &want);
-            assert!(e < 1e-3, "gemm_f32_as_bf16 {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+    let kernels = if g.has_wgmma() { vec![MatmulKernel::Auto, MatmulKernel::AutoWgmma, MatmulKernel::AutoWgmmaTma] } else { vec![MatmulKernel::Auto] };
+    for kernel in kernels {
+        for &(m, n, kk) in &[(7, 13, 5), (300, 512, 1024), (513, 257, 72), (129, 2600, 64)] {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (a, b) = (r.normal_vec(m * kk, 1.0), r.normal_vec(kk * n, 1.0));
+                let (_, af) = round_bf16(a.clone());
+                let (_, bf) = round_bf16(b.clone());
+                let (da, db) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+                let mut dc = poisoned(&g, m * n);
+                k::gemm_f32_as_bf16_with(kernel, m, n, kk, 1.0, &da, ta, &db, tb, 0.0, &mut dc).unwrap();
+                let want = gemm_ref(m, n, kk, &af, ta, &bf, tb);
+                let e = rel_err(&dc.download().unwrap(), &want);
+                assert!(e < 1e-3, "gemm_f32_as_bf16 {kernel:?} {m}x{n}x{kk} ta={ta} tb={tb}: rel err {e:.2e}");
+            }
         }
     }
 }

@@ -135,7 +135,7 @@ pub fn gemm_bf16_with(
         let (pb, _b_tmp) = kmajor_bf16(b, n, k, !trans_b)?;
         // The scratch operands go back to the allocator after the launch is queued: later work on
         // the same stream runs after the kernel.
-        return launch_wgmma(&gpu, kernel == MatmulKernel::WgmmaTma, m, n, k, alpha, pa, pb, beta, c);
+        return launch_wgmma(&gpu, uses_tma(kernel), m, n, k, alpha, pa, pb, beta, c);
     }
     // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
     let a_contig = if trans_a { m } else { k };
@@ -160,10 +160,29 @@ pub fn gemm_bf16_with(
 }
 
 /// `C = alpha * op(A) @ op(B) + beta * C` for f32 operands rounded to bf16 on the device (the
-/// `MatmulPrecision::Bf16` path): on the `wgmma` kernel each operand is rounded straight into the
-/// layout it reads (one pass, transposing where needed), else rounded and passed to `mma.sync`.
+/// `MatmulPrecision::Bf16` path), on the process's kernel choice (see [`gemm_f32_as_bf16_with`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f32_as_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &impl Dev<f32>,
+    trans_a: bool,
+    b: &impl Dev<f32>,
+    trans_b: bool,
+    beta: f32,
+    c: &mut impl Dev<f32>,
+) -> Result<()> {
+    gemm_f32_as_bf16_with(super::matmul_kernel(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+}
+
+/// [`gemm_f32_as_bf16`] on a chosen kernel: on a `wgmma` kernel each operand is rounded straight
+/// into the layout it reads (one pass, transposing where needed), else rounded and passed to
+/// `mma.sync`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_as_bf16_with(
+    kernel: MatmulKernel,
     m: usize,
     n: usize,
     k: usize,
@@ -180,7 +199,6 @@ pub fn gemm_f32_as_bf16(
     need("C", c, m * n)?;
     same_gpu(a, b)?;
     let gpu = a.gpu().clone();
-    let kernel = super::matmul_kernel();
     if m > 0 && n > 0 && wgmma_for(&gpu, kernel, m, n, k)? {
         let mut ab = gpu.alloc::<bf16>(m * k)?;
         if trans_a {
@@ -194,7 +212,7 @@ pub fn gemm_f32_as_bf16(
         } else {
             transpose_f32_to_bf16(b, k, n, &mut bb)?;
         }
-        return launch_wgmma(&gpu, kernel == MatmulKernel::WgmmaTma, m, n, k, alpha, ab.ptr(), bb.ptr(), beta, c);
+        return launch_wgmma(&gpu, uses_tma(kernel), m, n, k, alpha, ab.ptr(), bb.ptr(), beta, c);
     }
     let mut ab = gpu.alloc::<bf16>(m * k)?;
     f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
@@ -203,11 +221,15 @@ pub fn gemm_f32_as_bf16(
     gemm_bf16_with(MatmulKernel::MmaSync, m, n, k, alpha, &ab, trans_a, &bb, trans_b, beta, c)
 }
 
+fn uses_tma(kernel: MatmulKernel) -> bool {
+    matches!(kernel, MatmulKernel::WgmmaTma | MatmulKernel::AutoWgmmaTma)
+}
+
 /// Whether a bf16 product of this shape runs on `wgmma` under `kernel`.
 fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> Result<bool> {
     match kernel {
-        MatmulKernel::MmaSync => Ok(false),
-        MatmulKernel::Auto => Ok(gpu.has_wgmma() && k % 8 == 0 && m >= 128 && n >= 128 && k >= 64),
+        MatmulKernel::Auto | MatmulKernel::MmaSync => Ok(false),
+        MatmulKernel::AutoWgmma | MatmulKernel::AutoWgmmaTma => Ok(gpu.has_wgmma() && k % 8 == 0 && m >= 128 && n >= 128 && k >= 64),
         MatmulKernel::Wgmma | MatmulKernel::WgmmaTma => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));

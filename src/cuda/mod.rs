@@ -102,9 +102,14 @@ pub fn matmul_precision() -> MatmulPrecision {
 /// Which tensor-core kernel runs a bf16 matrix product on the GPU (process-wide).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// `wgmma` on Hopper (compute capability 9.0) for products of at least 128 x 128 x 64 whose
-    /// inner dimension is a multiple of 8; `mma.sync` otherwise (the default).
+    /// The default: the verified kernel, `mma.sync`, today. (The `wgmma` kernels were written
+    /// without a GPU; once they pass on one and measure faster, this becomes `AutoWgmma`.)
     Auto,
+    /// `wgmma` (`Wgmma`) on Hopper for products of at least 128 x 128 x 64 whose inner dimension is a
+    /// multiple of 8; `mma.sync` otherwise.
+    AutoWgmma,
+    /// As `AutoWgmma`, with the `WgmmaTma` kernel.
+    AutoWgmmaTma,
     /// Always `mma.sync` (`kernels/matmul.cu`), on any GPU from sm_80.
     MmaSync,
     /// Always `wgmma` (`kernels/matmul_sm90a.cu`, `gemm_wgmma_b*`, operands loaded by `cp.async`):
@@ -116,32 +121,39 @@ pub enum MatmulKernel {
     WgmmaTma,
 }
 
+impl MatmulKernel {
+    const ALL: [(MatmulKernel, &'static str); 6] = [
+        (MatmulKernel::Auto, "auto"),
+        (MatmulKernel::AutoWgmma, "auto-wgmma"),
+        (MatmulKernel::AutoWgmmaTma, "auto-wgmma-tma"),
+        (MatmulKernel::MmaSync, "mma"),
+        (MatmulKernel::Wgmma, "wgmma"),
+        (MatmulKernel::WgmmaTma, "wgmma-tma"),
+    ];
+
+    /// The name `CODISTILL_MATMUL_KERNEL` takes.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("auto")
+    }
+}
+
 static MATMUL_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 /// Sets the bf16 matmul kernel for the process (overrides `CODISTILL_MATMUL_KERNEL`).
 pub fn set_matmul_kernel(k: MatmulKernel) {
-    MATMUL_KERNEL.store(k as u8, std::sync::atomic::Ordering::Relaxed);
+    let i = MatmulKernel::ALL.iter().position(|(x, _)| *x == k).unwrap_or(0);
+    MATMUL_KERNEL.store(i as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The bf16 matmul kernel: as set, else from `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma`,
-/// `wgmma-tma`), else `Auto`.
+/// The bf16 matmul kernel: as set, else from `CODISTILL_MATMUL_KERNEL` (`auto`, `auto-wgmma`,
+/// `auto-wgmma-tma`, `mma`, `wgmma`, `wgmma-tma`), else `Auto`.
 pub fn matmul_kernel() -> MatmulKernel {
-    let from = |v: u8| match v {
-        1 => MatmulKernel::MmaSync,
-        2 => MatmulKernel::Wgmma,
-        3 => MatmulKernel::WgmmaTma,
-        _ => MatmulKernel::Auto,
-    };
     let v = MATMUL_KERNEL.load(std::sync::atomic::Ordering::Relaxed);
-    if v != u8::MAX {
-        return from(v);
+    if let Some((k, _)) = MatmulKernel::ALL.get(v as usize) {
+        return *k;
     }
-    let k = match std::env::var("CODISTILL_MATMUL_KERNEL").as_deref() {
-        Ok("mma") => MatmulKernel::MmaSync,
-        Ok("wgmma") => MatmulKernel::Wgmma,
-        Ok("wgmma-tma") => MatmulKernel::WgmmaTma,
-        _ => MatmulKernel::Auto,
-    };
+    let env = std::env::var("CODISTILL_MATMUL_KERNEL").unwrap_or_default();
+    let k = MatmulKernel::ALL.iter().find(|(_, n)| *n == env).map(|(k, _)| *k).unwrap_or(MatmulKernel::Auto);
     set_matmul_kernel(k);
     k
 }
@@ -685,6 +697,16 @@ mod tests {
             assert!(c >= b, "{b} -> {c}");
             assert!(c < 2 * b + 1024, "{b} -> {c} wastes too much");
         }
+    }
+
+    #[test]
+    fn matmul_kernel_names_round_trip() {
+        for (k, name) in MatmulKernel::ALL {
+            assert_eq!(k.name(), name);
+            set_matmul_kernel(k);
+            assert_eq!(matmul_kernel(), k);
+        }
+        set_matmul_kernel(MatmulKernel::Auto);
     }
 
     #[test]
