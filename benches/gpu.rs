@@ -88,6 +88,7 @@ fn main() {
         ("square", 8192, 8192, 8192, false, false),
         ("lstm x@W_ih", 2240, 4096, 1024, false, false),
         ("lstm h@W_hh step", 64, 4096, 1024, false, false),
+        ("lstm dh=dg@W_hh^T step", 64, 1024, 4096, false, true),
         ("lstm logits h@W_out^T", 2240, 10000, 1024, false, true),
         ("lstm dW = h^T@dlogits", 1024, 10000, 2240, true, false),
         ("criteo mlp", 8192, 512, 432, false, false),
@@ -104,16 +105,26 @@ fn main() {
             .filter(|(kernel, _, key)| listed.split(',').any(|l| l == *key) && (*kernel == MatmulKernel::MmaSync || g.has_wgmma()))
             .map(|(kernel, name, _)| (kernel, name))
             .collect();
+    // CODISTILL_SPLIT_K=0 (set by gpu_remote.sh when split-K fails its test) is kept.
+    let split_default = k::split_k_enabled();
     for &(what, m, n, kk, ta, tb) in shapes.iter().filter(|_| want("gemm")) {
         let a = randn_bf16(&g, &mut r, m * kk);
         let b = randn_bf16(&g, &mut r, kk * n);
         let mut c = g.alloc::<f32>(m * n).unwrap();
         let iters = if m * n * kk > 1 << 36 { 10 } else { 50 };
         let mut first: Option<Vec<f32>> = None;
-        for &(kernel, kname) in &kernels {
+        // mma.sync splits k where its output tiles alone would leave the device idle; time those
+        // shapes without the split as well.
+        let mut runs: Vec<(MatmulKernel, String, bool)> = kernels.iter().map(|&(kernel, kname)| (kernel, kname.to_string(), split_default)).collect();
+        if split_default && m * n <= 128 * 128 * 66 && kk >= 512 {
+            runs.insert(1, (MatmulKernel::MmaSync, "mma.sync no-split-k".to_string(), false));
+        }
+        for (kernel, kname, split) in runs {
+            k::set_split_k(split);
             let ms = time_ms(&g, iters, || k::gemm_bf16_with(kernel, m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
             // The kernels must agree on what was timed (the tests check each against f64).
             let got = c.download().unwrap();
+            k::set_split_k(split_default);
             let mut name = format!("gemm bf16 {what} {kname}");
             if let Some(f) = &first {
                 let num: f64 = got.iter().zip(f).map(|(x, y)| ((x - y) as f64).powi(2)).sum();

@@ -9,7 +9,10 @@
 //   k), rows padded by 16 bytes so ldmatrix is free of bank conflicts. n/t: whether A (first
 //   letter) and B (second) are transposed. Where an operand's contiguous dimension is not a
 //   multiple of 8 elements (or a base is not 16-byte aligned), `vec = 0` loads it element by
-//   element instead of with 16-byte asynchronous copies.
+//   element instead of with 16-byte asynchronous copies. Split-K (grid z > 1): where the tiles
+//   alone would leave most multiprocessors idle (the LSTM's per-step products: 64 rows), each
+//   z-slice of blocks multiplies one range of k into a workspace, and splitk_reduce adds the
+//   slices in a fixed order (deterministic).
 #include "common.cuh"
 
 #define F_BM 64
@@ -133,25 +136,30 @@ __device__ __forceinline__ void load_tile(bf16* sm, const bf16* __restrict__ g, 
     }
 }
 
+// Block (x, y, z) computes the 128 x 128 tile (y, x) of the product over k in [z * kchunk,
+// min(K, (z + 1) * kchunk)) into C + z * M * N: with gridDim.z == 1 and kchunk == K, the whole
+// product into C; with more, split-K partial products into a workspace that splitk_reduce sums.
 template <bool TA, bool TB>
 __device__ __forceinline__ void gemm_bf16_body(int M, int N, int K, float alpha, const bf16* __restrict__ A,
                                                const bf16* __restrict__ B, float beta, float* __restrict__ C, int vec_a,
-                                               int vec_b) {
+                                               int vec_b, int kchunk) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* As = reinterpret_cast<bf16*>(smem_raw);
     bf16* Bs = As + STAGES * TILE_ELEMS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wm = warp % 2, wn = warp / 2;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int k_begin = blockIdx.z * kchunk, k_end = min(K, k_begin + kchunk);  // kchunk % BK == 0
+    C += (i64)blockIdx.z * M * N;
     // A not transposed: [M, K], tile BM x BK; transposed: stored [K, M], tile BK x BM.
     // B transposed: stored [N, K], tile BN x BK; not transposed: stored [K, N], tile BK x BN.
     auto load_stage = [&](int stage, int k0) {
         bf16* a = As + stage * TILE_ELEMS;
         bf16* b = Bs + stage * TILE_ELEMS;
-        if (TA) load_tile<BK, BM>(a, A, M, K, M, k0, m0, vec_a);
-        else load_tile<BM, BK>(a, A, K, M, K, m0, k0, vec_a);
-        if (TB) load_tile<BN, BK>(b, B, K, N, K, n0, k0, vec_b);
-        else load_tile<BK, BN>(b, B, N, K, N, k0, n0, vec_b);
+        if (TA) load_tile<BK, BM>(a, A, M, k_end, M, k0, m0, vec_a);
+        else load_tile<BM, BK>(a, A, K, M, k_end, m0, k0, vec_a);
+        if (TB) load_tile<BN, BK>(b, B, K, N, k_end, n0, k0, vec_b);
+        else load_tile<BK, BN>(b, B, N, k_end, N, k0, n0, vec_b);
     };
     float acc[4][4][4];
 #pragma unroll
@@ -161,17 +169,18 @@ __device__ __forceinline__ void gemm_bf16_body(int M, int N, int K, float alpha,
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
 
-    const int ktiles = (K + BK - 1) / BK;
+    const int kt0 = k_begin / BK;
+    const int ktiles = max(0, (k_end + BK - 1) / BK - kt0);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < ktiles) load_stage(s, s * BK);
+        if (s < ktiles) load_stage(s, (kt0 + s) * BK);
         cp_async_commit();
     }
     for (int kt = 0; kt < ktiles; kt++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         int nk = kt + STAGES - 1;
-        if (nk < ktiles) load_stage(nk % STAGES, nk * BK);
+        if (nk < ktiles) load_stage(nk % STAGES, (kt0 + nk) * BK);
         cp_async_commit();
         const bf16* a = As + (kt % STAGES) * TILE_ELEMS;
         const bf16* b = Bs + (kt % STAGES) * TILE_ELEMS;
@@ -229,10 +238,20 @@ __device__ __forceinline__ void gemm_bf16_body(int M, int N, int K, float alpha,
 #define GEMM_BF16(name, ta, tb)                                                                                     \
     KERNEL void __launch_bounds__(256) name(int M, int N, int K, float alpha, const bf16* __restrict__ A,          \
                                             const bf16* __restrict__ B, float beta, float* __restrict__ C,         \
-                                            int vec_a, int vec_b) {                                               \
-        gemm_bf16_body<ta, tb>(M, N, K, alpha, A, B, beta, C, vec_a, vec_b);                                      \
+                                            int vec_a, int vec_b, int kchunk) {                                   \
+        gemm_bf16_body<ta, tb>(M, N, K, alpha, A, B, beta, C, vec_a, vec_b, kchunk);                              \
     }
 GEMM_BF16(gemm_bf16_nn, false, false)
 GEMM_BF16(gemm_bf16_nt, false, true)
 GEMM_BF16(gemm_bf16_tn, true, false)
 GEMM_BF16(gemm_bf16_tt, true, true)
+
+// C = alpha * (ws[0] + ws[1] + ... + ws[splits - 1]) + beta * C over mn elements, the partial
+// products summed in split order (deterministic). With beta == 0, C is never read.
+KERNEL void splitk_reduce(const float* __restrict__ ws, int splits, i64 mn, float alpha, float beta, float* __restrict__ C) {
+    FOR_EACH(i, mn) {
+        float s = 0.f;
+        for (int z = 0; z < splits; z++) s += ws[(i64)z * mn + i];
+        C[i] = beta == 0.f ? alpha * s : alpha * s + beta * C[i];
+    }
+}

@@ -21,11 +21,15 @@ status=0
 # the large products where one passed (auto-wgmma, else auto-wgmma-tma), and the bench times those
 # that passed, so that one broken kernel does not cost the session's other measurements.
 echo "== matmul gate"
-gate() {
-  if device-bin/tests/gpu --test-threads=1 --exact "$1" >"$OUT/gate-$1.log" 2>&1; then echo "PASS $1"; return 0; fi
-  echo "FAIL $1"; grep -E 'panicked|rel err|error' "$OUT/gate-$1.log" | head -5; status=1; return 1
+gate() {  # TEST [LABEL]
+  local log="$OUT/gate-$1${2:+-$2}.log"
+  if device-bin/tests/gpu --test-threads=1 --exact "$1" >"$log" 2>&1; then echo "PASS $1 ${2:-}"; return 0; fi
+  echo "FAIL $1 ${2:-}"; grep -E 'panicked|rel err|error' "$log" | head -5; status=1; return 1
 }
-gate gemm_bf16_mma_sync_matches_f64_reference
+# mma.sync as verified (one grid of output tiles), then with split-K (written without a GPU): if
+# split-K fails, CODISTILL_SPLIT_K=0 for everything after.
+CODISTILL_SPLIT_K=0 gate gemm_bf16_mma_sync_matches_f64_reference no-split-k
+if ! gate gemm_bf16_mma_sync_matches_f64_reference split-k; then export CODISTILL_SPLIT_K=0; fi
 gate transposes_match_cpu; t_ok=$?
 gate gemm_bf16_wgmma_matches_f64_reference; w_ok=$?
 gate gemm_bf16_wgmma_tma_matches_f64_reference; tma_ok=$?
@@ -33,7 +37,7 @@ if [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-
 elif [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma-tma; fi
 bench=mma; [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ] && bench=$bench,wgmma; [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ] && bench=$bench,wgmma-tma
 export CODISTILL_BENCH_MATMUL=$bench
-echo "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto}; benchmarked matmul kernels: $bench"
+echo "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto} CODISTILL_SPLIT_K=${CODISTILL_SPLIT_K:-1}; benchmarked matmul kernels: $bench"
 echo "== tests"
 for t in device-bin/tests/*; do
   name=$(basename "$t")

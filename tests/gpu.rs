@@ -122,6 +122,9 @@ fn check_gemm_bf16(kernel: MatmulKernel) {
     let mut r = rng(&format!("gemm_bf16 {kernel:?}"));
     let mut shapes = SHAPES.to_vec();
     shapes.extend([(128, 128, 32), (300, 512, 1024), (64, 2600, 650), (129, 136, 8), (513, 257, 72), (1, 300, 64), (200, 3, 136)]);
+    // split-K on mma.sync (few output tiles, long k): the LSTM's per-step backward product, and
+    // an uneven last split
+    shapes.extend([(64, 1024, 4096), (33, 100, 3000)]);
     for &(m, n, kk) in &shapes {
         if kernel != MatmulKernel::MmaSync && kk % 8 != 0 {
             // wgmma takes inner dimensions in whole 16-byte chunks; the launcher says so.

@@ -150,13 +150,59 @@ pub fn gemm_bf16_with(
     };
     let f = gpu.function("matmul", name)?;
     f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, GEMM_SMEM as i32)?;
-    let cfg = LaunchConfig { grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: GEMM_SMEM };
-    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
-    let (pa, pb, pc) = (a.ptr(), b.ptr(), c.ptr());
+    let (splits, kchunk) = split_k(&gpu, m, n, k);
+    // Split-K: the partial products go to a workspace, summed into C by splitk_reduce.
+    let ws = if splits > 1 { Some(gpu.alloc::<f32>(splits * m * n)?) } else { None };
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: GEMM_SMEM };
+    let (mi, ni, ki, kc) = (m as i32, n as i32, k as i32, kchunk as i32);
+    let (pa, pb) = (a.ptr(), b.ptr());
+    let (alpha_k, beta_k, pc) = match &ws {
+        Some(w) => (1.0f32, 0.0f32, w.ptr()),
+        None => (alpha, beta, c.ptr()),
+    };
     let mut l = gpu.stream().launch_builder(&f);
-    l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc).arg(&vec_a).arg(&vec_b);
+    l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha_k).arg(&pa).arg(&pb).arg(&beta_k).arg(&pc).arg(&vec_a).arg(&vec_b).arg(&kc);
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    if let Some(w) = &ws {
+        let (pw, sp, mn, pc) = (w.ptr(), splits as i32, (m * n) as i64, c.ptr());
+        launch!(gpu, "matmul", "splitk_reduce", elems(m * n); pw, sp, mn, alpha, beta, pc);
+    }
     Ok(())
+}
+
+static SPLIT_K: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Turns split-K of the mma.sync kernel on or off for the process (overrides `CODISTILL_SPLIT_K`).
+pub fn set_split_k(on: bool) {
+    SPLIT_K.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether split-K is on: as set, else off where `CODISTILL_SPLIT_K=0` (the product then runs as
+/// one grid of output tiles, as before split-K existed), else on.
+pub fn split_k_enabled() -> bool {
+    match SPLIT_K.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => {
+            let on = std::env::var("CODISTILL_SPLIT_K").as_deref() != Ok("0");
+            set_split_k(on);
+            on
+        }
+    }
+}
+
+/// (splits, k per split, a multiple of the kernel's 32-deep k tile) for the mma.sync kernel: one
+/// split unless the 128 x 128 output tiles would fill at most half the multiprocessors and k is
+/// long (at least 512); then enough splits to fill the device, each at least 256 deep.
+fn split_k(gpu: &Gpu, m: usize, n: usize, k: usize) -> (usize, usize) {
+    let tiles = n.div_ceil(128) * m.div_ceil(128);
+    let sms = gpu.sm_count();
+    if !split_k_enabled() || k < 512 || tiles * 2 > sms {
+        return (1, k);
+    }
+    let want = sms.div_ceil(tiles).min(k / 256).max(1);
+    let kchunk = k.div_ceil(want).div_ceil(32) * 32;
+    (k.div_ceil(kchunk), kchunk)
 }
 
 /// `C = alpha * op(A) @ op(B) + beta * C` for f32 operands rounded to bf16 on the device (the
