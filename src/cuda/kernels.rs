@@ -18,10 +18,17 @@ macro_rules! launch {
         $( b.arg(&$arg); )*
         // SAFETY: each launcher checks its buffers' lengths against the sizes the kernel uses.
         unsafe { b.launch($cfg) }.map_err(|e| Error::Device(format!("launch of {}: {e:?}", $name)))?;
-        if std::env::var_os("CODISTILL_SYNC_EACH_LAUNCH").is_some() {
-            $gpu.sync().map_err(|e| Error::Device(format!("kernel {} failed: {e}", $name)))?;
-        }
+        sync_if_asked(&$gpu, $name)?;
     }};
+}
+
+/// With `CODISTILL_SYNC_EACH_LAUNCH` set, waits for the kernel just queued, so that a fault is
+/// reported with its name.
+fn sync_if_asked(gpu: &Gpu, name: &str) -> Result<()> {
+    if std::env::var_os("CODISTILL_SYNC_EACH_LAUNCH").is_some() {
+        gpu.sync().map_err(|e| Error::Device(format!("kernel {name} failed: {e}")))?;
+    }
+    Ok(())
 }
 
 const THREADS: u32 = 256;
@@ -383,31 +390,33 @@ fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: 
     }
     // SAFETY: the operands hold m x k and n x k elements and C m x n (checked by the callers).
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
-    if std::env::var_os("CODISTILL_SYNC_EACH_LAUNCH").is_some() {
-        gpu.sync().map_err(|e| Error::Device(format!("kernel {name} failed: {e}")))?;
-    }
-    Ok(())
+    sync_if_asked(gpu, name)
 }
 
 /// `out[c, r] = x[r, c]` for `x` of `[r, c]` bf16 (sm_90 module; used to lay operands out for
 /// the `wgmma` kernel).
 pub fn transpose_bf16(x: &impl Dev<bf16>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
-    need("x", x, r * c)?;
-    need("out", out, r * c)?;
-    let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let (ri, ci, px, po) = (r as i32, c as i32, x.ptr(), out.ptr());
-    launch!(x.gpu(), "matmul_sm90a", "transpose_bf16", cfg; ri, ci, px, po);
-    Ok(())
+    transpose("transpose_bf16", x, r, c, out)
 }
 
 /// `out[c, r] = bf16(x[r, c])` for `x` of `[r, c]` f32, rounded to nearest even.
 pub fn transpose_f32_to_bf16(x: &impl Dev<f32>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
+    transpose("transpose_f32_to_bf16", x, r, c, out)
+}
+
+/// Launches one of the two transposes (32 x 32 tiles, 256 threads a block).
+fn transpose<T: Copy>(name: &'static str, x: &impl Dev<T>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
     need("x", x, r * c)?;
     need("out", out, r * c)?;
+    let gpu = x.gpu();
     let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (ri, ci, px, po) = (r as i32, c as i32, x.ptr(), out.ptr());
-    launch!(x.gpu(), "matmul_sm90a", "transpose_f32_to_bf16", cfg; ri, ci, px, po);
-    Ok(())
+    let f = gpu.function("matmul_sm90a", name)?;
+    let mut l = gpu.stream().launch_builder(&f);
+    l.arg(&ri).arg(&ci).arg(&px).arg(&po);
+    // SAFETY: both ranges hold r x c elements (checked above).
+    unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    sync_if_asked(gpu, name)
 }
 
 // ---- embedding ----------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ const KC: usize = 256;
 const MC: usize = 96;
 
 /// `B [k, n]` packed for `C[m, n] = A[m, k] @ B + beta * C`.
-pub struct PackedB {
+pub struct PackedB<'b> {
     k: usize,
     n: usize,
     /// Panel p holds columns 16p .. 16p + 16 as `[k][16]`, zero past column n.
     panels: Vec<f32>,
-    /// The unpacked matrix (as given), for the portable fallback.
-    plain: Option<(Vec<f32>, bool)>,
+    /// The unpacked matrix (borrowed as given), for the portable fallback.
+    plain: Option<(&'b [f32], bool)>,
 }
 
 /// Whether this CPU runs the packed kernel (x86-64 with AVX2 and FMA).
@@ -42,12 +42,12 @@ pub fn available() -> bool {
     }
 }
 
-impl PackedB {
+impl<'b> PackedB<'b> {
     /// Packs `b`, which is `[k, n]`, or `[n, k]` holding B's transpose when `trans`.
-    pub fn new(b: &[f32], k: usize, n: usize, trans: bool) -> PackedB {
+    pub fn new(b: &'b [f32], k: usize, n: usize, trans: bool) -> PackedB<'b> {
         assert!(b.len() >= k * n, "PackedB: {} elements for a {k} x {n} matrix", b.len());
         if !available() {
-            return PackedB { k, n, panels: Vec::new(), plain: Some((b[..k * n].to_vec(), trans)) };
+            return PackedB { k, n, panels: Vec::new(), plain: Some((&b[..k * n], trans)) };
         }
         let np = n.div_ceil(NR);
         let mut panels = vec![0f32; np * k * NR];
