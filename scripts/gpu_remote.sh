@@ -1,88 +1,151 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine, from the repository root, with device-bin/ carried (scripts/gpu_build.sh).
-# 1. every test binary with REQUIRE_GPU=1 (the GPU suite fails, not skips, without a GPU);
-# 2. compute-sanitizer memcheck over the GPU suite;
-# 3. the kernel benchmark, then cuBLAS/PyTorch on the same shapes, and the table of ratios.
-# 4. end-to-end training steps on the GPU against the same models in PyTorch (scripts/e2e_compare.py;
-#    SKIP_E2E=1 leaves it out);
-# 5. with CRITERION=1, the criterion gpu_* groups of benches/kernels.rs (throughput per family);
-# 6. with OVERLAP=1, the overlap measurement of issue 6 on the GPU (scripts/overlap_pairs.sh, 3
-#    pairs of Criteo codistillation exchanging vs frozen, scored within runs; data under /tmp).
-# Logs go to $OUT (or ./gpu-out when OUT is unset).
+# Runs on the GPU machine, from the repository root, with device-bin/ carried (scripts/gpu_build.sh),
+# as ONE device call under a time budget. A task drawn for a GPU gets 15 minutes of device time in
+# all, the machine's start included, and a call brings back at most 8 files from $OUT; so this
+# script runs its stages in order of what the open issues owe, gives each a cap, skips what no
+# longer fits in BUDGET seconds, and keeps exactly two files in $OUT, rewritten after every stage
+# (so a call cut off at its limit still returns everything done before):
+#   $OUT/summary.txt  each stage's PASS / FAIL / TIMEOUT / SKIP with its seconds, the failures'
+#                     key lines, and the tables (benchmark ratios, end-to-end, overlap);
+#   $OUT/logs.tgz     every stage's whole log and the raw JSON.
+# Stages (STAGES, comma-separated, in this order by default):
+#   gate      the matmul kernels written without a GPU, each alone in its own process (a trapped
+#             kernel ends its process's CUDA context): mma.sync with and without split-K, the
+#             transposes, wgmma, wgmma-tma; later stages use what passed (see below);
+#   gpu       the GPU kernel suite (tests/gpu.rs, REQUIRE_GPU=1: fails rather than skips);
+#   training  the GPU training suite (tests/gpu_training.rs) and the softmax-KL suite;
+#   bench     the kernel table (gpu-bench), then cuBLAS/PyTorch on the same shapes and the ratios;
+#   e2e       end-to-end LM and Criteo training steps against the same models in PyTorch;
+#   memcheck  compute-sanitizer memcheck over the GPU suite, then the training suite's op tests;
+#   ncu       Nsight Compute sections for one launch of each 4096^3 matmul and the softmax-KL;
+#   criterion the criterion gpu_* groups of benches/kernels.rs;
+#   overlap   issue 6's overlap measurement on the GPU (scripts/overlap_pairs.sh, 3 pairs).
+# Usage there: bash scripts/gpu_remote.sh   (device call: carry ["device-bin"], timeout_s 600;
+# BUDGET defaults to 540 s, which leaves the call's limit room to pack and return).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
+BUDGET=${BUDGET:-540}
+STAGES=,${STAGES:-gate,gpu,training,bench,e2e,memcheck,ncu,criterion,overlap},
 mkdir -p "$OUT"
+LOGS=$(mktemp -d /tmp/gpu-logs.XXXXXX)
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
 export REQUIRE_GPU=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.txt"
+T0=$SECONDS
 status=0
-# The wgmma matmuls (kernels/matmul_sm90a.cu) were written without a GPU: check each alone first,
-# each in its own process (a trapped kernel ends its process's CUDA context). The default (`auto`)
-# is the verified mma.sync kernel; later stages (tests, memcheck, e2e) run with a wgmma kernel for
-# the large products where one passed (auto-wgmma, else auto-wgmma-tma), and the bench times those
-# that passed, so that one broken kernel does not cost the session's other measurements.
-echo "== matmul gate"
-gate() {  # TEST [LABEL]
-  local log="$OUT/gate-$1${2:+-$2}.log"
-  if device-bin/tests/gpu --test-threads=1 --exact "$1" >"$log" 2>&1; then echo "PASS $1 ${2:-}"; return 0; fi
-  echo "FAIL $1 ${2:-}"; grep -E 'panicked|rel err|error' "$log" | head -5; status=1; return 1
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+# Attaches a file to the summary (and to the call's output).
+attach() { [ -f "$1" ] && tee -a "$SUMMARY" <"$1"; }
+pack() { tar czf "$OUT/logs.tgz.part" -C "$LOGS" . && mv -f "$OUT/logs.tgz.part" "$OUT/logs.tgz"; }
+want() { [[ $STAGES == *",$1,"* ]]; }
+# step NAME CAP COMMAND: COMMAND (a shell string) with its output in $LOGS/NAME.log, for at most CAP
+# seconds and never past the budget. Returns the command's status; 2 when skipped.
+step() {
+  local name=$1 cap=$2 cmd=$3
+  local left=$((BUDGET - (SECONDS - T0) - 10))
+  if [ "$left" -lt 20 ]; then note "SKIP    $name (budget: $((left + 10)) s left of $BUDGET)"; return 2; fi
+  [ "$cap" -gt "$left" ] && cap=$left
+  local t=$SECONDS rc
+  timeout -k 5 "$cap" bash -c "$cmd" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  local dt=$((SECONDS - t))
+  if [ $rc -eq 0 ]; then
+    note "PASS    $name (${dt} s)"
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    note "TIMEOUT $name after ${dt} s (cap ${cap} s)"; status=1
+  else
+    note "FAIL    $name (exit $rc, ${dt} s)"; status=1
+  fi
+  pack
+  return $rc
 }
-# mma.sync as verified (one grid of output tiles), then with split-K (written without a GPU): if
-# split-K fails, CODISTILL_SPLIT_K=0 for everything after.
-CODISTILL_SPLIT_K=0 gate gemm_bf16_mma_sync_matches_f64_reference no-split-k
-if ! gate gemm_bf16_mma_sync_matches_f64_reference split-k; then export CODISTILL_SPLIT_K=0; fi
-gate transposes_match_cpu; t_ok=$?
-gate gemm_bf16_wgmma_matches_f64_reference; w_ok=$?
-gate gemm_bf16_wgmma_tma_matches_f64_reference; tma_ok=$?
-if [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma
-elif [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma-tma; fi
-bench=mma; [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ] && bench=$bench,wgmma; [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ] && bench=$bench,wgmma-tma
-export CODISTILL_BENCH_MATMUL=$bench
-echo "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto} CODISTILL_SPLIT_K=${CODISTILL_SPLIT_K:-1}; benchmarked matmul kernels: $bench"
-echo "== tests"
-for t in device-bin/tests/*; do
-  name=$(basename "$t")
-  if "$t" --test-threads=1 >"$OUT/test-$name.log" 2>&1; then
-    echo "PASS $name: $(grep -E '^test result' "$OUT/test-$name.log" | tail -1)"
-  else
-    echo "FAIL $name"; tail -30 "$OUT/test-$name.log"; status=1
+# show PATTERN NAME: the lines of NAME's log that match, into the summary.
+show() { [ -f "$LOGS/$2.log" ] && grep -E "$1" "$LOGS/$2.log" | tee -a "$SUMMARY"; }
+# The lines of a failed test log worth reading first.
+why() { [ -f "$LOGS/$1.log" ] && grep -E 'panicked|rel err|error|Error|FAILED|failures:' "$LOGS/$1.log" | head -${2:-8} | tee -a "$SUMMARY"; }
+
+note "== $(date -u +%FT%TZ) budget ${BUDGET} s, stages ${STAGES:1:-1}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$SUMMARY"
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee -a "$SUMMARY"
+
+# The gate. The default kernel (`auto`) is the verified mma.sync; the later stages run with a wgmma
+# kernel for the large products where one passed (auto-wgmma, else auto-wgmma-tma), with split-K
+# off if it failed, and the bench times each kernel that passed: one broken kernel does not cost the
+# session's other measurements.
+bench_kernels=mma
+if want gate; then
+  note "== gate"
+  gate() {  # TEST LABEL [ENV]
+    step "gate-$2" 60 "${3:-} device-bin/tests/gpu --test-threads=1 --exact $1" || { why "gate-$2" 5; return 1; }
+  }
+  gate gemm_bf16_mma_sync_matches_f64_reference mma-no-split-k CODISTILL_SPLIT_K=0
+  gate gemm_bf16_mma_sync_matches_f64_reference mma-split-k || export CODISTILL_SPLIT_K=0
+  gate transposes_match_cpu transposes; t_ok=$?
+  gate gemm_bf16_wgmma_matches_f64_reference wgmma; w_ok=$?
+  gate gemm_bf16_wgmma_tma_matches_f64_reference wgmma-tma; tma_ok=$?
+  if [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma
+  elif [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma-tma; fi
+  [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ] && bench_kernels=$bench_kernels,wgmma
+  [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ] && bench_kernels=$bench_kernels,wgmma-tma
+fi
+export CODISTILL_BENCH_MATMUL=$bench_kernels
+note "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto} CODISTILL_SPLIT_K=${CODISTILL_SPLIT_K:-1}; benchmarked matmul kernels: $bench_kernels"
+
+if want gpu; then
+  note "== GPU kernel suite"
+  step gpu 120 "device-bin/tests/gpu --test-threads=1" || why gpu 20
+  show '^test result' gpu
+fi
+if want training; then
+  note "== GPU training suite, softmax-KL suite"
+  step training 150 "device-bin/tests/gpu_training --test-threads=1" || why training 20
+  show '^test result' training
+  step softmax-kl 60 "device-bin/tests/softmax_kl --test-threads=1" || why softmax-kl 10
+fi
+if want bench; then
+  note "== kernels against cuBLAS and PyTorch"
+  step bench 150 "device-bin/gpu-bench --json $LOGS/ours.jsonl" || why bench 10
+  show MISMATCH bench
+  if [ -s "$LOGS/ours.jsonl" ]; then
+    step compare 150 "PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py $LOGS/ours.jsonl $LOGS/torch.json"
+    attach "$LOGS/compare.log"
   fi
-done
-if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
-  echo "== compute-sanitizer memcheck (GPU suite, and the GPU training suite but its trainer runs)"
-  if compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1 >"$OUT/sanitizer.log" 2>&1 \
-     && compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu_training --test-threads=1 \
-        every_tensor_op lstm_layer a_language_model a_click_model directory_exchange >>"$OUT/sanitizer.log" 2>&1; then
-    echo "memcheck clean: $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.log" | tail -1)"
-  else
-    echo "memcheck FAILED"; tail -40 "$OUT/sanitizer.log"; status=1
-  fi
 fi
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  echo "== benchmark"
-  device-bin/gpu-bench --json "$OUT/ours.jsonl" | tee "$OUT/bench.txt" || status=1
-  PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py "$OUT/ours.jsonl" "$OUT/torch.json" | tee "$OUT/compare.txt" || status=1
+if want e2e; then
+  note "== end-to-end training steps against PyTorch (GPU)"
+  # The runs' folders (checkpoints of the 2 x 1024 LM: hundreds of MB) stay out of the logs.
+  step e2e 180 "DEVICE=cuda PYTHONUNBUFFERED=1 python3 scripts/e2e_compare.py device-bin/codistill /tmp/e2e-runs"
+  attach "$LOGS/e2e.log"
 fi
-if [ "${SKIP_E2E:-0}" != 1 ]; then
-  echo "== end-to-end training steps against PyTorch (GPU)"
-  DEVICE=cuda PYTHONUNBUFFERED=1 python3 scripts/e2e_compare.py device-bin/codistill "$OUT/e2e" | tee "$OUT/e2e.txt" || status=1
+if want memcheck; then
+  note "== compute-sanitizer memcheck"
+  step memcheck-gpu 150 "compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1" || why memcheck-gpu 20
+  step memcheck-training 120 "compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu_training \
+    --test-threads=1 every_tensor_op lstm_layer a_language_model a_click_model directory_exchange" || why memcheck-training 20
+  cat "$LOGS"/memcheck-*.log 2>/dev/null | grep -E 'ERROR SUMMARY' | tee -a "$SUMMARY"
 fi
-if [ "${CRITERION:-0}" = 1 ]; then
-  echo "== criterion gpu_* groups"
-  device-bin/kernels-bench --bench gpu_ --warm-up-time 1 --measurement-time 2 2>&1 | tee "$OUT/criterion-gpu.txt" | grep -E "^gpu_|thrpt" || status=1
-fi
-if [ "${NCU:-0}" = 1 ]; then
-  echo "== Nsight Compute: one launch each of the 4096^3 bf16 matmuls (mma.sync, wgmma) and the 4096x32768 softmax-KL"
+if want ncu; then
+  note "== Nsight Compute: one launch each of the 4096^3 bf16 matmuls and the 4096x32768 softmax-KL"
   for pair in "gemm:gemm_bf16_nn" "gemm:gemm_wgmma_b256" "gemm:gemm_wgmma_tma" "softmax:softmax_kl_k1"; do
     group=${pair%%:*}; kernel=${pair##*:}
-    CODISTILL_BENCH_ONLY=$group ncu --clock-control none --section SpeedOfLight --section Occupancy \
+    step "ncu-$kernel" 45 "CODISTILL_BENCH_ONLY=$group ncu --clock-control none --section SpeedOfLight --section Occupancy \
       --section MemoryWorkloadAnalysis --section WarpStateStats --section ComputeWorkloadAnalysis \
-      -k "regex:$kernel" -c 1 device-bin/gpu-bench >"$OUT/ncu-$kernel.txt" 2>&1 || status=1
-    echo "-- $kernel"
-    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Issue Slots Busy|L2 Hit Rate|L1/TEX Hit" "$OUT/ncu-$kernel.txt" | head -30
+      -k regex:$kernel -c 1 device-bin/gpu-bench"
+    grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Stall|Issue Slots Busy|L2 Hit Rate" \
+      "$LOGS/ncu-$kernel.log" | head -14 | tee -a "$SUMMARY"
   done
 fi
-if [ "${OVERLAP:-0}" = 1 ]; then
-  echo "== overlap: exchange every 50 vs teachers frozen, on the GPU, scored within runs"
-  BIN=device-bin/codistill DEVICE=cuda bash scripts/overlap_pairs.sh /tmp/overlap-gpu 3 2>&1 | tee "$OUT/overlap.txt" || status=1
+if want criterion; then
+  note "== criterion gpu_* groups"
+  step criterion 90 "device-bin/kernels-bench --bench gpu_ --warm-up-time 1 --measurement-time 2"
+  grep -E "^gpu_|thrpt" "$LOGS/criterion.log" | tee -a "$SUMMARY"
 fi
+if want overlap; then
+  note "== overlap: exchange every 50 vs teachers frozen, on the GPU, scored within runs"
+  step overlap 240 "BIN=device-bin/codistill DEVICE=cuda bash scripts/overlap_pairs.sh /tmp/overlap-gpu 3"
+  tail -25 "$LOGS/overlap.log" | tee -a "$SUMMARY"
+fi
+note "== done in $((SECONDS - T0)) s of $BUDGET, status $status"
+pack
 exit $status

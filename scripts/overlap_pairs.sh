@@ -10,7 +10,7 @@
 # the same window, which does resolve a fraction of a percent.
 # Usage: scripts/overlap_pairs.sh OUT [PAIRS] [ROWS]   (data is generated under OUT if absent)
 # Environment: BIN (target/release/codistill), DEVICE (cpu; cuda on the GPU machine, where
-# scripts/gpu_remote.sh runs it with OVERLAP=1).
+# scripts/gpu_remote.sh runs it as its last stage).
 set -euo pipefail
 OUT=${1:?usage: scripts/overlap_pairs.sh OUT [PAIRS] [ROWS]}
 PAIRS=${2:-8}
