@@ -170,6 +170,7 @@ pub fn gemm_bf16_with(
     let mut l = gpu.stream().launch_builder(&f);
     l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha_k).arg(&pa).arg(&pb).arg(&beta_k).arg(&pc).arg(&vec_a).arg(&vec_b).arg(&kc);
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    sync_if_asked(&gpu, name)?;
     if let Some(w) = &ws {
         let (pw, sp, mn, pc) = (w.ptr(), splits as i32, (m * n) as i64, c.ptr());
         launch!(gpu, "matmul", "splitk_reduce", elems(m * n); pw, sp, mn, alpha, beta, pc);
@@ -658,6 +659,7 @@ pub fn softmax_kl(
     let mut l = gpu.stream().launch_builder(&f);
     l.arg(&ps).arg(&tp).arg(&py).arg(&c).arg(&k).arg(&t).arg(&a).arg(&inv_n).arg(&pg).arg(&ph).arg(&pso).arg(&cs);
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
+    sync_if_asked(&gpu, name)?;
     let (hv, sv) = (hard.download()?, soft.download()?);
     let n = rows as f64;
     let hard = hv.iter().map(|&x| x as f64).sum::<f64>() / n;
