@@ -78,6 +78,8 @@ if want gate; then
   note "== gate"
   gate() {  # TEST LABEL [ENV]
     step "gate-$2" 60 "${3:-} device-bin/tests/gpu --test-threads=1 --exact $1" || { why "gate-$2" 8; return 1; }
+    # A filter that matches no test passes with 0 tests run: that is no pass.
+    grep -q 'test result: ok. 1 passed' "$LOGS/gate-$2.log" || { note "FAIL    gate-$2: the test $1 did not run"; status=1; return 1; }
   }
   # Each kernel: the layout probe first (exact integer products that say which element went
   # where, the report to read if it fails), then random operands at every orientation and size.
