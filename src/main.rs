@@ -5,6 +5,8 @@ use codistill::config::ConfigTable;
 use codistill::data::synthetic::{write_criteo_tsv, ClickModel};
 use codistill::train::criteo::{self, CriteoConfig};
 use codistill::train::lm::{self, LmConfig};
+use codistill::train::metrics::show;
+use codistill::train::{json_object, J};
 use codistill::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,7 +148,7 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             println!("trained {} steps; {:.1} s in all with data preparation; training ran at {:.0} rows/s", s.steps, s.seconds, s.train_rows_per_s);
             for (i, v) in s.valid.iter().enumerate() {
                 let who = if s.valid.len() > 1 { format!("model {i} ") } else { String::new() };
-                println!("{who}validation ({} rows): log-loss {:.5}, AUC {:.4}, calibration {:.3}", v.rows, v.log_loss, v.auc, v.calibration);
+                println!("{who}validation ({} rows): log-loss {:.5}, AUC {}, calibration {}", v.rows, v.log_loss, show(v.auc, 4), show(v.calibration, 3));
                 if let Some(t) = s.valid_truth {
                     println!(
                         "{who}is {:+.2}% above the hidden model's log-loss on the same rows ({:.5})",
@@ -156,7 +158,7 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
                 }
             }
             if let (Some(e), Some(c)) = (s.ensemble, s.churn) {
-                println!("ensemble of the models: log-loss {:.5}, AUC {:.4}; churn between models 0 and 1: {c:.5}", e.log_loss, e.auc);
+                println!("ensemble of the models: log-loss {:.5}, AUC {}; churn between models 0 and 1: {c:.5}", e.log_loss, show(e.auc, 4));
             }
             println!("outputs in {}", cfg.out.display());
             Ok(())
@@ -167,8 +169,12 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             let against = a.get_one::<String>("against").map(PathBuf::from);
             let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
             let (e, ch) = criteo::eval_checkpoint(&ckpt, &file, against.as_deref(), &cache)?;
-            let churn = ch.map(|c| format!(",\"churn\":{c}")).unwrap_or_default();
-            println!("{{\"rows\":{},\"log_loss\":{},\"auc\":{},\"calibration\":{}{churn}}}", e.rows, e.log_loss, e.auc, e.calibration);
+            let mut fields = vec![("rows", J::I(e.rows as u64)), ("log_loss", J::N(e.log_loss)), ("auc", J::N(e.auc)), ("calibration", J::N(e.calibration))];
+            if let Some(c) = ch {
+                fields.push(("churn", J::N(c)));
+            }
+            // Undefined metrics (one class in the labels) are null: JSON has no NaN.
+            println!("{}", json_object(&fields));
             Ok(())
         }
         Some(("experiment", a)) => {
@@ -251,7 +257,7 @@ fn run(m: &ArgMatches) -> Result<()> {
                     .parse()
                     .map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
                 let (ce, n) = lm::eval_checkpoint(&ckpt, file.as_deref(), &cache, max)?;
-                println!("{{\"loss\":{ce},\"ppl\":{},\"tokens\":{n}}}", ce.exp());
+                println!("{}", json_object(&[("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))]));
                 Ok(())
             }
             _ => unreachable!("clap requires a subcommand"),

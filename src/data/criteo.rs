@@ -186,7 +186,11 @@ pub fn read_rows(path: &Path, on_bad: OnBadLine, mut f: impl FnMut(Row) -> Resul
             break;
         }
         line += 1;
-        let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let mut text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if line == 1 {
+            // A UTF-8 byte-order mark (spreadsheet exports write one) is not part of the label.
+            text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
+        }
         match Row::parse(text) {
             Ok(row) => {
                 stats.rows += 1;
@@ -368,6 +372,20 @@ mod tests {
         assert!(r.label && r.ints[0].is_none() && r.ints[1] == Some(-1) && r.cats[3].is_none());
         assert_eq!(r.to_line(), l);
         assert_eq!(Row::parse(format!("{l}\r").as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_label_is_skipped() {
+        let d = crate::testdir::Scratch::new("criteo", "bom");
+        let f = d.join("bom.tsv");
+        std::fs::write(&f, format!("\u{feff}{}\n{}\n", line("1"), line("0"))).unwrap();
+        let mut labels = Vec::new();
+        let stats = read_rows(&f, OnBadLine::Stop, |r| {
+            labels.push(r.label);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((stats.rows, labels), (2, vec![true, false]));
     }
 
     #[test]

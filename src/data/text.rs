@@ -58,6 +58,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 
 /// Lines of a file as UTF-8 (CR before LF dropped); invalid UTF-8 is an error naming the line.
 fn utf8_lines<'a>(path: &'a Path, bytes: &'a [u8]) -> impl Iterator<Item = Result<&'a str>> + 'a {
+    // A UTF-8 byte-order mark at the start of the file is not text.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     bytes.split(|&b| b == b'\n').enumerate().map(move |(i, line)| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         std::str::from_utf8(line).map_err(|e| Error::Data {
@@ -273,6 +275,11 @@ mod tests {
         assert_eq!(v.words, vec!["<unk>", "<eos>", "a", "b"]);
         assert_eq!(v.encode_file(&f).unwrap(), vec![2, 2, 2, 3, 1, 2, 0, 1, 3, 2, 1]);
         assert_eq!(Vocab::from_text(&v.to_text()).unwrap(), v);
+        // A byte-order mark at the start of a file is not part of its first word.
+        let g = d.join("bom.txt");
+        fs::write(&g, "\u{feff}a a a b\r\na c\n\nb a\n").unwrap();
+        assert_eq!(Vocab::build(&g, Tokenizer::Word, 2).unwrap().words, v.words);
+        assert_eq!(v.encode_file(&g).unwrap(), v.encode_file(&f).unwrap());
     }
 
     #[test]

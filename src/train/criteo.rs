@@ -588,7 +588,13 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             evals = evaluate_all(&members)?;
             for (m, (v, _)) in members.iter().zip(&evals) {
                 bar.suspend(|| {
-                    eprintln!("step {step1}: model {} validation log-loss {:.5} AUC {:.4} calibration {:.3}", m.index, v.log_loss, v.auc, v.calibration)
+                    eprintln!(
+                        "step {step1}: model {} validation log-loss {:.5} AUC {} calibration {}",
+                        m.index,
+                        v.log_loss,
+                        super::metrics::show(v.auc, 4),
+                        super::metrics::show(v.calibration, 3)
+                    )
                 });
                 log.write(&[
                     ("event", J::S("valid")),

@@ -43,11 +43,26 @@ pub fn auc(score: &[f32], y: &[f32]) -> f64 {
     (rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
 }
 
-/// Mean prediction over mean label: 1 is calibrated on average.
+/// Mean prediction over mean label: 1 is calibrated on average. NaN (undefined) without a
+/// positive label.
 pub fn calibration(p: &[f32], y: &[f32]) -> f64 {
     let mp = p.iter().map(|&v| v as f64).sum::<f64>();
     let my = y.iter().map(|&v| v as f64).sum::<f64>();
-    mp / my
+    if my > 0.0 {
+        mp / my
+    } else {
+        f64::NAN
+    }
+}
+
+/// A metric for people to read: `prec` decimals, or "n/a" where it is undefined (AUC with one
+/// class in the labels, calibration without a positive).
+pub fn show(x: f64, prec: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.prec$}")
+    } else {
+        "n/a".into()
+    }
 }
 
 /// Prediction churn (Anil et al. 2018, section 4): mean absolute difference of two models'
@@ -75,6 +90,8 @@ mod tests {
         assert!((log_loss(&[0.5, 0.5], &[0., 1.]) - 2f64.ln()).abs() < 1e-12);
         assert!(log_loss(&[0.0], &[1.0]).is_finite());
         assert!((calibration(&[0.2, 0.4], &[0., 1.]) - 0.6).abs() < 1e-7);
+        assert!(calibration(&[0.2, 0.4], &[0., 0.]).is_nan());
+        assert_eq!((show(0.123456, 3), show(f64::NAN, 3), show(f64::INFINITY, 2)), ("0.123".into(), "n/a".into(), "n/a".into()));
         assert!((churn(&[0.1, 0.9], &[0.3, 0.6]).unwrap() - 0.25).abs() < 1e-7);
         assert!(churn(&[0.1], &[]).is_err());
     }
