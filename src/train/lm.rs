@@ -30,9 +30,9 @@ crate::config_table! {
         valid: Option<PathBuf> = None,
         /// Test text file (overrides DATA/test.txt)
         test: Option<PathBuf> = None,
-        /// Tokenizer: word (whitespace words, <unk>, <eos> per line) or byte (any text)
+        /// Tokenizer: word (whitespace words, `<unk>`, `<eos>` per line) or byte (any text)
         tokenizer: Tokenizer = Tokenizer::Word,
-        /// Words seen fewer times than this in training become <unk> (4: Bengio et al.'s "3 or fewer" rule)
+        /// Words seen fewer times than this in training become `<unk>` (4: Bengio et al.'s "3 or fewer" rule)
         min_count: usize = 4,
         /// Embedding width
         emb_dim: usize = 128,
