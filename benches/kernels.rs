@@ -27,13 +27,30 @@ fn matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu_matmul");
     let mut rng = Rng::new(0);
     // (m, n, k): square, then LSTM input projection (T*B x 4H x In) and the recurrent step (B x 4H x H)
-    for &(m, n, k) in &[(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (1280, 2600, 650), (64, 2600, 650)] {
+    // Then the trainers' products: the LM's output layer forward (T*B x V x H, NT) and weight
+    // gradient (H x V x T*B, TN) for issue 7's model and the Brown model, and the click model's
+    // first MLP layer (B x 128 x 432) forward and weight gradient. Each beside the same product
+    // through matrixmultiply (the CPU GEMM before the gemm crate), on the same operands.
+    #[rustfmt::skip]
+    let shapes: &[(usize, usize, usize, bool, bool)] = &[
+        (256, 256, 256, false, false), (512, 512, 512, false, false), (1024, 1024, 1024, false, false),
+        (1280, 2600, 650, false, false), (64, 2600, 650, false, false),
+        (2240, 10000, 1024, false, true), (1024, 10000, 2240, true, false),
+        (1120, 14115, 256, false, true), (256, 14115, 1120, true, false),
+        (512, 128, 432, false, false), (432, 128, 512, true, false),
+    ];
+    for &(m, n, k, ta, tb) in shapes {
         let a = rng.normal_vec(m * k, 1.0);
         let b = rng.normal_vec(k * n, 1.0);
         let mut out = vec![0f32; m * n];
+        let label = format!("{m}x{n}x{k}{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" });
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(format!("{m}x{n}x{k}")), &(), |bch, _| {
-            bch.iter(|| gemm_cpu(m, n, k, 1.0, &a, false, &b, false, 0.0, &mut out))
+        group.bench_with_input(BenchmarkId::new("gemm_cpu", &label), &(), |bch, _| bch.iter(|| gemm_cpu(m, n, k, 1.0, &a, ta, &b, tb, 0.0, &mut out)));
+        let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+        let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+        group.bench_with_input(BenchmarkId::new("matrixmultiply", &label), &(), |bch, _| {
+            // SAFETY: a, b and out hold m x k, k x n and m x n elements for these strides.
+            bch.iter(|| unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, out.as_mut_ptr(), n as isize, 1) })
         });
     }
     // The LSTM's per-step products with the right-hand side packed once (ops::packed), against the
