@@ -1,6 +1,6 @@
 //! Matrix multiply: `C[m,n] = alpha * op(A) @ op(B) + beta * C`, row-major, where `op(A)` is A or
-//! its transpose. The CPU twin is the `gemm` crate's packed, vectorised (AVX-512 or AVX2 chosen at
-//! run time), threaded kernel: a transpose is only a swap of strides, so no operand is ever copied.
+//! its transpose. The CPU twin is the `gemm` crate's packed, vectorised (kernels for the CPU's
+//! SIMD chosen at run time: AVX2/FMA on x86_64), threaded kernel: a transpose is only a swap of strides, so no operand is ever copied.
 //! bf16 operands are widened exactly to f32 (the tensor cores multiply bf16 and accumulate in f32,
 //! which this reproduces up to summation order).
 
