@@ -29,6 +29,24 @@ pub use params::ParamStore;
 pub use rng::{hash_uniform, Rng};
 pub use tensor::{DType, Device, Tensor};
 
+static CPU_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets how many threads the CPU backend's products and losses use, for the whole process (0:
+/// every core, the default). Results do not depend on it, only speed; several training processes
+/// sharing one machine (one process per model) should split its cores between them. The trainers
+/// set it from `--threads`.
+pub fn set_cpu_threads(n: usize) {
+    CPU_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The CPU backend's thread count: as set by [`set_cpu_threads`], else the machine's cores.
+pub fn cpu_threads() -> usize {
+    match CPU_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    }
+}
+
 /// Tunes glibc's allocator for training loops: buffers freed at the end of a step are kept for the
 /// next instead of being unmapped (glibc serves blocks over 128 KiB-32 MiB with `mmap` and returns
 /// them on free, so every step's logits and gradients were fresh pages to fault in and zero:

@@ -100,7 +100,7 @@ impl<'b> PackedB<'b> {
         // Threads only for products worth a thread's start (about 8 MFLOP, ~0.1 ms here, against
         // ~20 us). Many rows: each thread takes whole row blocks; few: a range of panels. Either
         // way the threads write disjoint parts of C.
-        let cores = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
+        let cores = crate::cpu_threads();
         let by_rows = m >= 2 * MC * cores;
         let units = if by_rows { m.div_ceil(MC) } else { np.div_ceil(2) };
         let threads = if m * n * k < 1 << 22 { 1 } else { cores.min(units).max(1) };

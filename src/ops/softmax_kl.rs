@@ -146,7 +146,7 @@ pub fn softmax_kl_cpu(
     p: DistillParams,
     grad: &mut [f32],
 ) -> DistillLoss {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = crate::cpu_threads();
     let per = rows.div_ceil(threads).max(16);
     let mut parts: Vec<(f64, f64)> = vec![(0.0, 0.0); rows];
     let inv_n = 1.0 / rows.max(1) as f32;

@@ -75,6 +75,8 @@ crate::config_table! {
         matmul_f32: bool = false,
         /// GPU: bitwise-reproducible embedding gradients (a sorted plan instead of atomics)
         deterministic: bool = false,
+        /// CPU threads for the products and the loss (0: every core); processes sharing a machine should split its cores
+        threads: usize = 0,
         /// Split the training rows into this many disjoint shards...
         shards: usize = 1,
         /// ...and train on this one (0-based)
@@ -378,6 +380,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let t0 = Instant::now();
     let dev = cfg.device.resolve()?;
     super::gpu_settings(cfg.matmul_f32, cfg.deterministic);
+    crate::set_cpu_threads(cfg.threads);
     if cfg.batch == 0 || cfg.epochs == 0 {
         bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
     }

@@ -1,0 +1,44 @@
+//! The CPU thread count (`--threads`, `codistill::set_cpu_threads`) changes speed, never results:
+//! products are split over output blocks and the loss over rows, each summed in a fixed order.
+//! A language model big enough that every threaded path splits (the output layer's products past
+//! the GEMM's serial limit, the packed recurrent products, the softmax-KL over many rows) trains
+//! to bitwise the same weights on one thread and on two. Its own test binary: the thread count is
+//! process-wide, and no other test may change it meanwhile.
+
+#![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
+
+mod common;
+use codistill::checkpoint::Checkpoint;
+use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+use codistill::train::lm::{self, LmConfig};
+
+#[test]
+fn lm_training_is_bitwise_the_same_on_one_thread_and_on_two() {
+    let d = common::Scratch::new("threads", "lm");
+    let data = d.join("data");
+    write_markov_corpus(&data, &MarkovSource::new(600, 1, 3, 5), [40_000, 4_000, 4_000], 5).unwrap();
+    let mut c = LmConfig::default();
+    c.data = Some(data);
+    c.cache = d.join("cache");
+    c.min_count = 1;
+    // Output layer 1,120 x |V| x 256 (past 2^24 multiply-adds), recurrent steps 32 x 1,024 x 256
+    // (past the packed kernel's 2^22), softmax over 1,120 rows.
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (64, 256, 1, 32, 35);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (3, 3, 1, 3);
+    c.device = codistill::train::DeviceChoice::Cpu;
+    let mut runs = Vec::new();
+    for threads in [1, 2] {
+        let mut t = c.clone();
+        t.threads = threads;
+        t.out = d.join(format!("t{threads}"));
+        let s = lm::train(&t).unwrap();
+        assert_eq!(codistill::cpu_threads(), threads, "the trainer sets the process's thread count");
+        runs.push((s.best_valid, Checkpoint::load(&t.out.join("checkpoint.safetensors")).unwrap()));
+    }
+    let ((va, a), (vb, b)) = (&runs[0], &runs[1]);
+    assert!(a.tensors.len() > 3);
+    for (name, t) in &a.tensors {
+        assert_eq!(t, &b.tensors[name], "tensor {name} differs between one and two threads");
+    }
+    assert_eq!(va.map(f64::to_bits), vb.map(f64::to_bits), "validation losses differ");
+}
