@@ -68,13 +68,25 @@ fn gemm_ref(m: usize, n: usize, kk: usize, a: &[f32], ta: bool, b: &[f32], tb: b
     c
 }
 
+/// Whether a product is small enough for this run: `CODISTILL_TEST_MAX_MNK` caps m n k (set by
+/// scripts/gpu_remote.sh under compute-sanitizer, which slows kernels and the f64 reference by
+/// orders of magnitude; the odd and tile-edge sizes, all small, still run). Unset: every size.
+fn within_cap(m: usize, n: usize, k: usize) -> bool {
+    let cap = std::env::var("CODISTILL_TEST_MAX_MNK").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(usize::MAX);
+    let ok = m * n * k <= cap;
+    if !ok {
+        eprintln!("{m}x{n}x{k} left out: over CODISTILL_TEST_MAX_MNK = {cap}");
+    }
+    ok
+}
+
 const SHAPES: &[(usize, usize, usize)] = &[(1, 1, 1), (7, 13, 5), (64, 64, 64), (127, 129, 65), (130, 260, 96), (20, 2600, 650), (256, 200, 328)];
 
 #[test]
 fn gemm_f32_matches_f64_reference() {
     let Some(g) = gpu() else { return };
     let mut r = rng("gemm_f32");
-    for &(m, n, kk) in SHAPES {
+    for &(m, n, kk) in SHAPES.iter().filter(|&&(m, n, k)| within_cap(m, n, k)) {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let a = r.normal_vec(m * kk, 1.0);
             let b = r.normal_vec(kk * n, 1.0);
@@ -146,7 +158,7 @@ fn check_gemm_bf16(kernel: MatmulKernel) {
     // split-K on mma.sync (few output tiles, long k): the LSTM's per-step backward product, and
     // an uneven last split
     shapes.extend([(64, 1024, 4096), (33, 100, 3000)]);
-    for &(m, n, kk) in &shapes {
+    for &(m, n, kk) in shapes.iter().filter(|&&(m, n, k)| within_cap(m, n, k)) {
         if kernel != MatmulKernel::MmaSync && kk % 8 != 0 {
             // wgmma takes inner dimensions in whole 16-byte chunks; the launcher says so.
             let (da, db) = (g.alloc::<bf16>(m * kk).unwrap(), g.alloc::<bf16>(kk * n).unwrap());
@@ -332,7 +344,7 @@ fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
     let mut r = rng("gemm_f32_as_bf16");
     let kernels = if g.has_wgmma() { vec![MatmulKernel::Auto, MatmulKernel::AutoWgmma, MatmulKernel::AutoWgmmaTma] } else { vec![MatmulKernel::Auto] };
     for kernel in kernels.into_iter().filter(|&k| !skipped(k)) {
-        for &(m, n, kk) in &[(7, 13, 5), (300, 512, 1024), (513, 257, 72), (129, 2600, 64)] {
+        for &(m, n, kk) in [(7, 13, 5), (300, 512, 1024), (513, 257, 72), (129, 2600, 64)].iter().filter(|&&(m, n, k)| within_cap(m, n, k)) {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let (a, b) = (r.normal_vec(m * kk, 1.0), r.normal_vec(kk * n, 1.0));
                 let (_, af) = round_bf16(a.clone());
