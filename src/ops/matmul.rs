@@ -1,8 +1,8 @@
 //! Matrix multiply: `C[m,n] = alpha * op(A) @ op(B) + beta * C`, row-major, where `op(A)` is A or
 //! its transpose. The CPU twin is the `gemm` crate's packed, vectorised (kernels for the CPU's
-//! SIMD chosen at run time: AVX2/FMA on x86_64), threaded kernel: a transpose is only a swap of strides, so no operand is ever copied.
-//! bf16 operands are widened exactly to f32 (the tensor cores multiply bf16 and accumulate in f32,
-//! which this reproduces up to summation order).
+//! SIMD chosen at run time: AVX2/FMA on x86_64), threaded kernel: a transpose is only a swap of
+//! strides, so no operand is ever copied. bf16 operands are widened exactly to f32 (the tensor
+//! cores multiply bf16 and accumulate in f32, which this reproduces up to summation order).
 
 use crate::tensor::{DType, Device, Tensor};
 use crate::{bail, Result};
@@ -149,8 +149,9 @@ mod tests {
     }
 
     #[test]
-    fn threaded_products_with_alpha_beta_match_f64_and_one_thread_bitwise() {
-        // Above SERIAL_MAX, so the product is split over threads; the split must not change a bit.
+    fn threaded_products_with_alpha_beta_match_f64_and_one_worker_bitwise() {
+        // Above SERIAL_MAX, so the product is split into tasks; where they run must not change a
+        // bit (tests/threads.rs compares one thread with two through a whole training run).
         let mut rng = Rng::new(3);
         let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         for &(m, n, k) in &[(300, 401, 150), (67, 2030, 129)] {

@@ -4,9 +4,9 @@
 //! A general GEMM packs its operands inside every call (matrixmultiply, the CPU GEMM until
 //! 2026-11-27, packed the right-hand one on a single thread: for `h [64, 1024] @ W_hh [1024, 4096]`
 //! 16 MB copied 35 times per window while the second core waited; the `gemm` crate now behind
-//! `gemm_cpu` is still 1.2-1.5x slower than this at those shapes). Here `W_hh` (or its transpose, for the
-//! backward pass) is laid out once per layer call in panels of 16 columns (`[k][16]`, zero-padded),
-//! and each step runs a 6 x 16 AVX2/FMA register-blocked kernel over the panels, split between
+//! `gemm_cpu` is still 1.2-1.5x slower than this at those shapes). Here `W_hh` (or its transpose,
+//! for the backward pass) is laid out once per layer call in panels of 16 columns (`[k][16]`,
+//! zero-padded), and each step runs a 6 x 16 AVX2/FMA register-blocked kernel over the panels, split between
 //! threads by panel. Where AVX2 and FMA are missing, [`PackedB::gemm`] falls back to the portable
 //! GEMM on the unpacked matrix, with the same result up to summation order.
 
