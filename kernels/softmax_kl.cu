@@ -55,25 +55,52 @@ __device__ __forceinline__ Lse lse_merge(Lse a, Lse b, float c) {
     return Lse{m, a.z * ex2(c * (a.m - m)) + b.z * ex2(c * (b.m - m))};
 }
 
-// Block-wide merge; every thread gets the result. `buf` holds 64 floats.
-__device__ Lse block_lse(Lse a, float c, float* buf) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+// Block-wide merge of N online log-sum-exp states at once (state i with scale c[i]); every thread
+// gets the results. Each warp merges by shuffles; then warp 0 alone merges the warps' partials by
+// shuffles and broadcasts them through shared memory (every thread looping over every warp's
+// partial cost 2 exp2 x 32 warps x 1024 threads per state: as many MUFU operations as a fifth of
+// the row's elements). The merge is commutative (max, then a sum of two products), so the xor
+// butterfly gives every lane the same bits, and the order is fixed: deterministic. `buf` holds
+// 66 * N floats; the leading barrier lets callers reuse it.
+template <int N>
+__device__ void block_lse_n(Lse* a, const float* c, float* buf) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        Lse b{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.z, o)};
-        a = lse_merge(a, b, c);
+    for (int i = 0; i < N; i++) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            Lse b{__shfl_xor_sync(0xffffffffu, a[i].m, o), __shfl_xor_sync(0xffffffffu, a[i].z, o)};
+            a[i] = lse_merge(a[i], b, c[i]);
+        }
     }
     __syncthreads();
     if (lane == 0) {
-        buf[warp] = a.m;
-        buf[32 + warp] = a.z;
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            buf[64 * i + warp] = a[i].m;
+            buf[64 * i + 32 + warp] = a[i].z;
+        }
     }
     __syncthreads();
-    Lse r{-INFINITY, 0.f};
-    for (int w = 0; w < nw; w++) r = lse_merge(r, Lse{buf[w], buf[32 + w]}, c);
-    return r;
+    if (warp == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            Lse r = lane < nw ? Lse{buf[64 * i + lane], buf[64 * i + 32 + lane]} : Lse{-INFINITY, 0.f};
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                Lse b{__shfl_xor_sync(0xffffffffu, r.m, o), __shfl_xor_sync(0xffffffffu, r.z, o)};
+                r = lse_merge(r, b, c[i]);
+            }
+            if (lane == 0) {
+                buf[64 * N + 2 * i] = r.m;
+                buf[64 * N + 2 * i + 1] = r.z;
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < N; i++) a[i] = Lse{buf[64 * N + 2 * i], buf[64 * N + 2 * i + 1]};
 }
-
 
 // A distribution's normaliser in pass 2: log2-probability of raw value x is c * (x - m) - l2z.
 struct Norm {
@@ -85,13 +112,17 @@ template <int KMAX, bool VEC>
 __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const TeacherPtrs& tp, const int* __restrict__ labels,
                                            int cols, int K, float T, float alpha, float inv_n, float* __restrict__ grad,
                                            float* __restrict__ row_hard, float* __restrict__ row_soft, float* cache) {
-    __shared__ float fbuf[64];
+    constexpr int NL = 2 + KMAX;  // online states: s, s/T, t_k/T
+    __shared__ float fbuf[66 * NL];
     __shared__ double dbuf[32];
     const i64 r = blockIdx.x;
     const float inv_t = 1.f / T;
     const float c1 = L2E, ct = inv_t * L2E;
     const bool use_hard = labels != nullptr && alpha != 1.f;
     const bool use_soft = K > 0 && alpha != 0.f;
+    // T = 1: softmax(s / T) is softmax(s), bit for bit (ct == c1): one state and one exp2 per
+    // element fewer in each pass.
+    const bool same_t = ct == c1;
     const float* srow = s + r * cols;
     const float* trow[KMAX];
 #pragma unroll
@@ -110,7 +141,9 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const Te
             if (cache) reinterpret_cast<float4*>(cache)[j] = v;
             lse_add(ls, v.x, c1); lse_add(ls, v.y, c1); lse_add(ls, v.z, c1); lse_add(ls, v.w, c1);
             if (use_soft) {
-                lse_add(lst, v.x, ct); lse_add(lst, v.y, ct); lse_add(lst, v.z, ct); lse_add(lst, v.w, ct);
+                if (!same_t) {
+                    lse_add(lst, v.x, ct); lse_add(lst, v.y, ct); lse_add(lst, v.z, ct); lse_add(lst, v.w, ct);
+                }
 #pragma unroll
                 for (int k = 0; k < KMAX; k++) {
                     if (k < K) {
@@ -149,31 +182,30 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const Te
             if (cache) cache[j] = v;
             lse_add(ls, v, c1);
             if (use_soft) {
-                lse_add(lst, v, ct);
+                if (!same_t) lse_add(lst, v, ct);
 #pragma unroll
                 for (int k = 0; k < KMAX; k++)
                     if (k < K) lse_add(lt[k], trow[k][j], ct);
             }
         }
     }
-    ls = block_lse(ls, c1, fbuf);
-    const Norm ns{ls.m, c1, log2f(ls.z)};
+    // One block-wide merge for every state (unused ones stay empty and merge to nothing).
+    Lse st[NL];
+    float sc[NL];
+    st[0] = ls, sc[0] = c1;
+    st[1] = lst, sc[1] = ct;
+#pragma unroll
+    for (int k = 0; k < KMAX; k++) st[2 + k] = lt[k], sc[2 + k] = ct;
+    block_lse_n<NL>(st, sc, fbuf);
+    const Norm ns{st[0].m, c1, log2f(st[0].z)};
     Norm nst{0.f, ct, 0.f};
     Norm nt[KMAX];
     if (use_soft) {
-        lst = block_lse(lst, ct, fbuf);
-        nst = Norm{lst.m, ct, log2f(lst.z)};
+        nst = same_t ? ns : Norm{st[1].m, ct, log2f(st[1].z)};
 #pragma unroll
-        for (int k = 0; k < KMAX; k++) {
-            if (k < K) {
-                Lse b = block_lse(lt[k], ct, fbuf);
-                nt[k] = Norm{b.m, ct, log2f(b.z)};
-            } else {
-                nt[k] = Norm{0.f, 0.f, 0.f};
-            }
-        }
+        for (int k = 0; k < KMAX; k++) nt[k] = k < K ? Norm{st[2 + k].m, ct, log2f(st[2 + k].z)} : Norm{0.f, 0.f, 0.f};
     }
-    const float* sp = cache ? cache : srow;  // the block's own shared copy is visible after block_lse's barriers
+    const float* sp = cache ? cache : srow;  // the block's own shared copy is visible after block_lse_n's barriers
     const int y = labels ? labels[r] : -1;
     const float w_hard = use_hard ? (1.f - alpha) * inv_n : 0.f;
     const float w_soft = use_soft ? alpha * T * inv_n : 0.f;
@@ -184,9 +216,12 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const Te
     float* grow = grad + r * cols;
     auto element = [&](int j, float sv, const float* tv) -> float {
         float g = 0.f;
-        if (use_hard) g += w_hard * (ex2(ns.log2p(sv)) - (j == y ? 1.f : 0.f));
+        const float l2q = ns.log2p(sv);
+        const float q = use_hard || same_t ? ex2(l2q) : 0.f;
+        if (use_hard) g += w_hard * (q - (j == y ? 1.f : 0.f));
         if (use_soft) {
-            float l2qt = nst.log2p(sv);
+            const float l2qt = same_t ? l2q : nst.log2p(sv);
+            const float qt = same_t ? q : ex2(l2qt);
             float p, l2p;
             if (KMAX == 1) {
                 l2p = nt[0].log2p(tv[0]);
@@ -200,7 +235,7 @@ __device__ __forceinline__ void row_kernel(const float* __restrict__ s, const Te
                 l2p = log2f(p);
             }
             if (p > 0.f) soft += p * (l2p - l2qt);
-            g += w_soft * (ex2(l2qt) - p);
+            g += w_soft * (qt - p);
         }
         return g;
     };
