@@ -171,6 +171,10 @@ mod tests {
                 let mut serial = c0.clone();
                 one_thread.install(|| gemm_cpu(m, n, k, 0.5, &a, ta, &b, tb, -2.0, &mut serial));
                 assert!(c.iter().zip(&serial).all(|(x, y)| x.to_bits() == y.to_bits()), "m{m} n{n} k{k} ta{ta} tb{tb}: threads changed bits");
+                // beta 0 on a poisoned output: every element written, none read
+                let mut p = vec![f32::NAN; m * n];
+                gemm_cpu(m, n, k, 1.0, &a, ta, &b, tb, 0.0, &mut p);
+                assert!(p.iter().zip(&r).all(|(x, y)| (*x as f64 - y).abs() <= 1e-5 * (k as f64).sqrt() * (1.0 + y.abs())), "m{m} n{n} k{k}: poisoned output");
             }
         }
     }
