@@ -208,12 +208,16 @@ fn run(m: &ArgMatches) -> Result<()> {
         Some(("info", _)) => {
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             println!("codistill {}", env!("CARGO_PKG_VERSION"));
-            println!("backends: cpu ({threads} threads)");
+            #[cfg(target_arch = "x86_64")]
+            let simd = if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") { "AVX2/FMA kernels" } else { "portable kernels (no AVX2/FMA)" };
+            #[cfg(not(target_arch = "x86_64"))]
+            let simd = "portable kernels";
+            println!("backends: cpu ({threads} threads, {simd}; --threads sets how many a run uses)");
             match codistill::cuda::probe() {
                 Err(e) => println!("cuda: kernels built in (ptx/), no GPU here: {e}"),
                 Ok(n) => {
                     let name = codistill::cuda::gpu(0).and_then(|g| g.name()).unwrap_or_default();
-                    println!("cuda: kernels built in (ptx/), {n} device(s), cuda:0 = {name}; trainers run on the CPU for now");
+                    println!("cuda: kernels built in (ptx/), {n} device(s), cuda:0 = {name}; the trainers use it with --device auto (the default) or cuda");
                 }
             }
             Ok(())
