@@ -230,47 +230,22 @@ fn layout_probe(kernel: MatmulKernel) {
         // index + 1 as bf16-exact parts: (i % 256) + 1 on k = 0 and 256 * (i / 256) on k = 1
         let lo = |i: usize| (i % 256 + 1) as f32;
         let hi = |i: usize| (256 * (i / 256)) as f32;
-        let mut probes: Vec<(&str, Vec<f32>, Vec<f32>)> = Vec::new();
-        let (mut a, mut b) = (vec![0f32; m * kk], vec![0f32; n * kk]);
-        for i in 0..m {
-            a[i * kk] = lo(i);
-            a[i * kk + 1] = hi(i);
-        }
-        for j in 0..n {
-            b[j * kk] = 1.0;
-            b[j * kk + 1] = 1.0;
-        }
-        probes.push(("rows", a, b));
-        let (mut a, mut b) = (vec![0f32; m * kk], vec![0f32; n * kk]);
-        for i in 0..m {
-            a[i * kk] = 1.0;
-            a[i * kk + 1] = 1.0;
-        }
-        for j in 0..n {
-            b[j * kk] = lo(j);
-            b[j * kk + 1] = hi(j);
-        }
-        probes.push(("columns", a, b));
-        let (mut a, mut b) = (vec![0f32; m * kk], vec![0f32; n * kk]);
-        for i in 0..m {
-            a[i * kk + perm(i)] = 1.0;
-        }
-        for j in 0..n {
-            for p in 0..kk {
-                b[j * kk + p] = (p + 1) as f32;
-            }
-        }
-        probes.push(("a-k", a, b));
-        let (mut a, mut b) = (vec![0f32; m * kk], vec![0f32; n * kk]);
-        for i in 0..m {
-            for p in 0..kk {
-                a[i * kk + p] = (p + 1) as f32;
-            }
-        }
-        for j in 0..n {
-            b[j * kk + perm(j)] = 1.0;
-        }
-        probes.push(("b-k", a, b));
+        // A [rows, kk] matrix whose element (row i, k = p) is f(i, p).
+        let mat = |rows: usize, f: &dyn Fn(usize, usize) -> f32| (0..rows * kk).map(|x| f(x / kk, x % kk)).collect::<Vec<f32>>();
+        let index = |i: usize, p: usize| match p {
+            0 => lo(i),
+            1 => hi(i),
+            _ => 0.0,
+        };
+        let ones = |_: usize, p: usize| if p < 2 { 1.0 } else { 0.0 };
+        let one_hot = |i: usize, p: usize| if p == perm(i) { 1.0 } else { 0.0 };
+        let k_plus_1 = |_: usize, p: usize| (p + 1) as f32;
+        let probes = [
+            ("rows", mat(m, &index), mat(n, &ones)),
+            ("columns", mat(m, &ones), mat(n, &index)),
+            ("a-k", mat(m, &one_hot), mat(n, &k_plus_1)),
+            ("b-k", mat(m, &k_plus_1), mat(n, &one_hot)),
+        ];
         for (name, a, b) in probes {
             let (ah, af) = round_bf16(a.clone());
             let (bh, bf) = round_bf16(b.clone());
