@@ -93,10 +93,13 @@ pub fn set_cpu_threads(n: usize) {
     CPU_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The CPU backend's thread count: as set by [`set_cpu_threads`], else the machine's cores.
+/// The CPU backend's thread count: as set by [`set_cpu_threads`], else the machine's cores (asked
+/// of the OS once: `available_parallelism` reads the affinity mask and cgroup files on Linux, too
+/// slow for every product).
 pub fn cpu_threads() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match CPU_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         n => n,
     }
 }

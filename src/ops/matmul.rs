@@ -33,8 +33,8 @@ pub fn gemm_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bo
     }
     let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
     let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-    let threads = crate::cpu_threads();
-    let par = if m * n * k <= SERIAL_MAX || threads == 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
+    let threads = if m * n * k <= SERIAL_MAX { 1 } else { crate::cpu_threads() };
+    let par = if threads == 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
     // The crate's convention: dst = alpha' * dst + beta' * lhs @ rhs, dst read only when asked;
     // strides are given column stride first.
     // SAFETY: the asserts above bound every index the kernel forms from these sizes and strides.
