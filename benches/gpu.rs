@@ -66,7 +66,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     // CODISTILL_BENCH_ONLY=gemm (or softmax, embedding, lstm, adam) runs one group, e.g. under ncu.
     let only = std::env::var("CODISTILL_BENCH_ONLY").ok();
-    let want = |group: &str| only.as_deref().map_or(true, |o| group.contains(o));
+    let want = |group: &str| only.as_deref().is_none_or(|o| group.contains(o));
     println!("device: {}", g.name().unwrap_or_default());
 
     // Copy bandwidth: the memory ceiling (bytes read + written).

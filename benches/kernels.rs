@@ -14,6 +14,7 @@
 //! once), so their column reads as bytes/s: embedding gather and scatter-add, the fused LSTM cell,
 //! the fused softmax-KL loss (student, teachers and gradient), and the Adam update.
 
+use codistill::ops::bf16gemm::{gemm_bf16_cpu, Bf16B};
 use codistill::ops::embedding::{gather_cpu, scatter_add_cpu};
 use codistill::ops::lstm::{cell_backward_cpu, cell_forward_cpu, layer_backward, layer_forward};
 use codistill::ops::matmul::gemm_cpu;
@@ -46,6 +47,8 @@ fn matmul(c: &mut Criterion) {
         let label = format!("{m}x{n}x{k}{}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" });
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
         group.bench_with_input(BenchmarkId::new("gemm_cpu", &label), &(), |bch, _| bch.iter(|| gemm_cpu(m, n, k, 1.0, &a, ta, &b, tb, 0.0, &mut out)));
+        // bf16 operands, f32 accumulation (`--cpu-bf16`): rounding and packing both operands included.
+        group.bench_with_input(BenchmarkId::new("bf16", &label), &(), |bch, _| bch.iter(|| gemm_bf16_cpu(m, n, k, 1.0, &a, ta, &b, tb, 0.0, &mut out)));
         let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
         let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
         group.bench_with_input(BenchmarkId::new("matrixmultiply", &label), &(), |bch, _| {
@@ -67,6 +70,10 @@ fn matmul(c: &mut Criterion) {
             });
             group.bench_with_input(BenchmarkId::new(format!("step_{what}_packed"), format!("{m}x{n}x{k}")), &(), |bch, _| {
                 bch.iter(|| packed.gemm(m, &a, 0.0, &mut out))
+            });
+            let packed16 = Bf16B::new(&w, k, n, trans);
+            group.bench_with_input(BenchmarkId::new(format!("step_{what}_bf16_packed"), format!("{m}x{n}x{k}")), &(), |bch, _| {
+                bch.iter(|| packed16.gemm(m, 1.0, &a, false, 0.0, &mut out))
             });
         }
     }

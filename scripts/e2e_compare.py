@@ -16,7 +16,8 @@ clipping at 5 (LM), BCE-with-logits (Criteo). codistill's figure is its trainer'
 throughput (result.json: tokens_per_s or train_rows_per_s, which excludes data preparation and
 evaluation), on its synthetic data of the same vocabulary or field layout; on the GPU the mean of
 the logged intervals after the first (so the first step's kernel loading is not counted, as the
-warm-up steps are not on the PyTorch side).
+warm-up steps are not on the PyTorch side). On the CPU the LM rows run again in bf16 (BF16=0
+skips them): codistill's --cpu-bf16 against PyTorch's bf16 autocast.
 
 Usage: [DEVICE=cuda] scripts/e2e_compare.py BIN OUTDIR  (scripts/cpu_compare.sh installs torch)
 """
@@ -67,7 +68,7 @@ class LM(nn.Module):
         return self.out(self.drop(h)), state
 
 
-def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2):
+def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2, bf16=False):
     m = LM(vocab, emb, hidden, layers, 0.2).to(DEVICE)
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     data = torch.randint(0, vocab, (bptt + 1, batch), device=DEVICE)
@@ -77,9 +78,10 @@ def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2):
         if i == warmup:
             sync()
             t = time.perf_counter()
-        logits, state = m(data[:-1], state)
-        state = tuple(s.detach() for s in state)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
+            logits, state = m(data[:-1], state)
+            state = tuple(s.detach() for s in state)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(m.parameters(), 5.0)
@@ -89,13 +91,14 @@ def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2):
     return steps * batch * bptt / (time.perf_counter() - t)
 
 
-def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps):
+def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps, bf16=False):
     out = os.path.join(OUT, name)
     cmd = [BIN, "lm", "train", "--device", DEVICE, "--synthetic-vocab", str(vocab), "--synthetic-tokens", "300000",
            "--emb-dim", str(emb), "--hidden", str(hidden), "--layers", str(layers), "--batch", str(batch),
            "--bptt", str(bptt), "--steps", str(steps), "--dropout", "0.2", "--clip", "5", "--eval-every", "100000",
            "--eval-tokens", "2000", "--log-every", str(max(steps // 5, 1) if GPU else 100000),
            "--checkpoint-every", "100000", "--out", out, "--cache", os.path.join(OUT, "cache")]
+    cmd += ["--cpu-bf16", "true"] if bf16 else []
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(out + ".log", "w"))
     return steady(out, "tokens_per_s")
 
@@ -150,11 +153,19 @@ def ours_criteo():
 
 os.makedirs(OUT, exist_ok=True)
 rows = []
-for name, (v, e, h, l, b, t, steps) in {"lm-issue7": (10000, 1024, 1024, 2, 64, 35, 100 if GPU else 12),
-                                        "lm-brown": (14115, 256, 256, 1, 32, 35, 200 if GPU else 40)}.items():
+LMS = {"lm-issue7": (10000, 1024, 1024, 2, 64, 35, 100 if GPU else 12),
+       "lm-brown": (14115, 256, 256, 1, 32, 35, 200 if GPU else 40)}
+for name, (v, e, h, l, b, t, steps) in LMS.items():
     ours = ours_lm(name, v, e, h, l, b, t, steps)
     theirs = torch_lm(v, e, h, l, b, t, steps)
     rows.append((name, "tokens/s", ours, theirs))
+if not GPU and os.environ.get("BF16", "1") != "0":
+    # Both in bf16 on the CPU: codistill --cpu-bf16 (bf16 operands, f32 accumulation) against
+    # PyTorch's bf16 autocast (oneDNN's bf16 kernels for the matmuls and the LSTM).
+    for name, (v, e, h, l, b, t, steps) in LMS.items():
+        ours = ours_lm(name + "-bf16", v, e, h, l, b, t, steps, bf16=True)
+        theirs = torch_lm(v, e, h, l, b, t, steps, bf16=True)
+        rows.append((name + "-bf16", "tokens/s", ours, theirs))
 ours = ours_criteo()
 theirs = torch_criteo(steps=1000 if GPU else 200)
 rows.append(("criteo", "rows/s", ours, theirs))

@@ -93,6 +93,21 @@ pub fn set_cpu_threads(n: usize) {
     CPU_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
 }
 
+static CPU_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets whether the CPU backend's matrix products round their operands to bf16 and accumulate in
+/// f32 (the GPU's default numerics; on a CPU with AVX-512 BF16 up to twice the f32 rate, see
+/// [`ops::bf16gemm`]) or run in f32 (exact, the default), for the whole process. The trainers set
+/// it from `--cpu-bf16`.
+pub fn set_cpu_bf16(on: bool) {
+    CPU_BF16.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the CPU backend's products use bf16 operands (see [`set_cpu_bf16`]).
+pub fn cpu_bf16() -> bool {
+    CPU_BF16.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The CPU backend's thread count: as set by [`set_cpu_threads`], else the machine's cores (asked
 /// of the OS once: `available_parallelism` reads the affinity mask and cgroup files on Linux, too
 /// slow for every product).

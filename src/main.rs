@@ -213,6 +213,12 @@ fn run(m: &ArgMatches) -> Result<()> {
             #[cfg(not(target_arch = "x86_64"))]
             let simd = "portable kernels";
             println!("backends: cpu ({threads} threads, {simd}; --threads sets how many a run uses)");
+            let bf16 = if codistill::ops::bf16gemm::available() {
+                "AVX-512 BF16 dot products"
+            } else {
+                "no AVX-512 BF16 here: operands rounded to bf16 on the f32 kernels, no faster"
+            };
+            println!("cpu bf16 products (--cpu-bf16 true): {bf16}");
             match codistill::cuda::probe() {
                 Err(e) => println!("cuda: kernels built in (ptx/), no GPU here: {e}"),
                 Ok(n) => {

@@ -155,7 +155,7 @@ fn killed_process_leaves_its_peer_training_and_resumes_from_its_checkpoint() {
     assert!(again.status.success(), "restarted rank 1 failed: {stderr}");
     assert!(stderr.contains("resumed from") && stderr.contains("at step"), "{stderr}");
     let resumed_at: u64 = stderr.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-    assert!(resumed_at > 0 && resumed_at % 20 == 0, "resumed at step {resumed_at}");
+    assert!(resumed_at > 0 && resumed_at.is_multiple_of(20), "resumed at step {resumed_at}");
 }
 
 #[test]

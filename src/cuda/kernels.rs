@@ -283,13 +283,13 @@ fn uses_tma(kernel: MatmulKernel) -> bool {
 fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> Result<bool> {
     match kernel {
         MatmulKernel::Auto | MatmulKernel::MmaSync => Ok(false),
-        MatmulKernel::AutoWgmma | MatmulKernel::AutoWgmmaTma => Ok(gpu.has_wgmma() && k % 8 == 0 && m >= 128 && n >= 128 && k >= 64),
+        MatmulKernel::AutoWgmma | MatmulKernel::AutoWgmmaTma => Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64),
         MatmulKernel::Wgmma | MatmulKernel::WgmmaTma => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));
                 bail!(Device, "the wgmma matmul needs a GPU of compute capability 9.0; cuda:{} has {cc}", gpu.ordinal());
             }
-            if k % 8 != 0 {
+            if !k.is_multiple_of(8) {
                 bail!(Shape, "the wgmma matmul needs an inner dimension that is a multiple of 8, got {k}");
             }
             Ok(true)
@@ -431,7 +431,7 @@ pub fn gather(table: &impl Dev<f32>, vocab: usize, dim: usize, ids: &impl Dev<i3
         return Ok(());
     }
     let (pt, v, d, pi, n, po) = (table.ptr(), vocab as i32, dim as i32, ids.ptr(), ids.len() as i32, out.ptr());
-    let work = if dim % 4 == 0 { ids.len() * dim / 4 } else { ids.len() * dim };
+    let work = if dim.is_multiple_of(4) { ids.len() * dim / 4 } else { ids.len() * dim };
     launch!(table.gpu(), "embedding", "embedding_gather", elems(work); pt, v, d, pi, n, po);
     Ok(())
 }

@@ -118,7 +118,9 @@ impl CodistillSchedule {
 
     /// Whether a checkpoint is published after step `step` (0-based) completes.
     pub fn publish_after(&self, step: u64) -> bool {
-        self.exchange_every > 0 && (step + 1) % self.exchange_every == 0 && (self.max_publishes == 0 || (step + 1) / self.exchange_every <= self.max_publishes)
+        self.exchange_every > 0
+            && (step + 1).is_multiple_of(self.exchange_every)
+            && (self.max_publishes == 0 || (step + 1) / self.exchange_every <= self.max_publishes)
     }
 }
 

@@ -15,7 +15,8 @@
 //! On the CPU the per-step products use `W_hh` (forward) and `W_hh^T` (backward) packed once per
 //! call (`ops::packed`), not repacked at each of the T steps.
 
-use super::matmul::gemm_cpu;
+use super::bf16gemm::Bf16B;
+use super::matmul::gemm_host;
 use super::packed::PackedB;
 use super::reduce::sum_rows_cpu;
 use super::softmax_kl::exp_f32;
@@ -137,6 +138,31 @@ pub fn lstm_dims(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Ten
     Ok(LstmDims { steps, batch, input, hidden })
 }
 
+/// The recurrent weight packed once for a window's per-step products, in the process's CPU
+/// precision ([`crate::set_cpu_bf16`]).
+enum StepWeight<'w> {
+    F32(PackedB<'w>),
+    Bf16(Bf16B),
+}
+
+impl<'w> StepWeight<'w> {
+    fn new(w: &'w [f32], k: usize, n: usize, trans: bool) -> StepWeight<'w> {
+        if crate::cpu_bf16() {
+            StepWeight::Bf16(Bf16B::new(w, k, n, trans))
+        } else {
+            StepWeight::F32(PackedB::new(w, k, n, trans))
+        }
+    }
+
+    /// `C = A @ W + beta * C` for `A [m, k]`.
+    fn gemm(&self, m: usize, a: &[f32], beta: f32, c: &mut [f32]) {
+        match self {
+            StepWeight::F32(p) => p.gemm(m, a, beta, c),
+            StepWeight::Bf16(p) => p.gemm(m, 1.0, a, false, beta, c),
+        }
+    }
+}
+
 /// One layer forward over `steps` time steps.
 pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, b: &Tensor, steps: usize) -> Result<LstmOutput> {
     let LstmDims { steps: t_len, batch, input, hidden } = lstm_dims(x, h0, c0, w_ih, w_hh, b, steps)?;
@@ -152,13 +178,13 @@ pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: 
     for row in act.chunks_exact_mut(g4) {
         row.copy_from_slice(bias);
     }
-    gemm_cpu(rows, g4, input, 1.0, x.f32s()?, false, w_ih.f32s()?, false, 1.0, &mut act);
+    gemm_host(rows, g4, input, 1.0, x.f32s()?, false, w_ih.f32s()?, false, 1.0, &mut act);
     let mut y = vec![0f32; rows * hidden];
     let mut c_all = vec![0f32; (t_len + 1) * bh];
     c_all[..bh].copy_from_slice(c0.f32s()?);
     let h0v = h0.f32s()?;
-    // W_hh packed once for the window's per-step products (ops::packed).
-    let whh_p = PackedB::new(whh, hidden, g4, false);
+    // W_hh packed once for the window's per-step products (ops::packed, or ops::bf16gemm).
+    let whh_p = StepWeight::new(whh, hidden, g4, false);
     for t in 0..t_len {
         let gates = &mut act[t * batch * g4..(t + 1) * batch * g4];
         let (y_prev, y_rest) = y.split_at_mut(t * bh);
@@ -220,7 +246,7 @@ pub fn layer_backward(
     let (act, c_all) = (out.cache.act.f32s()?, out.cache.c_all.f32s()?);
     let mut dgates = vec![0f32; rows * g4];
     // W_hh^T packed once for the per-step products dh_{t-1} = dgates_t W_hh^T.
-    let whh_t = PackedB::new(whh, g4, hidden, true);
+    let whh_t = StepWeight::new(whh, g4, hidden, true);
     for t in (0..t_len).rev() {
         for (d, &g) in dh.iter_mut().zip(&dyv[t * bh..(t + 1) * bh]) {
             *d += g;
@@ -243,11 +269,11 @@ pub fn layer_backward(
     h_prev.extend_from_slice(h0.f32s()?);
     h_prev.extend_from_slice(&yv[..(t_len - 1) * bh]);
     let mut dw_hh = vec![0f32; hidden * g4];
-    gemm_cpu(hidden, g4, rows, 1.0, &h_prev, true, &dgates, false, 0.0, &mut dw_hh);
+    gemm_host(hidden, g4, rows, 1.0, &h_prev, true, &dgates, false, 0.0, &mut dw_hh);
     let mut dw_ih = vec![0f32; input * g4];
-    gemm_cpu(input, g4, rows, 1.0, x.f32s()?, true, &dgates, false, 0.0, &mut dw_ih);
+    gemm_host(input, g4, rows, 1.0, x.f32s()?, true, &dgates, false, 0.0, &mut dw_ih);
     let mut dx = vec![0f32; rows * input];
-    gemm_cpu(rows, input, g4, 1.0, &dgates, false, w_ih.f32s()?, true, 0.0, &mut dx);
+    gemm_host(rows, input, g4, 1.0, &dgates, false, w_ih.f32s()?, true, 0.0, &mut dx);
     let mut db = vec![0f32; g4];
     sum_rows_cpu(&dgates, g4, 0.0, &mut db);
     Ok(LstmGrads {

@@ -43,6 +43,18 @@ pub fn gemm_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bo
     }
 }
 
+/// The CPU backend's product as the process is set ([`crate::set_cpu_bf16`]): [`gemm_cpu`] in f32,
+/// or [`super::bf16gemm::gemm_bf16_cpu`] on operands rounded to bf16; the arguments as
+/// [`gemm_cpu`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_host(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
+    if crate::cpu_bf16() {
+        super::bf16gemm::gemm_bf16_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+    } else {
+        gemm_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+    }
+}
+
 /// Shapes of `op(A) @ op(B)`: returns (m, n, k) or an error naming both operands.
 pub fn matmul_dims(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<(usize, usize, usize)> {
     let (ar, ac) = a.expect_2d("matmul lhs")?;
@@ -90,7 +102,7 @@ pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: 
     match super::same_device(&[("lhs", a), ("rhs", b), ("output", c)])? {
         Device::Cpu => {
             let (av, bv) = (operand_f32(a)?, operand_f32(b)?);
-            gemm_cpu(m, n, k, alpha, &av, trans_a, &bv, trans_b, beta, c.f32s_mut()?);
+            gemm_host(m, n, k, alpha, &av, trans_a, &bv, trans_b, beta, c.f32s_mut()?);
             Ok(())
         }
         Device::Cuda(_) => {

@@ -3,6 +3,7 @@
 //! the CPU twin that is the reference for the GPU kernel. Backward rules for the tape live in
 //! `autograd.rs`; the heavy ones (LSTM, softmax-KL) call the backward functions here.
 
+pub mod bf16gemm;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
