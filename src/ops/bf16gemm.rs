@@ -11,7 +11,8 @@
 //!
 //! Where the CPU lacks AVX-512 BF16 the same product is formed from the rounded operands on the
 //! f32 kernel ([`super::matmul::gemm_cpu`]): the same numbers up to summation order, and no faster.
-//! The instruction flushes bf16 denormals (below 1.2e-38) to zero, which the fallback does not.
+//! The native conversion and dot product take denormals (magnitudes below 1.2e-38) as zero, which
+//! the fallback does not; nothing else differs.
 
 use super::matmul::gemm_cpu;
 use half::bf16;
@@ -89,7 +90,9 @@ impl Bf16B {
         }
         let (kp, np) = (k.div_ceil(2), n.div_ceil(NR));
         let per = kp * NR;
-        let mut panels = vec![0u32; np * per];
+        let mut panels = pool::take(np * per);
+        // Every element is written (padding with zeros), so a reused buffer's old contents never
+        // matter.
         let pack = |p: usize, panel: &mut [u32]| {
             let (j0, w) = (p * NR, NR.min(n - p * NR));
             // SAFETY: `available()` held; the reads stay inside b's k x n elements (asserted) and
@@ -100,6 +103,11 @@ impl Bf16B {
                     for j in 0..w {
                         avx512::pack_adjacent(b.as_ptr().add((j0 + j) * k), k, panel.as_mut_ptr().add(j), NR);
                     }
+                    if w < NR {
+                        for q in 0..kp {
+                            panel[q * NR + w..(q + 1) * NR].fill(0);
+                        }
+                    }
                 } else {
                     avx512::pack_rows(b.as_ptr().add(j0), n, k, w, panel.as_mut_ptr(), NR);
                 }
@@ -107,7 +115,7 @@ impl Bf16B {
         };
         if per > 0 {
             let threads = if k * n < 1 << 18 { 1 } else { crate::cpu_threads().min(np) };
-            for_chunks(&mut panels, per, threads, pack);
+            for_chunks(&mut panels[..np * per], per, threads, pack);
         }
         Bf16B { k, n, layout: Layout::Native(panels) }
     }
@@ -199,6 +207,7 @@ impl Bf16B {
                 run(0, threads);
             });
         }
+        pool::give(apack);
     }
 }
 
@@ -218,7 +227,8 @@ pub fn gemm_bf16_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_
 fn pack_a(m: usize, k: usize, a: &[f32], trans: bool, threads: usize) -> Vec<u32> {
     let kp = k.div_ceil(2);
     let per = kp * MR;
-    let mut out = vec![0u32; m.div_ceil(MR) * per];
+    let len = m.div_ceil(MR) * per;
+    let mut out = pool::take(len);
     let pack = |blk: usize, dst: &mut [u32]| {
         let (i0, rows) = (blk * MR, MR.min(m - blk * MR));
         // SAFETY: `available()` held (the caller packs A only for the native kernel); the reads stay
@@ -231,12 +241,69 @@ fn pack_a(m: usize, k: usize, a: &[f32], trans: bool, threads: usize) -> Vec<u32
                 for r in 0..rows {
                     avx512::pack_adjacent(a.as_ptr().add((i0 + r) * k), k, dst.as_mut_ptr().add(r), MR);
                 }
+                if rows < MR {
+                    for q in 0..kp {
+                        dst[q * MR + rows..(q + 1) * MR].fill(0);
+                    }
+                }
             }
         }
     };
     let threads = if m * k < 1 << 18 { 1 } else { threads.min(m.div_ceil(MR)) };
-    for_chunks(&mut out, per, threads, pack);
+    if per > 0 {
+        for_chunks(&mut out[..len], per, threads, pack);
+    }
     out
+}
+
+/// Packing buffers kept for reuse: a training step packs the same shapes every time, and a fresh
+/// buffer costs a zeroing pass (and, past glibc's mmap threshold, page faults) over tens of MB (the
+/// issue-7 model's output-layer gradient packs 45 MB). The packers write every element, so a
+/// reused buffer's old contents never reach a result.
+mod pool {
+    use std::sync::Mutex;
+
+    /// Buffers kept at most: the two operands of a product and the LSTM's packed weight, twice.
+    const KEEP: usize = 6;
+    static FREE: Mutex<Vec<Vec<u32>>> = Mutex::new(Vec::new());
+
+    /// A buffer of at least `len` elements (contents unspecified), the smallest that fits.
+    pub(super) fn take(len: usize) -> Vec<u32> {
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let best = free.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
+        match best {
+            Some(i) => free.swap_remove(i),
+            None => {
+                // None fits: grow the largest kept one (its old part is not rewritten) or make one.
+                let largest = free.iter().enumerate().max_by_key(|(_, v)| v.len()).map(|(i, _)| i);
+                let mut v = largest.map(|i| free.swap_remove(i)).unwrap_or_default();
+                drop(free);
+                v.resize(len, 0);
+                v
+            }
+        }
+    }
+
+    /// Gives a buffer back; past `KEEP` the smallest is freed.
+    pub(super) fn give(v: Vec<u32>) {
+        if v.is_empty() {
+            return;
+        }
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        free.push(v);
+        if free.len() > KEEP {
+            let smallest = free.iter().enumerate().min_by_key(|(_, v)| v.len()).map(|(i, _)| i).unwrap_or(0);
+            free.swap_remove(smallest);
+        }
+    }
+}
+
+impl Drop for Bf16B {
+    fn drop(&mut self) {
+        if let Layout::Native(v) = &mut self.layout {
+            pool::give(std::mem::take(v));
+        }
+    }
 }
 
 /// Calls `f(i, chunk)` for each `per`-long chunk of `buf`, on `threads` threads (contiguous ranges).
@@ -340,7 +407,7 @@ mod avx512 {
 
     /// Packs `w` columns of a row-major matrix whose pairs sit in consecutive rows: element
     /// `(kk, j)` is `src[kk * ld + j]` for `kk < k`, `j < w`; pair q of column j (rows 2q, 2q + 1;
-    /// zero past k) is written to `dst[q * stride + j]`.
+    /// zero past k) is written to `dst[q * stride + j]`, and zeros to columns w .. stride.
     ///
     /// # Safety
     /// AVX-512F and AVX-512 BF16 are present; `src` covers k rows of w columns `ld` apart; `dst`
@@ -350,12 +417,13 @@ mod avx512 {
         for q in 0..k.div_ceil(2) {
             let (r0, r1) = (src.add(2 * q * ld), src.add((2 * q + 1).min(k - 1) * ld));
             let second = 2 * q + 1 < k;
+            // The whole row of `stride` pairs is written: zeros past column w.
             let mut j = 0;
-            while j < w {
-                let m = lanes(w - j);
+            while j < stride {
+                let m = lanes(w.saturating_sub(j));
                 let lo = _mm512_maskz_loadu_ps(m, r0.add(j));
                 let hi = if second { _mm512_maskz_loadu_ps(m, r1.add(j)) } else { _mm512_setzero_ps() };
-                _mm512_mask_storeu_epi32(dst.add(q * stride + j) as *mut _, m, pairs(lo, hi));
+                _mm512_mask_storeu_epi32(dst.add(q * stride + j) as *mut _, lanes(stride - j), pairs(lo, hi));
                 j += 16;
             }
         }
@@ -480,6 +548,21 @@ mod tests {
             for i in 0..m * n {
                 assert!((c[i] as f64 - r[i]).abs() <= 1e-5 * mag[i] + 1e-6, "{m}x{n}x{k}: element {i} is {} against {}", c[i], r[i]);
             }
+        }
+    }
+
+    #[test]
+    fn reused_buffers_holding_nans_never_reach_a_result() {
+        let mut rng = Rng::new(74);
+        for round in 0..3 {
+            // Fill the pool's buffers with NaN pairs, then take them for products whose padding
+            // (last panel's columns, last block's rows, odd k) sits where the NaNs were.
+            let big = vec![f32::NAN; 200 * 300];
+            let mut sink = vec![0f32; 200 * 200];
+            gemm_bf16_cpu(200, 200, 300, 1.0, &big, false, &big, true, 0.0, &mut sink);
+            gemm_bf16_cpu(200, 200, 300, 1.0, &big, true, &big, false, 0.0, &mut sink);
+            check(13 + round, 50 + round, 33, round == 1, round == 2, 1.0, 0.0, &mut rng);
+            check(9, 97, 7 + 2 * round, round != 1, round != 2, 1.0, 0.0, &mut rng);
         }
     }
 
