@@ -293,6 +293,11 @@ impl Graph {
 
     /// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, a scalar.
     pub fn softmax_xent(&mut self, logits: Var, targets: &Tensor) -> Result<Var> {
+        if !self.needs_grad[logits.0] {
+            // Nothing to differentiate (evaluation): the loss alone.
+            let l = loss::softmax_xent_value(self.value(logits), targets)?;
+            return Ok(self.push(Tensor::scalar(l as f32), &[logits], |_, _| Ok(())));
+        }
         let (l, grad) = loss::softmax_xent(self.value(logits), targets)?;
         Ok(self.push(Tensor::scalar(l as f32), &[logits], move |g, grads| grads.add(logits, scale(&grad, g.item()?)?)))
     }

@@ -7,6 +7,25 @@ use super::softmax_kl::{softmax_kl, DistillParams};
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
+/// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, without its gradient (for
+/// evaluation: on the CPU half the passes and no `[N, V]` buffer; the GPU kernel writes its
+/// gradient anyway, which is dropped). The same checks and errors as [`softmax_xent`].
+pub fn softmax_xent_value(logits: &Tensor, targets: &Tensor) -> Result<f64> {
+    if logits.device() != Device::Cpu {
+        return Ok(softmax_xent(logits, targets)?.0);
+    }
+    let (n, v) = logits.expect_2d("student logits")?;
+    targets.expect_shape("labels", &[n])?;
+    if targets.device() != Device::Cpu {
+        bail!(Device, "student logits are on {} but labels are on {}", logits.device(), targets.device());
+    }
+    let y = targets.i32s()?;
+    if let Some((r, &bad)) = y.iter().enumerate().find(|(_, &c)| c < 0 || c as usize >= v) {
+        bail!(Invalid, "label {bad} in row {r} is outside the {v} classes");
+    }
+    Ok(super::softmax_kl::xent_value_cpu(logits.f32s()?, y, n, v))
+}
+
 /// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, and its gradient.
 pub fn softmax_xent(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor)> {
     let (loss, grad) = softmax_kl(logits, &[], Some(targets), DistillParams { temperature: 1.0, alpha: 0.0 })?;
@@ -74,6 +93,27 @@ mod tests {
     fn bce_rejects_targets_outside_unit_interval() {
         let e = bce_with_logits(&Tensor::zeros(&[2]), &Tensor::from_f32(vec![0.5, 1.5], &[2]).unwrap());
         assert!(e.unwrap_err().to_string().contains("1.5"));
+    }
+
+    /// The value-only cross-entropy (evaluation) against the loss of the gradient path, at odd
+    /// sizes, rows of +-1e4 and one row; the same label errors.
+    #[test]
+    fn xent_value_matches_the_gradient_path() {
+        let mut rng = crate::Rng::new(9);
+        for &(n, v) in &[(1, 1), (3, 7), (37, 1001), (130, 14)] {
+            let mut x = rng.normal_vec(n * v, 3.0);
+            x[0] = 1e4;
+            if x.len() > 2 {
+                x[2] = -1e4;
+            }
+            let y: Vec<i32> = (0..n).map(|_| rng.below(v) as i32).collect();
+            let (x, y) = (Tensor::from_f32(x, &[n, v]).unwrap(), Tensor::from_i32(y, &[n]).unwrap());
+            let (want, _) = softmax_xent(&x, &y).unwrap();
+            let got = softmax_xent_value(&x, &y).unwrap();
+            assert!(got.is_finite() && (got - want).abs() <= 1e-6 * want.abs().max(1.0), "{n}x{v}: {got} against {want}");
+        }
+        let e = softmax_xent_value(&Tensor::zeros(&[2, 3]), &Tensor::from_i32(vec![0, 3], &[2]).unwrap());
+        assert!(e.unwrap_err().to_string().contains("label 3 in row 1"));
     }
 
     #[test]

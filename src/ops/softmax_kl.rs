@@ -75,15 +75,38 @@ struct RowScratch {
     pk: Vec<f32>,
 }
 
-/// One row: writes `g` (without the 1/N) and returns (hard CE, soft KL). One exponential per
-/// element per distribution (student at 1, student at T when T != 1, each teacher); a logarithm per
-/// element only when several teachers are averaged.
-fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, g: &mut [f32], w: &mut RowScratch) -> (f64, f64) {
+/// The row's maximum and `ln sum_j exp(x_j - max)`, in f64; nothing written (the loss alone).
+fn row_lse(x: &[f32]) -> f64 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = x.chunks(8).map(|c| c.iter().map(|&v| exp_f32(v - max)).sum::<f32>() as f64).sum();
+    max as f64 + sum.ln()
+}
+
+/// One row: writes `g` times `scale` (the caller's 1/N) and returns (hard CE, soft KL). One
+/// exponential per element per distribution (student at 1, student at T when T != 1, each
+/// teacher); a logarithm per element only when several teachers are averaged.
+#[allow(clippy::too_many_arguments)]
+fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, scale: f32, g: &mut [f32], w: &mut RowScratch) -> (f64, f64) {
     let (t, a) = (p.temperature as f64, p.alpha as f64);
     let inv_t = 1.0 / p.temperature;
     let (mut hard, mut soft) = (0.0, 0.0);
     let use_hard = y.is_some() && a != 1.0;
     let use_soft = a != 0.0 && !teachers.is_empty();
+    if use_hard && !use_soft {
+        // Cross-entropy alone (every baseline step): exponentials straight into g, one scaling
+        // pass that normalises and weighs them; three passes over the row in all.
+        let y = y.unwrap_or(0) as usize;
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for (gv, &v) in g.iter_mut().zip(s) {
+            *gv = exp_f32(v - max);
+        }
+        let sum: f64 = g.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum();
+        let c = (1.0 - a) as f32 * scale;
+        let k = c * (1.0 / sum) as f32;
+        g.iter_mut().for_each(|v| *v *= k);
+        g[y] -= c;
+        return (max as f64 + sum.ln() - s[y] as f64, 0.0);
+    }
     g.iter_mut().for_each(|v| *v = 0.0);
     let mut lse_hard = None;
     if use_hard {
@@ -131,6 +154,7 @@ fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, g:
             *gv += c * (q - pj);
         }
     }
+    g.iter_mut().for_each(|v| *v *= scale);
     (hard, soft)
 }
 
@@ -159,8 +183,7 @@ pub fn softmax_kl_cpu(
                     let r = ci * per + i;
                     trows.clear();
                     trows.extend(teachers.iter().map(|t| &t[r * cols..(r + 1) * cols]));
-                    *out = row_loss(&student[r * cols..(r + 1) * cols], &trows, targets.map(|y| y[r]), p, g, &mut w);
-                    g.iter_mut().for_each(|v| *v *= inv_n);
+                    *out = row_loss(&student[r * cols..(r + 1) * cols], &trows, targets.map(|y| y[r]), p, inv_n, g, &mut w);
                 }
             });
         }
@@ -170,6 +193,27 @@ pub fn softmax_kl_cpu(
     let soft = parts.iter().map(|x| x.1).sum::<f64>() / n;
     let (t, a) = (p.temperature as f64, p.alpha as f64);
     DistillLoss { total: (1.0 - a) * hard + a * t * t * soft, hard, soft }
+}
+
+/// Mean softmax cross-entropy of `logits [rows, cols]` against `targets` (labels in `[0, cols)`),
+/// without the gradient: the CPU twin for evaluation, two passes over each row (its maximum, then
+/// the sum of exponentials) and nothing written. Summed in row order whatever the thread count.
+pub fn xent_value_cpu(logits: &[f32], targets: &[i32], rows: usize, cols: usize) -> f64 {
+    let threads = crate::cpu_threads();
+    let per = rows.div_ceil(threads).max(16);
+    let mut parts = vec![0f64; rows];
+    std::thread::scope(|sc| {
+        for (ci, chunk) in parts.chunks_mut(per).enumerate() {
+            sc.spawn(move || {
+                for (i, out) in chunk.iter_mut().enumerate() {
+                    let r = ci * per + i;
+                    let row = &logits[r * cols..(r + 1) * cols];
+                    *out = row_lse(row) - row[targets[r] as usize] as f64;
+                }
+            });
+        }
+    });
+    parts.iter().sum::<f64>() / rows.max(1) as f64
 }
 
 /// Tensor entry: checks shapes, labels and parameters; returns the loss parts and the gradient.
