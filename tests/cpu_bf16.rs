@@ -8,9 +8,8 @@
 
 mod common;
 use codistill::checkpoint::Checkpoint;
-use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
 use codistill::ops::lstm::{layer_backward, layer_forward};
-use codistill::train::lm::{self, LmConfig};
+use codistill::train::lm;
 use codistill::{Rng, Tensor};
 
 /// Largest difference over the largest magnitude of the f32 result.
@@ -56,17 +55,9 @@ fn bf16_products_track_f32_and_train_alike_on_any_thread_count() {
         assert!(r > 0.0, "{what}: bf16 is bitwise the f32 result, so the setting did nothing");
     }
 
-    // A language model big enough that every threaded path splits (as in tests/threads.rs).
+    // A language model big enough that every threaded path splits.
     let d = common::Scratch::new("cpu_bf16", "lm");
-    let data = d.join("data");
-    write_markov_corpus(&data, &MarkovSource::new(600, 1, 3, 5), [40_000, 4_000, 4_000], 5).unwrap();
-    let mut c = LmConfig::default();
-    c.data = Some(data);
-    c.cache = d.join("cache");
-    c.min_count = 1;
-    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (64, 256, 1, 32, 35);
-    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (6, 6, 1, 6);
-    c.device = codistill::train::DeviceChoice::Cpu;
+    let c = common::split_lm_config(&d, 6);
     let mut runs = Vec::new();
     for (bf, threads) in [(false, 0), (true, 1), (true, 2)] {
         let mut t = c.clone();

@@ -9,23 +9,12 @@
 
 mod common;
 use codistill::checkpoint::Checkpoint;
-use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
-use codistill::train::lm::{self, LmConfig};
+use codistill::train::lm;
 
 #[test]
 fn lm_training_is_bitwise_the_same_on_one_thread_and_on_two() {
     let d = common::Scratch::new("threads", "lm");
-    let data = d.join("data");
-    write_markov_corpus(&data, &MarkovSource::new(600, 1, 3, 5), [40_000, 4_000, 4_000], 5).unwrap();
-    let mut c = LmConfig::default();
-    c.data = Some(data);
-    c.cache = d.join("cache");
-    c.min_count = 1;
-    // Output layer 1,120 x |V| x 256 (past 2^24 multiply-adds), recurrent steps 32 x 1,024 x 256
-    // (past the packed kernel's 2^22), softmax over 1,120 rows.
-    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (64, 256, 1, 32, 35);
-    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (3, 3, 1, 3);
-    c.device = codistill::train::DeviceChoice::Cpu;
+    let c = common::split_lm_config(&d, 3);
     let mut runs = Vec::new();
     for threads in [1, 2] {
         let mut t = c.clone();

@@ -15,6 +15,7 @@
 //! the fallback does not; nothing else differs.
 
 use super::matmul::gemm_cpu;
+use super::SendPtr;
 use half::bf16;
 
 /// Rows per register block.
@@ -326,17 +327,6 @@ fn for_chunks<T: Send>(buf: &mut [T], per: usize, threads: usize, f: impl Fn(usi
             });
         }
     });
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the threads given a copy write disjoint blocks of the output (see `Bf16B::gemm`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// One register block: `C[rows, w] = alpha * Apanel @ Bpanel + beta * C` over `kp` pairs.

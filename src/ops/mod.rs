@@ -28,3 +28,17 @@ pub(crate) fn same_device(ts: &[(&str, &Tensor)]) -> Result<Device> {
     }
     Ok(d)
 }
+
+/// A raw pointer to an output buffer that threads write disjoint parts of (the CPU product
+/// kernels split their output between scoped threads).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only handed to threads that write disjoint parts of the buffer, inside a scope that ends
+// before the buffer's borrow does (`packed::PackedB::gemm_scaled`, `bf16gemm::Bf16B::gemm`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

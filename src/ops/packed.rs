@@ -11,6 +11,7 @@
 //! GEMM on the unpacked matrix, with the same result up to summation order.
 
 use super::matmul::gemm_cpu;
+use super::SendPtr;
 
 /// Columns per panel (two 8-float vectors).
 const NR: usize = 16;
@@ -178,17 +179,6 @@ impl<'b> PackedB<'b> {
             let _ = (a, alpha, beta, c, r0, r1, p0, p1);
             unreachable!("the packed kernel is x86-64 only; `plain` is used elsewhere");
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the threads given a copy write disjoint parts of the buffer (see `PackedB::gemm`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

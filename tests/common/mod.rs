@@ -3,3 +3,24 @@
 #[path = "../../src/testdir.rs"]
 mod testdir;
 pub use testdir::Scratch;
+
+use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+use codistill::train::lm::LmConfig;
+
+/// A CPU language model on a fresh Markov corpus in `d`, big enough that every threaded CPU path
+/// splits: the output layer's products (1,120 x |V| x 256) past the GEMMs' serial limits, the
+/// recurrent steps (32 x 1,024 x 256) past the packed kernels', the softmax over 1,120 rows.
+/// Checkpointed and validated at `steps`.
+#[allow(dead_code, clippy::field_reassign_with_default)] // not every test binary uses it; built field by field, as a user would
+pub fn split_lm_config(d: &Scratch, steps: u64) -> LmConfig {
+    let data = d.join("data");
+    write_markov_corpus(&data, &MarkovSource::new(600, 1, 3, 5), [40_000, 4_000, 4_000], 5).unwrap();
+    let mut c = LmConfig::default();
+    c.data = Some(data);
+    c.cache = d.join("cache");
+    c.min_count = 1;
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt) = (64, 256, 1, 32, 35);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (steps, steps, 1, steps);
+    c.device = codistill::train::DeviceChoice::Cpu;
+    c
+}
