@@ -78,7 +78,17 @@ struct RowScratch {
 /// The row's maximum and `ln sum_j exp(x_j - max)`, in f64; nothing written (the loss alone).
 fn row_lse(x: &[f32]) -> f64 {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f64 = x.chunks(8).map(|c| c.iter().map(|&v| exp_f32(v - max)).sum::<f32>() as f64).sum();
+    // Exponentials a block at a time into a stack buffer (a loop that vectorises), summed as
+    // `softmax_row` sums them: 8 at a time in f32, those in f64.
+    let mut buf = [0f32; 256];
+    let mut sum = 0f64;
+    for block in x.chunks(256) {
+        let e = &mut buf[..block.len()];
+        for (o, &v) in e.iter_mut().zip(block) {
+            *o = exp_f32(v - max);
+        }
+        sum += e.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum::<f64>();
+    }
     max as f64 + sum.ln()
 }
 
