@@ -171,6 +171,6 @@ theirs = torch_criteo(steps=1000 if GPU else 200)
 rows.append(("criteo", "rows/s", ours, theirs))
 where = f"GPU: {torch.cuda.get_device_name()}" if GPU else f"CPU: {THREADS} threads"
 print(f"{where}, torch {torch.__version__}")
-print(f"{'model':<10} {'unit':<9} {'codistill':>11} {'pytorch':>11} {'ratio':>6}")
+print(f"{'model':<14} {'unit':<9} {'codistill':>11} {'pytorch':>11} {'ratio':>6}")
 for name, unit, a, b in rows:
-    print(f"{name:<10} {unit:<9} {a:>11.0f} {b:>11.0f} {a / b:>6.2f}")
+    print(f"{name:<14} {unit:<9} {a:>11.0f} {b:>11.0f} {a / b:>6.2f}")
