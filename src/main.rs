@@ -216,7 +216,7 @@ fn run(m: &ArgMatches) -> Result<()> {
             let bf16 = if codistill::ops::bf16gemm::available() {
                 "AVX-512 BF16 dot products"
             } else {
-                "no AVX-512 BF16 here: operands rounded to bf16 on the f32 kernels, no faster"
+                "no AVX-512 BF16 here: rounded copies of the operands on the f32 kernels, slower than f32"
             };
             println!("cpu bf16 products (--cpu-bf16 true): {bf16}");
             match codistill::cuda::probe() {

@@ -82,7 +82,7 @@ crate::config_table! {
         deterministic: bool = false,
         /// CPU threads for the products and the loss (0: every core); processes sharing a machine should split its cores
         threads: usize = 0,
-        /// CPU: bf16 operands with f32 accumulation in the matrix products, the GPU's default numerics (AVX-512 BF16 dot products where the CPU has them, up to 2x the f32 rate; elsewhere rounded operands on the f32 kernel, no faster)
+        /// CPU: bf16 operands with f32 accumulation in the matrix products, the GPU's default numerics (AVX-512 BF16 dot products where the CPU has them, up to 2x the f32 rate; elsewhere rounded copies of the operands on the f32 kernel, slower than f32)
         cpu_bf16: bool = false,
         /// Split the training stream into this many disjoint shards...
         shards: usize = 1,
