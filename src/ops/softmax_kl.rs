@@ -58,14 +58,21 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
-/// Softmax of `x * scale` into `out`; returns the log of its normaliser, `max + ln sum`, in f64
-/// (so `log softmax_j = x_j * scale - lse`). Sums are in f64.
-fn softmax_row(x: &[f32], scale: f32, out: &mut [f32]) -> f64 {
+/// `exp(x_j * scale - max)` into `out`, the row's maximum of `x * scale` and the sum of `out` (8
+/// at a time in f32, those in f64): the pass every softmax row starts with.
+#[inline]
+fn exp_row(x: &[f32], scale: f32, out: &mut [f32]) -> (f32, f64) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
     for (o, &v) in out.iter_mut().zip(x) {
         *o = exp_f32(v * scale - max);
     }
-    let sum: f64 = out.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum();
+    (max, out.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum())
+}
+
+/// Softmax of `x * scale` into `out`; returns the log of its normaliser, `max + ln sum`, in f64
+/// (so `log softmax_j = x_j * scale - lse`). Sums are in f64.
+fn softmax_row(x: &[f32], scale: f32, out: &mut [f32]) -> f64 {
+    let (max, sum) = exp_row(x, scale, out);
     let inv = (1.0 / sum) as f32;
     out.iter_mut().for_each(|o| *o *= inv);
     max as f64 + sum.ln()
@@ -77,23 +84,6 @@ struct RowScratch {
     qt: Vec<f32>,
     p: Vec<f32>,
     pk: Vec<f32>,
-}
-
-/// The row's maximum and `ln sum_j exp(x_j - max)`, in f64; nothing written (the loss alone).
-fn row_lse(x: &[f32]) -> f64 {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    // Exponentials a block at a time into a stack buffer (a loop that vectorises), summed as
-    // `softmax_row` sums them: 8 at a time in f32, those in f64.
-    let mut buf = [0f32; 256];
-    let mut sum = 0f64;
-    for block in x.chunks(256) {
-        let e = &mut buf[..block.len()];
-        for (o, &v) in e.iter_mut().zip(block) {
-            *o = exp_f32(v - max);
-        }
-        sum += e.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum::<f64>();
-    }
-    max as f64 + sum.ln()
 }
 
 /// One row: writes `g` times `scale` (the caller's 1/N) and returns (hard CE, soft KL). One
@@ -110,11 +100,7 @@ fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, sc
         // Cross-entropy alone (every baseline step): exponentials straight into g, one scaling
         // pass that normalises and weighs them; three passes over the row in all.
         let y = y.unwrap_or(0) as usize;
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        for (gv, &v) in g.iter_mut().zip(s) {
-            *gv = exp_f32(v - max);
-        }
-        let sum: f64 = g.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum();
+        let (max, sum) = exp_row(s, 1.0, g);
         let c = (1.0 - a) as f32 * scale;
         let k = c * (1.0 / sum) as f32;
         g.iter_mut().for_each(|v| *v *= k);
@@ -219,10 +205,12 @@ pub fn xent_value_cpu(logits: &[f32], targets: &[i32], rows: usize, cols: usize)
     std::thread::scope(|sc| {
         for (ci, chunk) in parts.chunks_mut(per).enumerate() {
             sc.spawn(move || {
+                let mut e = vec![0f32; cols];
                 for (i, out) in chunk.iter_mut().enumerate() {
                     let r = ci * per + i;
                     let row = &logits[r * cols..(r + 1) * cols];
-                    *out = row_lse(row) - row[targets[r] as usize] as f64;
+                    let (max, sum) = exp_row(row, 1.0, &mut e);
+                    *out = max as f64 + sum.ln() - row[targets[r] as usize] as f64;
                 }
             });
         }
