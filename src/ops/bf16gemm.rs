@@ -32,18 +32,10 @@ const MC_BLOCKS: usize = 12;
 const SERIAL_MAX: usize = 1 << 22;
 
 /// Whether this CPU has the native kernel (x86-64 with AVX-512F and AVX-512 BF16).
+/// `CODISTILL_CPU_BF16_NATIVE=0` forces the fallback (read once).
 pub fn available() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static HAVE: AtomicU8 = AtomicU8::new(2);
-    match HAVE.load(Ordering::Relaxed) {
-        0 => false,
-        1 => true,
-        _ => {
-            let on = detect() && std::env::var("CODISTILL_CPU_BF16_NATIVE").as_deref() != Ok("0");
-            HAVE.store(on as u8, Ordering::Relaxed);
-            on
-        }
-    }
+    static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAVE.get_or_init(|| detect() && std::env::var("CODISTILL_CPU_BF16_NATIVE").as_deref() != Ok("0"))
 }
 
 fn detect() -> bool {

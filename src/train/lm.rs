@@ -400,9 +400,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     use crate::ops::softmax_kl::DistillParams;
     let t0 = Instant::now();
     let dev = cfg.device.resolve()?;
-    super::gpu_settings(cfg.matmul_f32, cfg.deterministic);
-    crate::set_cpu_threads(cfg.threads);
-    crate::set_cpu_bf16(cfg.cpu_bf16);
+    super::backend_settings(cfg.matmul_f32, cfg.deterministic, cfg.threads, cfg.cpu_bf16);
     if cfg.batch == 0 || cfg.bptt == 0 {
         bail!(Invalid, "batch and bptt must be positive (got {} and {})", cfg.batch, cfg.bptt);
     }

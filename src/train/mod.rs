@@ -76,11 +76,14 @@ impl DeviceChoice {
     }
 }
 
-/// The process-wide GPU options of a run (no effect on the CPU).
-pub(crate) fn gpu_settings(matmul_f32: bool, deterministic: bool) {
+/// The process-wide backend options of a run: the GPU's (`--matmul-f32`, `--deterministic`) and
+/// the CPU's (`--threads`, `--cpu-bf16`).
+pub(crate) fn backend_settings(matmul_f32: bool, deterministic: bool, cpu_threads: usize, cpu_bf16: bool) {
     use crate::cuda::{set_deterministic, set_matmul_precision, MatmulPrecision};
     set_matmul_precision(if matmul_f32 { MatmulPrecision::F32 } else { MatmulPrecision::Bf16 });
     set_deterministic(deterministic);
+    crate::set_cpu_threads(cpu_threads);
+    crate::set_cpu_bf16(cpu_bf16);
 }
 
 /// `--optimizer sgd|momentum|adagrad|adam`.
