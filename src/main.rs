@@ -278,6 +278,13 @@ fn run(m: &ArgMatches) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`codistill info | head -1`) ends the process
+    // quietly, as with other command-line tools, instead of a panic in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     codistill::tune_allocator();
     let m = cli().get_matches();
     match run(&m) {
