@@ -118,6 +118,21 @@ fn round_bf16(v: Vec<f32>) -> (Vec<bf16>, Vec<f32>) {
 /// reported the failure), so that the suite's other tests do not fail on them again (a trapped
 /// kernel also ends the process's CUDA context, which would fail every test after it). The `auto`
 /// variants go with the kernel they use for large products.
+/// The GPU for a test of one matmul kernel: None (with the reason on stderr) where there is no GPU,
+/// where the kernel needs compute capability 9.0 and this GPU lacks it, or where
+/// `CODISTILL_TEST_SKIP_KERNELS` leaves it out.
+fn gpu_for(kernel: MatmulKernel) -> Option<Arc<Gpu>> {
+    let g = gpu()?;
+    if kernel != MatmulKernel::MmaSync && !g.has_wgmma() {
+        eprintln!("this GPU is not compute capability 9.0: {kernel:?} is not tested here");
+        return None;
+    }
+    if skipped(kernel) {
+        return None;
+    }
+    Some(g)
+}
+
 fn skipped(kernel: MatmulKernel) -> bool {
     let key = match kernel {
         MatmulKernel::Wgmma | MatmulKernel::AutoWgmma => "wgmma",
@@ -144,14 +159,7 @@ fn tensor_core_kernels(g: &Gpu) -> Vec<MatmulKernel> {
 /// One tensor-core kernel against the f64 product of bf16-rounded operands, every orientation,
 /// odd sizes, alpha and beta; a kernel this GPU cannot run is skipped with the reason.
 fn check_gemm_bf16(kernel: MatmulKernel) {
-    let Some(g) = gpu() else { return };
-    if kernel != MatmulKernel::MmaSync && !g.has_wgmma() {
-        eprintln!("this GPU is not compute capability 9.0: {kernel:?} is not tested here");
-        return;
-    }
-    if skipped(kernel) {
-        return;
-    }
+    let Some(g) = gpu_for(kernel) else { return };
     let mut r = rng(&format!("gemm_bf16 {kernel:?}"));
     let mut shapes = SHAPES.to_vec();
     shapes.extend([(128, 128, 32), (300, 512, 1024), (64, 2600, 650), (129, 136, 8), (513, 257, 72), (1, 300, 64), (200, 3, 136)]);
@@ -215,14 +223,7 @@ fn gemm_bf16_wgmma_tma_matches_f64_reference() {
 /// perm spreads the ones over every 16-byte chunk and k tile. On a mismatch the report lists the
 /// count and the first outputs with what they read (got - 1) against what they should have.
 fn layout_probe(kernel: MatmulKernel) {
-    let Some(g) = gpu() else { return };
-    if kernel != MatmulKernel::MmaSync && !g.has_wgmma() {
-        eprintln!("this GPU is not compute capability 9.0: {kernel:?} is not tested here");
-        return;
-    }
-    if skipped(kernel) {
-        return;
-    }
+    let Some(g) = gpu_for(kernel) else { return };
     let mut report = Vec::new();
     // One wgmma tile exactly, three k tiles, 2 x 2 tiles, and partial tiles in m, n and k.
     for &(m, n, kk) in &[(128usize, 256usize, 64usize), (128, 256, 192), (256, 512, 128), (192, 136, 80)] {
