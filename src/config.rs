@@ -46,6 +46,35 @@ impl ConfigValue for Option<PathBuf> {
     }
 }
 
+/// A list of paths: comma-separated in its text form (the empty string is none), a TOML array of
+/// strings or one comma-separated string in a config file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Paths(pub Vec<PathBuf>);
+
+impl Paths {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ConfigValue for Paths {
+    fn parse_value(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(Paths(Vec::new()));
+        }
+        s.split(',')
+            .map(|p| match p.trim() {
+                "" => Err(format!("{s:?} has an empty path in its comma-separated list")),
+                p => Ok(PathBuf::from(p)),
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map(Paths)
+    }
+    fn show(&self) -> String {
+        self.0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// What every config table offers, so that code can load any of them the same way.
 pub trait ConfigTable: Default {
     fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String>;
@@ -198,12 +227,14 @@ pub fn apply_toml(text: &str, path: &Path, mut set: impl FnMut(&str, &str) -> st
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
+            // A list of paths; a string inside that is not one is the error below.
+            toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","),
             other => {
                 return Err(Error::Data {
                     path: path.to_path_buf(),
                     line: key_line(text, k),
                     field: k.clone(),
-                    message: format!("expected a string, number or boolean, got {}", other.type_str()),
+                    message: format!("expected a string, number, boolean or array of strings, got {}", other.type_str()),
                 })
             }
         };
@@ -235,7 +266,28 @@ mod tests {
             out: std::path::PathBuf = "runs/x".into(),
             /// Optional file
             resume: Option<std::path::PathBuf> = None,
+            /// Files
+            teacher: super::Paths = Default::default(),
         }
+    }
+
+    #[test]
+    fn path_lists_from_the_command_line_and_toml() {
+        use std::path::PathBuf;
+        let mut c = Demo::default();
+        c.set("teacher", "a.safetensors, b/c.safetensors").unwrap();
+        assert_eq!(c.teacher.0, vec![PathBuf::from("a.safetensors"), PathBuf::from("b/c.safetensors")]);
+        let mut d = Demo::default();
+        d.apply_toml_str(&c.to_toml(), Path::new("saved")).unwrap();
+        assert_eq!(c, d);
+        let mut e = Demo::default();
+        e.apply_toml_str("teacher = [\"x\", \"y\"]\n", Path::new("t.toml")).unwrap();
+        assert_eq!(e.teacher.0.len(), 2);
+        assert!(e.set("teacher", "a,,b").unwrap_err().contains("empty path"));
+        e.set("teacher", "").unwrap();
+        assert!(e.teacher.is_empty());
+        let err = e.apply_toml_str("teacher = [1, 2]\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("t.toml:1") && err.contains("array"), "{err}");
     }
 
     #[test]

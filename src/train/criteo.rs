@@ -97,6 +97,8 @@ crate::config_table! {
         distill_weight: f32 = 0.5,
         /// Codistillation: every model trains on all rows (default: each on its own disjoint shard)
         same_data: bool = false,
+        /// Offline distillation: checkpoints of trained click models, comma-separated, whose mean click probability the model distills toward from burn_in on, with distill_weight; a teacher may have other embedding and MLP widths but must hash into the same number of buckets (with codistillation, these teachers and the peers are averaged together)
+        teacher: crate::config::Paths = crate::config::Paths::default(),
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
         /// Codistillation across processes: this process's model index
@@ -337,6 +339,34 @@ fn load_with_meta(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore, Ch
 const RESUME_KEYS: &[&str] =
     &["buckets", "emb_dim", "mlp", "batch", "seed", "optimizer", "models", "world", "rank", "same_data", "shards", "shard", "valid_fraction"];
 
+/// A fixed teacher of an offline distillation: a trained checkpoint's model and weights.
+pub struct CtrTeacher {
+    pub path: PathBuf,
+    pub model: CtrModel,
+    pub store: ParamStore,
+}
+
+/// Load `--teacher` checkpoints onto `dev`. A teacher must hash categories into `buckets` as the
+/// run does (its embedding rows are indexed by the same ids); an error names the checkpoint.
+pub fn load_teachers(paths: &[PathBuf], buckets: usize, dev: crate::tensor::Device) -> Result<Vec<CtrTeacher>> {
+    paths
+        .iter()
+        .map(|path| {
+            let (tcfg, model, mut store) = load_checkpoint(path)?;
+            if tcfg.buckets != buckets {
+                bail!(
+                    Invalid,
+                    "{}: the teacher hashes categories into {} buckets and this run into {buckets}; a teacher must use the same --buckets",
+                    path.display(),
+                    tcfg.buckets
+                );
+            }
+            store.to_device(dev)?;
+            Ok(CtrTeacher { path: path.clone(), model, store })
+        })
+        .collect()
+}
+
 /// One model of a (possibly codistilled) run.
 struct Member {
     /// Global model index: shard and exchange rank.
@@ -388,13 +418,19 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
     let total_models = topo.total();
+    if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
+        bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
+    }
     let data = prepare_data(cfg)?;
     let schedule = CodistillSchedule {
         burn_in: cfg.burn_in,
         exchange_every: cfg.exchange_every,
         max_publishes: cfg.max_publishes,
-        weight: if total_models > 1 { cfg.distill_weight } else { 0.0 },
+        weight: if total_models > 1 || !cfg.teacher.is_empty() { cfg.distill_weight } else { 0.0 },
     };
+    // Peers exchange checkpoints only when there are peers and the term is on.
+    let codistill = total_models > 1 && schedule.weight > 0.0;
+    let fixed = load_teachers(&cfg.teacher.0, cfg.buckets, dev)?;
     let mut members = Vec::new();
     for local in 0..cfg.models {
         let index = topo.index(local);
@@ -460,7 +496,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     // The structure (parameter names) is the same for every model; weights come from each store.
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
-    if schedule.weight > 0.0 {
+    if codistill {
         // The snapshot buffers are allocated now, not inside the first publishes.
         for m in &members {
             exchange.prepare(m.index, &m.store)?;
@@ -489,6 +525,20 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         }
     };
     let peers: Vec<usize> = (0..total_models).collect();
+    if let Some((c, r)) = data.valid() {
+        // What the students are pulled toward, scored as they will be.
+        for (k, t) in fixed.iter().enumerate() {
+            let v = evaluate(&t.model, &t.store, c, r.start..valid_end(&r))?.0;
+            eprintln!("teacher {k} ({}): validation log-loss {:.5} AUC {}", t.path.display(), v.log_loss, super::metrics::show(v.auc, 4));
+            log.write(&[
+                ("event", J::S("teacher_valid")),
+                ("teacher", J::I(k as u64)),
+                ("step", J::I(start_step)),
+                ("log_loss", J::N(v.log_loss)),
+                ("auc", J::N(v.auc)),
+            ])?;
+        }
+    }
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
     let (mut train_secs, mut train_rows, mut exchange_wait) = (0.0, 0usize, 0.0);
     let mut evals: Vec<(ClickEval, Vec<f32>)> = Vec::new();
@@ -514,13 +564,21 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 waited_here += waited.as_secs_f64();
-                if !teachers.is_empty() {
+                let count = (teachers.len() + fixed.len()) as f32;
+                if count > 0.0 {
                     let mut mean_p = vec![0f32; chunk.len()];
+                    for t in &fixed {
+                        let mut g = Graph::no_grad();
+                        let l = t.model.forward(&mut g, &t.store, &ids, &dense)?;
+                        for (acc, &x) in mean_p.iter_mut().zip(&g.value(l).to_vec_f32()?) {
+                            *acc += sigmoid(x) / count;
+                        }
+                    }
                     for t in &teachers {
                         let mut g = Graph::no_grad();
                         let l = model.forward(&mut g, &t.params, &ids, &dense)?;
                         for (acc, &x) in mean_p.iter_mut().zip(&g.value(l).to_vec_f32()?) {
-                            *acc += sigmoid(x) / teachers.len() as f32;
+                            *acc += sigmoid(x) / count;
                         }
                         let u = m.teachers.observe(m.index, t, step);
                         staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
@@ -565,7 +623,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             r?;
             train_secs += took.as_secs_f64();
         }
-        if schedule.weight > 0.0 {
+        if codistill {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
         step_times.end(train_secs, exchange_wait);
@@ -663,6 +721,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         &[
             ("steps", J::I(total_steps)),
             ("models", J::I(members.len() as u64)),
+            ("teachers", J::I(fixed.len() as u64)),
             ("valid_log_loss", J::N(mean_ll)),
             ("valid_auc", J::N(valid.first().map(|v| v.auc).unwrap_or(nan))),
             ("valid_calibration", J::N(valid.first().map(|v| v.calibration).unwrap_or(nan))),

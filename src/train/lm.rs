@@ -108,6 +108,8 @@ crate::config_table! {
         temperature: f32 = 1.0,
         /// Codistillation: every model trains on the whole stream (default: each on its own disjoint shard)
         same_data: bool = false,
+        /// Offline distillation: checkpoints of trained language models, comma-separated, whose averaged prediction the model distills toward from burn_in on, with distill_weight and temperature; a teacher may have another width or depth but must have the same vocabulary (with codistillation, these teachers and the peers are averaged together)
+        teacher: crate::config::Paths = crate::config::Paths::default(),
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
         /// Codistillation across processes: this process's model index
@@ -376,6 +378,28 @@ pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32]
     Ok(total / count.max(1) as f64)
 }
 
+/// Fixed teachers of an offline distillation: trained checkpoints, each with its own architecture,
+/// on the run's device. Errors name the checkpoint that does not fit the run's vocabulary.
+pub fn load_teachers(paths: &[PathBuf], vocab: &Vocab, dev: crate::tensor::Device) -> Result<Vec<LoadedLm>> {
+    paths
+        .iter()
+        .map(|path| {
+            let mut t = load_checkpoint(path)?;
+            if t.vocab != *vocab {
+                bail!(
+                    Invalid,
+                    "{}: the teacher's vocabulary ({} tokens) differs from this run's ({} tokens); a teacher must be trained on the same corpus with the same tokenizer and min_count",
+                    path.display(),
+                    t.vocab.len(),
+                    vocab.len()
+                );
+            }
+            t.store.to_device(dev)?;
+            Ok(t)
+        })
+        .collect()
+}
+
 /// One model of a (possibly codistilled) run.
 struct LmMember {
     index: usize,
@@ -385,6 +409,8 @@ struct LmMember {
     state: LstmState,
     /// The carried state of each peer's teacher model on this member's lanes.
     teacher_state: Vec<Option<LstmState>>,
+    /// The same for each fixed teacher (`--teacher`).
+    fixed_state: Vec<Option<LstmState>>,
     teachers: crate::distill::TeacherTracker,
     best: Option<f64>,
     out: PathBuf,
@@ -410,6 +436,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
     let total_models = topo.total();
+    if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
+        bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
+    }
     if cfg.models > 1 && cfg.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
@@ -417,10 +446,13 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         burn_in: cfg.burn_in,
         exchange_every: cfg.exchange_every,
         max_publishes: cfg.max_publishes,
-        weight: if total_models > 1 { cfg.distill_weight } else { 0.0 },
+        weight: if total_models > 1 || !cfg.teacher.is_empty() { cfg.distill_weight } else { 0.0 },
     };
+    // Peers exchange checkpoints only when there are peers and the term is on.
+    let codistill = total_models > 1 && schedule.weight > 0.0;
     let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
     let data = prepare_data(cfg)?;
+    let fixed = load_teachers(&cfg.teacher.0, &data.vocab, dev)?;
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
     let mut members = Vec::new();
     for local in 0..cfg.models {
@@ -442,6 +474,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             lanes,
             state: LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?,
             teacher_state: vec![None; total_models],
+            fixed_state: vec![None; fixed.len()],
             teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
             best: None,
             out,
@@ -478,7 +511,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         eprintln!("resumed from {} at step {step}", path.display());
     }
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
-    if schedule.weight > 0.0 {
+    if codistill {
         // The snapshot buffers are allocated now, not inside the first publishes.
         for m in &members {
             exchange.prepare(m.index, &m.store)?;
@@ -504,6 +537,14 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let (mut train_tokens, mut train_secs, mut exchange_wait) = (0.0, 0.0, 0.0);
     let valid_tokens = data.valid.as_ref().map(|v| v.as_slice());
     let peers: Vec<usize> = (0..total_models).collect();
+    if let Some(vt) = valid_tokens {
+        // What the students are pulled toward, scored as they will be.
+        for (k, t) in fixed.iter().enumerate() {
+            let v = evaluate(&t.model, &t.store, vt, cfg.batch, cfg.bptt, cfg.eval_tokens)?.0;
+            eprintln!("teacher {k} ({}): validation loss {v:.4} ppl {:.2}", cfg.teacher.0[k].display(), v.exp());
+            log.write(&[("event", J::S("teacher_valid")), ("teacher", J::I(k as u64)), ("step", J::I(step)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
+        }
+    }
     let mut step_times = StepTimes::new(cfg.step_times, step);
     while step < cfg.steps {
         step_times.begin(train_secs, exchange_wait);
@@ -515,6 +556,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             if w == 0 {
                 m.state = LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?;
                 m.teacher_state = vec![None; total_models];
+                m.fixed_state = vec![None; fixed.len()];
             }
             let (ts, mut waited_here) = (Instant::now(), 0.0);
             let (x, y) = m.lanes.window(w)?;
@@ -540,6 +582,16 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                     if let Some(w) = u.warning {
                         bar.suspend(|| eprintln!("{w}"));
                     }
+                }
+                for (t, st) in fixed.iter().zip(m.fixed_state.iter_mut()) {
+                    let s0 = match st.take() {
+                        Some(s) => s,
+                        None => LstmState::zeros_on(t.cfg.layers, cfg.batch, t.cfg.hidden, dev)?,
+                    };
+                    let mut g = Graph::no_grad();
+                    let (l, next) = t.model.forward(&mut g, &t.store, &x, &s0, cfg.bptt, None)?;
+                    *st = Some(next);
+                    teacher_logits.push(g.value(l).clone());
                 }
             }
             let mut g = Graph::new();
@@ -583,7 +635,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             last_norm = r?;
             train_secs += took.as_secs_f64();
         }
-        if schedule.weight > 0.0 {
+        if codistill {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
         }
         step_times.end(train_secs, exchange_wait);
@@ -690,6 +742,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         &[
             ("steps", J::I(step)),
             ("models", J::I(per_model.len() as u64)),
+            ("teachers", J::I(fixed.len() as u64)),
             ("best_valid_loss", J::N(best.unwrap_or(nan))),
             ("best_valid_ppl", J::N(best.map(f64::exp).unwrap_or(nan))),
             ("test_loss", J::N(test.unwrap_or(nan))),

@@ -1,0 +1,124 @@
+//! Offline distillation (`--teacher`): a model distills toward fixed, trained checkpoints, each
+//! with its own architecture; several teachers are averaged; a teacher that does not fit the run
+//! (another vocabulary, another number of hash buckets) is refused with an error naming it.
+
+#![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
+
+mod common;
+use codistill::config::Paths;
+use codistill::train::criteo::{self, CriteoConfig};
+use codistill::train::lm::{self, LmConfig};
+use codistill::train::DeviceChoice;
+use std::path::Path;
+
+fn tmp(name: &str) -> common::Scratch {
+    common::Scratch::new("od", name)
+}
+
+/// A small Markov corpus in `dir/data` (its vocabulary set by `words`) and a small LM config on it.
+fn small_lm(dir: &Path, words: usize) -> LmConfig {
+    use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
+    write_markov_corpus(&dir.join("data"), &MarkovSource::new(words, 1, 3, 7), [30_000, 4_000, 4_000], 7).unwrap();
+    let mut c = LmConfig::default();
+    (c.data, c.cache, c.device, c.min_count) = (Some(dir.join("data")), dir.join("cache"), DeviceChoice::Cpu, 1);
+    (c.emb_dim, c.hidden, c.layers, c.dropout, c.batch, c.bptt) = (8, 8, 1, 0.0, 8, 10);
+    (c.eval_every, c.log_every) = (10_000, 50);
+    c
+}
+
+fn paths(p: &[&Path]) -> Paths {
+    Paths(p.iter().map(|p| p.to_path_buf()).collect())
+}
+
+#[test]
+fn a_student_learns_from_its_teacher_alone_and_teachers_are_averaged() {
+    let d = tmp("lm");
+    let base = small_lm(&d, 40);
+    // A wider, deeper teacher, trained; and an untrained one (a single step) of the same shape.
+    let mut t = base.clone();
+    (t.emb_dim, t.hidden, t.layers, t.steps, t.checkpoint_every) = (16, 32, 2, 400, 400);
+    t.out = d.join("good");
+    let good = lm::train(&t).unwrap().best_valid.unwrap();
+    (t.steps, t.lr, t.out) = (1, 1e-6, d.join("bad"));
+    lm::train(&t).unwrap();
+    let (good_ck, bad_ck) = (d.join("good/checkpoint.safetensors"), d.join("bad/checkpoint.safetensors"));
+
+    // Students: weight 1 (no label term at all), so whatever they learn comes from the teachers.
+    let student = |name: &str, teachers: &[&Path]| {
+        let mut s = base.clone();
+        (s.steps, s.burn_in, s.distill_weight, s.out) = (1500, 0, 1.0, d.join(name));
+        s.teacher = paths(teachers);
+        lm::train(&s).unwrap().best_valid.unwrap()
+    };
+    let from_good = student("s-good", &[&good_ck]);
+    let from_bad = student("s-bad", &[&bad_ck]);
+    let uniform = (40f64).ln(); // about the synthetic vocabulary's size
+    assert!(from_good < from_bad - 0.3, "a trained teacher taught no more than an untrained one: {from_good} vs {from_bad}");
+    assert!(from_bad > uniform - 0.3, "a student of an untrained teacher learned the data anyway: {from_bad} (uniform {uniform:.3})");
+    eprintln!("teacher {good}; students: of the trained teacher {from_good}, of the untrained {from_bad}");
+    // Run long enough, a student of weight 1 predicts as its teacher does.
+    assert!((from_good - good).abs() < 0.1, "the student ({from_good}) did not come to its teacher ({good})");
+    // Two copies of one teacher average to that teacher; a good and a bad one to something between.
+    assert_eq!(student("s-good2", &[&good_ck, &good_ck]), from_good, "two identical teachers are not their average");
+    let mixed = student("s-mixed", &[&good_ck, &bad_ck]);
+    assert!(from_good < mixed && mixed < from_bad, "{from_good} < {mixed} < {from_bad} does not hold");
+    let metrics = std::fs::read_to_string(d.join("s-mixed/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"event\":\"teacher_valid\"")).count(), 2, "{metrics}");
+    let result = std::fs::read_to_string(d.join("s-mixed/result.json")).unwrap();
+    assert!(result.contains("\"teachers\": 2") || result.contains("\"teachers\":2"), "{result}");
+}
+
+#[test]
+fn a_teacher_of_another_corpus_or_with_label_smoothing_is_refused() {
+    let d = tmp("refuse");
+    let mut t = small_lm(&d.join("a"), 30);
+    (t.steps, t.out) = (2, d.join("t"));
+    lm::train(&t).unwrap();
+    let ck = d.join("t/checkpoint.safetensors");
+    let mut s = small_lm(&d.join("b"), 50);
+    (s.steps, s.out, s.teacher) = (2, d.join("s"), paths(&[&ck]));
+    let e = lm::train(&s).unwrap_err().to_string();
+    assert!(e.contains(&ck.display().to_string()) && e.contains("vocabulary"), "{e}");
+    s.teacher = paths(&[&d.join("missing.safetensors")]);
+    let e = lm::train(&s).unwrap_err().to_string();
+    assert!(e.contains("missing.safetensors"), "{e}");
+    s.label_smoothing = 0.1;
+    assert!(lm::train(&s).unwrap_err().to_string().contains("label_smoothing"));
+}
+
+fn small_criteo(dir: &Path) -> CriteoConfig {
+    let mut c = CriteoConfig::default();
+    (c.cache, c.device) = (dir.join("cache"), DeviceChoice::Cpu);
+    (c.synthetic_scale, c.synthetic_rows, c.buckets, c.eval_rows) = (0.002, 60_000, 2048, 5_000);
+    c
+}
+
+#[test]
+fn a_click_model_learns_from_its_teacher_alone_and_refuses_other_buckets() {
+    let d = tmp("criteo");
+    let mut t = small_criteo(&d);
+    (t.emb_dim, t.mlp, t.epochs, t.out) = (12, "64,32".into(), 2, d.join("good"));
+    let good = criteo::train(&t).unwrap().valid[0];
+    (t.epochs, t.lr, t.out) = (1, 1e-9, d.join("bad"));
+    criteo::train(&t).unwrap();
+    let (good_ck, bad_ck) = (d.join("good/checkpoint.safetensors"), d.join("bad/checkpoint.safetensors"));
+    // Students of weight 1 never see a label: what they learn to rank comes from their teacher.
+    let student = |name: &str, teacher: &Path| {
+        let mut s = small_criteo(&d);
+        (s.emb_dim, s.mlp, s.burn_in, s.distill_weight, s.out, s.teacher) = (4, "16".into(), 0, 1.0, d.join(name), paths(&[teacher]));
+        criteo::train(&s).unwrap().valid[0]
+    };
+    let (from_good, from_bad) = (student("s-good", &good_ck), student("s-bad", &bad_ck));
+    eprintln!(
+        "teacher AUC {} log-loss {}; students: of the trained teacher {} {}, of the untrained {} {}",
+        good.auc, good.log_loss, from_good.auc, from_good.log_loss, from_bad.auc, from_bad.log_loss
+    );
+    assert!(good.auc > 0.65, "the teacher did not learn: AUC {}", good.auc);
+    assert!(from_good.auc > good.auc - 0.05, "the student of a trained teacher ranks worse than it: AUC {} vs {}", from_good.auc, good.auc);
+    assert!(from_bad.auc < 0.6, "a student of an untrained teacher learned the data anyway: AUC {}", from_bad.auc);
+    assert!(from_good.log_loss < from_bad.log_loss - 0.01, "{} vs {}", from_good.log_loss, from_bad.log_loss);
+    let mut other = small_criteo(&d);
+    (other.buckets, other.out, other.teacher) = (1024, d.join("other"), paths(&[&good_ck]));
+    let e = criteo::train(&other).unwrap_err().to_string();
+    assert!(e.contains(&good_ck.display().to_string()) && e.contains("buckets"), "{e}");
+}
