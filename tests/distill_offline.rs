@@ -69,7 +69,7 @@ fn a_student_learns_from_its_teacher_alone_and_teachers_are_averaged() {
 }
 
 #[test]
-fn a_teacher_of_another_corpus_or_with_label_smoothing_is_refused() {
+fn a_teacher_of_another_corpus_with_label_smoothing_or_in_an_experiment_is_refused() {
     let d = tmp("refuse");
     let mut t = small_lm(&d.join("a"), 30);
     (t.steps, t.out) = (2, d.join("t"));
@@ -84,6 +84,10 @@ fn a_teacher_of_another_corpus_or_with_label_smoothing_is_refused() {
     assert!(e.contains("missing.safetensors"), "{e}");
     s.label_smoothing = 0.1;
     assert!(lm::train(&s).unwrap_err().to_string().contains("label_smoothing"));
+    // The experiment's baseline learns from the labels alone.
+    s.label_smoothing = 0.0;
+    let e = codistill::train::experiment::lm_experiment(&s).unwrap_err().to_string();
+    assert!(e.contains("--teacher"), "{e}");
 }
 
 fn small_criteo(dir: &Path) -> CriteoConfig {

@@ -81,9 +81,21 @@ fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], co: &[Cur
     Ok(report)
 }
 
+/// The experiment's baseline is a model trained on the labels alone; fixed teachers would make it
+/// a distilled model and the comparison something else.
+fn no_fixed_teachers(t: &crate::config::Paths) -> Result<()> {
+    if !t.is_empty() {
+        return Err(Error::Invalid(
+            "experiment compares codistillation with a baseline trained on the labels alone; --teacher is for train and codistill".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Criteo: baseline on all rows, codistillation of `max(2, models)` models on disjoint shards,
 /// with `epochs * models` epochs each so that every model takes the same number of steps.
 pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
+    no_fixed_teachers(&cfg.teacher)?;
     let mut base = cfg.clone();
     (base.models, base.world, base.out) = (1, 1, cfg.out.join("baseline"));
     if base.eval_every == 0 {
@@ -117,6 +129,7 @@ pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
 /// Language model: baseline on the whole stream, codistillation of `max(2, models)` models on
 /// disjoint shards, the same `steps` each.
 pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
+    no_fixed_teachers(&cfg.teacher)?;
     let mut base = cfg.clone();
     (base.models, base.world, base.out) = (1, 1, cfg.out.join("baseline"));
     let mut co = base.clone();
