@@ -386,6 +386,17 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     assert_eq!(s.per_model.len(), 2);
     assert!(s.ensemble_valid.unwrap().is_finite() && s.per_model.iter().all(|m| m.0.unwrap() < 30f64.ln()), "{:?}", s.per_model);
     assert!(d.join("lm-co/model-1/checkpoint.safetensors").exists());
+    // offline distillation: the CPU run's checkpoint (a CPU-made file) teaches a narrower student
+    // on each device; the teacher is loaded onto the student's device
+    let mut st = c.clone();
+    (st.hidden, st.layers, st.burn_in, st.distill_weight, st.temperature) = (8, 1, 0, 0.7, 2.0);
+    st.teacher = codistill::config::Paths(vec![d.join("lm-cpu/best.safetensors")]);
+    let (mut sc, mut sg) = (st.clone(), st.clone());
+    (sc.device, sc.out, sg.device, sg.out) = (DeviceChoice::Cpu, d.join("st-cpu"), cg.device, d.join("st-gpu"));
+    let (a, b) = (lm::train(&sc).unwrap(), lm::train(&sg).unwrap());
+    let (va, vb) = (a.best_valid.unwrap(), b.best_valid.unwrap());
+    eprintln!("lm student: validation loss cpu {va:.5} gpu {vb:.5}");
+    assert!((va - vb).abs() < 0.02, "distilled student's validation loss {vb} on the GPU vs {va} on the CPU");
     // click model: one model on each device
     let mut k = criteo::CriteoConfig::default();
     (k.cache, k.synthetic_scale, k.synthetic_rows, k.buckets) = (d.join("ccache"), 0.002, 60_000, 4096);
