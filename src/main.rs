@@ -28,7 +28,7 @@ fn cli() -> Command {
                 .subcommand_required(true)
                 .subcommand(
                     Command::new("train")
-                        .about("Train a language model (on the synthetic corpus unless --data or --train is given)")
+                        .about("Train a language model (on the synthetic corpus unless --data or --train is given); --teacher distills it from trained checkpoints")
                         .arg(config_arg())
                         .args(LmConfig::args()),
                 )
@@ -65,7 +65,7 @@ fn cli() -> Command {
                 .subcommand_required(true)
                 .subcommand(
                     Command::new("train")
-                        .about("Train a click model (on a synthetic log unless --train is given)")
+                        .about("Train a click model (on a synthetic log unless --train is given); --teacher distills it from trained checkpoints")
                         .arg(config_arg())
                         .args(CriteoConfig::args()),
                 )
