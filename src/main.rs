@@ -1,7 +1,7 @@
 //! The `codistill` command line, thin over the library.
 
 use clap::{Arg, ArgMatches, Command};
-use codistill::config::ConfigTable;
+use codistill::config::{ConfigTable, ConfigValue};
 use codistill::data::synthetic::{write_criteo_tsv, ClickModel};
 use codistill::train::criteo::{self, CriteoConfig};
 use codistill::train::lm::{self, LmConfig};
@@ -57,6 +57,16 @@ fn cli() -> Command {
                                 .default_value("0")
                                 .help("Score about N tokens, from places spread over the file (0: all)"),
                         ),
+                )
+                .subcommand(
+                    Command::new("sample")
+                        .about("Print text sampled from checkpoints (several: from their averaged distribution), after an optional prompt")
+                        .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE[,FILE...]").required(true).help("Checkpoints written by lm train, sharing a vocabulary"))
+                        .arg(Arg::new("tokens").long("tokens").value_name("N").default_value("100").help("Tokens to sample"))
+                        .arg(Arg::new("temperature").long("temperature").value_name("T").default_value("1").help("Divide the logits by T before the softmax (below 1: safer, above: more varied)"))
+                        .arg(Arg::new("seed").long("seed").value_name("S").default_value("1").help("Random seed"))
+                        .arg(Arg::new("prompt").long("prompt").value_name("TEXT").help("Text the samples continue [default: the start of a line]"))
+                        .arg(Arg::new("device").long("device").value_name("auto|cpu|cuda").default_value("cpu").help("Device for the forward passes")),
                 ),
         )
         .subcommand(
@@ -268,6 +278,33 @@ fn run(m: &ArgMatches) -> Result<()> {
                     .map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
                 let (ce, n) = lm::eval_checkpoint(&ckpt, file.as_deref(), &cache, max)?;
                 println!("{}", json_object(&[("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))]));
+                Ok(())
+            }
+            Some(("sample", a)) => {
+                let paths = codistill::config::Paths::parse_value(a.get_one::<String>("checkpoint").expect("required")).map_err(codistill::Error::Invalid)?;
+                let dev = a
+                    .get_one::<String>("device")
+                    .expect("defaulted")
+                    .parse::<codistill::train::DeviceChoice>()
+                    .map_err(codistill::Error::Invalid)?
+                    .resolve()?;
+                let models = paths
+                    .0
+                    .iter()
+                    .map(|p| {
+                        let mut l = lm::load_checkpoint(p)?;
+                        l.store.to_device(dev)?;
+                        Ok(l)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut s = codistill::train::sample::Sampler::new(&models, 1, num(a, "temperature")?, num(a, "seed")?, dev)?;
+                let prompt = a.get_one::<String>("prompt").map(|p| s.vocab().encode_text(p)).unwrap_or_default();
+                s.feed(&prompt)?;
+                let out = s.tokens(num(a, "tokens")?)?.remove(0);
+                let vocab = s.vocab();
+                let shown = codistill::train::sample::render(vocab, &prompt);
+                let sep = if shown.is_empty() || vocab.tokenizer == codistill::data::text::Tokenizer::Byte { "" } else { " " };
+                println!("{shown}{sep}{}", codistill::train::sample::render(vocab, &out));
                 Ok(())
             }
             _ => unreachable!("clap requires a subcommand"),

@@ -126,3 +126,70 @@ fn a_click_model_learns_from_its_teacher_alone_and_refuses_other_buckets() {
     let e = criteo::train(&other).unwrap_err().to_string();
     assert!(e.contains(&good_ck.display().to_string()) && e.contains("buckets"), "{e}");
 }
+
+/// Sampled text follows the source the teacher learned: nearly every transition between words is
+/// one the Markov source allows (a uniform draw would hit one in about 13); the same seed draws
+/// the same text.
+#[test]
+fn sampled_text_follows_the_source_the_teacher_learned() {
+    use codistill::data::synthetic::MarkovSource;
+    use codistill::tensor::Device;
+    use codistill::train::sample::Sampler;
+    let d = tmp("sample");
+    let mut t = small_lm(&d, 40);
+    (t.emb_dim, t.hidden, t.layers, t.steps, t.checkpoint_every, t.lr, t.out) = (16, 32, 1, 2000, 2000, 0.01, d.join("t"));
+    eprintln!("teacher {:?}", lm::train(&t).unwrap().best_valid);
+    let teacher = [lm::load_checkpoint(&d.join("t/checkpoint.safetensors")).unwrap()];
+    let draw = |seed| Sampler::new(&teacher, 3, 1.0, seed, Device::Cpu).unwrap().tokens(700).unwrap();
+    let lanes = draw(9);
+    assert_eq!(lanes, draw(9), "the same seed drew different text");
+    assert_ne!(lanes, draw(10), "another seed drew the same text");
+    let src = MarkovSource::new(40, 1, 3, 7);
+    let vocab = &teacher[0].vocab;
+    let (mut valid, mut pairs) = (0, 0);
+    for lane in &lanes {
+        let words: Vec<u32> = lane.iter().filter_map(|&id| vocab.words[id as usize].strip_prefix('w')?.parse().ok()).collect();
+        for w in words.windows(2) {
+            pairs += 1;
+            valid += src.successors(&w[..1]).0.contains(&w[1]) as usize;
+        }
+    }
+    let frac = valid as f64 / pairs as f64;
+    assert!(pairs > 1500 && frac > 0.85, "{valid} of {pairs} sampled transitions are the source's ({frac:.3})");
+    let text = codistill::train::sample::render(vocab, &lanes[0][..40]);
+    assert!(text.starts_with('w') && text.contains(" w"), "{text:?}");
+}
+
+/// Data-free distillation: no training text at all, only text sampled from the teacher and its
+/// distributions on it; the student comes to the teacher's validation loss, and learns nothing
+/// from an untrained teacher.
+#[test]
+fn a_data_free_student_comes_to_its_teacher_without_the_training_text() {
+    let d = tmp("free");
+    let base = small_lm(&d, 40);
+    let mut t = base.clone();
+    (t.emb_dim, t.hidden, t.layers, t.steps, t.checkpoint_every, t.out) = (16, 32, 2, 400, 400, d.join("good"));
+    let good = lm::train(&t).unwrap().best_valid.unwrap();
+    (t.steps, t.lr, t.out) = (1, 1e-6, d.join("bad"));
+    lm::train(&t).unwrap();
+    let student = |name: &str, teacher: &str| {
+        let mut s = LmConfig::default();
+        // No --data: the validation file is all the student sees of the corpus.
+        (s.valid, s.cache, s.device, s.out) = (Some(d.join("data/valid.txt")), d.join("cache"), DeviceChoice::Cpu, d.join(name));
+        (s.emb_dim, s.hidden, s.layers, s.dropout, s.batch, s.bptt) = (8, 8, 1, 0.0, 8, 10);
+        (s.steps, s.eval_every, s.burn_in, s.distill_weight, s.data_free) = (1500, 10_000, 0, 1.0, true);
+        s.teacher = paths(&[&d.join(teacher).join("checkpoint.safetensors")]);
+        lm::train(&s)
+    };
+    let from_good = student("s-good", "good").unwrap().best_valid.unwrap();
+    let from_bad = student("s-bad", "bad").unwrap().best_valid.unwrap();
+    eprintln!("teacher {good}; data-free students: of the trained teacher {from_good}, of the untrained {from_bad}");
+    assert!((from_good - good).abs() < 0.1, "the data-free student ({from_good}) did not come to its teacher ({good})");
+    assert!(from_bad > 40f64.ln() - 0.3, "a data-free student of an untrained teacher learned the corpus: {from_bad}");
+    // Without a teacher there is nothing to sample; with two models, nothing to codistill on.
+    let mut s = base.clone();
+    (s.data_free, s.out) = (true, d.join("none"));
+    assert!(lm::train(&s).unwrap_err().to_string().contains("--teacher"));
+    (s.teacher, s.models) = (paths(&[&d.join("good/checkpoint.safetensors")]), 2);
+    assert!(lm::train(&s).unwrap_err().to_string().contains("one model"));
+}

@@ -130,6 +130,25 @@ impl Vocab {
         crate::hash::hash64(self.to_text().as_bytes())
     }
 
+    /// Token ids of a piece of text (a prompt): whitespace words, unknown ones as `<unk>`, with
+    /// `<eos>` after each line but the last; or its bytes.
+    pub fn encode_text(&self, text: &str) -> Vec<u32> {
+        match self.tokenizer {
+            Tokenizer::Byte => text.bytes().map(u32::from).collect(),
+            Tokenizer::Word => {
+                let (unk, eos) = (self.index[UNK], self.index[EOS]);
+                let mut ids = Vec::new();
+                for (i, line) in text.lines().enumerate() {
+                    if i > 0 {
+                        ids.push(eos);
+                    }
+                    ids.extend(line.split_whitespace().map(|w| *self.index.get(w).unwrap_or(&unk)));
+                }
+                ids
+            }
+        }
+    }
+
     /// Token ids of a whole file.
     pub fn encode_file(&self, path: &Path) -> Result<Vec<u32>> {
         let bytes = read(path)?;

@@ -110,6 +110,8 @@ crate::config_table! {
         same_data: bool = false,
         /// Offline distillation: checkpoints of trained language models, comma-separated, whose averaged prediction the model distills toward from burn_in on, with distill_weight and temperature; a teacher may have another width or depth but must have the same vocabulary (with codistillation, these teachers and the peers are averaged together)
         teacher: crate::config::Paths = crate::config::Paths::default(),
+        /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model, no resume
+        data_free: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
         /// Codistillation across processes: this process's model index
@@ -187,7 +189,8 @@ impl LmModel {
 /// The corpus a run trains on.
 pub struct LmData {
     pub vocab: Vocab,
-    pub train: Tokens,
+    /// None in a data-free distillation, which samples its training text from the teachers.
+    pub train: Option<Tokens>,
     pub valid: Option<Tokens>,
     pub test: Option<Tokens>,
     /// Entropy floors when the corpus is the synthetic one.
@@ -225,7 +228,37 @@ pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
     };
     let vocab = cached_vocab(&train, cfg.tokenizer, cfg.min_count, &cfg.cache)?;
     let tok = |p: &Option<PathBuf>| p.as_ref().map(|p| cached_tokens(p, &vocab, &cfg.cache)).transpose();
-    Ok(LmData { train: cached_tokens(&train, &vocab, &cfg.cache)?, valid: tok(&valid)?, test: tok(&test)?, vocab, floors })
+    Ok(LmData { train: Some(cached_tokens(&train, &vocab, &cfg.cache)?), valid: tok(&valid)?, test: tok(&test)?, vocab, floors })
+}
+
+/// A data-free distillation's data: the teachers' vocabulary, and the validation and test files
+/// when the config names them (no training text, no synthetic corpus).
+fn prepare_data_free(cfg: &LmConfig, teachers: &[LoadedLm]) -> Result<LmData> {
+    let Some(first) = teachers.first() else {
+        bail!(Invalid, "data_free distillation samples its text from the teachers: give at least one --teacher");
+    };
+    if let Some(k) = teachers.iter().position(|t| t.vocab != first.vocab) {
+        bail!(
+            Invalid,
+            "{}: the teacher's vocabulary differs from that of {}; data-free teachers must share one",
+            cfg.teacher.0[k].display(),
+            cfg.teacher.0[0].display()
+        );
+    }
+    let tok = |p: Option<PathBuf>| -> Result<Option<Tokens>> {
+        match p {
+            Some(p) if !p.exists() => Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"))),
+            Some(p) => Ok(Some(cached_tokens(&p, &first.vocab, &cfg.cache)?)),
+            None => Ok(None),
+        }
+    };
+    Ok(LmData {
+        vocab: first.vocab.clone(),
+        train: None,
+        valid: tok(split_file(cfg, &cfg.valid, "valid.txt"))?,
+        test: tok(split_file(cfg, &cfg.test, "test.txt"))?,
+        floors: None,
+    })
 }
 
 /// What an evaluation scores: `batch` lanes laid over the whole text (as in training), and of each
@@ -405,7 +438,8 @@ struct LmMember {
     index: usize,
     store: ParamStore,
     opt: Optimizer,
-    lanes: TokenLanes,
+    /// The training stream's lanes (none in a data-free distillation).
+    lanes: Option<TokenLanes>,
     state: LstmState,
     /// The carried state of each peer's teacher model on this member's lanes.
     teacher_state: Vec<Option<LstmState>>,
@@ -436,6 +470,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
     let total_models = topo.total();
+    if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1 || cfg.resume.is_some()) {
+        bail!(Invalid, "data_free distillation needs --teacher, one model (no codistillation) and no --resume");
+    }
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
     }
@@ -451,16 +488,30 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     // Peers exchange checkpoints only when there are peers and the term is on.
     let codistill = total_models > 1 && schedule.weight > 0.0;
     let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
-    let data = prepare_data(cfg)?;
-    let fixed = load_teachers(&cfg.teacher.0, &data.vocab, dev)?;
+    let (data, fixed) = if cfg.data_free {
+        let mut fixed = cfg.teacher.0.iter().map(|p| load_checkpoint(p)).collect::<Result<Vec<_>>>()?;
+        let data = prepare_data_free(cfg, &fixed)?;
+        for t in fixed.iter_mut() {
+            t.store.to_device(dev)?;
+        }
+        (data, fixed)
+    } else {
+        let data = prepare_data(cfg)?;
+        let fixed = load_teachers(&cfg.teacher.0, &data.vocab, dev)?;
+        (data, fixed)
+    };
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
     let mut members = Vec::new();
     for local in 0..cfg.models {
         let index = topo.index(local);
         let (n, i) = topo.shard_of(index);
-        let stream = shard_blocks(data.train.as_slice(), n, i, cfg.shard_block)?;
-        let lanes =
-            TokenLanes::new(&stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", data.train.path.display())))?;
+        let lanes = match &data.train {
+            Some(train) => {
+                let stream = shard_blocks(train.as_slice(), n, i, cfg.shard_block)?;
+                Some(TokenLanes::new(&stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", train.path.display())))?)
+            }
+            None => None,
+        };
         let mut store = ParamStore::new();
         // A single model keeps the seed's own stream; codistilling models get one each.
         let mut rng = if total_models > 1 { Rng::new(cfg.seed).fork(index as u64) } else { Rng::new(cfg.seed) };
@@ -491,7 +542,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 "{}: checkpoint vocabulary ({} tokens) differs from the vocabulary of {} ({} tokens); the checkpoint belongs to another corpus",
                 path.display(),
                 loaded.vocab.len(),
-                data.train.path.display(),
+                data.train.as_ref().map_or_else(|| "the teachers".to_string(), |t| t.path.display().to_string()),
                 data.vocab.len()
             );
         }
@@ -521,7 +572,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
     let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
-    let per_epoch = members.iter().map(|m| m.lanes.windows()).min().unwrap_or(0) as u64;
+    // Sampled text has no epochs: one endless pass.
+    let per_epoch = members.iter().filter_map(|m| m.lanes.as_ref().map(|l| l.windows() as u64)).min().unwrap_or(u64::MAX);
+    let mut sampler = if cfg.data_free { Some(super::sample::Sampler::new(&fixed, cfg.batch, 1.0, cfg.seed ^ 0x5A3F1E, dev)?) } else { None };
     let bar = indicatif::ProgressBar::new(cfg.steps);
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
     bar.set_position(step);
@@ -559,8 +612,17 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 m.fixed_state = vec![None; fixed.len()];
             }
             let (ts, mut waited_here) = (Instant::now(), 0.0);
-            let (x, y) = m.lanes.window(w)?;
-            let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
+            let (x, y, sampled) = match (&mut sampler, &m.lanes) {
+                (Some(s), _) => {
+                    let (x, y, l) = s.window(cfg.bptt)?;
+                    (x, y, Some(l))
+                }
+                (None, Some(lanes)) => {
+                    let (x, y) = lanes.window(w)?;
+                    (x.to_device(dev)?, y.to_device(dev)?, None)
+                }
+                (None, None) => unreachable!("a model without training text samples it"),
+            };
             let mut teacher_logits = Vec::new();
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
@@ -583,7 +645,11 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                         bar.suspend(|| eprintln!("{w}"));
                     }
                 }
-                for (t, st) in fixed.iter().zip(m.fixed_state.iter_mut()) {
+                // Sampled text comes with the teachers' logits; on a training file they are computed.
+                if let Some(l) = sampled {
+                    teacher_logits.extend(l);
+                }
+                for (t, st) in fixed.iter().zip(m.fixed_state.iter_mut()).filter(|_| !cfg.data_free) {
                     let s0 = match st.take() {
                         Some(s) => s,
                         None => LstmState::zeros_on(t.cfg.layers, cfg.batch, t.cfg.hidden, dev)?,

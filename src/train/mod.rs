@@ -5,6 +5,7 @@ pub mod experiment;
 pub mod lm;
 pub mod metrics;
 pub mod plot;
+pub mod sample;
 
 use crate::data::text::write_atomic;
 use crate::tensor::Device;
