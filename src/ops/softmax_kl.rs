@@ -61,7 +61,7 @@ pub fn exp_f32(x: f32) -> f32 {
 /// `exp(x_j * scale - max)` into `out`, the row's maximum of `x * scale` and the sum of `out` (8
 /// at a time in f32, those in f64): the pass every softmax row starts with.
 #[inline]
-fn exp_row(x: &[f32], scale: f32, out: &mut [f32]) -> (f32, f64) {
+pub(crate) fn exp_row(x: &[f32], scale: f32, out: &mut [f32]) -> (f32, f64) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
     for (o, &v) in out.iter_mut().zip(x) {
         *o = exp_f32(v * scale - max);

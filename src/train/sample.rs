@@ -83,26 +83,22 @@ impl<'a> Sampler<'a> {
     fn draw(&mut self, logits: &[Vec<f32>]) -> Vec<u32> {
         let lanes = self.current.len();
         let v = logits[0].len() / lanes;
-        let inv_t = 1.0 / self.temperature as f64;
-        let mut p = vec![0f64; v];
+        let (mut p, mut e) = (vec![0f32; v], vec![0f32; v]);
         (0..lanes)
             .map(|b| {
                 p.iter_mut().for_each(|x| *x = 0.0);
                 for l in logits {
-                    let row = &l[b * v..(b + 1) * v];
-                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)) as f64;
-                    let mut e: Vec<f64> = row.iter().map(|&z| ((z as f64 - m) * inv_t).exp()).collect();
-                    let s: f64 = e.iter().sum();
-                    e.iter_mut().for_each(|x| *x /= s);
-                    p.iter_mut().zip(&e).for_each(|(a, b)| *a += b);
+                    let (_, sum) = crate::ops::softmax_kl::exp_row(&l[b * v..(b + 1) * v], 1.0 / self.temperature, &mut e);
+                    let inv = (1.0 / sum) as f32;
+                    p.iter_mut().zip(&e).for_each(|(a, &x)| *a += x * inv);
                 }
-                let total: f64 = p.iter().sum();
+                let total: f64 = p.iter().map(|&x| x as f64).sum();
                 let mut u = self.rng.uniform() * total;
                 for (i, &q) in p.iter().enumerate() {
-                    if u < q {
+                    if u < q as f64 {
                         return i as u32;
                     }
-                    u -= q;
+                    u -= q as f64;
                 }
                 // Rounding left u past the last bucket: the last token with mass.
                 p.iter().rposition(|&q| q > 0.0).unwrap_or(0) as u32
