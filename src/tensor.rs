@@ -72,6 +72,52 @@ pub enum Storage {
     },
 }
 
+/// Large f32 host buffers of dropped tensors, kept for the next tensor of the same length that
+/// will be overwritten in full (`Tensor::uninit_on`, the loss gradient). A language model's step
+/// frees and allocates the same `[tokens, vocabulary]` buffers (logits, their gradient) every
+/// step: reusing them skips zeroing 60 MB twice a step and, since the allocator maps buffers this
+/// large afresh each time, the page faults of touching them. The values a reused buffer holds
+/// are stale but initialised (no unsafe code); the pool keeps at most `MAX_BUFFERS` buffers.
+pub(crate) mod recycle {
+    use std::sync::Mutex;
+
+    /// Smaller buffers come and go through the allocator's own free lists.
+    const MIN_LEN: usize = 1 << 18;
+    const MAX_BUFFERS: usize = 8;
+    static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+    /// A buffer of `len` values that the caller overwrites in full: a reused one of that length
+    /// (stale values), else zeros.
+    pub fn take(len: usize) -> Vec<f32> {
+        if len >= MIN_LEN {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = free.iter().rposition(|v| v.len() == len) {
+                return free.swap_remove(i);
+            }
+        }
+        vec![0.0; len]
+    }
+
+    /// Keep `v` for reuse when it is large; the oldest kept buffer goes when the pool is full.
+    pub fn give(v: Vec<f32>) {
+        if v.len() >= MIN_LEN {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            if free.len() == MAX_BUFFERS {
+                free.remove(0);
+            }
+            free.push(v);
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Cpu(CpuStorage::F32(v)) = self {
+            recycle::give(std::mem::take(v));
+        }
+    }
+}
+
 impl Storage {
     fn try_clone(&self) -> Result<Storage> {
         Ok(match self {
@@ -212,11 +258,12 @@ impl Tensor {
         }
     }
 
-    /// An f32 tensor whose values the caller is about to overwrite in full: zeros on the CPU,
-    /// uninitialised memory from the caching allocator on the GPU.
+    /// An f32 tensor whose values the caller is about to overwrite in full: on the CPU a reused
+    /// buffer of a dropped tensor (stale values) or zeros, on the GPU uninitialised memory from
+    /// the caching allocator.
     pub fn uninit_on(shape: &[usize], device: Device) -> Result<Tensor> {
         match device {
-            Device::Cpu => Ok(Tensor::zeros(shape)),
+            Device::Cpu => Tensor::from_f32(recycle::take(numel(shape)), shape),
             Device::Cuda(i) => Tensor::from_gpu_f32(cuda::gpu(i)?.alloc::<f32>(numel(shape))?, shape),
         }
     }
@@ -451,5 +498,35 @@ mod tests {
         for (x, y) in a.f32s().unwrap().iter().zip(&back) {
             assert!(((x - y) / x).abs() <= 1.0 / 256.0, "{x} -> {y}");
         }
+    }
+
+    /// A dropped large tensor's buffer comes back for the next tensor of its length that will be
+    /// overwritten, and what it held (NaNs here) never shows in a product or a loss gradient.
+    /// The lengths are this test's own, so tests running beside it cannot take the buffers.
+    #[test]
+    fn large_buffers_are_reused_and_their_stale_values_never_show() {
+        use crate::ops::matmul::matmul;
+        use crate::ops::softmax_kl::{softmax_kl, DistillParams};
+        let (m, n) = (3, 87_383); // 262,149 values, above the pool's minimum
+        let poison = Tensor::from_f32(vec![f32::NAN; m * n], &[m, n]).unwrap();
+        let at = poison.f32s().unwrap().as_ptr();
+        drop(poison);
+        let reused = Tensor::uninit_on(&[m, n], Device::Cpu).unwrap();
+        assert_eq!(reused.f32s().unwrap().as_ptr(), at, "the dropped buffer was not reused");
+        drop(reused);
+        let a = Tensor::from_f32((0..m * 2).map(|i| i as f32 - 2.5).collect(), &[m, 2]).unwrap();
+        let b = Tensor::from_f32((0..2 * n).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect(), &[2, n]).unwrap();
+        let c = matmul(&a, false, &b, false).unwrap();
+        assert_eq!(c.f32s().unwrap().as_ptr(), at, "the product did not take the reused buffer");
+        let cv = c.f32s().unwrap();
+        for (i, &x) in cv.iter().enumerate() {
+            let (r, j) = (i / n, i % n);
+            let want = (a.f32s().unwrap()[r * 2] * b.f32s().unwrap()[j] + a.f32s().unwrap()[r * 2 + 1] * b.f32s().unwrap()[n + j]) as f64;
+            assert!((x as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "({r}, {j}): {x} vs {want}");
+        }
+        let y = Tensor::from_i32(vec![0, 5, n as i32 - 1], &[m]).unwrap();
+        drop(Tensor::from_f32(vec![f32::NAN; m * n], &[m, n]).unwrap());
+        let (loss, grad) = softmax_kl(&c, &[], Some(&y), DistillParams { temperature: 1.0, alpha: 0.0 }).unwrap();
+        assert!(loss.total.is_finite() && grad.f32s().unwrap().iter().all(|g| g.is_finite()), "a stale NaN leaked into the gradient");
     }
 }

@@ -248,7 +248,8 @@ pub fn softmax_kl(student: &Tensor, teachers: &[Tensor], targets: Option<&Tensor
         Device::Cpu => {
             let tv: Vec<&[f32]> = teachers.iter().map(|t| t.f32s()).collect::<Result<_>>()?;
             let yv = targets.map(|y| y.i32s()).transpose()?;
-            let mut grad = vec![0f32; n * v];
+            // Written in full below, so a reused buffer's stale values never show.
+            let mut grad = crate::tensor::recycle::take(n * v);
             let loss = softmax_kl_cpu(student.f32s()?, &tv, yv, n, v, p, &mut grad);
             Ok((loss, Tensor::from_f32(grad, &[n, v])?))
         }
