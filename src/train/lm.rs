@@ -579,11 +579,11 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
     bar.set_position(step);
     eprintln!(
-        "lm: {} model(s) here of {total_models}, {} parameters each, vocabulary {}, {} windows per epoch each",
+        "lm: {} model(s) here of {total_models}, {} parameters each, vocabulary {}, {}",
         cfg.models,
         members[0].store.num_elements(),
         data.vocab.len(),
-        per_epoch
+        if cfg.data_free { format!("text sampled from {} teacher(s)", fixed.len()) } else { format!("{per_epoch} windows per epoch each") }
     );
     let tokens_per_step = (cfg.batch * cfg.bptt) as f64;
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
