@@ -193,3 +193,30 @@ fn a_data_free_student_comes_to_its_teacher_without_the_training_text() {
     (s.teacher, s.models) = (paths(&[&d.join("good/checkpoint.safetensors")]), 2);
     assert!(lm::train(&s).unwrap_err().to_string().contains("one model"));
 }
+
+/// `codistill lm sample` as a user runs it: a prompt continued, the same text for the same seed,
+/// and a clear error for a checkpoint that is not there.
+#[test]
+fn lm_sample_prints_text_and_names_a_missing_checkpoint() {
+    let d = tmp("cli");
+    let mut t = small_lm(&d, 40);
+    (t.steps, t.checkpoint_every, t.out) = (50, 50, d.join("t"));
+    lm::train(&t).unwrap();
+    let ck = d.join("t/checkpoint.safetensors");
+    let sample = |seed: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_codistill"))
+            .args(["lm", "sample", "--tokens", "30", "--seed", seed, "--prompt", "w1 w2", "--checkpoint"])
+            .arg(&ck)
+            .output()
+            .unwrap()
+    };
+    let out = sample("4");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("w1 w2 ") && text.split_whitespace().count() >= 10, "{text:?}");
+    assert_eq!(sample("4").stdout, text.as_bytes(), "the same seed printed other text");
+    let missing =
+        std::process::Command::new(env!("CARGO_BIN_EXE_codistill")).args(["lm", "sample", "--checkpoint"]).arg(d.join("nope.safetensors")).output().unwrap();
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains("nope.safetensors"), "{err}");
+}
