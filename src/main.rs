@@ -46,8 +46,14 @@ fn cli() -> Command {
                 )
                 .subcommand(
                     Command::new("eval")
-                        .about("Report cross-entropy and perplexity of a checkpoint on a text file")
-                        .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A checkpoint written by lm train"))
+                        .about("Report cross-entropy and perplexity of a checkpoint, or of the ensemble of several, on a text file")
+                        .arg(
+                            Arg::new("checkpoint")
+                                .long("checkpoint")
+                                .value_name("FILE[,FILE...]")
+                                .required(true)
+                                .help("A checkpoint written by lm train; several, comma-separated: their ensemble (averaged next-token distributions)"),
+                        )
                         .arg(Arg::new("file").long("file").value_name("FILE").help("Text to score [default: the test file of the checkpoint's config]"))
                         .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for token files"))
                         .arg(
@@ -268,7 +274,7 @@ fn run(m: &ArgMatches) -> Result<()> {
                 Ok(())
             }
             Some(("eval", a)) => {
-                let ckpt = PathBuf::from(a.get_one::<String>("checkpoint").expect("required"));
+                let ckpts = codistill::config::Paths::parse_value(a.get_one::<String>("checkpoint").expect("required")).map_err(codistill::Error::Invalid)?;
                 let file = a.get_one::<String>("file").map(PathBuf::from);
                 let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
                 let max: usize = a
@@ -276,7 +282,7 @@ fn run(m: &ArgMatches) -> Result<()> {
                     .expect("defaulted")
                     .parse()
                     .map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
-                let (ce, n) = lm::eval_checkpoint(&ckpt, file.as_deref(), &cache, max)?;
+                let (ce, n) = lm::eval_checkpoints(&ckpts.0, file.as_deref(), &cache, max)?;
                 println!("{}", json_object(&[("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))]));
                 Ok(())
             }

@@ -220,3 +220,31 @@ fn lm_sample_prints_text_and_names_a_missing_checkpoint() {
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success() && err.contains("nope.safetensors"), "{err}");
 }
+
+/// `lm eval` of several checkpoints scores their ensemble: two copies of one model score as that
+/// model, and two models of different widths score no worse than their mean (the log of an
+/// average of probabilities is at least the average of their logs); another vocabulary is refused.
+#[test]
+fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
+    let d = tmp("ens");
+    let mut a = small_lm(&d, 40);
+    (a.steps, a.checkpoint_every, a.out) = (200, 200, d.join("a"));
+    lm::train(&a).unwrap();
+    let mut b = a.clone();
+    (b.hidden, b.layers, b.seed, b.out) = (24, 2, 9, d.join("b"));
+    lm::train(&b).unwrap();
+    let (ca, cb) = (d.join("a/checkpoint.safetensors"), d.join("b/checkpoint.safetensors"));
+    let valid = d.join("data/valid.txt");
+    let eval = |p: &[&Path]| lm::eval_checkpoints(&paths(p).0, Some(&valid), &a.cache, 0).unwrap();
+    let ((la, n), (lb, _)) = (eval(&[&ca]), eval(&[&cb]));
+    let (laa, naa) = eval(&[&ca, &ca]);
+    assert!((laa - la).abs() < 1e-5 && naa == n, "two copies of a model: {laa} vs {la}");
+    let (lab, _) = eval(&[&ca, &cb]);
+    assert!(lab <= (la + lb) / 2.0 + 1e-6, "ensemble {lab} above the mean of {la} and {lb}");
+    let mut other = small_lm(&d.join("o"), 25);
+    (other.steps, other.out) = (2, d.join("o/run"));
+    lm::train(&other).unwrap();
+    let co = d.join("o/run/checkpoint.safetensors");
+    let e = lm::eval_checkpoints(&paths(&[&ca, &co]).0, Some(&valid), &a.cache, 0).unwrap_err().to_string();
+    assert!(e.contains(&co.display().to_string()) && e.contains("vocabulary"), "{e}");
+}

@@ -371,19 +371,19 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedLm> {
 }
 
 /// Mean cross-entropy of the models' averaged next-token distributions (an ensemble), over the
-/// same lanes and windows as `evaluate`.
-pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<f64> {
+/// same lanes and windows as `evaluate`. Each model may have its own width and depth; all share
+/// one vocabulary. Returns the loss and the number of tokens scored.
+pub fn evaluate_ensemble(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
-    let dev = stores.first().map_or(crate::tensor::Device::Cpu, |s| s.device());
-    let mut states: Vec<LstmState> =
-        stores.iter().map(|_| LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)).collect::<Result<_>>()?;
+    let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
+    let mut states: Vec<LstmState> = models.iter().map(|(m, _)| LstmState::zeros_on(m.lstm.num_layers(), lanes, m.lstm.hidden, dev)).collect::<Result<_>>()?;
     let (mut total, mut count) = (0.0, 0usize);
     for w in 0..windows {
         let (x, y) = data.window(w)?;
         let x = x.to_device(dev)?;
         let mut logps: Vec<Vec<f64>> = Vec::new();
-        for (s, st) in stores.iter().zip(states.iter_mut()) {
+        for ((model, s), st) in models.iter().zip(states.iter_mut()) {
             let mut g = Graph::no_grad();
             let (logits, next) = model.forward(&mut g, s, &x, st, steps, None)?;
             *st = next;
@@ -408,7 +408,7 @@ pub fn evaluate_ensemble(model: &LmModel, stores: &[&ParamStore], tokens: &[u32]
             count += 1;
         }
     }
-    Ok(total / count.max(1) as f64)
+    Ok((total / count.max(1) as f64, count))
 }
 
 /// Fixed teachers of an offline distillation: trained checkpoints, each with its own architecture,
@@ -754,8 +754,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     step_times.write(&cfg.out)?;
     let ensemble_valid = match valid_tokens {
         Some(vt) if members.len() > 1 => {
-            let stores: Vec<&ParamStore> = members.iter().map(|m| &m.store).collect();
-            let e = evaluate_ensemble(&model, &stores, vt, cfg.batch, cfg.bptt, cfg.eval_tokens)?;
+            let models: Vec<(&LmModel, &ParamStore)> = members.iter().map(|m| (&model, &m.store)).collect();
+            let e = evaluate_ensemble(&models, vt, cfg.batch, cfg.bptt, cfg.eval_tokens)?.0;
             eprintln!("ensemble of {} models: validation loss {e:.4} ppl {:.2}", members.len(), e.exp());
             log.write(&[("event", J::S("ensemble")), ("step", J::I(step)), ("loss", J::N(e)), ("ppl", J::N(e.exp()))])?;
             Some(e)
@@ -826,17 +826,33 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
 
 /// Perplexity of a checkpoint on a text file (or on its own config's test file).
 pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize) -> Result<(f64, usize)> {
-    let l = load_checkpoint(path)?;
+    eval_checkpoints(std::slice::from_ref(&path.to_path_buf()), file, cache, max_tokens)
+}
+
+/// Cross-entropy of one checkpoint, or of the ensemble of several (their averaged next-token
+/// distributions: what a multi-teacher distillation pulls toward), on a text file or on the first
+/// checkpoint's test file; lanes and window length from the first checkpoint's config.
+pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize) -> Result<(f64, usize)> {
+    let Some(first) = paths.first() else { bail!(Invalid, "no checkpoint to evaluate") };
+    let loaded = paths.iter().map(|p| load_checkpoint(p)).collect::<Result<Vec<_>>>()?;
+    let l = &loaded[0];
+    if let Some(k) = loaded.iter().position(|m| m.vocab != l.vocab) {
+        bail!(Invalid, "{}: its vocabulary differs from that of {}; an ensemble needs one vocabulary", paths[k].display(), first.display());
+    }
     let file = match file {
         Some(f) => f.to_path_buf(),
         None => split_file(&l.cfg, &l.cfg.test, "test.txt")
-            .ok_or_else(|| Error::Invalid(format!("{}: no test file given and the checkpoint's config names none; pass --file", path.display())))?,
+            .ok_or_else(|| Error::Invalid(format!("{}: no test file given and the checkpoint's config names none; pass --file", first.display())))?,
     };
     if !file.exists() {
         return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
     }
     let tokens = cached_tokens(&file, &l.vocab, cache)?;
-    evaluate(&l.model, &l.store, tokens.as_slice(), l.cfg.batch, l.cfg.bptt, max_tokens)
+    if loaded.len() == 1 {
+        return evaluate(&l.model, &l.store, tokens.as_slice(), l.cfg.batch, l.cfg.bptt, max_tokens);
+    }
+    let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
+    evaluate_ensemble(&models, tokens.as_slice(), l.cfg.batch, l.cfg.bptt, max_tokens)
 }
 
 #[cfg(test)]
