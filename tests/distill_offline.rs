@@ -121,6 +121,16 @@ fn a_click_model_learns_from_its_teacher_alone_and_refuses_other_buckets() {
     assert!(from_good.auc > good.auc - 0.05, "the student of a trained teacher ranks worse than it: AUC {} vs {}", from_good.auc, good.auc);
     assert!(from_bad.auc < 0.6, "a student of an untrained teacher learned the data anyway: AUC {}", from_bad.auc);
     assert!(from_good.log_loss < from_bad.log_loss - 0.01, "{} vs {}", from_good.log_loss, from_bad.log_loss);
+    // With codistilling peers as well: the fixed teacher joins their average.
+    let mut pair = small_criteo(&d);
+    (pair.emb_dim, pair.mlp, pair.models, pair.burn_in, pair.exchange_every, pair.out) = (4, "16".into(), 2, 20, 20, d.join("pair"));
+    let peers_only = criteo::train(&pair).unwrap();
+    (pair.teacher, pair.out) = (paths(&[&good_ck]), d.join("pair-taught"));
+    let with_teacher = criteo::train(&pair).unwrap();
+    assert_eq!(with_teacher.valid.len(), 2);
+    assert_ne!(with_teacher.valid[0].log_loss, peers_only.valid[0].log_loss, "the fixed teacher changed nothing");
+    let result = std::fs::read_to_string(d.join("pair-taught/result.json")).unwrap();
+    assert!(result.contains("\"teachers\": 1") || result.contains("\"teachers\":1"), "{result}");
     let mut other = small_criteo(&d);
     (other.buckets, other.out, other.teacher) = (1024, d.join("other"), paths(&[&good_ck]));
     let e = criteo::train(&other).unwrap_err().to_string();
@@ -247,4 +257,27 @@ fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
     let co = d.join("o/run/checkpoint.safetensors");
     let e = lm::eval_checkpoints(&paths(&[&ca, &co]).0, Some(&valid), &a.cache, 0).unwrap_err().to_string();
     assert!(e.contains(&co.display().to_string()) && e.contains("vocabulary"), "{e}");
+}
+
+/// Fixed teachers and codistilling peers together: the peers still exchange (teacher swaps are
+/// logged) and the fixed teacher joins their average; a run with both differs from one with the
+/// peers alone.
+#[test]
+fn fixed_teachers_join_codistilling_peers() {
+    let d = tmp("both");
+    let base = small_lm(&d, 40);
+    let mut t = base.clone();
+    (t.hidden, t.steps, t.checkpoint_every, t.out) = (24, 200, 200, d.join("t"));
+    lm::train(&t).unwrap();
+    let mut c = base.clone();
+    (c.steps, c.models, c.burn_in, c.exchange_every, c.distill_weight, c.out) = (120, 2, 40, 20, 0.5, d.join("both"));
+    c.teacher = paths(&[&d.join("t/checkpoint.safetensors")]);
+    let both = lm::train(&c).unwrap();
+    let metrics = std::fs::read_to_string(d.join("both/metrics.jsonl")).unwrap();
+    assert!(metrics.lines().filter(|l| l.contains("\"event\":\"teacher\"")).count() >= 2, "no peer snapshot was swapped in:\n{metrics}");
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"event\":\"teacher_valid\"")).count(), 1);
+    (c.teacher, c.out) = (Paths::default(), d.join("peers"));
+    let peers = lm::train(&c).unwrap();
+    assert_eq!(both.per_model.len(), 2);
+    assert_ne!(both.per_model[0].0, peers.per_model[0].0, "the fixed teacher changed nothing");
 }
