@@ -416,6 +416,16 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     let (la, lb) = (a.valid[0].log_loss, b.valid[0].log_loss);
     eprintln!("criteo: validation log-loss cpu {la:.5} gpu {lb:.5}");
     assert!((la - lb).abs() < 0.002 * la, "log-loss {lb} on the GPU vs {la} on the CPU");
+    // a narrower click model distilled from the CPU run's checkpoint, on each device
+    for kk in [&mut kc, &mut kg] {
+        (kk.emb_dim, kk.mlp, kk.burn_in, kk.distill_weight) = (4, "32".into(), 0, 0.5);
+        kk.teacher = codistill::config::Paths(vec![d.join("ctr-cpu/checkpoint.safetensors")]);
+        kk.out = kk.out.with_extension("student");
+    }
+    let (a, b) = (criteo::train(&kc).unwrap(), criteo::train(&kg).unwrap());
+    let (la, lb) = (a.valid[0].log_loss, b.valid[0].log_loss);
+    eprintln!("criteo student: validation log-loss cpu {la:.5} gpu {lb:.5}");
+    assert!((la - lb).abs() < 0.002 * la, "distilled student's log-loss {lb} on the GPU vs {la} on the CPU");
 }
 
 /// The directory exchange with GPU weights: a publish copies them to page-locked host memory on
