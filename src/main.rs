@@ -294,15 +294,7 @@ fn run(m: &ArgMatches) -> Result<()> {
                     .parse::<codistill::train::DeviceChoice>()
                     .map_err(codistill::Error::Invalid)?
                     .resolve()?;
-                let models = paths
-                    .0
-                    .iter()
-                    .map(|p| {
-                        let mut l = lm::load_checkpoint(p)?;
-                        l.store.to_device(dev)?;
-                        Ok(l)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let models = lm::load_checkpoints(&paths.0, dev)?;
                 let mut s = codistill::train::sample::Sampler::new(&models, 1, num(a, "temperature")?, num(a, "seed")?, dev)?;
                 let prompt = a.get_one::<String>("prompt").map(|p| s.vocab().encode_text(p)).unwrap_or_default();
                 s.feed(&prompt)?;

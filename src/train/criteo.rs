@@ -567,19 +567,20 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                 let count = (teachers.len() + fixed.len()) as f32;
                 if count > 0.0 {
                     let mut mean_p = vec![0f32; chunk.len()];
-                    for t in &fixed {
+                    // Each teacher's click probabilities, added into the mean.
+                    let mut add = |model: &CtrModel, store: &ParamStore| -> Result<()> {
                         let mut g = Graph::no_grad();
-                        let l = t.model.forward(&mut g, &t.store, &ids, &dense)?;
+                        let l = model.forward(&mut g, store, &ids, &dense)?;
                         for (acc, &x) in mean_p.iter_mut().zip(&g.value(l).to_vec_f32()?) {
                             *acc += sigmoid(x) / count;
                         }
+                        Ok(())
+                    };
+                    for t in &fixed {
+                        add(&t.model, &t.store)?;
                     }
                     for t in &teachers {
-                        let mut g = Graph::no_grad();
-                        let l = model.forward(&mut g, &t.params, &ids, &dense)?;
-                        for (acc, &x) in mean_p.iter_mut().zip(&g.value(l).to_vec_f32()?) {
-                            *acc += sigmoid(x) / count;
-                        }
+                        add(&model, &t.params)?;
                         let u = m.teachers.observe(m.index, t, step);
                         staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
                         if u.swapped {

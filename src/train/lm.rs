@@ -201,6 +201,14 @@ fn split_file(cfg: &LmConfig, explicit: &Option<PathBuf>, name: &str) -> Option<
     explicit.clone().or_else(|| cfg.data.as_ref().map(|d| d.join(name)))
 }
 
+/// An optional file that, when named, must exist.
+fn existing(p: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    match p {
+        Some(p) if !p.exists() => Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"))),
+        p => Ok(p),
+    }
+}
+
 /// Resolve the corpus files (writing the synthetic corpus on first use) and tokenize through the cache.
 pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
     let (train, valid, test, floors) = match split_file(cfg, &cfg.train, "train.txt") {
@@ -208,13 +216,7 @@ pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
             if !train.exists() {
                 return Err(Error::io(&train, std::io::Error::new(std::io::ErrorKind::NotFound, "training file not found")));
             }
-            let opt = |p: Option<PathBuf>| -> Result<Option<PathBuf>> {
-                match p {
-                    Some(p) if !p.exists() => Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"))),
-                    p => Ok(p),
-                }
-            };
-            (train, opt(split_file(cfg, &cfg.valid, "valid.txt"))?, opt(split_file(cfg, &cfg.test, "test.txt"))?, None)
+            (train, existing(split_file(cfg, &cfg.valid, "valid.txt"))?, existing(split_file(cfg, &cfg.test, "test.txt"))?, None)
         }
         None => {
             let src = MarkovSource::new(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.seed ^ 0xC0D1);
@@ -231,27 +233,14 @@ pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
     Ok(LmData { train: Some(cached_tokens(&train, &vocab, &cfg.cache)?), valid: tok(&valid)?, test: tok(&test)?, vocab, floors })
 }
 
-/// A data-free distillation's data: the teachers' vocabulary, and the validation and test files
-/// when the config names them (no training text, no synthetic corpus).
+/// A data-free distillation's data: the teachers' vocabulary (`load_checkpoints` saw that they
+/// share one), and the validation and test files when the config names them (no training text,
+/// no synthetic corpus).
 fn prepare_data_free(cfg: &LmConfig, teachers: &[LoadedLm]) -> Result<LmData> {
     let Some(first) = teachers.first() else {
         bail!(Invalid, "data_free distillation samples its text from the teachers: give at least one --teacher");
     };
-    if let Some(k) = teachers.iter().position(|t| t.vocab != first.vocab) {
-        bail!(
-            Invalid,
-            "{}: the teacher's vocabulary differs from that of {}; data-free teachers must share one",
-            cfg.teacher.0[k].display(),
-            cfg.teacher.0[0].display()
-        );
-    }
-    let tok = |p: Option<PathBuf>| -> Result<Option<Tokens>> {
-        match p {
-            Some(p) if !p.exists() => Err(Error::io(&p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"))),
-            Some(p) => Ok(Some(cached_tokens(&p, &first.vocab, &cfg.cache)?)),
-            None => Ok(None),
-        }
-    };
+    let tok = |p: Option<PathBuf>| existing(p)?.map(|p| cached_tokens(&p, &first.vocab, &cfg.cache)).transpose();
     Ok(LmData {
         vocab: first.vocab.clone(),
         train: None,
@@ -411,26 +400,55 @@ pub fn evaluate_ensemble(models: &[(&LmModel, &ParamStore)], tokens: &[u32], bat
     Ok((total / count.max(1) as f64, count))
 }
 
-/// Fixed teachers of an offline distillation: trained checkpoints, each with its own architecture,
-/// on the run's device. Errors name the checkpoint that does not fit the run's vocabulary.
+/// Checkpoints, each with its own architecture, loaded onto `dev`; they must share one vocabulary
+/// (an ensemble, a set of teachers), and an error names the first that does not.
+pub fn load_checkpoints(paths: &[PathBuf], dev: crate::tensor::Device) -> Result<Vec<LoadedLm>> {
+    let mut loaded: Vec<LoadedLm> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let mut l = load_checkpoint(path)?;
+        if let Some(first) = loaded.first().filter(|f| f.vocab != l.vocab) {
+            bail!(
+                Invalid,
+                "{}: its vocabulary ({} tokens) differs from that of {} ({} tokens); these checkpoints must share one",
+                path.display(),
+                l.vocab.len(),
+                paths[0].display(),
+                first.vocab.len()
+            );
+        }
+        l.store.to_device(dev)?;
+        loaded.push(l);
+    }
+    Ok(loaded)
+}
+
+/// Fixed teachers of an offline distillation on `dev`. Errors name a checkpoint that does not fit
+/// the run's vocabulary.
 pub fn load_teachers(paths: &[PathBuf], vocab: &Vocab, dev: crate::tensor::Device) -> Result<Vec<LoadedLm>> {
-    paths
-        .iter()
-        .map(|path| {
-            let mut t = load_checkpoint(path)?;
-            if t.vocab != *vocab {
-                bail!(
-                    Invalid,
-                    "{}: the teacher's vocabulary ({} tokens) differs from this run's ({} tokens); a teacher must be trained on the same corpus with the same tokenizer and min_count",
-                    path.display(),
-                    t.vocab.len(),
-                    vocab.len()
-                );
-            }
-            t.store.to_device(dev)?;
-            Ok(t)
-        })
-        .collect()
+    let teachers = load_checkpoints(paths, dev)?;
+    if let Some(t) = teachers.first().filter(|t| t.vocab != *vocab) {
+        bail!(
+            Invalid,
+            "{}: the teacher's vocabulary ({} tokens) differs from this run's ({} tokens); a teacher must be trained on the same corpus with the same tokenizer and min_count",
+            paths[0].display(),
+            t.vocab.len(),
+            vocab.len()
+        );
+    }
+    Ok(teachers)
+}
+
+/// A teacher's logits for window `x`, its LSTM state carried in `slot` (zeros when empty: the
+/// first window, or the first after an epoch boundary).
+fn teacher_forward(model: &LmModel, store: &ParamStore, x: &Tensor, slot: &mut Option<LstmState>, steps: usize, dev: crate::tensor::Device) -> Result<Tensor> {
+    let state = match slot.take() {
+        Some(s) => s,
+        None => LstmState::zeros_on(model.lstm.num_layers(), x.numel() / steps, model.lstm.hidden, dev)?,
+    };
+    let mut g = Graph::no_grad();
+    let (l, next) = model.forward(&mut g, store, x, &state, steps, None)?;
+    *slot = Some(next);
+    Ok(g.value(l).clone())
 }
 
 /// One model of a (possibly codistilled) run.
@@ -489,12 +507,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let codistill = total_models > 1 && schedule.weight > 0.0;
     let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
     let (data, fixed) = if cfg.data_free {
-        let mut fixed = cfg.teacher.0.iter().map(|p| load_checkpoint(p)).collect::<Result<Vec<_>>>()?;
-        let data = prepare_data_free(cfg, &fixed)?;
-        for t in fixed.iter_mut() {
-            t.store.to_device(dev)?;
-        }
-        (data, fixed)
+        let fixed = load_checkpoints(&cfg.teacher.0, dev)?;
+        (prepare_data_free(cfg, &fixed)?, fixed)
     } else {
         let data = prepare_data(cfg)?;
         let fixed = load_teachers(&cfg.teacher.0, &data.vocab, dev)?;
@@ -628,14 +642,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 waited_here += waited.as_secs_f64();
                 for t in &teachers {
-                    let st = match m.teacher_state[t.rank].take() {
-                        Some(s) => s,
-                        None => LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?,
-                    };
-                    let mut g = Graph::no_grad();
-                    let (l, next) = model.forward(&mut g, &t.params, &x, &st, cfg.bptt, None)?;
-                    m.teacher_state[t.rank] = Some(next);
-                    teacher_logits.push(g.value(l).clone());
+                    teacher_logits.push(teacher_forward(&model, &t.params, &x, &mut m.teacher_state[t.rank], cfg.bptt, dev)?);
                     let u = m.teachers.observe(m.index, t, step);
                     staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
                     if u.swapped {
@@ -649,15 +656,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 if let Some(l) = sampled {
                     teacher_logits.extend(l);
                 }
-                for (t, st) in fixed.iter().zip(m.fixed_state.iter_mut()).filter(|_| !cfg.data_free) {
-                    let s0 = match st.take() {
-                        Some(s) => s,
-                        None => LstmState::zeros_on(t.cfg.layers, cfg.batch, t.cfg.hidden, dev)?,
-                    };
-                    let mut g = Graph::no_grad();
-                    let (l, next) = t.model.forward(&mut g, &t.store, &x, &s0, cfg.bptt, None)?;
-                    *st = Some(next);
-                    teacher_logits.push(g.value(l).clone());
+                for (t, slot) in fixed.iter().zip(m.fixed_state.iter_mut()).filter(|_| !cfg.data_free) {
+                    teacher_logits.push(teacher_forward(&t.model, &t.store, &x, slot, cfg.bptt, dev)?);
                 }
             }
             let mut g = Graph::new();
@@ -834,11 +834,8 @@ pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_token
 /// checkpoint's test file; lanes and window length from the first checkpoint's config.
 pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize) -> Result<(f64, usize)> {
     let Some(first) = paths.first() else { bail!(Invalid, "no checkpoint to evaluate") };
-    let loaded = paths.iter().map(|p| load_checkpoint(p)).collect::<Result<Vec<_>>>()?;
+    let loaded = load_checkpoints(paths, crate::tensor::Device::Cpu)?;
     let l = &loaded[0];
-    if let Some(k) = loaded.iter().position(|m| m.vocab != l.vocab) {
-        bail!(Invalid, "{}: its vocabulary differs from that of {}; an ensemble needs one vocabulary", paths[k].display(), first.display());
-    }
     let file = match file {
         Some(f) => f.to_path_buf(),
         None => split_file(&l.cfg, &l.cfg.test, "test.txt")

@@ -106,13 +106,20 @@ impl<'a> Sampler<'a> {
             .collect()
     }
 
+    /// One sampled token per lane: returns the step's inputs and every model's logits
+    /// (`[lanes, V]`, host); the drawn tokens are the new `current`.
+    fn advance(&mut self) -> Result<(Vec<u32>, Vec<Vec<f32>>)> {
+        let input = self.current.clone();
+        let logits = self.step(&input)?;
+        self.current = self.draw(&logits);
+        Ok((input, logits))
+    }
+
     /// `n` sampled tokens of every lane, lane-major (`[lane][t]`).
     pub fn tokens(&mut self, n: usize) -> Result<Vec<Vec<u32>>> {
         let mut out = vec![Vec::with_capacity(n); self.current.len()];
         for _ in 0..n {
-            let input = self.current.clone();
-            let logits = self.step(&input)?;
-            self.current = self.draw(&logits);
+            self.advance()?;
             for (o, &t) in out.iter_mut().zip(&self.current) {
                 o.push(t);
             }
@@ -129,9 +136,7 @@ impl<'a> Sampler<'a> {
         let v = self.vocab().len();
         let mut per_model: Vec<Vec<f32>> = vec![Vec::with_capacity(steps * lanes * v); self.models.len()];
         for _ in 0..steps {
-            let input = self.current.clone();
-            let logits = self.step(&input)?;
-            self.current = self.draw(&logits);
+            let (input, logits) = self.advance()?;
             x.extend(input.iter().map(|&t| t as i32));
             y.extend(self.current.iter().map(|&t| t as i32));
             for (acc, l) in per_model.iter_mut().zip(logits) {
