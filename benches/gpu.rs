@@ -93,9 +93,11 @@ fn main() {
         ("lstm dW = h^T@dlogits", 1024, 10000, 2240, true, false),
         ("criteo mlp", 8192, 512, 432, false, false),
     ];
-    // Each shape on both tensor-core kernels where the GPU has wgmma (its time includes the
-    // transposes that lay out operands whose contiguous dimension is not k); `auto` is the choice
-    // the trainers get once they are verified (MatmulKernel::AutoWgmma).
+    // Each shape on every tensor-core kernel where the GPU has wgmma (the cp.async wgmma kernel's
+    // time includes the transposes that lay out operands whose contiguous dimension is not k; the
+    // TMA kernel reads those as they lie, and is timed once more with them transposed first, as
+    // before it could). `auto`, the trainers' default, is wgmma-tma for the large products and
+    // mma.sync (split-K) for the LSTM's 64-row step products.
     // CODISTILL_BENCH_MATMUL=mma,wgmma,wgmma-tma (the default where the GPU has wgmma) picks them;
     // scripts/gpu_remote.sh passes the ones that passed its gate.
     let listed = std::env::var("CODISTILL_BENCH_MATMUL").unwrap_or_else(|_| "mma,wgmma,wgmma-tma".into());
@@ -115,16 +117,23 @@ fn main() {
         let mut first: Option<Vec<f32>> = None;
         // mma.sync splits k where its output tiles alone would leave the device idle; time those
         // shapes without the split as well.
-        let mut runs: Vec<(MatmulKernel, String, bool)> = kernels.iter().map(|&(kernel, kname)| (kernel, kname.to_string(), split_default)).collect();
+        let mn_default = k::mn_major_enabled();
+        let mut runs: Vec<(MatmulKernel, String, bool, bool)> =
+            kernels.iter().map(|&(kernel, kname)| (kernel, kname.to_string(), split_default, mn_default)).collect();
         if split_default && m * n <= 128 * 128 * 66 && kk >= 512 {
-            runs.insert(1, (MatmulKernel::MmaSync, "mma.sync no-split-k".to_string(), false));
+            runs.insert(1, (MatmulKernel::MmaSync, "mma.sync no-split-k".to_string(), false, mn_default));
         }
-        for (kernel, kname, split) in runs {
+        if mn_default && (ta || !tb) && kernels.iter().any(|&(kernel, _)| kernel == MatmulKernel::WgmmaTma) {
+            runs.push((MatmulKernel::WgmmaTma, "wgmma-tma via transposes".to_string(), split_default, false));
+        }
+        for (kernel, kname, split, mn) in runs {
             k::set_split_k(split);
+            k::set_mn_major(mn);
             let ms = time_ms(&g, iters, || k::gemm_bf16_with(kernel, m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
             // The kernels must agree on what was timed (the tests check each against f64).
             let got = c.download().unwrap();
             k::set_split_k(split_default);
+            k::set_mn_major(mn_default);
             let mut name = format!("gemm bf16 {what} {kname}");
             if let Some(f) = &first {
                 let num: f64 = got.iter().zip(f).map(|(x, y)| ((x - y) as f64).powi(2)).sum();

@@ -37,6 +37,9 @@ typedef __nv_bfloat16 bf16;
 // need, so that tiles can start on 1024-byte boundaries, as the swizzle requires).
 extern __shared__ __align__(1024) unsigned char wg_smem[];
 
+// TA, TB: the instruction's transpose immediates (0: the operand is K-major in shared memory; 1:
+// MN-major, which wgmma takes for 16-bit types).
+template <int TA = 0, int TB = 0>
 __device__ __forceinline__ void wgmma_m64n256k16(float* d, u64 da, u64 db) {
     asm volatile(
         "{\n"
@@ -51,7 +54,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, u64 da, u64 db) {
         "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
         "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
         "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-        "}, %128, %129, p, 1, 1, 0, 0;\n"
+        "}, %128, %129, p, 1, 1, %131, %132;\n"
         "}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
@@ -69,7 +72,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float* d, u64 da, u64 db) {
           "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
           "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(da), "l"(db), "r"(1));
+        : "l"(da), "l"(db), "r"(1), "n"(TA), "n"(TB));
 }
 
 __device__ __forceinline__ void wgmma_m64n128k16(float* d, u64 da, u64 db) {
@@ -110,6 +113,21 @@ __device__ __forceinline__ u64 desc_kmajor_sw128(unsigned smem_addr) {
     u64 d = 0;
     d |= (u64)((smem_addr & 0x3FFFF) >> 4);
     d |= (u64)1 << 16;
+    d |= (u64)(1024 >> 4) << 32;
+    d |= (u64)1 << 62;
+    return d;
+}
+
+// Shared-memory matrix descriptor: MN-major operand, 128-byte swizzle, as the tensor copy engine
+// writes a box of 64 (M or N, contiguous) x 64 (k) elements: row r (k = r) of 128 bytes at r * 128,
+// its 16-byte chunk c at c ^ (r % 8). The canonical layout (CUTLASS, Major::MN, B128, in 16-byte
+// units): ((8, n), (8, k)) : ((1, LBO), (8, SBO)): 64 M/N elements contiguous, the next 64 one box
+// further (leading byte offset 8192, the box size), 8 k rows in one 1024-byte swizzle atom, the
+// next 8 k rows 1024 bytes further (stride byte offset). Advancing k by 16 adds 2048 bytes.
+__device__ __forceinline__ u64 desc_mnmajor_sw128(unsigned smem_addr) {
+    u64 d = 0;
+    d |= (u64)((smem_addr & 0x3FFFF) >> 4);
+    d |= (u64)(8192 >> 4) << 16;
     d |= (u64)(1024 >> 4) << 32;
     d |= (u64)1 << 62;
     return d;
@@ -289,11 +307,17 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TmaMap* map, int
 #define TMA_BN 256
 #define TMA_STAGES 4
 
-KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
-                                                      int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
+// The TMA kernel's body. A_MN / B_MN: the operand is MN-major in global memory (A stored [K, M],
+// B stored [K, N], the M or N index contiguous), brought in as 64 x 64 boxes (2 for A's 128 rows,
+// 4 for B's 256) and read by wgmma with its transpose flag; else K-major (A [M, K], B as [N, K]),
+// one box of 128 (or 256) rows x 64 k. Either way a stage holds the same bytes.
+template <bool A_MN, bool B_MN>
+__device__ __forceinline__ void gemm_wgmma_tma_body(const TmaMap& mapA, const TmaMap& mapB, int M, int N, int K, float alpha,
+                                                    float beta, float* __restrict__ C) {
     constexpr int A_BYTES = WG_BM * WG_BK * 2;
     constexpr int B_BYTES = TMA_BN * WG_BK * 2;
     constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    constexpr int BOX = 64 * WG_BK * 2;  // one 64 x 64 box of an MN-major operand
     constexpr int NACC = TMA_BN / 2;
     const unsigned raw = (unsigned)__cvta_generic_to_shared(wg_smem);
     const unsigned base = (raw + 1023u) & ~1023u;
@@ -320,8 +344,18 @@ KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ Tma
                 if (kt >= TMA_STAGES) mbar_wait(bars + 8 * (TMA_STAGES + s), ((kt / TMA_STAGES) - 1) & 1);
                 const unsigned st = base + s * STAGE_BYTES, full = bars + 8 * s;
                 mbar_arrive_expect_tx(full, STAGE_BYTES);
-                tma_load_2d(st, &mapA, kt * WG_BK, m0, full);
-                tma_load_2d(st + A_BYTES, &mapB, kt * WG_BK, n0, full);
+                if (A_MN) {
+#pragma unroll
+                    for (int b = 0; b < WG_BM / 64; b++) tma_load_2d(st + b * BOX, &mapA, m0 + 64 * b, kt * WG_BK, full);
+                } else {
+                    tma_load_2d(st, &mapA, kt * WG_BK, m0, full);
+                }
+                if (B_MN) {
+#pragma unroll
+                    for (int b = 0; b < TMA_BN / 64; b++) tma_load_2d(st + A_BYTES + b * BOX, &mapB, n0 + 64 * b, kt * WG_BK, full);
+                } else {
+                    tma_load_2d(st + A_BYTES, &mapB, kt * WG_BK, n0, full);
+                }
             }
         }
     } else {
@@ -333,6 +367,7 @@ KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ Tma
         for (int kt = 0; kt < ktiles; kt++) {
             const int s = kt % TMA_STAGES;
             mbar_wait(bars + 8 * s, (kt / TMA_STAGES) & 1);
+            // This consumer's 64 rows of A: 64 rows of 128 bytes (K-major), or one box (MN-major).
             const unsigned sa = base + s * STAGE_BYTES + cw * (64 * 128);
             const unsigned sb = base + s * STAGE_BYTES + A_BYTES;
 #pragma unroll
@@ -340,7 +375,9 @@ KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ Tma
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < WG_BK / 16; kk++) {
-                wgmma_m64n256k16(d, desc_kmajor_sw128(sa + kk * 32), desc_kmajor_sw128(sb + kk * 32));
+                const u64 da = A_MN ? desc_mnmajor_sw128(sa + kk * 2048) : desc_kmajor_sw128(sa + kk * 32);
+                const u64 db = B_MN ? desc_mnmajor_sw128(sb + kk * 2048) : desc_kmajor_sw128(sb + kk * 32);
+                wgmma_m64n256k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(d, da, db);
             }
             wgmma_commit();
             wgmma_wait<1>();
@@ -354,6 +391,27 @@ KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ Tma
         for (int i = 0; i < NACC; i++) fence_operand(d[i]);
         store_tile<TMA_BN>(d, M, N, alpha, beta, C, m0 + cw * 64, n0, threadIdx.x % 128);
     }
+}
+
+// C = alpha * op(A) @ op(B) + beta * C by orientation, named as the mma.sync kernels are (N: the
+// operand as stored, T: its transpose): _nt both K-major (the launcher's layout for every
+// orientation when MN-major loads are off: CODISTILL_WGMMA_MN=0), _nn B MN-major, _tn both
+// MN-major, _tt A MN-major.
+KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
+                                                      int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
+    gemm_wgmma_tma_body<false, false>(mapA, mapB, M, N, K, alpha, beta, C);
+}
+KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma_nn(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
+                                                         int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
+    gemm_wgmma_tma_body<false, true>(mapA, mapB, M, N, K, alpha, beta, C);
+}
+KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma_tn(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
+                                                         int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
+    gemm_wgmma_tma_body<true, true>(mapA, mapB, M, N, K, alpha, beta, C);
+}
+KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma_tt(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
+                                                         int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
+    gemm_wgmma_tma_body<true, false>(mapA, mapB, M, N, K, alpha, beta, C);
 }
 
 // out [C, R] = in [R, C]^T, rounded to bf16 (round to nearest even, as f32_to_bf16). Block 32 x 8

@@ -9,9 +9,9 @@
 #                     key lines, and the tables (benchmark ratios, end-to-end, overlap);
 #   $OUT/logs.tgz     every stage's whole log and the raw JSON.
 # Stages (STAGES, comma-separated, in this order by default):
-#   gate      the matmul kernels written without a GPU, each alone in its own process (a trapped
-#             kernel ends its process's CUDA context): mma.sync with and without split-K, the
-#             transposes, wgmma, wgmma-tma; later stages use what passed (see below);
+#   gate      the matmul kernels, each alone in its own process (a trapped kernel ends its
+#             process's CUDA context): mma.sync with and without split-K, the transposes, wgmma,
+#             wgmma-tma (K-major, then MN-major operands); later stages use what passed (see below);
 #   gpu       the GPU kernel suite (tests/gpu.rs, REQUIRE_GPU=1: fails rather than skips);
 #   training  the GPU training suite (tests/gpu_training.rs) and the softmax-KL suite;
 #   bench     the kernel table (gpu-bench), then cuBLAS/PyTorch on the same shapes and the ratios;
@@ -69,10 +69,12 @@ note "== $(date -u +%FT%TZ) budget ${BUDGET} s, stages ${STAGES:1:-1}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$SUMMARY"
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee -a "$SUMMARY"
 
-# The gate. The default kernel (`auto`) is the verified mma.sync; the later stages run with a wgmma
-# kernel for the large products where one passed (auto-wgmma, else auto-wgmma-tma), with split-K
-# off if it failed, and the bench times each kernel that passed: one broken kernel does not cost the
-# session's other measurements.
+# The gate. The default kernel (`auto`) is wgmma-tma for large products on Hopper, mma.sync for the
+# rest; the later stages keep it where wgmma-tma and the transposes passed, else run on auto-wgmma
+# where that passed, else on mma; with split-K off if it failed, and with the TMA kernel's MN-major
+# operands off (CODISTILL_WGMMA_MN=0: operands transposed first, as before) if their probe failed;
+# the bench times each kernel that passed: one broken kernel does not cost the session's other
+# measurements.
 bench_kernels=mma
 gate_tests=()
 if want gate; then
@@ -90,9 +92,12 @@ if want gate; then
   gate gemm_bf16_mma_sync_matches_f64_reference mma-split-k || export CODISTILL_SPLIT_K=0
   gate transposes_match_cpu transposes; t_ok=$?
   gate gemm_bf16_wgmma_layout_probe wgmma-probe && gate gemm_bf16_wgmma_matches_f64_reference wgmma; w_ok=$?
-  gate gemm_bf16_wgmma_tma_layout_probe wgmma-tma-probe && gate gemm_bf16_wgmma_tma_matches_f64_reference wgmma-tma; tma_ok=$?
-  if [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma
-  elif [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma-tma; fi
+  gate gemm_bf16_wgmma_tma_layout_probe wgmma-tma-probe \
+    && { gate gemm_bf16_wgmma_tma_mn_major_layout_probe wgmma-tma-mn-probe || export CODISTILL_WGMMA_MN=0; } \
+    && gate gemm_bf16_wgmma_tma_matches_f64_reference wgmma-tma; tma_ok=$?
+  if [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then :
+  elif [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma
+  else export CODISTILL_MATMUL_KERNEL=mma; fi
   [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ] && bench_kernels=$bench_kernels,wgmma
   [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ] && bench_kernels=$bench_kernels,wgmma-tma
   # The GPU suite leaves out the kernels that failed here (tests/gpu.rs, skipped()).
@@ -101,7 +106,7 @@ if want gate; then
   export CODISTILL_TEST_SKIP_KERNELS=$skip
 fi
 export CODISTILL_BENCH_MATMUL=$bench_kernels
-note "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto} CODISTILL_SPLIT_K=${CODISTILL_SPLIT_K:-1}; benchmarked matmul kernels: $bench_kernels; left out of the suite: ${CODISTILL_TEST_SKIP_KERNELS:-none}"
+note "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto} CODISTILL_SPLIT_K=${CODISTILL_SPLIT_K:-1} CODISTILL_WGMMA_MN=${CODISTILL_WGMMA_MN:-1}; benchmarked matmul kernels: $bench_kernels; left out of the suite: ${CODISTILL_TEST_SKIP_KERNELS:-none}"
 
 if want gpu; then
   note "== GPU kernel suite (but the tests the gate ran)"

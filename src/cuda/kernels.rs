@@ -137,12 +137,16 @@ pub fn gemm_bf16_with(
     }
     let gpu = a.gpu().clone();
     if wgmma_for(&gpu, kernel, m, n, k)? {
-        // Both operands K-major: A as [m, k], B as its transpose [n, k].
-        let (pa, _a_tmp) = kmajor_bf16(a, m, k, trans_a)?;
-        let (pb, _b_tmp) = kmajor_bf16(b, n, k, !trans_b)?;
+        let tma = uses_tma(kernel);
+        // Each operand K-major (A as [m, k], B as [n, k]), or, on the TMA kernel, MN-major as it is
+        // stored (A stored [k, m], B stored [k, n]) where its rows are 16-byte aligned.
+        let (a_mn, b_mn) = (tma && mn_major_ok(a, m, trans_a), tma && mn_major_ok(b, n, !trans_b));
+        let (pa, _a_tmp) = if a_mn { (a.ptr(), None) } else { kmajor_bf16(a, m, k, trans_a)? };
+        let (pb, _b_tmp) = if b_mn { (b.ptr(), None) } else { kmajor_bf16(b, n, k, !trans_b)? };
         // The scratch operands go back to the allocator after the launch is queued: later work on
         // the same stream runs after the kernel.
-        return launch_wgmma(&gpu, uses_tma(kernel), m, n, k, alpha, pa, pb, beta, c);
+        let layout = Operands { a: pa, a_mn, b: pb, b_mn };
+        return launch_wgmma(&gpu, tma, m, n, k, alpha, layout, beta, c);
     }
     // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
     let a_contig = if trans_a { m } else { k };
@@ -254,19 +258,24 @@ pub fn gemm_f32_as_bf16_with(
     same_gpu(a, b)?;
     let gpu = a.gpu().clone();
     if m > 0 && n > 0 && wgmma_for(&gpu, kernel, m, n, k)? {
+        // Rounded as stored where the TMA kernel reads that layout (MN-major rows of a multiple of
+        // 8 elements), else rounded and transposed into the K-major layout in one pass.
+        let tma = uses_tma(kernel);
+        let (a_mn, b_mn) = (tma && trans_a && mn_major_enabled() && m.is_multiple_of(8), tma && !trans_b && mn_major_enabled() && n.is_multiple_of(8));
         let mut ab = gpu.alloc::<bf16>(m * k)?;
-        if trans_a {
+        if trans_a && !a_mn {
             transpose_f32_to_bf16(a, k, m, &mut ab)?;
         } else {
             f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
         }
         let mut bb = gpu.alloc::<bf16>(n * k)?;
-        if trans_b {
-            f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
-        } else {
+        if !trans_b && !b_mn {
             transpose_f32_to_bf16(b, k, n, &mut bb)?;
+        } else {
+            f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
         }
-        return launch_wgmma(&gpu, uses_tma(kernel), m, n, k, alpha, ab.ptr(), bb.ptr(), beta, c);
+        let layout = Operands { a: ab.ptr(), a_mn, b: bb.ptr(), b_mn };
+        return launch_wgmma(&gpu, tma, m, n, k, alpha, layout, beta, c);
     }
     let mut ab = gpu.alloc::<bf16>(m * k)?;
     f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
@@ -276,14 +285,54 @@ pub fn gemm_f32_as_bf16_with(
 }
 
 fn uses_tma(kernel: MatmulKernel) -> bool {
-    matches!(kernel, MatmulKernel::WgmmaTma | MatmulKernel::AutoWgmmaTma)
+    matches!(kernel, MatmulKernel::Auto | MatmulKernel::WgmmaTma | MatmulKernel::AutoWgmmaTma)
+}
+
+static MN_MAJOR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Turns the TMA kernel's MN-major operands on or off for the process (overrides
+/// `CODISTILL_WGMMA_MN`). Off, every operand whose contiguous dimension is not k is transposed
+/// into a scratch copy first, as the cp.async `wgmma` kernel always does.
+pub fn set_mn_major(on: bool) {
+    MN_MAJOR.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the TMA kernel reads operands stored MN-major (A as [k, m], B as [k, n]) as they lie,
+/// with `wgmma`'s transpose flag: as set, else off where `CODISTILL_WGMMA_MN=0`, else on.
+pub fn mn_major_enabled() -> bool {
+    match MN_MAJOR.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => false,
+        1 => true,
+        _ => {
+            let on = std::env::var("CODISTILL_WGMMA_MN").as_deref() != Ok("0");
+            set_mn_major(on);
+            on
+        }
+    }
+}
+
+/// Whether an operand stored MN-major (`stored_mn`: its `mn` index contiguous) can be read so by
+/// the TMA kernel: MN-major loads on, a 16-byte aligned start and rows of a multiple of 8 elements.
+fn mn_major_ok(x: &impl Dev<bf16>, mn: usize, stored_mn: bool) -> bool {
+    stored_mn && mn_major_enabled() && mn.is_multiple_of(8) && x.ptr().is_multiple_of(16)
+}
+
+/// The device addresses of a `wgmma` product's operands and their layouts: A [m, k] (or, with
+/// `a_mn`, [k, m]) and B [n, k] (or, with `b_mn`, [k, n]).
+struct Operands {
+    a: u64,
+    a_mn: bool,
+    b: u64,
+    b_mn: bool,
 }
 
 /// Whether a bf16 product of this shape runs on `wgmma` under `kernel`.
 fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> Result<bool> {
     match kernel {
-        MatmulKernel::Auto | MatmulKernel::MmaSync => Ok(false),
-        MatmulKernel::AutoWgmma | MatmulKernel::AutoWgmmaTma => Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64),
+        MatmulKernel::MmaSync => Ok(false),
+        MatmulKernel::Auto | MatmulKernel::AutoWgmma | MatmulKernel::AutoWgmmaTma => {
+            Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64)
+        }
         MatmulKernel::Wgmma | MatmulKernel::WgmmaTma => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));
@@ -322,14 +371,16 @@ struct TmaMap(sys::CUtensorMap);
 // SAFETY: plain bytes, the layout of the kernel's `TmaMap` parameter (128 bytes, 64-byte aligned).
 unsafe impl DeviceRepr for TmaMap {}
 
-/// The tensor map of a K-major bf16 operand (`rows` rows of `k`, at a 16-byte aligned `ptr`, `k` a
-/// multiple of 8) in boxes of `box_rows` x 64, written to shared memory with the 128-byte swizzle;
-/// reads past the operand's edges fill zeros.
-fn tma_map(ptr: u64, rows: usize, k: usize, box_rows: u32) -> Result<TmaMap> {
+/// The tensor map of a bf16 operand stored as `outer` rows of `inner` contiguous elements (at a
+/// 16-byte aligned `ptr`, `inner` a multiple of 8), in boxes of `box_inner` x `box_outer`, written
+/// to shared memory with the 128-byte swizzle; reads past the operand's edges fill zeros. A K-major
+/// operand is `rows` x `k` in boxes of 64 k by the tile's rows; an MN-major one `k` x `rows` in
+/// boxes of 64 x 64.
+fn tma_map(ptr: u64, inner: usize, outer: usize, box_inner: u32, box_outer: u32) -> Result<TmaMap> {
     use sys::{CUtensorMapDataType as D, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I, CUtensorMapL2promotion as L, CUtensorMapSwizzle as S};
-    let dims: [u64; 2] = [k as u64, rows as u64];
-    let strides: [u64; 1] = [(k * 2) as u64];
-    let boxes: [u32; 2] = [64, box_rows];
+    let dims: [u64; 2] = [inner as u64, outer as u64];
+    let strides: [u64; 1] = [(inner * 2) as u64];
+    let boxes: [u32; 2] = [box_inner, box_outer];
     let steps: [u32; 2] = [1, 1];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
     // SAFETY: every array holds the rank's entries; the map is fully written on success.
@@ -349,22 +400,40 @@ fn tma_map(ptr: u64, rows: usize, k: usize, box_rows: u32) -> Result<TmaMap> {
             F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
         .result()
-        .map_err(|e| Error::Device(format!("tensor map of a {rows} x {k} bf16 operand: {e:?}")))?;
+        .map_err(|e| Error::Device(format!("tensor map of a {outer} x {inner} bf16 operand: {e:?}")))?;
         Ok(TmaMap(map.assume_init()))
     }
 }
 
-/// Launches a `wgmma` kernel on K-major operands at `pa` ([m, k]) and `pb` ([n, k]): with `tma`,
-/// `gemm_wgmma_tma`, else `gemm_wgmma_b{128,256}`.
+/// The tensor map of one operand of the TMA kernel: `rows` (M or N) by `k`, K-major in boxes of
+/// `tile_rows` x 64 k, or MN-major in boxes of 64 x 64.
+fn operand_map(ptr: u64, mn_major: bool, rows: usize, k: usize, tile_rows: u32) -> Result<TmaMap> {
+    if mn_major {
+        tma_map(ptr, rows, k, 64, 64)
+    } else {
+        tma_map(ptr, k, rows, 64, tile_rows)
+    }
+}
+
+/// Launches a `wgmma` kernel on `ops`: with `tma`, `gemm_wgmma_tma` (the variant of the operands'
+/// layouts), else `gemm_wgmma_b{128,256}` (K-major operands only).
 #[allow(clippy::too_many_arguments)]
-fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: f32, pa: u64, pb: u64, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
+fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: f32, ops: Operands, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
     let (mi, ni, ki, pc) = (m as i32, n as i32, k as i32, c.ptr());
+    let (pa, pb) = (ops.a, ops.b);
+    debug_assert!(tma || !(ops.a_mn || ops.b_mn), "the cp.async wgmma kernel reads K-major operands only");
     let (name, f, cfg) = if tma {
         // 4 stages of a 128 x 64 and a 256 x 64 tile, 1 KiB for alignment, 8 mbarriers.
         let smem = 4 * (WG_STAGE_A + 256 * 64 * 2) + 1024 + 64;
-        let f = gpu.function("matmul_sm90a", "gemm_wgmma_tma")?;
+        let name = match (ops.a_mn, ops.b_mn) {
+            (false, false) => "gemm_wgmma_tma",
+            (false, true) => "gemm_wgmma_tma_nn",
+            (true, true) => "gemm_wgmma_tma_tn",
+            (true, false) => "gemm_wgmma_tma_tt",
+        };
+        let f = gpu.function("matmul_sm90a", name)?;
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
-        ("gemm_wgmma_tma", f, LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem })
+        (name, f, LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem })
     } else {
         // One block per multiprocessor at a time (the stages fill shared memory): take the
         // narrower tile only where it fills the last wave clearly better (a first rule; to be
@@ -384,7 +453,7 @@ fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: 
     let mut l = gpu.stream().launch_builder(&f);
     let maps;
     if tma {
-        maps = (tma_map(pa, m, k, 128)?, tma_map(pb, n, k, 256)?);
+        maps = (operand_map(pa, ops.a_mn, m, k, 128)?, operand_map(pb, ops.b_mn, n, k, 256)?);
         l.arg(&maps.0).arg(&maps.1).arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&beta).arg(&pc);
     } else {
         l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc);

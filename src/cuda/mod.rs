@@ -102,13 +102,15 @@ pub fn matmul_precision() -> MatmulPrecision {
 /// Which tensor-core kernel runs a bf16 matrix product on the GPU (process-wide).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// The default: the verified kernel, `mma.sync`, today. (The `wgmma` kernels were written
-    /// without a GPU; once they pass on one and measure faster, this becomes `AutoWgmma`.)
+    /// The default: on Hopper (compute capability 9.0) the `WgmmaTma` kernel for products of at
+    /// least 128 x 128 x 64 whose inner dimension is a multiple of 8, `mma.sync` (split-K where its
+    /// output tiles alone would leave the device idle) for the rest and on other GPUs. Measured on
+    /// an H100 (BENCHMARKS.md): the TMA kernel is the fastest of ours on every large trainer
+    /// product, `mma.sync` with split-K on the LSTM's 64-row step products.
     Auto,
-    /// `wgmma` (`Wgmma`) on Hopper for products of at least 128 x 128 x 64 whose inner dimension is a
-    /// multiple of 8; `mma.sync` otherwise.
+    /// As `Auto`, with the cp.async `Wgmma` kernel for the large products.
     AutoWgmma,
-    /// As `AutoWgmma`, with the `WgmmaTma` kernel.
+    /// The same rule as `Auto` (the name it had before it became the default).
     AutoWgmmaTma,
     /// Always `mma.sync` (`kernels/matmul.cu`), on any GPU from sm_80.
     MmaSync,
