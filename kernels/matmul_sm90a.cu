@@ -23,6 +23,10 @@
 //   one arrival with the byte count, completed by the engine) and empty[s] (all 256 consumer
 //   threads are done with stage s). Every mbarrier wait gives up after about 10 s of clock and
 //   traps, so a pipeline mistake is a kernel error, not a hang. Block 384 threads, tile 128 x 256.
+//   Variants _nn, _tn, _tt take A stored [K, M] and/or B stored [K, N] ("MN-major") as they lie:
+//   64 x 64 boxes, read with wgmma's transpose flag (16-bit types only), so that no orientation
+//   needs a transposed copy (rows of M or N a multiple of 8; the launcher transposes otherwise).
+//   Verified on an H100 (2026-11-27): layout probes at every orientation, f64-reference tests.
 // transpose_bf16, transpose_f32_to_bf16: out [C,R] = in [R,C]^T as bf16 (32 x 32 tiles).
 #include "common.cuh"
 
