@@ -10,6 +10,8 @@
 # Environment: EMB (256), HIDDEN (256), BATCH (32), LR (0.002), DROPOUT (0.25), WEIGHT (0.5), BURN_IN (200), SHARD_BLOCK (0:
 # contiguous halves; e.g. 2000 for interleaved halves that sample every genre). EXPERIMENTS.md's
 # first Brown table is the defaults; its later runs set BATCH=16 LR=0.001 and the rest as stated.
+# DEVICE (cpu; cuda on the GPU machine, scripts/gpu_remote.sh stage `brown`), EVAL_EVERY (100),
+# RUNS (exp,co1000,ls: which of the three runs to make).
 set -euo pipefail
 OUT=${1:-runs/brown-experiments}
 DATA=${2:-../shared/data/brown}
@@ -17,13 +19,14 @@ STEPS=${3:-1500}
 BIN=${BIN:-target/release/codistill}
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
-COMMON=(--data "$DATA" --cache "$OUT/cache" --device cpu --emb-dim "${EMB:-256}" --hidden "${HIDDEN:-256}" --layers 1 --dropout "${DROPOUT:-0.25}"
-        --batch "${BATCH:-32}" --bptt 35 --optimizer adam --lr "${LR:-0.002}" --clip 5 --steps "$STEPS" --eval-every 100
+RUNS=,${RUNS:-exp,co1000,ls},
+COMMON=(--data "$DATA" --cache "$OUT/cache" --device "${DEVICE:-cpu}" --emb-dim "${EMB:-256}" --hidden "${HIDDEN:-256}" --layers 1 --dropout "${DROPOUT:-0.25}"
+        --batch "${BATCH:-32}" --bptt 35 --optimizer adam --lr "${LR:-0.002}" --clip 5 --steps "$STEPS" --eval-every "${EVAL_EVERY:-100}"
         --eval-tokens 30000 --log-every 50 --checkpoint-every 500 --burn-in "${BURN_IN:-200}"
         --distill-weight "${WEIGHT:-0.5}" --temperature 1 --shard-block "${SHARD_BLOCK:-0}")
-[ -f "$OUT/exp/report.txt" ] || "$BIN" lm experiment "${COMMON[@]}" --models 2 --exchange-every 50 --out "$OUT/exp" > "$OUT/exp.log" 2>&1
-[ -f "$OUT/co1000/result.json" ] || "$BIN" lm codistill "${COMMON[@]}" --models 2 --exchange-every 1000 --out "$OUT/co1000" > "$OUT/co1000.log" 2>&1
-[ -f "$OUT/ls/result.json" ] || "$BIN" lm train "${COMMON[@]}" --label-smoothing 0.1 --out "$OUT/ls" > "$OUT/ls.log" 2>&1
+[[ $RUNS != *,exp,* ]] || [ -f "$OUT/exp/report.txt" ] || "$BIN" lm experiment "${COMMON[@]}" --models 2 --exchange-every 50 --out "$OUT/exp" > "$OUT/exp.log" 2>&1
+[[ $RUNS != *,co1000,* ]] || [ -f "$OUT/co1000/result.json" ] || "$BIN" lm codistill "${COMMON[@]}" --models 2 --exchange-every 1000 --out "$OUT/co1000" > "$OUT/co1000.log" 2>&1
+[[ $RUNS != *,ls,* ]] || [ -f "$OUT/ls/result.json" ] || "$BIN" lm train "${COMMON[@]}" --label-smoothing 0.1 --out "$OUT/ls" > "$OUT/ls.log" 2>&1
 python3 - "$OUT" <<'PY'
 import json, math, sys
 out = sys.argv[1]
@@ -41,7 +44,10 @@ best_step, best = min(base, key=lambda x: x[1])
 print(f"baseline (1 model, whole stream): best validation {best:.4f} nats (ppl {math.exp(best):.1f}) at step {best_step} of {base[-1][0]}")
 print(f"{'run':<22} {'model':>5} {'final':>8} {'best':>8} {'ppl':>7} {'test ppl':>9} {'reaches baseline best at':>25} {'ratio':>6}")
 runs = [("baseline", "exp/baseline"), ("codistill every 50", "exp/codistill"), ("codistill every 1000", "co1000"), ("label smoothing 0.1", "ls")]
+import os
 for name, d in runs:
+    if not os.path.exists(f"{out}/{d}/result.json"):
+        continue
     t = tests(f"{out}/{d}/metrics.jsonl")
     for m, c in sorted(curve(f"{out}/{d}/metrics.jsonl").items()):
         hit = next((s for s, l in c if l <= best), None)

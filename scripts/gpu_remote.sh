@@ -19,13 +19,18 @@
 #   memcheck  compute-sanitizer memcheck over the GPU suite, then the training suite's op tests;
 #   ncu       Nsight Compute sections for one launch of each 4096^3 matmul and the softmax-KL;
 #   criterion the criterion gpu_* groups of benches/kernels.rs;
-#   overlap   issue 6's overlap measurement on the GPU (scripts/overlap_pairs.sh, 3 pairs).
+#   overlap   issue 6's overlap measurement on the GPU (scripts/overlap_pairs.sh, 3 pairs);
+#   brown     issue 6's Brown bar on the GPU: `lm experiment` (baseline, and the pair on halves) for
+#             BROWN_STEPS (10,000: 14 passes over the corpus, which a CPU session cannot afford;
+#             dropout BROWN_DROPOUT, 0, so that the baseline overfits), then the table of
+#             scripts/brown_codistill_experiments.sh; needs device-bin/brown (scripts/gpu_build.sh).
+#             Last in the default order: on a session whose kernel stages are done, STAGES=brown.
 # Usage there: bash scripts/gpu_remote.sh   (device call: carry ["device-bin"], timeout_s 600;
 # BUDGET defaults to 540 s, which leaves the call's limit room to pack and return).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 BUDGET=${BUDGET:-540}
-STAGES=,${STAGES:-gate,gpu,training,bench,e2e,memcheck,ncu,criterion,overlap},
+STAGES=,${STAGES:-gate,gpu,training,bench,e2e,memcheck,ncu,criterion,overlap,brown},
 mkdir -p "$OUT"
 LOGS=$(mktemp -d /tmp/gpu-logs.XXXXXX)
 SUMMARY=$OUT/summary.txt
@@ -164,6 +169,20 @@ if want overlap; then
   note "== overlap: exchange every 50 vs teachers frozen, on the GPU, scored within runs"
   step overlap 240 "BIN=device-bin/codistill DEVICE=cuda bash scripts/overlap_pairs.sh /tmp/overlap-gpu 3"
   tail -25 "$LOGS/overlap.log" | tee -a "$SUMMARY"
+fi
+if want brown; then
+  note "== Brown: baseline against two-way codistillation on halves, on the GPU"
+  if [ -f device-bin/brown/train.txt ]; then
+    step brown 450 "BIN=device-bin/codistill DEVICE=cuda RUNS=exp DROPOUT=${BROWN_DROPOUT:-0} BURN_IN=300 SHARD_BLOCK=2000 \
+      bash scripts/brown_codistill_experiments.sh /tmp/brown-gpu device-bin/brown ${BROWN_STEPS:-10000}" || why brown 10
+    tail -12 "$LOGS/brown.log" | tee -a "$SUMMARY"
+    # The curves (small) for EXPERIMENTS.md; the checkpoints stay behind.
+    for d in baseline codistill; do cp /tmp/brown-gpu/exp/$d/metrics.jsonl "$LOGS/brown-$d-metrics.jsonl" 2>/dev/null; done
+    cp /tmp/brown-gpu/exp/report.txt "$LOGS/brown-report.txt" 2>/dev/null
+    pack
+  else
+    note "SKIP    brown (no device-bin/brown: scripts/gpu_build.sh copies ../shared/data/brown there)"
+  fi
 fi
 note "== done in $((SECONDS - T0)) s of $BUDGET, status $status"
 pack
