@@ -182,25 +182,45 @@ pub fn gemm_bf16_with(
     Ok(())
 }
 
-static SPLIT_K: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+/// A process-wide on/off switch, on unless its environment variable is `0`, until set.
+struct Switch {
+    state: std::sync::atomic::AtomicU8,
+    var: &'static str,
+}
+
+impl Switch {
+    const fn new(var: &'static str) -> Self {
+        Switch { state: std::sync::atomic::AtomicU8::new(2), var }
+    }
+
+    fn set(&self, on: bool) {
+        self.state.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self) -> bool {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => false,
+            1 => true,
+            _ => {
+                let on = std::env::var(self.var).as_deref() != Ok("0");
+                self.set(on);
+                on
+            }
+        }
+    }
+}
+
+static SPLIT_K: Switch = Switch::new("CODISTILL_SPLIT_K");
 
 /// Turns split-K of the mma.sync kernel on or off for the process (overrides `CODISTILL_SPLIT_K`).
 pub fn set_split_k(on: bool) {
-    SPLIT_K.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+    SPLIT_K.set(on);
 }
 
 /// Whether split-K is on: as set, else off where `CODISTILL_SPLIT_K=0` (the product then runs as
 /// one grid of output tiles, as before split-K existed), else on.
 pub fn split_k_enabled() -> bool {
-    match SPLIT_K.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => false,
-        1 => true,
-        _ => {
-            let on = std::env::var("CODISTILL_SPLIT_K").as_deref() != Ok("0");
-            set_split_k(on);
-            on
-        }
-    }
+    SPLIT_K.get()
 }
 
 /// (splits, k per split, a multiple of the kernel's 32-deep k tile) for the mma.sync kernel: one
@@ -288,27 +308,19 @@ fn uses_tma(kernel: MatmulKernel) -> bool {
     matches!(kernel, MatmulKernel::Auto | MatmulKernel::WgmmaTma | MatmulKernel::AutoWgmmaTma)
 }
 
-static MN_MAJOR: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+static MN_MAJOR: Switch = Switch::new("CODISTILL_WGMMA_MN");
 
 /// Turns the TMA kernel's MN-major operands on or off for the process (overrides
 /// `CODISTILL_WGMMA_MN`). Off, every operand whose contiguous dimension is not k is transposed
 /// into a scratch copy first, as the cp.async `wgmma` kernel always does.
 pub fn set_mn_major(on: bool) {
-    MN_MAJOR.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+    MN_MAJOR.set(on);
 }
 
 /// Whether the TMA kernel reads operands stored MN-major (A as [k, m], B as [k, n]) as they lie,
 /// with `wgmma`'s transpose flag: as set, else off where `CODISTILL_WGMMA_MN=0`, else on.
 pub fn mn_major_enabled() -> bool {
-    match MN_MAJOR.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => false,
-        1 => true,
-        _ => {
-            let on = std::env::var("CODISTILL_WGMMA_MN").as_deref() != Ok("0");
-            set_mn_major(on);
-            on
-        }
-    }
+    MN_MAJOR.get()
 }
 
 /// Whether an operand stored MN-major (`stored_mn`: its `mn` index contiguous) can be read so by
