@@ -281,3 +281,59 @@ fn fixed_teachers_join_codistilling_peers() {
     assert_eq!(both.per_model.len(), 2);
     assert_ne!(both.per_model[0].0, peers.per_model[0].0, "the fixed teacher changed nothing");
 }
+
+/// The `hint_loss` of each `train` event of a metrics file, in order (None where it is null).
+fn hint_losses(metrics: &Path) -> Vec<Option<f64>> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"train\""))
+        .map(|l| l.split("\"hint_loss\":").nth(1).unwrap().split([',', '}']).next().unwrap().parse().ok())
+        .collect()
+}
+
+#[test]
+fn feature_hints_fit_the_students_hidden_states_to_the_teachers() {
+    let d = tmp("hints");
+    let base = small_lm(&d, 40);
+    let mut t = base.clone();
+    (t.hidden, t.steps, t.checkpoint_every, t.out) = (32, 400, 400, d.join("t"));
+    lm::train(&t).unwrap();
+    let teacher = d.join("t/checkpoint.safetensors");
+    let mut s = base.clone();
+    (s.steps, s.burn_in, s.distill_weight, s.hint_weight, s.checkpoint_every, s.out) = (600, 0, 0.5, 1.0, 300, d.join("s"));
+    s.teacher = paths(&[&teacher]);
+    lm::train(&s).unwrap();
+    // The map of the 8-wide student's states to the 32-wide teacher's is learned: its term falls.
+    let h: Vec<f64> = hint_losses(&d.join("s/metrics.jsonl")).into_iter().map(|h| h.expect("a hint run logs hint_loss")).collect();
+    let (first, last) = (h[0], *h.last().unwrap());
+    eprintln!("hint term over training: {h:?}");
+    assert!(last < 0.5 * first, "the hint term did not fall: {h:?}");
+    // The checkpoint holds the map and still loads as an 8-wide model.
+    let ck = d.join("s/checkpoint.safetensors");
+    let loaded = lm::load_checkpoint(&ck).unwrap();
+    assert_eq!(loaded.ckpt.tensors["lm.hint.weight"].shape(), &[8, 32]);
+    assert_eq!(loaded.cfg.hidden, 8);
+    // Resumed, the map comes back with the model (the term goes on from where it was).
+    let mut r = s.clone();
+    (r.steps, r.resume, r.out) = (650, Some(ck.clone()), d.join("r"));
+    lm::train(&r).unwrap();
+    let resumed = hint_losses(&d.join("r/metrics.jsonl"));
+    assert!(resumed[0].unwrap() < 0.5 * first, "the resumed run's map started afresh: {resumed:?}");
+    // Without hints the term is not logged; a checkpoint trained without them cannot resume with them.
+    let mut p = s.clone();
+    (p.hint_weight, p.steps, p.out) = (0.0, 20, d.join("p"));
+    lm::train(&p).unwrap();
+    assert!(hint_losses(&d.join("p/metrics.jsonl")).iter().all(Option::is_none));
+    (r.resume, r.out) = (Some(d.join("p/checkpoint.safetensors")), d.join("r2"));
+    let e = lm::train(&r).unwrap_err().to_string();
+    assert!(e.contains("lm.hint.weight") && e.contains("without feature hints"), "{e}");
+    // Hints need a fixed teacher, and a finite weight >= 0.
+    let mut n = base.clone();
+    (n.steps, n.hint_weight, n.out) = (2, 1.0, d.join("n"));
+    let e = lm::train(&n).unwrap_err().to_string();
+    assert!(e.contains("hint_weight") && e.contains("--teacher"), "{e}");
+    (n.teacher, n.hint_weight) = (paths(&[&teacher]), -1.0);
+    let e = lm::train(&n).unwrap_err().to_string();
+    assert!(e.contains("hint_weight must be"), "{e}");
+}

@@ -110,6 +110,8 @@ crate::config_table! {
         same_data: bool = false,
         /// Offline distillation: checkpoints of trained language models, comma-separated, whose averaged prediction the model distills toward from burn_in on, with distill_weight and temperature; a teacher may have another width or depth but must have the same vocabulary (with codistillation, these teachers and the peers are averaged together)
         teacher: crate::config::Paths = crate::config::Paths::default(),
+        /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's top LSTM hidden states and a learned linear map (`lm.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
+        hint_weight: f32 = 0.0,
         /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model, no resume
         data_free: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
@@ -174,15 +176,31 @@ impl LmModel {
     /// Logits `[steps * batch, vocab]` for a window of ids (time-major) and the carried state.
     /// `dropout` is (probability, seed) in training, None in evaluation.
     pub fn forward(&self, g: &mut Graph, s: &ParamStore, x: &Tensor, state: &LstmState, steps: usize, dropout: Option<(f32, u64)>) -> Result<(Var, LstmState)> {
+        let (logits, _, next) = self.forward_hidden(g, s, x, state, steps, dropout)?;
+        Ok((logits, next))
+    }
+
+    /// As [`forward`](Self::forward), with the top LSTM layer's outputs `[steps * batch, hidden]`
+    /// (before the output dropout): what a feature hint compares.
+    pub fn forward_hidden(
+        &self,
+        g: &mut Graph,
+        s: &ParamStore,
+        x: &Tensor,
+        state: &LstmState,
+        steps: usize,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<(Var, Var, LstmState)> {
         let mut e = self.emb.forward(g, s, x)?;
         if let Some((p, seed)) = dropout {
             e = g.dropout(e, p, seed)?;
         }
-        let (mut h, next) = self.lstm.forward(g, s, e, state, steps, dropout.map(|(p, seed)| (p, seed ^ 0x5EED)))?;
-        if let Some((p, seed)) = dropout {
-            h = g.dropout(h, p, seed ^ 0xD0)?;
-        }
-        Ok((self.out.forward(g, s, h)?, next))
+        let (top, next) = self.lstm.forward(g, s, e, state, steps, dropout.map(|(p, seed)| (p, seed ^ 0x5EED)))?;
+        let h = match dropout {
+            Some((p, seed)) => g.dropout(top, p, seed ^ 0xD0)?,
+            None => top,
+        };
+        Ok((self.out.forward(g, s, h)?, top, next))
     }
 }
 
@@ -439,16 +457,36 @@ pub fn load_teachers(paths: &[PathBuf], vocab: &Vocab, dev: crate::tensor::Devic
 }
 
 /// A teacher's logits for window `x`, its LSTM state carried in `slot` (zeros when empty: the
-/// first window, or the first after an epoch boundary).
-fn teacher_forward(model: &LmModel, store: &ParamStore, x: &Tensor, slot: &mut Option<LstmState>, steps: usize, dev: crate::tensor::Device) -> Result<Tensor> {
+/// first window, or the first after an epoch boundary), and with `hidden` its top LSTM layer's
+/// outputs (a feature hint's target).
+fn teacher_forward(
+    model: &LmModel,
+    store: &ParamStore,
+    x: &Tensor,
+    slot: &mut Option<LstmState>,
+    steps: usize,
+    dev: crate::tensor::Device,
+    hidden: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let state = match slot.take() {
         Some(s) => s,
         None => LstmState::zeros_on(model.lstm.num_layers(), x.numel() / steps, model.lstm.hidden, dev)?,
     };
     let mut g = Graph::no_grad();
-    let (l, next) = model.forward(&mut g, store, x, &state, steps, None)?;
+    let (l, h, next) = model.forward_hidden(&mut g, store, x, &state, steps, None)?;
     *slot = Some(next);
-    Ok(g.value(l).clone())
+    Ok((g.value(l).clone(), hidden.then(|| g.value(h).clone())))
+}
+
+/// A feature hint (FitNets): `weight` times the mean squared difference between `map(h)`, the
+/// model's top hidden states mapped to the teacher's width, and the teacher's, `target`.
+pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target: &Tensor, weight: f32) -> Result<Var> {
+    let p = map.forward(g, store, h)?;
+    let t = g.constant(target.clone());
+    let d = g.binary(crate::ops::elementwise::Binary::Sub, p, t)?;
+    let sq = g.mul(d, d)?;
+    let mse = g.mean(sq)?;
+    g.unary(crate::ops::elementwise::Unary::Scale(weight), mse)
 }
 
 /// One model of a (possibly codistilled) run.
@@ -491,6 +529,13 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1 || cfg.resume.is_some()) {
         bail!(Invalid, "data_free distillation needs --teacher, one model (no codistillation) and no --resume");
     }
+    if !(cfg.hint_weight >= 0.0 && cfg.hint_weight.is_finite()) {
+        bail!(Invalid, "hint_weight must be a finite number >= 0, got {}", cfg.hint_weight);
+    }
+    let hints = cfg.hint_weight > 0.0;
+    if hints && (cfg.teacher.is_empty() || cfg.data_free) {
+        bail!(Invalid, "hint_weight: feature hints come from a fixed teacher's hidden states; give --teacher (and not --data-free)");
+    }
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
     }
@@ -515,6 +560,12 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         (data, fixed)
     };
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
+    // A feature hint maps the model's top hidden states to the first teacher's width.
+    let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, fixed.first()) {
+        (true, Some(t)) => Linear::new(store, "lm.hint", cfg.hidden, t.model.lstm.hidden, true, rng).map(Some),
+        _ => Ok(None),
+    };
+    let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
     let mut members = Vec::new();
     for local in 0..cfg.models {
         let index = topo.index(local);
@@ -530,6 +581,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         // A single model keeps the seed's own stream; codistilling models get one each.
         let mut rng = if total_models > 1 { Rng::new(cfg.seed).fork(index as u64) } else { Rng::new(cfg.seed) };
         LmModel::new(&mut store, cfg, data.vocab.len(), &mut rng)?;
+        hint_map(&mut store, &mut rng)?;
         store.to_device(dev)?;
         let out = if cfg.models > 1 { cfg.out.join(format!("model-{index}")) } else { cfg.out.clone() };
         members.push(LmMember {
@@ -561,8 +613,15 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             );
         }
         m.store = loaded.store;
-        m.store.to_device(dev)?;
         let ck = loaded.ckpt;
+        // The hint map is no part of the model that load_checkpoint builds: restored apart.
+        for name in hint.iter().flat_map(|h| std::iter::once(&h.weight).chain(h.bias.as_ref())) {
+            let t = ck.tensors.get(name).ok_or_else(|| {
+                Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without feature hints (hint_weight 0)", path.display()))
+            })?;
+            m.store.insert(name, t.clone())?;
+        }
+        m.store.to_device(dev)?;
         step = ck.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
         let opt_steps: u64 =
             ck.meta("optimizer_steps", path)?.parse().map_err(|_| Error::Invalid(format!("{}: optimizer_steps is not a number", path.display())))?;
@@ -601,6 +660,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     );
     let tokens_per_step = (cfg.batch * cfg.bptt) as f64;
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
+    // The feature hint's term (weighted) over the same interval: sum and count.
+    let mut interval_hint = (0.0, 0u64);
     let (mut train_tokens, mut train_secs, mut exchange_wait) = (0.0, 0.0, 0.0);
     let valid_tokens = data.valid.as_ref().map(|v| v.as_slice());
     let peers: Vec<usize> = (0..total_models).collect();
@@ -638,11 +699,12 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 (None, None) => unreachable!("a model without training text samples it"),
             };
             let mut teacher_logits = Vec::new();
+            let mut hint_target = None;
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 waited_here += waited.as_secs_f64();
                 for t in &teachers {
-                    teacher_logits.push(teacher_forward(&model, &t.params, &x, &mut m.teacher_state[t.rank], cfg.bptt, dev)?);
+                    teacher_logits.push(teacher_forward(&model, &t.params, &x, &mut m.teacher_state[t.rank], cfg.bptt, dev, false)?.0);
                     let u = m.teachers.observe(m.index, t, step);
                     staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
                     if u.swapped {
@@ -656,14 +718,16 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 if let Some(l) = sampled {
                     teacher_logits.extend(l);
                 }
-                for (t, slot) in fixed.iter().zip(m.fixed_state.iter_mut()).filter(|_| !cfg.data_free) {
-                    teacher_logits.push(teacher_forward(&t.model, &t.store, &x, slot, cfg.bptt, dev)?);
+                for (k, (t, slot)) in fixed.iter().zip(m.fixed_state.iter_mut()).enumerate().filter(|_| !cfg.data_free) {
+                    let (l, h) = teacher_forward(&t.model, &t.store, &x, slot, cfg.bptt, dev, k == 0 && hints)?;
+                    teacher_logits.push(l);
+                    hint_target = h.or(hint_target);
                 }
             }
             let mut g = Graph::new();
             let dropout =
                 if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((m.index as u64) << 40))) } else { None };
-            let (logits, next) = model.forward(&mut g, &m.store, &x, &m.state, cfg.bptt, dropout)?;
+            let (logits, top, next) = model.forward_hidden(&mut g, &m.store, &x, &m.state, cfg.bptt, dropout)?;
             let loss = if !teacher_logits.is_empty() {
                 g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0
             } else if cfg.label_smoothing > 0.0 {
@@ -672,6 +736,15 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 g.softmax_kl(logits, &[uniform], Some(&y), DistillParams { temperature: 1.0, alpha: cfg.label_smoothing })?.0
             } else {
                 g.softmax_xent(logits, &y)?
+            };
+            let loss = match (&hint_target, &hint) {
+                (Some(target), Some(map)) => {
+                    let term = hint_loss(&mut g, &m.store, map, top, target, cfg.hint_weight)?;
+                    let hv = g.value(term).item()? as f64;
+                    interval_hint = (interval_hint.0 + hv, interval_hint.1 + 1);
+                    g.add(loss, term)?
+                }
+                _ => loss,
             };
             let lv = g.value(loss).item()? as f64;
             if !lv.is_finite() {
@@ -722,8 +795,10 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 ("tokens_per_s", J::N(tps)),
                 ("mean_staleness", J::N(stale)),
                 ("exchange_wait_s", J::N(exchange_wait)),
+                ("hint_loss", J::N(if interval_hint.1 > 0 { interval_hint.0 / interval_hint.1 as f64 } else { f64::NAN })),
             ])?;
             (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
+            interval_hint = (0.0, 0);
         }
         if step.is_multiple_of(cfg.eval_every.max(1)) || step == cfg.steps {
             if let Some(vt) = valid_tokens {
