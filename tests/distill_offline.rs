@@ -337,3 +337,28 @@ fn feature_hints_fit_the_students_hidden_states_to_the_teachers() {
     let e = lm::train(&n).unwrap_err().to_string();
     assert!(e.contains("hint_weight must be"), "{e}");
 }
+
+#[test]
+fn a_click_models_feature_hints_fit_its_last_hidden_layer_to_the_teachers() {
+    let d = tmp("ctr-hints");
+    let mut t = small_criteo(&d);
+    (t.emb_dim, t.mlp, t.epochs, t.out) = (12, "64,32".into(), 2, d.join("t"));
+    criteo::train(&t).unwrap();
+    let teacher = d.join("t/checkpoint.safetensors");
+    let mut s = small_criteo(&d);
+    (s.emb_dim, s.mlp, s.burn_in, s.distill_weight, s.hint_weight, s.log_every, s.out) = (4, "16".into(), 0, 0.5, 1.0, 20, d.join("s"));
+    s.teacher = paths(&[&teacher]);
+    criteo::train(&s).unwrap();
+    let h: Vec<f64> = hint_losses(&d.join("s/metrics.jsonl")).into_iter().map(|h| h.expect("a hint run logs hint_loss")).collect();
+    eprintln!("hint term over training: {h:?}");
+    assert!(h.len() >= 3 && *h.last().unwrap() < 0.5 * h[0], "the hint term did not fall: {h:?}");
+    // The map (16 wide to the teacher's 32) is in the checkpoint, which loads as a 16-wide model.
+    let (cfg, model, _) = criteo::load_checkpoint(&d.join("s/checkpoint.safetensors")).unwrap();
+    assert_eq!((cfg.mlp.as_str(), model.hidden_width()), ("16", 16));
+    let ck = codistill::checkpoint::Checkpoint::load(&d.join("s/checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.tensors["ctr.hint.weight"].shape(), &[16, 32]);
+    let mut n = small_criteo(&d);
+    (n.hint_weight, n.out) = (1.0, d.join("n"));
+    let e = criteo::train(&n).unwrap_err().to_string();
+    assert!(e.contains("hint_weight") && e.contains("--teacher"), "{e}");
+}

@@ -403,9 +403,9 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     assert!(s.ensemble_valid.unwrap().is_finite() && s.per_model.iter().all(|m| m.0.unwrap() < 30f64.ln()), "{:?}", s.per_model);
     assert!(d.join("lm-co/model-1/checkpoint.safetensors").exists());
     // offline distillation: the CPU run's checkpoint (a CPU-made file) teaches a narrower student
-    // on each device; the teacher is loaded onto the student's device
+    // on each device, with a feature hint; the teacher is loaded onto the student's device
     let mut st = c.clone();
-    (st.hidden, st.layers, st.burn_in, st.distill_weight, st.temperature) = (8, 1, 0, 0.7, 2.0);
+    (st.hidden, st.layers, st.burn_in, st.distill_weight, st.temperature, st.hint_weight) = (8, 1, 0, 0.7, 2.0, 0.5);
     st.teacher = codistill::config::Paths(vec![d.join("lm-cpu/best.safetensors")]);
     let (mut sc, mut sg) = (st.clone(), st.clone());
     (sc.device, sc.out, sg.device, sg.out) = (DeviceChoice::Cpu, d.join("st-cpu"), cg.device, d.join("st-gpu"));
@@ -416,6 +416,7 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     // data-free: the sampler's per-token forward passes and draws, with the teacher on the GPU
     // (its logits differ from the CPU's in the last bits, so a draw may differ: a looser bound)
     (sc.data_free, sc.distill_weight, sc.out, sg.data_free, sg.distill_weight, sg.out) = (true, 1.0, d.join("df-cpu"), true, 1.0, d.join("df-gpu"));
+    (sc.hint_weight, sg.hint_weight) = (0.0, 0.0);
     let (a, b) = (lm::train(&sc).unwrap(), lm::train(&sg).unwrap());
     let (va, vb) = (a.best_valid.unwrap(), b.best_valid.unwrap());
     eprintln!("lm data-free student: validation loss cpu {va:.5} gpu {vb:.5}");
@@ -432,9 +433,10 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     let (la, lb) = (a.valid[0].log_loss, b.valid[0].log_loss);
     eprintln!("criteo: validation log-loss cpu {la:.5} gpu {lb:.5}");
     assert!((la - lb).abs() < 0.002 * la, "log-loss {lb} on the GPU vs {la} on the CPU");
-    // a narrower click model distilled from the CPU run's checkpoint, on each device
+    // a narrower click model distilled from the CPU run's checkpoint, with a feature hint, on
+    // each device
     for kk in [&mut kc, &mut kg] {
-        (kk.emb_dim, kk.mlp, kk.burn_in, kk.distill_weight) = (4, "32".into(), 0, 0.5);
+        (kk.emb_dim, kk.mlp, kk.burn_in, kk.distill_weight, kk.hint_weight) = (4, "32".into(), 0, 0.5, 1.0);
         kk.teacher = codistill::config::Paths(vec![d.join("ctr-cpu/checkpoint.safetensors")]);
         kk.out = kk.out.with_extension("student");
     }

@@ -97,6 +97,8 @@ crate::config_table! {
         distill_weight: f32 = 0.5,
         /// Codistillation: every model trains on all rows (default: each on its own disjoint shard)
         same_data: bool = false,
+        /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer and a learned linear map (`ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
+        hint_weight: f32 = 0.0,
         /// Offline distillation: checkpoints of trained click models, comma-separated, whose mean click probability the model distills toward from burn_in on, with distill_weight; a teacher may have other embedding and MLP widths but must hash into the same number of buckets (with codistillation, these teachers and the peers are averaged together)
         teacher: crate::config::Paths = crate::config::Paths::default(),
         /// Codistillation across processes: shared checkpoint directory (one process per model)
@@ -151,6 +153,12 @@ impl CtrModel {
 
     /// Logits `[n]` for a batch from `CriteoCache::batch`.
     pub fn forward(&self, g: &mut Graph, s: &ParamStore, ids: &Tensor, dense: &Tensor) -> Result<Var> {
+        Ok(self.forward_hidden(g, s, ids, dense)?.0)
+    }
+
+    /// As [`forward`](Self::forward), with the last hidden layer `[n, width]` (after its ReLU, the
+    /// output layer's input): what a feature hint compares.
+    pub fn forward_hidden(&self, g: &mut Graph, s: &ParamStore, ids: &Tensor, dense: &Tensor) -> Result<(Var, Var)> {
         let n = dense.dim(0);
         let e = self.emb.forward(g, s, ids)?;
         let e = g.reshape(e, &[n, NUM_CATS * self.emb.dim])?;
@@ -158,11 +166,18 @@ impl CtrModel {
         let dv = g.constant(dense.clone());
         let d = self.dense.forward(g, s, dv)?;
         let mut h = g.add(first, d)?;
+        let mut hidden = h;
         for layer in &self.mlp.layers[1..] {
             h = g.relu(h)?;
+            hidden = h;
             h = layer.forward(g, s, h)?;
         }
-        g.reshape(h, &[n])
+        Ok((g.reshape(h, &[n])?, hidden))
+    }
+
+    /// The width of the last hidden layer.
+    pub fn hidden_width(&self) -> usize {
+        self.mlp.layers.last().map_or(0, |l| l.in_dim)
     }
 
     /// Click probabilities for rows `rows` of a cache, in batches, without a tape.
@@ -431,6 +446,16 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     // Peers exchange checkpoints only when there are peers and the term is on.
     let codistill = total_models > 1 && schedule.weight > 0.0;
     let fixed = load_teachers(&cfg.teacher.0, cfg.buckets, dev)?;
+    let hints = super::check_hints(cfg.hint_weight, !fixed.is_empty(), "give --teacher")?;
+    // A feature hint maps the model's last hidden layer to the first teacher's width.
+    let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, fixed.first()) {
+        (true, Some(t)) => {
+            let width = *parse_widths(&cfg.mlp)?.last().unwrap_or(&0);
+            Linear::new(store, "ctr.hint", width, t.model.hidden_width(), true, rng).map(Some)
+        }
+        _ => Ok(None),
+    };
+    let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
     let mut members = Vec::new();
     for local in 0..cfg.models {
         let index = topo.index(local);
@@ -444,6 +469,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         // Each model gets its own initialisation and shuffling.
         let mut rng = Rng::new(cfg.seed).fork(index as u64);
         CtrModel::new(&mut store, cfg, &mut rng)?;
+        hint_map(&mut store, &mut rng)?;
         members.push(Member {
             index,
             store,
@@ -477,6 +503,9 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
         let m = &mut members[0];
         m.store = store;
+        if let Some(h) = &hint {
+            super::restore_hint(&mut m.store, h, &ck, path)?;
+        }
         m.opt.load_state(
             ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(),
             num("optimizer_steps")?,
@@ -540,6 +569,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         }
     }
     let (mut interval_loss, mut interval_n, mut interval_t) = (0.0, 0u64, Instant::now());
+    // The feature hint's term (weighted) over the same interval: sum and count.
+    let mut interval_hint = (0.0, 0u64);
     let (mut train_secs, mut train_rows, mut exchange_wait) = (0.0, 0usize, 0.0);
     let mut evals: Vec<(ClickEval, Vec<f32>)> = Vec::new();
     let mut step_times = StepTimes::new(cfg.step_times, start_step);
@@ -561,26 +592,28 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             } else {
                 labels.clone()
             };
+            let mut hint_target = None;
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 waited_here += waited.as_secs_f64();
                 let count = (teachers.len() + fixed.len()) as f32;
                 if count > 0.0 {
                     let mut mean_p = vec![0f32; chunk.len()];
-                    // Each teacher's click probabilities, added into the mean.
-                    let mut add = |model: &CtrModel, store: &ParamStore| -> Result<()> {
+                    // Each teacher's click probabilities, added into the mean; with `hidden`, its
+                    // last hidden layer too (a feature hint's target).
+                    let mut add = |model: &CtrModel, store: &ParamStore, hidden: bool| -> Result<Option<Tensor>> {
                         let mut g = Graph::no_grad();
-                        let l = model.forward(&mut g, store, &ids, &dense)?;
+                        let (l, h) = model.forward_hidden(&mut g, store, &ids, &dense)?;
                         for (acc, &x) in mean_p.iter_mut().zip(&g.value(l).to_vec_f32()?) {
                             *acc += sigmoid(x) / count;
                         }
-                        Ok(())
+                        Ok(hidden.then(|| g.value(h).clone()))
                     };
-                    for t in &fixed {
-                        add(&t.model, &t.store)?;
+                    for (k, t) in fixed.iter().enumerate() {
+                        hint_target = add(&t.model, &t.store, k == 0 && hints)?.or(hint_target);
                     }
                     for t in &teachers {
-                        add(&model, &t.params)?;
+                        add(&model, &t.params, false)?;
                         let u = m.teachers.observe(m.index, t, step);
                         staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
                         if u.swapped {
@@ -596,8 +629,13 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                 }
             }
             let mut g = Graph::new();
-            let logit = model.forward(&mut g, &m.store, &ids, &dense)?;
-            let loss = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
+            let (logit, last) = model.forward_hidden(&mut g, &m.store, &ids, &dense)?;
+            let mut loss = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
+            if let (Some(target), Some(map)) = (&hint_target, &hint) {
+                let term = super::hint_loss(&mut g, &m.store, map, last, target, cfg.hint_weight)?;
+                interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
+                loss = g.add(loss, term)?;
+            }
             let lv = g.value(loss).item()? as f64;
             if !lv.is_finite() {
                 bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or set --clip", m.index);
@@ -643,8 +681,10 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                 ("rows_per_s", J::N(rps)),
                 ("mean_staleness", J::N(stale)),
                 ("exchange_wait_s", J::N(exchange_wait)),
+                ("hint_loss", J::N(if interval_hint.1 > 0 { interval_hint.0 / interval_hint.1 as f64 } else { f64::NAN })),
             ])?;
             (interval_loss, interval_n, interval_t) = (0.0, 0, Instant::now());
+            interval_hint = (0.0, 0);
         }
         let epoch_end = steps_per_epoch > 0 && step1 % steps_per_epoch == 0;
         if (cfg.eval_every > 0 && step1 % cfg.eval_every == 0) || (cfg.eval_every == 0 && epoch_end) || step1 == total_steps {

@@ -478,17 +478,6 @@ fn teacher_forward(
     Ok((g.value(l).clone(), hidden.then(|| g.value(h).clone())))
 }
 
-/// A feature hint (FitNets): `weight` times the mean squared difference between `map(h)`, the
-/// model's top hidden states mapped to the teacher's width, and the teacher's, `target`.
-pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target: &Tensor, weight: f32) -> Result<Var> {
-    let p = map.forward(g, store, h)?;
-    let t = g.constant(target.clone());
-    let d = g.binary(crate::ops::elementwise::Binary::Sub, p, t)?;
-    let sq = g.mul(d, d)?;
-    let mse = g.mean(sq)?;
-    g.unary(crate::ops::elementwise::Unary::Scale(weight), mse)
-}
-
 /// One model of a (possibly codistilled) run.
 struct LmMember {
     index: usize,
@@ -529,13 +518,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1 || cfg.resume.is_some()) {
         bail!(Invalid, "data_free distillation needs --teacher, one model (no codistillation) and no --resume");
     }
-    if !(cfg.hint_weight >= 0.0 && cfg.hint_weight.is_finite()) {
-        bail!(Invalid, "hint_weight must be a finite number >= 0, got {}", cfg.hint_weight);
-    }
-    let hints = cfg.hint_weight > 0.0;
-    if hints && (cfg.teacher.is_empty() || cfg.data_free) {
-        bail!(Invalid, "hint_weight: feature hints come from a fixed teacher's hidden states; give --teacher (and not --data-free)");
-    }
+    let hints = super::check_hints(cfg.hint_weight, !cfg.teacher.is_empty() && !cfg.data_free, "give --teacher (and not --data-free)")?;
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
     }
@@ -615,11 +598,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         m.store = loaded.store;
         let ck = loaded.ckpt;
         // The hint map is no part of the model that load_checkpoint builds: restored apart.
-        for name in hint.iter().flat_map(|h| std::iter::once(&h.weight).chain(h.bias.as_ref())) {
-            let t = ck.tensors.get(name).ok_or_else(|| {
-                Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without feature hints (hint_weight 0)", path.display()))
-            })?;
-            m.store.insert(name, t.clone())?;
+        if let Some(h) = &hint {
+            super::restore_hint(&mut m.store, h, &ck, path)?;
         }
         m.store.to_device(dev)?;
         step = ck.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
@@ -739,7 +719,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             };
             let loss = match (&hint_target, &hint) {
                 (Some(target), Some(map)) => {
-                    let term = hint_loss(&mut g, &m.store, map, top, target, cfg.hint_weight)?;
+                    let term = super::hint_loss(&mut g, &m.store, map, top, target, cfg.hint_weight)?;
                     let hv = g.value(term).item()? as f64;
                     interval_hint = (interval_hint.0 + hv, interval_hint.1 + 1);
                     g.add(loss, term)?

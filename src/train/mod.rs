@@ -7,9 +7,14 @@ pub mod metrics;
 pub mod plot;
 pub mod sample;
 
+use crate::autograd::{Graph, Var};
+use crate::checkpoint::Checkpoint;
 use crate::data::text::write_atomic;
-use crate::tensor::Device;
-use crate::{Error, Result};
+use crate::nn::Linear;
+use crate::ops::elementwise::{Binary, Unary};
+use crate::params::ParamStore;
+use crate::tensor::{Device, Tensor};
+use crate::{bail, Error, Result};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -252,6 +257,42 @@ impl StepTimes {
         }
         write_atomic(&dir.join("step_times.csv"), csv.as_bytes())
     }
+}
+
+/// A feature hint (FitNets): `weight` times the mean squared difference between `map(h)`, the
+/// model's top hidden states mapped to the teacher's width, and the teacher's, `target`.
+pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target: &Tensor, weight: f32) -> Result<Var> {
+    let p = map.forward(g, store, h)?;
+    let t = g.constant(target.clone());
+    let d = g.binary(Binary::Sub, p, t)?;
+    let sq = g.mul(d, d)?;
+    let mse = g.mean(sq)?;
+    g.unary(Unary::Scale(weight), mse)
+}
+
+/// Whether feature hints are on: `weight` must be finite and >= 0, and above 0 needs a fixed teacher
+/// (`has_teacher`; `what` says how to give one).
+fn check_hints(weight: f32, has_teacher: bool, what: &str) -> Result<bool> {
+    if !(weight >= 0.0 && weight.is_finite()) {
+        bail!(Invalid, "hint_weight must be a finite number >= 0, got {weight}");
+    }
+    if weight > 0.0 && !has_teacher {
+        bail!(Invalid, "hint_weight: feature hints come from a fixed teacher's hidden states; {what}");
+    }
+    Ok(weight > 0.0)
+}
+
+/// Puts a checkpoint's feature-hint map (no part of the model its loader builds) back into `store`
+/// on resume; a checkpoint trained without hints lacks it, and the error says so.
+fn restore_hint(store: &mut ParamStore, map: &Linear, ck: &Checkpoint, path: &Path) -> Result<()> {
+    for name in std::iter::once(&map.weight).chain(map.bias.as_ref()) {
+        let t = ck
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without feature hints (hint_weight 0)", path.display())))?;
+        store.insert(name, t.clone())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
