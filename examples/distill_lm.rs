@@ -1,7 +1,8 @@
 //! Offline distillation through the trainer's library API, as a program embedding the engine
 //! would: train a wide teacher language model on the built-in synthetic corpus, then a narrow
-//! student three ways: on the labels alone, distilled from the teacher on the same text, and
-//! data-free (on text sampled from the teacher, never reading the training file). Prints the
+//! student four ways: on the labels alone, distilled from the teacher on the same text, the same
+//! with a feature hint (the teacher's hidden states), and data-free (on text sampled from the
+//! teacher, never reading the training file). Prints the
 //! validation losses against the corpus's entropy floor, and a line of the teacher's text.
 //! `cargo run --release --example distill_lm` (CI runs it; about half a minute on two cores).
 
@@ -26,10 +27,10 @@ fn main() -> codistill::Result<()> {
     let valid = lm::prepare_data(&base)?.valid.map(|v| v.path);
 
     // Students: narrow, the same steps each.
-    let student = |name: &str, weight: f32, data_free: bool| -> codistill::Result<f64> {
+    let student = |name: &str, weight: f32, hint: f32, data_free: bool| -> codistill::Result<f64> {
         let mut s = base.clone();
         (s.emb_dim, s.hidden, s.steps, s.checkpoint_every, s.out) = (16, 16, 600, 600, dir.join(name));
-        (s.burn_in, s.distill_weight, s.data_free) = (0, weight, data_free);
+        (s.burn_in, s.distill_weight, s.hint_weight, s.data_free) = (0, weight, hint, data_free);
         if weight > 0.0 {
             s.teacher = Paths(vec![ckpt.clone()]);
         }
@@ -39,9 +40,10 @@ fn main() -> codistill::Result<()> {
         }
         Ok(lm::train(&s)?.best_valid.unwrap_or(f64::NAN))
     };
-    let alone = student("alone", 0.0, false)?;
-    let taught = student("taught", 1.0, false)?;
-    let free = student("data-free", 1.0, true)?;
+    let alone = student("alone", 0.0, 0.0, false)?;
+    let taught = student("taught", 1.0, 0.0, false)?;
+    let hinted = student("hinted", 1.0, 10.0, false)?;
+    let free = student("data-free", 1.0, 0.0, true)?;
 
     let floor = t.floors.map(|f| f.valid).unwrap_or(f64::NAN);
     println!("validation loss, nats/token (the corpus's entropy floor: {floor:.4})");
@@ -49,6 +51,7 @@ fn main() -> codistill::Result<()> {
         ("teacher (64/128 wide)", t.best_valid.unwrap_or(f64::NAN)),
         ("student (16 wide), labels only", alone),
         ("student distilled, weight 1", taught),
+        ("the same with a hint, weight 10", hinted),
         ("student distilled, data-free", free),
     ];
     for (name, loss) in rows {
