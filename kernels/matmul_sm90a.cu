@@ -401,22 +401,15 @@ __device__ __forceinline__ void gemm_wgmma_tma_body(const TmaMap& mapA, const Tm
 // operand as stored, T: its transpose): _nt both K-major (the launcher's layout for every
 // orientation when MN-major loads are off: CODISTILL_WGMMA_MN=0), _nn B MN-major, _tn both
 // MN-major, _tt A MN-major.
-KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
-                                                      int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
-    gemm_wgmma_tma_body<false, false>(mapA, mapB, M, N, K, alpha, beta, C);
-}
-KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma_nn(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
-                                                         int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
-    gemm_wgmma_tma_body<false, true>(mapA, mapB, M, N, K, alpha, beta, C);
-}
-KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma_tn(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
-                                                         int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
-    gemm_wgmma_tma_body<true, true>(mapA, mapB, M, N, K, alpha, beta, C);
-}
-KERNEL void __launch_bounds__(384, 1) gemm_wgmma_tma_tt(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB,
-                                                         int M, int N, int K, float alpha, float beta, float* __restrict__ C) {
-    gemm_wgmma_tma_body<true, false>(mapA, mapB, M, N, K, alpha, beta, C);
-}
+#define GEMM_WGMMA_TMA(NAME, A_MN, B_MN)                                                                                \
+    KERNEL void __launch_bounds__(384, 1) NAME(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB, \
+                                               int M, int N, int K, float alpha, float beta, float* __restrict__ C) {    \
+        gemm_wgmma_tma_body<A_MN, B_MN>(mapA, mapB, M, N, K, alpha, beta, C);                                            \
+    }
+GEMM_WGMMA_TMA(gemm_wgmma_tma, false, false)
+GEMM_WGMMA_TMA(gemm_wgmma_tma_nn, false, true)
+GEMM_WGMMA_TMA(gemm_wgmma_tma_tn, true, true)
+GEMM_WGMMA_TMA(gemm_wgmma_tma_tt, true, false)
 
 // out [C, R] = in [R, C]^T, rounded to bf16 (round to nearest even, as f32_to_bf16). Block 32 x 8
 // threads, a 32 x 32 tile through shared memory (padded a word per row: no bank conflicts).
