@@ -26,6 +26,14 @@ fn small_lm(dir: &Path, words: usize) -> LmConfig {
     c
 }
 
+/// A teacher `hidden` wide trained for `steps` on `base`'s corpus into `d/t`: its checkpoint.
+fn lm_teacher(d: &Path, base: &LmConfig, hidden: usize, steps: u64) -> std::path::PathBuf {
+    let mut t = base.clone();
+    (t.hidden, t.steps, t.checkpoint_every, t.out) = (hidden, steps, steps, d.join("t"));
+    lm::train(&t).unwrap();
+    d.join("t/checkpoint.safetensors")
+}
+
 fn paths(p: &[&Path]) -> Paths {
     Paths(p.iter().map(|p| p.to_path_buf()).collect())
 }
@@ -266,12 +274,10 @@ fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
 fn fixed_teachers_join_codistilling_peers() {
     let d = tmp("both");
     let base = small_lm(&d, 40);
-    let mut t = base.clone();
-    (t.hidden, t.steps, t.checkpoint_every, t.out) = (24, 200, 200, d.join("t"));
-    lm::train(&t).unwrap();
+    let teacher = lm_teacher(&d, &base, 24, 200);
     let mut c = base.clone();
     (c.steps, c.models, c.burn_in, c.exchange_every, c.distill_weight, c.out) = (120, 2, 40, 20, 0.5, d.join("both"));
-    c.teacher = paths(&[&d.join("t/checkpoint.safetensors")]);
+    c.teacher = paths(&[&teacher]);
     let both = lm::train(&c).unwrap();
     let metrics = std::fs::read_to_string(d.join("both/metrics.jsonl")).unwrap();
     assert!(metrics.lines().filter(|l| l.contains("\"event\":\"teacher\"")).count() >= 2, "no peer snapshot was swapped in:\n{metrics}");
@@ -296,10 +302,7 @@ fn hint_losses(metrics: &Path) -> Vec<Option<f64>> {
 fn feature_hints_fit_the_students_hidden_states_to_the_teachers() {
     let d = tmp("hints");
     let base = small_lm(&d, 40);
-    let mut t = base.clone();
-    (t.hidden, t.steps, t.checkpoint_every, t.out) = (32, 400, 400, d.join("t"));
-    lm::train(&t).unwrap();
-    let teacher = d.join("t/checkpoint.safetensors");
+    let teacher = lm_teacher(&d, &base, 32, 400);
     let mut s = base.clone();
     (s.steps, s.burn_in, s.distill_weight, s.hint_weight, s.checkpoint_every, s.out) = (600, 0, 0.5, 1.0, 300, d.join("s"));
     s.teacher = paths(&[&teacher]);
