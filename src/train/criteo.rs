@@ -631,12 +631,18 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             let mut g = Graph::new();
             let (logit, last) = model.forward_hidden(&mut g, &m.store, &ids, &dense)?;
             let mut loss = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
-            if let (Some(target), Some(map)) = (&hint_target, &hint) {
-                let term = super::hint_loss(&mut g, &m.store, map, last, target, cfg.hint_weight)?;
-                interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
+            let hint_term = match (&hint_target, &hint) {
+                (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, last, target, cfg.hint_weight)?),
+                _ => None,
+            };
+            if let Some(term) = hint_term {
                 loss = g.add(loss, term)?;
             }
             let lv = g.value(loss).item()? as f64;
+            // Read after the loss, whose read already waited for the device.
+            if let Some(term) = hint_term {
+                interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
+            }
             if !lv.is_finite() {
                 bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or set --clip", m.index);
             }

@@ -717,16 +717,19 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             } else {
                 g.softmax_xent(logits, &y)?
             };
-            let loss = match (&hint_target, &hint) {
-                (Some(target), Some(map)) => {
-                    let term = super::hint_loss(&mut g, &m.store, map, top, target, cfg.hint_weight)?;
-                    let hv = g.value(term).item()? as f64;
-                    interval_hint = (interval_hint.0 + hv, interval_hint.1 + 1);
-                    g.add(loss, term)?
-                }
-                _ => loss,
+            let hint_term = match (&hint_target, &hint) {
+                (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, top, target, cfg.hint_weight)?),
+                _ => None,
+            };
+            let loss = match hint_term {
+                Some(term) => g.add(loss, term)?,
+                None => loss,
             };
             let lv = g.value(loss).item()? as f64;
+            // Read after the loss, whose read already waited for the device.
+            if let Some(term) = hint_term {
+                interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
+            }
             if !lv.is_finite() {
                 bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or enable --clip", m.index);
             }
