@@ -281,14 +281,13 @@ pub fn gemm_f32_as_bf16_with(
         // Rounded as stored where the TMA kernel reads that layout (MN-major rows of a multiple of
         // 8 elements), else rounded and transposed into the K-major layout in one pass.
         let tma = uses_tma(kernel);
-        let (a_mn, b_mn) = (tma && trans_a && mn_major_enabled() && m.is_multiple_of(8), tma && !trans_b && mn_major_enabled() && n.is_multiple_of(8));
-        let mut ab = gpu.alloc::<bf16>(m * k)?;
+        let (mut ab, mut bb) = (gpu.alloc::<bf16>(m * k)?, gpu.alloc::<bf16>(n * k)?);
+        let (a_mn, b_mn) = (tma && mn_major_ok(&ab, m, trans_a), tma && mn_major_ok(&bb, n, !trans_b));
         if trans_a && !a_mn {
             transpose_f32_to_bf16(a, k, m, &mut ab)?;
         } else {
             f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
         }
-        let mut bb = gpu.alloc::<bf16>(n * k)?;
         if !trans_b && !b_mn {
             transpose_f32_to_bf16(b, k, n, &mut bb)?;
         } else {
