@@ -200,6 +200,29 @@ fn a_data_free_student_comes_to_its_teacher_without_the_training_text() {
         lm::train(&s)
     };
     let from_good = student("s-good", "good").unwrap().best_valid.unwrap();
+    // Stopped halfway and resumed: the weights, optimizer and step come back, the sampled text
+    // is a new stream, and the student ends as close to its teacher.
+    let (half, resumed) = (d.join("s-half"), d.join("s-resumed"));
+    {
+        let mut s = LmConfig::default();
+        (s.valid, s.cache, s.device, s.out) = (Some(d.join("data/valid.txt")), d.join("cache"), DeviceChoice::Cpu, half.clone());
+        (s.emb_dim, s.hidden, s.layers, s.dropout, s.batch, s.bptt) = (8, 8, 1, 0.0, 8, 10);
+        (s.steps, s.checkpoint_every, s.eval_every, s.burn_in, s.distill_weight, s.data_free) = (750, 750, 10_000, 0, 1.0, true);
+        s.teacher = paths(&[&d.join("good/checkpoint.safetensors")]);
+        let at_half = lm::train(&s).unwrap().best_valid.unwrap();
+        (s.steps, s.resume, s.out) = (1500, Some(half.join("checkpoint.safetensors")), resumed.clone());
+        let end = lm::train(&s).unwrap().best_valid.unwrap();
+        let first_logged = std::fs::read_to_string(resumed.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(r#""event":"train""#))
+            .map(|l| l.split(r#""step":"#).nth(1).unwrap().split(',').next().unwrap().parse::<u64>().unwrap())
+            .unwrap();
+        eprintln!("data-free student stopped at 750: {at_half}; resumed to 1500: {end}; first step logged after the resume {first_logged}");
+        assert!(first_logged > 750 && first_logged <= 800, "the resumed run did not go on from step 750 (first train log at {first_logged})");
+        assert!((end - good).abs() < 0.1, "the resumed data-free student ({end}) did not come to its teacher ({good})");
+        assert!(end < at_half, "the resumed data-free student learned nothing after step 750 ({at_half} -> {end})");
+    }
     let from_bad = student("s-bad", "bad").unwrap().best_valid.unwrap();
     eprintln!("teacher {good}; data-free students: of the trained teacher {from_good}, of the untrained {from_bad}");
     assert!((from_good - good).abs() < 0.1, "the data-free student ({from_good}) did not come to its teacher ({good})");

@@ -112,7 +112,7 @@ crate::config_table! {
         teacher: crate::config::Paths = crate::config::Paths::default(),
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's top LSTM hidden states and a learned linear map (`lm.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
-        /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model, no resume
+        /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model; a resume continues on a fresh sample stream (seeded by the step), the weights, optimizer and step restored
         data_free: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
@@ -515,8 +515,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
     let total_models = topo.total();
-    if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1 || cfg.resume.is_some()) {
-        bail!(Invalid, "data_free distillation needs --teacher, one model (no codistillation) and no --resume");
+    if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1) {
+        bail!(Invalid, "data_free distillation needs --teacher and one model (no codistillation)");
     }
     let hints = super::check_hints(cfg.hint_weight, !cfg.teacher.is_empty() && !cfg.data_free, "give --teacher (and not --data-free)")?;
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
@@ -612,6 +612,10 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             m.state.c[l] = get(format!("state/c{l}"))?.to_device(dev)?;
         }
         m.best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
+        if cfg.data_free {
+            // The carried state read text that is gone: sampling starts new lanes (below).
+            m.state = LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?;
+        }
         eprintln!("resumed from {} at step {step}", path.display());
     }
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
@@ -627,7 +631,10 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
     // Sampled text has no epochs: one endless pass.
     let per_epoch = members.iter().filter_map(|m| m.lanes.as_ref().map(|l| l.windows() as u64)).min().unwrap_or(u64::MAX);
-    let mut sampler = if cfg.data_free { Some(super::sample::Sampler::new(&fixed, cfg.batch, 1.0, cfg.seed ^ 0x5A3F1E, dev)?) } else { None };
+    // A resumed data-free run samples a stream of its own (the step is in its seed), not the
+    // beginning of the first run's again.
+    let sample_seed = cfg.seed ^ 0x5A3F1E ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut sampler = if cfg.data_free { Some(super::sample::Sampler::new(&fixed, cfg.batch, 1.0, sample_seed, dev)?) } else { None };
     let bar = indicatif::ProgressBar::new(cfg.steps);
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
     bar.set_position(step);
