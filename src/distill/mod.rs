@@ -30,7 +30,7 @@ impl Topology {
     }
 
     /// Check the options against each other (and the weights against their ranges).
-    pub fn check(&self, exchange_dir: Option<&Path>, distill_weight: f32, label_smoothing: f32) -> Result<()> {
+    pub fn check(&self, exchange_dir: Option<&Path>, distill_weight: f32, exchange_every: u64, label_smoothing: f32) -> Result<()> {
         if self.models == 0 || self.world == 0 {
             bail!(Invalid, "models and world must be positive (got {} and {})", self.models, self.world);
         }
@@ -42,6 +42,9 @@ impl Topology {
         }
         if !(0.0..=1.0).contains(&distill_weight) {
             bail!(Invalid, "distill_weight must be in [0, 1], got {distill_weight}");
+        }
+        if self.total() > 1 && distill_weight > 0.0 && exchange_every == 0 {
+            bail!(Invalid, "exchange_every must be positive in codistillation: at 0 no model would publish, and the distillation term would never turn on");
         }
         if !(0.0..1.0).contains(&label_smoothing) || (label_smoothing > 0.0 && self.total() > 1) {
             bail!(
@@ -177,10 +180,14 @@ mod tests {
         assert_eq!(Topology { same_data: true, ..t }.shard_of(2), (1, 0));
         let single = Topology { models: 1, world: 1, rank: 0, same_data: false, shards: 4, shard: 1 };
         assert_eq!(single.shard_of(0), (4, 1));
-        assert!(t.check(None, 0.5, 0.0).unwrap_err().to_string().contains("--exchange-dir"));
-        assert!(t.check(Some(Path::new("x")), 0.5, 0.1).unwrap_err().to_string().contains("single model"));
-        assert!(single.check(None, 1.5, 0.0).unwrap_err().to_string().contains("distill_weight"));
-        assert!(Topology { models: 2, ..single }.check(None, 0.5, 0.0).unwrap_err().to_string().contains("shards"));
+        assert!(t.check(None, 0.5, 50, 0.0).unwrap_err().to_string().contains("--exchange-dir"));
+        assert!(t.check(Some(Path::new("x")), 0.5, 50, 0.1).unwrap_err().to_string().contains("single model"));
+        assert!(single.check(None, 1.5, 50, 0.0).unwrap_err().to_string().contains("distill_weight"));
+        assert!(Topology { models: 2, ..single }.check(None, 0.5, 50, 0.0).unwrap_err().to_string().contains("shards"));
+        // Exchanging every 0 steps would never turn the term on: refused where there is a term.
+        let pair = Topology { models: 2, shards: 1, shard: 0, ..single };
+        assert!(pair.check(None, 0.5, 0, 0.0).unwrap_err().to_string().contains("exchange_every"));
+        assert!(pair.check(None, 0.0, 0, 0.0).is_ok() && single.check(None, 0.5, 0, 0.0).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::data::synthetic::{write_criteo_tsv, ClickModel, ClickTruth};
 use crate::hash::Hasher64;
 use crate::nn::{Embedding, Linear, Mlp};
 use crate::ops::elementwise::sigmoid;
-use crate::optim::{LrSchedule, Optimizer};
+use crate::optim::Optimizer;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{bail, Error, Result, Rng};
@@ -431,7 +431,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
     }
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
-    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
+    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
+    let (lr_schedule, clip) = super::optimizer_settings(cfg.lr, cfg.lr_decay, cfg.lr_decay_every, cfg.lr_decay_start, cfg.clip)?;
     let total_models = topo.total();
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
@@ -531,10 +532,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             exchange.prepare(m.index, &m.store)?;
         }
     }
-    let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
     let steps_per_epoch = members.iter().map(|m| m.rows.len().div_ceil(cfg.batch)).min().unwrap_or(0) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
-    let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     eprintln!(

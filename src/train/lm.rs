@@ -11,7 +11,7 @@ use crate::data::synthetic::{write_markov_corpus, CorpusFloors, MarkovSource};
 use crate::data::text::{cached_tokens, cached_vocab, shard_blocks, Tokenizer, Tokens, Vocab};
 use crate::hash::Hasher64;
 use crate::nn::{Embedding, Linear, Lstm, LstmState};
-use crate::optim::{LrSchedule, Optimizer};
+use crate::optim::Optimizer;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{bail, Error, Result, Rng};
@@ -513,7 +513,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
     }
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
-    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.label_smoothing)?;
+    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
+    let (lr_schedule, clip) = super::optimizer_settings(cfg.lr, cfg.lr_decay, cfg.lr_decay_every, cfg.lr_decay_start, cfg.clip)?;
     let total_models = topo.total();
     if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1) {
         bail!(Invalid, "data_free distillation needs --teacher and one model (no codistillation)");
@@ -627,8 +628,6 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
-    let lr_schedule = LrSchedule { base: cfg.lr, factor: cfg.lr_decay, every: cfg.lr_decay_every, start: cfg.lr_decay_start };
-    let clip = if cfg.clip > 0.0 { Some(cfg.clip) } else { None };
     // Sampled text has no epochs: one endless pass.
     let per_epoch = members.iter().filter_map(|m| m.lanes.as_ref().map(|l| l.windows() as u64)).min().unwrap_or(u64::MAX);
     // A resumed data-free run samples a stream of its own (the step is in its seed), not the

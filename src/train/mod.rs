@@ -11,6 +11,7 @@ use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::text::write_atomic;
 use crate::nn::Linear;
+use crate::optim::LrSchedule;
 use crate::ops::elementwise::{Binary, Unary};
 use crate::params::ParamStore;
 use crate::tensor::{Device, Tensor};
@@ -270,6 +271,22 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     g.unary(Unary::Scale(weight), mse)
 }
 
+/// The learning-rate schedule and the clipping norm, checked before any data is read: a learning
+/// rate that is not a positive finite number, a decay factor that is not (when decay is on), or a
+/// negative clip would otherwise train on nonsense without a word.
+fn optimizer_settings(lr: f32, decay: f32, every: u64, start: u64, clip: f32) -> Result<(LrSchedule, Option<f32>)> {
+    if !(lr > 0.0 && lr.is_finite()) {
+        bail!(Invalid, "lr must be a positive finite number, got {lr}");
+    }
+    if every > 0 && !(decay > 0.0 && decay.is_finite()) {
+        bail!(Invalid, "lr_decay must be a positive finite number when lr_decay_every is on, got {decay}");
+    }
+    if !(clip >= 0.0 && clip.is_finite()) {
+        bail!(Invalid, "clip must be a finite number >= 0 (0: no clipping), got {clip}");
+    }
+    Ok((LrSchedule { base: lr, factor: decay, every, start }, (clip > 0.0).then_some(clip)))
+}
+
 /// Whether feature hints are on: `weight` must be finite and >= 0, and above 0 needs a fixed teacher
 /// (`has_teacher`; `what` says how to give one).
 fn check_hints(weight: f32, has_teacher: bool, what: &str) -> Result<bool> {
@@ -303,6 +320,26 @@ mod tests {
     fn json_lines_escape_strings_and_null_non_finite() {
         let s = json_object(&[("a", J::N(1.5)), ("b", J::S("x\"y\n")), ("c", J::N(f64::NAN)), ("d", J::I(3))]);
         assert_eq!(s, r#"{"a":1.5,"b":"x\"y\u000a","c":null,"d":3}"#);
+    }
+
+    #[test]
+    fn learning_rates_decays_and_clips_that_would_train_on_nonsense_are_refused() {
+        let (s, clip) = optimizer_settings(0.01, 0.5, 10, 5, 0.0).unwrap();
+        assert_eq!((s.at(4), s.at(5), s.at(15), clip), (0.01, 0.005, 0.0025, None));
+        assert_eq!(optimizer_settings(0.01, 0.0, 0, 0, 5.0).unwrap().1, Some(5.0), "a decay factor is unused without lr_decay_every");
+        for (lr, decay, every, clip, what) in [
+            (-1.0, 0.5, 0, 0.0, "lr"),
+            (0.0, 0.5, 0, 0.0, "lr"),
+            (f32::NAN, 0.5, 0, 0.0, "lr"),
+            (f32::INFINITY, 0.5, 0, 0.0, "lr"),
+            (0.01, 0.0, 10, 0.0, "lr_decay"),
+            (0.01, f32::NAN, 10, 0.0, "lr_decay"),
+            (0.01, 0.5, 0, -1.0, "clip"),
+            (0.01, 0.5, 0, f32::NAN, "clip"),
+        ] {
+            let e = optimizer_settings(lr, decay, every, 0, clip).unwrap_err().to_string();
+            assert!(e.contains(what), "lr {lr} decay {decay} every {every} clip {clip}: {e}");
+        }
     }
 
     #[test]
