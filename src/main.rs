@@ -136,7 +136,8 @@ fn num<T: std::str::FromStr>(m: &ArgMatches, key: &str) -> Result<T> {
 }
 
 /// A trainer's config: defaults (two models for `codistill`), then the `--config` file, then the
-/// flags given. One model per process when `--world` is set and `--models` is not.
+/// flags given. One model per process when the run has several processes (`--world`, or a
+/// launcher's variables with `--exchange-dir`) and `--models` is not given.
 fn load_config<C: ConfigTable>(m: &ArgMatches, codistill: bool) -> Result<C> {
     let mut cfg = C::default();
     if codistill {
@@ -146,8 +147,11 @@ fn load_config<C: ConfigTable>(m: &ArgMatches, codistill: bool) -> Result<C> {
         cfg.apply_toml_file(&PathBuf::from(path))?;
     }
     cfg.apply_matches(m)?;
-    let world = cfg.entries().into_iter().find(|e| e.0 == "world").map(|e| e.1).unwrap_or_default();
-    if world != "1" && m.get_one::<String>("models").is_none() {
+    let entries = cfg.entries();
+    let get = |k: &str| entries.iter().find(|e| e.0 == k).map(|e| e.1.clone()).unwrap_or_default();
+    let (world, rank) = (get("world").parse().unwrap_or(1), get("rank").parse().unwrap_or(0));
+    let (world, _, _) = codistill::distill::resolve_world(world, rank, !get("exchange_dir").is_empty(), |k| std::env::var(k).ok())?;
+    if world > 1 && m.get_one::<String>("models").is_none() {
         cfg.set("models", "1").map_err(codistill::Error::Invalid)?;
     }
     Ok(cfg)

@@ -22,8 +22,19 @@ fn small(dir: &std::path::Path) -> CriteoConfig {
 /// A `codistill criteo train` process of a 2-process run on the `small` log, exchanging in `xdir`,
 /// writing to `out/rank<rank>`.
 fn criteo_process(c: &CriteoConfig, xdir: &std::path::Path, out: &std::path::Path, rank: usize, extra: &[&str]) -> std::process::Command {
+    let mut cmd = launched_process("train", c, xdir, out, rank, extra);
+    cmd.args(["--world", "2", "--rank", &rank.to_string()]);
+    cmd
+}
+
+/// The same process, `criteo <sub>`, without `--world` and `--rank` (and without any launcher's
+/// variables from this environment): what a launcher starts.
+fn launched_process(sub: &str, c: &CriteoConfig, xdir: &std::path::Path, out: &std::path::Path, rank: usize, extra: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"));
-    cmd.args(["criteo", "train", "--device", "cpu", "--world", "2", "--rank", &rank.to_string()])
+    for (size, rank, _) in codistill::distill::LAUNCHERS {
+        cmd.env_remove(size).env_remove(rank);
+    }
+    cmd.args(["criteo", sub, "--device", "cpu"])
         .args(["--synthetic-scale", "0.002", "--synthetic-rows", &c.synthetic_rows.to_string(), "--buckets", "4096"])
         .args(["--burn-in", &c.burn_in.to_string(), "--exchange-every", &c.exchange_every.to_string()])
         .arg("--cache")
@@ -97,6 +108,37 @@ fn two_processes_codistill_through_a_directory_and_both_finish() {
         assert!(metrics.contains(&format!("\"teacher\":{peer}")), "rank {rank} never received a checkpoint from rank {peer}:\n{metrics}");
     }
     assert!(xdir.join("model-0.safetensors").exists() && xdir.join("model-1.safetensors").exists());
+}
+
+#[test]
+fn processes_started_by_a_launcher_take_their_rank_and_world_from_its_variables() {
+    let d = tmp("launcher");
+    let c = small(&d);
+    prepare_shared_log(&c, &d);
+    let xdir = d.join("exchange");
+    // As torchrun starts them: WORLD_SIZE and RANK in the environment, no --world or --rank, and
+    // `codistill` (two models in one process) becomes one model per process.
+    let spawn = |rank: usize| launched_process("codistill", &c, &xdir, &d, rank, &[]).env("WORLD_SIZE", "2").env("RANK", rank.to_string()).output().unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let ha = s.spawn(|| spawn(0));
+        let hb = s.spawn(|| spawn(1));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    for (rank, out) in [(0, &a), (1, &b)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "rank {rank} failed: {stderr}");
+        assert!(
+            stderr.contains(&format!("rank {rank} of 2 from torchrun's WORLD_SIZE and RANK")),
+            "rank {rank} did not say where its rank came from:\n{stderr}"
+        );
+        assert!(stderr.contains("1 model(s) here of 2"), "rank {rank} is not one model of two:\n{stderr}");
+        let metrics = std::fs::read_to_string(d.join(format!("rank{rank}/metrics.jsonl"))).unwrap();
+        assert!(metrics.contains(&format!("\"teacher\":{}", 1 - rank)), "rank {rank} never received its peer's checkpoint");
+    }
+    // A rank the launcher's size does not have is refused before any training.
+    let out = launched_process("codistill", &c, &xdir, &d, 2, &[]).env("WORLD_SIZE", "2").env("RANK", "2").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("RANK=2 with WORLD_SIZE=2"), "{stderr}");
 }
 
 #[test]

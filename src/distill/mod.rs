@@ -10,6 +10,45 @@ use exchange::{timed, DirExchange, Exchange, InProcess};
 use std::path::Path;
 use std::time::Duration;
 
+/// The launchers whose variables tell a process its rank and the number of processes, in the order
+/// they are looked for: (size variable, rank variable, launcher).
+pub const LAUNCHERS: &[(&str, &str, &str)] = &[
+    ("WORLD_SIZE", "RANK", "torchrun"),
+    ("SLURM_NTASKS", "SLURM_PROCID", "Slurm"),
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "Open MPI"),
+    ("PMI_SIZE", "PMI_RANK", "MPICH"),
+];
+
+/// This process's `(world, rank)` and, when they came from a launcher, a line saying which. A
+/// `world` above 0 is the options' own. `world` 0 (the trainers' default) takes them from the first
+/// launcher of [`LAUNCHERS`] whose size variable `env` holds, when there is an exchange directory to
+/// share (a launcher's variables mean nothing to a run that exchanges in memory); otherwise one
+/// process. A variable that is not a number, a rank not below the size, or a `rank` option that
+/// contradicts the launcher's is an error naming the variable.
+pub fn resolve_world(world: usize, rank: usize, exchange_dir: bool, env: impl Fn(&str) -> Option<String>) -> Result<(usize, usize, Option<String>)> {
+    if world > 0 || !exchange_dir {
+        return Ok((world.max(1), rank, None));
+    }
+    for &(size_var, rank_var, launcher) in LAUNCHERS {
+        let Some(size) = env(size_var) else { continue };
+        let number =
+            |var: &str, v: &str| v.trim().parse::<usize>().map_err(|_| crate::Error::Invalid(format!("{var}={v:?} is not a number ({launcher}'s variable)")));
+        let n = number(size_var, &size)?;
+        let Some(r) = env(rank_var) else {
+            bail!(Invalid, "{size_var} is set ({launcher}) but {rank_var} is not; give --world and --rank");
+        };
+        let r = number(rank_var, &r)?;
+        if n == 0 || r >= n {
+            bail!(Invalid, "{rank_var}={r} with {size_var}={n} ({launcher}): the rank must be below the size");
+        }
+        if rank != 0 && rank != r {
+            bail!(Invalid, "--rank {rank} contradicts {rank_var}={r} ({launcher}); give --world too, or leave --rank out");
+        }
+        return Ok((n, r, Some(format!("rank {r} of {n} from {launcher}'s {size_var} and {rank_var}"))));
+    }
+    Ok((1, rank, None))
+}
+
 /// Where a process's models sit in a codistillation: `models` here, `world` processes, this one
 /// `rank`; global model `rank * models + local` trains on its own shard of the data (or on all
 /// of it with `same_data`). A single model keeps the trainer's own `shards`/`shard` split.
@@ -188,6 +227,32 @@ mod tests {
         let pair = Topology { models: 2, shards: 1, shard: 0, ..single };
         assert!(pair.check(None, 0.5, 0, 0.0).unwrap_err().to_string().contains("exchange_every"));
         assert!(pair.check(None, 0.0, 0, 0.0).is_ok() && single.check(None, 0.5, 0, 0.0).is_ok());
+    }
+
+    #[test]
+    fn rank_and_world_come_from_the_options_or_a_launchers_variables() {
+        let env = |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let torchrun = env(&[("WORLD_SIZE", "4"), ("RANK", "3"), ("SLURM_NTASKS", "2"), ("SLURM_PROCID", "1")]);
+        // Options win; without an exchange directory the variables mean nothing.
+        assert_eq!(resolve_world(2, 1, true, torchrun).unwrap(), (2, 1, None));
+        assert_eq!(resolve_world(0, 0, false, torchrun).unwrap(), (1, 0, None));
+        let (w, r, why) = resolve_world(0, 0, true, torchrun).unwrap();
+        assert_eq!((w, r), (4, 3), "torchrun's variables come first");
+        assert!(why.unwrap().contains("torchrun's WORLD_SIZE and RANK"));
+        assert_eq!(resolve_world(0, 0, true, env(&[("SLURM_NTASKS", "2"), ("SLURM_PROCID", "1")])).unwrap().0, 2);
+        assert_eq!(resolve_world(0, 0, true, env(&[("OMPI_COMM_WORLD_SIZE", "3"), ("OMPI_COMM_WORLD_RANK", "2")])).unwrap().1, 2);
+        assert_eq!(resolve_world(0, 0, true, env(&[("PMI_SIZE", "2"), ("PMI_RANK", "0")])).unwrap().0, 2);
+        assert_eq!(resolve_world(0, 0, true, env(&[])).unwrap(), (1, 0, None), "no launcher: one process");
+        for (vars, what) in [
+            (&[("WORLD_SIZE", "two"), ("RANK", "0")][..], "WORLD_SIZE=\"two\" is not a number"),
+            (&[("WORLD_SIZE", "2")][..], "RANK is not"),
+            (&[("WORLD_SIZE", "2"), ("RANK", "2")][..], "RANK=2 with WORLD_SIZE=2"),
+        ] {
+            let e = resolve_world(0, 0, true, |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        let e = resolve_world(0, 1, true, torchrun).unwrap_err().to_string();
+        assert!(e.contains("--rank 1 contradicts RANK=3"), "{e}");
     }
 
     #[test]

@@ -103,10 +103,10 @@ crate::config_table! {
         teacher: crate::config::Paths = crate::config::Paths::default(),
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
-        /// Codistillation across processes: this process's model index
+        /// Codistillation across processes: this process's model index (with world 0, the launcher's rank)
         rank: usize = 0,
-        /// Codistillation across processes: number of processes
-        world: usize = 1,
+        /// Codistillation across processes: number of processes (0: with --exchange-dir, from a launcher's variables, torchrun's WORLD_SIZE and RANK, Slurm's SLURM_NTASKS and SLURM_PROCID, Open MPI's OMPI_COMM_WORLD_SIZE and OMPI_COMM_WORLD_RANK or MPICH's PMI_SIZE and PMI_RANK, else 1)
+        world: usize = 0,
         /// Write step_times.csv to the output directory: each step's compute seconds (all models here) and seconds in exchange calls, for the overlap measurement
         step_times: bool = false,
         /// Synthetic log: training rows (the validation file gets a tenth)
@@ -430,6 +430,12 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     if cfg.batch == 0 || cfg.epochs == 0 {
         bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
     }
+    let (world, rank, launcher) = crate::distill::resolve_world(cfg.world, cfg.rank, cfg.exchange_dir.is_some(), |k| std::env::var(k).ok())?;
+    if let Some(line) = launcher {
+        eprintln!("codistillation across processes: {line}");
+    }
+    // The run goes on, and its checkpoints record, the world and rank it took.
+    let cfg = &CriteoConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
     let (lr_schedule, clip) = super::optimizer_settings(cfg.lr, cfg.lr_decay, cfg.lr_decay_every, cfg.lr_decay_start, cfg.clip)?;
