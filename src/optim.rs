@@ -229,26 +229,42 @@ impl Optimizer {
 
 /// Learning rate as a function of the step: `base` before `start`, then multiplied by `factor`
 /// at `start` and again every `every` steps (Zaremba et al.: from epoch 5, halve every epoch).
-/// `every = 0` means no decay.
+/// `every = 0` means no decay. With `cosine = Some(min)` the step decay gives way to a cosine
+/// from `base` at the end of the warm-up to `min` at step `total`. A `warmup` of k steps scales
+/// the first k steps' rate by (step + 1) / k.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LrSchedule {
     pub base: f32,
     pub factor: f32,
     pub every: u64,
     pub start: u64,
+    pub warmup: u64,
+    pub cosine: Option<f32>,
+    /// The run's last step (the cosine's end).
+    pub total: u64,
 }
 
 impl LrSchedule {
     pub fn constant(base: f32) -> Self {
-        LrSchedule { base, factor: 1.0, every: 0, start: 0 }
+        LrSchedule { base, factor: 1.0, every: 0, start: 0, warmup: 0, cosine: None, total: 0 }
     }
 
     pub fn at(&self, step: u64) -> f32 {
-        if step < self.start || self.every == 0 {
-            return self.base;
+        let lr = match self.cosine {
+            Some(min) if step >= self.warmup => {
+                let span = self.total.saturating_sub(self.warmup).max(1);
+                let p = ((step - self.warmup) as f64 / span as f64).min(1.0);
+                (min as f64 + (self.base - min) as f64 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())) as f32
+            }
+            Some(_) => self.base,
+            None if step < self.start || self.every == 0 => self.base,
+            None => self.base * self.factor.powi(((step - self.start) / self.every + 1).min(i32::MAX as u64) as i32),
+        };
+        if step < self.warmup {
+            lr * (step + 1) as f32 / self.warmup as f32
+        } else {
+            lr
         }
-        let k = (step - self.start) / self.every + 1;
-        self.base * self.factor.powi(k.min(i32::MAX as u64) as i32)
     }
 }
 
@@ -318,10 +334,22 @@ mod tests {
 
     #[test]
     fn step_decay_schedule() {
-        let s = LrSchedule { base: 1.0, factor: 0.5, every: 10, start: 20 };
+        let s = LrSchedule { factor: 0.5, every: 10, start: 20, ..LrSchedule::constant(1.0) };
         assert_eq!((s.at(0), s.at(19), s.at(20), s.at(29), s.at(30)), (1.0, 1.0, 0.5, 0.5, 0.25));
         assert_eq!(LrSchedule::constant(0.3).at(1_000_000), 0.3);
-        let never = LrSchedule { base: 0.3, factor: 0.5, every: 0, start: 0 };
+        let never = LrSchedule { factor: 0.5, ..LrSchedule::constant(0.3) };
         assert_eq!((never.at(0), never.at(1_000_000)), (0.3, 0.3));
+    }
+
+    #[test]
+    fn warmup_then_cosine_schedule() {
+        // Warm-up: 1/4, 2/4, 3/4 of the rate, then the rate; the step decay goes on after it.
+        let w = LrSchedule { warmup: 4, factor: 0.5, every: 10, start: 20, ..LrSchedule::constant(1.0) };
+        assert_eq!((w.at(0), w.at(1), w.at(3), w.at(4), w.at(20)), (0.25, 0.5, 1.0, 1.0, 0.5));
+        // Cosine from the warm-up's end (step 10) to 0.1 at step 110: halfway at step 60.
+        let c = LrSchedule { warmup: 10, cosine: Some(0.1), total: 110, ..LrSchedule::constant(1.0) };
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert!(close(c.at(4), 0.5) && close(c.at(10), 1.0) && close(c.at(60), 0.55) && close(c.at(110), 0.1) && close(c.at(500), 0.1));
+        assert!((10..110).all(|t| c.at(t + 1) <= c.at(t)), "the cosine rises somewhere");
     }
 }

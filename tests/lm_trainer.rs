@@ -64,6 +64,52 @@ fn resumed_run_ends_exactly_where_an_uninterrupted_run_does() {
     }
 }
 
+/// The `lr` of every train event in `metrics.jsonl`.
+fn logged_lrs(metrics: &Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"train\""))
+        .map(|l| l.split("\"lr\":").nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Sum of squares of every dense weight (the LSTM and the output layer) of a checkpoint.
+fn dense_sq_norm(ckpt: &Path) -> f64 {
+    let c = Checkpoint::load(ckpt).unwrap();
+    c.tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("lm.lstm") || k.starts_with("lm.out"))
+        .map(|(_, t)| t.f32s().unwrap().iter().map(|&x| (x as f64).powi(2)).sum::<f64>())
+        .sum()
+}
+
+#[test]
+fn warmup_cosine_and_weight_decay_shape_the_run() {
+    let d = tmp("sched");
+    let mut c = small_run(&d, 3);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every, c.lr) = (100, 100, 10, 100, 0.01);
+    (c.warmup, c.cosine, c.lr_min, c.out) = (25, true, 1e-4, d.join("plain"));
+    let plain = lm::train(&c).unwrap().best_valid.unwrap();
+    let lrs = logged_lrs(&d.join("plain/metrics.jsonl"));
+    assert_eq!(lrs.len(), 10, "{lrs:?}");
+    // Rising through the warm-up (steps 10, 20), the peak just after it, then falling to lr_min.
+    assert!(lrs[0] < lrs[1] && lrs[1] < lrs[2], "no warm-up: {lrs:?}");
+    assert!(lrs[2..].windows(2).all(|w| w[1] < w[0]), "the cosine does not fall: {lrs:?}");
+    assert!(lrs[2] > 0.009 && lrs[9] < 2e-4, "the cosine does not span lr to lr_min: {lrs:?}");
+    // AdamW: the same run with decoupled weight decay ends with smaller dense weights.
+    (c.weight_decay, c.out) = (1.0, d.join("decay"));
+    let decayed = lm::train(&c).unwrap().best_valid.unwrap();
+    let (a, b) = (dense_sq_norm(&d.join("plain/checkpoint.safetensors")), dense_sq_norm(&d.join("decay/checkpoint.safetensors")));
+    eprintln!("validation {plain} / {decayed}; dense squared norm {a} / {b}");
+    assert!(b < 0.8 * a, "weight decay did not shrink the weights: {a} -> {b}");
+    // Two decays at once, and weight decay for adagrad, are refused.
+    (c.lr_decay_every, c.out) = (10, d.join("x"));
+    assert!(err(lm::train(&c)).contains("choose one"));
+    (c.lr_decay_every, c.cosine, c.optimizer) = (0, false, codistill::train::OptimizerChoice::Adagrad);
+    assert!(err(lm::train(&c)).contains("adagrad has none"));
+}
+
 #[test]
 fn training_learns_the_small_corpus() {
     let d = tmp("learns");

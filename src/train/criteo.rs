@@ -51,6 +51,14 @@ crate::config_table! {
         lr_decay_every: u64 = 0,
         /// Step of the first decay
         lr_decay_start: u64 = 0,
+        /// Steps of linear learning-rate warm-up: step t < warmup trains at lr * (t + 1) / warmup
+        warmup: u64 = 0,
+        /// Cosine learning-rate decay from the end of the warm-up to lr_min at the last step (instead of the step decay)
+        cosine: bool = false,
+        /// Cosine decay: the learning rate at the last step
+        lr_min: f32 = 0.0,
+        /// Weight decay: L2 for sgd and momentum, decoupled for adam (AdamW); applied to what a step updates (an embedding row decays when a batch touches it); not for adagrad
+        weight_decay: f32 = 0.0,
         /// Clip the global gradient norm to this (0: no clipping)
         clip: f32 = 0.0,
         /// Validate every this many steps (0: at the end of each epoch only)
@@ -438,7 +446,19 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let cfg = &CriteoConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
-    let (lr_schedule, clip) = super::optimizer_settings(cfg.lr, cfg.lr_decay, cfg.lr_decay_every, cfg.lr_decay_start, cfg.clip)?;
+    let (optimizer, mut lr_schedule, clip) = super::optimizer_settings(super::OptimArgs {
+        optimizer: cfg.optimizer,
+        lr: cfg.lr,
+        lr_decay: cfg.lr_decay,
+        lr_decay_every: cfg.lr_decay_every,
+        lr_decay_start: cfg.lr_decay_start,
+        warmup: cfg.warmup,
+        cosine: cfg.cosine,
+        lr_min: cfg.lr_min,
+        weight_decay: cfg.weight_decay,
+        clip: cfg.clip,
+        total: 0,
+    })?;
     let total_models = topo.total();
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
@@ -480,7 +500,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         members.push(Member {
             index,
             store,
-            opt: Optimizer::new(cfg.optimizer.kind()),
+            opt: Optimizer::new(optimizer),
             rows,
             order: Vec::new(),
             pos: usize::MAX,
@@ -540,6 +560,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     }
     let steps_per_epoch = members.iter().map(|m| m.rows.len().div_ceil(cfg.batch)).min().unwrap_or(0) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
+    // The cosine ends at the last step, known once the shards are read.
+    lr_schedule.total = total_steps;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     eprintln!(

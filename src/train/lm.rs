@@ -58,6 +58,14 @@ crate::config_table! {
         lr_decay_every: u64 = 0,
         /// Step of the first decay
         lr_decay_start: u64 = 0,
+        /// Steps of linear learning-rate warm-up: step t < warmup trains at lr * (t + 1) / warmup
+        warmup: u64 = 0,
+        /// Cosine learning-rate decay from the end of the warm-up to lr_min at the last step (instead of the step decay)
+        cosine: bool = false,
+        /// Cosine decay: the learning rate at the last step
+        lr_min: f32 = 0.0,
+        /// Weight decay: L2 for sgd and momentum, decoupled for adam (AdamW); applied to what a step updates (an embedding row decays when a batch touches it); not for adagrad
+        weight_decay: f32 = 0.0,
         /// Clip the global gradient norm to this (0: no clipping)
         clip: f32 = 5.0,
         /// Validate every this many steps (and at the end)
@@ -520,7 +528,19 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let cfg = &LmConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
-    let (lr_schedule, clip) = super::optimizer_settings(cfg.lr, cfg.lr_decay, cfg.lr_decay_every, cfg.lr_decay_start, cfg.clip)?;
+    let (optimizer, lr_schedule, clip) = super::optimizer_settings(super::OptimArgs {
+        optimizer: cfg.optimizer,
+        lr: cfg.lr,
+        lr_decay: cfg.lr_decay,
+        lr_decay_every: cfg.lr_decay_every,
+        lr_decay_start: cfg.lr_decay_start,
+        warmup: cfg.warmup,
+        cosine: cfg.cosine,
+        lr_min: cfg.lr_min,
+        weight_decay: cfg.weight_decay,
+        clip: cfg.clip,
+        total: cfg.steps,
+    })?;
     let total_models = topo.total();
     if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1) {
         bail!(Invalid, "data_free distillation needs --teacher and one model (no codistillation)");
@@ -577,7 +597,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         members.push(LmMember {
             index,
             store,
-            opt: Optimizer::new(cfg.optimizer.kind()),
+            opt: Optimizer::new(optimizer),
             lanes,
             state: LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?,
             teacher_state: vec![None; total_models],

@@ -271,20 +271,62 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     g.unary(Unary::Scale(weight), mse)
 }
 
-/// The learning-rate schedule and the clipping norm, checked before any data is read: a learning
-/// rate that is not a positive finite number, a decay factor that is not (when decay is on), or a
-/// negative clip would otherwise train on nonsense without a word.
-fn optimizer_settings(lr: f32, decay: f32, every: u64, start: u64, clip: f32) -> Result<(LrSchedule, Option<f32>)> {
+/// A trainer's optimizer options (the same keys in both trainers' configs).
+pub(crate) struct OptimArgs {
+    pub optimizer: OptimizerChoice,
+    pub lr: f32,
+    pub lr_decay: f32,
+    pub lr_decay_every: u64,
+    pub lr_decay_start: u64,
+    pub warmup: u64,
+    pub cosine: bool,
+    pub lr_min: f32,
+    pub weight_decay: f32,
+    pub clip: f32,
+    /// The run's last step, when it is known before the data is read (the click trainer's comes later).
+    pub total: u64,
+}
+
+/// The optimizer, the learning-rate schedule and the clipping norm, checked before any data is
+/// read: a learning rate, decay factor or weight decay that is not a finite number in its range, a
+/// negative clip, or two decays at once would otherwise train on nonsense without a word.
+fn optimizer_settings(a: OptimArgs) -> Result<(crate::optim::OptimizerKind, LrSchedule, Option<f32>)> {
+    use crate::optim::OptimizerKind;
+    let (lr, decay, clip, wd) = (a.lr, a.lr_decay, a.clip, a.weight_decay);
     if !(lr > 0.0 && lr.is_finite()) {
         bail!(Invalid, "lr must be a positive finite number, got {lr}");
     }
-    if every > 0 && !(decay > 0.0 && decay.is_finite()) {
+    if a.lr_decay_every > 0 && !(decay > 0.0 && decay.is_finite()) {
         bail!(Invalid, "lr_decay must be a positive finite number when lr_decay_every is on, got {decay}");
+    }
+    if a.cosine && a.lr_decay_every > 0 {
+        bail!(Invalid, "cosine and lr_decay_every are two decays of the learning rate; choose one");
+    }
+    if a.cosine && !(a.lr_min >= 0.0 && a.lr_min <= lr) {
+        bail!(Invalid, "lr_min must be in [0, lr] (lr {lr}), got {}", a.lr_min);
     }
     if !(clip >= 0.0 && clip.is_finite()) {
         bail!(Invalid, "clip must be a finite number >= 0 (0: no clipping), got {clip}");
     }
-    Ok((LrSchedule { base: lr, factor: decay, every, start }, (clip > 0.0).then_some(clip)))
+    if !(wd >= 0.0 && wd.is_finite()) {
+        bail!(Invalid, "weight_decay must be a finite number >= 0, got {wd}");
+    }
+    let kind = match (a.optimizer.kind(), wd > 0.0) {
+        (OptimizerKind::Sgd { momentum, .. }, _) => OptimizerKind::Sgd { momentum, weight_decay: wd },
+        (OptimizerKind::Adam { beta1, beta2, eps, .. }, _) => OptimizerKind::Adam { beta1, beta2, eps, weight_decay: wd },
+        (OptimizerKind::Adagrad { .. }, true) => bail!(Invalid, "weight_decay is for sgd, momentum and adam (AdamW); adagrad has none"),
+        (k, false) => k,
+    };
+    let schedule = LrSchedule {
+        base: lr,
+        factor: decay,
+        every: a.lr_decay_every,
+        start: a.lr_decay_start,
+        warmup: a.warmup,
+        cosine: a.cosine.then_some(a.lr_min),
+        total: a.total,
+    };
+    Ok((kind, schedule, (clip > 0.0).then_some(clip)))
 }
 
 /// Whether feature hints are on: `weight` must be finite and >= 0, and above 0 needs a fixed teacher
@@ -323,22 +365,50 @@ mod tests {
     }
 
     #[test]
-    fn learning_rates_decays_and_clips_that_would_train_on_nonsense_are_refused() {
-        let (s, clip) = optimizer_settings(0.01, 0.5, 10, 5, 0.0).unwrap();
-        assert_eq!((s.at(4), s.at(5), s.at(15), clip), (0.01, 0.005, 0.0025, None));
-        assert_eq!(optimizer_settings(0.01, 0.0, 0, 0, 5.0).unwrap().1, Some(5.0), "a decay factor is unused without lr_decay_every");
-        for (lr, decay, every, clip, what) in [
-            (-1.0, 0.5, 0, 0.0, "lr"),
-            (0.0, 0.5, 0, 0.0, "lr"),
-            (f32::NAN, 0.5, 0, 0.0, "lr"),
-            (f32::INFINITY, 0.5, 0, 0.0, "lr"),
-            (0.01, 0.0, 10, 0.0, "lr_decay"),
-            (0.01, f32::NAN, 10, 0.0, "lr_decay"),
-            (0.01, 0.5, 0, -1.0, "clip"),
-            (0.01, 0.5, 0, f32::NAN, "clip"),
+    fn optimizer_options_that_would_train_on_nonsense_are_refused() {
+        use crate::optim::OptimizerKind;
+        let args = |lr: f32| OptimArgs {
+            optimizer: OptimizerChoice::Adam,
+            lr,
+            lr_decay: 0.5,
+            lr_decay_every: 0,
+            lr_decay_start: 0,
+            warmup: 0,
+            cosine: false,
+            lr_min: 0.0,
+            weight_decay: 0.0,
+            clip: 0.0,
+            total: 100,
+        };
+        let (kind, s, clip) = optimizer_settings(OptimArgs { lr_decay_every: 10, lr_decay_start: 5, ..args(0.01) }).unwrap();
+        assert_eq!((kind, s.at(4), s.at(5), s.at(15), clip), (OptimizerKind::adam(), 0.01, 0.005, 0.0025, None));
+        assert_eq!(
+            optimizer_settings(OptimArgs { lr_decay: 0.0, clip: 5.0, ..args(0.01) }).unwrap().2,
+            Some(5.0),
+            "a decay factor is unused without lr_decay_every"
+        );
+        let (kind, s, _) =
+            optimizer_settings(OptimArgs { optimizer: OptimizerChoice::Momentum, weight_decay: 1e-4, warmup: 10, cosine: true, ..args(0.1) }).unwrap();
+        assert_eq!(kind, OptimizerKind::Sgd { momentum: 0.9, weight_decay: 1e-4 });
+        assert!((s.at(0) - 0.01).abs() < 1e-7 && s.at(10) == 0.1 && s.at(100) == 0.0, "warm-up, then cosine to 0 at step 100");
+        let adamw = optimizer_settings(OptimArgs { weight_decay: 0.01, ..args(0.01) }).unwrap().0;
+        assert!(matches!(adamw, OptimizerKind::Adam { weight_decay, .. } if weight_decay == 0.01));
+        for (a, what) in [
+            (args(-1.0), "lr"),
+            (args(0.0), "lr"),
+            (args(f32::NAN), "lr"),
+            (args(f32::INFINITY), "lr"),
+            (OptimArgs { lr_decay: 0.0, lr_decay_every: 10, ..args(0.01) }, "lr_decay"),
+            (OptimArgs { lr_decay: f32::NAN, lr_decay_every: 10, ..args(0.01) }, "lr_decay"),
+            (OptimArgs { clip: -1.0, ..args(0.01) }, "clip"),
+            (OptimArgs { clip: f32::NAN, ..args(0.01) }, "clip"),
+            (OptimArgs { weight_decay: -0.1, ..args(0.01) }, "weight_decay"),
+            (OptimArgs { optimizer: OptimizerChoice::Adagrad, weight_decay: 0.1, ..args(0.01) }, "adagrad has none"),
+            (OptimArgs { cosine: true, lr_decay_every: 10, ..args(0.01) }, "choose one"),
+            (OptimArgs { cosine: true, lr_min: 0.1, ..args(0.01) }, "lr_min"),
         ] {
-            let e = optimizer_settings(lr, decay, every, 0, clip).unwrap_err().to_string();
-            assert!(e.contains(what), "lr {lr} decay {decay} every {every} clip {clip}: {e}");
+            let e = optimizer_settings(a).unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
         }
     }
 
