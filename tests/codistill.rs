@@ -231,15 +231,20 @@ fn click_model_resume_matches_an_uninterrupted_run() {
 fn experiment_writes_curves_plots_and_a_report() {
     let d = tmp("exp");
     let mut c = small(&d);
-    (c.models, c.eval_every, c.synthetic_rows) = (2, 50, 60_000);
+    (c.models, c.eval_every, c.synthetic_rows, c.independent_control) = (2, 50, 60_000, true);
     let report = codistill::train::experiment::criteo_experiment(&c).unwrap();
     assert!(report.contains("baseline: best validation loss") && report.contains("codistilled model 1"), "{report}");
+    // The control: the same two models without the term, their ensemble and churn.
+    for line in ["independent model 1: final", "ensemble of the independent models", "churn between independent models 0 and 1"] {
+        assert!(report.contains(line), "no {line:?} in\n{report}");
+    }
     let curves = std::fs::read_to_string(d.join("out/curves.jsonl")).unwrap();
     assert!(curves.contains("\"run\":\"baseline\"") && curves.contains("\"run\":\"codistill\",\"model\":1"), "{curves}");
     let png = std::fs::read(d.join("out/curves.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let svg = std::fs::read_to_string(d.join("out/curves.svg")).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("codistilled model 0"));
+    assert!(svg.contains("<svg") && svg.contains("codistilled model 0") && svg.contains("independent model 1"));
+    assert!(curves.contains("\"run\":\"independent\",\"model\":0"), "{curves}");
 }
 
 #[test]
@@ -251,10 +256,16 @@ fn language_model_experiment_reports_against_the_source_entropy() {
     (c.synthetic_vocab, c.synthetic_order, c.synthetic_tokens) = (30, 1, 20_000);
     (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt, c.min_count) = (8, 16, 1, 4, 10, 1);
     (c.steps, c.eval_every, c.burn_in, c.exchange_every) = (60, 20, 20, 10);
+    c.independent_control = true;
     let report = codistill::train::experiment::lm_experiment(&c).unwrap();
     assert!(report.contains("baseline: best validation loss") && report.contains("codistilled model 1"), "{report}");
     let svg = std::fs::read_to_string(d.join("out/curves.svg")).unwrap();
     assert!(svg.contains("source entropy"), "the entropy floor is drawn");
+    // The control trained the same models without the term: other curves after the burn-in.
+    let final_of = |label: &str| report.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label:?} in\n{report}")).to_string();
+    let (co, ind) = (final_of("codistilled model 0:"), final_of("independent model 0:"));
+    assert_ne!(co, ind, "the control equals the codistilled run");
+    assert!(report.contains("ensemble of the independent models") && svg.contains("independent model 1"), "{report}");
 }
 
 #[test]

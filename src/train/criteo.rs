@@ -109,6 +109,8 @@ crate::config_table! {
         hint_weight: f32 = 0.0,
         /// Offline distillation: checkpoints of trained click models, comma-separated, whose mean click probability the model distills toward from burn_in on, with distill_weight; a teacher may have other embedding and MLP widths but must hash into the same number of buckets (with codistillation, these teachers and the peers are averaged together)
         teacher: crate::config::Paths = crate::config::Paths::default(),
+        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_weight 0), the control for what the term does, into out/independent, and plot them
+        independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
         /// Codistillation across processes: this process's model index (with world 0, the launcher's rank)

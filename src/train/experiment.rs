@@ -1,6 +1,7 @@
 //! Baseline and codistillation side by side, from one config: the same model and steps per
 //! model, one model on all the data against n models on disjoint shards. Writes each run under
-//! `out/baseline` and `out/codistill`, the validation curves as `out/curves.jsonl`, a plot as
+//! `out/baseline` and `out/codistill` (and with `independent_control`, the same models without the
+//! term under `out/independent`), the validation curves as `out/curves.jsonl`, a plot as
 //! `out/curves.png` and `out/curves.svg`, and `out/report.txt`.
 
 use super::plot::{plot_curves, Reference, Series};
@@ -43,10 +44,18 @@ pub fn read_curves(metrics: &Path, run: &str, loss_key: &str) -> Result<Vec<Curv
         .collect())
 }
 
+/// The runs beside the baseline: a label ("codistilled", "independent"), their validation
+/// curves, and their ensemble's loss at the end.
+struct Group<'a> {
+    label: &'a str,
+    curves: Vec<CurvePoint>,
+    ensemble: Option<f64>,
+}
+
 /// Write curves, plot and report; return the report.
-fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], co: &[CurvePoint], mut refs: Vec<Reference>, ensemble: Option<f64>) -> Result<String> {
+fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], groups: &[Group], mut refs: Vec<Reference>) -> Result<String> {
     let mut lines = String::new();
-    for p in base.iter().chain(co) {
+    for p in base.iter().chain(groups.iter().flat_map(|g| &g.curves)) {
         lines.push_str(&json_object(&[("run", J::S(&p.run)), ("model", J::I(p.model as u64)), ("step", J::I(p.step)), ("loss", J::N(p.loss))]));
         lines.push('\n');
     }
@@ -54,27 +63,32 @@ fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], co: &[Cur
     let Some(best) = base.iter().min_by(|a, b| a.loss.total_cmp(&b.loss)) else {
         return Err(Error::Invalid(format!("{}: the baseline recorded no validation loss", out.display())));
     };
-    let models: std::collections::BTreeSet<usize> = co.iter().map(|p| p.model).collect();
     let mut series = vec![Series { name: "baseline (1 model, all data)".into(), points: base.iter().map(|p| (p.step as f64, p.loss)).collect() }];
     let mut report =
         format!("{title}\nbaseline: best validation loss {:.5} at step {} of {}\n", best.loss, best.step, base.last().map(|p| p.step).unwrap_or(0));
-    for m in &models {
-        let c: Vec<&CurvePoint> = co.iter().filter(|p| p.model == *m).collect();
-        series.push(Series { name: format!("codistilled model {m}"), points: c.iter().map(|p| (p.step as f64, p.loss)).collect() });
-        let reach = c.iter().find(|p| p.loss <= best.loss).map(|p| p.step);
-        let fin = c.last().map(|p| p.loss).unwrap_or(f64::NAN);
-        report.push_str(&format!(
-            "codistilled model {m}: final {fin:.5}, best {:.5}; reaches the baseline's best {}\n",
-            c.iter().map(|p| p.loss).fold(f64::INFINITY, f64::min),
-            match reach {
-                Some(s) => format!("at step {s} ({:.2} of the baseline's {} steps)", s as f64 / best.step as f64, best.step),
-                None => "never".into(),
-            }
-        ));
+    for g in groups {
+        let models: std::collections::BTreeSet<usize> = g.curves.iter().map(|p| p.model).collect();
+        for m in &models {
+            let c: Vec<&CurvePoint> = g.curves.iter().filter(|p| p.model == *m).collect();
+            series.push(Series { name: format!("{} model {m}", g.label), points: c.iter().map(|p| (p.step as f64, p.loss)).collect() });
+            let reach = c.iter().find(|p| p.loss <= best.loss).map(|p| p.step);
+            let fin = c.last().map(|p| p.loss).unwrap_or(f64::NAN);
+            report.push_str(&format!(
+                "{} model {m}: final {fin:.5}, best {:.5}; reaches the baseline's best {}\n",
+                g.label,
+                c.iter().map(|p| p.loss).fold(f64::INFINITY, f64::min),
+                match reach {
+                    Some(s) => format!("at step {s} ({:.2} of the baseline's {} steps)", s as f64 / best.step as f64, best.step),
+                    None => "never".into(),
+                }
+            ));
+        }
     }
-    if let Some(e) = ensemble {
-        report.push_str(&format!("ensemble of the codistilled models at the end: {e:.5}\n"));
-        refs.push(Reference { name: "codistilled ensemble (end)".into(), y: e });
+    for g in groups {
+        if let Some(e) = g.ensemble {
+            report.push_str(&format!("ensemble of the {} models at the end: {e:.5}\n", g.label));
+            refs.push(Reference { name: format!("{} ensemble (end)", g.label), y: e });
+        }
     }
     plot_curves(&out.join("curves"), title, "steps per model", y_label, &series, &refs)?;
     write_atomic(&out.join("report.txt"), report.as_bytes())?;
@@ -93,7 +107,8 @@ fn no_fixed_teachers(t: &crate::config::Paths) -> Result<()> {
 }
 
 /// Criteo: baseline on all rows, codistillation of `max(2, models)` models on disjoint shards,
-/// with `epochs * models` epochs each so that every model takes the same number of steps.
+/// with `epochs * models` epochs each so that every model takes the same number of steps; with
+/// `independent_control`, the same models again without the term.
 pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
     no_fixed_teachers(&cfg.teacher)?;
     let mut base = cfg.clone();
@@ -105,29 +120,48 @@ pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
     co.models = cfg.models.max(2);
     co.epochs = cfg.epochs * co.models;
     co.out = cfg.out.join("codistill");
+    let ind = cfg.independent_control.then(|| criteo::CriteoConfig { distill_weight: 0.0, out: cfg.out.join("independent"), ..co.clone() });
     eprintln!("experiment: baseline");
     let b = criteo::train(&base)?;
     eprintln!("experiment: codistillation of {} models", co.models);
     let c = criteo::train(&co)?;
+    let mut groups = vec![Group {
+        label: "codistilled",
+        curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "log_loss")?,
+        ensemble: c.ensemble.map(|e| e.log_loss),
+    }];
+    let mut churn = vec![("codistilled", c.churn)];
+    if let Some(ind) = &ind {
+        eprintln!("experiment: the same {} models without the term (the control)", ind.models);
+        let i = criteo::train(ind)?;
+        groups.push(Group {
+            label: "independent",
+            curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "log_loss")?,
+            ensemble: i.ensemble.map(|e| e.log_loss),
+        });
+        churn.push(("independent", i.churn));
+    }
     let refs = b.valid_truth.map(|t| vec![Reference { name: "hidden model".into(), y: t.bayes_log_loss }]).unwrap_or_default();
     let mut report = finish(
         &cfg.out,
         "Criteo: validation log-loss, baseline vs codistillation",
         "validation log-loss",
         &read_curves(&base.out.join("metrics.jsonl"), "baseline", "log_loss")?,
-        &read_curves(&co.out.join("metrics.jsonl"), "codistill", "log_loss")?,
+        &groups,
         refs,
-        c.ensemble.map(|e| e.log_loss),
     )?;
-    if let Some(ch) = c.churn {
-        report.push_str(&format!("churn between codistilled models 0 and 1: {ch:.5}\n"));
-        write_atomic(&cfg.out.join("report.txt"), report.as_bytes())?;
+    for (label, ch) in churn {
+        if let Some(ch) = ch {
+            report.push_str(&format!("churn between {label} models 0 and 1: {ch:.5}\n"));
+        }
     }
+    write_atomic(&cfg.out.join("report.txt"), report.as_bytes())?;
     Ok(report)
 }
 
 /// Language model: baseline on the whole stream, codistillation of `max(2, models)` models on
-/// disjoint shards, the same `steps` each.
+/// disjoint shards, the same `steps` each; with `independent_control`, the same models again
+/// without the term.
 pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
     no_fixed_teachers(&cfg.teacher)?;
     let mut base = cfg.clone();
@@ -135,19 +169,25 @@ pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
     let mut co = base.clone();
     co.models = cfg.models.max(2);
     co.out = cfg.out.join("codistill");
+    let ind = cfg.independent_control.then(|| lm::LmConfig { distill_weight: 0.0, out: cfg.out.join("independent"), ..co.clone() });
     eprintln!("experiment: baseline");
     let b = lm::train(&base)?;
     eprintln!("experiment: codistillation of {} models", co.models);
     let c = lm::train(&co)?;
+    let mut groups = vec![Group { label: "codistilled", curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "loss")?, ensemble: c.ensemble_valid }];
+    if let Some(ind) = &ind {
+        eprintln!("experiment: the same {} models without the term (the control)", ind.models);
+        let i = lm::train(ind)?;
+        groups.push(Group { label: "independent", curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "loss")?, ensemble: i.ensemble_valid });
+    }
     let refs = b.floors.map(|f| vec![Reference { name: "source entropy".into(), y: f.valid }]).unwrap_or_default();
     finish(
         &cfg.out,
         "Language model: validation cross-entropy, baseline vs codistillation",
         "validation loss (nats/token)",
         &read_curves(&base.out.join("metrics.jsonl"), "baseline", "loss")?,
-        &read_curves(&co.out.join("metrics.jsonl"), "codistill", "loss")?,
+        &groups,
         refs,
-        c.ensemble_valid,
     )
 }
 

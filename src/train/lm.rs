@@ -122,6 +122,8 @@ crate::config_table! {
         hint_weight: f32 = 0.0,
         /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model; a resume continues on a fresh sample stream (seeded by the step), the weights, optimizer and step restored
         data_free: bool = false,
+        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_weight 0), the control for what the term does, into out/independent, and plot them
+        independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
         /// Codistillation across processes: this process's model index (with world 0, the launcher's rank)
