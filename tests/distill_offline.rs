@@ -212,12 +212,7 @@ fn a_data_free_student_comes_to_its_teacher_without_the_training_text() {
         let at_half = lm::train(&s).unwrap().best_valid.unwrap();
         (s.steps, s.resume, s.out) = (1500, Some(half.join("checkpoint.safetensors")), resumed.clone());
         let end = lm::train(&s).unwrap().best_valid.unwrap();
-        let first_logged = std::fs::read_to_string(resumed.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .find(|l| l.contains(r#""event":"train""#))
-            .map(|l| l.split(r#""step":"#).nth(1).unwrap().split(',').next().unwrap().parse::<u64>().unwrap())
-            .unwrap();
+        let first_logged: u64 = common::train_field(&resumed.join("metrics.jsonl"), "step")[0].parse().unwrap();
         eprintln!("data-free student stopped at 750: {at_half}; resumed to 1500: {end}; first step logged after the resume {first_logged}");
         assert!(first_logged > 750 && first_logged <= 800, "the resumed run did not go on from step 750 (first train log at {first_logged})");
         assert!((end - good).abs() < 0.1, "the resumed data-free student ({end}) did not come to its teacher ({good})");
@@ -313,12 +308,7 @@ fn fixed_teachers_join_codistilling_peers() {
 
 /// The `hint_loss` of each `train` event of a metrics file, in order (None where it is null).
 fn hint_losses(metrics: &Path) -> Vec<Option<f64>> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"event\":\"train\""))
-        .map(|l| l.split("\"hint_loss\":").nth(1).unwrap().split([',', '}']).next().unwrap().parse().ok())
-        .collect()
+    common::train_field(metrics, "hint_loss").iter().map(|v| v.parse().ok()).collect()
 }
 
 #[test]

@@ -66,12 +66,7 @@ fn resumed_run_ends_exactly_where_an_uninterrupted_run_does() {
 
 /// The `lr` of every train event in `metrics.jsonl`.
 fn logged_lrs(metrics: &Path) -> Vec<f64> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"event\":\"train\""))
-        .map(|l| l.split("\"lr\":").nth(1).unwrap().split([',', '}']).next().unwrap().parse().unwrap())
-        .collect()
+    common::train_field(metrics, "lr").iter().map(|v| v.parse().unwrap()).collect()
 }
 
 /// Sum of squares of every dense weight (the LSTM and the output layer) of a checkpoint.

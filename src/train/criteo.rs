@@ -440,27 +440,12 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     if cfg.batch == 0 || cfg.epochs == 0 {
         bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
     }
-    let (world, rank, launcher) = crate::distill::resolve_world(cfg.world, cfg.rank, cfg.exchange_dir.is_some(), |k| std::env::var(k).ok())?;
-    if let Some(line) = launcher {
-        eprintln!("codistillation across processes: {line}");
-    }
+    let (world, rank) = super::process_world(cfg.world, cfg.rank, cfg.exchange_dir.is_some())?;
     // The run goes on, and its checkpoints record, the world and rank it took.
     let cfg = &CriteoConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
-    let (optimizer, mut lr_schedule, clip) = super::optimizer_settings(super::OptimArgs {
-        optimizer: cfg.optimizer,
-        lr: cfg.lr,
-        lr_decay: cfg.lr_decay,
-        lr_decay_every: cfg.lr_decay_every,
-        lr_decay_start: cfg.lr_decay_start,
-        warmup: cfg.warmup,
-        cosine: cfg.cosine,
-        lr_min: cfg.lr_min,
-        weight_decay: cfg.weight_decay,
-        clip: cfg.clip,
-        total: 0,
-    })?;
+    let (optimizer, mut lr_schedule, clip) = super::optimizer_settings(super::optim_args!(cfg, 0))?;
     let total_models = topo.total();
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");

@@ -45,11 +45,12 @@ pub fn read_curves(metrics: &Path, run: &str, loss_key: &str) -> Result<Vec<Curv
 }
 
 /// The runs beside the baseline: a label ("codistilled", "independent"), their validation
-/// curves, and their ensemble's loss at the end.
+/// curves, their ensemble's loss at the end and (click models) the churn between models 0 and 1.
 struct Group<'a> {
     label: &'a str,
     curves: Vec<CurvePoint>,
     ensemble: Option<f64>,
+    churn: Option<f64>,
 }
 
 /// Write curves, plot and report; return the report.
@@ -88,6 +89,11 @@ fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], groups: &
         if let Some(e) = g.ensemble {
             report.push_str(&format!("ensemble of the {} models at the end: {e:.5}\n", g.label));
             refs.push(Reference { name: format!("{} ensemble (end)", g.label), y: e });
+        }
+    }
+    for g in groups {
+        if let Some(ch) = g.churn {
+            report.push_str(&format!("churn between {} models 0 and 1: {ch:.5}\n", g.label));
         }
     }
     plot_curves(&out.join("curves"), title, "steps per model", y_label, &series, &refs)?;
@@ -129,8 +135,8 @@ pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
         label: "codistilled",
         curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "log_loss")?,
         ensemble: c.ensemble.map(|e| e.log_loss),
+        churn: c.churn,
     }];
-    let mut churn = vec![("codistilled", c.churn)];
     if let Some(ind) = &ind {
         eprintln!("experiment: the same {} models without the term (the control)", ind.models);
         let i = criteo::train(ind)?;
@@ -138,25 +144,18 @@ pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
             label: "independent",
             curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "log_loss")?,
             ensemble: i.ensemble.map(|e| e.log_loss),
+            churn: i.churn,
         });
-        churn.push(("independent", i.churn));
     }
     let refs = b.valid_truth.map(|t| vec![Reference { name: "hidden model".into(), y: t.bayes_log_loss }]).unwrap_or_default();
-    let mut report = finish(
+    finish(
         &cfg.out,
         "Criteo: validation log-loss, baseline vs codistillation",
         "validation log-loss",
         &read_curves(&base.out.join("metrics.jsonl"), "baseline", "log_loss")?,
         &groups,
         refs,
-    )?;
-    for (label, ch) in churn {
-        if let Some(ch) = ch {
-            report.push_str(&format!("churn between {label} models 0 and 1: {ch:.5}\n"));
-        }
-    }
-    write_atomic(&cfg.out.join("report.txt"), report.as_bytes())?;
-    Ok(report)
+    )
 }
 
 /// Language model: baseline on the whole stream, codistillation of `max(2, models)` models on
@@ -174,11 +173,17 @@ pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
     let b = lm::train(&base)?;
     eprintln!("experiment: codistillation of {} models", co.models);
     let c = lm::train(&co)?;
-    let mut groups = vec![Group { label: "codistilled", curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "loss")?, ensemble: c.ensemble_valid }];
+    let mut groups =
+        vec![Group { label: "codistilled", curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "loss")?, ensemble: c.ensemble_valid, churn: None }];
     if let Some(ind) = &ind {
         eprintln!("experiment: the same {} models without the term (the control)", ind.models);
         let i = lm::train(ind)?;
-        groups.push(Group { label: "independent", curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "loss")?, ensemble: i.ensemble_valid });
+        groups.push(Group {
+            label: "independent",
+            curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "loss")?,
+            ensemble: i.ensemble_valid,
+            churn: None,
+        });
     }
     let refs = b.floors.map(|f| vec![Reference { name: "source entropy".into(), y: f.valid }]).unwrap_or_default();
     finish(

@@ -522,27 +522,12 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     if !(0.0..1.0).contains(&cfg.dropout) {
         bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
     }
-    let (world, rank, launcher) = crate::distill::resolve_world(cfg.world, cfg.rank, cfg.exchange_dir.is_some(), |k| std::env::var(k).ok())?;
-    if let Some(line) = launcher {
-        eprintln!("codistillation across processes: {line}");
-    }
+    let (world, rank) = super::process_world(cfg.world, cfg.rank, cfg.exchange_dir.is_some())?;
     // The run goes on, and its checkpoints record, the world and rank it took.
     let cfg = &LmConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
     topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
-    let (optimizer, lr_schedule, clip) = super::optimizer_settings(super::OptimArgs {
-        optimizer: cfg.optimizer,
-        lr: cfg.lr,
-        lr_decay: cfg.lr_decay,
-        lr_decay_every: cfg.lr_decay_every,
-        lr_decay_start: cfg.lr_decay_start,
-        warmup: cfg.warmup,
-        cosine: cfg.cosine,
-        lr_min: cfg.lr_min,
-        weight_decay: cfg.weight_decay,
-        clip: cfg.clip,
-        total: cfg.steps,
-    })?;
+    let (optimizer, lr_schedule, clip) = super::optimizer_settings(super::optim_args!(cfg, cfg.steps))?;
     let total_models = topo.total();
     if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1) {
         bail!(Invalid, "data_free distillation needs --teacher and one model (no codistillation)");

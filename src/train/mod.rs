@@ -287,6 +287,37 @@ pub(crate) struct OptimArgs {
     pub total: u64,
 }
 
+/// A trainer config's optimizer options (the same keys in both trainers) as [`OptimArgs`], the run
+/// ending at step `$total`.
+macro_rules! optim_args {
+    ($cfg:expr, $total:expr) => {
+        $crate::train::OptimArgs {
+            optimizer: $cfg.optimizer,
+            lr: $cfg.lr,
+            lr_decay: $cfg.lr_decay,
+            lr_decay_every: $cfg.lr_decay_every,
+            lr_decay_start: $cfg.lr_decay_start,
+            warmup: $cfg.warmup,
+            cosine: $cfg.cosine,
+            lr_min: $cfg.lr_min,
+            weight_decay: $cfg.weight_decay,
+            clip: $cfg.clip,
+            total: $total,
+        }
+    };
+}
+pub(crate) use optim_args;
+
+/// This process's number of processes and rank ([`crate::distill::resolve_world`] over the
+/// environment), said on stderr when a launcher's variables gave them.
+fn process_world(world: usize, rank: usize, exchange_dir: bool) -> Result<(usize, usize)> {
+    let (world, rank, launcher) = crate::distill::resolve_world(world, rank, exchange_dir, |k| std::env::var(k).ok())?;
+    if let Some(line) = launcher {
+        eprintln!("codistillation across processes: {line}");
+    }
+    Ok((world, rank))
+}
+
 /// The optimizer, the learning-rate schedule and the clipping norm, checked before any data is
 /// read: a learning rate, decay factor or weight decay that is not a finite number in its range, a
 /// negative clip, or two decays at once would otherwise train on nonsense without a word.

@@ -24,3 +24,16 @@ pub fn split_lm_config(d: &Scratch, steps: u64) -> LmConfig {
     c.device = codistill::train::DeviceChoice::Cpu;
     c
 }
+
+/// The raw value of `key` in each `train` event of a run's `metrics.jsonl`, in order (`null`
+/// where the run wrote none).
+#[allow(dead_code)] // not every test binary uses it
+pub fn train_field(metrics: &std::path::Path, key: &str) -> Vec<String> {
+    let needle = format!("\"{key}\":");
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"train\""))
+        .map(|l| l.split(needle.as_str()).nth(1).unwrap_or_else(|| panic!("no {key} in {l}")).split([',', '}']).next().unwrap().to_string())
+        .collect()
+}
