@@ -332,6 +332,56 @@ mod tests {
         assert_eq!(b.param("t").unwrap().state, GradState::Zero);
     }
 
+    /// AdamW (decoupled: the decay is no part of the moments) and SGD's L2 decay (part of the
+    /// gradient, so of the momentum) against their exact updates in f64, over three steps of the
+    /// optimizer's own dispatch. An Adam that folded the decay into its moments (L2-Adam), or a
+    /// decay applied before or after the moment update, misses by more than f32 rounding.
+    #[test]
+    fn weight_decay_is_the_exact_decoupled_update() {
+        let w0 = [0.8f64, -1.5, 0.3, 2.0];
+        let grads = [[0.5f64, -0.25, 0.0, 1.0], [-0.3, 0.7, 0.1, 0.0], [0.2, 0.2, -0.4, 0.9]];
+        let (lr, wd) = (0.05f64, 0.3f64);
+        let run = |kind: OptimizerKind| {
+            let mut s = ParamStore::new();
+            s.insert("w", Tensor::from_f32(w0.iter().map(|&x| x as f32).collect(), &[4]).unwrap()).unwrap();
+            let mut opt = Optimizer::new(kind);
+            for g in &grads {
+                s.zero_grads().unwrap();
+                s.accumulate_grad("w", &Tensor::from_f32(g.iter().map(|&x| x as f32).collect(), &[4]).unwrap()).unwrap();
+                opt.step(&mut s, lr as f32, None).unwrap();
+            }
+            s.get("w").unwrap().f32s().unwrap().iter().map(|&x| x as f64).collect::<Vec<_>>()
+        };
+        let close = |got: &[f64], want: &[f64], what: &str| {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 2e-6 * (1.0 + w.abs()), "{what}: {got:?} vs exact {want:?}");
+            }
+        };
+        // AdamW: m, v from the gradient alone; w -= lr (m^ / (sqrt(v^) + eps) + wd w).
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let (mut w, mut m, mut v) = (w0.to_vec(), [0f64; 4], [0f64; 4]);
+        for (t, g) in grads.iter().enumerate() {
+            let t = t as i32 + 1;
+            for i in 0..4 {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                let (mh, vh) = (m[i] / (1.0 - b1.powi(t)), v[i] / (1.0 - b2.powi(t)));
+                w[i] -= lr * (mh / (vh.sqrt() + eps) + wd * w[i]);
+            }
+        }
+        close(&run(OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd as f32 }), &w, "AdamW");
+        // SGD with momentum and L2: g' = g + wd w; v = mu v + g'; w -= lr v.
+        let mu = 0.9f64;
+        let (mut w, mut vel) = (w0.to_vec(), [0f64; 4]);
+        for g in &grads {
+            for i in 0..4 {
+                vel[i] = mu * vel[i] + g[i] + wd * w[i];
+                w[i] -= lr * vel[i];
+            }
+        }
+        close(&run(OptimizerKind::Sgd { momentum: mu as f32, weight_decay: wd as f32 }), &w, "SGD with L2");
+    }
+
     #[test]
     fn step_decay_schedule() {
         let s = LrSchedule { factor: 0.5, every: 10, start: 20, ..LrSchedule::constant(1.0) };

@@ -500,6 +500,28 @@ mod tests {
         }
     }
 
+    /// Conversion to bf16 rounds to nearest, ties to even, as the GPU does: a value halfway between
+    /// two bf16 neighbours goes to the one with an even last bit (truncation, or ties away from
+    /// zero, fail here), and a value just past halfway goes up.
+    #[test]
+    fn bf16_conversion_rounds_to_nearest_even_on_ties() {
+        let cases: [(u32, u16); 7] = [
+            (0x3F80_8000, 0x3F80), // 1 + 2^-8: halfway between 0x3F80 (even) and 0x3F81
+            (0x3F81_8000, 0x3F82), // halfway between 0x3F81 and 0x3F82 (even): up
+            (0xBF81_8000, 0xBF82), // the same below zero
+            (0x3F80_8001, 0x3F81), // just past halfway: up
+            (0x3F80_7FFF, 0x3F80), // just below halfway: down
+            (0x7F7F_FFFF, 0x7F80), // f32::MAX rounds to infinity, as in IEEE
+            (0x0000_8000, 0x0000), // a subnormal tie: to even (zero)
+        ];
+        let a = Tensor::from_f32(cases.iter().map(|&(b, _)| f32::from_bits(b)).collect(), &[cases.len()]).unwrap();
+        let got: Vec<u16> = a.to_bf16().unwrap().bf16s().unwrap().iter().map(|h| h.to_bits()).collect();
+        let want: Vec<u16> = cases.iter().map(|&(_, h)| h).collect();
+        assert_eq!(got, want, "bf16 rounding is not round-to-nearest-even");
+        let nan = Tensor::from_f32(vec![f32::NAN], &[1]).unwrap().to_bf16().unwrap().to_vec_f32().unwrap();
+        assert!(nan[0].is_nan(), "NaN did not stay NaN");
+    }
+
     /// A dropped large tensor's buffer comes back for the next tensor of its length that will be
     /// overwritten, and what it held (NaNs here) never shows in a product or a loss gradient.
     /// The lengths are this test's own, so tests running beside it cannot take the buffers.

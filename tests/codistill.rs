@@ -219,12 +219,16 @@ fn click_model_resume_matches_an_uninterrupted_run() {
     for (name, t) in &a.tensors {
         assert_eq!(t, &b.tensors[name], "{name} differs after resume");
     }
-    // The second run continued (an ignored resume would retrain from step 0 and match too).
-    let metrics = std::fs::read_to_string(d.join("part/metrics.jsonl")).unwrap();
-    let steps: Vec<&str> = metrics.lines().filter(|l| l.contains("\"event\":\"train\"")).map(|l| l.split(',').nth(1).unwrap()).collect();
-    let mut unique = steps.clone();
-    unique.dedup();
-    assert_eq!(steps, unique, "steps were trained twice: {steps:?}");
+    // The second run continued (an ignored resume would retrain from step 0 and match too): the
+    // metrics file's train steps rise strictly, and those after the first run's last step start
+    // past the checkpoint's step and end at the full run's.
+    let steps: Vec<u64> = common::train_field(&d.join("part/metrics.jsonl"), "step").iter().map(|v| v.parse().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "steps were trained twice: {steps:?}");
+    let first_run: Vec<u64> = common::train_field(&d.join("full/metrics.jsonl"), "step").iter().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(steps.last(), first_run.last(), "the resumed run did not end where the uninterrupted one did");
+    let ckpt_step = full.steps / 2;
+    assert!(steps.iter().any(|&s| s == ckpt_step) && steps.iter().filter(|&&s| s > ckpt_step).count() >= 1, "{steps:?}");
+    assert_eq!(steps.len(), first_run.len(), "the two halves logged {steps:?}, the full run {first_run:?}");
 }
 
 #[test]

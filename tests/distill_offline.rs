@@ -275,8 +275,33 @@ fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
     let ((la, n), (lb, _)) = (eval(&[&ca]), eval(&[&cb]));
     let (laa, naa) = eval(&[&ca, &ca]);
     assert!((laa - la).abs() < 1e-5 && naa == n, "two copies of a model: {laa} vs {la}");
-    let (lab, _) = eval(&[&ca, &cb]);
+    let (lab, nab) = eval(&[&ca, &cb]);
     assert!(lab <= (la + lb) / 2.0 + 1e-6, "ensemble {lab} above the mean of {la} and {lb}");
+    // Against an independent f64 reference: -ln of the mean of the two models' probabilities of
+    // each token (the mean of their log-probabilities would be the bound above, not the ensemble).
+    let loaded = lm::load_checkpoints(&paths(&[&ca, &cb]).0, codistill::tensor::Device::Cpu).unwrap();
+    let tokens = loaded[0].vocab.encode_file(&valid).unwrap();
+    let pair: Vec<_> = loaded.iter().map(|l| (&l.model, &l.store)).collect();
+    let lp = lm::token_log_probs(&pair, &tokens, a.batch, a.bptt, 0).unwrap();
+    assert_eq!((lp[0].len(), lp[1].len()), (nab, nab));
+    let want = lp[0].iter().zip(&lp[1]).map(|(x, y)| -((x.exp() + y.exp()) / 2.0).ln()).sum::<f64>() / nab as f64;
+    let mean_of_logs = lp[0].iter().zip(&lp[1]).map(|(x, y)| -(x + y) / 2.0).sum::<f64>() / nab as f64;
+    assert!((lab - want).abs() < 1e-9 && want < mean_of_logs - 1e-3, "ensemble {lab}, f64 log-mean-p {want}, mean of logs {mean_of_logs}");
+    // A known answer: model a with a uniform model (its output layer zeroed: every logit 0) scores
+    // exactly -ln((p_a + 1/V) / 2) per token.
+    let mut uniform = codistill::checkpoint::Checkpoint::load(&ca).unwrap();
+    for (name, t) in uniform.tensors.iter_mut().filter(|(k, _)| k.starts_with("lm.out")) {
+        *t = codistill::Tensor::zeros(t.shape());
+        assert!(name.ends_with("weight") || name.ends_with("bias"), "{name}");
+    }
+    let cu = d.join("uniform.safetensors");
+    uniform.save(&cu).unwrap();
+    let (lu, _) = eval(&[&cu]);
+    let v = loaded[0].vocab.len() as f64;
+    assert!((lu - v.ln()).abs() < 1e-6, "the zeroed model scores {lu}, not ln V = {}", v.ln());
+    let (lau, nau) = eval(&[&ca, &cu]);
+    let want = lp[0].iter().map(|x| -((x.exp() + 1.0 / v) / 2.0).ln()).sum::<f64>() / nau as f64;
+    assert!((lau - want).abs() < 1e-9, "model with uniform: {lau}, exact {want} (mean of logs {})", (la + v.ln()) / 2.0);
     let mut other = small_lm(&d.join("o"), 25);
     (other.steps, other.out) = (2, d.join("o/run"));
     lm::train(&other).unwrap();

@@ -560,6 +560,25 @@ mod tests {
         assert_eq!(c, [3.0, -6.0]);
     }
 
+    /// The products round their operands as the conversion does (ties to even), on the native
+    /// kernel where the CPU has one and on the f32 fallback: `A [m, 1] @ [1]` is A rounded.
+    #[test]
+    fn products_round_operands_to_nearest_even() {
+        let bits = [0x3F80_8000u32, 0x3F81_8000, 0xBF81_8000, 0x3F80_8001, 0x3F80_7FFF, 0x4049_0FDB];
+        let a: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let want: Vec<f32> = a.iter().map(|&x| bf16::from_f32(x).to_f32()).collect();
+        assert_eq!(want[..3], [1.0, f32::from_bits(0x3F82_0000), f32::from_bits(0xBF82_0000)], "half's ties are not to even");
+        let mut c = vec![f32::NAN; a.len()];
+        gemm_bf16_cpu(a.len(), 1, 1, 1.0, &a, false, &[1.0], false, 0.0, &mut c);
+        assert_eq!(c, want, "A rounded on the way into the product");
+        let mut c = vec![f32::NAN; a.len()];
+        gemm_bf16_cpu(1, a.len(), 1, 1.0, &[1.0], false, &a, false, 0.0, &mut c);
+        assert_eq!(c, want, "B rounded on the way into the product");
+        let mut c = vec![f32::NAN; a.len()];
+        Bf16B::packed_for(&a, 1, a.len(), false, false).gemm(1, 1.0, &[1.0], false, 0.0, &mut c);
+        assert_eq!(c, want, "the f32 fallback's rounding of B");
+    }
+
     #[test]
     fn rounding_is_to_nearest_even() {
         // 1 + 2^-8 is halfway between bf16 neighbours 1 and 1 + 2^-7: ties go to the even one, 1.

@@ -20,6 +20,13 @@ const SERIAL_MAX: usize = 1 << 24;
 /// threads (the work is split over output blocks, never over k).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
+    let threads = if m * n * k <= SERIAL_MAX { 1 } else { crate::cpu_threads() };
+    gemm_cpu_on(threads, m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+}
+
+/// [`gemm_cpu`] split over `threads` tasks (one: on the calling thread).
+#[allow(clippy::too_many_arguments)]
+fn gemm_cpu_on(threads: usize, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm_cpu buffers too small");
     if m == 0 || n == 0 {
         return;
@@ -33,7 +40,6 @@ pub fn gemm_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bo
     }
     let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
     let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-    let threads = if m * n * k <= SERIAL_MAX { 1 } else { crate::cpu_threads() };
     let par = if threads == 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(threads) };
     // The crate's convention: dst = alpha' * dst + beta' * lhs @ rhs, dst read only when asked;
     // strides are given column stride first.
@@ -180,9 +186,16 @@ mod tests {
                     let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
                     assert!((*x as f64 - want).abs() <= tol, "m{m} n{n} k{k} ta{ta} tb{tb}: {x} vs {want}");
                 }
+                // Split over 1, 2, 3 and 4 tasks (other block boundaries each), and the same split
+                // run by a one-thread pool: not a bit may change.
+                for threads in 1..=4 {
+                    let mut other = c0.clone();
+                    gemm_cpu_on(threads, m, n, k, 0.5, &a, ta, &b, tb, -2.0, &mut other);
+                    assert!(c.iter().zip(&other).all(|(x, y)| x.to_bits() == y.to_bits()), "m{m} n{n} k{k} ta{ta} tb{tb}: {threads} task(s) changed bits");
+                }
                 let mut serial = c0.clone();
-                one_thread.install(|| gemm_cpu(m, n, k, 0.5, &a, ta, &b, tb, -2.0, &mut serial));
-                assert!(c.iter().zip(&serial).all(|(x, y)| x.to_bits() == y.to_bits()), "m{m} n{n} k{k} ta{ta} tb{tb}: threads changed bits");
+                one_thread.install(|| gemm_cpu_on(2, m, n, k, 0.5, &a, ta, &b, tb, -2.0, &mut serial));
+                assert!(c.iter().zip(&serial).all(|(x, y)| x.to_bits() == y.to_bits()), "m{m} n{n} k{k} ta{ta} tb{tb}: the pool changed bits");
                 // beta 0 on a poisoned output: every element written, none read
                 let mut p = vec![f32::NAN; m * n];
                 gemm_cpu(m, n, k, 1.0, &a, ta, &b, tb, 0.0, &mut p);

@@ -387,45 +387,51 @@ pub fn load_checkpoint(path: &Path) -> Result<LoadedLm> {
     Ok(LoadedLm { cfg, vocab, model, store, ckpt })
 }
 
-/// Mean cross-entropy of the models' averaged next-token distributions (an ensemble), over the
-/// same lanes and windows as `evaluate`. Each model may have its own width and depth; all share
-/// one vocabulary. Returns the loss and the number of tokens scored.
+/// Mean cross-entropy of the models' averaged next-token distributions (an ensemble): the mean
+/// over tokens of `-ln((1/n) sum_i p_i)`, over the same lanes and windows as `evaluate`. Each
+/// model may have its own width and depth; all share one vocabulary. Returns the loss and the
+/// number of tokens scored.
 pub fn evaluate_ensemble(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
+    let logps = token_log_probs(models, tokens, batch, bptt, max_tokens)?;
+    let count = logps.first().map_or(0, Vec::len);
+    let mut total = 0.0;
+    for r in 0..count {
+        // log of the mean probability, shifted by the largest log-probability for range.
+        let m = logps.iter().map(|lp| lp[r]).fold(f64::NEG_INFINITY, f64::max);
+        let mean = logps.iter().map(|lp| (lp[r] - m).exp()).sum::<f64>() / logps.len() as f64;
+        total -= m + mean.ln();
+    }
+    Ok((total / count.max(1) as f64, count))
+}
+
+/// Each model's natural-log probability (in f64) of every token that `evaluate_ensemble` scores,
+/// in the order it scores them (window by window, lane by lane within a time step); one vector per
+/// model, all of one length.
+pub fn token_log_probs(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<Vec<Vec<f64>>> {
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
     let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
     let mut states: Vec<LstmState> = models.iter().map(|(m, _)| LstmState::zeros_on(m.lstm.num_layers(), lanes, m.lstm.hidden, dev)).collect::<Result<_>>()?;
-    let (mut total, mut count) = (0.0, 0usize);
+    let mut logps: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
     for w in 0..windows {
         let (x, y) = data.window(w)?;
         let x = x.to_device(dev)?;
-        let mut logps: Vec<Vec<f64>> = Vec::new();
-        for ((model, s), st) in models.iter().zip(states.iter_mut()) {
+        for (((model, s), st), out) in models.iter().zip(states.iter_mut()).zip(logps.iter_mut()) {
             let mut g = Graph::no_grad();
             let (logits, next) = model.forward(&mut g, s, &x, st, steps, None)?;
             *st = next;
             let lv = g.value(logits);
             let v = lv.dim(1);
             let (l, yv) = (lv.to_vec_f32()?, y.i32s()?);
-            logps.push(
-                (0..yv.len())
-                    .map(|r| {
-                        let row = &l[r * v..(r + 1) * v];
-                        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                        let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
-                        row[yv[r] as usize] as f64 - lse
-                    })
-                    .collect(),
-            );
-        }
-        for r in 0..logps[0].len() {
-            let m = logps.iter().map(|lp| lp[r]).fold(f64::NEG_INFINITY, f64::max);
-            let mean = logps.iter().map(|lp| (lp[r] - m).exp()).sum::<f64>() / logps.len() as f64;
-            total -= m + mean.ln();
-            count += 1;
+            out.extend((0..yv.len()).map(|r| {
+                let row = &l[r * v..(r + 1) * v];
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                let lse = m + row.iter().map(|&z| (z as f64 - m).exp()).sum::<f64>().ln();
+                row[yv[r] as usize] as f64 - lse
+            }));
         }
     }
-    Ok((total / count.max(1) as f64, count))
+    Ok(logps)
 }
 
 /// Checkpoints, each with its own architecture, loaded onto `dev`; they must share one vocabulary
