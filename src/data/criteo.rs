@@ -406,6 +406,29 @@ mod tests {
         assert!(Row::parse(short.as_bytes()).unwrap_err().message.contains("found 39"));
     }
 
+    /// The record cache is built once and then read, not rebuilt: the second call says it built
+    /// nothing and returns what the cache file holds (a label flipped in it here shows), and
+    /// another bucket count is a cache of its own.
+    #[test]
+    fn record_cache_is_built_once_and_then_read() {
+        let d = crate::testdir::Scratch::new("criteo", "reuse");
+        let f = d.join("log.tsv");
+        std::fs::write(&f, format!("{}\n{}\n", line("1"), line("0"))).unwrap();
+        let (c, built) = cached(&f, 64, OnBadLine::Stop, &d.join("c")).unwrap();
+        assert!(built && c.rows() == 2 && c.label(0) == 1.0);
+        drop(c);
+        let bins: Vec<_> = std::fs::read_dir(d.join("c")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "bin")).collect();
+        assert_eq!(bins.len(), 1);
+        let mut bytes = std::fs::read(&bins[0]).unwrap();
+        bytes[..4].copy_from_slice(&0u32.to_le_bytes()); // row 0's label
+        std::fs::write(&bins[0], bytes).unwrap();
+        let (c, built) = cached(&f, 64, OnBadLine::Stop, &d.join("c")).unwrap();
+        assert!(!built, "the cache was rebuilt");
+        assert_eq!(c.label(0), 0.0, "the records were not read from the cache");
+        let (_, built) = cached(&f, 128, OnBadLine::Stop, &d.join("c")).unwrap();
+        assert!(built, "another bucket count reused the 64-bucket cache");
+    }
+
     #[test]
     fn transform_and_buckets() {
         assert_eq!(transform_int(0), 0.0);

@@ -331,6 +331,21 @@ mod tests {
         fs::write(&f, "x y\n").unwrap();
         let v = cached_vocab(&f, Tokenizer::Word, 1, &d.join("c")).unwrap();
         assert_eq!(cached_tokens(&f, &v, &d.join("c")).unwrap().as_slice(), &[2, 3, 1]);
+        // Reused, not rebuilt: a second call reads the cache files (marked here: the token cache
+        // holds other ids, the vocabulary cache another word), and writes no new ones.
+        let files = |ext: &str| -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = fs::read_dir(d.join("c")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == ext)).collect();
+            v.sort();
+            v
+        };
+        let (toks, vocabs) = (files("u32"), files("txt"));
+        assert_eq!((toks.len(), vocabs.len()), (1, 1));
+        fs::write(&toks[0], bytemuck::cast_slice(&[3u32, 3, 2])).unwrap();
+        fs::write(&vocabs[0], fs::read_to_string(&vocabs[0]).unwrap().replace('y', "marked")).unwrap();
+        let again = cached_vocab(&f, Tokenizer::Word, 1, &d.join("c")).unwrap();
+        assert!(again.to_text().contains("marked"), "the vocabulary was rebuilt, not read from its cache");
+        assert_eq!(cached_tokens(&f, &v, &d.join("c")).unwrap().as_slice(), &[3, 3, 2], "the tokens were encoded again, not read from their cache");
+        assert_eq!((files("u32"), files("txt")), (toks, vocabs));
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs::write(&f, "x y y\n").unwrap();
         let v2 = cached_vocab(&f, Tokenizer::Word, 1, &d.join("c")).unwrap();
