@@ -1,6 +1,7 @@
-//! Every CUDA kernel against its CPU twin, on fresh random inputs (the seed is printed), odd sizes
-//! included, with device outputs poisoned (NaN) before each run. Without a GPU each test says why
-//! and returns; with `REQUIRE_GPU=1` a missing GPU fails the whole suite instead.
+//! Every CUDA kernel against its CPU twin, on random inputs (a fixed seed by default, printed;
+//! `CODISTILL_TEST_SEED=random` for a fresh one), odd sizes included, with device outputs poisoned
+//! (NaN) before each run. Without a GPU every test is reported as ignored (tests/common/harness.rs);
+//! with `REQUIRE_GPU=1` a missing GPU fails the binary instead.
 //!
 //! Bounds against a float64 reference: fp32 kernels 1e-5 relative (norm), bf16 operands 1e-3 on
 //! operands already rounded to bf16 (so the bound measures the kernel, not the rounding).
@@ -12,27 +13,18 @@ use codistill::{DistillParams, Rng};
 use half::bf16;
 use std::sync::Arc;
 
+#[allow(dead_code)] // this binary uses only the harness
+mod common;
+
+/// The GPU. The harness runs these tests only where one is found, so a test that gets here
+/// without one was asked for by hand (`--ignored`) and fails rather than passing unrun.
 fn gpu() -> Option<Arc<Gpu>> {
-    match cuda::gpu(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("REQUIRE_GPU=1 but no usable GPU: {e}");
-            }
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
+    Some(cuda::gpu(0).unwrap_or_else(|e| panic!("no usable GPU: {e}")))
 }
 
-/// A fresh seed per run (printed, so a failure can be replayed with CODISTILL_TEST_SEED).
+/// The test's random inputs (its seed printed by the harness's `seed`).
 fn rng(test: &str) -> Rng {
-    let seed = std::env::var("CODISTILL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    eprintln!("{test}: seed {seed}");
-    Rng::new(seed)
+    Rng::new(common::harness::seed(test))
 }
 
 fn poisoned(g: &Arc<Gpu>, n: usize) -> GpuBuf<f32> {
@@ -82,7 +74,6 @@ fn within_cap(m: usize, n: usize, k: usize) -> bool {
 
 const SHAPES: &[(usize, usize, usize)] = &[(1, 1, 1), (7, 13, 5), (64, 64, 64), (127, 129, 65), (130, 260, 96), (20, 2600, 650), (256, 200, 328)];
 
-#[test]
 fn gemm_f32_matches_f64_reference() {
     let Some(g) = gpu() else { return };
     let mut r = rng("gemm_f32");
@@ -198,17 +189,14 @@ fn check_gemm_bf16(kernel: MatmulKernel) {
     }
 }
 
-#[test]
 fn gemm_bf16_mma_sync_matches_f64_reference() {
     check_gemm_bf16(MatmulKernel::MmaSync);
 }
 
-#[test]
 fn gemm_bf16_wgmma_matches_f64_reference() {
     check_gemm_bf16(MatmulKernel::Wgmma);
 }
 
-#[test]
 fn gemm_bf16_wgmma_tma_matches_f64_reference() {
     check_gemm_bf16(MatmulKernel::WgmmaTma);
 }
@@ -297,22 +285,18 @@ fn layout_probe(kernel: MatmulKernel, orientations: &[(bool, bool)]) {
 /// The K-major layout: A [m, k], B as [n, k].
 const K_MAJOR: &[(bool, bool)] = &[(false, true)];
 
-#[test]
 fn gemm_bf16_mma_sync_layout_probe() {
     layout_probe(MatmulKernel::MmaSync, K_MAJOR);
 }
 
-#[test]
 fn gemm_bf16_wgmma_layout_probe() {
     layout_probe(MatmulKernel::Wgmma, K_MAJOR);
 }
 
-#[test]
 fn gemm_bf16_wgmma_tma_layout_probe() {
     layout_probe(MatmulKernel::WgmmaTma, K_MAJOR);
 }
 
-#[test]
 fn gemm_bf16_wgmma_tma_mn_major_layout_probe() {
     // The orientations whose operands the TMA kernel reads MN-major: B stored [k, n] (NN), both
     // (TN), A stored [k, m] (TT).
@@ -323,7 +307,6 @@ fn gemm_bf16_wgmma_tma_mn_major_layout_probe() {
     layout_probe(MatmulKernel::WgmmaTma, &[(false, false), (true, false), (true, true)]);
 }
 
-#[test]
 fn gemm_on_unaligned_subranges_matches_f64_reference() {
     // Operands that start 1 element (2 bytes) into a buffer: no 16-byte copies straight from them.
     let Some(g) = gpu() else { return };
@@ -344,7 +327,6 @@ fn gemm_on_unaligned_subranges_matches_f64_reference() {
     }
 }
 
-#[test]
 fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
     // The trainers' default path: f32 operands rounded on the device (straight into the wgmma
     // layout on Hopper), against the f64 product of the rounded operands.
@@ -368,7 +350,6 @@ fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
     }
 }
 
-#[test]
 fn transposes_match_cpu() {
     let Some(g) = gpu() else { return };
     if !g.has_wgmma() {
@@ -391,7 +372,6 @@ fn transposes_match_cpu() {
     }
 }
 
-#[test]
 fn bf16_conversion_rounds_like_half() {
     let Some(g) = gpu() else { return };
     let mut r = rng("bf16 conversion");
@@ -411,7 +391,6 @@ fn bf16_conversion_rounds_like_half() {
     assert_eq!(back.download().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
 }
 
-#[test]
 fn embedding_gather_and_both_scatter_modes_match_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = rng("embedding");
@@ -447,7 +426,6 @@ fn embedding_gather_and_both_scatter_modes_match_cpu() {
     }
 }
 
-#[test]
 fn lstm_cell_forward_and_backward_match_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = rng("lstm cell");
@@ -497,7 +475,6 @@ fn lstm_cell_forward_and_backward_match_cpu() {
     }
 }
 
-#[test]
 fn softmax_kl_matches_cpu_twin() {
     let Some(g) = gpu() else { return };
     let mut r = rng("softmax-KL");
@@ -583,7 +560,6 @@ fn softmax_kl_grad64(s: &[f32], teachers: &[&[f32]], y: &[i32], rows: usize, col
     g
 }
 
-#[test]
 fn elementwise_kernels_match_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = rng("elementwise");
@@ -649,7 +625,6 @@ fn elementwise_kernels_match_cpu() {
     }
 }
 
-#[test]
 fn dropout_mask_is_bitwise_the_cpu_mask() {
     let Some(g) = gpu() else { return };
     let mut r = rng("dropout");
@@ -664,7 +639,6 @@ fn dropout_mask_is_bitwise_the_cpu_mask() {
     }
 }
 
-#[test]
 fn reductions_match_f64() {
     let Some(g) = gpu() else { return };
     let mut r = rng("reductions");
@@ -701,7 +675,6 @@ fn reductions_match_f64() {
     }
 }
 
-#[test]
 fn optimizer_updates_match_cpu_dense_and_row_sparse() {
     let Some(g) = gpu() else { return };
     let mut r = rng("optimizers");
@@ -752,7 +725,6 @@ fn optimizer_updates_match_cpu_dense_and_row_sparse() {
     }
 }
 
-#[test]
 fn repeated_steps_reuse_cached_device_memory() {
     let Some(g) = gpu() else { return };
     let step = |g: &Arc<Gpu>| {
@@ -773,7 +745,6 @@ fn repeated_steps_reuse_cached_device_memory() {
     assert!(after.cache_hits >= before.cache_hits + 30);
 }
 
-#[test]
 fn wrong_sizes_are_errors_not_faults() {
     let Some(g) = gpu() else { return };
     let a = g.full(10, 1.0).unwrap();
@@ -782,4 +753,35 @@ fn wrong_sizes_are_errors_not_faults() {
     assert!(e.contains("holds 3 elements"), "{e}");
     let e = k::softmax_kl(&a, &[], None, 2, 5, DistillParams { temperature: 0.0, alpha: 0.0 }, &mut c).unwrap_err().to_string();
     assert!(e.contains("T > 0"), "{e}");
+}
+
+/// Every test of this binary, run by the GPU harness (tests/common/harness.rs).
+fn main() {
+    common::harness::run(
+        "gpu",
+        &[
+            ("gemm_f32_matches_f64_reference", gemm_f32_matches_f64_reference),
+            ("gemm_bf16_mma_sync_matches_f64_reference", gemm_bf16_mma_sync_matches_f64_reference),
+            ("gemm_bf16_wgmma_matches_f64_reference", gemm_bf16_wgmma_matches_f64_reference),
+            ("gemm_bf16_wgmma_tma_matches_f64_reference", gemm_bf16_wgmma_tma_matches_f64_reference),
+            ("gemm_bf16_mma_sync_layout_probe", gemm_bf16_mma_sync_layout_probe),
+            ("gemm_bf16_wgmma_layout_probe", gemm_bf16_wgmma_layout_probe),
+            ("gemm_bf16_wgmma_tma_layout_probe", gemm_bf16_wgmma_tma_layout_probe),
+            ("gemm_bf16_wgmma_tma_mn_major_layout_probe", gemm_bf16_wgmma_tma_mn_major_layout_probe),
+            ("gemm_on_unaligned_subranges_matches_f64_reference", gemm_on_unaligned_subranges_matches_f64_reference),
+            ("gemm_f32_rounded_to_bf16_matches_f64_reference", gemm_f32_rounded_to_bf16_matches_f64_reference),
+            ("transposes_match_cpu", transposes_match_cpu),
+            ("bf16_conversion_rounds_like_half", bf16_conversion_rounds_like_half),
+            ("embedding_gather_and_both_scatter_modes_match_cpu", embedding_gather_and_both_scatter_modes_match_cpu),
+            ("lstm_cell_forward_and_backward_match_cpu", lstm_cell_forward_and_backward_match_cpu),
+            ("softmax_kl_matches_cpu_twin", softmax_kl_matches_cpu_twin),
+            ("elementwise_kernels_match_cpu", elementwise_kernels_match_cpu),
+            ("dropout_mask_is_bitwise_the_cpu_mask", dropout_mask_is_bitwise_the_cpu_mask),
+            ("reductions_match_f64", reductions_match_f64),
+            ("optimizer_updates_match_cpu_dense_and_row_sparse", optimizer_updates_match_cpu_dense_and_row_sparse),
+            ("repeated_steps_reuse_cached_device_memory", repeated_steps_reuse_cached_device_memory),
+            ("wrong_sizes_are_errors_not_faults", wrong_sizes_are_errors_not_faults),
+        ],
+        false,
+    )
 }

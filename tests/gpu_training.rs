@@ -1,12 +1,14 @@
 //! Training on the GPU against training on the CPU: every tensor-level op (the dispatch in `ops/`
 //! that the tape and the trainers call), the LSTM layer forward and backward, a whole training step
 //! of the language model and of the click model (gradients and updated weights), and both trainers
-//! end to end. Fresh random inputs each run (the seed is printed), odd sizes, and the allocator's
-//! cache filled with NaN before each op so that an output element an op fails to write shows.
+//! end to end. Random inputs from a fixed seed by default (printed; `CODISTILL_TEST_SEED=random`
+//! for a fresh one), odd sizes, and the allocator's cache filled with NaN before each op so that an
+//! output element an op fails to write shows.
 //!
-//! Without a GPU each test says why and returns; with `REQUIRE_GPU=1` a missing GPU fails instead.
-//! `CODISTILL_GPU_TESTS_ON_CPU=1` runs them with the CPU standing in for the GPU (a check of the
-//! tests themselves on a machine without one: every comparison is then trivially equal).
+//! Without a GPU every test is reported as ignored (tests/common/harness.rs); with `REQUIRE_GPU=1`
+//! a missing GPU fails instead. `CODISTILL_GPU_TESTS_ON_CPU=1` runs them with the CPU standing in
+//! for the GPU: a smoke run of the tests' own code, whose comparisons are then of the CPU with
+//! itself and prove nothing about a GPU.
 //! The matmul precision is process-wide, so the tests here take one lock and run one at a time.
 
 #![allow(clippy::field_reassign_with_default)]
@@ -25,32 +27,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The GPU (None when the CPU stands in for it), the lock and a freshly seeded generator, or None
-/// (after saying why) when there is no GPU.
+/// The GPU (None when the CPU stands in for it), the lock and a seeded generator. The harness runs
+/// these tests only where a GPU is found or the CPU is asked to stand in, so a test that gets here
+/// otherwise was asked for by hand (`--ignored`) and fails rather than passing unrun.
 fn setup(test: &str) -> Option<(Option<Arc<Gpu>>, MutexGuard<'static, ()>, Rng)> {
     let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = match cuda::gpu(0) {
         Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("REQUIRE_GPU=1 but no usable GPU: {e}");
-            }
-            if std::env::var("CODISTILL_GPU_TESTS_ON_CPU").as_deref() != Ok("1") {
-                eprintln!("skipping GPU test: {e}");
-                return None;
-            }
+        Err(e) if std::env::var("CODISTILL_GPU_TESTS_ON_CPU").as_deref() == Ok("1") => {
             eprintln!("{test}: no GPU ({e}); the CPU stands in (CODISTILL_GPU_TESTS_ON_CPU=1)");
             None
         }
+        Err(e) => panic!("no usable GPU: {e}"),
     };
     cuda::set_matmul_precision(MatmulPrecision::F32);
     cuda::set_deterministic(false);
-    let seed = std::env::var("CODISTILL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
-    eprintln!("{test}: seed {seed}");
-    Some((gpu, guard, Rng::new(seed)))
+    Some((gpu, guard, Rng::new(common::harness::seed(test))))
 }
 
 /// The device under test: the GPU, or the CPU standing in for it.
@@ -111,7 +103,6 @@ fn check(what: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
-#[test]
 fn every_tensor_op_on_the_gpu_matches_the_cpu() {
     let Some((g, _l, mut r)) = setup("tensor ops") else { return };
     for &(n, d) in &[(1, 1), (7, 13), (129, 65), (300, 1001)] {
@@ -230,7 +221,6 @@ fn every_tensor_op_on_the_gpu_matches_the_cpu() {
     }
 }
 
-#[test]
 fn lstm_layer_on_the_gpu_matches_the_cpu_forward_and_backward() {
     let Some((g, _l, mut r)) = setup("lstm layer") else { return };
     for &(t, b, input, h) in &[(1, 1, 1, 1), (5, 3, 7, 13), (35, 20, 64, 96), (9, 64, 200, 256)] {
@@ -288,7 +278,6 @@ fn compare_stores(what: &str, gpu: &ParamStore, cpu: &ParamStore, start: &ParamS
     }
 }
 
-#[test]
 fn a_language_model_training_step_on_the_gpu_matches_the_cpu() {
     let Some((_g, _l, mut r)) = setup("lm step") else { return };
     let mut cfg = lm::LmConfig::default();
@@ -330,7 +319,6 @@ fn a_language_model_training_step_on_the_gpu_matches_the_cpu() {
     }
 }
 
-#[test]
 fn a_click_model_training_step_on_the_gpu_matches_the_cpu() {
     let Some((_g, _l, mut r)) = setup("ctr step") else { return };
     let mut cfg = criteo::CriteoConfig::default();
@@ -373,7 +361,6 @@ fn a_click_model_training_step_on_the_gpu_matches_the_cpu() {
     }
 }
 
-#[test]
 fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     let Some((_g, _l, _r)) = setup("trainers") else { return };
     let d = common::Scratch::new("gput", "trainers");
@@ -451,7 +438,6 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
 /// the snapshot on the copy stream, so the teacher it serves is already on the GPU. The file
 /// holds the weights as of the publish even though the publisher updates them right after
 /// (`settle` orders that update after the copy), and the served teacher equals them exactly.
-#[test]
 fn directory_exchange_moves_gpu_weights_through_the_copy_stream() {
     use codistill::distill::exchange::{DirExchange, Exchange};
     let Some((_g, _guard, mut r)) = setup("directory_exchange_moves_gpu_weights_through_the_copy_stream") else { return };
@@ -490,4 +476,20 @@ fn directory_exchange_moves_gpu_weights_through_the_copy_stream() {
     }
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every test of this binary, run by the GPU harness (tests/common/harness.rs).
+fn main() {
+    common::harness::run(
+        "gpu_training",
+        &[
+            ("every_tensor_op_on_the_gpu_matches_the_cpu", every_tensor_op_on_the_gpu_matches_the_cpu),
+            ("lstm_layer_on_the_gpu_matches_the_cpu_forward_and_backward", lstm_layer_on_the_gpu_matches_the_cpu_forward_and_backward),
+            ("a_language_model_training_step_on_the_gpu_matches_the_cpu", a_language_model_training_step_on_the_gpu_matches_the_cpu),
+            ("a_click_model_training_step_on_the_gpu_matches_the_cpu", a_click_model_training_step_on_the_gpu_matches_the_cpu),
+            ("both_trainers_run_on_the_gpu_and_agree_with_the_cpu", both_trainers_run_on_the_gpu_and_agree_with_the_cpu),
+            ("directory_exchange_moves_gpu_weights_through_the_copy_stream", directory_exchange_moves_gpu_weights_through_the_copy_stream),
+        ],
+        true,
+    )
 }

@@ -37,3 +37,7 @@ pub fn train_field(metrics: &std::path::Path, key: &str) -> Vec<String> {
         .map(|l| l.split(needle.as_str()).nth(1).unwrap_or_else(|| panic!("no {key} in {l}")).split([',', '}']).next().unwrap().to_string())
         .collect()
 }
+
+/// The GPU test binaries' harness.
+#[allow(dead_code)] // only the GPU test binaries use it
+pub mod harness;
