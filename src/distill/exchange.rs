@@ -17,7 +17,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::params::{ParamStore, WriteMark};
 use crate::tensor::Device;
-use crate::{Error, Result};
+use crate::{bail, Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,12 @@ pub trait Exchange {
     /// Before training: allocate what publishing `params` as `rank` will need, so that the first
     /// publishes do not allocate (optional; nothing is published).
     fn prepare(&mut self, _rank: usize, _params: &ParamStore) -> Result<()> {
+        Ok(())
+    }
+    /// Wait until every one of `peers` has a snapshot that `latest` can serve, for at most
+    /// `timeout`; an error names the peers still missing and what the exchange saw of them. In one
+    /// process every model publishes on the same steps, so there is nothing to wait for.
+    fn wait_for_peers(&mut self, _peers: &[usize], _timeout: Duration) -> Result<()> {
         Ok(())
     }
 }
@@ -295,6 +301,8 @@ pub struct DirExchange {
     /// Where the trainer's weights live: peers' snapshots are read on the host and moved here when
     /// they are swapped in.
     device: Device,
+    dir: PathBuf,
+    rank: usize,
 }
 
 impl DirExchange {
@@ -366,6 +374,8 @@ impl DirExchange {
             stop,
             notes,
             device,
+            dir: dir.to_path_buf(),
+            rank,
         })
     }
 
@@ -417,6 +427,37 @@ impl Exchange for DirExchange {
             gpu.compute_waits_for(&done)?;
         }
         Ok(())
+    }
+
+    fn wait_for_peers(&mut self, peers: &[usize], timeout: Duration) -> Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let missing: Vec<usize> = {
+                let slots = self.standby.lock().unwrap();
+                peers.iter().copied().filter(|&p| self.active[p].is_none() && slots[p].is_none()).collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            // A peer's file is written whole (through a rename), so one that was refused is a peer
+            // of another model or another kind of file: no wait makes it fit.
+            let refused = {
+                let notes = self.notes.lock().unwrap();
+                missing.iter().any(|&p| notes.iter().any(|n| n.contains(&*snapshot_path(&self.dir, p).to_string_lossy())))
+            };
+            if refused || t0.elapsed() >= timeout {
+                let seen = self.notes.lock().unwrap().clone();
+                bail!(
+                    Invalid,
+                    "model {}: no usable checkpoint from peer model(s) {missing:?} arrived in {} {}; start every rank with the same model options, --exchange-dir and --world, or set --peer-timeout 0 to train on without missing peers{}",
+                    self.rank,
+                    self.dir.display(),
+                    if refused { "(it was refused)".to_string() } else { format!("within {} s (peer_timeout)", timeout.as_secs()) },
+                    if seen.is_empty() { String::new() } else { format!(". The exchange reported: {}", seen.join("; ")) }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn latest(&mut self, peer: usize) -> Option<Arc<Snapshot>> {

@@ -113,6 +113,8 @@ crate::config_table! {
         independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
+        /// Codistillation across processes: at its first step that distills from peers (from burn_in, once peers have had exchange_every steps to publish), a model waits up to this many seconds for every peer's first checkpoint and stops with an error naming the missing ones (0: no wait; train on without them)
+        peer_timeout: u64 = 600,
         /// Codistillation across processes: this process's model index (with world 0, the launcher's rank)
         rank: usize = 0,
         /// Codistillation across processes: number of processes (0: with --exchange-dir, from a launcher's variables, torchrun's WORLD_SIZE and RANK, Slurm's SLURM_NTASKS and SLURM_PROCID, Open MPI's OMPI_COMM_WORLD_SIZE and OMPI_COMM_WORLD_RANK or MPICH's PMI_SIZE and PMI_RANK, else 1)
@@ -549,6 +551,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let total_steps = steps_per_epoch * cfg.epochs as u64;
     // The cosine ends at the last step, known once the shards are read.
     lr_schedule.total = total_steps;
+    super::check_burn_in(&schedule, total_models > 1 || !fixed.is_empty(), total_steps)?;
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
     eprintln!(
@@ -589,7 +592,11 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let mut evals: Vec<(ClickEval, Vec<f32>)> = Vec::new();
     let mut step_times = StepTimes::new(cfg.step_times, start_step);
     bar.set_position(start_step);
+    // Models trained in other processes, and whether their first checkpoints have been seen.
+    let remote: Vec<usize> = if codistill { (0..total_models).filter(|&p| !members.iter().any(|m| m.index == p)).collect() } else { Vec::new() };
+    let mut peers_ready = false;
     for step in start_step..total_steps {
+        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready)?;
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
         step_times.begin(train_secs, exchange_wait);

@@ -126,6 +126,8 @@ crate::config_table! {
         independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
+        /// Codistillation across processes: at its first step that distills from peers (from burn_in, once peers have had exchange_every steps to publish), a model waits up to this many seconds for every peer's first checkpoint and stops with an error naming the missing ones (0: no wait; train on without them)
+        peer_timeout: u64 = 600,
         /// Codistillation across processes: this process's model index (with world 0, the launcher's rank)
         rank: usize = 0,
         /// Codistillation across processes: number of processes (0: with --exchange-dir, from a launcher's variables, torchrun's WORLD_SIZE and RANK, Slurm's SLURM_NTASKS and SLURM_PROCID, Open MPI's OMPI_COMM_WORLD_SIZE and OMPI_COMM_WORLD_RANK or MPICH's PMI_SIZE and PMI_RANK, else 1)
@@ -562,6 +564,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         let fixed = load_teachers(&cfg.teacher.0, &data.vocab, dev)?;
         (data, fixed)
     };
+    super::check_burn_in(&schedule, total_models > 1 || !cfg.teacher.is_empty(), cfg.steps)?;
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
     // A feature hint maps the model's top hidden states to the first teacher's width.
     let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, fixed.first()) {
@@ -679,7 +682,11 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         }
     }
     let mut step_times = StepTimes::new(cfg.step_times, step);
+    // Models trained in other processes, and whether their first checkpoints have been seen.
+    let remote: Vec<usize> = if codistill { (0..total_models).filter(|&p| !members.iter().any(|m| m.index == p)).collect() } else { Vec::new() };
+    let mut peers_ready = false;
     while step < cfg.steps {
+        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready)?;
         step_times.begin(train_secs, exchange_wait);
         let w = (step % per_epoch) as usize;
         let lr = lr_schedule.at(step);

@@ -271,6 +271,42 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     g.unary(Unary::Scale(weight), mse)
 }
 
+/// A run whose distillation term would never be on: peers or fixed teachers are there and the
+/// weight is positive, but the burn-in ends at or after the last step (`total` steps). An error,
+/// so that such a run does not train without its teachers and exit as if it had distilled.
+pub(crate) fn check_burn_in(schedule: &crate::distill::CodistillSchedule, teachers: bool, total: u64) -> Result<()> {
+    if teachers && schedule.weight > 0.0 && schedule.burn_in >= total && !(schedule.burn_in == 0 && total == 0) {
+        crate::bail!(
+            Invalid,
+            "burn_in {} is at or past the run's last step ({total} steps): no step would distill from the teachers; lower --burn-in or train longer",
+            schedule.burn_in
+        );
+    }
+    Ok(())
+}
+
+/// Before step `step` of a codistillation through a directory: at the first step that distills
+/// from peers once they have had `exchange_every` steps to publish, wait (once; `ready` records it)
+/// up to `timeout_s` seconds for a first checkpoint of every model not trained in this process
+/// (`remote`), so that no model trains on without teachers it was meant to have. Returns the
+/// seconds waited.
+pub(crate) fn await_peers(
+    exchange: &mut dyn crate::distill::exchange::Exchange,
+    remote: &[usize],
+    schedule: &crate::distill::CodistillSchedule,
+    step: u64,
+    timeout_s: u64,
+    ready: &mut bool,
+) -> Result<f64> {
+    if *ready || remote.is_empty() || timeout_s == 0 || !schedule.distill_at(step) || step < schedule.exchange_every {
+        return Ok(0.0);
+    }
+    let (r, waited) = crate::distill::exchange::timed(|| exchange.wait_for_peers(remote, std::time::Duration::from_secs(timeout_s)));
+    r?;
+    *ready = true;
+    Ok(waited.as_secs_f64())
+}
+
 /// A trainer's optimizer options (the same keys in both trainers' configs).
 pub(crate) struct OptimArgs {
     pub optimizer: OptimizerChoice,
