@@ -194,16 +194,22 @@ impl Tokens {
     }
 }
 
-/// Identity of a file for the caches: canonical path, size and modification time.
+/// Identity of a file for the caches: the xxh3-64 hash of its content, streamed (so a file changed
+/// in place, even with its size and modification time kept, as `cp -p` or `touch -r` leave them, is
+/// never read from the cache of its old content; the cost is one read of the file).
 pub(crate) fn file_key(path: &Path) -> Result<u64> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let canon = fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut h = Hasher64::new();
-    h.update(canon.to_string_lossy().as_bytes());
-    h.update(&meta.len().to_le_bytes());
-    h.update(&mtime.to_le_bytes());
-    Ok(h.finish())
+    use std::io::Read;
+    let mut f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.digest())
 }
 
 /// Write bytes to `path` through a temporary name and a rename, so no reader sees half a file.
@@ -350,6 +356,15 @@ mod tests {
         fs::write(&f, "x y y\n").unwrap();
         let v2 = cached_vocab(&f, Tokenizer::Word, 1, &d.join("c")).unwrap();
         assert_eq!(cached_tokens(&f, &v2, &d.join("c")).unwrap().len(), 4);
+        // Changed in place with its size and modification time kept (as `cp -p` or `touch -r`
+        // leave a file): the content is the key, so the new words are read.
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        fs::write(&f, "y x x\n").unwrap();
+        fs::File::options().write(true).open(&f).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().modified().unwrap(), mtime);
+        let now = v2.encode_file(&f).unwrap();
+        assert_ne!(now.as_slice(), &[3, 2, 2, 1], "the rewrite did not change the tokens");
+        assert_eq!(cached_tokens(&f, &v2, &d.join("c")).unwrap().as_slice(), now.as_slice(), "a file changed in place was read from the old cache");
     }
 
     #[test]
