@@ -243,6 +243,10 @@ fn click_model_resume_matches_an_uninterrupted_run() {
     let ckpt_step = full.steps / 2;
     assert!(steps.iter().any(|&s| s <= ckpt_step) && steps.iter().any(|&s| s > ckpt_step), "checkpoint at step {ckpt_step}: {steps:?}");
     assert_eq!(steps.len(), first_run.len(), "the two halves logged {steps:?}, the full run {first_run:?}");
+    // Resumed with fewer epochs than its checkpoint has done: an error, and nothing changes.
+    c.epochs = 1;
+    let e = criteo::train(&c).unwrap_err().to_string();
+    assert!(e.contains("nothing is left to train") && e.contains("--epochs"), "{e}");
 }
 
 #[test]

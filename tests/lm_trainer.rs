@@ -43,10 +43,20 @@ fn resumed_run_ends_exactly_where_an_uninterrupted_run_does() {
     first.out = d.join("split");
     first.steps = 20;
     lm::train(&first).unwrap();
+    // As a run killed after its checkpoint leaves it: events past the checkpoint's step, and a
+    // line torn in the middle. The resume cuts them.
+    let metrics_path = d.join("split/metrics.jsonl");
+    let mut m = std::fs::read_to_string(&metrics_path).unwrap();
+    m.push_str("{\"event\":\"train\",\"step\":30,\"loss\":9.0}\n{\"event\":\"tra");
+    std::fs::write(&metrics_path, m).unwrap();
     let mut second = first.clone();
     second.steps = 40;
     second.resume = Some(d.join("split/checkpoint.safetensors"));
     let b = lm::train(&second).unwrap();
+    for line in std::fs::read_to_string(&metrics_path).unwrap().lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
+    }
+    assert!(!std::fs::read_to_string(&metrics_path).unwrap().contains("\"loss\":9.0"), "the killed run's event past the checkpoint was kept");
 
     assert_eq!(a.steps, 40);
     assert_eq!(b.steps, 40);
@@ -62,6 +72,21 @@ fn resumed_run_ends_exactly_where_an_uninterrupted_run_does() {
     for (name, t) in &ca.tensors {
         assert_eq!(t, &cb.tensors[name], "tensor {name} differs after resume");
     }
+    // Resuming the finished run changes nothing and says so.
+    let before = (std::fs::read(&metrics_path).unwrap(), std::fs::read(d.join("split/checkpoint.safetensors")).unwrap());
+    let e = err(lm::train(&second));
+    assert!(e.contains("nothing is left to train") && e.contains("step 40"), "{e}");
+    assert_eq!((std::fs::read(&metrics_path).unwrap(), std::fs::read(d.join("split/checkpoint.safetensors")).unwrap()), before);
+    // Resuming on other training data (the same words, so the same vocabulary, in another order)
+    // is refused with the difference named.
+    let train = d.join("data/train.txt");
+    let text = std::fs::read_to_string(&train).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.reverse();
+    std::fs::write(&train, lines.join("\n") + "\n").unwrap();
+    (second.steps, second.out) = (60, d.join("other"));
+    let e = err(lm::train(&second));
+    assert!(e.contains("other training data") && e.contains("train.txt"), "{e}");
 }
 
 /// The `lr` of every train event in `metrics.jsonl`.

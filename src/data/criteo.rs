@@ -271,6 +271,12 @@ impl CriteoCache {
         &words[i * RECORD_WORDS..(i + 1) * RECORD_WORDS]
     }
 
+    /// An xxh3 fingerprint of rows `rows` as preprocessed (labels, features, buckets): what a
+    /// checkpoint records of its training data, so that a resume on other data is refused.
+    pub fn fingerprint(&self, rows: std::ops::Range<usize>) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.map[rows.start * RECORD_BYTES..rows.end * RECORD_BYTES])
+    }
+
     pub fn label(&self, i: usize) -> f32 {
         self.record(i)[0] as f32
     }

@@ -314,11 +314,20 @@ pub struct CriteoSummary {
 }
 
 pub fn save_checkpoint(path: &Path, cfg: &CriteoConfig, s: &ParamStore, step: u64) -> Result<()> {
-    save_full(path, cfg, s, None, step, None)
+    save_full(path, cfg, s, None, step, None, None)
 }
 
 /// A checkpoint with, when given, the optimizer state and the position in the data for resuming.
-fn save_full(path: &Path, cfg: &CriteoConfig, s: &ParamStore, opt: Option<&Optimizer>, step: u64, position: Option<(u64, usize)>) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn save_full(
+    path: &Path,
+    cfg: &CriteoConfig,
+    s: &ParamStore,
+    opt: Option<&Optimizer>,
+    step: u64,
+    position: Option<(u64, usize)>,
+    data: Option<u64>,
+) -> Result<()> {
     let mut c = Checkpoint::new();
     for (name, p) in s.iter() {
         c.tensors.insert(name.clone(), p.value.clone());
@@ -332,6 +341,9 @@ fn save_full(path: &Path, cfg: &CriteoConfig, s: &ParamStore, opt: Option<&Optim
     if let Some((epoch, pos)) = position {
         c.meta.insert("epoch".into(), epoch.to_string());
         c.meta.insert("position".into(), pos.to_string());
+    }
+    if let Some(d) = data {
+        c.meta.insert(super::DATA_KEY.into(), format!("{d:016x}"));
     }
     c.meta.insert("format".into(), FORMAT.into());
     c.meta.insert("step".into(), step.to_string());
@@ -406,6 +418,8 @@ struct Member {
     epoch: u64,
     rng: Rng,
     teachers: crate::distill::TeacherTracker,
+    /// The fingerprint of this model's training rows (checkpoints record it; a resume checks it).
+    data_key: u64,
 }
 
 impl Member {
@@ -481,6 +495,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         if rows.is_empty() {
             bail!(Invalid, "{}: shard {i} of {n} has no training rows", data.train.source.display());
         }
+        let data_key = data.train.fingerprint(rows.clone());
         let mut store = ParamStore::new();
         // Each model gets its own initialisation and shuffling.
         let mut rng = Rng::new(cfg.seed).fork(index as u64);
@@ -496,6 +511,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             epoch: 0,
             rng,
             teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
+            data_key,
         });
     }
     // Start calibrated: the output bias at the log-odds of the training click rate. With rare
@@ -516,6 +532,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         }
         let (saved, _, store, ck) = load_with_meta(path)?;
         crate::config::require_same(path, RESUME_KEYS, &saved.entries(), &cfg.entries())?;
+        super::check_same_data(path, &ck, Some(members[0].data_key), &data.train.source.display().to_string())?;
         let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
         let m = &mut members[0];
         m.store = store;
@@ -552,8 +569,16 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     // The cosine ends at the last step, known once the shards are read.
     lr_schedule.total = total_steps;
     super::check_burn_in(&schedule, total_models > 1 || !fixed.is_empty(), total_steps)?;
+    if let Some(path) = cfg.resume.as_ref().filter(|_| start_step >= total_steps) {
+        bail!(
+            Invalid,
+            "{}: the checkpoint is at step {start_step} and this run ends at step {total_steps} ({} epoch(s) of {steps_per_epoch} steps): nothing is left to train, and nothing was changed; raise --epochs to train on",
+            path.display(),
+            cfg.epochs
+        );
+    }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
+    let mut log = MetricsLog::start(&cfg.out.join("metrics.jsonl"), cfg.resume.is_some().then_some(start_step))?;
     eprintln!(
         "criteo: {} model(s) here of {total_models}, {} parameters each, {} training rows each, {} validation rows, {total_steps} steps",
         cfg.models,
@@ -738,7 +763,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         }
         if epoch_end || step1 == total_steps || (cfg.checkpoint_every > 0 && step1 % cfg.checkpoint_every == 0) {
             for m in &members {
-                save_full(&cfg.out.join(m.checkpoint_name(cfg.models == 1)), cfg, &m.store, Some(&m.opt), step1, Some((m.epoch, m.pos)))?;
+                save_full(&cfg.out.join(m.checkpoint_name(cfg.models == 1)), cfg, &m.store, Some(&m.opt), step1, Some((m.epoch, m.pos)), Some(m.data_key))?;
             }
         }
     }

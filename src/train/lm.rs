@@ -339,7 +339,17 @@ pub struct LmSummary {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn save_checkpoint(path: &Path, cfg: &LmConfig, vocab: &Vocab, s: &ParamStore, opt: &Optimizer, state: &LstmState, step: u64, best: Option<f64>) -> Result<()> {
+fn save_checkpoint(
+    path: &Path,
+    cfg: &LmConfig,
+    vocab: &Vocab,
+    s: &ParamStore,
+    opt: &Optimizer,
+    state: &LstmState,
+    step: u64,
+    best: Option<f64>,
+    data: Option<u64>,
+) -> Result<()> {
     let mut c = Checkpoint::new();
     for (name, p) in s.iter() {
         c.tensors.insert(name.clone(), p.value.clone());
@@ -358,6 +368,9 @@ fn save_checkpoint(path: &Path, cfg: &LmConfig, vocab: &Vocab, s: &ParamStore, o
     c.meta.insert("vocab".into(), vocab.to_text());
     if let Some(b) = best {
         c.meta.insert("best_valid".into(), b.to_string());
+    }
+    if let Some(d) = data {
+        c.meta.insert(super::DATA_KEY.into(), format!("{d:016x}"));
     }
     c.save(path)
 }
@@ -511,6 +524,8 @@ struct LmMember {
     teachers: crate::distill::TeacherTracker,
     best: Option<f64>,
     out: PathBuf,
+    /// The fingerprint of this model's training stream (checkpoints record it; a resume checks it).
+    data_key: Option<u64>,
 }
 
 /// Train as configured: one model, or `models` codistilling models in this process, or this
@@ -576,12 +591,19 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     for local in 0..cfg.models {
         let index = topo.index(local);
         let (n, i) = topo.shard_of(index);
-        let lanes = match &data.train {
+        let (lanes, data_key) = match &data.train {
             Some(train) => {
                 let stream = shard_blocks(train.as_slice(), n, i, cfg.shard_block)?;
-                Some(TokenLanes::new(&stream, cfg.batch, cfg.bptt).map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", train.path.display())))?)
+                let key = xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(&stream));
+                (
+                    Some(
+                        TokenLanes::new(&stream, cfg.batch, cfg.bptt)
+                            .map_err(|e| Error::Invalid(format!("{}: shard {i} of {n}: {e}", train.path.display())))?,
+                    ),
+                    Some(key),
+                )
             }
-            None => None,
+            None => (None, None),
         };
         let mut store = ParamStore::new();
         // A single model keeps the seed's own stream; codistilling models get one each.
@@ -601,6 +623,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
             best: None,
             out,
+            data_key,
         });
     }
     let mut step = 0u64;
@@ -620,6 +643,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         }
         m.store = loaded.store;
         let ck = loaded.ckpt;
+        let what = data.train.as_ref().map_or_else(|| "the teachers' samples".to_string(), |t| t.path.display().to_string());
+        super::check_same_data(path, &ck, m.data_key, &what)?;
         // The hint map is no part of the model that load_checkpoint builds: restored apart.
         if let Some(h) = &hint {
             super::restore_hint(&mut m.store, h, &ck, path)?;
@@ -639,6 +664,14 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             // The carried state read text that is gone: sampling starts new lanes (below).
             m.state = LstmState::zeros_on(cfg.layers, cfg.batch, cfg.hidden, dev)?;
         }
+        if step >= cfg.steps {
+            bail!(
+                Invalid,
+                "{}: the checkpoint is at step {step} and this run ends at step {}: nothing is left to train, and nothing was changed; raise --steps to train on",
+                path.display(),
+                cfg.steps
+            );
+        }
         eprintln!("resumed from {} at step {step}", path.display());
     }
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
@@ -649,7 +682,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         }
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let mut log = MetricsLog::open(&cfg.out.join("metrics.jsonl"))?;
+    let mut log = MetricsLog::start(&cfg.out.join("metrics.jsonl"), cfg.resume.is_some().then_some(step))?;
     // Sampled text has no epochs: one endless pass.
     let per_epoch = members.iter().filter_map(|m| m.lanes.as_ref().map(|l| l.windows() as u64)).min().unwrap_or(u64::MAX);
     // A resumed data-free run samples a stream of its own (the step is in its seed), not the
@@ -828,14 +861,14 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                     });
                     log.write(&[("event", J::S("valid")), ("step", J::I(step)), ("model", J::I(m.index as u64)), ("loss", J::N(v)), ("ppl", J::N(v.exp()))])?;
                     if improved {
-                        save_checkpoint(&m.out.join("best.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best)?;
+                        save_checkpoint(&m.out.join("best.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best, m.data_key)?;
                     }
                 }
             }
         }
         if step.is_multiple_of(cfg.checkpoint_every.max(1)) || step == cfg.steps {
             for m in &members {
-                save_checkpoint(&m.out.join("checkpoint.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best)?;
+                save_checkpoint(&m.out.join("checkpoint.safetensors"), cfg, &data.vocab, &m.store, &m.opt, &m.state, step, m.best, m.data_key)?;
             }
         }
     }

@@ -184,18 +184,51 @@ pub fn json_object(fields: &[(&str, J)]) -> String {
 }
 
 impl MetricsLog {
-    /// Open for appending (a resumed run continues the same file).
-    pub fn open(path: &Path) -> Result<Self> {
+    /// A run's metrics file. A fresh run (`resumed_at` None) starts it anew (saying so when it
+    /// replaces an earlier run's); a resumed run keeps the complete events up to the checkpoint's
+    /// step and drops the rest (what a killed run wrote after its last checkpoint, and a line torn
+    /// by the kill), so that every step appears once. The kept part is rewritten through a rename.
+    pub fn start(path: &Path, resumed_at: Option<u64>) -> Result<Self> {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+        let old = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let kept = match resumed_at {
+            None => {
+                if !old.is_empty() {
+                    eprintln!("{}: an earlier run's metrics are replaced by this run's", path.display());
+                }
+                String::new()
+            }
+            Some(step) => {
+                let text = String::from_utf8_lossy(&old);
+                // Only lines that end in a newline are whole; the last may be torn.
+                let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+                whole.lines().filter(|l| l.starts_with('{') && l.ends_with('}') && event_step(l).is_none_or(|s| s <= step)).map(|l| format!("{l}\n")).collect()
+            }
+        };
+        write_atomic(path, kept.as_bytes())?;
+        let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
         Ok(MetricsLog { file, path: path.to_path_buf() })
     }
 
+    /// Append one event as one complete line, in a single write (a reader never meets half a line
+    /// of a live run, and a kill leaves at most a torn last line, which a resume drops).
     pub fn write(&mut self, fields: &[(&str, J)]) -> Result<()> {
-        writeln!(self.file, "{}", json_object(fields)).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
+        let mut line = json_object(fields);
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// The `"step"` of a metrics line, if it has one.
+fn event_step(line: &str) -> Option<u64> {
+    let rest = &line[line.find("\"step\":")? + 7..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
 /// Log a teacher swap: which model took which peer's snapshot, how stale, and the exchange wait.
@@ -269,6 +302,23 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     let sq = g.mul(d, d)?;
     let mse = g.mean(sq)?;
     g.unary(Unary::Scale(weight), mse)
+}
+
+/// The checkpoint meta key of the training data's fingerprint.
+pub(crate) const DATA_KEY: &str = "train_fingerprint";
+
+/// On resume: the checkpoint's training data (its fingerprint, when it recorded one) must be the
+/// run's, or the error names both (another file, or the same file changed, would silently train
+/// the second half on other data).
+pub(crate) fn check_same_data(path: &Path, ck: &Checkpoint, now: Option<u64>, what: &str) -> Result<()> {
+    match (ck.meta.get(DATA_KEY), now) {
+        (Some(saved), Some(now)) if *saved != format!("{now:016x}") => bail!(
+            Invalid,
+            "{}: the checkpoint was trained on other training data than {what} (fingerprint {saved}, now {now:016x}); resume with the training data and shard layout it was trained on",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A run whose distillation term would never be on: peers or fixed teachers are there and the
