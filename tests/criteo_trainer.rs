@@ -162,3 +162,40 @@ fn trainer_skips_bad_lines_when_asked_and_stops_otherwise() {
     let cache = std::fs::read_dir(d.join("cache")).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().map(|e| e == "stats").unwrap_or(false)).unwrap();
     assert_eq!(std::fs::read_to_string(cache).unwrap().trim(), "2999 1", "rows and skipped lines are recorded");
 }
+
+/// A run directory has one writer: while a trainer holds `--out`, a second is refused with the
+/// holder's process id, and the first finishes unharmed; temp files that killed runs left are
+/// removed at start (and said so).
+#[test]
+fn a_second_trainer_on_one_out_is_refused_and_stale_temp_files_are_removed() {
+    let d = tmp("lock");
+    let mut c = CriteoConfig::default();
+    (c.cache, c.out, c.device) = (d.join("cache"), d.join("out"), codistill::train::DeviceChoice::Cpu);
+    (c.synthetic_scale, c.synthetic_rows, c.buckets, c.epochs) = (0.002, 60_000, 512, 3);
+    criteo::prepare_data(&c).unwrap();
+    std::fs::create_dir_all(&c.out).unwrap();
+    let stale = c.out.join("checkpoint.tmp4194301");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"))
+        .args(["criteo", "train", "--device", "cpu", "--synthetic-scale", "0.002", "--synthetic-rows", "60000", "--buckets", "512", "--epochs", "3", "--cache"])
+        .arg(&c.cache)
+        .arg("--out")
+        .arg(&c.out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = c.out.join(".codistill.lock");
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(&lock).map(|s| s.trim() != first.id().to_string()).unwrap_or(true) {
+        assert!(t.elapsed().as_secs() < 60, "the first trainer never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let e = criteo::train(&c).unwrap_err().to_string();
+    assert!(e.contains("another trainer is writing") && e.contains(&first.id().to_string()), "{e}");
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stale.exists() && stderr.contains("checkpoint.tmp4194301"), "the stale temp file was not removed: {stderr}");
+    // Free again once the first has finished.
+    criteo::train(&CriteoConfig { epochs: 1, ..c.clone() }).unwrap();
+}

@@ -577,7 +577,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             cfg.epochs
         );
     }
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let _out_lock = super::lock_out(&cfg.out)?;
     let mut log = MetricsLog::start(&cfg.out.join("metrics.jsonl"), cfg.resume.is_some().then_some(start_step))?;
     eprintln!(
         "criteo: {} model(s) here of {total_models}, {} parameters each, {} training rows each, {} validation rows, {total_steps} steps",

@@ -681,7 +681,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             exchange.prepare(m.index, &m.store)?;
         }
     }
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let _out_lock = super::lock_out(&cfg.out)?;
     let mut log = MetricsLog::start(&cfg.out.join("metrics.jsonl"), cfg.resume.is_some().then_some(step))?;
     // Sampled text has no epochs: one endless pass.
     let per_epoch = members.iter().filter_map(|m| m.lanes.as_ref().map(|l| l.windows() as u64)).min().unwrap_or(u64::MAX);

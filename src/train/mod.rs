@@ -304,6 +304,53 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     g.unary(Unary::Scale(weight), mse)
 }
 
+/// A trainer's hold on its output directory: an exclusive advisory lock (`flock`) on
+/// `OUT/.codistill.lock`, which holds the holder's process id. The kernel drops the lock when the
+/// process ends, however it ends, so a killed run never leaves the directory locked.
+pub struct OutLock {
+    _file: std::fs::File,
+}
+
+/// Take `out` for this run: create it, lock it (a second trainer on the same directory is refused
+/// with the holder's process id), and remove what killed runs left there (`*.tmp<pid>` files of
+/// checkpoints and results written through a rename, in `out` and its `model-*` folders).
+pub fn lock_out(out: &Path) -> Result<OutLock> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join(".codistill.lock");
+    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            Invalid,
+            "{}: another trainer is writing to this directory (process {}); give this run another --out, or wait for that one to finish",
+            out.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).map_err(|e| Error::io(&path, e))?;
+    let mut dirs = vec![out.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(out) {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("model-"))));
+    }
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
+            let p = entry.path();
+            let stale = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.strip_prefix("tmp"))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if stale && p.is_file() {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                eprintln!("removed {}, left by a run that was killed while writing it", p.display());
+            }
+        }
+    }
+    Ok(OutLock { _file: file })
+}
+
 /// The checkpoint meta key of the training data's fingerprint.
 pub(crate) const DATA_KEY: &str = "train_fingerprint";
 
