@@ -33,10 +33,10 @@ for g in "${GROUPS_ALL[@]}"; do
   name=${g%%|*}; rest=${g#*|}; file=${rest%%|*}; rest=${rest#*|}
   args=${rest##*|}; re=${rest%|*}
   if [ ${#want[@]} -gt 0 ] && [[ ! " ${want[*]} " =~ " $name " ]]; then continue; fi
-  echo "== $name: $file ($re) with cargo test --release $args"
+  echo "== $name: $file ($re) with cargo test --profile mutants $args"
   # shellcheck disable=SC2086
-  cargo mutants --no-shuffle -f "$file" --re "(in |::)($re)$" --output "$OUT/$name" --timeout-multiplier 3 \
-    -- --release $args || true   # cargo-mutants exits 2 when mutants survive: they are the result
+  cargo mutants --no-shuffle --profile mutants -f "$file" --re "(in |::)($re)$" --output "$OUT/$name" --timeout-multiplier 3 \
+    -- $args || true   # cargo-mutants exits 2 when mutants survive: they are the result
   for k in caught missed timeout unviable; do
     printf '%s %s: %s\n' "$name" "$k" "$(wc -l < "$OUT/$name/mutants.out/$k.txt" 2>/dev/null || echo 0)"
   done

@@ -108,6 +108,18 @@ fn two_processes_codistill_through_a_directory_and_both_finish() {
         assert!(metrics.contains(&format!("\"teacher\":{peer}")), "rank {rank} never received a checkpoint from rank {peer}:\n{metrics}");
     }
     assert!(xdir.join("model-0.safetensors").exists() && xdir.join("model-1.safetensors").exists());
+    // result.json says, per model, how many teacher snapshots it took and how stale they were.
+    for rank in 0..2 {
+        let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(format!("rank{rank}/result.json"))).unwrap()).unwrap();
+        let refreshes = result["teacher_refreshes"][0].as_f64().unwrap();
+        let stale = result["mean_staleness"][0].as_f64().unwrap();
+        assert!(refreshes >= 1.0 && (0.0..=2.0 * c.exchange_every as f64).contains(&stale), "rank {rank}: {result}");
+    }
+    // A fresh run pointed at this directory again would take the earlier run's models as its
+    // teachers: it is refused, naming the file.
+    let again = criteo_process(&c, &xdir, &d.join("again"), 0, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && stderr.contains("model-0.safetensors") && stderr.contains("exists already"), "{stderr}");
 }
 
 #[test]
@@ -424,5 +436,15 @@ fn a_missing_or_incompatible_peer_stops_the_run_with_the_reason() {
             code != Some(0) && err.contains(&format!("[{}] ", 1 - rank)) && err.contains("(it was refused)") && err.contains("ignored peer checkpoint"),
             "rank {rank}: {code:?}: {err}"
         );
+        let (there, here) = if rank == 0 { (1024, 4096) } else { (4096, 1024) };
+        assert!(err.contains(&format!("buckets {there} there, {here} here")), "rank {rank} does not name the difference: {err}");
     }
+    // Peers of the same model with a codistillation setting that must agree set otherwise.
+    let settings = d.join("settings");
+    let (a, _) = std::thread::scope(|s| {
+        let ha = s.spawn(|| run(&settings, 0, &["--peer-timeout", "60"]));
+        let hb = s.spawn(|| run_as(&CriteoConfig { exchange_every: 10, ..c.clone() }, &settings, 1, &["--peer-timeout", "60"]));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    assert!(a.0 != Some(0) && a.1.contains("exchange_every 10 there, 20 here"), "{a:?}");
 }

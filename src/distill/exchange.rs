@@ -60,6 +60,11 @@ pub trait Exchange {
     fn wait_for_peers(&mut self, _peers: &[usize], _timeout: Duration) -> Result<()> {
         Ok(())
     }
+    /// What went wrong in the background since the last call (refused peer files, failed
+    /// publishes), one message each.
+    fn warnings(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A standby snapshot being brought up to date, and the mark it will be current to.
@@ -303,12 +308,28 @@ pub struct DirExchange {
     device: Device,
     dir: PathBuf,
     rank: usize,
+    /// The messages `warnings` has handed out (a wait still names them).
+    reported: Vec<String>,
 }
 
 impl DirExchange {
     /// `template` gives the parameter names and shapes a peer's file must have.
-    pub fn new(dir: &Path, rank: usize, world: usize, template: &ParamStore, poll: Duration) -> Result<Self> {
+    /// `compat` goes into every file this process publishes, and a peer's file must carry the
+    /// same; a `fresh` run refuses a directory that holds its own rank's file already (an earlier
+    /// run's, or another process's of the same rank).
+    pub fn new(dir: &Path, rank: usize, world: usize, template: &ParamStore, poll: Duration, compat: &str, fresh: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let own = snapshot_path(dir, rank);
+        if fresh && own.exists() {
+            let step = Checkpoint::load(&own).ok().and_then(|c| c.meta.get("step").cloned()).unwrap_or_else(|| "?".into());
+            bail!(
+                Invalid,
+                "{}: this run's model {rank} would publish here, but the file exists already (step {step}): it is an earlier run's, or another process runs as rank {rank}; give each run a fresh --exchange-dir (or remove the file), or --resume this model",
+                own.display()
+            );
+        }
+        let compat = compat.to_string();
+        let wcompat = compat.clone();
         let notes = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = channel::<(u64, Outgoing)>();
         let (back, pool) = channel::<Outgoing>();
@@ -324,6 +345,7 @@ impl DirExchange {
                 let saved = out.checkpoint().and_then(|mut c| {
                     c.meta.insert("step".into(), step.to_string());
                     c.meta.insert("rank".into(), rank.to_string());
+                    c.meta.insert("compat".into(), wcompat.clone());
                     c.save(&snapshot_path(&wdir, rank))
                 });
                 if let Err(e) = saved {
@@ -349,7 +371,7 @@ impl DirExchange {
                         continue;
                     }
                     seen[peer] = Some(mtime);
-                    match load_snapshot(&path, peer, &tmpl).and_then(|s| snapshot_to(s, device)) {
+                    match load_snapshot(&path, peer, &tmpl, &compat).and_then(|s| snapshot_to(s, device)) {
                         Ok(s) => {
                             let mut slots = rstandby.lock().unwrap();
                             if slots[peer].as_ref().map(|o: &Arc<Snapshot>| s.step > o.step).unwrap_or(true) {
@@ -376,12 +398,8 @@ impl DirExchange {
             device,
             dir: dir.to_path_buf(),
             rank,
+            reported: Vec::new(),
         })
-    }
-
-    /// Messages from the background threads since the last call.
-    pub fn warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut *self.notes.lock().unwrap())
     }
 
     /// Wait until the writer has saved everything published so far (used at the end of a run).
@@ -393,8 +411,27 @@ impl DirExchange {
     }
 }
 
-fn load_snapshot(path: &Path, peer: usize, template: &ParamStore) -> Result<Snapshot> {
+fn load_snapshot(path: &Path, peer: usize, template: &ParamStore, compat: &str) -> Result<Snapshot> {
     let c = Checkpoint::load(path)?;
+    if let Some(theirs) = c.meta.get("compat").filter(|t| t.as_str() != compat) {
+        let pairs = |s: &str| {
+            s.split(';').map(|kv| kv.split_once('=').map_or((kv.to_string(), String::new()), |(k, v)| (k.to_string(), v.to_string()))).collect::<Vec<_>>()
+        };
+        let ours = pairs(compat);
+        let diff: Vec<String> = pairs(theirs)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let here = ours.iter().find(|(o, _)| *o == k).map_or("(none)", |(_, v)| v.as_str());
+                (here != v).then(|| format!("{k} {v} there, {here} here"))
+            })
+            .collect();
+        bail!(
+            Invalid,
+            "{}: model {peer} runs with other settings than this model ({}); every rank must be started with the same ones",
+            path.display(),
+            diff.join(", ")
+        );
+    }
     let step = c.meta("step", path)?.parse().map_err(|_| Error::Invalid(format!("{}: step is not a number", path.display())))?;
     let mut params = template.clone();
     for name in template.names() {
@@ -429,6 +466,12 @@ impl Exchange for DirExchange {
         Ok(())
     }
 
+    fn warnings(&mut self) -> Vec<String> {
+        let taken = std::mem::take(&mut *self.notes.lock().unwrap());
+        self.reported.extend(taken.iter().cloned());
+        taken
+    }
+
     fn wait_for_peers(&mut self, peers: &[usize], timeout: Duration) -> Result<()> {
         let t0 = Instant::now();
         loop {
@@ -441,12 +484,9 @@ impl Exchange for DirExchange {
             }
             // A peer's file is written whole (through a rename), so one that was refused is a peer
             // of another model or another kind of file: no wait makes it fit.
-            let refused = {
-                let notes = self.notes.lock().unwrap();
-                missing.iter().any(|&p| notes.iter().any(|n| n.contains(&*snapshot_path(&self.dir, p).to_string_lossy())))
-            };
+            let seen: Vec<String> = self.reported.iter().chain(self.notes.lock().unwrap().iter()).cloned().collect();
+            let refused = missing.iter().any(|&p| seen.iter().any(|n| n.contains(&*snapshot_path(&self.dir, p).to_string_lossy())));
             if refused || t0.elapsed() >= timeout {
-                let seen = self.notes.lock().unwrap().clone();
                 bail!(
                     Invalid,
                     "model {}: no usable checkpoint from peer model(s) {missing:?} arrived in {} {}; start every rank with the same model options, --exchange-dir and --world, or set --peer-timeout 0 to train on without missing peers{}",
@@ -654,8 +694,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("codistill-x-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let poll = Duration::from_millis(5);
-        let mut a = DirExchange::new(&dir, 0, 2, &store(0.0), poll).unwrap();
-        let mut b = DirExchange::new(&dir, 1, 2, &store(0.0), poll).unwrap();
+        let mut a = DirExchange::new(&dir, 0, 2, &store(0.0), poll, "", true).unwrap();
+        let mut b = DirExchange::new(&dir, 1, 2, &store(0.0), poll, "", true).unwrap();
         a.publish(0, 7, &store(3.0)).unwrap();
         let t = Instant::now();
         let got = loop {

@@ -111,9 +111,12 @@ impl Topology {
 
     /// The exchange for this process: a shared directory across processes, else in memory.
     /// `template` gives the parameter names and shapes.
-    pub fn exchange(&self, exchange_dir: Option<&Path>, template: &ParamStore) -> Result<Box<dyn Exchange>> {
+    /// Across processes, `compat` (`key=value` pairs joined by `;`: what peers must agree on) is
+    /// written into every published file and a peer's file with other values is refused; a
+    /// `fresh` run (not resumed) refuses a directory that already holds its own rank's file.
+    pub fn exchange(&self, exchange_dir: Option<&Path>, template: &ParamStore, compat: &str, fresh: bool) -> Result<Box<dyn Exchange>> {
         Ok(match exchange_dir {
-            Some(dir) if self.world > 1 => Box::new(DirExchange::new(dir, self.rank, self.world, template, Duration::from_millis(50))?),
+            Some(dir) if self.world > 1 => Box::new(DirExchange::new(dir, self.rank, self.world, template, Duration::from_millis(50), compat, fresh)?),
             _ => Box::new(InProcess::new(self.total())),
         })
     }
@@ -172,6 +175,10 @@ pub struct TeacherTracker {
     seen: Vec<Option<u64>>,
     warned: Vec<bool>,
     exchange_every: u64,
+    /// Teacher snapshots swapped in (first uses), over the run.
+    pub refreshes: u64,
+    staleness_sum: u64,
+    uses: u64,
 }
 
 /// What using a teacher snapshot at a step means for the logs.
@@ -187,7 +194,12 @@ pub struct TeacherUse {
 
 impl TeacherTracker {
     pub fn new(world: usize, exchange_every: u64) -> Self {
-        TeacherTracker { seen: vec![None; world], warned: vec![false; world], exchange_every }
+        TeacherTracker { seen: vec![None; world], warned: vec![false; world], exchange_every, refreshes: 0, staleness_sum: 0, uses: 0 }
+    }
+
+    /// Mean staleness (steps) over every use of a teacher snapshot, if there was one.
+    pub fn mean_staleness(&self) -> Option<f64> {
+        (self.uses > 0).then(|| self.staleness_sum as f64 / self.uses as f64)
     }
 
     /// Record that `model` used `teacher` at `step`.
@@ -195,6 +207,7 @@ impl TeacherTracker {
         let staleness = step.saturating_sub(teacher.step);
         let swapped = self.seen[teacher.rank] != Some(teacher.step);
         self.seen[teacher.rank] = Some(teacher.step);
+        (self.refreshes, self.staleness_sum, self.uses) = (self.refreshes + swapped as u64, self.staleness_sum + staleness, self.uses + 1);
         let mut warning = None;
         if self.exchange_every > 0 && staleness > 3 * self.exchange_every && !self.warned[teacher.rank] {
             self.warned[teacher.rank] = true;

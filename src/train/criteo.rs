@@ -557,7 +557,13 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     }
     // The structure (parameter names) is the same for every model; weights come from each store.
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
-    let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
+    // What peers in other processes must agree on, written into every published checkpoint.
+    let compat = format!(
+        "buckets={};emb_dim={};mlp={};world={};burn_in={};exchange_every={};distill_weight={};same_data={}",
+        cfg.buckets, cfg.emb_dim, cfg.mlp, cfg.world, cfg.burn_in, cfg.exchange_every, cfg.distill_weight, cfg.same_data
+    );
+    let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store, &compat, cfg.resume.is_none())?;
+    let mut exchange_said = std::collections::HashSet::new();
     if codistill {
         // The snapshot buffers are allocated now, not inside the first publishes.
         for m in &members {
@@ -716,6 +722,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         }
         if codistill {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
+            super::exchange_health(exchange.as_mut(), &mut log, step + 1, &mut exchange_said, &bar)?;
         }
         step_times.end(train_secs, exchange_wait);
         let step1 = step + 1;
@@ -826,6 +833,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             ("train_s", J::N(train_secs)),
             ("exchange_wait_s", J::N(exchange_wait)),
             ("seconds", J::N(s.seconds)),
+            ("teacher_refreshes", J::A(members.iter().map(|m| m.teachers.refreshes as f64).collect())),
+            ("mean_staleness", J::A(members.iter().map(|m| m.teachers.mean_staleness().unwrap_or(f64::NAN)).collect())),
         ],
     )?;
     Ok(s)

@@ -674,7 +674,22 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         }
         eprintln!("resumed from {} at step {step}", path.display());
     }
-    let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store)?;
+    // What peers in other processes must agree on, written into every published checkpoint.
+    let compat = format!(
+        "vocab={:016x};emb_dim={};hidden={};layers={};world={};burn_in={};exchange_every={};distill_weight={};temperature={};same_data={}",
+        data.vocab.fingerprint(),
+        cfg.emb_dim,
+        cfg.hidden,
+        cfg.layers,
+        cfg.world,
+        cfg.burn_in,
+        cfg.exchange_every,
+        cfg.distill_weight,
+        cfg.temperature,
+        cfg.same_data
+    );
+    let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store, &compat, cfg.resume.is_none())?;
+    let mut exchange_said = std::collections::HashSet::new();
     if codistill {
         // The snapshot buffers are allocated now, not inside the first publishes.
         for m in &members {
@@ -824,6 +839,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         }
         if codistill {
             exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
+            super::exchange_health(exchange.as_mut(), &mut log, step + 1, &mut exchange_said, &bar)?;
         }
         step_times.end(train_secs, exchange_wait);
         step += 1;
@@ -885,6 +901,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         }
         _ => None,
     };
+    let refreshes: Vec<f64> = members.iter().map(|m| m.teachers.refreshes as f64).collect();
+    let staleness: Vec<f64> = members.iter().map(|m| m.teachers.mean_staleness().unwrap_or(f64::NAN)).collect();
     // Test each model with its best validated weights when there are some, else the last.
     let mut per_model = Vec::new();
     for m in members {
@@ -942,6 +960,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             ("exchange_wait_s", J::N(exchange_wait)),
             ("seconds", J::N(summary.seconds)),
             ("valid_entropy_floor", J::N(data.floors.map(|f| f.valid).unwrap_or(nan))),
+            ("teacher_refreshes", J::A(refreshes)),
+            ("mean_staleness", J::A(staleness)),
         ],
     )?;
     Ok(summary)

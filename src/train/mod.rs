@@ -143,6 +143,8 @@ pub enum J<'a> {
     N(f64),
     I(u64),
     S(&'a str),
+    /// A list of numbers (non-finite ones as null).
+    A(Vec<f64>),
 }
 
 /// Metrics as JSON lines, one object per event, flushed as written.
@@ -176,6 +178,7 @@ pub fn json_object(fields: &[(&str, J)]) -> String {
                 J::N(_) => "null".into(),
                 J::I(i) => i.to_string(),
                 J::S(s) => json_string(s),
+                J::A(v) => format!("[{}]", v.iter().map(|x| if x.is_finite() { format!("{x}") } else { "null".into() }).collect::<Vec<_>>().join(",")),
             };
             format!("{}:{val}", json_string(k))
         })
@@ -349,6 +352,28 @@ pub fn lock_out(out: &Path) -> Result<OutLock> {
         }
     }
     Ok(OutLock { _file: file })
+}
+
+/// The exchange's background problems since the last call, made visible: each on stderr (once per
+/// kind: the same message with other numbers is not repeated) and as an `exchange_warning` event;
+/// a failed publish stops the run (the peers would wait for checkpoints that cannot reach them).
+pub(crate) fn exchange_health(
+    exchange: &mut dyn crate::distill::exchange::Exchange,
+    log: &mut MetricsLog,
+    step: u64,
+    said: &mut std::collections::HashSet<String>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    for w in exchange.warnings() {
+        if w.starts_with("publishing") {
+            bail!(Invalid, "{w}; the peers cannot receive this model's checkpoints (is the exchange directory writable, and is there space?)");
+        }
+        log.write(&[("event", J::S("exchange_warning")), ("step", J::I(step)), ("message", J::S(&w))])?;
+        if said.insert(w.chars().filter(|c| !c.is_ascii_digit()).collect()) {
+            bar.suspend(|| eprintln!("warning: {w}"));
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint meta key of the training data's fingerprint.
