@@ -62,6 +62,13 @@ fn cli() -> Command {
                                 .value_name("N")
                                 .default_value("0")
                                 .help("Score about N tokens, from places spread over the file (0: all)"),
+                        )
+                        .arg(
+                            Arg::new("lanes")
+                                .long("lanes")
+                                .value_name("N")
+                                .default_value("1")
+                                .help("1: the file as one stream from a zero state, every token after the first scored (as a PyTorch loop over the file); N: N lanes, faster, each from a zero state with its first token unscored (0: the checkpoint's batch)"),
                         ),
                 )
                 .subcommand(
@@ -286,8 +293,20 @@ fn run(m: &ArgMatches) -> Result<()> {
                     .expect("defaulted")
                     .parse()
                     .map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
-                let (ce, n) = lm::eval_checkpoints(&ckpts.0, file.as_deref(), &cache, max)?;
-                println!("{}", json_object(&[("loss", J::N(ce)), ("ppl", J::N(ce.exp())), ("tokens", J::I(n as u64))]));
+                let lanes: usize =
+                    a.get_one::<String>("lanes").expect("defaulted").parse().map_err(|_| codistill::Error::Invalid("--lanes must be a whole number".into()))?;
+                let r = lm::eval_checkpoints(&ckpts.0, file.as_deref(), &cache, max, lanes)?;
+                println!(
+                    "{}",
+                    json_object(&[
+                        ("loss", J::N(r.loss)),
+                        ("ppl", J::N(r.loss.exp())),
+                        ("tokens", J::I(r.tokens as u64)),
+                        ("file_tokens", J::I(r.file_tokens as u64)),
+                        ("lanes", J::I(r.lanes as u64)),
+                        ("oov_rate", J::N(r.oov_rate.unwrap_or(f64::NAN))),
+                    ])
+                );
                 Ok(())
             }
             Some(("sample", a)) => {

@@ -384,7 +384,7 @@ fn language_model_shards_follow_shard_block() {
         let mut r = ab.clone();
         (r.shard_block, r.out) = (block, d.join(run));
         lm::train(&r).unwrap();
-        lm::eval_checkpoint(&d.join(run).join("model-0/checkpoint.safetensors"), Some(&d.join("ab/valid.txt")), &ab.cache, 0).unwrap().0
+        lm::eval_checkpoint(&d.join(run).join("model-0/checkpoint.safetensors"), Some(&d.join("ab/valid.txt")), &ab.cache, 0, 1).unwrap().loss
     };
     let (contiguous, blocks) = (b_loss(0, "ab-contiguous"), b_loss(40, "ab-blocks"));
     eprintln!("model 0 on b-text: contiguous halves {contiguous:.4}, blocks of 40 {blocks:.4}");

@@ -176,7 +176,7 @@ fn a_second_trainer_on_one_out_is_refused_and_stale_temp_files_are_removed() {
     std::fs::create_dir_all(&c.out).unwrap();
     let stale = c.out.join("checkpoint.tmp4194301");
     std::fs::write(&stale, b"half a checkpoint").unwrap();
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"))
+    let first = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"))
         .args(["criteo", "train", "--device", "cpu", "--synthetic-scale", "0.002", "--synthetic-rows", "60000", "--buckets", "512", "--epochs", "3", "--cache"])
         .arg(&c.cache)
         .arg("--out")

@@ -271,7 +271,10 @@ fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
     lm::train(&b).unwrap();
     let (ca, cb) = (d.join("a/checkpoint.safetensors"), d.join("b/checkpoint.safetensors"));
     let valid = d.join("data/valid.txt");
-    let eval = |p: &[&Path]| lm::eval_checkpoints(&paths(p).0, Some(&valid), &a.cache, 0).unwrap();
+    let eval = |p: &[&Path]| {
+        let r = lm::eval_checkpoints(&paths(p).0, Some(&valid), &a.cache, 0, a.batch).unwrap();
+        (r.loss, r.tokens)
+    };
     let ((la, n), (lb, _)) = (eval(&[&ca]), eval(&[&cb]));
     let (laa, naa) = eval(&[&ca, &ca]);
     assert!((laa - la).abs() < 1e-5 && naa == n, "two copies of a model: {laa} vs {la}");
@@ -306,7 +309,7 @@ fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
     (other.steps, other.out) = (2, d.join("o/run"));
     lm::train(&other).unwrap();
     let co = d.join("o/run/checkpoint.safetensors");
-    let e = lm::eval_checkpoints(&paths(&[&ca, &co]).0, Some(&valid), &a.cache, 0).unwrap_err().to_string();
+    let e = lm::eval_checkpoints(&paths(&[&ca, &co]).0, Some(&valid), &a.cache, 0, 1).unwrap_err().to_string();
     assert!(e.contains(&co.display().to_string()) && e.contains("vocabulary"), "{e}");
 }
 

@@ -450,8 +450,8 @@ fn directory_exchange_moves_gpu_weights_through_the_copy_stream() {
     let dir = std::env::temp_dir().join(format!("codistill-gpu-x-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let poll = std::time::Duration::from_millis(5);
-    let mut a = DirExchange::new(&dir, 0, 2, &own, poll).unwrap();
-    let mut b = DirExchange::new(&dir, 1, 2, &own, poll).unwrap();
+    let mut a = DirExchange::new(&dir, 0, 2, &own, poll, "", true).unwrap();
+    let mut b = DirExchange::new(&dir, 1, 2, &own, poll, "", true).unwrap();
     a.publish(0, 5, &own).unwrap();
     // The publisher's next update, as a trainer makes it: settle, then write the weights.
     a.settle(0).unwrap();

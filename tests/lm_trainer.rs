@@ -146,8 +146,11 @@ fn training_learns_the_small_corpus() {
     let metrics = std::fs::read_to_string(c.out.join("metrics.jsonl")).unwrap();
     assert!(metrics.lines().any(|l| l.contains("\"event\":\"valid\"")), "{metrics}");
     // lm eval on the checkpoint agrees with the run's own test figure
-    let (ce, _) = lm::eval_checkpoint(&c.out.join("best.safetensors"), None, &c.cache, 0).unwrap();
-    assert!((ce - s.test.unwrap()).abs() < 1e-9, "eval {ce} vs train's test {:?}", s.test);
+    let r = lm::eval_checkpoint(&c.out.join("best.safetensors"), None, &c.cache, 0, 1).unwrap();
+    assert!((r.loss - s.test.unwrap()).abs() < 1e-9, "eval {} vs train's test {:?}", r.loss, s.test);
+    // One stream: every token of the test file after the first is scored; the rate of <unk> is
+    // reported (none here: every word of the corpus is in the vocabulary).
+    assert_eq!((r.tokens, r.lanes, r.oov_rate), (r.file_tokens - 1, 1, Some(0.0)));
 }
 
 /// A corpus where memory is the whole game: each line is `K<k> F1 F2 F3 F4 F5 C<k>` with the key
@@ -254,7 +257,7 @@ fn corrupted_and_truncated_checkpoints_are_refused() {
     flipped[at] ^= 0x40;
     let p = d.join("flipped.safetensors");
     std::fs::write(&p, &flipped).unwrap();
-    let e = err(lm::eval_checkpoint(&p, None, &c.cache, 0));
+    let e = err(lm::eval_checkpoint(&p, None, &c.cache, 0, 1));
     assert!(e.contains("flipped.safetensors") && e.contains("corrupted"), "{e}");
     let t = d.join("cut.safetensors");
     std::fs::write(&t, &good[..good.len() / 2]).unwrap();

@@ -29,6 +29,29 @@ impl TokenLanes {
         (self.lanes[0].len() - 1) / self.steps
     }
 
+    /// Steps of the partial window after the whole ones (0: the lanes end on a window boundary).
+    pub fn tail_steps(&self) -> usize {
+        (self.lanes[0].len() - 1) % self.steps
+    }
+
+    /// Inputs and targets of the partial window after the whole ones, `[tail_steps * batch]`
+    /// (none when `tail_steps` is 0): with it, every token of a lane after its first is a target.
+    pub fn tail(&self) -> Result<Option<(Tensor, Tensor)>> {
+        let r = self.tail_steps();
+        if r == 0 {
+            return Ok(None);
+        }
+        let start = self.windows() * self.steps;
+        let (mut x, mut y) = (Vec::with_capacity(r * self.batch), Vec::with_capacity(r * self.batch));
+        for t in 0..r {
+            for lane in &self.lanes {
+                x.push(lane[start + t] as i32);
+                y.push(lane[start + t + 1] as i32);
+            }
+        }
+        Ok(Some((Tensor::from_i32(x, &[r * self.batch])?, Tensor::from_i32(y, &[r * self.batch])?)))
+    }
+
     /// Inputs and next-token targets of window `w`, each `[steps * batch]` (i32, time-major).
     pub fn window(&self, w: usize) -> Result<(Tensor, Tensor)> {
         if w >= self.windows() {
@@ -58,6 +81,13 @@ mod tests {
         let (x, y) = l.window(1).unwrap();
         assert_eq!(x.i32s().unwrap(), &[3, 13, 4, 14, 5, 15]);
         assert_eq!(y.i32s().unwrap(), &[4, 14, 5, 15, 6, 16]);
+        // Lanes of 10 tokens hold 9 targets: three windows of 3, no tail; with 4 steps, two
+        // windows and a tail of one step (targets 9 and 19).
+        assert!(l.tail().unwrap().is_none());
+        let l4 = TokenLanes::new(&toks, 2, 4).unwrap();
+        assert_eq!((l4.windows(), l4.tail_steps()), (2, 1));
+        let (x, y) = l4.tail().unwrap().unwrap();
+        assert_eq!((x.i32s().unwrap(), y.i32s().unwrap()), (&[8, 18][..], &[9, 19][..]));
         assert!(l.window(3).is_err());
         assert!(TokenLanes::new(&toks, 8, 3).is_err());
     }

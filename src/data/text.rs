@@ -109,6 +109,11 @@ impl Vocab {
     }
 
     /// Serialised form (tokenizer on the first line, then one token per line), stored in checkpoints.
+    /// The id of `<unk>`, where the vocabulary has one (not at byte level).
+    pub fn unk_id(&self) -> Option<u32> {
+        self.index.get(UNK).copied()
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = format!("{}\n", self.tokenizer);
         for w in &self.words {

@@ -72,6 +72,8 @@ crate::config_table! {
         eval_every: u64 = 500,
         /// Validate on about this many tokens, the first windows of `batch` lanes spread over the validation file (0: the whole file)
         eval_tokens: usize = 0,
+        /// Lanes of the test evaluation at the end: 1 scores the test file as one stream from a zero state, every token after the first (as a PyTorch loop over the file does); more are faster, each lane from a zero state and its first token unscored (0: batch)
+        eval_lanes: usize = 1,
         /// Log training metrics every this many steps
         log_every: u64 = 50,
         /// Write a checkpoint every this many steps (and at the end)
@@ -300,25 +302,53 @@ fn eval_layout(tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> 
     Ok((data, windows, steps))
 }
 
+/// The windows an evaluation scores: `windows` whole ones of `steps`, then, when the whole text is
+/// scored (`max_tokens` 0), the partial window after them. Each item is (inputs, targets, steps).
+fn eval_windows(data: &TokenLanes, windows: usize, steps: usize, max_tokens: usize) -> Result<Vec<(Tensor, Tensor, usize)>> {
+    let mut out = Vec::with_capacity(windows + 1);
+    for w in 0..windows {
+        let (x, y) = data.window(w)?;
+        out.push((x, y, steps));
+    }
+    if max_tokens == 0 {
+        if let Some((x, y)) = data.tail()? {
+            out.push((x, y, data.tail_steps()));
+        }
+    }
+    Ok(out)
+}
+
 /// Mean cross-entropy (nats per token) of `tokens` under the model, and the number of tokens
-/// scored. Lanes as in training, state carried, no dropout; about `max_tokens` tokens from places
-/// spread over the text (0: all; see `eval_layout`).
+/// scored. The text is cut into `batch` lanes, each scored from a zero state with the state carried
+/// between windows, no dropout; with `max_tokens` 0 every token of a lane after its first is scored
+/// (with one lane: every token of the text after the first), else about `max_tokens` tokens from
+/// places spread over the text (see `eval_layout`).
 pub fn evaluate(model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
     let dev = s.device();
     let mut state = LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)?;
-    let mut total = 0.0;
-    for w in 0..windows {
-        let (x, y) = data.window(w)?;
+    let (mut total, mut count) = (0.0, 0usize);
+    for (x, y, steps) in eval_windows(&data, windows, steps, max_tokens)? {
         let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
         let mut g = Graph::no_grad();
         let (logits, next) = model.forward(&mut g, s, &x, &state, steps, None)?;
         let loss = g.softmax_xent(logits, &y)?;
-        total += g.value(loss).item()? as f64;
+        // The loss is a mean over the window's rows: weighted by them, as the tail has fewer.
+        total += g.value(loss).item()? as f64 * (steps * lanes) as f64;
+        count += steps * lanes;
         state = next;
     }
-    Ok((total / windows as f64, windows * steps * lanes))
+    Ok((total / count as f64, count))
+}
+
+/// The fraction of `tokens` after the first (the ones an evaluation predicts) that are `<unk>`:
+/// a text of unseen words scores a perplexity that looks better than real text, so it is reported
+/// beside it. None at byte level (no `<unk>`).
+pub fn oov_rate(tokens: &[u32], vocab: &Vocab) -> Option<f64> {
+    let unk = vocab.unk_id()?;
+    let t = tokens.get(1..).filter(|t| !t.is_empty())?;
+    Some(t.iter().filter(|&&x| x == unk).count() as f64 / t.len() as f64)
 }
 
 /// What a finished run reports.
@@ -428,8 +458,7 @@ pub fn token_log_probs(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch
     let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
     let mut states: Vec<LstmState> = models.iter().map(|(m, _)| LstmState::zeros_on(m.lstm.num_layers(), lanes, m.lstm.hidden, dev)).collect::<Result<_>>()?;
     let mut logps: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
-    for w in 0..windows {
-        let (x, y) = data.window(w)?;
+    for (x, y, steps) in eval_windows(&data, windows, steps, max_tokens)? {
         let x = x.to_device(dev)?;
         for (((model, s), st), out) in models.iter().zip(states.iter_mut()).zip(logps.iter_mut()) {
             let mut g = Graph::no_grad();
@@ -916,8 +945,17 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 } else {
                     (LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?, m.store)
                 };
-                let (ce, n) = evaluate(&tm, &ts, t.as_slice(), cfg.batch, cfg.bptt, 0)?;
-                eprintln!("model {}: test loss {ce:.4} ppl {:.2} over {n} tokens", m.index, ce.exp());
+                let lanes = if cfg.eval_lanes == 0 { cfg.batch } else { cfg.eval_lanes };
+                let (ce, n) = evaluate(&tm, &ts, t.as_slice(), lanes, cfg.bptt, 0)?;
+                let oov = oov_rate(t.as_slice(), &data.vocab);
+                eprintln!(
+                    "model {}: test loss {ce:.4} ppl {:.2} over {n} of the file's {} tokens ({}){}",
+                    m.index,
+                    ce.exp(),
+                    t.len(),
+                    if lanes == 1 { "one stream".to_string() } else { format!("{lanes} lanes, each from a zero state") },
+                    oov.map(|r| format!(", {:.2}% of them <unk>", 100.0 * r)).unwrap_or_default()
+                );
                 log.write(&[
                     ("event", J::S("test")),
                     ("step", J::I(step)),
@@ -925,6 +963,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                     ("loss", J::N(ce)),
                     ("ppl", J::N(ce.exp())),
                     ("tokens", J::I(n as u64)),
+                    ("file_tokens", J::I(t.len() as u64)),
+                    ("lanes", J::I(lanes as u64)),
+                    ("oov_rate", J::N(oov.unwrap_or(f64::NAN))),
                 ])?;
                 Some(ce)
             }
@@ -967,15 +1008,34 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     Ok(summary)
 }
 
-/// Perplexity of a checkpoint on a text file (or on its own config's test file).
-pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize) -> Result<(f64, usize)> {
-    eval_checkpoints(std::slice::from_ref(&path.to_path_buf()), file, cache, max_tokens)
+/// What an evaluation of a text file scored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalReport {
+    /// Mean cross-entropy, nats per token.
+    pub loss: f64,
+    /// Tokens scored (with one lane and no cap: every token of the file after the first).
+    pub tokens: usize,
+    /// Tokens in the file.
+    pub file_tokens: usize,
+    /// Lanes the file was cut into (each scored from a zero state).
+    pub lanes: usize,
+    /// Fraction of the predicted tokens that are `<unk>` (None at byte level).
+    pub oov_rate: Option<f64>,
+}
+
+/// Perplexity of a checkpoint on a text file (or on its own config's test file): as
+/// [`eval_checkpoints`].
+pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<EvalReport> {
+    eval_checkpoints(std::slice::from_ref(&path.to_path_buf()), file, cache, max_tokens, lanes)
 }
 
 /// Cross-entropy of one checkpoint, or of the ensemble of several (their averaged next-token
 /// distributions: what a multi-teacher distillation pulls toward), on a text file or on the first
-/// checkpoint's test file; lanes and window length from the first checkpoint's config.
-pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize) -> Result<(f64, usize)> {
+/// checkpoint's test file, in windows of the first checkpoint's `bptt`. `lanes` 1 scores the file
+/// as one stream from a zero state, every token after the first (as a PyTorch loop over the file
+/// does); more lanes run faster, each from a zero state, its first token unscored; 0 takes the
+/// checkpoint's batch.
+pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<EvalReport> {
     let Some(first) = paths.first() else { bail!(Invalid, "no checkpoint to evaluate") };
     let loaded = load_checkpoints(paths, crate::tensor::Device::Cpu)?;
     let l = &loaded[0];
@@ -988,11 +1048,15 @@ pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, ma
         return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
     }
     let tokens = cached_tokens(&file, &l.vocab, cache)?;
-    if loaded.len() == 1 {
-        return evaluate(&l.model, &l.store, tokens.as_slice(), l.cfg.batch, l.cfg.bptt, max_tokens);
-    }
-    let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
-    evaluate_ensemble(&models, tokens.as_slice(), l.cfg.batch, l.cfg.bptt, max_tokens)
+    let lanes = if lanes == 0 { l.cfg.batch } else { lanes };
+    let (loss, n) = if loaded.len() == 1 {
+        evaluate(&l.model, &l.store, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
+    } else {
+        let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
+        evaluate_ensemble(&models, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
+    };
+    let used = eval_layout(tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?.0.batch;
+    Ok(EvalReport { loss, tokens: n, file_tokens: tokens.len(), lanes: used, oov_rate: oov_rate(tokens.as_slice(), &l.vocab) })
 }
 
 #[cfg(test)]
