@@ -199,3 +199,26 @@ fn a_second_trainer_on_one_out_is_refused_and_stale_temp_files_are_removed() {
     // Free again once the first has finished.
     criteo::train(&CriteoConfig { epochs: 1, ..c.clone() }).unwrap();
 }
+
+/// Sizes that cannot work are refused before anything is allocated or trained, each with the
+/// option named: a zero embedding width, more shards than rows, a model larger than memory.
+#[test]
+fn impossible_sizes_are_refused_with_the_option_named() {
+    let d = tmp("sizes");
+    let mut c = CriteoConfig::default();
+    (c.cache, c.out, c.device) = (d.join("cache"), d.join("out"), codistill::train::DeviceChoice::Cpu);
+    (c.synthetic_scale, c.synthetic_rows, c.buckets) = (0.002, 2_000, 512);
+    let e = criteo::train(&CriteoConfig { emb_dim: 0, ..c.clone() }).unwrap_err().to_string();
+    assert!(e.contains("emb_dim must be positive") || e.contains("emb_dim must be"), "{e}");
+    let e = criteo::train(&CriteoConfig { synthetic_rows: 10, shards: 16, shard: 15, ..c.clone() }).unwrap_err().to_string();
+    assert!(e.contains("16 shards") && e.contains("at least one row"), "{e}");
+    // 26 fields x 50M buckets x 64 wide: ~83 billion weights, past any machine that runs this.
+    let e = criteo::train(&CriteoConfig { buckets: 50_000_000, emb_dim: 64, ..c.clone() }).unwrap_err().to_string();
+    assert!(e.contains("GiB") && e.contains("--buckets"), "{e}");
+    let mut l = codistill::train::lm::LmConfig::default();
+    (l.cache, l.out, l.device, l.synthetic_tokens, l.hidden, l.steps) =
+        (d.join("cache"), d.join("lm"), codistill::train::DeviceChoice::Cpu, 5_000, 10_000_000, 2);
+    let e = codistill::train::lm::train(&l).unwrap_err().to_string();
+    assert!(e.contains("GiB") && e.contains("--hidden"), "{e}");
+    assert!(!d.join("out/checkpoint.safetensors").exists() && !d.join("lm/checkpoint.safetensors").exists());
+}

@@ -373,12 +373,11 @@ fn affine_fit_residual(x: &[f32], a: usize, y: &[f32], b: usize) -> f64 {
         m[i][i] += 1e-9; // a dead unit would make the system singular
         let p = (i..k).max_by(|&u, &v| m[u][i].abs().total_cmp(&m[v][i].abs())).unwrap();
         m.swap(i, p);
-        for u in 0..k {
-            if u != i {
-                let f = m[u][i] / m[i][i];
-                for j in i..k + b {
-                    m[u][j] -= f * m[i][j];
-                }
+        let pivot = m[i].clone();
+        for (_, r) in m.iter_mut().enumerate().filter(|(u, _)| *u != i) {
+            let f = r[i] / pivot[i];
+            for (x, p) in r[i..].iter_mut().zip(&pivot[i..]) {
+                *x -= f * p;
             }
         }
     }

@@ -250,6 +250,11 @@ impl Gpu {
         &self.ctx
     }
 
+    /// Free and total device memory, in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        Ok(self.ctx.mem_get_info()?)
+    }
+
     /// Whether the device runs our compute_90a code (`wgmma`): compute capability 9.0.
     pub fn has_wgmma(&self) -> bool {
         *self.sm90.get_or_init(|| matches!(self.ctx.compute_capability(), Ok((9, 0))))

@@ -76,8 +76,19 @@ impl Row {
                 }
                 i if i <= NUM_INTS => {
                     if !f.is_empty() {
-                        let v = std::str::from_utf8(f).ok().and_then(|s| s.parse::<i64>().ok());
-                        row.ints[i - 1] = Some(v.ok_or_else(|| FieldError { column: col, message: format!("{:?} is not an integer", text()) })?);
+                        use std::num::IntErrorKind::{NegOverflow, PosOverflow};
+                        let v = match std::str::from_utf8(f).map(|s| s.parse::<i64>()) {
+                            Ok(Ok(v)) => v,
+                            Ok(Err(e)) if matches!(e.kind(), PosOverflow | NegOverflow) => {
+                                let message = format!(
+                                    "{:?} is out of range: an integer feature must fit in 64 bits (-9223372036854775808 to 9223372036854775807)",
+                                    text()
+                                );
+                                return Err(FieldError { column: col, message });
+                            }
+                            _ => return Err(FieldError { column: col, message: format!("{:?} is not an integer", text()) }),
+                        };
+                        row.ints[i - 1] = Some(v);
                     }
                 }
                 i => {
@@ -356,6 +367,12 @@ pub fn shard_range(rows: usize, n: usize, i: usize) -> Result<std::ops::Range<us
     if n == 0 || i >= n {
         bail!(Invalid, "shard {i} of {n} does not exist");
     }
+    if rows < n {
+        bail!(
+            Invalid,
+            "{rows} row(s) cannot be dealt into {n} shards: every shard needs at least one row (the last would get them all, overlapping the others)"
+        );
+    }
     let per = rows / n;
     Ok(i * per..if i + 1 == n { rows } else { (i + 1) * per })
 }
@@ -405,6 +422,9 @@ mod tests {
         };
         assert_eq!(with(1, "2").column, 1);
         assert_eq!(with(5, "3.5").column, 5);
+        assert!(with(5, "3.5").message.contains("is not an integer"));
+        let big = with(3, "99999999999999999999");
+        assert!(big.column == 3 && big.message.contains("out of range") && big.message.contains("64 bits"), "{}", big.message);
         let e = with(20, "xyz12345");
         assert_eq!((e.column, column_name(20).as_str()), (20, "C6"));
         assert!(with(20, "123456789").message.contains("hex"));
@@ -442,5 +462,8 @@ mod tests {
         assert!(bucket(3, Some(7), 100) < 100);
         assert_ne!(bucket(3, None, 1 << 20), bucket(4, None, 1 << 20));
         assert_eq!(shard_range(10, 3, 2).unwrap(), 6..10);
+        // Fewer rows than shards: refused (the last shard would get every row).
+        let e = shard_range(10, 16, 15).unwrap_err().to_string();
+        assert!(e.contains("10 row(s)") && e.contains("16 shards"), "{e}");
     }
 }

@@ -269,6 +269,9 @@ pub fn shard(tokens: &[u32], n: usize, i: usize) -> Result<&[u32]> {
     if n == 0 || i >= n {
         bail!(Invalid, "shard {i} of {n} does not exist");
     }
+    if tokens.len() < n {
+        bail!(Invalid, "{} token(s) cannot be dealt into {n} shards: every shard needs at least one token", tokens.len());
+    }
     let per = tokens.len() / n;
     let end = if i + 1 == n { tokens.len() } else { (i + 1) * per };
     Ok(&tokens[i * per..end])

@@ -420,6 +420,8 @@ struct Member {
     teachers: crate::distill::TeacherTracker,
     /// The fingerprint of this model's training rows (checkpoints record it; a resume checks it).
     data_key: u64,
+    /// The last step with a finite training loss, and that loss.
+    last_loss: Option<(u64, f64)>,
 }
 
 impl Member {
@@ -453,8 +455,19 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let t0 = Instant::now();
     let dev = cfg.device.resolve()?;
     super::backend_settings(cfg.matmul_f32, cfg.deterministic, cfg.threads, cfg.cpu_bf16);
-    if cfg.batch == 0 || cfg.epochs == 0 {
-        bail!(Invalid, "batch and epochs must be positive (got {} and {})", cfg.batch, cfg.epochs);
+    if cfg.batch == 0 || cfg.epochs == 0 || cfg.emb_dim == 0 {
+        bail!(Invalid, "batch, epochs and emb_dim must be positive (got {}, {} and {})", cfg.batch, cfg.epochs, cfg.emb_dim);
+    }
+    let widths = parse_widths(&cfg.mlp)?;
+    {
+        // Embeddings, the dense features' half of the first layer, the MLP (each layer with its bias).
+        let (b, e) = (cfg.buckets as u128, cfg.emb_dim as u128);
+        let mut dims = vec![NUM_CATS as u128 * e];
+        dims.extend(widths.iter().map(|&w| w as u128));
+        dims.push(1);
+        let mlp: u128 = dims.windows(2).map(|w| w[0].saturating_mul(w[1]) + w[1]).sum();
+        let params = (NUM_CATS as u128).saturating_mul(b).saturating_mul(e) + DENSE_WIDTH as u128 * widths[0] as u128 + mlp;
+        super::check_model_memory(params, cfg.models, cfg.optimizer, dev, "--buckets, --emb-dim, --mlp")?;
     }
     let (world, rank) = super::process_world(cfg.world, cfg.rank, cfg.exchange_dir.is_some())?;
     // The run goes on, and its checkpoints record, the world and rank it took.
@@ -512,6 +525,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             rng,
             teachers: crate::distill::TeacherTracker::new(total_models, cfg.exchange_every),
             data_key,
+            last_loss: None,
         });
     }
     // Start calibrated: the output bias at the log-odds of the training click rate. With rare
@@ -696,8 +710,13 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                 interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
             }
             if !lv.is_finite() {
-                bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or set --clip", m.index);
+                let last = match m.last_loss {
+                    Some((s, v)) => format!("the last finite loss was {v} at step {s}"),
+                    None => "no step had a finite loss".to_string(),
+                };
+                bail!(Invalid, "training loss of model {} is {lv} at step {step} ({last}); lower --lr or set --clip", m.index);
             }
+            m.last_loss = Some((step, lv));
             let grads = g.backward(loss)?;
             m.store.zero_grads()?;
             g.accumulate_grads(&grads, &mut m.store)?;

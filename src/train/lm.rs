@@ -555,6 +555,8 @@ struct LmMember {
     out: PathBuf,
     /// The fingerprint of this model's training stream (checkpoints record it; a resume checks it).
     data_key: Option<u64>,
+    /// The last step with a finite training loss, and that loss.
+    last_loss: Option<(u64, f64)>,
 }
 
 /// Train as configured: one model, or `models` codistilling models in this process, or this
@@ -609,6 +611,13 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         (data, fixed)
     };
     super::check_burn_in(&schedule, total_models > 1 || !cfg.teacher.is_empty(), cfg.steps)?;
+    {
+        // Embedding, LSTM layers (one bias each), output projection.
+        let (v, e, h, l) = (data.vocab.len() as u128, cfg.emb_dim as u128, cfg.hidden as u128, cfg.layers as u128);
+        let lstm = |input: u128| 4u128.saturating_mul(h).saturating_mul(input.saturating_add(h)) + 4 * h;
+        let params = v.saturating_mul(e) + lstm(e) + l.saturating_sub(1).saturating_mul(lstm(h)) + h.saturating_mul(v) + v;
+        super::check_model_memory(params, cfg.models, cfg.optimizer, dev, "--hidden, --emb-dim, --layers, or a smaller vocabulary with --min-count")?;
+    }
     let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
     // A feature hint maps the model's top hidden states to the first teacher's width.
     let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, fixed.first()) {
@@ -653,6 +662,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             best: None,
             out,
             data_key,
+            last_loss: None,
         });
     }
     let mut step = 0u64;
@@ -840,8 +850,13 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
             }
             if !lv.is_finite() {
-                bail!(Invalid, "training loss of model {} is {lv} at step {step}; lower --lr or enable --clip", m.index);
+                let last = match m.last_loss {
+                    Some((s, v)) => format!("the last finite loss was {v} at step {s}"),
+                    None => "no step had a finite loss".to_string(),
+                };
+                bail!(Invalid, "training loss of model {} is {lv} at step {step} ({last}); lower --lr or set --clip", m.index);
             }
+            m.last_loss = Some((step, lv));
             let grads = g.backward(loss)?;
             m.store.zero_grads()?;
             g.accumulate_grads(&grads, &mut m.store)?;

@@ -376,6 +376,42 @@ pub(crate) fn exchange_health(
     Ok(())
 }
 
+/// Bytes free for a model on `dev`: the kernel's MemAvailable on the CPU (Linux), the driver's
+/// free memory on a GPU; None where it cannot be read.
+fn available_memory(dev: Device) -> Option<u128> {
+    match dev {
+        Device::Cpu => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let kb: u128 = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        }
+        Device::Cuda(i) => crate::cuda::gpu(i).and_then(|g| g.memory()).ok().map(|(free, _)| free as u128),
+    }
+}
+
+/// Refuse, before anything is allocated, `models` models of `params` parameters each whose
+/// weights, gradients and optimizer state (f32) do not fit in what `dev` has free, with the
+/// figures, instead of an allocator's abort. (Activations come on top: this is a floor.)
+pub(crate) fn check_model_memory(params: u128, models: usize, optimizer: OptimizerChoice, dev: Device, what: &str) -> Result<()> {
+    let slots: u128 = match optimizer {
+        OptimizerChoice::Adam => 2,
+        OptimizerChoice::Sgd => 1,
+        OptimizerChoice::Momentum | OptimizerChoice::Adagrad => 1,
+    };
+    let need = params * 4 * (2 + slots) * models as u128;
+    let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    match available_memory(dev) {
+        Some(have) if need > have => bail!(
+            Invalid,
+            "the model needs at least {:.1} GiB ({} model(s) of {params} parameters: weights, gradients and {optimizer} state in f32) and {dev} has {:.1} GiB free; make it smaller ({what})",
+            gib(need),
+            models,
+            gib(have)
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The checkpoint meta key of the training data's fingerprint.
 pub(crate) const DATA_KEY: &str = "train_fingerprint";
 
