@@ -85,6 +85,44 @@ mod tests {
         assert!(auc(&[0.5, 0.6], &[1., 1.]).is_nan());
     }
 
+    /// Against references written the slow, obvious way on random data with many ties: AUC over
+    /// every (positive, negative) pair, ties counting one half; log-loss, calibration and churn by
+    /// their definitions in f64; and the clamp at both ends (a certain, wrong prediction costs
+    /// -ln(1e-15), never infinity).
+    #[test]
+    fn metrics_match_brute_force_references() {
+        let mut rng = crate::Rng::new(9);
+        for n in [2usize, 7, 40, 301] {
+            let p: Vec<f32> = (0..n).map(|_| (rng.below(9) as f32 + 0.5) / 10.0).collect(); // 9 levels: ties
+            let y: Vec<f32> = (0..n).map(|i| if i == 0 { 1.0 } else if i == 1 { 0.0 } else { rng.below(2) as f32 }).collect();
+            let q: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
+            let (mut wins, mut pairs) = (0.0, 0.0);
+            for i in (0..n).filter(|&i| y[i] == 1.0) {
+                for j in (0..n).filter(|&j| y[j] == 0.0) {
+                    pairs += 1.0;
+                    wins += if p[i] > p[j] { 1.0 } else if p[i] == p[j] { 0.5 } else { 0.0 };
+                }
+            }
+            assert!((auc(&p, &y) - wins / pairs).abs() < 1e-12, "n {n}: AUC {} against {}", auc(&p, &y), wins / pairs);
+            let ll: f64 = p.iter().zip(&y).map(|(&p, &y)| if y == 1.0 { -(p as f64).ln() } else { -(1.0 - p as f64).ln() }).sum::<f64>() / n as f64;
+            assert!((log_loss(&p, &y) - ll).abs() < 1e-12);
+            let cal = p.iter().map(|&v| v as f64).sum::<f64>() / y.iter().map(|&v| v as f64).sum::<f64>();
+            assert!((calibration(&p, &y) - cal).abs() < 1e-12);
+            let ch = p.iter().zip(&q).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>() / n as f64;
+            assert!((churn(&p, &q).unwrap() - ch).abs() < 1e-12);
+        }
+        let floor = -(1e-15f64).ln();
+        // 1 - (1 - 1e-15) is 1.0000000000000000777e-15 in f64: 8e-4 off the floor; a wrong clamp gives infinity.
+        assert!((log_loss(&[1.0], &[0.0]) - floor).abs() < 2e-3, "{}", log_loss(&[1.0], &[0.0]));
+        assert!((log_loss(&[0.0], &[1.0]) - floor).abs() < 1e-6, "{}", log_loss(&[0.0], &[1.0]));
+        assert!(log_loss(&[1.0, 0.0], &[1.0, 0.0]) < 1e-12);
+        // Swapping the labels turns the AUC into its complement.
+        let y = [0.0, 1.0, 1.0, 0.0, 1.0];
+        let p = [0.1, 0.7, 0.3, 0.3, 0.9];
+        let flipped: Vec<f32> = y.iter().map(|v| 1.0 - v).collect();
+        assert!((auc(&p, &y) + auc(&p, &flipped) - 1.0).abs() < 1e-12);
+    }
+
     #[test]
     fn log_loss_calibration_and_churn() {
         assert!((log_loss(&[0.5, 0.5], &[0., 1.]) - 2f64.ln()).abs() < 1e-12);
