@@ -217,13 +217,31 @@ fn killed_process_leaves_its_peer_training_and_resumes_from_its_checkpoint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "rank 0 failed after its peer died: {stderr}");
     assert!(stderr.contains("model 1 has not published") && stderr.contains("keeps training on its checkpoint"), "no warning about the dead peer:\n{stderr}");
-    // Restarted, rank 1 resumes from its own checkpoint and finishes.
+    // Restarted, rank 1 resumes from its own checkpoint; killed again at a moment of its own
+    // (SIGKILL, mid-step or mid-write), it resumes again and finishes.
+    let mut again = cmd(1, &["--resume", ckpt.to_str().unwrap()]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300 + (std::process::id() % 400) as u64));
+    let _ = again.kill();
+    again.wait().unwrap();
     let again = cmd(1, &["--resume", ckpt.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "restarted rank 1 failed: {stderr}");
     assert!(stderr.contains("resumed from") && stderr.contains("at step"), "{stderr}");
     let resumed_at: u64 = stderr.split("at step ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert!(resumed_at > 0 && resumed_at.is_multiple_of(20), "resumed at step {resumed_at}");
+    // Its metrics parse line by line and log every step once, up to the end; nothing temporary is
+    // left in its run directory or under its name in the exchange directory.
+    let metrics = d.join("rank1/metrics.jsonl");
+    for line in std::fs::read_to_string(&metrics).unwrap().lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
+    }
+    let steps: Vec<u64> = common::train_field(&metrics, "step").iter().map(|s| s.parse().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + c.log_every) && steps[0] == c.log_every, "{steps:?}");
+    for dir in [d.join("rank1"), xdir.clone()] {
+        let left: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
+        assert!(left.is_empty(), "{}: temporary files left: {left:?}", dir.display());
+    }
 }
 
 #[test]

@@ -277,3 +277,63 @@ fn config_with_unknown_key_is_refused_by_the_cli() {
     assert!(!out.status.success());
     assert!(stderr.contains("run.toml:2") && stderr.contains("hiden") && stderr.contains("unknown key"), "{stderr}");
 }
+
+/// `kill -9` at random moments, several times, then `--resume` from whatever checkpoint the killed
+/// run left: the final weights are bitwise those of an uninterrupted run, `metrics.jsonl` parses
+/// line by line with every logged step once, and no temporary file is left in the run directory.
+#[test]
+fn runs_killed_at_random_moments_resume_to_the_uninterrupted_result() {
+    let d = tmp("kill9");
+    let mut c = small_run(&d, 12);
+    (c.hidden, c.layers, c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (32, 1, 1500, 500, 10, 25);
+    c.out = d.join("straight");
+    lm::train(&c).unwrap();
+    let ckpt = d.join("killed/checkpoint.safetensors");
+    let run = |resume: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"));
+        cmd.args(["lm", "train", "--device", "cpu", "--min-count", "1", "--emb-dim", "8", "--hidden", "32", "--layers", "1", "--batch", "4", "--bptt", "10"])
+            .args(["--steps", "1500", "--eval-every", "500", "--log-every", "10", "--checkpoint-every", "25", "--seed", &c.seed.to_string()])
+            .arg("--data")
+            .arg(d.join("data"))
+            .arg("--cache")
+            .arg(&c.cache)
+            .arg("--out")
+            .arg(d.join("killed"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if resume {
+            cmd.arg("--resume").arg(&ckpt);
+        }
+        cmd
+    };
+    let mut rng = codistill::Rng::new(7);
+    let mut kills = 0;
+    for _ in 0..4 {
+        let mut child = run(ckpt.exists()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150 + rng.below(700) as u64));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    let last = run(ckpt.exists()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&last.stderr);
+    assert!(last.status.success() || stderr.contains("nothing is left to train"), "{stderr}");
+    eprintln!("killed {kills} time(s)");
+    let (a, b) = (Checkpoint::load(&d.join("straight/checkpoint.safetensors")).unwrap(), Checkpoint::load(&ckpt).unwrap());
+    for (name, t) in &a.tensors {
+        assert_eq!(t, &b.tensors[name], "{name} differs from the uninterrupted run's after {kills} kill(s)");
+    }
+    let steps = |dir: &str| -> Vec<u64> {
+        let text = std::fs::read_to_string(d.join(dir).join("metrics.jsonl")).unwrap();
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{dir}: not one JSON object: {line:?}: {e}"));
+        }
+        common::train_field(&d.join(dir).join("metrics.jsonl"), "step").iter().map(|s| s.parse().unwrap()).collect()
+    };
+    assert_eq!(steps("killed"), steps("straight"), "the killed-and-resumed run's metrics do not log every step once");
+    let left: Vec<_> =
+        std::fs::read_dir(d.join("killed")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}

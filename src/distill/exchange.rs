@@ -328,6 +328,15 @@ impl DirExchange {
                 own.display()
             );
         }
+        // A publish killed mid-write leaves its temporary file (`model-<rank>.tmp<pid>`): this
+        // rank's are removed (no other process writes them).
+        let prefix = format!("model-{rank}.tmp");
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix(&prefix).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let compat = compat.to_string();
         let wcompat = compat.clone();
         let notes = Arc::new(Mutex::new(Vec::new()));

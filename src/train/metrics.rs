@@ -94,13 +94,29 @@ mod tests {
         let mut rng = crate::Rng::new(9);
         for n in [2usize, 7, 40, 301] {
             let p: Vec<f32> = (0..n).map(|_| (rng.below(9) as f32 + 0.5) / 10.0).collect(); // 9 levels: ties
-            let y: Vec<f32> = (0..n).map(|i| if i == 0 { 1.0 } else if i == 1 { 0.0 } else { rng.below(2) as f32 }).collect();
+            let y: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i == 0 {
+                        1.0
+                    } else if i == 1 {
+                        0.0
+                    } else {
+                        rng.below(2) as f32
+                    }
+                })
+                .collect();
             let q: Vec<f32> = (0..n).map(|_| rng.uniform() as f32).collect();
             let (mut wins, mut pairs) = (0.0, 0.0);
             for i in (0..n).filter(|&i| y[i] == 1.0) {
                 for j in (0..n).filter(|&j| y[j] == 0.0) {
                     pairs += 1.0;
-                    wins += if p[i] > p[j] { 1.0 } else if p[i] == p[j] { 0.5 } else { 0.0 };
+                    wins += if p[i] > p[j] {
+                        1.0
+                    } else if p[i] == p[j] {
+                        0.5
+                    } else {
+                        0.0
+                    };
                 }
             }
             assert!((auc(&p, &y) - wins / pairs).abs() < 1e-12, "n {n}: AUC {} against {}", auc(&p, &y), wins / pairs);
