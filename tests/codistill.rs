@@ -433,6 +433,8 @@ fn a_missing_or_incompatible_peer_stops_the_run_with_the_reason() {
     // A peer that never starts.
     let (code, err) = run(&d.join("alone"), 0, &[]);
     assert!(code != Some(0) && err.contains("no usable checkpoint from peer model(s) [1]") && err.contains("within 3 s (peer_timeout)"), "{code:?}: {err}");
+    let metrics = std::fs::read_to_string(d.join("xalone/rank0/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"event\":\"exchange_error\"") && metrics.contains("peer model(s) [1]"), "no exchange_error event: {metrics}");
     // Something else under the peer's file name.
     let foreign = d.join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();

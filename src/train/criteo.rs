@@ -641,7 +641,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let remote: Vec<usize> = if codistill { (0..total_models).filter(|&p| !members.iter().any(|m| m.index == p)).collect() } else { Vec::new() };
     let mut peers_ready = false;
     for step in start_step..total_steps {
-        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready)?;
+        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready, &mut log)?;
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
         step_times.begin(train_secs, exchange_wait);

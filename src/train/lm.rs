@@ -773,7 +773,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     let remote: Vec<usize> = if codistill { (0..total_models).filter(|&p| !members.iter().any(|m| m.index == p)).collect() } else { Vec::new() };
     let mut peers_ready = false;
     while step < cfg.steps {
-        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready)?;
+        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready, &mut log)?;
         step_times.begin(train_secs, exchange_wait);
         let w = (step % per_epoch) as usize;
         let lr = lr_schedule.at(step);

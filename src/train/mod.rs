@@ -366,6 +366,7 @@ pub(crate) fn exchange_health(
 ) -> Result<()> {
     for w in exchange.warnings() {
         if w.starts_with("publishing") {
+            log.write(&[("event", J::S("exchange_error")), ("step", J::I(step)), ("message", J::S(&w))])?;
             bail!(Invalid, "{w}; the peers cannot receive this model's checkpoints (is the exchange directory writable, and is there space?)");
         }
         log.write(&[("event", J::S("exchange_warning")), ("step", J::I(step)), ("message", J::S(&w))])?;
@@ -448,6 +449,7 @@ pub(crate) fn check_burn_in(schedule: &crate::distill::CodistillSchedule, teache
 /// up to `timeout_s` seconds for a first checkpoint of every model not trained in this process
 /// (`remote`), so that no model trains on without teachers it was meant to have. Returns the
 /// seconds waited.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn await_peers(
     exchange: &mut dyn crate::distill::exchange::Exchange,
     remote: &[usize],
@@ -455,11 +457,15 @@ pub(crate) fn await_peers(
     step: u64,
     timeout_s: u64,
     ready: &mut bool,
+    log: &mut MetricsLog,
 ) -> Result<f64> {
     if *ready || remote.is_empty() || timeout_s == 0 || !schedule.distill_at(step) || step < schedule.exchange_every {
         return Ok(0.0);
     }
     let (r, waited) = crate::distill::exchange::timed(|| exchange.wait_for_peers(remote, std::time::Duration::from_secs(timeout_s)));
+    if let Err(e) = &r {
+        log.write(&[("event", J::S("exchange_error")), ("step", J::I(step)), ("message", J::S(&e.to_string()))])?;
+    }
     r?;
     *ready = true;
     Ok(waited.as_secs_f64())
