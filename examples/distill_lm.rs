@@ -30,7 +30,7 @@ fn main() -> codistill::Result<()> {
     let student = |name: &str, weight: f32, hint: f32, data_free: bool| -> codistill::Result<f64> {
         let mut s = base.clone();
         (s.emb_dim, s.hidden, s.steps, s.checkpoint_every, s.out) = (16, 16, 600, 600, dir.join(name));
-        (s.burn_in, s.distill_weight, s.hint_weight, s.data_free) = (0, weight, hint, data_free);
+        (s.burn_in, s.alpha, s.hint_weight, s.data_free) = (0, weight, hint, data_free);
         if weight > 0.0 {
             s.teacher = Paths(vec![ckpt.clone()]);
         }

@@ -46,6 +46,19 @@ impl ConfigValue for Option<PathBuf> {
     }
 }
 
+/// An optional number: the empty string means none.
+impl ConfigValue for Option<f32> {
+    fn parse_value(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(None);
+        }
+        s.trim().parse::<f32>().map(Some).map_err(|e| format!("{s:?} is not a valid f32: {e}"))
+    }
+    fn show(&self) -> String {
+        self.map(|v| v.to_string()).unwrap_or_default()
+    }
+}
+
 /// A list of paths: comma-separated in its text form (the empty string is none), a TOML array of
 /// strings or one comma-separated string in a config file.
 #[derive(Clone, Debug, Default, PartialEq)]

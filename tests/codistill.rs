@@ -70,10 +70,11 @@ fn codistilled_models_agree_more_than_independent_ones() {
     let d = tmp("churn");
     let mut c = small(&d);
     // Models trained well enough to be worth agreeing with (a weak, stale teacher adds noise).
-    (c.lr, c.epochs, c.distill_weight) = (0.004, 2, 0.5);
+    // The default form, the paper's task + lambda * distill with lambda 1.
+    (c.lr, c.epochs) = (0.004, 2);
     let co = criteo::train(&c).unwrap();
     c.out = d.join("independent");
-    c.distill_weight = 0.0;
+    c.distill_lambda = 0.0;
     let ind = criteo::train(&c).unwrap();
     let (a, b) = (co.churn.unwrap(), ind.churn.unwrap());
     println!("churn: codistilled {a:.5}, independent {b:.5}");
@@ -160,7 +161,11 @@ fn language_models_codistill_in_one_process() {
     let mut c = small_lm(&d, 5, 24_000);
     c.out = d.join("co");
     (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (120, 120, 20, 120);
-    (c.models, c.burn_in, c.exchange_every, c.distill_weight, c.temperature) = (2, 40, 20, 0.5, 2.0);
+    // The convex mix at 0.5 (--alpha). In the paper's form at this size (120 steps, 16 wide) the
+    // codistilled pair disagreed more than the independent one: 0.0110 to 0.0133 against 0.0090
+    // for lambda 0.5 and 1 at T 1 and 2, 0.0098 at lambda 0.25 (2026-12-02); issue 24's runs are
+    // where that form is measured at scale.
+    (c.models, c.burn_in, c.exchange_every, c.temperature, c.alpha) = (2, 40, 20, 2.0, 0.5);
     let co = lm::train(&c).unwrap();
     assert_eq!(co.per_model.len(), 2);
     assert!(co.ensemble_valid.is_some() && co.per_model.iter().all(|(v, t)| v.is_some() && t.is_some()));
@@ -171,7 +176,7 @@ fn language_models_codistill_in_one_process() {
     assert_eq!(swaps, 2 * 5, "each model takes its peer's snapshots of steps 20, 40, 60, 80 and 100:\n{metrics}");
     assert!(d.join("co/model-0/checkpoint.safetensors").exists() && d.join("co/model-1/checkpoint.safetensors").exists());
     c.out = d.join("independent");
-    c.distill_weight = 0.0;
+    (c.distill_lambda, c.alpha) = (0.0, 0.0);
     lm::train(&c).unwrap();
     // The term pulls the models toward each other: on validation text, the two codistilled models'
     // log-probabilities of each token differ less than those of the independent pair (same seeds
@@ -298,9 +303,9 @@ fn experiment_writes_curves_plots_and_a_report() {
     assert!(svg.contains("<svg") && svg.contains("codistilled model 0") && svg.contains("independent model 1"));
     assert!(curves.contains("\"run\":\"independent\",\"model\":0"), "{curves}");
     // What the experiment calls the control is the run it says: the same two models with
-    // distill_weight 0, bitwise (and the codistilled run is that run with the term on).
+    // distill_lambda 0, bitwise (and the codistilled run is that run with the term on).
     let mut direct = c.clone();
-    (direct.models, direct.world, direct.epochs, direct.distill_weight, direct.eval_every, direct.out) = (2, 1, 2 * c.epochs, 0.0, 50, d.join("direct"));
+    (direct.models, direct.world, direct.epochs, direct.distill_lambda, direct.eval_every, direct.out) = (2, 1, 2 * c.epochs, 0.0, 50, d.join("direct"));
     criteo::train(&direct).unwrap();
     for k in 0..2 {
         let name = format!("checkpoint-{k}.safetensors");
@@ -337,9 +342,9 @@ fn language_model_experiment_reports_against_the_source_entropy() {
     assert_ne!(co, ind, "the control equals the codistilled run");
     assert!(report.contains("ensemble of the independent models") && svg.contains("independent model 1"), "{report}");
     // The control and the baseline are the runs they say, bitwise: two models with
-    // distill_weight 0, and one model on the whole stream.
+    // distill_lambda 0, and one model on the whole stream.
     let mut direct = c.clone();
-    (direct.models, direct.world, direct.distill_weight, direct.out) = (2, 1, 0.0, d.join("direct"));
+    (direct.models, direct.world, direct.distill_lambda, direct.out) = (2, 1, 0.0, d.join("direct"));
     codistill::train::lm::train(&direct).unwrap();
     for k in 0..2 {
         let name = format!("model-{k}/checkpoint.safetensors");
@@ -379,7 +384,7 @@ fn language_model_shards_follow_shard_block() {
     let d = tmp("lm-blocks");
     let mut c = small_lm(&d, 7, 6_000);
     (c.steps, c.eval_every, c.log_every, c.checkpoint_every) = (6, 0, 6, 0);
-    (c.models, c.burn_in, c.exchange_every, c.distill_weight) = (2, 100, 3, 0.0);
+    (c.models, c.burn_in, c.exchange_every, c.distill_lambda) = (2, 100, 3, 0.0);
     c.out = d.join("contiguous");
     lm::train(&c).unwrap();
     c.out = d.join("blocks");

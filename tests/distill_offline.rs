@@ -54,7 +54,7 @@ fn a_student_learns_from_its_teacher_alone_and_teachers_are_averaged() {
     // Students: weight 1 (no label term at all), so whatever they learn comes from the teachers.
     let student = |name: &str, teachers: &[&Path]| {
         let mut s = base.clone();
-        (s.steps, s.burn_in, s.distill_weight, s.out) = (1500, 0, 1.0, d.join(name));
+        (s.steps, s.burn_in, s.alpha, s.out) = (1500, 0, 1.0, d.join(name));
         s.teacher = paths(teachers);
         lm::train(&s).unwrap().best_valid.unwrap()
     };
@@ -117,7 +117,7 @@ fn a_click_model_learns_from_its_teacher_alone_and_refuses_other_buckets() {
     // Students of weight 1 never see a label: what they learn to rank comes from their teacher.
     let student = |name: &str, teacher: &Path| {
         let mut s = small_criteo(&d);
-        (s.emb_dim, s.mlp, s.burn_in, s.distill_weight, s.out, s.teacher) = (4, "16".into(), 0, 1.0, d.join(name), paths(&[teacher]));
+        (s.emb_dim, s.mlp, s.burn_in, s.alpha, s.out, s.teacher) = (4, "16".into(), 0, 1.0, d.join(name), paths(&[teacher]));
         criteo::train(&s).unwrap().valid[0]
     };
     let (from_good, from_bad) = (student("s-good", &good_ck), student("s-bad", &bad_ck));
@@ -195,7 +195,7 @@ fn a_data_free_student_comes_to_its_teacher_without_the_training_text() {
         // No --data: the validation file is all the student sees of the corpus.
         (s.valid, s.cache, s.device, s.out) = (Some(d.join("data/valid.txt")), d.join("cache"), DeviceChoice::Cpu, d.join(name));
         (s.emb_dim, s.hidden, s.layers, s.dropout, s.batch, s.bptt) = (8, 8, 1, 0.0, 8, 10);
-        (s.steps, s.eval_every, s.burn_in, s.distill_weight, s.data_free) = (1500, 10_000, 0, 1.0, true);
+        (s.steps, s.eval_every, s.burn_in, s.alpha, s.data_free) = (1500, 10_000, 0, 1.0, true);
         s.teacher = paths(&[&d.join(teacher).join("checkpoint.safetensors")]);
         lm::train(&s)
     };
@@ -207,7 +207,7 @@ fn a_data_free_student_comes_to_its_teacher_without_the_training_text() {
         let mut s = LmConfig::default();
         (s.valid, s.cache, s.device, s.out) = (Some(d.join("data/valid.txt")), d.join("cache"), DeviceChoice::Cpu, half.clone());
         (s.emb_dim, s.hidden, s.layers, s.dropout, s.batch, s.bptt) = (8, 8, 1, 0.0, 8, 10);
-        (s.steps, s.checkpoint_every, s.eval_every, s.burn_in, s.distill_weight, s.data_free) = (750, 750, 10_000, 0, 1.0, true);
+        (s.steps, s.checkpoint_every, s.eval_every, s.burn_in, s.alpha, s.data_free) = (750, 750, 10_000, 0, 1.0, true);
         s.teacher = paths(&[&d.join("good/checkpoint.safetensors")]);
         let at_half = lm::train(&s).unwrap().best_valid.unwrap();
         (s.steps, s.resume, s.out) = (1500, Some(half.join("checkpoint.safetensors")), resumed.clone());
@@ -322,7 +322,7 @@ fn fixed_teachers_join_codistilling_peers() {
     let base = small_lm(&d, 40);
     let teacher = lm_teacher(&d, &base, 24, 200);
     let mut c = base.clone();
-    (c.steps, c.models, c.burn_in, c.exchange_every, c.distill_weight, c.out) = (120, 2, 40, 20, 0.5, d.join("both"));
+    (c.steps, c.models, c.burn_in, c.exchange_every, c.out) = (120, 2, 40, 20, d.join("both"));
     c.teacher = paths(&[&teacher]);
     let both = lm::train(&c).unwrap();
     let metrics = std::fs::read_to_string(d.join("both/metrics.jsonl")).unwrap();
@@ -421,7 +421,7 @@ fn feature_hints_fit_the_students_hidden_states_to_the_teachers() {
     let base = small_lm(&d, 40);
     let teacher = lm_teacher(&d, &base, 32, 400);
     let mut s = base.clone();
-    (s.steps, s.burn_in, s.distill_weight, s.hint_weight, s.checkpoint_every, s.out) = (600, 0, 0.5, 1.0, 300, d.join("s"));
+    (s.steps, s.burn_in, s.alpha, s.hint_weight, s.checkpoint_every, s.out) = (600, 0, 0.5, 1.0, 300, d.join("s"));
     s.teacher = paths(&[&teacher]);
     lm::train(&s).unwrap();
     // The map of the 8-wide student's states to the 32-wide teacher's is learned: its term falls.
@@ -485,7 +485,7 @@ fn a_click_models_feature_hints_fit_its_last_hidden_layer_to_the_teachers() {
     criteo::train(&t).unwrap();
     let teacher = d.join("t/checkpoint.safetensors");
     let mut s = small_criteo(&d);
-    (s.emb_dim, s.mlp, s.burn_in, s.distill_weight, s.hint_weight, s.log_every, s.out) = (4, "16".into(), 0, 0.5, 1.0, 20, d.join("s"));
+    (s.emb_dim, s.mlp, s.burn_in, s.alpha, s.hint_weight, s.log_every, s.out) = (4, "16".into(), 0, 0.5, 1.0, 20, d.join("s"));
     s.teacher = paths(&[&teacher]);
     criteo::train(&s).unwrap();
     let h: Vec<f64> = hint_losses(&d.join("s/metrics.jsonl")).into_iter().map(|h| h.expect("a hint run logs hint_loss")).collect();

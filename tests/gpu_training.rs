@@ -392,7 +392,7 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     // offline distillation: the CPU run's checkpoint (a CPU-made file) teaches a narrower student
     // on each device, with a feature hint; the teacher is loaded onto the student's device
     let mut st = c.clone();
-    (st.hidden, st.layers, st.burn_in, st.distill_weight, st.temperature, st.hint_weight) = (8, 1, 0, 0.7, 2.0, 0.5);
+    (st.hidden, st.layers, st.burn_in, st.alpha, st.temperature, st.hint_weight) = (8, 1, 0, 0.7, 2.0, 0.5);
     st.teacher = codistill::config::Paths(vec![d.join("lm-cpu/best.safetensors")]);
     let (mut sc, mut sg) = (st.clone(), st.clone());
     (sc.device, sc.out, sg.device, sg.out) = (DeviceChoice::Cpu, d.join("st-cpu"), cg.device, d.join("st-gpu"));
@@ -402,7 +402,7 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     assert!((va - vb).abs() < 0.02, "distilled student's validation loss {vb} on the GPU vs {va} on the CPU");
     // data-free: the sampler's per-token forward passes and draws, with the teacher on the GPU
     // (its logits differ from the CPU's in the last bits, so a draw may differ: a looser bound)
-    (sc.data_free, sc.distill_weight, sc.out, sg.data_free, sg.distill_weight, sg.out) = (true, 1.0, d.join("df-cpu"), true, 1.0, d.join("df-gpu"));
+    (sc.data_free, sc.alpha, sc.out, sg.data_free, sg.alpha, sg.out) = (true, 1.0, d.join("df-cpu"), true, 1.0, d.join("df-gpu"));
     (sc.hint_weight, sg.hint_weight) = (0.0, 0.0);
     let (a, b) = (lm::train(&sc).unwrap(), lm::train(&sg).unwrap());
     let (va, vb) = (a.best_valid.unwrap(), b.best_valid.unwrap());
@@ -423,7 +423,7 @@ fn both_trainers_run_on_the_gpu_and_agree_with_the_cpu() {
     // a narrower click model distilled from the CPU run's checkpoint, with a feature hint, on
     // each device
     for kk in [&mut kc, &mut kg] {
-        (kk.emb_dim, kk.mlp, kk.burn_in, kk.distill_weight, kk.hint_weight) = (4, "32".into(), 0, 0.5, 1.0);
+        (kk.emb_dim, kk.mlp, kk.burn_in, kk.alpha, kk.hint_weight) = (4, "32".into(), 0, 0.5, 1.0);
         kk.teacher = codistill::config::Paths(vec![d.join("ctr-cpu/checkpoint.safetensors")]);
         kk.out = kk.out.with_extension("student");
     }

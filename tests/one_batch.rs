@@ -92,12 +92,21 @@ fn language_model_first_losses_match_their_formulas() {
     let t = lm::load_checkpoint(&teacher).unwrap();
     let (tz, _) = lm_first_window(&c, &t.model, &t.store, &tokens);
     let (a, temp) = (0.7, 2.0);
-    (c.label_smoothing, c.distill_weight, c.temperature, c.out) = (0.0, a as f32, temp as f32, d.join("kd"));
+    (c.label_smoothing, c.alpha, c.temperature, c.out) = (0.0, a as f32, temp as f32, d.join("kd"));
     c.teacher = Paths(vec![teacher]);
     lm::train(&c).unwrap();
     let (lp, lqt) = (log_softmax(&tz, v, temp), log_softmax(&z, v, temp));
     let kl: f64 = lp.iter().zip(&lqt).map(|(p, q)| p.iter().zip(q).map(|(lpj, lqj)| lpj.exp() * (lpj - lqj)).sum::<f64>()).sum::<f64>() / n;
-    close(first_loss(&c.out), (1.0 - a) * ce + a * temp * temp * kl, "distillation from a fixed teacher");
+    close(first_loss(&c.out), (1.0 - a) * ce + a * temp * temp * kl, "distillation from a fixed teacher, convex mix");
+    // The paper's form, the default: CE + lambda T^2 KL(p_T || q_T).
+    let lambda = 0.6;
+    (c.alpha, c.distill_lambda, c.out) = (0.0, lambda as f32, d.join("kd-paper"));
+    lm::train(&c).unwrap();
+    close(first_loss(&c.out), ce + lambda * temp * temp * kl, "distillation from a fixed teacher, the paper's form");
+    // The deprecated distill_weight keeps its meaning: the convex mix.
+    (c.distill_lambda, c.distill_weight, c.out) = (1.0, Some(a as f32), d.join("kd-old"));
+    lm::train(&c).unwrap();
+    close(first_loss(&c.out), (1.0 - a) * ce + a * temp * temp * kl, "the deprecated distill_weight");
 }
 
 fn small_ctr(d: &Path) -> CriteoConfig {
@@ -150,8 +159,14 @@ fn click_model_first_losses_match_their_formulas() {
     let (_, tm, ts) = criteo::load_checkpoint(&teacher).unwrap();
     let p: Vec<f64> = logits(&tm, &ts).iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
     let w = 0.7;
-    (c.label_smoothing, c.distill_weight, c.out) = (0.0, w as f32, d.join("kd"));
+    (c.label_smoothing, c.alpha, c.out) = (0.0, w as f32, d.join("kd"));
     c.teacher = Paths(vec![teacher]);
     criteo::train(&c).unwrap();
-    close(first_loss(&c.out), mean(&|i| (1.0 - w) * y[i] + w * p[i]), "distillation from a fixed teacher");
+    close(first_loss(&c.out), mean(&|i| (1.0 - w) * y[i] + w * p[i]), "distillation from a fixed teacher, convex mix");
+    // The paper's form, the default: BCE(z, y) + lambda BCE(z, p).
+    let lambda = 0.6;
+    (c.alpha, c.distill_lambda, c.out) = (0.0, lambda as f32, d.join("kd-paper"));
+    criteo::train(&c).unwrap();
+    let paper = z.iter().enumerate().map(|(i, &zi)| bce(zi, y[i]) + lambda * bce(zi, p[i])).sum::<f64>() / z.len() as f64;
+    close(first_loss(&c.out), paper, "distillation from a fixed teacher, the paper's form");
 }

@@ -70,6 +70,7 @@ impl Topology {
 
     /// Check the options against each other (and the weights against their ranges).
     pub fn check(&self, exchange_dir: Option<&Path>, distill_weight: f32, exchange_every: u64, label_smoothing: f32) -> Result<()> {
+        // (`distill_weight`: the term's weight in its form, checked by `DistillForm::from_options`.)
         if self.models == 0 || self.world == 0 {
             bail!(Invalid, "models and world must be positive (got {} and {})", self.models, self.world);
         }
@@ -78,9 +79,6 @@ impl Topology {
         }
         if self.total() > 1 && self.shards != 1 {
             bail!(Invalid, "in codistillation each model takes its own shard; leave shards at 1 (got {})", self.shards);
-        }
-        if !(0.0..=1.0).contains(&distill_weight) {
-            bail!(Invalid, "distill_weight must be in [0, 1], got {distill_weight}");
         }
         if self.total() > 1 && distill_weight > 0.0 && exchange_every == 0 {
             bail!(Invalid, "exchange_every must be positive in codistillation: at 0 no model would publish, and the distillation term would never turn on");
@@ -142,6 +140,83 @@ pub fn end_step<'a>(exchange: &mut dyn Exchange, step: u64, publish: bool, model
     Ok(spent)
 }
 
+/// How the distillation term joins the task loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DistillForm {
+    /// The codistillation paper's form (Anil et al. 2018, Algorithm 1; deep mutual learning; the
+    /// authors' reference code): `task + lambda * distill`, lambda reached linearly over `ramp`
+    /// steps after the burn-in (0: at once). The task term keeps its weight when the term turns
+    /// on, so an optimizer's running statistics (Adam's second moment) see no drop in the gradient.
+    Additive { lambda: f32, ramp: u64 },
+    /// Hinton et al.'s convex mix, `(1 - alpha) * task + alpha * distill` (alpha in (0, 1]):
+    /// offline distillation as torchdistill and TextBrewer users know it. When the term turns on,
+    /// the task gradient shrinks to `1 - alpha` of itself.
+    Convex { alpha: f32 },
+}
+
+impl DistillForm {
+    /// From the options: `alpha` > 0 selects the convex mix, else the paper's form with
+    /// `distill_lambda`; `distill_weight`, the convex weight of the form used before 2026-12-02, is
+    /// taken as alpha (its meaning kept), with a message that says so.
+    pub fn from_options(lambda: f32, alpha: f32, ramp: u64, distill_weight: Option<f32>) -> Result<DistillForm> {
+        let alpha = match distill_weight {
+            Some(w) if alpha > 0.0 && w != alpha => {
+                bail!(Invalid, "distill_weight {w} and alpha {alpha} disagree: distill_weight is the old name of alpha (the convex mix); give alpha alone")
+            }
+            Some(w) => {
+                eprintln!(
+                    "note: distill_weight {w} is the convex mix (1 - w) * task + w * distill, now named alpha; the default is now the paper's task + distill_lambda * distill (lambda {} keeps the terms' ratio; 1 is the paper's)",
+                    if w < 1.0 { format!("{:.4}", w / (1.0 - w)) } else { "infinite".into() }
+                );
+                w
+            }
+            None => alpha,
+        };
+        if distill_weight == Some(0.0) {
+            // The old way to turn the term off keeps meaning off.
+            return Ok(DistillForm::Additive { lambda: 0.0, ramp });
+        }
+        if !(0.0..=1.0).contains(&alpha) {
+            bail!(Invalid, "alpha (the convex mix, formerly distill_weight) must be in [0, 1], got {alpha}");
+        }
+        if alpha > 0.0 {
+            return Ok(DistillForm::Convex { alpha });
+        }
+        if !(lambda >= 0.0 && lambda.is_finite()) {
+            bail!(Invalid, "distill_lambda must be finite and at least 0, got {lambda}");
+        }
+        Ok(DistillForm::Additive { lambda, ramp })
+    }
+
+    /// The term's full weight (0: the term is off).
+    pub fn weight(&self) -> f32 {
+        match *self {
+            DistillForm::Additive { lambda, .. } => lambda,
+            DistillForm::Convex { alpha } => alpha,
+        }
+    }
+
+    /// `(mix, scale)` at `step` (the term on from `burn_in`): the loss is
+    /// `scale * ((1 - mix) * task + mix * distill)`, the form the fused kernels take.
+    pub fn mix_at(&self, step: u64, burn_in: u64) -> (f32, f32) {
+        match *self {
+            DistillForm::Convex { alpha } => (alpha, 1.0),
+            DistillForm::Additive { lambda, ramp } => {
+                let l = if ramp > 0 { lambda * ((step.saturating_sub(burn_in) + 1) as f32 / ramp as f32).min(1.0) } else { lambda };
+                (l / (1.0 + l), 1.0 + l)
+            }
+        }
+    }
+
+    /// For logs and the exchange's compatibility record.
+    pub fn describe(&self) -> String {
+        match *self {
+            DistillForm::Additive { lambda, ramp } => format!("task+{lambda}*distill(ramp {ramp})"),
+            DistillForm::Convex { alpha } => format!("(1-{alpha})*task+{alpha}*distill"),
+        }
+    }
+}
+
 /// When and how strongly models distill from each other.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CodistillSchedule {
@@ -151,7 +226,7 @@ pub struct CodistillSchedule {
     pub exchange_every: u64,
     /// Publish at most this many times (0: no limit).
     pub max_publishes: u64,
-    /// Weight of the distillation term; `1 - weight` weighs the task loss.
+    /// Weight of the distillation term in its form (0: off); see [`DistillForm`].
     pub weight: f32,
 }
 
@@ -223,6 +298,66 @@ impl TeacherTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hidden learning-rate cut of the convex form, pinned: Adam on a task gradient for a
+    /// burn-in, then the distillation term on (its own gradient zero here: a peer that agrees).
+    /// In the convex mix the total gradient drops to 1 - alpha of the task's and Adam's second
+    /// moment, which remembers the larger gradients, makes the next steps that much smaller than
+    /// an uninterrupted run's; in the paper's form the task term keeps weight 1 and the steps do
+    /// not change.
+    #[test]
+    fn the_convex_form_cuts_adams_step_after_burn_in_and_the_papers_does_not() {
+        use crate::optim::{Optimizer, OptimizerKind};
+        use crate::tensor::Tensor;
+        let (burn_in, n) = (200u64, 16);
+        // Step sizes of steps burn_in..burn_in+20, with the term's (mix, scale) applied from burn_in.
+        let steps_after = |form: Option<DistillForm>| -> Vec<f64> {
+            let mut rng = crate::Rng::new(3);
+            let mut s = ParamStore::new();
+            s.insert("w", Tensor::zeros(&[n])).unwrap();
+            let mut opt = Optimizer::new(OptimizerKind::adam());
+            let mut sizes = Vec::new();
+            for step in 0..burn_in + 60 {
+                let task: Vec<f32> = (0..n).map(|_| 1.0 + 0.3 * rng.normal() as f32).collect();
+                let (mix, scale) = match form {
+                    Some(f) if step >= burn_in => f.mix_at(step, burn_in),
+                    _ => (0.0, 1.0),
+                };
+                // scale * ((1 - mix) * task + mix * distill), the distill gradient 0.
+                let g: Vec<f32> = task.iter().map(|&t| scale * (1.0 - mix) * t).collect();
+                let before = s.get("w").unwrap().f32s().unwrap().to_vec();
+                s.zero_grads().unwrap();
+                s.accumulate_grad("w", &Tensor::from_f32(g, &[n]).unwrap()).unwrap();
+                opt.step(&mut s, 1e-3, None).unwrap();
+                if step >= burn_in {
+                    let after = s.get("w").unwrap().f32s().unwrap();
+                    sizes.push(before.iter().zip(after).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt());
+                }
+            }
+            sizes
+        };
+        let plain = steps_after(None);
+        let convex = steps_after(Some(DistillForm::Convex { alpha: 0.5 }));
+        let paper = steps_after(Some(DistillForm::Additive { lambda: 1.0, ramp: 0 }));
+        // Adam's first moment carries the old gradient for a few steps; from about ten steps on the
+        // convex run's updates are clearly smaller, and they stay so (the second moment forgets
+        // over about 1 / (1 - beta2) = 1,000 steps).
+        for k in [0, 10, 20, 59] {
+            let (c, p) = (convex[k] / plain[k], paper[k] / plain[k]);
+            eprintln!("step {k} after the switch: convex {c:.3}, paper {p:.5}");
+            assert!(k < 20 || c < 0.6, "step {k} after the switch: the convex mix's update is {c:.3} of the uninterrupted run's");
+            assert!((p - 1.0).abs() < 1e-4, "step {k} after the switch: the paper's form's update is {p:.5} of the uninterrupted run's");
+        }
+        // A ramp reaches lambda linearly; the form's loss is scale * ((1 - mix) task + mix distill).
+        let f = DistillForm::Additive { lambda: 2.0, ramp: 4 };
+        let weights: Vec<f32> = (10..16).map(|t| f.mix_at(t, 10)).map(|(m, s)| m * s).collect();
+        assert_eq!(weights, vec![0.5, 1.0, 1.5, 2.0, 2.0, 2.0]);
+        assert!(f.mix_at(10, 10).0 * f.mix_at(10, 10).1 - 0.5 < 1e-6 && ((1.0 - f.mix_at(12, 10).0) * f.mix_at(12, 10).1 - 1.0).abs() < 1e-6);
+        // The old key keeps its meaning: the convex weight, 0 is off.
+        assert_eq!(DistillForm::from_options(1.0, 0.0, 0, Some(0.7)).unwrap(), DistillForm::Convex { alpha: 0.7 });
+        assert_eq!(DistillForm::from_options(1.0, 0.0, 0, Some(0.0)).unwrap().weight(), 0.0);
+        assert!(DistillForm::from_options(1.0, 0.3, 0, Some(0.7)).is_err());
+    }
     use crate::params::ParamStore;
 
     #[test]
@@ -234,7 +369,8 @@ mod tests {
         assert_eq!(single.shard_of(0), (4, 1));
         assert!(t.check(None, 0.5, 50, 0.0).unwrap_err().to_string().contains("--exchange-dir"));
         assert!(t.check(Some(Path::new("x")), 0.5, 50, 0.1).unwrap_err().to_string().contains("single model"));
-        assert!(single.check(None, 1.5, 50, 0.0).unwrap_err().to_string().contains("distill_weight"));
+        assert!(DistillForm::from_options(1.0, 1.5, 0, None).unwrap_err().to_string().contains("alpha"));
+        assert!(DistillForm::from_options(-1.0, 0.0, 0, None).unwrap_err().to_string().contains("distill_lambda"));
         assert!(Topology { models: 2, ..single }.check(None, 0.5, 50, 0.0).unwrap_err().to_string().contains("shards"));
         // Exchanging every 0 steps would never turn the term on: refused where there is a term.
         let pair = Topology { models: 2, shards: 1, shard: 0, ..single };

@@ -101,15 +101,21 @@ crate::config_table! {
         exchange_every: u64 = 100,
         /// Codistillation: publish at most this many times (0: no limit; 1 freezes the teachers at the first exchange, the control run of the overlap measurement)
         max_publishes: u64 = 0,
-        /// Codistillation: weight of the distillation term (the task loss gets 1 - weight); 0 trains independent models
-        distill_weight: f32 = 0.5,
+        /// Weight lambda of the distillation term in the codistillation paper's form, task + lambda * distill (Anil et al. 2018; deep mutual learning), from burn_in on, toward the peers and fixed teachers (0: off; the task term keeps weight 1)
+        distill_lambda: f32 = 1.0,
+        /// Hinton's convex mix instead of the paper's form: (1 - alpha) * task + alpha * distill, alpha in (0, 1]; when above 0, distill_lambda is not used (0: the paper's form with distill_lambda)
+        alpha: f32 = 0.0,
+        /// The paper's form: lambda rises linearly from 0 to distill_lambda over this many steps after burn_in (0: at once)
+        distill_ramp: u64 = 0,
+        /// Deprecated name of alpha (the convex mix, the only form before 2026-12-02): a value given here is taken as alpha, with a note
+        distill_weight: Option<f32> = None,
         /// Codistillation: every model trains on all rows (default: each on its own disjoint shard)
         same_data: bool = false,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer and a learned linear map (`ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
-        /// Offline distillation: checkpoints of trained click models, comma-separated, whose mean click probability the model distills toward from burn_in on, with distill_weight; a teacher may have other embedding and MLP widths but must hash into the same number of buckets (with codistillation, these teachers and the peers are averaged together)
+        /// Offline distillation: checkpoints of trained click models, comma-separated, whose mean click probability the model distills toward from burn_in on, with the distillation weight (distill_lambda, or alpha); a teacher may have other embedding and MLP widths but must hash into the same number of buckets (with codistillation, these teachers and the peers are averaged together)
         teacher: crate::config::Paths = crate::config::Paths::default(),
-        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_weight 0), the control for what the term does, into out/independent, and plot them
+        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them
         independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
@@ -473,7 +479,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     // The run goes on, and its checkpoints record, the world and rank it took.
     let cfg = &CriteoConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
-    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
+    let form = crate::distill::DistillForm::from_options(cfg.distill_lambda, cfg.alpha, cfg.distill_ramp, cfg.distill_weight)?;
+    topo.check(cfg.exchange_dir.as_deref(), form.weight(), cfg.exchange_every, cfg.label_smoothing)?;
     let (optimizer, mut lr_schedule, clip) = super::optimizer_settings(super::optim_args!(cfg, 0))?;
     let total_models = topo.total();
     if !cfg.teacher.is_empty() && cfg.label_smoothing > 0.0 {
@@ -484,7 +491,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
         burn_in: cfg.burn_in,
         exchange_every: cfg.exchange_every,
         max_publishes: cfg.max_publishes,
-        weight: if total_models > 1 || !cfg.teacher.is_empty() { cfg.distill_weight } else { 0.0 },
+        weight: if total_models > 1 || !cfg.teacher.is_empty() { form.weight() } else { 0.0 },
     };
     // Peers exchange checkpoints only when there are peers and the term is on.
     let codistill = total_models > 1 && schedule.weight > 0.0;
@@ -573,8 +580,15 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
     // What peers in other processes must agree on, written into every published checkpoint.
     let compat = format!(
-        "buckets={};emb_dim={};mlp={};world={};burn_in={};exchange_every={};distill_weight={};same_data={}",
-        cfg.buckets, cfg.emb_dim, cfg.mlp, cfg.world, cfg.burn_in, cfg.exchange_every, cfg.distill_weight, cfg.same_data
+        "buckets={};emb_dim={};mlp={};world={};burn_in={};exchange_every={};distill={};same_data={}",
+        cfg.buckets,
+        cfg.emb_dim,
+        cfg.mlp,
+        cfg.world,
+        cfg.burn_in,
+        cfg.exchange_every,
+        form.describe(),
+        cfg.same_data
     );
     let mut exchange = topo.exchange(cfg.exchange_dir.as_deref(), &members[0].store, &compat, cfg.resume.is_none())?;
     let mut exchange_said = std::collections::HashSet::new();
@@ -659,6 +673,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                 labels.clone()
             };
             let mut hint_target = None;
+            let mut loss_scale = 1.0f32;
             if schedule.distill_at(step) {
                 let (teachers, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 waited_here += waited.as_secs_f64();
@@ -689,7 +704,10 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
                             bar.suspend(|| eprintln!("{w}"));
                         }
                     }
-                    let w = schedule.weight;
+                    // Binary cross-entropy is linear in its target, so scale * BCE(z, (1 - mix) y + mix p) is
+                    // the paper's BCE(z, y) + lambda * BCE(z, p), or the convex mix.
+                    let (w, scale) = form.mix_at(step, cfg.burn_in);
+                    loss_scale = scale;
                     let y = labels.f32s()?;
                     targets = Tensor::from_f32(y.iter().zip(&mean_p).map(|(&y, &p)| (1.0 - w) * y + w * p).collect(), labels.shape())?;
                 }
@@ -697,6 +715,9 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             let mut g = Graph::new();
             let (logit, last) = model.forward_hidden(&mut g, &m.store, &ids, &dense)?;
             let mut loss = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
+            if loss_scale != 1.0 {
+                loss = g.unary(crate::ops::elementwise::Unary::Scale(loss_scale), loss)?;
+            }
             let hint_term = match (&hint_target, &hint) {
                 (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, last, target, cfg.hint_weight)?),
                 _ => None,

@@ -126,7 +126,13 @@ pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
     co.models = cfg.models.max(2);
     co.epochs = cfg.epochs * co.models;
     co.out = cfg.out.join("codistill");
-    let ind = cfg.independent_control.then(|| criteo::CriteoConfig { distill_weight: 0.0, out: cfg.out.join("independent"), ..co.clone() });
+    let ind = cfg.independent_control.then(|| criteo::CriteoConfig {
+        distill_lambda: 0.0,
+        alpha: 0.0,
+        distill_weight: None,
+        out: cfg.out.join("independent"),
+        ..co.clone()
+    });
     eprintln!("experiment: baseline");
     let b = criteo::train(&base)?;
     eprintln!("experiment: codistillation of {} models", co.models);
@@ -168,7 +174,8 @@ pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
     let mut co = base.clone();
     co.models = cfg.models.max(2);
     co.out = cfg.out.join("codistill");
-    let ind = cfg.independent_control.then(|| lm::LmConfig { distill_weight: 0.0, out: cfg.out.join("independent"), ..co.clone() });
+    let ind =
+        cfg.independent_control.then(|| lm::LmConfig { distill_lambda: 0.0, alpha: 0.0, distill_weight: None, out: cfg.out.join("independent"), ..co.clone() });
     eprintln!("experiment: baseline");
     let b = lm::train(&base)?;
     eprintln!("experiment: codistillation of {} models", co.models);

@@ -112,19 +112,25 @@ crate::config_table! {
         exchange_every: u64 = 100,
         /// Codistillation: publish at most this many times (0: no limit; 1 freezes the teachers at the first exchange, the control run of the overlap measurement)
         max_publishes: u64 = 0,
-        /// Codistillation: weight alpha of the distillation term (the task loss gets 1 - alpha); 0 trains independent models
-        distill_weight: f32 = 0.5,
+        /// Weight lambda of the distillation term in the codistillation paper's form, task + lambda * distill (Anil et al. 2018; deep mutual learning), from burn_in on, toward the peers and fixed teachers (0: off; the task term keeps weight 1)
+        distill_lambda: f32 = 1.0,
+        /// Hinton's convex mix instead of the paper's form: (1 - alpha) * task + alpha * distill, alpha in (0, 1]; when above 0, distill_lambda is not used (0: the paper's form with distill_lambda)
+        alpha: f32 = 0.0,
+        /// The paper's form: lambda rises linearly from 0 to distill_lambda over this many steps after burn_in (0: at once)
+        distill_ramp: u64 = 0,
+        /// Deprecated name of alpha (the convex mix, the only form before 2026-12-02): a value given here is taken as alpha, with a note
+        distill_weight: Option<f32> = None,
         /// Codistillation: softmax temperature of the distillation term
         temperature: f32 = 1.0,
         /// Codistillation: every model trains on the whole stream (default: each on its own disjoint shard)
         same_data: bool = false,
-        /// Offline distillation: checkpoints of trained language models, comma-separated, whose averaged prediction the model distills toward from burn_in on, with distill_weight and temperature; a teacher may have another width or depth but must have the same vocabulary (with codistillation, these teachers and the peers are averaged together)
+        /// Offline distillation: checkpoints of trained language models, comma-separated, whose averaged prediction the model distills toward from burn_in on, with the distillation weight (distill_lambda, or alpha) and temperature; a teacher may have another width or depth but must have the same vocabulary (with codistillation, these teachers and the peers are averaged together)
         teacher: crate::config::Paths = crate::config::Paths::default(),
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's top LSTM hidden states and a learned linear map (`lm.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
         /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model; a resume continues on a fresh sample stream (seeded by the step), the weights, optimizer and step restored
         data_free: bool = false,
-        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_weight 0), the control for what the term does, into out/independent, and plot them
+        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them
         independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)
         exchange_dir: Option<PathBuf> = None,
@@ -580,7 +586,8 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     // The run goes on, and its checkpoints record, the world and rank it took.
     let cfg = &LmConfig { world, rank, ..cfg.clone() };
     let topo = Topology { models: cfg.models, world: cfg.world, rank: cfg.rank, same_data: cfg.same_data, shards: cfg.shards, shard: cfg.shard };
-    topo.check(cfg.exchange_dir.as_deref(), cfg.distill_weight, cfg.exchange_every, cfg.label_smoothing)?;
+    let form = crate::distill::DistillForm::from_options(cfg.distill_lambda, cfg.alpha, cfg.distill_ramp, cfg.distill_weight)?;
+    topo.check(cfg.exchange_dir.as_deref(), form.weight(), cfg.exchange_every, cfg.label_smoothing)?;
     let (optimizer, lr_schedule, clip) = super::optimizer_settings(super::optim_args!(cfg, cfg.steps))?;
     let total_models = topo.total();
     if cfg.data_free && (cfg.teacher.is_empty() || total_models > 1) {
@@ -597,11 +604,11 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         burn_in: cfg.burn_in,
         exchange_every: cfg.exchange_every,
         max_publishes: cfg.max_publishes,
-        weight: if total_models > 1 || !cfg.teacher.is_empty() { cfg.distill_weight } else { 0.0 },
+        weight: if total_models > 1 || !cfg.teacher.is_empty() { form.weight() } else { 0.0 },
     };
     // Peers exchange checkpoints only when there are peers and the term is on.
     let codistill = total_models > 1 && schedule.weight > 0.0;
-    let distill = DistillParams { temperature: cfg.temperature, alpha: schedule.weight };
+
     let (data, fixed) = if cfg.data_free {
         let fixed = load_checkpoints(&cfg.teacher.0, dev)?;
         (prepare_data_free(cfg, &fixed)?, fixed)
@@ -715,7 +722,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     }
     // What peers in other processes must agree on, written into every published checkpoint.
     let compat = format!(
-        "vocab={:016x};emb_dim={};hidden={};layers={};world={};burn_in={};exchange_every={};distill_weight={};temperature={};same_data={}",
+        "vocab={:016x};emb_dim={};hidden={};layers={};world={};burn_in={};exchange_every={};distill={};temperature={};same_data={}",
         data.vocab.fingerprint(),
         cfg.emb_dim,
         cfg.hidden,
@@ -723,7 +730,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
         cfg.world,
         cfg.burn_in,
         cfg.exchange_every,
-        cfg.distill_weight,
+        form.describe(),
         cfg.temperature,
         cfg.same_data
     );
@@ -828,7 +835,14 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 if cfg.dropout > 0.0 { Some((cfg.dropout, cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((m.index as u64) << 40))) } else { None };
             let (logits, top, next) = model.forward_hidden(&mut g, &m.store, &x, &m.state, cfg.bptt, dropout)?;
             let loss = if !teacher_logits.is_empty() {
-                g.softmax_kl(logits, &teacher_logits, Some(&y), distill)?.0
+                // scale * ((1 - mix) * task + mix * distill): the paper's task + lambda * distill, or the convex mix.
+                let (mix, scale) = form.mix_at(step, cfg.burn_in);
+                let l = g.softmax_kl(logits, &teacher_logits, Some(&y), DistillParams { temperature: cfg.temperature, alpha: mix })?.0;
+                if scale != 1.0 {
+                    g.unary(crate::ops::elementwise::Unary::Scale(scale), l)?
+                } else {
+                    l
+                }
             } else if cfg.label_smoothing > 0.0 {
                 // Label smoothing is distillation from a uniform teacher (all-zero logits).
                 let uniform = Tensor::zeros_on(g.value(logits).shape(), dev)?;
