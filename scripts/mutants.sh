@@ -23,8 +23,9 @@ GROUPS_ALL=(
   "metrics|src/train/metrics.rs|log_loss|auc|calibration|churn|--lib --test criteo_trainer"
   "ensemble|src/train/lm.rs|evaluate_ensemble|token_log_probs|--test distill_offline"
   "softmax_kl|src/ops/softmax_kl.rs|softmax_kl_cpu|row_loss|softmax_row|--lib --test softmax_kl --test one_batch"
+  "softmax_kl_entry|src/ops/softmax_kl.rs|softmax_kl_cpu|--lib --test softmax_kl --test one_batch"
   "optim|src/ops/optim.rs|.*|--lib"
-  "schedule|src/distill/mod.rs|distill_at|publish_after|observe|end_step|--lib --test codistill"
+  "schedule|src/distill/mod.rs|distill_at|publish_after|observe|end_step|mix_at|from_options|mean_staleness|--lib"
   "exchange|src/distill/exchange.rs|latest|wait_for_peers|load_snapshot|new|--lib --test codistill"
 )
 want=("$@")
