@@ -473,3 +473,63 @@ fn a_missing_or_incompatible_peer_stops_the_run_with_the_reason() {
     });
     assert!(a.0 != Some(0) && a.1.contains("exchange_every 10 there, 20 here"), "{a:?}");
 }
+
+/// Language models started by a launcher take their ranks from its variables too, and exchange:
+/// each process receives the other's checkpoints (were the launcher's rank dropped, both would run
+/// as rank 0 and neither would have a peer).
+#[test]
+fn language_model_processes_take_their_rank_from_a_launcher() {
+    let d = tmp("lm-launcher");
+    let c = small_lm(&d, 8, 12_000);
+    // Build the vocabulary and token caches once, before the processes share them.
+    codistill::train::lm::prepare_data(&c).unwrap();
+    let xdir = d.join("exchange");
+    let spawn = |rank: usize| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codistill"));
+        for (size, rank, _) in codistill::distill::LAUNCHERS {
+            cmd.env_remove(size).env_remove(rank);
+        }
+        cmd.args([
+            "lm",
+            "codistill",
+            "--device",
+            "cpu",
+            "--min-count",
+            "1",
+            "--emb-dim",
+            "8",
+            "--hidden",
+            "16",
+            "--layers",
+            "1",
+            "--batch",
+            "4",
+            "--bptt",
+            "10",
+        ])
+        .args(["--steps", "60", "--burn-in", "20", "--exchange-every", "10", "--eval-every", "60", "--peer-timeout", "30"])
+        .arg("--data")
+        .arg(d.join("data"))
+        .arg("--cache")
+        .arg(&c.cache)
+        .arg("--exchange-dir")
+        .arg(&xdir)
+        .arg("--out")
+        .arg(d.join(format!("rank{rank}")))
+        .env("WORLD_SIZE", "2")
+        .env("RANK", rank.to_string())
+        .output()
+        .unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let ha = s.spawn(|| spawn(0));
+        let hb = s.spawn(|| spawn(1));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    for (rank, out) in [(0, &a), (1, &b)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "rank {rank} failed: {stderr}");
+        let metrics = std::fs::read_to_string(d.join(format!("rank{rank}/metrics.jsonl"))).unwrap();
+        assert!(metrics.contains(&format!("\"teacher\":{}", 1 - rank)), "rank {rank} never received its peer's checkpoint:\n{stderr}");
+    }
+}
