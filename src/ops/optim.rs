@@ -70,6 +70,40 @@ mod tests {
         assert!((v[0] - 1.9).abs() < 1e-6 && (w[0] + 0.29).abs() < 1e-6, "{w:?} {v:?}");
     }
 
+    /// Three steps of Adagrad and Adam with an eps large enough to matter, against their exact
+    /// updates in f64: the denominators are sqrt(accumulated) + eps, not minus (a sign that a tiny
+    /// eps hides).
+    #[test]
+    fn adagrad_and_adam_with_a_large_eps_match_their_exact_updates() {
+        let grads = [[0.5f64, -2.0, 0.1], [0.3, 1.0, -0.4], [-0.2, 0.6, 0.9]];
+        let (lr, eps) = (0.1f64, 0.5f64);
+        let (mut w, mut a) = ([1.0f32, -1.0, 0.5], [0.0f32; 3]);
+        let (mut wr, mut ar) = ([1.0f64, -1.0, 0.5], [0.0f64; 3]);
+        for g in &grads {
+            let g32: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+            adagrad_cpu(&mut w, &g32, &mut a, lr as f32, eps as f32, 1.0);
+            for i in 0..3 {
+                ar[i] += g[i] * g[i];
+                wr[i] -= lr * g[i] / (ar[i].sqrt() + eps);
+            }
+        }
+        assert!(w.iter().zip(&wr).all(|(x, y)| (*x as f64 - y).abs() < 1e-6), "adagrad {w:?} vs {wr:?}");
+        let (b1, b2) = (0.9f64, 0.999f64);
+        let (mut w, mut m, mut v) = ([1.0f32, -1.0, 0.5], [0.0f32; 3], [0.0f32; 3]);
+        let (mut wr, mut mr, mut vr) = ([1.0f64, -1.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
+        for (t, g) in grads.iter().enumerate() {
+            let g32: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+            adam_cpu(&mut w, &g32, &mut m, &mut v, lr as f32, b1 as f32, b2 as f32, eps as f32, 0.0, t as u64 + 1, 1.0);
+            for i in 0..3 {
+                mr[i] = b1 * mr[i] + (1.0 - b1) * g[i];
+                vr[i] = b2 * vr[i] + (1.0 - b2) * g[i] * g[i];
+                let (mh, vh) = (mr[i] / (1.0 - b1.powi(t as i32 + 1)), vr[i] / (1.0 - b2.powi(t as i32 + 1)));
+                wr[i] -= lr * mh / (vh.sqrt() + eps);
+            }
+        }
+        assert!(w.iter().zip(&wr).all(|(x, y)| (*x as f64 - y).abs() < 1e-6), "adam {w:?} vs {wr:?}");
+    }
+
     #[test]
     fn adagrad_first_step_is_lr_times_sign() {
         let (mut w, mut a) = (vec![0.0, 0.0], vec![0.0, 0.0]);
