@@ -419,8 +419,20 @@ mod tests {
         let snap = exchange::Snapshot { rank: 1, step: 20, params: ParamStore::new() };
         assert_eq!(t.observe(0, &snap, 25), TeacherUse { staleness: 5, swapped: true, warning: None });
         assert!(!t.observe(0, &snap, 26).swapped);
+        // Three periods stale is not yet silent; one step more is.
+        assert!(t.observe(0, &snap, 50).warning.is_none());
         let w = t.observe(0, &snap, 51).warning.unwrap();
         assert!(w.contains("model 1 has not published for 31 steps"), "{w}");
         assert!(t.observe(0, &snap, 60).warning.is_none());
+        // What result.json reports: snapshots swapped in, and the mean staleness of every use.
+        let newer = exchange::Snapshot { rank: 1, step: 60, params: ParamStore::new() };
+        t.observe(0, &newer, 64);
+        assert_eq!(t.refreshes, 2);
+        let uses = [5u64, 6, 30, 31, 40, 4];
+        assert_eq!(t.mean_staleness(), Some(uses.iter().sum::<u64>() as f64 / uses.len() as f64));
+        assert_eq!(TeacherTracker::new(2, 10).mean_staleness(), None, "no use, no mean");
+        // Without an exchange period there is no silence to warn about.
+        let mut never = TeacherTracker::new(2, 0);
+        assert!(never.observe(0, &snap, 5000).warning.is_none());
     }
 }
