@@ -652,10 +652,9 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
     let mut step_times = StepTimes::new(cfg.step_times, start_step);
     bar.set_position(start_step);
     // Models trained in other processes, and whether their first checkpoints have been seen.
-    let remote: Vec<usize> = if codistill { (0..total_models).filter(|&p| !members.iter().any(|m| m.index == p)).collect() } else { Vec::new() };
-    let mut peers_ready = false;
+    let mut peer_wait = super::PeerWait::new(codistill, total_models, &members.iter().map(|m| m.index).collect::<Vec<_>>(), cfg.peer_timeout);
     for step in start_step..total_steps {
-        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready, &mut log)?;
+        exchange_wait += peer_wait.before_step(exchange.as_mut(), &schedule, step, &mut log)?;
         let lr = lr_schedule.at(step);
         let mut staleness_sum = (0u64, 0u64);
         step_times.begin(train_secs, exchange_wait);
@@ -714,10 +713,8 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             }
             let mut g = Graph::new();
             let (logit, last) = model.forward_hidden(&mut g, &m.store, &ids, &dense)?;
-            let mut loss = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
-            if loss_scale != 1.0 {
-                loss = g.unary(crate::ops::elementwise::Unary::Scale(loss_scale), loss)?;
-            }
+            let bce = g.bce_with_logits(logit, &targets.to_device(dev)?)?;
+            let mut loss = super::scaled(&mut g, bce, loss_scale)?;
             let hint_term = match (&hint_target, &hint) {
                 (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, last, target, cfg.hint_weight)?),
                 _ => None,
@@ -730,14 +727,7 @@ pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
             if let Some(term) = hint_term {
                 interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
             }
-            if !lv.is_finite() {
-                let last = match m.last_loss {
-                    Some((s, v)) => format!("the last finite loss was {v} at step {s}"),
-                    None => "no step had a finite loss".to_string(),
-                };
-                bail!(Invalid, "training loss of model {} is {lv} at step {step} ({last}); lower --lr or set --clip", m.index);
-            }
-            m.last_loss = Some((step, lv));
+            super::check_loss(lv, step, m.index, &mut m.last_loss)?;
             let grads = g.backward(loss)?;
             m.store.zero_grads()?;
             g.accumulate_grads(&grads, &mut m.store)?;

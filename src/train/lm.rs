@@ -777,10 +777,9 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
     }
     let mut step_times = StepTimes::new(cfg.step_times, step);
     // Models trained in other processes, and whether their first checkpoints have been seen.
-    let remote: Vec<usize> = if codistill { (0..total_models).filter(|&p| !members.iter().any(|m| m.index == p)).collect() } else { Vec::new() };
-    let mut peers_ready = false;
+    let mut peer_wait = super::PeerWait::new(codistill, total_models, &members.iter().map(|m| m.index).collect::<Vec<_>>(), cfg.peer_timeout);
     while step < cfg.steps {
-        exchange_wait += super::await_peers(exchange.as_mut(), &remote, &schedule, step, cfg.peer_timeout, &mut peers_ready, &mut log)?;
+        exchange_wait += peer_wait.before_step(exchange.as_mut(), &schedule, step, &mut log)?;
         step_times.begin(train_secs, exchange_wait);
         let w = (step % per_epoch) as usize;
         let lr = lr_schedule.at(step);
@@ -838,11 +837,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
                 // scale * ((1 - mix) * task + mix * distill): the paper's task + lambda * distill, or the convex mix.
                 let (mix, scale) = form.mix_at(step, cfg.burn_in);
                 let l = g.softmax_kl(logits, &teacher_logits, Some(&y), DistillParams { temperature: cfg.temperature, alpha: mix })?.0;
-                if scale != 1.0 {
-                    g.unary(crate::ops::elementwise::Unary::Scale(scale), l)?
-                } else {
-                    l
-                }
+                super::scaled(&mut g, l, scale)?
             } else if cfg.label_smoothing > 0.0 {
                 // Label smoothing is distillation from a uniform teacher (all-zero logits).
                 let uniform = Tensor::zeros_on(g.value(logits).shape(), dev)?;
@@ -863,14 +858,7 @@ pub fn train(cfg: &LmConfig) -> Result<LmSummary> {
             if let Some(term) = hint_term {
                 interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
             }
-            if !lv.is_finite() {
-                let last = match m.last_loss {
-                    Some((s, v)) => format!("the last finite loss was {v} at step {s}"),
-                    None => "no step had a finite loss".to_string(),
-                };
-                bail!(Invalid, "training loss of model {} is {lv} at step {step} ({last}); lower --lr or set --clip", m.index);
-            }
-            m.last_loss = Some((step, lv));
+            super::check_loss(lv, step, m.index, &mut m.last_loss)?;
             let grads = g.backward(loss)?;
             m.store.zero_grads()?;
             g.accumulate_grads(&grads, &mut m.store)?;

@@ -444,31 +444,67 @@ pub(crate) fn check_burn_in(schedule: &crate::distill::CodistillSchedule, teache
     Ok(())
 }
 
-/// Before step `step` of a codistillation through a directory: at the first step that distills
-/// from peers once they have had `exchange_every` steps to publish, wait (once; `ready` records it)
-/// up to `timeout_s` seconds for a first checkpoint of every model not trained in this process
-/// (`remote`), so that no model trains on without teachers it was meant to have. Returns the
-/// seconds waited.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn await_peers(
-    exchange: &mut dyn crate::distill::exchange::Exchange,
-    remote: &[usize],
-    schedule: &crate::distill::CodistillSchedule,
-    step: u64,
+/// The wait of a codistillation through a directory for its peers: at the first step that
+/// distills from them once they have had `exchange_every` steps to publish, wait (once) up to
+/// `timeout_s` seconds for a first checkpoint of every model not trained in this process, so that
+/// no model trains on without teachers it was meant to have.
+pub(crate) struct PeerWait {
+    /// The models trained in other processes (none: nothing to wait for).
+    remote: Vec<usize>,
     timeout_s: u64,
-    ready: &mut bool,
-    log: &mut MetricsLog,
-) -> Result<f64> {
-    if *ready || remote.is_empty() || timeout_s == 0 || !schedule.distill_at(step) || step < schedule.exchange_every {
-        return Ok(0.0);
+    done: bool,
+}
+
+impl PeerWait {
+    /// For a run of `total` models of which `local` are trained here; `codistill`: the term is on.
+    pub fn new(codistill: bool, total: usize, local: &[usize], timeout_s: u64) -> Self {
+        let remote = if codistill { (0..total).filter(|p| !local.contains(p)).collect() } else { Vec::new() };
+        PeerWait { remote, timeout_s, done: false }
     }
-    let (r, waited) = crate::distill::exchange::timed(|| exchange.wait_for_peers(remote, std::time::Duration::from_secs(timeout_s)));
-    if let Err(e) = &r {
-        log.write(&[("event", J::S("exchange_error")), ("step", J::I(step)), ("message", J::S(&e.to_string()))])?;
+
+    /// Before step `step`: wait if this is the step to, logging an `exchange_error` event when the
+    /// wait fails. Returns the seconds waited.
+    pub fn before_step(
+        &mut self,
+        exchange: &mut dyn crate::distill::exchange::Exchange,
+        schedule: &crate::distill::CodistillSchedule,
+        step: u64,
+        log: &mut MetricsLog,
+    ) -> Result<f64> {
+        if self.done || self.remote.is_empty() || self.timeout_s == 0 || !schedule.distill_at(step) || step < schedule.exchange_every {
+            return Ok(0.0);
+        }
+        let (r, waited) = crate::distill::exchange::timed(|| exchange.wait_for_peers(&self.remote, std::time::Duration::from_secs(self.timeout_s)));
+        if let Err(e) = &r {
+            log.write(&[("event", J::S("exchange_error")), ("step", J::I(step)), ("message", J::S(&e.to_string()))])?;
+        }
+        r?;
+        self.done = true;
+        Ok(waited.as_secs_f64())
     }
-    r?;
-    *ready = true;
-    Ok(waited.as_secs_f64())
+}
+
+/// A model's training loss at `step`, checked: a non-finite one stops the run naming the model,
+/// the step and the last finite loss (`last`, which a finite one updates).
+pub(crate) fn check_loss(loss: f64, step: u64, model: usize, last: &mut Option<(u64, f64)>) -> Result<()> {
+    if !loss.is_finite() {
+        let before = match *last {
+            Some((s, v)) => format!("the last finite loss was {v} at step {s}"),
+            None => "no step had a finite loss".to_string(),
+        };
+        bail!(Invalid, "training loss of model {model} is {loss} at step {step} ({before}); lower --lr or set --clip");
+    }
+    *last = Some((step, loss));
+    Ok(())
+}
+
+/// `scale * loss` on the tape (the distillation forms' scale; nothing recorded when it is 1).
+pub(crate) fn scaled(g: &mut Graph, loss: Var, scale: f32) -> Result<Var> {
+    if scale == 1.0 {
+        Ok(loss)
+    } else {
+        g.unary(Unary::Scale(scale), loss)
+    }
 }
 
 /// A trainer's optimizer options (the same keys in both trainers' configs).
