@@ -329,7 +329,7 @@ pub fn cached(path: &Path, buckets: usize, on_bad: OnBadLine, cache_dir: &Path) 
         }
         _ => {
             std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-            let tmp = bin.with_extension(format!("tmp{}", std::process::id()));
+            let tmp = crate::data::text::write_temp_name(&bin);
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, file);
             let mut rec = [0u32; RECORD_WORDS];

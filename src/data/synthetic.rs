@@ -387,7 +387,7 @@ pub fn write_criteo_tsv(path: &std::path::Path, model: &ClickModel, rows: usize,
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = crate::data::text::write_temp_name(path);
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut rng = Rng::new(seed);
     let (mut bayes, mut expected) = (0.0, 0.0);

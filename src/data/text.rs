@@ -217,16 +217,29 @@ pub(crate) fn file_key(path: &Path) -> Result<u64> {
     Ok(h.digest())
 }
 
-/// Write bytes to `path` through a temporary name and a rename, so no reader sees half a file.
+/// Write bytes to `path` through a temporary name (`write_temp_name`) and a rename, so no reader
+/// sees half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = write_temp_name(path);
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The temporary name `write_atomic` writes `path` under first: its extension replaced by
+/// `tmp<pid>`.
+pub fn write_temp_name(path: &Path) -> PathBuf {
+    path.with_extension(format!("tmp{}", std::process::id()))
+}
+
+/// Whether `path` is such a temporary name (`<stem>.tmp<digits>`): what a process killed in
+/// `write_atomic` leaves behind.
+pub fn is_write_temp(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).and_then(|e| e.strip_prefix("tmp")).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The vocabulary of a training file, from the cache when the file is unchanged.

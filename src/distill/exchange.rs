@@ -330,11 +330,11 @@ impl DirExchange {
         }
         // A publish killed mid-write leaves its temporary file (`model-<rank>.tmp<pid>`): this
         // rank's are removed (no other process writes them).
-        let prefix = format!("model-{rank}.tmp");
+        let stem = own.file_stem().map(|s| s.to_os_string());
         for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.strip_prefix(&prefix).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())) {
-                let _ = std::fs::remove_file(entry.path());
+            let p = entry.path();
+            if crate::data::text::is_write_temp(&p) && p.file_stem().map(|s| s.to_os_string()) == stem {
+                let _ = std::fs::remove_file(&p);
             }
         }
         let compat = compat.to_string();

@@ -324,7 +324,6 @@ pub fn save_checkpoint(path: &Path, cfg: &CriteoConfig, s: &ParamStore, step: u6
 }
 
 /// A checkpoint with, when given, the optimizer state and the position in the data for resuming.
-#[allow(clippy::too_many_arguments)]
 fn save_full(
     path: &Path,
     cfg: &CriteoConfig,

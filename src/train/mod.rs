@@ -340,12 +340,7 @@ pub fn lock_out(out: &Path) -> Result<OutLock> {
     for dir in dirs {
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
             let p = entry.path();
-            let stale = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .and_then(|e| e.strip_prefix("tmp"))
-                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-            if stale && p.is_file() {
+            if crate::data::text::is_write_temp(&p) && p.is_file() {
                 std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
                 eprintln!("removed {}, left by a run that was killed while writing it", p.display());
             }
@@ -394,11 +389,8 @@ fn available_memory(dev: Device) -> Option<u128> {
 /// weights, gradients and optimizer state (f32) do not fit in what `dev` has free, with the
 /// figures, instead of an allocator's abort. (Activations come on top: this is a floor.)
 pub(crate) fn check_model_memory(params: u128, models: usize, optimizer: OptimizerChoice, dev: Device, what: &str) -> Result<()> {
-    let slots: u128 = match optimizer {
-        OptimizerChoice::Adam => 2,
-        OptimizerChoice::Sgd => 1,
-        OptimizerChoice::Momentum | OptimizerChoice::Adagrad => 1,
-    };
+    // Adam keeps two moments; SGD (its velocity, also at momentum 0), momentum and Adagrad one.
+    let slots: u128 = if optimizer == OptimizerChoice::Adam { 2 } else { 1 };
     let need = params * 4 * (2 + slots) * models as u128;
     let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
     match available_memory(dev) {
@@ -435,7 +427,7 @@ pub(crate) fn check_same_data(path: &Path, ck: &Checkpoint, now: Option<u64>, wh
 /// so that such a run does not train without its teachers and exit as if it had distilled.
 pub(crate) fn check_burn_in(schedule: &crate::distill::CodistillSchedule, teachers: bool, total: u64) -> Result<()> {
     if teachers && schedule.weight > 0.0 && schedule.burn_in >= total && !(schedule.burn_in == 0 && total == 0) {
-        crate::bail!(
+        bail!(
             Invalid,
             "burn_in {} is at or past the run's last step ({total} steps): no step would distill from the teachers; lower --burn-in or train longer",
             schedule.burn_in
