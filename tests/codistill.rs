@@ -54,6 +54,25 @@ fn prepare_shared_log(c: &CriteoConfig, dir: &std::path::Path) {
     criteo::prepare_data(&warm).unwrap();
 }
 
+/// `run(0)` and `run(1)` at the same time (two ranks of a codistillation through a directory).
+fn at_once<T: Send>(run: impl Fn(usize) -> T + Sync) -> (T, T) {
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| run(0));
+        let hb = s.spawn(|| run(1));
+        (ha.join().unwrap(), hb.join().unwrap())
+    })
+}
+
+/// Rank `rank`'s process, whose run directory is `out`, succeeded and logged a teacher swap of its
+/// peer's checkpoint. Returns its stderr.
+fn succeeded_with_its_peer(rank: usize, out: &std::process::Output, dir: &std::path::Path) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "rank {rank} failed: {stderr}");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains(&format!("\"teacher\":{}", 1 - rank)), "rank {rank} never received a checkpoint from rank {}:\n{metrics}", 1 - rank);
+    stderr
+}
+
 /// A small Markov corpus in `dir/data` and a small, fast language-model config on it.
 fn small_lm(dir: &std::path::Path, seed: u64, train_tokens: usize) -> codistill::train::lm::LmConfig {
     use codistill::data::synthetic::{write_markov_corpus, MarkovSource};
@@ -96,17 +115,9 @@ fn two_processes_codistill_through_a_directory_and_both_finish() {
     let c = small(&d);
     prepare_shared_log(&c, &d);
     let xdir = d.join("exchange");
-    let spawn = |rank: usize| criteo_process(&c, &xdir, &d, rank, &[]).output().unwrap();
-    let (a, b) = std::thread::scope(|s| {
-        let ha = s.spawn(|| spawn(0));
-        let hb = s.spawn(|| spawn(1));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let (a, b) = at_once(|rank| criteo_process(&c, &xdir, &d, rank, &[]).output().unwrap());
     for (rank, out) in [(0, &a), (1, &b)] {
-        assert!(out.status.success(), "rank {rank} failed: {}", String::from_utf8_lossy(&out.stderr));
-        let metrics = std::fs::read_to_string(d.join(format!("rank{rank}/metrics.jsonl"))).unwrap();
-        let peer = 1 - rank;
-        assert!(metrics.contains(&format!("\"teacher\":{peer}")), "rank {rank} never received a checkpoint from rank {peer}:\n{metrics}");
+        succeeded_with_its_peer(rank, out, &d.join(format!("rank{rank}")));
     }
     assert!(xdir.join("model-0.safetensors").exists() && xdir.join("model-1.safetensors").exists());
     // result.json says, per model, how many teacher snapshots it took and how stale they were.
@@ -131,22 +142,14 @@ fn processes_started_by_a_launcher_take_their_rank_and_world_from_its_variables(
     let xdir = d.join("exchange");
     // As torchrun starts them: WORLD_SIZE and RANK in the environment, no --world or --rank, and
     // `codistill` (two models in one process) becomes one model per process.
-    let spawn = |rank: usize| launched_process("codistill", &c, &xdir, &d, rank, &[]).env("WORLD_SIZE", "2").env("RANK", rank.to_string()).output().unwrap();
-    let (a, b) = std::thread::scope(|s| {
-        let ha = s.spawn(|| spawn(0));
-        let hb = s.spawn(|| spawn(1));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let (a, b) = at_once(|rank| launched_process("codistill", &c, &xdir, &d, rank, &[]).env("WORLD_SIZE", "2").env("RANK", rank.to_string()).output().unwrap());
     for (rank, out) in [(0, &a), (1, &b)] {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "rank {rank} failed: {stderr}");
+        let stderr = succeeded_with_its_peer(rank, out, &d.join(format!("rank{rank}")));
         assert!(
             stderr.contains(&format!("rank {rank} of 2 from torchrun's WORLD_SIZE and RANK")),
             "rank {rank} did not say where its rank came from:\n{stderr}"
         );
         assert!(stderr.contains("1 model(s) here of 2"), "rank {rank} is not one model of two:\n{stderr}");
-        let metrics = std::fs::read_to_string(d.join(format!("rank{rank}/metrics.jsonl"))).unwrap();
-        assert!(metrics.contains(&format!("\"teacher\":{}", 1 - rank)), "rank {rank} never received its peer's checkpoint");
     }
     // A rank the launcher's size does not have is refused before any training.
     let out = launched_process("codistill", &c, &xdir, &d, 2, &[]).env("WORLD_SIZE", "2").env("RANK", "2").output().unwrap();
@@ -451,11 +454,7 @@ fn a_missing_or_incompatible_peer_stops_the_run_with_the_reason() {
     other.buckets = 1024;
     prepare_shared_log(&other, &d);
     let mismatch = d.join("mismatch");
-    let (a, b) = std::thread::scope(|s| {
-        let ha = s.spawn(|| run(&mismatch, 0, &["--peer-timeout", "60"]));
-        let hb = s.spawn(|| run_as(&other, &mismatch, 1, &["--peer-timeout", "60"]));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let (a, b) = at_once(|rank| run_as(if rank == 0 { &c } else { &other }, &mismatch, rank, &["--peer-timeout", "60"]));
     for (rank, (code, err)) in [(0, a), (1, b)] {
         assert!(
             code != Some(0) && err.contains(&format!("[{}] ", 1 - rank)) && err.contains("(it was refused)") && err.contains("ignored peer checkpoint"),
@@ -466,11 +465,8 @@ fn a_missing_or_incompatible_peer_stops_the_run_with_the_reason() {
     }
     // Peers of the same model with a codistillation setting that must agree set otherwise.
     let settings = d.join("settings");
-    let (a, _) = std::thread::scope(|s| {
-        let ha = s.spawn(|| run(&settings, 0, &["--peer-timeout", "60"]));
-        let hb = s.spawn(|| run_as(&CriteoConfig { exchange_every: 10, ..c.clone() }, &settings, 1, &["--peer-timeout", "60"]));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let every10 = CriteoConfig { exchange_every: 10, ..c.clone() };
+    let (a, _) = at_once(|rank| run_as(if rank == 0 { &c } else { &every10 }, &settings, rank, &["--peer-timeout", "60"]));
     assert!(a.0 != Some(0) && a.1.contains("exchange_every 10 there, 20 here"), "{a:?}");
 }
 
@@ -521,15 +517,8 @@ fn language_model_processes_take_their_rank_from_a_launcher() {
         .output()
         .unwrap()
     };
-    let (a, b) = std::thread::scope(|s| {
-        let ha = s.spawn(|| spawn(0));
-        let hb = s.spawn(|| spawn(1));
-        (ha.join().unwrap(), hb.join().unwrap())
-    });
+    let (a, b) = at_once(spawn);
     for (rank, out) in [(0, &a), (1, &b)] {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "rank {rank} failed: {stderr}");
-        let metrics = std::fs::read_to_string(d.join(format!("rank{rank}/metrics.jsonl"))).unwrap();
-        assert!(metrics.contains(&format!("\"teacher\":{}", 1 - rank)), "rank {rank} never received its peer's checkpoint:\n{stderr}");
+        succeeded_with_its_peer(rank, out, &d.join(format!("rank{rank}")));
     }
 }
