@@ -8,7 +8,7 @@ use codistill::distill::end_step;
 use codistill::distill::exchange::{Exchange, InProcess};
 use codistill::nn::Mlp;
 use codistill::optim::{Optimizer, OptimizerKind};
-use codistill::train::metrics::{churn, log_loss};
+use codistill::tasks::ctr::score::{churn, log_loss};
 use codistill::{Graph, ParamStore, Rng, Tensor};
 
 const DIM: usize = 8;

@@ -94,6 +94,11 @@ pub trait ConfigTable: Default {
     fn entries(&self) -> Vec<(&'static str, String)>;
     fn apply_matches(&mut self, m: &clap::ArgMatches) -> Result<()>;
     fn apply_toml_file(&mut self, path: &Path) -> Result<()>;
+    fn apply_toml_str(&mut self, text: &str, origin: &Path) -> Result<()>;
+    /// The effective config as TOML (what a checkpoint stores).
+    fn to_toml(&self) -> String {
+        to_toml(&self.entries())
+    }
 }
 
 /// Error unless `saved` and `now` agree on every key in `keys` (resuming from a checkpoint).
@@ -124,23 +129,181 @@ macro_rules! config_enum {
 }
 
 /// Declare a config table: `config_table! { pub struct LmConfig { /// help\n field: Type = default, ... } }`.
+/// A trainer's table ends with `shared { key = default, ... }`: it then also holds every key of
+/// [`crate::train::RunOptions`] (the options all tasks share, declared once in
+/// [`with_run_options`](crate::with_run_options)), with the defaults given there changed as listed,
+/// and `run_options()` / `set_run_options()` convert between the two.
 #[macro_export]
 macro_rules! config_table {
     ($(#[$meta:meta])* pub struct $name:ident { $( #[doc = $doc:literal] $field:ident : $ty:ty = $default:expr, )* }) => {
-        $(#[$meta])*
+        $crate::__config_table_impl! { [$(#[$meta])*] $name [$( #[doc = $doc] $field : $ty = $default, )*] [] [] }
+    };
+    ($(#[$meta:meta])* pub struct $name:ident { $( #[doc = $doc:literal] $field:ident : $ty:ty = $default:expr, )* }
+     shared { $( $ofield:ident = $oval:expr ),* $(,)? }) => {
+        $crate::with_run_options! { @table [$(#[$meta])*] $name [$( #[doc = $doc] $field : $ty = $default, )*] [$( $ofield = $oval, )*] }
+    };
+}
+
+/// The options every task's trainer shares (the loop's: optimizer, schedule, evaluation cadence,
+/// output, device, shards, codistillation, fixed teachers, processes), declared once. Expands to
+/// [`crate::train::RunOptions`] (`@struct`) and into each trainer's table (`@table`, through
+/// [`config_table`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! with_run_options {
+    (@expand struct [] [$( #[doc = $sdoc:literal] $sfield:ident : $sty:ty = $sdefault:expr, )*]) => {
+        /// The options every task's trainer shares, declared once: each trainer's config holds
+        /// these keys beside its own (the same names in `--help`, TOML files and checkpoints), and
+        /// the training loop ([`train`](crate::train::train)) reads them from here.
         #[derive(Clone, Debug, PartialEq)]
-        pub struct $name { $( #[doc = $doc] pub $field: $ty, )* }
+        pub struct RunOptions { $( #[doc = $sdoc] pub $sfield: $sty, )* }
+
+        impl Default for RunOptions {
+            fn default() -> Self {
+                RunOptions { $( $sfield: $sdefault, )* }
+            }
+        }
+    };
+    (@expand table [[$($meta:tt)*] $name:ident [$($fields:tt)*] [$( $ofield:ident = $oval:expr, )*]]
+     [$( #[doc = $sdoc:literal] $sfield:ident : $sty:ty = $sdefault:expr, )*]) => {
+        $crate::__config_table_impl! { [$($meta)*] $name [$($fields)*] [$( #[doc = $sdoc] $sfield : $sty = $sdefault, )*] [$( $ofield = $oval, )*] }
+
+        impl $name {
+            /// The options every task shares, as the training loop reads them.
+            pub fn run_options(&self) -> $crate::train::RunOptions {
+                $crate::train::RunOptions { $( $sfield: self.$sfield.clone(), )* }
+            }
+
+            /// Take the shared options from `o`.
+            pub fn set_run_options(&mut self, o: &$crate::train::RunOptions) {
+                $( self.$sfield = o.$sfield.clone(); )*
+            }
+        }
+
+        impl $crate::train::RunConfig for $name {
+            fn run_options(&self) -> $crate::train::RunOptions {
+                $name::run_options(self)
+            }
+            fn set_run_options(&mut self, o: &$crate::train::RunOptions) {
+                $name::set_run_options(self, o)
+            }
+        }
+    };
+    (@$mode:ident $($args:tt)*) => {
+        $crate::with_run_options! { @expand $mode [$($args)*] [
+        /// Optimizer: sgd, momentum, adagrad or adam (embeddings are updated sparsely)
+        optimizer: $crate::train::OptimizerChoice = $crate::train::OptimizerChoice::Adam,
+        /// Learning rate
+        lr: f32 = 0.002,
+        /// Multiply the learning rate by this every lr_decay_every steps after lr_decay_start
+        lr_decay: f32 = 0.5,
+        /// Steps between learning-rate decays (0: never decay)
+        lr_decay_every: u64 = 0,
+        /// Step of the first decay
+        lr_decay_start: u64 = 0,
+        /// Steps of linear learning-rate warm-up: step t < warmup trains at lr * (t + 1) / warmup
+        warmup: u64 = 0,
+        /// Cosine learning-rate decay from the end of the warm-up to lr_min at the last step (instead of the step decay)
+        cosine: bool = false,
+        /// Cosine decay: the learning rate at the last step
+        lr_min: f32 = 0.0,
+        /// Weight decay: L2 for sgd and momentum, decoupled for adam (AdamW); applied to what a step updates (an embedding row decays when a batch touches it); not for adagrad
+        weight_decay: f32 = 0.0,
+        /// Clip the global gradient norm to this (0: no clipping)
+        clip: f32 = 0.0,
+        /// Validate every this many steps (0: at the end of each pass over the training data), and at the end
+        eval_every: u64 = 0,
+        /// Log training metrics every this many steps
+        log_every: u64 = 100,
+        /// Write checkpoints every this many steps (0: none between), at the end of each pass over the training data and at the end
+        checkpoint_every: u64 = 0,
+        /// Output directory: metrics.jsonl, checkpoints (the last and the best validated), result.json
+        out: std::path::PathBuf = std::path::PathBuf::from("runs/train"),
+        /// Cache directory for preprocessed files and the synthetic data
+        cache: std::path::PathBuf = std::path::PathBuf::from(".codistill-cache"),
+        /// Resume from this checkpoint (weights, optimizer, step, position in the data); one model per process
+        resume: Option<std::path::PathBuf> = None,
+        /// Random seed (initialisation, dropout, shuffling and the synthetic data)
+        seed: u64 = 1,
+        /// Device: auto (GPU if available, else CPU), cpu or cuda
+        device: $crate::train::DeviceChoice = $crate::train::DeviceChoice::Auto,
+        /// GPU: f32 matrix products on the CUDA cores (exact, slower) instead of bf16 operands on the tensor cores
+        matmul_f32: bool = false,
+        /// GPU: bitwise-reproducible embedding gradients (a sorted plan instead of atomics)
+        deterministic: bool = false,
+        /// CPU threads for the products and the loss (0: every core); processes sharing a machine should split its cores
+        threads: usize = 0,
+        /// CPU: bf16 operands with f32 accumulation in the matrix products, the GPU's default numerics (AVX-512 BF16 dot products where the CPU has them, up to 2x the f32 rate; elsewhere rounded copies of the operands on the f32 kernel, slower than f32)
+        cpu_bf16: bool = false,
+        /// Split the training data into this many disjoint shards...
+        shards: usize = 1,
+        /// ...and train on this one (0-based)
+        shard: usize = 0,
+        /// Label smoothing epsilon, the control baseline for codistillation (one model only)
+        label_smoothing: f32 = 0.0,
+        /// Models trained side by side in this process (1: one model; 2 or more: codistillation)
+        models: usize = 1,
+        /// Codistillation: steps with the distillation term off
+        burn_in: u64 = 500,
+        /// Codistillation: publish each model's checkpoint every this many steps
+        exchange_every: u64 = 100,
+        /// Codistillation: publish at most this many times (0: no limit; 1 freezes the teachers at the first exchange, the control run of the overlap measurement)
+        max_publishes: u64 = 0,
+        /// Weight lambda of the distillation term in the codistillation paper's form, task + lambda * distill (Anil et al. 2018; deep mutual learning), from burn_in on, toward the peers and fixed teachers (0: off; the task term keeps weight 1)
+        distill_lambda: f32 = 1.0,
+        /// Hinton's convex mix instead of the paper's form: (1 - alpha) * task + alpha * distill, alpha in (0, 1]; when above 0, distill_lambda is not used (0: the paper's form with distill_lambda)
+        alpha: f32 = 0.0,
+        /// The paper's form: lambda rises linearly from 0 to distill_lambda over this many steps after burn_in (0: at once)
+        distill_ramp: u64 = 0,
+        /// Deprecated name of alpha (the convex mix, the only form before 2026-12-02): a value given here is taken as alpha, with a note
+        distill_weight: Option<f32> = None,
+        /// Codistillation: every model trains on all the training data (default: each on its own disjoint shard)
+        same_data: bool = false,
+        /// Offline distillation: checkpoints of trained models of this task, comma-separated, whose averaged prediction the model distills toward from burn_in on, with the distillation weight (distill_lambda, or alpha); a teacher may have other widths but must read the same inputs (a language model: the same vocabulary; a click model: the same buckets); with codistillation, these teachers and the peers are averaged together
+        teacher: $crate::config::Paths = $crate::config::Paths::default(),
+        /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
+        hint_weight: f32 = 0.0,
+        /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them
+        independent_control: bool = false,
+        /// Codistillation across processes: shared checkpoint directory (one process per model)
+        exchange_dir: Option<std::path::PathBuf> = None,
+        /// Codistillation across processes: at its first step that distills from peers (from burn_in, once peers have had exchange_every steps to publish), a model waits up to this many seconds for every peer's first checkpoint and stops with an error naming the missing ones (0: no wait; train on without them)
+        peer_timeout: u64 = 600,
+        /// Codistillation across processes: this process's model index (with world 0, the launcher's rank)
+        rank: usize = 0,
+        /// Codistillation across processes: number of processes (0: with --exchange-dir, from a launcher's variables, torchrun's WORLD_SIZE and RANK, Slurm's SLURM_NTASKS and SLURM_PROCID, Open MPI's OMPI_COMM_WORLD_SIZE and OMPI_COMM_WORLD_RANK or MPICH's PMI_SIZE and PMI_RANK, else 1)
+        world: usize = 0,
+        /// Write step_times.csv to the output directory: each step's compute seconds (all models here) and seconds in exchange calls, for the overlap measurement
+        step_times: bool = false,
+        ] }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __config_table_impl {
+    ([$($meta:tt)*] $name:ident [$( #[doc = $doc:literal] $field:ident : $ty:ty = $default:expr, )*]
+     [$( #[doc = $sdoc:literal] $sfield:ident : $sty:ty = $sdefault:expr, )*] [$( $ofield:ident = $oval:expr, )*]) => {
+        $($meta)*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $name { $( #[doc = $doc] pub $field: $ty, )* $( #[doc = $sdoc] pub $sfield: $sty, )* }
 
         impl Default for $name {
+            #[allow(clippy::needless_update)]
             fn default() -> Self {
-                $name { $( $field: $default, )* }
+                #[allow(unused_mut)]
+                let mut c = $name { $( $field: $default, )* $( $sfield: $sdefault, )* };
+                $( c.$ofield = $oval; )*
+                c
             }
         }
 
         impl $name {
-            /// Every key, in declaration order.
-            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
-            const HELP: &'static [&'static str] = &[$($doc.trim_ascii()),*];
+            /// Every key, in declaration order (the task's own, then the shared ones).
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field),)* $(stringify!($sfield),)*];
+            /// The keys every task shares (see [`crate::train::RunOptions`]).
+            pub const SHARED_KEYS: &'static [&'static str] = &[$(stringify!($sfield),)*];
+            const HELP: &'static [&'static str] = &[$($doc.trim_ascii(),)* $($sdoc.trim_ascii(),)*];
 
             /// Set one field from its text form.
             pub fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
@@ -150,6 +313,10 @@ macro_rules! config_table {
                         self.$field = <$ty>::parse_value(value).map_err(|e| format!("{key}: {e}"))?;
                         Ok(())
                     } )*
+                    $( stringify!($sfield) => {
+                        self.$sfield = <$sty>::parse_value(value).map_err(|e| format!("{key}: {e}"))?;
+                        Ok(())
+                    } )*
                     _ => Err(format!("unknown key {key:?} (known keys: {})", Self::KEYS.join(", "))),
                 }
             }
@@ -157,23 +324,25 @@ macro_rules! config_table {
             /// `(key, value as text)` for every field.
             pub fn entries(&self) -> Vec<(&'static str, String)> {
                 use $crate::config::ConfigValue;
-                vec![$( (stringify!($field), self.$field.show()) ),*]
+                vec![$( (stringify!($field), self.$field.show()), )* $( (stringify!($sfield), self.$sfield.show()), )*]
             }
 
-            /// Command-line flags for every field, with the default in the help.
-            pub fn args() -> Vec<clap::Arg> {
+            /// Command-line flags for every field, with the default in the help; the shared ones
+            /// under their own heading.
+            pub fn args() -> Vec<$crate::__clap::Arg> {
                 let d = Self::default().entries();
                 Self::KEYS.iter().zip(Self::HELP).zip(d).map(|((k, h), (_, dv))| {
                     let shown = if dv.is_empty() { "none".to_string() } else { dv };
-                    clap::Arg::new(*k)
+                    let a = $crate::__clap::Arg::new(*k)
                         .long(k.replace('_', "-"))
                         .value_name("VALUE")
-                        .help(format!("{h} [default: {shown}]"))
+                        .help(format!("{h} [default: {shown}]"));
+                    if Self::SHARED_KEYS.contains(k) { a.help_heading("Training, codistillation and run options (every task)") } else { a }
                 }).collect()
             }
 
             /// Apply the flags that were given on the command line.
-            pub fn apply_matches(&mut self, m: &clap::ArgMatches) -> $crate::Result<()> {
+            pub fn apply_matches(&mut self, m: &$crate::__clap::ArgMatches) -> $crate::Result<()> {
                 for k in Self::KEYS {
                     if let Some(v) = m.get_one::<String>(k) {
                         self.set(k, v).map_err(|e| $crate::Error::Invalid(format!("--{}: {e}", k.replace('_', "-"))))?;
@@ -206,11 +375,14 @@ macro_rules! config_table {
             fn entries(&self) -> Vec<(&'static str, String)> {
                 $name::entries(self)
             }
-            fn apply_matches(&mut self, m: &clap::ArgMatches) -> $crate::Result<()> {
+            fn apply_matches(&mut self, m: &$crate::__clap::ArgMatches) -> $crate::Result<()> {
                 $name::apply_matches(self, m)
             }
             fn apply_toml_file(&mut self, path: &std::path::Path) -> $crate::Result<()> {
                 $name::apply_toml_file(self, path)
+            }
+            fn apply_toml_str(&mut self, text: &str, origin: &std::path::Path) -> $crate::Result<()> {
+                $name::apply_toml_str(self, text, origin)
             }
         }
     };

@@ -74,12 +74,16 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 mod rng;
+pub mod tasks;
 pub mod tensor;
 #[cfg(test)]
 mod testdir;
 pub mod train;
 
 pub use autograd::{Grads, Graph, Var};
+/// The command-line parser the config tables generate flags for (used by `config_table!`).
+#[doc(hidden)]
+pub use clap as __clap;
 pub use error::{Error, Result};
 pub use ops::softmax_kl::{DistillLoss, DistillParams};
 pub use params::ParamStore;

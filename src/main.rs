@@ -3,11 +3,11 @@
 use clap::{Arg, ArgMatches, Command};
 use codistill::config::{ConfigTable, ConfigValue};
 use codistill::data::synthetic::{write_criteo_tsv, ClickModel};
+use codistill::tasks::ctr::score::show;
 use codistill::train::criteo::{self, CriteoConfig};
 use codistill::train::lm::{self, LmConfig};
-use codistill::train::metrics::show;
-use codistill::train::{json_object, J};
 use codistill::Result;
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -196,12 +196,12 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             let against = a.get_one::<String>("against").map(PathBuf::from);
             let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
             let (e, ch) = criteo::eval_checkpoint(&ckpt, &file, against.as_deref(), &cache)?;
-            let mut fields = vec![("rows", J::I(e.rows as u64)), ("log_loss", J::N(e.log_loss)), ("auc", J::N(e.auc)), ("calibration", J::N(e.calibration))];
+            let mut out = json!({"rows": e.rows, "log_loss": e.log_loss, "auc": e.auc, "calibration": e.calibration});
             if let Some(c) = ch {
-                fields.push(("churn", J::N(c)));
+                out["churn"] = json!(c);
             }
             // Undefined metrics (one class in the labels) are null: JSON has no NaN.
-            println!("{}", json_object(&fields));
+            println!("{out}");
             Ok(())
         }
         Some(("experiment", a)) => {
@@ -296,17 +296,15 @@ fn run(m: &ArgMatches) -> Result<()> {
                 let lanes: usize =
                     a.get_one::<String>("lanes").expect("defaulted").parse().map_err(|_| codistill::Error::Invalid("--lanes must be a whole number".into()))?;
                 let r = lm::eval_checkpoints(&ckpts.0, file.as_deref(), &cache, max, lanes)?;
-                println!(
-                    "{}",
-                    json_object(&[
-                        ("loss", J::N(r.loss)),
-                        ("ppl", J::N(r.loss.exp())),
-                        ("tokens", J::I(r.tokens as u64)),
-                        ("file_tokens", J::I(r.file_tokens as u64)),
-                        ("lanes", J::I(r.lanes as u64)),
-                        ("oov_rate", J::N(r.oov_rate.unwrap_or(f64::NAN))),
-                    ])
-                );
+                let out = json!({
+                    "loss": r.loss,
+                    "ppl": r.loss.exp(),
+                    "tokens": r.tokens,
+                    "file_tokens": r.file_tokens,
+                    "lanes": r.lanes,
+                    "oov_rate": r.oov_rate.unwrap_or(f64::NAN),
+                });
+                println!("{out}");
                 Ok(())
             }
             Some(("sample", a)) => {

@@ -67,8 +67,8 @@ impl Embedding {
     }
 }
 
-/// The recurrent state of every layer, carried between windows.
-#[derive(Clone, Debug)]
+/// The recurrent state of every layer, carried between windows (`Default`: no layers).
+#[derive(Clone, Debug, Default)]
 pub struct LstmState {
     pub h: Vec<Tensor>,
     pub c: Vec<Tensor>,

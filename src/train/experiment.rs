@@ -5,9 +5,10 @@
 //! `out/curves.png` and `out/curves.svg`, and `out/report.txt`.
 
 use super::plot::{plot_curves, Reference, Series};
-use super::{criteo, json_object, lm, J};
+use super::{criteo, lm};
 use crate::data::text::write_atomic;
 use crate::{Error, Result};
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// One validation point of one model of one run.
@@ -19,27 +20,15 @@ pub struct CurvePoint {
     pub loss: f64,
 }
 
-/// The raw text of `"key":value` in a flat JSON line written by `MetricsLog`.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &line[start..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim_matches('"'))
-}
-
 /// The validation curve(s) in a run's metrics file.
 pub fn read_curves(metrics: &Path, run: &str, loss_key: &str) -> Result<Vec<CurvePoint>> {
     let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
     Ok(text
         .lines()
-        .filter(|l| field(l, "event") == Some("valid"))
-        .filter_map(|l| {
-            Some(CurvePoint {
-                run: run.to_string(),
-                model: field(l, "model").and_then(|m| m.parse().ok()).unwrap_or(0),
-                step: field(l, "step")?.parse().ok()?,
-                loss: field(l, loss_key)?.parse().ok()?,
-            })
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "valid")
+        .filter_map(|e| {
+            Some(CurvePoint { run: run.to_string(), model: e["model"].as_u64().unwrap_or(0) as usize, step: e["step"].as_u64()?, loss: e[loss_key].as_f64()? })
         })
         .collect())
 }
@@ -57,7 +46,7 @@ struct Group<'a> {
 fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], groups: &[Group], mut refs: Vec<Reference>) -> Result<String> {
     let mut lines = String::new();
     for p in base.iter().chain(groups.iter().flat_map(|g| &g.curves)) {
-        lines.push_str(&json_object(&[("run", J::S(&p.run)), ("model", J::I(p.model as u64)), ("step", J::I(p.step)), ("loss", J::N(p.loss))]));
+        lines.push_str(&json!({"run": p.run, "model": p.model, "step": p.step, "loss": p.loss}).to_string());
         lines.push('\n');
     }
     write_atomic(&out.join("curves.jsonl"), lines.as_bytes())?;
@@ -201,19 +190,4 @@ pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
         &groups,
         refs,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_of_metrics_lines() {
-        let l = r#"{"event":"valid","step":200,"model":1,"log_loss":0.41,"auc":0.8}"#;
-        assert_eq!(
-            (field(l, "event"), field(l, "step"), field(l, "model"), field(l, "log_loss"), field(l, "auc")),
-            (Some("valid"), Some("200"), Some("1"), Some("0.41"), Some("0.8"))
-        );
-        assert_eq!(field(l, "loss"), None);
-    }
 }

@@ -3,16 +3,17 @@
 //! sample` prints it; data-free distillation (`--data-free true`) trains a student on it, with the
 //! logits the teachers computed while sampling as its soft targets.
 
-use super::lm::LoadedLm;
+use super::model::LoadedLm;
 use crate::autograd::Graph;
 use crate::data::text::{Tokenizer, Vocab, EOS};
 use crate::nn::LstmState;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result, Rng};
 
-/// Samples `lanes` independent streams from the average of `models` (which share a vocabulary).
-pub struct Sampler<'a> {
-    models: &'a [LoadedLm],
+/// Samples `lanes` independent streams from the average of `models` (which share a vocabulary):
+/// borrowed (`&[LoadedLm]`, `&Vec<LoadedLm>`) or shared (`Arc<[LoadedLm]>`).
+pub struct Sampler<M: AsRef<[LoadedLm]>> {
+    models: M,
     states: Vec<LstmState>,
     /// Each lane's last token: the input of the next step.
     current: Vec<u32>,
@@ -29,11 +30,11 @@ pub fn start_token(vocab: &Vocab) -> u32 {
     }
 }
 
-impl<'a> Sampler<'a> {
+impl<M: AsRef<[LoadedLm]>> Sampler<M> {
     /// `temperature` divides the logits before the softmax (1: the models' own distribution).
-    pub fn new(models: &'a [LoadedLm], lanes: usize, temperature: f32, seed: u64, dev: Device) -> Result<Self> {
-        let Some(first) = models.first() else { bail!(Invalid, "sampling needs at least one model") };
-        if let Some(k) = models.iter().position(|m| m.vocab != first.vocab) {
+    pub fn new(models: M, lanes: usize, temperature: f32, seed: u64, dev: Device) -> Result<Self> {
+        let Some(first) = models.as_ref().first() else { bail!(Invalid, "sampling needs at least one model") };
+        if let Some(k) = models.as_ref().iter().position(|m| m.vocab != first.vocab) {
             bail!(Invalid, "model {k} has another vocabulary than model 0; sampled text needs one vocabulary");
         }
         if !(temperature > 0.0 && temperature.is_finite()) {
@@ -42,12 +43,13 @@ impl<'a> Sampler<'a> {
         if lanes == 0 {
             bail!(Invalid, "sampling needs at least one lane");
         }
-        let states = models.iter().map(|m| LstmState::zeros_on(m.cfg.layers, lanes, m.cfg.hidden, dev)).collect::<Result<_>>()?;
-        Ok(Sampler { models, states, current: vec![start_token(&first.vocab); lanes], rng: Rng::new(seed), temperature, dev })
+        let states = models.as_ref().iter().map(|m| LstmState::zeros_on(m.cfg.layers, lanes, m.cfg.hidden, dev)).collect::<Result<_>>()?;
+        let current = vec![start_token(&first.vocab); lanes];
+        Ok(Sampler { models, states, current, rng: Rng::new(seed), temperature, dev })
     }
 
     pub fn vocab(&self) -> &Vocab {
-        &self.models[0].vocab
+        &self.models.as_ref()[0].vocab
     }
 
     /// Run every model one step on `input` (one token per lane); returns each model's logits
@@ -55,8 +57,8 @@ impl<'a> Sampler<'a> {
     fn step(&mut self, input: &[u32]) -> Result<Vec<Vec<f32>>> {
         let lanes = input.len();
         let x = Tensor::from_i32(input.iter().map(|&t| t as i32).collect(), &[lanes])?.to_device(self.dev)?;
-        let mut out = Vec::with_capacity(self.models.len());
-        for (m, st) in self.models.iter().zip(self.states.iter_mut()) {
+        let mut out = Vec::with_capacity(self.models.as_ref().len());
+        for (m, st) in self.models.as_ref().iter().zip(self.states.iter_mut()) {
             let mut g = Graph::no_grad();
             let (l, next) = m.model.forward(&mut g, &m.store, &x, st, 1, None)?;
             *st = next;
@@ -134,7 +136,7 @@ impl<'a> Sampler<'a> {
         let lanes = self.current.len();
         let (mut x, mut y) = (Vec::with_capacity(steps * lanes), Vec::with_capacity(steps * lanes));
         let v = self.vocab().len();
-        let mut per_model: Vec<Vec<f32>> = vec![Vec::with_capacity(steps * lanes * v); self.models.len()];
+        let mut per_model: Vec<Vec<f32>> = vec![Vec::with_capacity(steps * lanes * v); self.models.as_ref().len()];
         for _ in 0..steps {
             let (input, logits) = self.advance()?;
             x.extend(input.iter().map(|&t| t as i32));

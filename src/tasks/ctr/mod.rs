@@ -1,0 +1,474 @@
+//! The click-through task: per-field hashed embeddings and the dense features into an MLP, one
+//! logit, binary cross-entropy; evaluation by log-loss, AUC, calibration and (between two models)
+//! prediction churn. Its distillation term is the cross-entropy toward the teachers' mean click
+//! probability. The loop that trains it is [`crate::train::train`]; this module holds only what is
+//! the click model's own.
+
+pub mod model;
+pub mod score;
+
+pub use model::{evaluate, load_checkpoint, load_teachers, parse_widths, ClickEval, CtrModel, CtrTeacher};
+
+use crate::autograd::{Graph, Var};
+use crate::checkpoint::Checkpoint;
+use crate::data::criteo::{cached, shard_range, CriteoCache, OnBadLine, DENSE_WIDTH, NUM_CATS};
+use crate::data::synthetic::{write_criteo_tsv, ClickModel, ClickTruth};
+use crate::hash::Hasher64;
+use crate::ops::elementwise::sigmoid;
+use crate::params::ParamStore;
+use crate::tensor::{Device, Tensor};
+use crate::train::{Finished, MetricsLog, Score, Setup, Task, TeacherRef};
+use crate::{bail, Error, Result, Rng};
+use score::{auc, calibration, churn, log_loss};
+use serde_json::{json, Value};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+crate::config_table! {
+    /// Options of `codistill criteo train`: the click model's own keys, and those every task
+    /// shares ([`RunOptions`](crate::train::RunOptions)). Every key can be set in a TOML file
+    /// (`--config`) and overridden on the command line.
+    pub struct CriteoConfig {
+        /// Training file in the Criteo TSV format, plain or gzip (none: the built-in synthetic log)
+        train: Option<PathBuf> = None,
+        /// Validation file (none: hold out the last valid_fraction of the training rows)
+        valid: Option<PathBuf> = None,
+        /// Without a validation file, the fraction of training rows held out (the last ones)
+        valid_fraction: f32 = 0.1,
+        /// Bad lines: stop (error naming file, line and column) or skip (counted and reported)
+        on_bad_line: OnBadLine = OnBadLine::Stop,
+        /// Hash buckets per categorical field
+        buckets: usize = 65536,
+        /// Embedding width per field
+        emb_dim: usize = 8,
+        /// Hidden layer widths of the MLP, comma-separated
+        mlp: String = "128,64".to_string(),
+        /// Examples per batch
+        batch: usize = 512,
+        /// Passes over the training rows (shuffled each epoch)
+        epochs: usize = 1,
+        /// Validate on at most this many rows (0: all)
+        eval_rows: usize = 0,
+        /// Synthetic log: training rows (the validation file gets a tenth)
+        synthetic_rows: usize = 1000000,
+        /// Synthetic log: multiplier of the Criteo-like field cardinalities
+        synthetic_scale: f32 = 0.1,
+    }
+    shared {
+        out = PathBuf::from("runs/criteo"),
+    }
+}
+
+/// Train click models as configured (the loop: [`crate::train::train`]).
+pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
+    crate::train::train::<CtrTask>(cfg)
+}
+
+/// The preprocessed training and validation data of a run.
+pub struct CriteoData {
+    pub train: CriteoCache,
+    /// Rows of `train` used for training (before sharding).
+    pub train_rows: Range<usize>,
+    /// A separate validation file, if one was given.
+    pub valid_file: Option<CriteoCache>,
+    /// Validation rows: of `valid_file`, or else the held-out tail of `train`.
+    pub valid_rows: Range<usize>,
+    /// The hidden model's log-loss on the validation rows, when known.
+    pub valid_truth: Option<ClickTruth>,
+    pub preprocess_rows_per_s: Option<f64>,
+}
+
+impl CriteoData {
+    /// The validation cache and rows, if there are any.
+    pub fn valid(&self) -> Option<(&CriteoCache, Range<usize>)> {
+        if self.valid_rows.is_empty() {
+            return None;
+        }
+        Some((self.valid_file.as_ref().unwrap_or(&self.train), self.valid_rows.clone()))
+    }
+}
+
+pub fn prepare_data(cfg: &CriteoConfig) -> Result<CriteoData> {
+    let (train, valid) = match &cfg.train {
+        Some(t) => (t.clone(), cfg.valid.clone()),
+        None => {
+            let mut h = Hasher64::new();
+            h.update(format!("criteo-synth-v2/{}/{}/{}", cfg.synthetic_rows, cfg.synthetic_scale, cfg.seed).as_bytes());
+            let dir = cfg.cache.join(format!("synthetic-criteo-{:016x}", h.finish()));
+            let model = ClickModel::criteo_like(cfg.synthetic_scale as f64, cfg.seed ^ 0xC11C);
+            let (tp, vp) = (dir.join("train.tsv"), dir.join("valid.tsv"));
+            for (p, rows, seed) in [(&tp, cfg.synthetic_rows, cfg.seed), (&vp, (cfg.synthetic_rows / 10).max(1), cfg.seed ^ 0xFA11)] {
+                if ClickTruth::for_file(p).map(|t| t.rows != rows).unwrap_or(true) || !p.exists() {
+                    eprintln!("writing synthetic click log {} ({rows} rows)", p.display());
+                    write_criteo_tsv(p, &model, rows, seed)?;
+                }
+            }
+            (tp, Some(vp))
+        }
+    };
+    for p in std::iter::once(&train).chain(valid.iter()) {
+        if !p.exists() {
+            return Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+        }
+    }
+    let t0 = Instant::now();
+    let (tc, built) = cached(&train, cfg.buckets, cfg.on_bad_line, &cfg.cache)?;
+    let rate = if built { Some((tc.stats.rows + tc.stats.skipped) as f64 / t0.elapsed().as_secs_f64()) } else { None };
+    if tc.stats.skipped > 0 {
+        eprintln!("{}: skipped {} bad lines of {}", train.display(), tc.stats.skipped, tc.stats.rows + tc.stats.skipped);
+        for e in &tc.stats.examples {
+            eprintln!("  {e}");
+        }
+    }
+    let n = tc.rows();
+    Ok(match valid {
+        Some(v) => {
+            let (vc, _) = cached(&v, cfg.buckets, cfg.on_bad_line, &cfg.cache)?;
+            let rows = vc.rows();
+            let truth = ClickTruth::for_file(&v).filter(|t| t.rows == rows);
+            CriteoData { train: tc, train_rows: 0..n, valid_file: Some(vc), valid_rows: 0..rows, valid_truth: truth, preprocess_rows_per_s: rate }
+        }
+        None => {
+            if !(0.0..1.0).contains(&cfg.valid_fraction) {
+                bail!(Invalid, "valid_fraction must be in [0, 1), got {}", cfg.valid_fraction);
+            }
+            let held = (n as f64 * cfg.valid_fraction as f64) as usize;
+            CriteoData { train: tc, train_rows: 0..n - held, valid_file: None, valid_rows: n - held..n, valid_truth: None, preprocess_rows_per_s: rate }
+        }
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct CriteoSummary {
+    pub steps: u64,
+    /// Final validation of each model (one entry for a single model).
+    pub valid: Vec<ClickEval>,
+    /// The models' averaged predictions, when there are several.
+    pub ensemble: Option<ClickEval>,
+    /// Prediction churn between the first two models, when there are several.
+    pub churn: Option<f64>,
+    pub valid_truth: Option<ClickTruth>,
+    pub preprocess_rows_per_s: Option<f64>,
+    /// Training rows per second, over all models.
+    pub train_rows_per_s: f64,
+    pub seconds: f64,
+}
+
+/// Validation figures of a click model, with its predicted probabilities (for the ensemble and
+/// the churn at the end of a run).
+#[derive(Clone, Debug)]
+pub struct ClickScore {
+    pub eval: ClickEval,
+    pub p: Vec<f32>,
+}
+
+impl Score for ClickScore {
+    fn loss(&self) -> f64 {
+        self.eval.log_loss
+    }
+    fn fields(&self) -> Value {
+        json!({"log_loss": self.eval.log_loss, "auc": self.eval.auc, "calibration": self.eval.calibration})
+    }
+    fn describe(&self) -> String {
+        format!("log-loss {:.5} AUC {} calibration {}", self.eval.log_loss, score::show(self.eval.auc, 4), score::show(self.eval.calibration, 3))
+    }
+}
+
+/// The click model as a [`Task`]: the preprocessed log, the fixed teachers, the model's structure.
+pub struct CtrTask {
+    cfg: CriteoConfig,
+    data: CriteoData,
+    teachers: Vec<CtrTeacher>,
+    model: CtrModel,
+    /// The output bias a model starts with: the log-odds of the training click rate.
+    start_bias: f32,
+    dev: Device,
+}
+
+/// One model's rows, shuffled each epoch.
+pub struct CtrStream {
+    rows: Range<usize>,
+    order: Vec<usize>,
+    pos: usize,
+    epoch: u64,
+    rng: Rng,
+}
+
+impl CtrStream {
+    fn next_batch(&mut self, batch: usize) -> Vec<usize> {
+        if self.pos >= self.order.len() {
+            self.order = self.rows.clone().collect();
+            self.rng.fork(self.epoch).shuffle(&mut self.order);
+            self.epoch += 1;
+            self.pos = 0;
+        }
+        let end = (self.pos + batch).min(self.order.len());
+        let b = self.order[self.pos..end].to_vec();
+        self.pos = end;
+        b
+    }
+}
+
+/// A batch: hashed ids and dense features on the device, labels on the host (where the soft
+/// targets are mixed).
+pub struct CtrBatch {
+    rows: usize,
+    ids: Tensor,
+    dense: Tensor,
+    labels: Tensor,
+}
+
+impl CtrTask {
+    fn valid_end(&self, r: &Range<usize>) -> usize {
+        if self.cfg.eval_rows > 0 {
+            (r.start + self.cfg.eval_rows).min(r.end)
+        } else {
+            r.end
+        }
+    }
+}
+
+impl Task for CtrTask {
+    type Config = CriteoConfig;
+    type Model = CtrModel;
+    type Batch = CtrBatch;
+    type Stream = CtrStream;
+    type Carry = ();
+    type Eval = ClickScore;
+    type Summary = CriteoSummary;
+    const NAME: &'static str = "criteo";
+    const WHAT: &'static str = "a click model";
+    const FORMAT: &'static str = "codistill-criteo-v1";
+    const PREFIX: &'static str = "ctr";
+    const UNIT: &'static str = "rows";
+    const RESUME_KEYS: &'static [&'static str] = &["buckets", "emb_dim", "mlp", "batch", "valid_fraction"];
+
+    fn prepare(cfg: &CriteoConfig, setup: &Setup) -> Result<Self> {
+        if cfg.batch == 0 || cfg.epochs == 0 || cfg.emb_dim == 0 {
+            bail!(Invalid, "batch, epochs and emb_dim must be positive (got {}, {} and {})", cfg.batch, cfg.epochs, cfg.emb_dim);
+        }
+        let widths = parse_widths(&cfg.mlp)?;
+        // Embeddings, the dense features' half of the first layer, the MLP (each layer with its bias).
+        let (b, e) = (cfg.buckets as u128, cfg.emb_dim as u128);
+        let mut dims = vec![NUM_CATS as u128 * e];
+        dims.extend(widths.iter().map(|&w| w as u128));
+        dims.push(1);
+        let mlp: u128 = dims.windows(2).map(|w| w[0].saturating_mul(w[1]) + w[1]).sum();
+        let params = (NUM_CATS as u128).saturating_mul(b).saturating_mul(e) + DENSE_WIDTH as u128 * widths[0] as u128 + mlp;
+        crate::train::options::check_model_memory(params, cfg.models, cfg.optimizer, setup.dev, "--buckets, --emb-dim, --mlp")?;
+        let data = prepare_data(cfg)?;
+        let teachers = load_teachers(&cfg.teacher.0, cfg.buckets, setup.dev)?;
+        // Start calibrated: the output bias at the log-odds of the training click rate. With rare
+        // clicks the bias gradient is small, and a model that starts off-rate stays miscalibrated.
+        let rate = {
+            let r = &data.train_rows;
+            let clicks: f64 = r.clone().map(|i| data.train.label(i) as f64).sum();
+            ((clicks + 1.0) / (r.len() as f64 + 2.0)).clamp(1e-6, 1.0 - 1e-6)
+        };
+        let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
+        Ok(CtrTask { cfg: cfg.clone(), data, teachers, model, start_bias: (rate / (1.0 - rate)).ln() as f32, dev: setup.dev })
+    }
+
+    fn config(&self) -> &CriteoConfig {
+        &self.cfg
+    }
+
+    fn model(&self) -> &CtrModel {
+        &self.model
+    }
+
+    fn teachers(&self) -> Vec<TeacherRef<'_, CtrModel>> {
+        self.teachers.iter().map(|t| TeacherRef { path: &t.path, model: &t.model, store: &t.store }).collect()
+    }
+
+    fn hints(&self, weight: f32) -> Result<bool> {
+        crate::train::options::check_hints(weight, !self.teachers.is_empty(), "give --teacher")
+    }
+
+    fn hint_widths(&self) -> Option<(usize, usize)> {
+        self.teachers.first().map(|t| (self.model.hidden_width(), t.model.hidden_width()))
+    }
+
+    fn init(&self, store: &mut ParamStore, rng: &mut Rng) -> Result<()> {
+        CtrModel::new(store, &self.cfg, rng)?;
+        store.set(&format!("ctr.mlp.{}.bias", self.model.mlp.layers.len() - 1), Tensor::full(&[1], self.start_bias))
+    }
+
+    fn stream(&self, shards: usize, shard: usize) -> Result<(CtrStream, Option<u64>)> {
+        let span = shard_range(self.data.train_rows.len(), shards, shard)?;
+        let rows = self.data.train_rows.start + span.start..self.data.train_rows.start + span.end;
+        if rows.is_empty() {
+            bail!(Invalid, "{}: shard {shard} of {shards} has no training rows", self.data.train.source.display());
+        }
+        let key = self.data.train.fingerprint(rows.clone());
+        Ok((CtrStream { rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng: Rng::new(0) }, Some(key)))
+    }
+
+    /// Each model shuffles with its own stream, the one its initialisation drew from.
+    fn seed_stream(&self, stream: &mut CtrStream, rng: &Rng) {
+        stream.rng = rng.clone();
+    }
+
+    fn epoch_steps(&self, stream: &CtrStream) -> u64 {
+        stream.rows.len().div_ceil(self.cfg.batch) as u64
+    }
+
+    fn total_steps(&self, epoch_steps: u64) -> u64 {
+        epoch_steps * self.cfg.epochs as u64
+    }
+
+    fn length_help(&self, epoch_steps: u64) -> (String, &'static str) {
+        (format!(" ({} epoch(s) of {epoch_steps} steps)", self.cfg.epochs), "--epochs")
+    }
+
+    fn start(&self, s: &mut CtrStream, _carry: &mut (), _step: u64, ck: Option<(&Checkpoint, &Path)>) -> Result<()> {
+        if let Some((ck, path)) = ck {
+            let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
+            s.epoch = num("epoch")?;
+            s.pos = num("position")? as usize;
+            if s.epoch > 0 {
+                s.order = s.rows.clone().collect();
+                s.rng.fork(s.epoch - 1).shuffle(&mut s.order);
+            }
+        }
+        Ok(())
+    }
+
+    fn save_extra(&self, c: &mut Checkpoint, s: &CtrStream, _carry: &()) {
+        c.meta.insert("epoch".into(), s.epoch.to_string());
+        c.meta.insert("position".into(), s.pos.to_string());
+    }
+
+    fn data_name(&self) -> String {
+        self.data.train.source.display().to_string()
+    }
+
+    fn batch(&self, stream: &mut CtrStream, _step: u64, _epoch_steps: u64) -> Result<(CtrBatch, bool)> {
+        let chunk = stream.next_batch(self.cfg.batch);
+        let (ids, dense, labels) = self.data.train.batch(&chunk)?;
+        Ok((CtrBatch { rows: chunk.len(), ids: ids.to_device(self.dev)?, dense: dense.to_device(self.dev)?, labels }, false))
+    }
+
+    fn batch_items(&self, b: &CtrBatch) -> usize {
+        b.rows
+    }
+
+    fn forward(&self, model: &CtrModel, g: &mut Graph, store: &ParamStore, b: &CtrBatch, _carry: &(), _train: Option<(u64, usize)>) -> Result<(Var, Var, ())> {
+        let (logit, hidden) = model.forward_hidden(g, store, &b.ids, &b.dense)?;
+        Ok((logit, hidden, ()))
+    }
+
+    fn loss(&self, g: &mut Graph, logit: Var, b: &CtrBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var> {
+        let (labels, e) = (&b.labels, self.cfg.label_smoothing);
+        let count = (peers.len() + fixed.len()) as f32;
+        let (targets, scale) = match mix {
+            Some((w, scale)) if count > 0.0 => {
+                // The teachers' mean click probability, fixed teachers first.
+                let mut mean_p = vec![0f32; b.rows];
+                for t in fixed.iter().chain(peers) {
+                    for (acc, &x) in mean_p.iter_mut().zip(&t.to_vec_f32()?) {
+                        *acc += sigmoid(x) / count;
+                    }
+                }
+                // Binary cross-entropy is linear in its target, so scale * BCE(z, (1 - mix) y + mix p) is
+                // the paper's BCE(z, y) + lambda * BCE(z, p), or the convex mix.
+                let y = labels.f32s()?;
+                (Tensor::from_f32(y.iter().zip(&mean_p).map(|(&y, &p)| (1.0 - w) * y + w * p).collect(), labels.shape())?, scale)
+            }
+            _ if e > 0.0 => (Tensor::from_f32(labels.f32s()?.iter().map(|&y| (1.0 - e) * y + e * 0.5).collect(), labels.shape())?, 1.0),
+            _ => (labels.clone(), 1.0),
+        };
+        let bce = g.bce_with_logits(logit, &targets.to_device(self.dev)?)?;
+        crate::train::scaled(g, bce, scale)
+    }
+
+    fn validate(&self, model: &CtrModel, store: &ParamStore) -> Result<Option<ClickScore>> {
+        let Some((c, r)) = self.data.valid() else { return Ok(None) };
+        let (eval, p) = evaluate(model, store, c, r.start..self.valid_end(&r))?;
+        Ok(Some(ClickScore { eval, p }))
+    }
+
+    fn ensemble(&self, members: &[(&ParamStore, Option<&ClickScore>)]) -> Result<Option<(ClickScore, Option<f64>)>> {
+        let (Some((c, r)), Some(evals)) = (self.data.valid(), members.iter().map(|m| m.1).collect::<Option<Vec<_>>>()) else { return Ok(None) };
+        let n = evals.len() as f32;
+        let mut p = vec![0f32; evals[0].p.len()];
+        for e in &evals {
+            for (a, &b) in p.iter_mut().zip(&e.p) {
+                *a += b / n;
+            }
+        }
+        let y: Vec<f32> = (r.start..self.valid_end(&r)).map(|i| c.label(i)).collect();
+        let eval = ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) };
+        let ch = churn(&evals[0].p, &evals[1].p)?;
+        Ok(Some((ClickScore { eval, p }, Some(ch))))
+    }
+
+    fn compat(&self) -> (String, String) {
+        (format!("buckets={};emb_dim={};mlp={}", self.cfg.buckets, self.cfg.emb_dim, self.cfg.mlp), String::new())
+    }
+
+    fn describe(&self, first: &CtrStream, _epoch_steps: u64, total: u64) -> String {
+        format!("{} training rows each, {} validation rows, {total} steps", first.rows.len(), self.data.valid_rows.len())
+    }
+
+    fn checkpoint_path(&self, out: &Path, index: usize, several: bool, best: bool) -> PathBuf {
+        let stem = if best { "best" } else { "checkpoint" };
+        out.join(if several { format!("{stem}-{index}.safetensors") } else { format!("{stem}.safetensors") })
+    }
+
+    fn progress(&self, mean: f64, rate: f64) -> String {
+        format!("loss {mean:.4} {rate:.0} rows/s")
+    }
+
+    fn finish(&self, _log: &mut MetricsLog, run: &Finished<Self>) -> Result<(CriteoSummary, Value)> {
+        let truth = self.data.valid_truth.filter(|_| self.cfg.eval_rows == 0);
+        let valid: Vec<ClickEval> = run.members.iter().filter_map(|m| m.last.as_ref().map(|e| e.eval)).collect();
+        let (ensemble, churn) = match &run.ensemble {
+            Some((e, c)) => (Some(e.eval), *c),
+            None => (None, None),
+        };
+        let s = CriteoSummary {
+            steps: run.steps,
+            valid: valid.clone(),
+            ensemble,
+            churn,
+            valid_truth: truth,
+            preprocess_rows_per_s: self.data.preprocess_rows_per_s,
+            train_rows_per_s: run.rate(),
+            seconds: run.started.elapsed().as_secs_f64(),
+        };
+        let nan = f64::NAN;
+        let mean_ll = if valid.is_empty() { nan } else { valid.iter().map(|v| v.log_loss).sum::<f64>() / valid.len() as f64 };
+        let fields = json!({
+            "valid_log_loss": mean_ll,
+            "valid_auc": valid.first().map(|v| v.auc).unwrap_or(nan),
+            "valid_calibration": valid.first().map(|v| v.calibration).unwrap_or(nan),
+            "ensemble_log_loss": ensemble.map(|e| e.log_loss).unwrap_or(nan),
+            "churn": churn.unwrap_or(nan),
+            "bayes_log_loss": truth.map(|t| t.bayes_log_loss).unwrap_or(nan),
+            "train_rows_per_s": s.train_rows_per_s,
+            "preprocess_rows_per_s": s.preprocess_rows_per_s.unwrap_or(nan),
+        });
+        Ok((s, fields))
+    }
+}
+
+/// Evaluate a checkpoint on a file; with `against`, also the churn between the two models.
+pub fn eval_checkpoint(path: &Path, file: &Path, against: Option<&Path>, cache: &Path) -> Result<(ClickEval, Option<f64>)> {
+    let (cfg, model, store) = load_checkpoint(path)?;
+    if !file.exists() {
+        return Err(Error::io(file, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+    }
+    let (data, _) = cached(file, cfg.buckets, cfg.on_bad_line, cache)?;
+    let (ev, p) = evaluate(&model, &store, &data, 0..data.rows())?;
+    let ch = match against {
+        Some(other) => {
+            let (ocfg, om, os) = load_checkpoint(other)?;
+            let (odata, _) = cached(file, ocfg.buckets, ocfg.on_bad_line, cache)?;
+            Some(churn(&p, &om.predict(&os, &odata, 0..odata.rows())?)?)
+        }
+        None => None,
+    };
+    Ok((ev, ch))
+}

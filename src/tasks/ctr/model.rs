@@ -1,0 +1,146 @@
+//! The click model: per-field hashed embeddings and the dense features into an MLP with ReLU,
+//! one logit; its evaluation (log-loss, AUC, calibration) and its checkpoints loaded as models.
+
+use super::score::{auc, calibration, log_loss};
+use super::{CriteoConfig, CtrTask};
+use crate::autograd::{Graph, Var};
+use crate::checkpoint::Checkpoint;
+use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS};
+use crate::nn::{Embedding, Linear, Mlp};
+use crate::ops::elementwise::sigmoid;
+use crate::params::ParamStore;
+use crate::tensor::Tensor;
+use crate::{bail, Error, Result, Rng};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// Hashed per-field embeddings and the dense features into an MLP; one logit.
+pub struct CtrModel {
+    pub emb: Embedding,
+    pub dense: Linear,
+    pub mlp: Mlp,
+}
+
+pub fn parse_widths(s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|w| {
+            w.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&w| w > 0)
+                .ok_or_else(|| Error::Invalid(format!("mlp widths must be positive integers separated by commas, got {s:?}")))
+        })
+        .collect()
+}
+
+impl CtrModel {
+    pub fn new(store: &mut ParamStore, cfg: &CriteoConfig, rng: &mut Rng) -> Result<Self> {
+        let widths = parse_widths(&cfg.mlp)?;
+        let mut dims = vec![NUM_CATS * cfg.emb_dim];
+        dims.extend(&widths);
+        dims.push(1);
+        Ok(CtrModel {
+            emb: Embedding::new(store, "ctr.embedding", NUM_CATS * cfg.buckets, cfg.emb_dim, 0.05, rng)?,
+            // The dense half of the first layer: [embeddings | dense] W = emb W_e + dense W_d.
+            dense: Linear::new(store, "ctr.dense", DENSE_WIDTH, widths[0], false, rng)?,
+            mlp: Mlp::new(store, "ctr.mlp", &dims, rng)?,
+        })
+    }
+
+    /// Logits `[n]` for a batch from `CriteoCache::batch`.
+    pub fn forward(&self, g: &mut Graph, s: &ParamStore, ids: &Tensor, dense: &Tensor) -> Result<Var> {
+        Ok(self.forward_hidden(g, s, ids, dense)?.0)
+    }
+
+    /// As [`forward`](Self::forward), with the last hidden layer `[n, width]` (after its ReLU, the
+    /// output layer's input): what a feature hint compares.
+    pub fn forward_hidden(&self, g: &mut Graph, s: &ParamStore, ids: &Tensor, dense: &Tensor) -> Result<(Var, Var)> {
+        let n = dense.dim(0);
+        let e = self.emb.forward(g, s, ids)?;
+        let e = g.reshape(e, &[n, NUM_CATS * self.emb.dim])?;
+        let first = self.mlp.layers[0].forward(g, s, e)?;
+        let dv = g.constant(dense.clone());
+        let d = self.dense.forward(g, s, dv)?;
+        let mut h = g.add(first, d)?;
+        let mut hidden = h;
+        for layer in &self.mlp.layers[1..] {
+            h = g.relu(h)?;
+            hidden = h;
+            h = layer.forward(g, s, h)?;
+        }
+        Ok((g.reshape(h, &[n])?, hidden))
+    }
+
+    /// The width of the last hidden layer.
+    pub fn hidden_width(&self) -> usize {
+        self.mlp.layers.last().map_or(0, |l| l.in_dim)
+    }
+
+    /// Click probabilities for rows `rows` of a cache, in batches, without a tape.
+    pub fn predict(&self, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<Vec<f32>> {
+        let idx: Vec<usize> = rows.collect();
+        let mut out = Vec::with_capacity(idx.len());
+        let dev = s.device();
+        for chunk in idx.chunks(8192) {
+            let (ids, dense, _) = data.batch(chunk)?;
+            let (ids, dense) = (ids.to_device(dev)?, dense.to_device(dev)?);
+            let mut g = Graph::no_grad();
+            let l = self.forward(&mut g, s, &ids, &dense)?;
+            out.extend(g.value(l).to_vec_f32()?.iter().map(|&x| sigmoid(x)));
+        }
+        Ok(out)
+    }
+}
+
+/// Validation figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClickEval {
+    pub rows: usize,
+    pub log_loss: f64,
+    pub auc: f64,
+    pub calibration: f64,
+}
+
+pub fn evaluate(model: &CtrModel, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<(ClickEval, Vec<f32>)> {
+    let p = model.predict(s, data, rows.clone())?;
+    let y: Vec<f32> = rows.map(|i| data.label(i)).collect();
+    Ok((ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) }, p))
+}
+
+/// A checkpoint's config and weights in a fresh model (on the CPU).
+pub fn load_checkpoint(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore)> {
+    let ck = Checkpoint::load(path)?;
+    let cfg = crate::train::checkpoint_config::<CtrTask>(&ck, path)?;
+    let mut store = ParamStore::new();
+    let model = CtrModel::new(&mut store, &cfg, &mut Rng::new(0))?;
+    crate::train::load_weights(&mut store, &ck, path)?;
+    Ok((cfg, model, store))
+}
+
+/// A fixed teacher of an offline distillation: a trained checkpoint's model and weights.
+pub struct CtrTeacher {
+    pub path: PathBuf,
+    pub model: CtrModel,
+    pub store: ParamStore,
+}
+
+/// Load `--teacher` checkpoints onto `dev`. A teacher must hash categories into `buckets` as the
+/// run does (its embedding rows are indexed by the same ids); an error names the checkpoint.
+pub fn load_teachers(paths: &[PathBuf], buckets: usize, dev: crate::tensor::Device) -> Result<Vec<CtrTeacher>> {
+    paths
+        .iter()
+        .map(|path| {
+            let (tcfg, model, mut store) = load_checkpoint(path)?;
+            if tcfg.buckets != buckets {
+                bail!(
+                    Invalid,
+                    "{}: the teacher hashes categories into {} buckets and this run into {buckets}; a teacher must use the same --buckets",
+                    path.display(),
+                    tcfg.buckets
+                );
+            }
+            store.to_device(dev)?;
+            Ok(CtrTeacher { path: path.clone(), model, store })
+        })
+        .collect()
+}

@@ -1,0 +1,279 @@
+//! What a run reports and how it holds its output directory: metrics as JSON lines, `result.json`,
+//! step times, the exchange's health, the wait for peers, and the lock on `--out`.
+
+use crate::data::text::write_atomic;
+use crate::{bail, Error, Result};
+use serde_json::{json, Value};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Metrics as JSON lines, one object per event, flushed as written.
+pub struct MetricsLog {
+    file: File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// A run's metrics file. A fresh run (`resumed_at` None) starts it anew (saying so when it
+    /// replaces an earlier run's); a resumed run keeps the complete events up to the checkpoint's
+    /// step and drops the rest (what a killed run wrote after its last checkpoint, and a line torn
+    /// by the kill), so that every step appears once. The kept part is rewritten through a rename.
+    pub fn start(path: &Path, resumed_at: Option<u64>) -> Result<Self> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let old = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let kept = match resumed_at {
+            None => {
+                if !old.is_empty() {
+                    eprintln!("{}: an earlier run's metrics are replaced by this run's", path.display());
+                }
+                String::new()
+            }
+            Some(step) => {
+                let text = String::from_utf8_lossy(&old);
+                // Only lines that end in a newline are whole; the last may be torn.
+                let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+                whole.lines().filter(|l| event_step(l).is_some_and(|s| s.is_none_or(|s| s <= step))).map(|l| format!("{l}\n")).collect()
+            }
+        };
+        write_atomic(path, kept.as_bytes())?;
+        let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog { file, path: path.to_path_buf() })
+    }
+
+    /// Append one event as one complete line, in a single write (a reader never meets half a line
+    /// of a live run, and a kill leaves at most a torn last line, which a resume drops).
+    pub fn write(&mut self, event: Value) -> Result<()> {
+        let mut line = event.to_string();
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// A whole metrics line's `"step"` (`Some(None)` for an event without one); None for a line that
+/// is not a JSON object (one torn by a kill).
+fn event_step(line: &str) -> Option<Option<u64>> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    Some(v.as_object()?.get("step").and_then(Value::as_u64))
+}
+
+/// Log a teacher swap: which model took which peer's snapshot, how stale, and the exchange wait.
+pub fn log_teacher_swap(
+    log: &mut MetricsLog,
+    step: u64,
+    model: usize,
+    t: &crate::distill::exchange::Snapshot,
+    staleness: u64,
+    waited: std::time::Duration,
+) -> Result<()> {
+    log.write(json!({
+        "event": "teacher",
+        "step": step,
+        "model": model,
+        "teacher": t.rank,
+        "teacher_step": t.step,
+        "staleness": staleness,
+        "exchange_wait_ms": waited.as_secs_f64() * 1e3,
+    }))
+}
+
+/// Write a final result object atomically.
+pub fn write_result(path: &Path, result: &Value) -> Result<()> {
+    write_atomic(path, format!("{result}\n").as_bytes())
+}
+
+/// Each step's compute seconds and seconds in exchange calls (all models in the process), written
+/// as `step_times.csv` with `--step-times true`: the within-run overlap measurement
+/// (`scripts/overlap_steps.py`) compares the steps an exchange can touch with their neighbours.
+pub struct StepTimes {
+    first_step: u64,
+    rows: Option<Vec<(f64, f64)>>,
+    before: (f64, f64),
+}
+
+impl StepTimes {
+    pub fn new(enabled: bool, first_step: u64) -> Self {
+        StepTimes { first_step, rows: enabled.then(Vec::new), before: (0.0, 0.0) }
+    }
+
+    /// At the start of a step: the running totals of compute and exchange seconds.
+    pub fn begin(&mut self, compute: f64, exchange: f64) {
+        self.before = (compute, exchange);
+    }
+
+    /// At the end of a step: the running totals again; the step gets the differences.
+    pub fn end(&mut self, compute: f64, exchange: f64) {
+        if let Some(rows) = &mut self.rows {
+            rows.push((compute - self.before.0, exchange - self.before.1));
+        }
+    }
+
+    /// Write `step_times.csv` under `dir` (temporary name, then rename); nothing when disabled.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let Some(rows) = &self.rows else { return Ok(()) };
+        let mut csv = String::from("step,compute_s,exchange_s\n");
+        for (i, (c, e)) in rows.iter().enumerate() {
+            csv.push_str(&format!("{},{c:.9},{e:.9}\n", self.first_step + i as u64 + 1));
+        }
+        write_atomic(&dir.join("step_times.csv"), csv.as_bytes())
+    }
+}
+
+/// A trainer's hold on its output directory: an exclusive advisory lock (`flock`) on
+/// `OUT/.codistill.lock`, which holds the holder's process id. The kernel drops the lock when the
+/// process ends, however it ends, so a killed run never leaves the directory locked.
+pub struct OutLock {
+    _file: std::fs::File,
+}
+
+/// Take `out` for this run: create it, lock it (a second trainer on the same directory is refused
+/// with the holder's process id), and remove what killed runs left there (`*.tmp<pid>` files of
+/// checkpoints and results written through a rename, in `out` and its `model-*` folders).
+pub fn lock_out(out: &Path) -> Result<OutLock> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join(".codistill.lock");
+    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            Invalid,
+            "{}: another trainer is writing to this directory (process {}); give this run another --out, or wait for that one to finish",
+            out.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0).and_then(|_| write!(file, "{}", std::process::id())).map_err(|e| Error::io(&path, e))?;
+    let mut dirs = vec![out.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(out) {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("model-"))));
+    }
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
+            let p = entry.path();
+            if crate::data::text::is_write_temp(&p) && p.is_file() {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                eprintln!("removed {}, left by a run that was killed while writing it", p.display());
+            }
+        }
+    }
+    Ok(OutLock { _file: file })
+}
+
+/// The exchange's background problems since the last call, made visible: each on stderr (once per
+/// kind: the same message with other numbers is not repeated) and as an `exchange_warning` event;
+/// a failed publish stops the run (the peers would wait for checkpoints that cannot reach them).
+pub(crate) fn exchange_health(
+    exchange: &mut dyn crate::distill::exchange::Exchange,
+    log: &mut MetricsLog,
+    step: u64,
+    said: &mut std::collections::HashSet<String>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    for w in exchange.warnings() {
+        if w.starts_with("publishing") {
+            log.write(json!({"event": "exchange_error", "step": step, "message": w}))?;
+            bail!(Invalid, "{w}; the peers cannot receive this model's checkpoints (is the exchange directory writable, and is there space?)");
+        }
+        log.write(json!({"event": "exchange_warning", "step": step, "message": w}))?;
+        if said.insert(w.chars().filter(|c| !c.is_ascii_digit()).collect()) {
+            bar.suspend(|| eprintln!("warning: {w}"));
+        }
+    }
+    Ok(())
+}
+
+/// The wait of a codistillation through a directory for its peers: at the first step that
+/// distills from them once they have had `exchange_every` steps to publish, wait (once) up to
+/// `timeout_s` seconds for a first checkpoint of every model not trained in this process, so that
+/// no model trains on without teachers it was meant to have.
+pub(crate) struct PeerWait {
+    /// The models trained in other processes (none: nothing to wait for).
+    remote: Vec<usize>,
+    timeout_s: u64,
+    done: bool,
+}
+
+impl PeerWait {
+    /// For a run of `total` models of which `local` are trained here; `codistill`: the term is on.
+    pub fn new(codistill: bool, total: usize, local: &[usize], timeout_s: u64) -> Self {
+        let remote = if codistill { (0..total).filter(|p| !local.contains(p)).collect() } else { Vec::new() };
+        PeerWait { remote, timeout_s, done: false }
+    }
+
+    /// Before step `step`: wait if this is the step to, logging an `exchange_error` event when the
+    /// wait fails. Returns the seconds waited.
+    pub fn before_step(
+        &mut self,
+        exchange: &mut dyn crate::distill::exchange::Exchange,
+        schedule: &crate::distill::CodistillSchedule,
+        step: u64,
+        log: &mut MetricsLog,
+    ) -> Result<f64> {
+        if self.done || self.remote.is_empty() || self.timeout_s == 0 || !schedule.distill_at(step) || step < schedule.exchange_every {
+            return Ok(0.0);
+        }
+        let (r, waited) = crate::distill::exchange::timed(|| exchange.wait_for_peers(&self.remote, std::time::Duration::from_secs(self.timeout_s)));
+        if let Err(e) = &r {
+            log.write(json!({"event": "exchange_error", "step": step, "message": e.to_string()}))?;
+        }
+        r?;
+        self.done = true;
+        Ok(waited.as_secs_f64())
+    }
+}
+
+/// A progress bar over `total` steps (hidden when stderr is not a terminal), at `start`.
+pub(crate) fn progress(total: u64, start: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_position(start);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_lines_keep_their_order_and_null_non_finite_numbers() {
+        let dir = crate::testdir::Scratch::new("train", "metrics-lines");
+        let path = dir.join("m.jsonl");
+        let mut log = MetricsLog::start(&path, None).unwrap();
+        log.write(json!({"event": "x", "step": 3, "b": "q\"\n", "a": f64::NAN, "l": [1.5, f64::INFINITY]})).unwrap();
+        log.write(json!({"event": "y", "step": 9})).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().next().unwrap(), r#"{"event":"x","step":3,"b":"q\"\n","a":null,"l":[1.5,null]}"#);
+        drop(log);
+        // A resume at step 5 keeps the events up to it and drops a torn line.
+        std::fs::write(&path, format!("{text}{{\"event\":\"z\",\"st")).unwrap();
+        MetricsLog::start(&path, Some(5)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn step_times_record_each_steps_differences_from_the_first_step() {
+        let dir = crate::testdir::Scratch::new("train", "step-times");
+        let mut t = StepTimes::new(true, 7);
+        t.begin(1.0, 0.5);
+        t.end(1.25, 0.5);
+        t.begin(1.25, 0.5);
+        t.end(2.0, 0.625);
+        t.write(&dir).unwrap();
+        let csv = std::fs::read_to_string(dir.join("step_times.csv")).unwrap();
+        assert_eq!(csv, "step,compute_s,exchange_s\n8,0.250000000,0.000000000\n9,0.750000000,0.125000000\n");
+        std::fs::remove_file(dir.join("step_times.csv")).unwrap();
+        let mut off = StepTimes::new(false, 0);
+        off.begin(0.0, 0.0);
+        off.end(1.0, 1.0);
+        off.write(&dir).unwrap();
+        assert!(!dir.join("step_times.csv").exists(), "disabled step times wrote a file");
+    }
+}

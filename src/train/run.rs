@@ -1,0 +1,664 @@
+//! The training loop, written once for every task: the models of this process, their optimizers
+//! and data streams; burn-in, teacher refresh and staleness, the distillation and hint terms,
+//! clipping and the update; the evaluation, logging and checkpoint cadence; resume; one process or
+//! one process per model through an exchange directory; fixed teachers; the ensemble and churn at
+//! the end. What differs between a language model and a click model is a [`Task`].
+
+use super::options::{backend_settings, check_burn_in, check_loss, check_same_data, optimizer_settings, process_world, RunConfig, RunOptions, DATA_KEY};
+use super::report::{exchange_health, lock_out, log_teacher_swap, progress, write_result, MetricsLog, PeerWait, StepTimes};
+use crate::autograd::{Graph, Var};
+use crate::checkpoint::Checkpoint;
+use crate::config::ConfigTable;
+use crate::distill::exchange::timed;
+use crate::distill::{end_step, CodistillSchedule, DistillForm, TeacherTracker, Topology};
+use crate::nn::Linear;
+use crate::ops::elementwise::Unary;
+use crate::optim::Optimizer;
+use crate::params::ParamStore;
+use crate::tensor::{Device, Tensor};
+use crate::{bail, Error, Result, Rng};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Validation figures of one model: the loss the run keeps its best checkpoint by, and the
+/// fields of its metrics line.
+pub trait Score {
+    /// Lower is better (the best checkpoint is the lowest).
+    fn loss(&self) -> f64;
+    /// The figures as a JSON object, in the order a metrics line shows them.
+    fn fields(&self) -> Value {
+        json!({ "loss": self.loss() })
+    }
+    /// One line for the terminal.
+    fn describe(&self) -> String {
+        self.fields().to_string()
+    }
+}
+
+/// What the loop knows before a task reads its data.
+pub struct Setup<'a> {
+    pub dev: Device,
+    /// Models in the whole run (every process).
+    pub total_models: usize,
+    pub run: &'a RunOptions,
+}
+
+/// A fixed teacher (`--teacher`): where it came from, its structure and its weights.
+pub struct TeacherRef<'a, M> {
+    pub path: &'a Path,
+    pub model: &'a M,
+    pub store: &'a ParamStore,
+}
+
+/// A task the loop trains: its data, model, losses, evaluation and checkpoint contents. The loop
+/// calls these in the order of a step; an implementation holds only what is its own.
+pub trait Task: Sized {
+    /// The task's config table: its own keys and the shared ones ([`RunOptions`]).
+    type Config: RunConfig;
+    /// A model's structure; its weights live in a [`ParamStore`].
+    type Model;
+    /// One training batch, on the device.
+    type Batch;
+    /// One model's place in its shard of the training data.
+    type Stream;
+    /// What a model carries from one batch of a stream to the next (a language model's LSTM
+    /// state; `()` when nothing).
+    type Carry: Clone + Default;
+    /// Validation figures.
+    type Eval: Score;
+    /// What [`train`] returns.
+    type Summary;
+
+    /// The command's name, in messages (`lm`, `criteo`).
+    const NAME: &'static str;
+    /// What a checkpoint of the task is, in messages (`a language model`).
+    const WHAT: &'static str;
+    /// The checkpoint format.
+    const FORMAT: &'static str;
+    /// The parameter-name prefix (the feature-hint map is `<prefix>.hint`).
+    const PREFIX: &'static str;
+    /// What a batch counts (`tokens`, `rows`): the train events' `<unit>_per_s`.
+    const UNIT: &'static str;
+    /// The task's config keys a resume must agree on (the model and the data order), beside the
+    /// shared ones.
+    const RESUME_KEYS: &'static [&'static str];
+
+    /// Check the task's options, read its data and load its fixed teachers.
+    fn prepare(cfg: &Self::Config, setup: &Setup) -> Result<Self>;
+    /// The config the run goes on with (the world and rank it took).
+    fn config(&self) -> &Self::Config;
+    /// The structure of the run's models (each model's weights are its own store).
+    fn model(&self) -> &Self::Model;
+    /// The fixed teachers (`--teacher`), loaded by `prepare`; none where the task loads none (a
+    /// run given teachers then stops with an error).
+    fn teachers(&self) -> Vec<TeacherRef<'_, Self::Model>> {
+        Vec::new()
+    }
+    /// Whether the fixed teachers run on each batch (a data-free run's batches bring their outputs).
+    fn forward_teachers(&self) -> bool {
+        true
+    }
+    /// Whether feature hints are on: `weight` above 0 needs [`hint_widths`](Self::hint_widths).
+    fn hints(&self, weight: f32) -> Result<bool> {
+        super::options::check_hints(weight, self.hint_widths().is_some(), "give --teacher")
+    }
+    /// The feature-hint map's widths: the model's last hidden layer, the first teacher's (None:
+    /// no hints).
+    fn hint_widths(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// The random stream that initialises model `index` of `total`.
+    fn member_rng(&self, index: usize, total: usize) -> Rng {
+        let _ = total;
+        Rng::new(self.config().run_options().seed).fork(index as u64)
+    }
+    /// A fresh model's weights in `store`.
+    fn init(&self, store: &mut ParamStore, rng: &mut Rng) -> Result<()>;
+    /// Shard `shard` of `shards` of the training data, and its fingerprint (checkpoints record it).
+    fn stream(&self, shards: usize, shard: usize) -> Result<(Self::Stream, Option<u64>)>;
+    /// The model's random stream after its initialisation, for the stream's shuffling.
+    fn seed_stream(&self, _stream: &mut Self::Stream, _rng: &Rng) {}
+    /// Steps in one pass over a stream (`u64::MAX`: endless).
+    fn epoch_steps(&self, stream: &Self::Stream) -> u64;
+    /// The run's last step, the shortest stream taking `epoch_steps` a pass.
+    fn total_steps(&self, epoch_steps: u64) -> u64;
+    /// How a resume that is already at the end says the run's length and how to extend it:
+    /// (detail after "ends at step N", option).
+    fn length_help(&self, epoch_steps: u64) -> (String, &'static str) {
+        (format!(" ({epoch_steps} steps a pass)"), "the run's length")
+    }
+    /// Before the first step (fresh, or resumed at `step` from `ck`): the stream's position and
+    /// the carried state (nothing to do where a batch follows from its step alone).
+    fn start(&self, _stream: &mut Self::Stream, _carry: &mut Self::Carry, _step: u64, _ck: Option<(&Checkpoint, &Path)>) -> Result<()> {
+        Ok(())
+    }
+    /// What a checkpoint holds beside weights, optimizer, step and config (what `start` reads).
+    fn save_extra(&self, _c: &mut Checkpoint, _stream: &Self::Stream, _carry: &Self::Carry) {}
+    /// A resumed checkpoint's config (`saved`) against the run's data, beyond the resume keys.
+    fn check_resume(&self, _saved: &Self::Config, _ck: &Checkpoint, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+    /// The training data, in messages.
+    fn data_name(&self) -> String {
+        "the training data".into()
+    }
+    /// The zero state a model starts a stream with.
+    fn zero_carry(&self, _model: &Self::Model) -> Result<Self::Carry> {
+        Ok(Self::Carry::default())
+    }
+    /// The batch of `step` from a stream (the run's passes are `epoch_steps` long), and whether it
+    /// starts the stream afresh (the carried states are reset).
+    fn batch(&self, stream: &mut Self::Stream, step: u64, epoch_steps: u64) -> Result<(Self::Batch, bool)>;
+    /// What a batch counts (tokens, rows).
+    fn batch_items(&self, batch: &Self::Batch) -> usize;
+    /// The model's outputs (logits), its last hidden layer (what a feature hint compares) and the
+    /// state it carries on; `train` is (step, model index) in training (dropout), None otherwise.
+    fn forward(
+        &self,
+        model: &Self::Model,
+        g: &mut Graph,
+        store: &ParamStore,
+        batch: &Self::Batch,
+        carry: &Self::Carry,
+        train: Option<(u64, usize)>,
+    ) -> Result<(Var, Var, Self::Carry)>;
+    /// The loss of a batch: the task loss alone, or with `mix` (the distillation form's
+    /// (mix, scale) at this step, see [`DistillForm::mix_at`]) the distillation term toward the
+    /// peers' and fixed teachers' outputs.
+    fn loss(&self, g: &mut Graph, out: Var, batch: &Self::Batch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var>;
+    /// A model's validation figures (None without validation data).
+    fn validate(&self, model: &Self::Model, store: &ParamStore) -> Result<Option<Self::Eval>>;
+    /// The models' averaged prediction scored, and the churn between models 0 and 1 where the
+    /// task measures it, from the stores and their last validations.
+    fn ensemble(&self, members: &[(&ParamStore, Option<&Self::Eval>)]) -> Result<Option<(Self::Eval, Option<f64>)>>;
+    /// What peers in other processes must agree on beyond the parameters' names and shapes (which
+    /// the loop compares): the model's part (a vocabulary), and the loss's beyond the distillation
+    /// form (a temperature).
+    fn compat(&self) -> (String, String) {
+        (String::new(), String::new())
+    }
+    /// The run's size in the opening line.
+    fn describe(&self, _first: &Self::Stream, epoch_steps: u64, total_steps: u64) -> String {
+        format!("{epoch_steps} steps a pass, {total_steps} steps")
+    }
+    /// Where model `index`'s checkpoint (or best checkpoint) goes under `out`: `checkpoint.safetensors`
+    /// and `best.safetensors`, in `model-<index>/` when this process trains `several`.
+    fn checkpoint_path(&self, out: &Path, index: usize, several: bool, best: bool) -> PathBuf {
+        let dir = if several { out.join(format!("model-{index}")) } else { out.to_path_buf() };
+        dir.join(if best { "best.safetensors" } else { "checkpoint.safetensors" })
+    }
+    /// Fields of a train event beside the mean loss (a perplexity), as a JSON object.
+    fn train_fields(&self, _mean: f64) -> Value {
+        json!({})
+    }
+    /// The progress bar's message.
+    fn progress(&self, mean: f64, rate: f64) -> String {
+        format!("loss {mean:.4} {rate:.0} {}/s", Self::UNIT)
+    }
+    /// The end of a run: the task's own reports (a test set), its summary and its `result.json`
+    /// fields (a JSON object).
+    fn finish(&self, log: &mut MetricsLog, run: &Finished<Self>) -> Result<(Self::Summary, Value)>;
+}
+
+/// The config of a task, as [`train`] takes it.
+pub type ConfigOf<T> = <T as Task>::Config;
+
+/// One model of a run: its weights, optimizer, stream, carried states and records.
+pub struct Member<T: Task> {
+    /// Global model index: shard and exchange rank.
+    pub index: usize,
+    pub store: ParamStore,
+    pub opt: Optimizer,
+    pub stream: T::Stream,
+    pub carry: T::Carry,
+    /// The state each peer's snapshot carries on this model's stream.
+    pub peer_carry: Vec<Option<T::Carry>>,
+    /// The same for each fixed teacher.
+    pub fixed_carry: Vec<Option<T::Carry>>,
+    pub teachers: TeacherTracker,
+    /// Best validation loss, and the last validation.
+    pub best: Option<f64>,
+    pub last: Option<T::Eval>,
+    /// Fingerprint of this model's training data.
+    pub data_key: Option<u64>,
+    /// The last step with a finite training loss, and that loss.
+    pub last_loss: Option<(u64, f64)>,
+}
+
+/// What the loop hands a task at the end of a run.
+pub struct Finished<T: Task> {
+    pub steps: u64,
+    pub members: Vec<Member<T>>,
+    pub ensemble: Option<(T::Eval, Option<f64>)>,
+    /// Items (tokens, rows) trained on, over all models, and the seconds of compute and exchange.
+    pub items: f64,
+    pub train_secs: f64,
+    pub exchange_wait: f64,
+    pub started: Instant,
+}
+
+impl<T: Task> Finished<T> {
+    /// Items per second of compute.
+    pub fn rate(&self) -> f64 {
+        self.items / self.train_secs.max(1e-9)
+    }
+}
+
+/// `scale * loss` on the tape (the distillation forms' scale; nothing recorded when it is 1).
+pub fn scaled(g: &mut Graph, loss: Var, scale: f32) -> Result<Var> {
+    if scale == 1.0 {
+        Ok(loss)
+    } else {
+        g.unary(Unary::Scale(scale), loss)
+    }
+}
+
+/// The fields of JSON objects `head`, then `tail`, as one object.
+fn event(head: Value, tail: Value) -> Value {
+    let mut v = head;
+    if let (Value::Object(m), Value::Object(t)) = (&mut v, tail) {
+        m.extend(t);
+    }
+    v
+}
+
+/// Each parameter of `store` from checkpoint `ck` (loaded from `path`), by name.
+pub(crate) fn load_weights(store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Result<()> {
+    for name in store.names() {
+        let t = ck.tensors.get(&name).ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks parameter {name:?}", path.display())))?;
+        store.set(&name, t.clone()).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint's format, checked, and its config.
+pub(crate) fn checkpoint_config<T: Task>(ck: &Checkpoint, path: &Path) -> Result<T::Config> {
+    let format = ck.meta("format", path)?;
+    if format != T::FORMAT {
+        bail!(Invalid, "{}: checkpoint format {format:?} is not {} ({})", path.display(), T::WHAT, T::FORMAT);
+    }
+    let mut cfg = T::Config::default();
+    cfg.apply_toml_str(ck.meta("config", path)?, path)?;
+    Ok(cfg)
+}
+
+/// A teacher's output for `batch` (no tape), its state carried in `slot` (zeros when empty), and
+/// with `hidden` its last hidden layer (a feature hint's target).
+fn teacher_output<T: Task>(
+    task: &T,
+    model: &T::Model,
+    store: &ParamStore,
+    batch: &T::Batch,
+    slot: &mut Option<T::Carry>,
+    hidden: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let carry = match slot.take() {
+        Some(c) => c,
+        None => task.zero_carry(model)?,
+    };
+    let mut g = Graph::no_grad();
+    let (out, h, next) = task.forward(model, &mut g, store, batch, &carry, None)?;
+    *slot = Some(next);
+    Ok((g.value(out).clone(), hidden.then(|| g.value(h).clone())))
+}
+
+fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64) -> Result<()> {
+    let mut c = Checkpoint::new();
+    for (name, p) in m.store.iter() {
+        c.tensors.insert(name.clone(), p.value.clone());
+    }
+    for (name, t) in m.opt.state_tensors() {
+        c.tensors.insert(format!("optim/{name}"), t);
+    }
+    c.meta.insert("format".into(), T::FORMAT.into());
+    c.meta.insert("step".into(), step.to_string());
+    c.meta.insert("optimizer_steps".into(), m.opt.steps_taken().to_string());
+    c.meta.insert("config".into(), task.config().to_toml());
+    if let Some(b) = m.best {
+        c.meta.insert("best_valid".into(), b.to_string());
+    }
+    if let Some(d) = m.data_key {
+        c.meta.insert(DATA_KEY.into(), format!("{d:016x}"));
+    }
+    task.save_extra(&mut c, &m.stream, &m.carry);
+    c.save(path)
+}
+
+/// The shared keys a resume must agree on: the data order, the models and the processes.
+const RESUME_KEYS: &[&str] = &["shards", "shard", "seed", "optimizer", "models", "world", "rank", "same_data"];
+
+/// A step is due for a cadence of `every` steps (0: at the ends of passes) at step `step`.
+fn due(step: u64, every: u64, epoch_end: bool, last: bool) -> bool {
+    last || (every > 0 && step.is_multiple_of(every)) || (every == 0 && epoch_end)
+}
+
+/// Train as configured: one model, or `models` codistilling models in this process, or this
+/// process's model of a `world`-process codistillation through `exchange_dir`; with fixed
+/// teachers, distilled from them too. Prints progress on stderr (a bar on a terminal), writes
+/// metrics, checkpoints and `result.json` under `out`.
+pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
+    let started = Instant::now();
+    let mut o = cfg.run_options();
+    let dev = o.device.resolve()?;
+    backend_settings(&o);
+    // The run goes on, and its checkpoints record, the world and rank it took.
+    (o.world, o.rank) = process_world(o.world, o.rank, o.exchange_dir.is_some())?;
+    let mut cfg = cfg.clone();
+    cfg.set_run_options(&o);
+    let topo = Topology { models: o.models, world: o.world, rank: o.rank, same_data: o.same_data, shards: o.shards, shard: o.shard };
+    let form = DistillForm::from_options(o.distill_lambda, o.alpha, o.distill_ramp, o.distill_weight)?;
+    topo.check(o.exchange_dir.as_deref(), form.weight(), o.exchange_every, o.label_smoothing)?;
+    let (optimizer, mut lr_schedule, clip) = optimizer_settings(&o, 0)?;
+    let total_models = topo.total();
+    if !o.teacher.is_empty() && o.label_smoothing > 0.0 {
+        bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
+    }
+    if o.models > 1 && o.resume.is_some() {
+        bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
+    }
+    let task = T::prepare(&cfg, &Setup { dev, total_models, run: &o })?;
+    let has_teachers = total_models > 1 || !o.teacher.is_empty();
+    let schedule = CodistillSchedule {
+        burn_in: o.burn_in,
+        exchange_every: o.exchange_every,
+        max_publishes: o.max_publishes,
+        weight: if has_teachers { form.weight() } else { 0.0 },
+    };
+    // Peers exchange checkpoints only when there are peers and the term is on.
+    let codistill = total_models > 1 && schedule.weight > 0.0;
+    let fixed = task.teachers();
+    if fixed.len() != o.teacher.0.len() {
+        bail!(Invalid, "--teacher: {} checkpoint(s) given, {} loaded: the {} task does not load fixed teachers", o.teacher.0.len(), fixed.len(), T::NAME);
+    }
+    let hints = task.hints(o.hint_weight)?;
+    // A feature hint maps the model's last hidden layer to the first teacher's width.
+    let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, task.hint_widths()) {
+        (true, Some((from, to))) => Linear::new(store, &format!("{}.hint", T::PREFIX), from, to, true, rng).map(Some),
+        _ => Ok(None),
+    };
+    let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
+    let mut members: Vec<Member<T>> = Vec::new();
+    for local in 0..o.models {
+        let index = topo.index(local);
+        let (n, i) = topo.shard_of(index);
+        let (mut stream, data_key) = task.stream(n, i)?;
+        let mut store = ParamStore::new();
+        let mut rng = task.member_rng(index, total_models);
+        task.init(&mut store, &mut rng)?;
+        hint_map(&mut store, &mut rng)?;
+        task.seed_stream(&mut stream, &rng);
+        members.push(Member {
+            index,
+            store,
+            opt: Optimizer::new(optimizer),
+            stream,
+            carry: task.zero_carry(task.model())?,
+            peer_carry: vec![None; total_models],
+            fixed_carry: vec![None; fixed.len()],
+            teachers: TeacherTracker::new(total_models, o.exchange_every),
+            best: None,
+            last: None,
+            data_key,
+            last_loss: None,
+        });
+    }
+    let mut step = 0u64;
+    let resumed = match &o.resume {
+        Some(path) => {
+            let m = &mut members[0];
+            let ck = Checkpoint::load(path)?;
+            let saved = checkpoint_config::<T>(&ck, path)?;
+            let keys: Vec<&str> = T::RESUME_KEYS.iter().chain(RESUME_KEYS).copied().collect();
+            crate::config::require_same(path, &keys, &saved.entries(), &cfg.entries())?;
+            task.check_resume(&saved, &ck, path)?;
+            check_same_data(path, &ck, m.data_key, &task.data_name())?;
+            let mut store = ParamStore::new();
+            task.init(&mut store, &mut Rng::new(0))?;
+            load_weights(&mut store, &ck, path)?;
+            // The hint map is no part of the model: restored apart.
+            if let Some(h) = &hint {
+                super::restore_hint(&mut store, h, &ck, path)?;
+            }
+            m.store = store;
+            let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
+            step = num("step")?;
+            m.opt.load_state(
+                ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim/").map(|n| (n.to_string(), t.clone()))).collect(),
+                num("optimizer_steps")?,
+            )?;
+            m.best = ck.meta.get("best_valid").and_then(|b| b.parse().ok());
+            Some((ck, path.clone()))
+        }
+        None => None,
+    };
+    for (k, m) in members.iter_mut().enumerate() {
+        let ck = resumed.as_ref().filter(|_| k == 0).map(|(c, p)| (c, p.as_path()));
+        task.start(&mut m.stream, &mut m.carry, step, ck)?;
+        m.store.to_device(dev)?;
+    }
+    let epoch_steps = members.iter().map(|m| task.epoch_steps(&m.stream)).min().unwrap_or(0);
+    let total = task.total_steps(epoch_steps);
+    // The cosine ends at the last step, known once the shards are read.
+    lr_schedule.total = total;
+    check_burn_in(&schedule, has_teachers, total)?;
+    if let Some(path) = o.resume.as_ref() {
+        if step >= total {
+            let (detail, option) = task.length_help(epoch_steps);
+            bail!(
+                Invalid,
+                "{}: the checkpoint is at step {step} and this run ends at step {total}{detail}: nothing is left to train, and nothing was changed; raise {option} to train on",
+                path.display()
+            );
+        }
+        eprintln!("resumed from {} at step {step}", path.display());
+    }
+    // What peers in other processes must agree on, written into every published checkpoint.
+    let (model_compat, loss_compat) = task.compat();
+    let mut shapes = crate::hash::Hasher64::new();
+    for (name, p) in members[0].store.iter() {
+        shapes.update(format!("{name}{:?};", p.value.shape()).as_bytes());
+    }
+    let compat = format!(
+        "{model_compat};params={:016x};world={};burn_in={};exchange_every={};distill={}{loss_compat};same_data={}",
+        shapes.finish(),
+        o.world,
+        o.burn_in,
+        o.exchange_every,
+        form.describe(),
+        o.same_data
+    );
+    let mut exchange = topo.exchange(o.exchange_dir.as_deref(), &members[0].store, &compat, o.resume.is_none())?;
+    let mut exchange_said = std::collections::HashSet::new();
+    if codistill {
+        // The snapshot buffers are allocated now, not inside the first publishes.
+        for m in &members {
+            exchange.prepare(m.index, &m.store)?;
+        }
+    }
+    let _out_lock = lock_out(&o.out)?;
+    let mut log = MetricsLog::start(&o.out.join("metrics.jsonl"), o.resume.is_some().then_some(step))?;
+    let bar = progress(total, step);
+    eprintln!(
+        "{}: {} model(s) here of {total_models}, {} parameters each, {}",
+        T::NAME,
+        o.models,
+        members[0].store.num_elements(),
+        task.describe(&members[0].stream, epoch_steps, total)
+    );
+    for (k, t) in fixed.iter().enumerate() {
+        // What the students are pulled toward, scored as they will be.
+        if let Some(v) = task.validate(t.model, t.store)? {
+            eprintln!("teacher {k} ({}): validation {}", t.path.display(), v.describe());
+            log.write(event(json!({"event": "teacher_valid", "teacher": k, "step": step}), v.fields()))?;
+        }
+    }
+    let model = task.model();
+    let peers: Vec<usize> = (0..total_models).collect();
+    // The loss (summed over the models' steps), the steps, the items and the weighted hint term
+    // (sum, count) since the last train event.
+    let (mut interval_loss, mut interval_n, mut interval_items, mut interval_t) = (0.0, 0u64, 0.0, Instant::now());
+    let mut interval_hint = (0.0, 0u64);
+    let (mut items, mut train_secs, mut exchange_wait) = (0.0, 0.0, 0.0);
+    let mut step_times = StepTimes::new(o.step_times, step);
+    // Models trained in other processes, and whether their first checkpoints have been seen.
+    let mut peer_wait = PeerWait::new(codistill, total_models, &members.iter().map(|m| m.index).collect::<Vec<_>>(), o.peer_timeout);
+    while step < total {
+        exchange_wait += peer_wait.before_step(exchange.as_mut(), &schedule, step, &mut log)?;
+        step_times.begin(train_secs, exchange_wait);
+        let lr = lr_schedule.at(step);
+        let mut staleness_sum = (0u64, 0u64);
+        let mut last_norm = 0.0;
+        let distill = schedule.distill_at(step);
+        for m in members.iter_mut() {
+            let (ts, mut waited_here) = (Instant::now(), 0.0);
+            let (batch, fresh) = task.batch(&mut m.stream, step, epoch_steps)?;
+            if fresh {
+                m.carry = task.zero_carry(model)?;
+                m.peer_carry = vec![None; total_models];
+                m.fixed_carry = vec![None; fixed.len()];
+            }
+            // Teachers: the newest snapshots of the other models, and the fixed teachers.
+            let (mut peer_out, mut fixed_out, mut hint_target) = (Vec::new(), Vec::new(), None);
+            if distill {
+                let (snapshots, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
+                waited_here += waited.as_secs_f64();
+                for t in &snapshots {
+                    peer_out.push(teacher_output(&task, model, &t.params, &batch, &mut m.peer_carry[t.rank], false)?.0);
+                    let u = m.teachers.observe(m.index, t, step);
+                    staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
+                    if u.swapped {
+                        log_teacher_swap(&mut log, step, m.index, t, u.staleness, waited)?;
+                    }
+                    if let Some(w) = u.warning {
+                        bar.suspend(|| eprintln!("{w}"));
+                    }
+                }
+                if task.forward_teachers() {
+                    for (k, (t, slot)) in fixed.iter().zip(m.fixed_carry.iter_mut()).enumerate() {
+                        let (out, h) = teacher_output(&task, t.model, t.store, &batch, slot, k == 0 && hints)?;
+                        fixed_out.push(out);
+                        hint_target = h.or(hint_target);
+                    }
+                }
+            }
+            let mut g = Graph::new();
+            let (out, hidden, next) = task.forward(model, &mut g, &m.store, &batch, &m.carry, Some((step, m.index)))?;
+            let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, distill.then(|| form.mix_at(step, o.burn_in)))?;
+            let hint_term = match (&hint_target, &hint) {
+                (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, hidden, target, o.hint_weight)?),
+                _ => None,
+            };
+            let loss = match hint_term {
+                Some(term) => g.add(loss, term)?,
+                None => loss,
+            };
+            let lv = g.value(loss).item()? as f64;
+            // Read after the loss, whose read already waited for the device.
+            if let Some(term) = hint_term {
+                interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
+            }
+            check_loss(lv, step, m.index, &mut m.last_loss)?;
+            let grads = g.backward(loss)?;
+            m.store.zero_grads()?;
+            g.accumulate_grads(&grads, &mut m.store)?;
+            // The tape holds references to the weights; drop it so the update writes in place
+            // instead of copying every parameter.
+            drop(g);
+            m.carry = next;
+            // Compute time excludes the time spent in exchange calls, which is accounted apart.
+            train_secs += ts.elapsed().as_secs_f64() - waited_here;
+            exchange_wait += waited_here;
+            let n = task.batch_items(&batch) as f64;
+            (items, interval_items) = (items + n, interval_items + n);
+            interval_loss += lv;
+            interval_n += 1;
+        }
+        // The updates come after every model's gradients, so that a publish's background copy of
+        // a model's weights (which must end before that model's update) has the whole step.
+        for m in members.iter_mut() {
+            let (r, waited) = timed(|| exchange.settle(m.index));
+            r?;
+            exchange_wait += waited.as_secs_f64();
+            let (r, took) = timed(|| m.opt.step(&mut m.store, lr, clip));
+            last_norm = r?;
+            train_secs += took.as_secs_f64();
+        }
+        if codistill {
+            exchange_wait += end_step(exchange.as_mut(), step + 1, schedule.publish_after(step), members.iter().map(|m| (m.index, &m.store)))?.as_secs_f64();
+            exchange_health(exchange.as_mut(), &mut log, step + 1, &mut exchange_said, &bar)?;
+        }
+        step_times.end(train_secs, exchange_wait);
+        step += 1;
+        bar.set_position(step);
+        let last = step == total;
+        // Every log_every steps only (not at a last step between): a run cut in two by a resume
+        // logs what the whole run does.
+        if step.is_multiple_of(o.log_every.max(1)) {
+            let mean = interval_loss / interval_n as f64;
+            let rate = interval_items / interval_t.elapsed().as_secs_f64();
+            bar.set_message(task.progress(mean, rate));
+            let stale = if staleness_sum.1 > 0 { staleness_sum.0 as f64 / staleness_sum.1 as f64 } else { f64::NAN };
+            let hint_loss = if interval_hint.1 > 0 { interval_hint.0 / interval_hint.1 as f64 } else { f64::NAN };
+            let mut tail = json!({"lr": lr as f64, "grad_norm": last_norm});
+            tail[format!("{}_per_s", T::UNIT)] = json!(rate);
+            let tail = event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss}));
+            log.write(event(event(json!({"event": "train", "step": step, "loss": mean}), task.train_fields(mean)), tail))?;
+            (interval_loss, interval_n, interval_items, interval_t) = (0.0, 0, 0.0, Instant::now());
+            interval_hint = (0.0, 0);
+        }
+        let epoch_end = epoch_steps > 0 && step.is_multiple_of(epoch_steps);
+        if due(step, o.eval_every, epoch_end, last) {
+            for m in members.iter_mut() {
+                let Some(v) = task.validate(model, &m.store)? else { continue };
+                let improved = m.best.is_none_or(|b| v.loss() < b);
+                if improved {
+                    m.best = Some(v.loss());
+                }
+                bar.suspend(|| eprintln!("step {step}: model {} validation {}{}", m.index, v.describe(), if improved { " (best)" } else { "" }));
+                log.write(event(json!({"event": "valid", "step": step, "model": m.index}), v.fields()))?;
+                m.last = Some(v);
+                if improved {
+                    save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, true), m, step)?;
+                }
+            }
+        }
+        if due(step, o.checkpoint_every, epoch_end, last) || epoch_end {
+            for m in &members {
+                save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, false), m, step)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(exchange);
+    step_times.write(&o.out)?;
+    let ensemble = match members.len() {
+        0 | 1 => None,
+        _ => task.ensemble(&members.iter().map(|m| (&m.store, m.last.as_ref())).collect::<Vec<_>>())?,
+    };
+    if let Some((e, churn)) = &ensemble {
+        eprintln!(
+            "ensemble of {} models: validation {}{}",
+            members.len(),
+            e.describe(),
+            churn.map(|c| format!("; churn between models 0 and 1: {c:.5}")).unwrap_or_default()
+        );
+        let churn = churn.map_or(json!({}), |c| json!({ "churn": c }));
+        log.write(event(event(json!({"event": "ensemble", "step": step}), e.fields()), churn))?;
+    }
+    let run = Finished { steps: step, members, ensemble, items, train_secs, exchange_wait, started };
+    let (summary, fields) = task.finish(&mut log, &run)?;
+    let result = event(json!({"steps": step, "models": run.members.len(), "teachers": fixed.len()}), fields);
+    let result = event(
+        result,
+        json!({
+            "train_s": train_secs,
+            "exchange_wait_s": exchange_wait,
+            "seconds": started.elapsed().as_secs_f64(),
+            "teacher_refreshes": run.members.iter().map(|m| m.teachers.refreshes as f64).collect::<Vec<_>>(),
+            "mean_staleness": run.members.iter().map(|m| m.teachers.mean_staleness().unwrap_or(f64::NAN)).collect::<Vec<_>>(),
+        }),
+    );
+    write_result(&o.out.join("result.json"), &result)?;
+    Ok(summary)
+}
