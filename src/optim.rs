@@ -1,7 +1,7 @@
 //! Optimizers over a `ParamStore`, with global-norm clipping folded into the update and learning-rate
 //! schedules. State tensors are keyed by parameter name, so they checkpoint beside the weights.
 
-use crate::cuda::{kernels as gpu, Dev, GpuBuf};
+use crate::cuda::{kernels as gpu, GpuBuf, GpuRange};
 use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
 use crate::ops::reduce::{sum_squares, sum_squares_cpu};
 use crate::params::{GradState, ParamStore};
@@ -57,7 +57,7 @@ fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
         }
     }
     let mut s = 0.0;
-    let mut on_gpu: Vec<&dyn Dev<f32>> = Vec::new();
+    let mut on_gpu: Vec<&dyn GpuRange<f32>> = Vec::new();
     for (name, p) in store.iter() {
         match &p.state {
             GradState::Zero => {}

@@ -656,7 +656,7 @@ fn reductions_match_f64() {
     let bufs: Vec<_> = xs.iter().map(|x| g.upload(x).unwrap()).collect();
     let sl = bufs[2].slice(5, 60_000).unwrap();
     let want: f64 = xs.iter().map(|x| reduce::sum_squares_cpu(x)).sum::<f64>() + reduce::sum_squares_cpu(&xs[2][5..60_005]);
-    let mut many: Vec<&dyn codistill::cuda::Dev<f32>> = bufs.iter().map(|b| b as &dyn codistill::cuda::Dev<f32>).collect();
+    let mut many: Vec<&dyn codistill::cuda::GpuRange<f32>> = bufs.iter().map(|b| b as &dyn codistill::cuda::GpuRange<f32>).collect();
     many.push(&sl);
     let got = k::sum_squares_many(&many).unwrap();
     assert!((got - want).abs() / want < 1e-12, "sum_squares_many: {got} vs {want}");

@@ -3,7 +3,7 @@
 //! return; `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are
 //! checked here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
-use super::{Dev, Gpu, GpuBuf, MatmulKernel};
+use super::{Gpu, GpuBuf, GpuRange, MatmulKernel};
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::softmax_kl::{DistillLoss, DistillParams};
 use crate::{bail, Error, Result};
@@ -39,21 +39,21 @@ fn elems(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn need<T: Copy>(what: &str, b: &impl Dev<T>, n: usize) -> Result<()> {
+fn need<T: Copy>(what: &str, b: &impl GpuRange<T>, n: usize) -> Result<()> {
     if b.len() < n {
         bail!(Shape, "{what} holds {} elements on the device, the kernel needs {n}", b.len());
     }
     Ok(())
 }
 
-fn same_gpu<A: Copy, B: Copy>(a: &impl Dev<A>, b: &impl Dev<B>) -> Result<()> {
+fn same_gpu<A: Copy, B: Copy>(a: &impl GpuRange<A>, b: &impl GpuRange<B>) -> Result<()> {
     if !Arc::ptr_eq(a.gpu(), b.gpu()) {
         bail!(Device, "buffers on cuda:{} and cuda:{}", a.gpu().ordinal(), b.gpu().ordinal());
     }
     Ok(())
 }
 
-pub fn fill(x: &mut impl Dev<f32>, v: f32) -> Result<()> {
+pub fn fill(x: &mut impl GpuRange<f32>, v: f32) -> Result<()> {
     let (p, n) = (x.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "fill_f32", elems(x.len()); p, v, n);
     Ok(())
@@ -68,12 +68,12 @@ pub fn gemm_f32(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &impl Dev<f32>,
+    a: &impl GpuRange<f32>,
     trans_a: bool,
-    b: &impl Dev<f32>,
+    b: &impl GpuRange<f32>,
     trans_b: bool,
     beta: f32,
-    c: &mut impl Dev<f32>,
+    c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
     need("A", a, m * k)?;
     need("B", b, k * n)?;
@@ -100,12 +100,12 @@ pub fn gemm_bf16(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &impl Dev<bf16>,
+    a: &impl GpuRange<bf16>,
     trans_a: bool,
-    b: &impl Dev<bf16>,
+    b: &impl GpuRange<bf16>,
     trans_b: bool,
     beta: f32,
-    c: &mut impl Dev<f32>,
+    c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
     gemm_bf16_with(super::matmul_kernel(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
 }
@@ -120,12 +120,12 @@ pub fn gemm_bf16_with(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &impl Dev<bf16>,
+    a: &impl GpuRange<bf16>,
     trans_a: bool,
-    b: &impl Dev<bf16>,
+    b: &impl GpuRange<bf16>,
     trans_b: bool,
     beta: f32,
-    c: &mut impl Dev<f32>,
+    c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
     need("A", a, m * k)?;
     need("B", b, k * n)?;
@@ -245,12 +245,12 @@ pub fn gemm_f32_as_bf16(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &impl Dev<f32>,
+    a: &impl GpuRange<f32>,
     trans_a: bool,
-    b: &impl Dev<f32>,
+    b: &impl GpuRange<f32>,
     trans_b: bool,
     beta: f32,
-    c: &mut impl Dev<f32>,
+    c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
     gemm_f32_as_bf16_with(super::matmul_kernel(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
 }
@@ -265,12 +265,12 @@ pub fn gemm_f32_as_bf16_with(
     n: usize,
     k: usize,
     alpha: f32,
-    a: &impl Dev<f32>,
+    a: &impl GpuRange<f32>,
     trans_a: bool,
-    b: &impl Dev<f32>,
+    b: &impl GpuRange<f32>,
     trans_b: bool,
     beta: f32,
-    c: &mut impl Dev<f32>,
+    c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
     need("A", a, m * k)?;
     need("B", b, k * n)?;
@@ -324,7 +324,7 @@ pub fn mn_major_enabled() -> bool {
 
 /// Whether an operand stored MN-major (`stored_mn`: its `mn` index contiguous) can be read so by
 /// the TMA kernel: MN-major loads on, a 16-byte aligned start and rows of a multiple of 8 elements.
-fn mn_major_ok(x: &impl Dev<bf16>, mn: usize, stored_mn: bool) -> bool {
+fn mn_major_ok(x: &impl GpuRange<bf16>, mn: usize, stored_mn: bool) -> bool {
     stored_mn && mn_major_enabled() && mn.is_multiple_of(8) && x.ptr().is_multiple_of(16)
 }
 
@@ -360,7 +360,7 @@ fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> R
 /// The device address of `x` as a K-major operand (`rows` rows of `k` contiguous elements, 16-byte
 /// aligned): `x` itself where it already is one, else a scratch copy (transposed from `[k, rows]`
 /// when `stored_t`), returned so that the caller keeps it alive until the launch is queued.
-fn kmajor_bf16(x: &impl Dev<bf16>, rows: usize, k: usize, stored_t: bool) -> Result<(u64, Option<GpuBuf<bf16>>)> {
+fn kmajor_bf16(x: &impl GpuRange<bf16>, rows: usize, k: usize, stored_t: bool) -> Result<(u64, Option<GpuBuf<bf16>>)> {
     if !stored_t && x.ptr() % 16 == 0 {
         return Ok((x.ptr(), None));
     }
@@ -429,7 +429,7 @@ fn operand_map(ptr: u64, mn_major: bool, rows: usize, k: usize, tile_rows: u32) 
 /// Launches a `wgmma` kernel on `ops`: with `tma`, `gemm_wgmma_tma` (the variant of the operands'
 /// layouts), else `gemm_wgmma_b{128,256}` (K-major operands only).
 #[allow(clippy::too_many_arguments)]
-fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: f32, ops: Operands, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
+fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: f32, ops: Operands, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
     let (mi, ni, ki, pc) = (m as i32, n as i32, k as i32, c.ptr());
     let (pa, pb) = (ops.a, ops.b);
     debug_assert!(tma || !(ops.a_mn || ops.b_mn), "the cp.async wgmma kernel reads K-major operands only");
@@ -476,17 +476,17 @@ fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: 
 
 /// `out[c, r] = x[r, c]` for `x` of `[r, c]` bf16 (sm_90 module; used to lay operands out for
 /// the `wgmma` kernel).
-pub fn transpose_bf16(x: &impl Dev<bf16>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
+pub fn transpose_bf16(x: &impl GpuRange<bf16>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
     transpose("transpose_bf16", x, r, c, out)
 }
 
 /// `out[c, r] = bf16(x[r, c])` for `x` of `[r, c]` f32, rounded to nearest even.
-pub fn transpose_f32_to_bf16(x: &impl Dev<f32>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
+pub fn transpose_f32_to_bf16(x: &impl GpuRange<f32>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
     transpose("transpose_f32_to_bf16", x, r, c, out)
 }
 
 /// Launches one of the two transposes (32 x 32 tiles, 256 threads a block).
-fn transpose<T: Copy>(name: &'static str, x: &impl Dev<T>, r: usize, c: usize, out: &mut impl Dev<bf16>) -> Result<()> {
+fn transpose<T: Copy>(name: &'static str, x: &impl GpuRange<T>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
     need("x", x, r * c)?;
     need("out", out, r * c)?;
     let gpu = x.gpu();
@@ -503,7 +503,7 @@ fn transpose<T: Copy>(name: &'static str, x: &impl Dev<T>, r: usize, c: usize, o
 // ---- embedding ----------------------------------------------------------------------------------
 
 /// `out[r] = table[ids[r]]`; twin of `gather_cpu`. Ids must already be checked against `vocab`.
-pub fn gather(table: &impl Dev<f32>, vocab: usize, dim: usize, ids: &impl Dev<i32>, out: &mut impl Dev<f32>) -> Result<()> {
+pub fn gather(table: &impl GpuRange<f32>, vocab: usize, dim: usize, ids: &impl GpuRange<i32>, out: &mut impl GpuRange<f32>) -> Result<()> {
     need("table", table, vocab * dim)?;
     need("out", out, ids.len() * dim)?;
     same_gpu(table, ids)?;
@@ -544,12 +544,12 @@ pub fn sorted_segments(ids: &[i32]) -> (Vec<i32>, Vec<i32>) {
 /// `dtable[ids[r]] += dout[r]`; twin of `scatter_add_cpu`. `host_ids` (the same ids, on the host)
 /// is needed for `Deterministic`.
 pub fn scatter_add(
-    dout: &impl Dev<f32>,
+    dout: &impl GpuRange<f32>,
     vocab: usize,
     dim: usize,
-    ids: &impl Dev<i32>,
+    ids: &impl GpuRange<i32>,
     host_ids: Option<&[i32]>,
-    dtable: &mut impl Dev<f32>,
+    dtable: &mut impl GpuRange<f32>,
     mode: ScatterMode,
 ) -> Result<()> {
     need("dtable", dtable, vocab * dim)?;
@@ -579,13 +579,13 @@ pub fn scatter_add(
 /// The deterministic scatter-add with its plan (`sorted_segments` of the same ids) already on the
 /// device: a trainer that knows its ids ahead builds the plan off the compute path.
 pub fn scatter_add_planned(
-    dout: &impl Dev<f32>,
+    dout: &impl GpuRange<f32>,
     vocab: usize,
     dim: usize,
-    ids: &impl Dev<i32>,
-    order: &impl Dev<i32>,
-    starts: &impl Dev<i32>,
-    dtable: &mut impl Dev<f32>,
+    ids: &impl GpuRange<i32>,
+    order: &impl GpuRange<i32>,
+    starts: &impl GpuRange<i32>,
+    dtable: &mut impl GpuRange<f32>,
 ) -> Result<()> {
     need("dtable", dtable, vocab * dim)?;
     need("dout", dout, ids.len() * dim)?;
@@ -608,10 +608,10 @@ pub fn scatter_add_planned(
 /// `h_bf16`, also h rounded to bf16 (the next step's matmul operand).
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_cell_fwd(
-    gates: &mut impl Dev<f32>,
-    c_prev: &impl Dev<f32>,
-    c: &mut impl Dev<f32>,
-    h: &mut impl Dev<f32>,
+    gates: &mut impl GpuRange<f32>,
+    c_prev: &impl GpuRange<f32>,
+    c: &mut impl GpuRange<f32>,
+    h: &mut impl GpuRange<f32>,
     h_bf16: Option<&mut GpuBuf<bf16>>,
     batch: usize,
     hidden: usize,
@@ -636,12 +636,12 @@ pub fn lstm_cell_fwd(
 /// rounded to bf16 (the operand of dgates W_hh^T).
 #[allow(clippy::too_many_arguments)]
 pub fn lstm_cell_bwd(
-    act: &impl Dev<f32>,
-    c_prev: &impl Dev<f32>,
-    c: &impl Dev<f32>,
-    dh: &impl Dev<f32>,
-    dc: &mut impl Dev<f32>,
-    dgates: &mut impl Dev<f32>,
+    act: &impl GpuRange<f32>,
+    c_prev: &impl GpuRange<f32>,
+    c: &impl GpuRange<f32>,
+    dh: &impl GpuRange<f32>,
+    dc: &mut impl GpuRange<f32>,
+    dgates: &mut impl GpuRange<f32>,
     dg_bf16: Option<&mut GpuBuf<bf16>>,
     batch: usize,
     hidden: usize,
@@ -681,13 +681,13 @@ const SOFTMAX_KL_CACHE_MAX: usize = 200 * 1024;
 /// Twin of `softmax_kl_cpu`: writes `grad [rows, cols]` and returns the loss parts (per-row values
 /// from the device, summed in f64 on the host in row order).
 pub fn softmax_kl(
-    student: &impl Dev<f32>,
+    student: &impl GpuRange<f32>,
     teachers: &[&GpuBuf<f32>],
     labels: Option<&GpuBuf<i32>>,
     rows: usize,
     cols: usize,
     p: DistillParams,
-    grad: &mut impl Dev<f32>,
+    grad: &mut impl GpuRange<f32>,
 ) -> Result<DistillLoss> {
     if teachers.len() > MAX_TEACHERS {
         bail!(Invalid, "{} teachers; one softmax-KL launch averages at most {MAX_TEACHERS}", teachers.len());
@@ -761,14 +761,14 @@ fn unary_code(op: Unary) -> (i32, f32) {
     }
 }
 
-pub fn unary(op: Unary, x: &impl Dev<f32>, y: &mut impl Dev<f32>) -> Result<()> {
+pub fn unary(op: Unary, x: &impl GpuRange<f32>, y: &mut impl GpuRange<f32>) -> Result<()> {
     need("y", y, x.len())?;
     let ((code, s), px, py, n) = (unary_code(op), x.ptr(), y.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "unary_fwd", elems(x.len()); code, s, px, py, n);
     Ok(())
 }
 
-pub fn unary_backward(op: Unary, x: &impl Dev<f32>, y: &impl Dev<f32>, dy: &impl Dev<f32>, dx: &mut impl Dev<f32>) -> Result<()> {
+pub fn unary_backward(op: Unary, x: &impl GpuRange<f32>, y: &impl GpuRange<f32>, dy: &impl GpuRange<f32>, dx: &mut impl GpuRange<f32>) -> Result<()> {
     let n = x.len();
     need("y", y, n)?;
     need("dy", dy, n)?;
@@ -778,7 +778,7 @@ pub fn unary_backward(op: Unary, x: &impl Dev<f32>, y: &impl Dev<f32>, dy: &impl
     Ok(())
 }
 
-pub fn binary(op: Binary, a: &impl Dev<f32>, b: &impl Dev<f32>, out: &mut impl Dev<f32>) -> Result<()> {
+pub fn binary(op: Binary, a: &impl GpuRange<f32>, b: &impl GpuRange<f32>, out: &mut impl GpuRange<f32>) -> Result<()> {
     let n = a.len();
     need("b", b, n)?;
     need("out", out, n)?;
@@ -792,7 +792,7 @@ pub fn binary(op: Binary, a: &impl Dev<f32>, b: &impl Dev<f32>, out: &mut impl D
     Ok(())
 }
 
-pub fn add_row_bias(x: &impl Dev<f32>, bias: &impl Dev<f32>, out: &mut impl Dev<f32>) -> Result<()> {
+pub fn add_row_bias(x: &impl GpuRange<f32>, bias: &impl GpuRange<f32>, out: &mut impl GpuRange<f32>) -> Result<()> {
     let (n, d) = (x.len(), bias.len());
     if d == 0 || n % d != 0 {
         bail!(Shape, "{n} elements are not rows of a {d}-wide bias");
@@ -804,21 +804,21 @@ pub fn add_row_bias(x: &impl Dev<f32>, bias: &impl Dev<f32>, out: &mut impl Dev<
 }
 
 /// `a += alpha * b`.
-pub fn axpy(alpha: f32, b: &impl Dev<f32>, a: &mut impl Dev<f32>) -> Result<()> {
+pub fn axpy(alpha: f32, b: &impl GpuRange<f32>, a: &mut impl GpuRange<f32>) -> Result<()> {
     need("b", b, a.len())?;
     let (pb, pa, n) = (b.ptr(), a.ptr(), a.len() as i64);
     launch!(a.gpu(), "elementwise", "axpy", elems(a.len()); alpha, pb, pa, n);
     Ok(())
 }
 
-pub fn f32_to_bf16(x: &impl Dev<f32>, y: &mut impl Dev<bf16>) -> Result<()> {
+pub fn f32_to_bf16(x: &impl GpuRange<f32>, y: &mut impl GpuRange<bf16>) -> Result<()> {
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "f32_to_bf16", elems(x.len()); px, py, n);
     Ok(())
 }
 
-pub fn bf16_to_f32(x: &impl Dev<bf16>, y: &mut impl Dev<f32>) -> Result<()> {
+pub fn bf16_to_f32(x: &impl GpuRange<bf16>, y: &mut impl GpuRange<f32>) -> Result<()> {
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
     launch!(x.gpu(), "elementwise", "bf16_to_f32", elems(x.len()); px, py, n);
@@ -826,7 +826,7 @@ pub fn bf16_to_f32(x: &impl Dev<bf16>, y: &mut impl Dev<f32>) -> Result<()> {
 }
 
 /// Twin of `dropout_cpu` (the same counter-based mask, bit for bit).
-pub fn dropout(x: &impl Dev<f32>, p: f32, seed: u64, y: &mut impl Dev<f32>) -> Result<()> {
+pub fn dropout(x: &impl GpuRange<f32>, p: f32, seed: u64, y: &mut impl GpuRange<f32>) -> Result<()> {
     if !(0.0..1.0).contains(&p) {
         bail!(Invalid, "dropout probability must be in [0, 1), got {p}");
     }
@@ -840,7 +840,7 @@ pub fn dropout(x: &impl Dev<f32>, p: f32, seed: u64, y: &mut impl Dev<f32>) -> R
 
 const SUM_BLOCKS: usize = 264;
 
-fn sum_impl(x: &impl Dev<f32>, squares: i32) -> Result<f64> {
+fn sum_impl(x: &impl GpuRange<f32>, squares: i32) -> Result<f64> {
     let gpu = x.gpu().clone();
     let parts = gpu.alloc::<f64>(SUM_BLOCKS)?;
     let out = gpu.alloc::<f64>(1)?;
@@ -853,19 +853,19 @@ fn sum_impl(x: &impl Dev<f32>, squares: i32) -> Result<f64> {
 }
 
 /// Twin of `sum_cpu` (accumulates in f64; deterministic).
-pub fn sum(x: &impl Dev<f32>) -> Result<f64> {
+pub fn sum(x: &impl GpuRange<f32>) -> Result<f64> {
     sum_impl(x, 0)
 }
 
 /// Twin of `sum_squares_cpu`.
-pub fn sum_squares(x: &impl Dev<f32>) -> Result<f64> {
+pub fn sum_squares(x: &impl GpuRange<f32>) -> Result<f64> {
     sum_impl(x, 1)
 }
 
 /// The sum of `sum_squares` over several buffers on one GPU (a global gradient norm), with one
 /// copy back to the host instead of one per buffer: every buffer's block partials go to one array,
 /// which one block sums in a fixed order (deterministic; f64 throughout).
-pub fn sum_squares_many(xs: &[&dyn Dev<f32>]) -> Result<f64> {
+pub fn sum_squares_many(xs: &[&dyn GpuRange<f32>]) -> Result<f64> {
     let Some(first) = xs.first() else { return Ok(0.0) };
     let gpu = first.gpu().clone();
     let parts = gpu.alloc::<f64>(SUM_BLOCKS * xs.len())?;
@@ -885,7 +885,7 @@ pub fn sum_squares_many(xs: &[&dyn Dev<f32>]) -> Result<f64> {
 }
 
 /// Twin of `sum_rows_cpu`: column sums of `x [rows, d]` into `out [d]`, `out = beta*out + sum`.
-pub fn sum_rows(x: &impl Dev<f32>, rows: usize, d: usize, beta: f32, out: &mut impl Dev<f32>) -> Result<()> {
+pub fn sum_rows(x: &impl GpuRange<f32>, rows: usize, d: usize, beta: f32, out: &mut impl GpuRange<f32>) -> Result<()> {
     need("x", x, rows * d)?;
     need("out", out, d)?;
     if d == 0 {
@@ -905,7 +905,7 @@ pub fn sum_rows(x: &impl Dev<f32>, rows: usize, d: usize, beta: f32, out: &mut i
 // ---- optimizers ---------------------------------------------------------------------------------
 
 /// The rows a row-sparse gradient covers, or None for a dense one; returns (rows ptr, elements).
-fn sparse_args(w: &impl Dev<f32>, grad: &impl Dev<f32>, rows: Option<&GpuBuf<i32>>, dim: usize) -> Result<(u64, i64)> {
+fn sparse_args(w: &impl GpuRange<f32>, grad: &impl GpuRange<f32>, rows: Option<&GpuBuf<i32>>, dim: usize) -> Result<(u64, i64)> {
     match rows {
         None => {
             need("grad", grad, w.len())?;
@@ -921,9 +921,9 @@ fn sparse_args(w: &impl Dev<f32>, grad: &impl Dev<f32>, rows: Option<&GpuBuf<i32
 /// Twin of `sgd_cpu`; with `rows`, a lazy row-sparse update (grad holds rows.len() x dim values).
 #[allow(clippy::too_many_arguments)]
 pub fn sgd(
-    w: &mut impl Dev<f32>,
-    grad: &impl Dev<f32>,
-    vel: &mut impl Dev<f32>,
+    w: &mut impl GpuRange<f32>,
+    grad: &impl GpuRange<f32>,
+    vel: &mut impl GpuRange<f32>,
     rows: Option<&GpuBuf<i32>>,
     dim: usize,
     lr: f32,
@@ -941,9 +941,9 @@ pub fn sgd(
 /// Twin of `adagrad_cpu`.
 #[allow(clippy::too_many_arguments)]
 pub fn adagrad(
-    w: &mut impl Dev<f32>,
-    grad: &impl Dev<f32>,
-    accum: &mut impl Dev<f32>,
+    w: &mut impl GpuRange<f32>,
+    grad: &impl GpuRange<f32>,
+    accum: &mut impl GpuRange<f32>,
     rows: Option<&GpuBuf<i32>>,
     dim: usize,
     lr: f32,
@@ -960,10 +960,10 @@ pub fn adagrad(
 /// Twin of `adam_cpu` (bias corrections computed on the host exactly as there).
 #[allow(clippy::too_many_arguments)]
 pub fn adam(
-    w: &mut impl Dev<f32>,
-    grad: &impl Dev<f32>,
-    m: &mut impl Dev<f32>,
-    v: &mut impl Dev<f32>,
+    w: &mut impl GpuRange<f32>,
+    grad: &impl GpuRange<f32>,
+    m: &mut impl GpuRange<f32>,
+    v: &mut impl GpuRange<f32>,
     rows: Option<&GpuBuf<i32>>,
     dim: usize,
     lr: f32,
@@ -992,7 +992,7 @@ fn _gpu(_: &Gpu) {}
 
 /// Twin of `loss::bce_with_logits_cpu`: writes `grad` and returns the mean loss (per-element losses
 /// summed in f64 by the deterministic reduction). Targets must already be checked to lie in [0, 1].
-pub fn bce_logits(x: &impl Dev<f32>, y: &impl Dev<f32>, grad: &mut impl Dev<f32>) -> Result<f64> {
+pub fn bce_logits(x: &impl GpuRange<f32>, y: &impl GpuRange<f32>, grad: &mut impl GpuRange<f32>) -> Result<f64> {
     let n = x.len();
     need("targets", y, n)?;
     need("grad", grad, n)?;
@@ -1007,7 +1007,7 @@ pub fn bce_logits(x: &impl Dev<f32>, y: &impl Dev<f32>, grad: &mut impl Dev<f32>
 }
 
 /// `t[rows[r], :] = 0`: clears the rows of a `[*, dim]` table that a row-sparse gradient touched.
-pub fn zero_rows(t: &mut impl Dev<f32>, rows: &impl Dev<i32>, dim: usize) -> Result<()> {
+pub fn zero_rows(t: &mut impl GpuRange<f32>, rows: &impl GpuRange<i32>, dim: usize) -> Result<()> {
     if rows.is_empty() || dim == 0 {
         return Ok(());
     }

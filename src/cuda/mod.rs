@@ -396,9 +396,9 @@ impl Gpu {
 }
 
 /// A device range a kernel reads or writes: a whole [`GpuBuf`] or a [`Slice`] of one. Launchers
-/// take `&impl Dev<T>` for inputs and `&mut impl Dev<T>` for outputs and check `len` against what
+/// take `&impl GpuRange<T>` for inputs and `&mut impl GpuRange<T>` for outputs and check `len` against what
 /// the kernel touches.
-pub trait Dev<T: Copy> {
+pub trait GpuRange<T: Copy> {
     /// The device address of the first element.
     fn ptr(&self) -> u64;
     fn len(&self) -> usize;
@@ -418,7 +418,7 @@ pub trait Dev<T: Copy> {
     }
 }
 
-/// A sub-range of any [`Dev`] range (see [`Dev::range`]).
+/// A sub-range of any [`GpuRange`] range (see [`GpuRange::range`]).
 pub struct View<'a, T> {
     ptr: u64,
     len: usize,
@@ -426,7 +426,7 @@ pub struct View<'a, T> {
     _t: std::marker::PhantomData<T>,
 }
 
-impl<T: Copy> Dev<T> for View<'_, T> {
+impl<T: Copy> GpuRange<T> for View<'_, T> {
     fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -438,7 +438,7 @@ impl<T: Copy> Dev<T> for View<'_, T> {
     }
 }
 
-impl<T: Copy> Dev<T> for GpuBuf<T> {
+impl<T: Copy> GpuRange<T> for GpuBuf<T> {
     fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -460,7 +460,7 @@ pub struct Slice<'a, T> {
     len: usize,
 }
 
-impl<T: Copy> Dev<T> for Slice<'_, T> {
+impl<T: Copy> GpuRange<T> for Slice<'_, T> {
     fn ptr(&self) -> u64 {
         self.buf.ptr + (self.start * std::mem::size_of::<T>()) as u64
     }
@@ -571,7 +571,7 @@ impl Drop for HostMirror {
 }
 
 /// `dst = src` on the compute stream (equal lengths, one device).
-pub fn copy<T: Copy>(src: &impl Dev<T>, dst: &mut impl Dev<T>) -> Result<()> {
+pub fn copy<T: Copy>(src: &impl GpuRange<T>, dst: &mut impl GpuRange<T>) -> Result<()> {
     if src.len() != dst.len() {
         bail!(Shape, "device copy of {} elements into a range of {}", src.len(), dst.len());
     }

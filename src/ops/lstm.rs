@@ -293,7 +293,7 @@ pub fn layer_backward(
 mod cuda_layer {
     use super::{LstmCache, LstmDims, LstmGrads, LstmOutput};
     use crate::cuda::kernels as k;
-    use crate::cuda::{copy, matmul_precision, Dev, GpuBuf, MatmulPrecision, Slice};
+    use crate::cuda::{copy, matmul_precision, GpuBuf, GpuRange, MatmulPrecision, Slice};
     use crate::tensor::Tensor;
     use crate::Result;
     use half::bf16;
@@ -309,7 +309,7 @@ mod cuda_layer {
     }
 
     /// The bf16 rounding of `x` when products run in bf16, else None.
-    fn rounded(x: &impl Dev<f32>, bf: bool) -> Result<Option<GpuBuf<bf16>>> {
+    fn rounded(x: &impl GpuRange<f32>, bf: bool) -> Result<Option<GpuBuf<bf16>>> {
         if !bf {
             return Ok(None);
         }
@@ -326,7 +326,7 @@ mod cuda_layer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn mm(m: usize, n: usize, kk: usize, a: &Opnd, ta: bool, b: &Opnd, tb: bool, beta: f32, c: &mut impl Dev<f32>) -> Result<()> {
+    fn mm(m: usize, n: usize, kk: usize, a: &Opnd, ta: bool, b: &Opnd, tb: bool, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
         match (a, b) {
             (Opnd::F32(a), Opnd::F32(b)) => k::gemm_f32(m, n, kk, 1.0, a, ta, b, tb, beta, c),
             (Opnd::Bf16(a), Opnd::Bf16(b)) => k::gemm_bf16(m, n, kk, 1.0, a, ta, b, tb, beta, c),
