@@ -303,17 +303,21 @@ fn teacher_output<T: Task>(
     Ok((g.value(out).clone(), hidden.then(|| g.value(h).clone())))
 }
 
-fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64) -> Result<()> {
+/// A model's checkpoint: weights, step, config and records, and with `resumable` the optimizer
+/// state and the stream's position (a best-validation checkpoint holds the weights only).
+fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64, resumable: bool) -> Result<()> {
     let mut c = Checkpoint::new();
     for (name, p) in m.store.iter() {
         c.tensors.insert(name.clone(), p.value.clone());
     }
-    for (name, t) in m.opt.state_tensors() {
-        c.tensors.insert(format!("optim/{name}"), t);
+    if resumable {
+        for (name, t) in m.opt.state_tensors() {
+            c.tensors.insert(format!("optim/{name}"), t);
+        }
+        c.meta.insert("optimizer_steps".into(), m.opt.steps_taken().to_string());
     }
     c.meta.insert("format".into(), T::FORMAT.into());
     c.meta.insert("step".into(), step.to_string());
-    c.meta.insert("optimizer_steps".into(), m.opt.steps_taken().to_string());
     c.meta.insert("config".into(), task.config().to_toml());
     if let Some(b) = m.best {
         c.meta.insert("best_valid".into(), b.to_string());
@@ -409,6 +413,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             let m = &mut members[0];
             let ck = Checkpoint::load(path)?;
             let saved = checkpoint_config::<T>(&ck, path)?;
+            if !ck.meta.contains_key("optimizer_steps") {
+                bail!(Invalid, "{}: a best-validation checkpoint holds the weights only (no optimizer state); resume from the run's last checkpoint", path.display());
+            }
             let keys: Vec<&str> = T::RESUME_KEYS.iter().chain(RESUME_KEYS).copied().collect();
             crate::config::require_same(path, &keys, &saved.entries(), &cfg.entries())?;
             task.check_resume(&saved, &ck, path)?;
@@ -619,13 +626,13 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 log.write(event(json!({"event": "valid", "step": step, "model": m.index}), v.fields()))?;
                 m.last = Some(v);
                 if improved {
-                    save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, true), m, step)?;
+                    save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, true), m, step, false)?;
                 }
             }
         }
         if due(step, o.checkpoint_every, epoch_end, last) || epoch_end {
             for m in &members {
-                save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, false), m, step)?;
+                save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, false), m, step, true)?;
             }
         }
     }
