@@ -272,13 +272,13 @@ pub(crate) fn load_weights(store: &mut ParamStore, ck: &Checkpoint, path: &Path)
     Ok(())
 }
 
-/// A checkpoint's format, checked, and its config.
-pub(crate) fn checkpoint_config<T: Task>(ck: &Checkpoint, path: &Path) -> Result<T::Config> {
-    let format = ck.meta("format", path)?;
-    if format != T::FORMAT {
-        bail!(Invalid, "{}: checkpoint format {format:?} is not {} ({})", path.display(), T::WHAT, T::FORMAT);
+/// A checkpoint's config, its format checked against `format` (`what` names it in the error).
+pub(crate) fn checkpoint_config<C: crate::config::ConfigTable>(ck: &Checkpoint, path: &Path, format: &str, what: &str) -> Result<C> {
+    let saved = ck.meta("format", path)?;
+    if saved != format {
+        bail!(Invalid, "{}: checkpoint format {saved:?} is not {what} ({format})", path.display());
     }
-    let mut cfg = T::Config::default();
+    let mut cfg = C::default();
     cfg.apply_toml_str(ck.meta("config", path)?, path)?;
     Ok(cfg)
 }
@@ -412,9 +412,13 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         Some(path) => {
             let m = &mut members[0];
             let ck = Checkpoint::load(path)?;
-            let saved = checkpoint_config::<T>(&ck, path)?;
+            let saved: T::Config = checkpoint_config(&ck, path, T::FORMAT, T::WHAT)?;
             if !ck.meta.contains_key("optimizer_steps") {
-                bail!(Invalid, "{}: a best-validation checkpoint holds the weights only (no optimizer state); resume from the run's last checkpoint", path.display());
+                bail!(
+                    Invalid,
+                    "{}: a best-validation checkpoint holds the weights only (no optimizer state); resume from the run's last checkpoint",
+                    path.display()
+                );
             }
             let keys: Vec<&str> = T::RESUME_KEYS.iter().chain(RESUME_KEYS).copied().collect();
             crate::config::require_same(path, &keys, &saved.entries(), &cfg.entries())?;

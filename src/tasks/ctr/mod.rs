@@ -4,14 +4,16 @@
 //! probability. The loop that trains it is [`crate::train::train`]; this module holds only what is
 //! the click model's own.
 
+pub mod config;
 pub mod model;
 pub mod score;
 
+pub use config::CriteoConfig;
 pub use model::{evaluate, load_checkpoint, load_teachers, parse_widths, ClickEval, CtrModel, CtrTeacher};
 
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
-use crate::data::criteo::{cached, shard_range, CriteoCache, OnBadLine, DENSE_WIDTH, NUM_CATS};
+use crate::data::criteo::{cached, shard_range, CriteoCache, DENSE_WIDTH, NUM_CATS};
 use crate::data::synthetic::{write_criteo_tsv, ClickModel, ClickTruth};
 use crate::hash::Hasher64;
 use crate::ops::elementwise::sigmoid;
@@ -24,41 +26,6 @@ use serde_json::{json, Value};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-crate::config_table! {
-    /// Options of `codistill criteo train`: the click model's own keys, and those every task
-    /// shares ([`RunOptions`](crate::train::RunOptions)). Every key can be set in a TOML file
-    /// (`--config`) and overridden on the command line.
-    pub struct CriteoConfig {
-        /// Training file in the Criteo TSV format, plain or gzip (none: the built-in synthetic log)
-        train: Option<PathBuf> = None,
-        /// Validation file (none: hold out the last valid_fraction of the training rows)
-        valid: Option<PathBuf> = None,
-        /// Without a validation file, the fraction of training rows held out (the last ones)
-        valid_fraction: f32 = 0.1,
-        /// Bad lines: stop (error naming file, line and column) or skip (counted and reported)
-        on_bad_line: OnBadLine = OnBadLine::Stop,
-        /// Hash buckets per categorical field
-        buckets: usize = 65536,
-        /// Embedding width per field
-        emb_dim: usize = 8,
-        /// Hidden layer widths of the MLP, comma-separated
-        mlp: String = "128,64".to_string(),
-        /// Examples per batch
-        batch: usize = 512,
-        /// Passes over the training rows (shuffled each epoch)
-        epochs: usize = 1,
-        /// Validate on at most this many rows (0: all)
-        eval_rows: usize = 0,
-        /// Synthetic log: training rows (the validation file gets a tenth)
-        synthetic_rows: usize = 1000000,
-        /// Synthetic log: multiplier of the Criteo-like field cardinalities
-        synthetic_scale: f32 = 0.1,
-    }
-    shared {
-        out = PathBuf::from("runs/criteo"),
-    }
-}
 
 /// Train click models as configured (the loop: [`crate::train::train`]).
 pub fn train(cfg: &CriteoConfig) -> Result<CriteoSummary> {
@@ -239,7 +206,7 @@ impl Task for CtrTask {
     type Summary = CriteoSummary;
     const NAME: &'static str = "criteo";
     const WHAT: &'static str = "a click model";
-    const FORMAT: &'static str = "codistill-criteo-v1";
+    const FORMAT: &'static str = config::FORMAT;
     const PREFIX: &'static str = "ctr";
     const UNIT: &'static str = "rows";
     const RESUME_KEYS: &'static [&'static str] = &["buckets", "emb_dim", "mlp", "batch", "valid_fraction"];

@@ -1,8 +1,8 @@
 //! The click model: per-field hashed embeddings and the dense features into an MLP with ReLU,
 //! one logit; its evaluation (log-loss, AUC, calibration) and its checkpoints loaded as models.
 
+use super::config::{checkpoint_config, CriteoConfig};
 use super::score::{auc, calibration, log_loss};
-use super::{CriteoConfig, CtrTask};
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS};
@@ -110,7 +110,7 @@ pub fn evaluate(model: &CtrModel, s: &ParamStore, data: &CriteoCache, rows: Rang
 /// A checkpoint's config and weights in a fresh model (on the CPU).
 pub fn load_checkpoint(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore)> {
     let ck = Checkpoint::load(path)?;
-    let cfg = crate::train::checkpoint_config::<CtrTask>(&ck, path)?;
+    let cfg = checkpoint_config(&ck, path)?;
     let mut store = ParamStore::new();
     let model = CtrModel::new(&mut store, &cfg, &mut Rng::new(0))?;
     crate::train::load_weights(&mut store, &ck, path)?;

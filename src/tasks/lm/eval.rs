@@ -1,8 +1,8 @@
 //! Scoring text under language models: cross-entropy over lanes with the state carried, the
 //! ensemble of several models, each token's log-probability, and checkpoints scored on a file.
 
+use super::config::split_file;
 use super::model::{load_checkpoints, LmModel};
-use super::split_file;
 use crate::autograd::Graph;
 use crate::data::lm::TokenLanes;
 use crate::data::text::{cached_tokens, Vocab};

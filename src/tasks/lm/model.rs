@@ -1,7 +1,7 @@
 //! The language model: embedding, multi-layer LSTM, output projection, with dropout on the
 //! non-recurrent connections (Zaremba et al. 2014); and its checkpoints loaded as models.
 
-use super::{LmConfig, LmTask};
+use super::config::{checkpoint_config, LmConfig};
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::text::Vocab;
@@ -73,7 +73,7 @@ pub struct LoadedLm {
 /// A language model's checkpoint loaded as a model (on the CPU).
 pub fn load_checkpoint(path: &Path) -> Result<LoadedLm> {
     let ckpt = Checkpoint::load(path)?;
-    let cfg = crate::train::checkpoint_config::<LmTask>(&ckpt, path)?;
+    let cfg = checkpoint_config(&ckpt, path)?;
     let vocab = Vocab::from_text(ckpt.meta("vocab", path)?)?;
     let mut store = ParamStore::new();
     let model = LmModel::new(&mut store, &cfg, vocab.len(), &mut Rng::new(0))?;
