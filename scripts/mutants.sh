@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (cargo-mutants) of the modules where a silent bug costs most: the distillation
 # loss, the metrics (log-loss, AUC, calibration, churn), the ensemble, checkpoints, the exchange and
-# the codistillation schedule, the optimizers. Each group names its files, a regex of the functions
+# the codistillation schedule, the optimizers, the training loop's helpers. Each group names its files, a regex of the functions
 # to mutate and the test binaries that should kill the mutants, so that a group finishes in minutes
 # on a 2-core machine (a whole-crate run would take many hours: not in CI).
 #
@@ -20,8 +20,9 @@ command -v cargo-mutants >/dev/null || { echo "cargo-mutants is not installed: c
 # name | file | function regex | cargo test arguments
 GROUPS_ALL=(
   "checkpoint|src/checkpoint.rs|.*|--lib --test lm_trainer"
-  "metrics|src/train/metrics.rs|log_loss|auc|calibration|churn|--lib --test criteo_trainer"
-  "ensemble|src/train/lm.rs|evaluate_ensemble|token_log_probs|--test distill_offline"
+  "metrics|src/tasks/ctr/score.rs|log_loss|auc|calibration|churn|--lib --test criteo_trainer"
+  "ensemble|src/tasks/lm/eval.rs|evaluate_ensemble|token_log_probs|--test distill_offline"
+  "loop|src/train/run.rs|due|scaled|event|teacher_output|save|load_weights|--test one_batch --test codistill --test criteo_trainer --test lm_trainer"
   "softmax_kl|src/ops/softmax_kl.rs|softmax_kl_cpu|row_loss|softmax_row|--lib --test softmax_kl --test one_batch"
   "softmax_kl_entry|src/ops/softmax_kl.rs|softmax_kl_cpu|--lib --test softmax_kl --test one_batch"
   "optim|src/ops/optim.rs|.*|--lib"
