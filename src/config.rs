@@ -9,13 +9,19 @@ use std::path::{Path, PathBuf};
 /// A config field's text form: parsed from TOML and the command line alike, printed for
 /// `--help` and for the effective config stored in checkpoints.
 pub trait ConfigValue: Sized {
+    /// What `--help` shows for the value.
+    const VALUE_NAME: &'static str = "VALUE";
+    /// A switch: given bare (`--cosine`) it means true.
+    const FLAG: bool = false;
     fn parse_value(s: &str) -> std::result::Result<Self, String>;
     fn show(&self) -> String;
 }
 
 macro_rules! via_fromstr {
-    ($($t:ty),*) => {$(
+    ($($t:ty: $name:literal, $flag:literal),*) => {$(
         impl ConfigValue for $t {
+            const VALUE_NAME: &'static str = $name;
+            const FLAG: bool = $flag;
             fn parse_value(s: &str) -> std::result::Result<Self, String> {
                 s.trim().parse::<$t>().map_err(|e| format!("{s:?} is not a valid {}: {e}", stringify!($t)))
             }
@@ -25,9 +31,10 @@ macro_rules! via_fromstr {
         }
     )*};
 }
-via_fromstr!(u64, usize, f32, bool, String);
+via_fromstr!(u64: "N", false, usize: "N", false, f32: "X", false, bool: "true|false", true, String: "TEXT", false);
 
 impl ConfigValue for PathBuf {
+    const VALUE_NAME: &'static str = "PATH";
     fn parse_value(s: &str) -> std::result::Result<Self, String> {
         Ok(PathBuf::from(s))
     }
@@ -38,6 +45,7 @@ impl ConfigValue for PathBuf {
 
 /// Optional paths: the empty string means none.
 impl ConfigValue for Option<PathBuf> {
+    const VALUE_NAME: &'static str = "PATH";
     fn parse_value(s: &str) -> std::result::Result<Self, String> {
         Ok(if s.is_empty() { None } else { Some(PathBuf::from(s)) })
     }
@@ -48,6 +56,7 @@ impl ConfigValue for Option<PathBuf> {
 
 /// An optional number: the empty string means none.
 impl ConfigValue for Option<f32> {
+    const VALUE_NAME: &'static str = "X";
     fn parse_value(s: &str) -> std::result::Result<Self, String> {
         if s.trim().is_empty() {
             return Ok(None);
@@ -71,6 +80,7 @@ impl Paths {
 }
 
 impl ConfigValue for Paths {
+    const VALUE_NAME: &'static str = "PATH[,PATH...]";
     fn parse_value(s: &str) -> std::result::Result<Self, String> {
         if s.trim().is_empty() {
             return Ok(Paths(Vec::new()));
@@ -118,6 +128,7 @@ pub fn require_same(origin: &Path, keys: &[&str], saved: &[(&str, String)], now:
 macro_rules! config_enum {
     ($($t:ty),*) => {$(
         impl $crate::config::ConfigValue for $t {
+            const VALUE_NAME: &'static str = "CHOICE";
             fn parse_value(s: &str) -> std::result::Result<Self, String> {
                 s.trim().parse::<$t>()
             }
@@ -304,6 +315,9 @@ macro_rules! __config_table_impl {
             /// The keys every task shares (see [`crate::train::RunOptions`]).
             pub const SHARED_KEYS: &'static [&'static str] = &[$(stringify!($sfield),)*];
             const HELP: &'static [&'static str] = &[$($doc.trim_ascii(),)* $($sdoc.trim_ascii(),)*];
+            const VALUE_NAMES: &'static [&'static str] =
+                &[$(<$ty as $crate::config::ConfigValue>::VALUE_NAME,)* $(<$sty as $crate::config::ConfigValue>::VALUE_NAME,)*];
+            const FLAGS: &'static [bool] = &[$(<$ty as $crate::config::ConfigValue>::FLAG,)* $(<$sty as $crate::config::ConfigValue>::FLAG,)*];
 
             /// Set one field from its text form.
             pub fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
@@ -331,12 +345,14 @@ macro_rules! __config_table_impl {
             /// under their own heading.
             pub fn args() -> Vec<$crate::__clap::Arg> {
                 let d = Self::default().entries();
-                Self::KEYS.iter().zip(Self::HELP).zip(d).map(|((k, h), (_, dv))| {
+                Self::KEYS.iter().zip(Self::HELP).zip(d).zip(Self::VALUE_NAMES.iter().zip(Self::FLAGS)).map(|(((k, h), (_, dv)), (v, flag))| {
                     let shown = if dv.is_empty() { "none".to_string() } else { dv };
                     let a = $crate::__clap::Arg::new(*k)
                         .long(k.replace('_', "-"))
-                        .value_name("VALUE")
+                        .value_name(*v)
                         .help(format!("{h} [default: {shown}]"));
+                    // A switch given bare is true (`--cosine`); `--cosine false` still parses.
+                    let a = if *flag { a.num_args(0..=1).default_missing_value("true") } else { a };
                     if Self::SHARED_KEYS.contains(k) { a.help_heading("Training, codistillation and run options (every task)") } else { a }
                 }).collect()
             }

@@ -8,11 +8,45 @@ use codistill::train::criteo::{self, CriteoConfig};
 use codistill::train::lm::{self, LmConfig};
 use codistill::Result;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn config_arg() -> Arg {
     Arg::new("config").long("config").value_name("FILE").help("TOML file of options; flags given here override it")
+}
+
+/// `noise-scale`: the gradient noise scale of checkpoints (the same for every task).
+fn noise_scale_command(task: &str) -> Command {
+    Command::new("noise-scale")
+        .about(format!(
+            "The gradient noise scale B_simple (McCandlish et al. 2018) of {task} checkpoints: the critical batch, in items (tokens or rows), one JSON line each"
+        ))
+        .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE[,FILE...]").required(true).help("Checkpoints written by train (several: one line each, e.g. a run's snapshots)"))
+        .arg(Arg::new("batches").long("batches").value_name("K").default_value("16").help("Batches whose mean is the big batch (at least 2; more: a steadier estimate)"))
+        .arg(Arg::new("device").long("device").value_name("auto|cpu|cuda").default_value("auto").help("Device for the gradients"))
+}
+
+/// Print the noise scale of each checkpoint given to `noise-scale`.
+fn run_noise_scale<T: codistill::train::Task>(a: &ArgMatches) -> Result<()> {
+    let paths = codistill::config::Paths::parse_value(a.get_one::<String>("checkpoint").expect("required")).map_err(codistill::Error::Invalid)?;
+    let dev = a.get_one::<String>("device").expect("defaulted").parse::<codistill::train::DeviceChoice>().map_err(codistill::Error::Invalid)?.resolve()?;
+    for path in &paths.0 {
+        let n = codistill::train::noise::noise_scale::<T>(path, num(a, "batches")?, dev)?;
+        let out = json!({
+            "checkpoint": path.display().to_string(),
+            "step": n.step,
+            "batch_items": n.batch_items,
+            "batches": n.batches,
+            "grad_sq_small": n.small_sq,
+            "grad_sq_big": n.big_sq,
+            "grad_sq": n.grad_sq,
+            "trace": n.trace,
+            "b_simple": n.b_simple,
+            "b_simple_batches": n.b_simple / n.batch_items as f64,
+        });
+        println!("{out}");
+    }
+    Ok(())
 }
 
 fn cli() -> Command {
@@ -55,6 +89,12 @@ fn cli() -> Command {
                                 .help("A checkpoint written by lm train; several, comma-separated: their ensemble (averaged next-token distributions)"),
                         )
                         .arg(Arg::new("file").long("file").value_name("FILE").help("Text to score [default: the test file of the checkpoint's config]"))
+                        .arg(
+                            Arg::new("against")
+                                .long("against")
+                                .value_name("FILE")
+                                .help("A second checkpoint (same vocabulary): also report the churn, the mean absolute difference of the probabilities the two give each token"),
+                        )
                         .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for token files"))
                         .arg(
                             Arg::new("max_tokens")
@@ -71,6 +111,7 @@ fn cli() -> Command {
                                 .help("1: the file as one stream from a zero state, every token after the first scored (as a PyTorch loop over the file); N: N lanes, faster, each from a zero state with its first token unscored (0: the checkpoint's batch)"),
                         ),
                 )
+                .subcommand(noise_scale_command("language-model"))
                 .subcommand(
                     Command::new("sample")
                         .about("Print text sampled from checkpoints (several: from their averaged distribution), after an optional prompt")
@@ -106,8 +147,14 @@ fn cli() -> Command {
                 )
                 .subcommand(
                     Command::new("eval")
-                        .about("Log-loss, AUC and calibration of a checkpoint on a file; with --against, the prediction churn between two models")
-                        .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A checkpoint written by criteo train"))
+                        .about("Log-loss, AUC and calibration of a checkpoint, or of the ensemble of several, on a file; with --against, the prediction churn against another model")
+                        .arg(
+                            Arg::new("checkpoint")
+                                .long("checkpoint")
+                                .value_name("FILE[,FILE...]")
+                                .required(true)
+                                .help("A checkpoint written by criteo train; several, comma-separated: their ensemble (mean click probability)"),
+                        )
                         .arg(Arg::new("file").long("file").value_name("FILE").required(true).help("A Criteo TSV file, plain or gzip"))
                         .arg(
                             Arg::new("against")
@@ -119,6 +166,7 @@ fn cli() -> Command {
                             Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for preprocessed files"),
                         ),
                 )
+                .subcommand(noise_scale_command("click-model"))
                 .subcommand(
                     Command::new("generate")
                         .about("Write a synthetic log in the Criteo format from a hidden model, and FILE.truth with its true log-loss")
@@ -191,11 +239,11 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Some(("eval", a)) => {
-            let ckpt = PathBuf::from(a.get_one::<String>("checkpoint").expect("required"));
+            let ckpts = codistill::config::Paths::parse_value(a.get_one::<String>("checkpoint").expect("required")).map_err(codistill::Error::Invalid)?;
             let file = PathBuf::from(a.get_one::<String>("file").expect("required"));
             let against = a.get_one::<String>("against").map(PathBuf::from);
             let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
-            let (e, ch) = criteo::eval_checkpoint(&ckpt, &file, against.as_deref(), &cache)?;
+            let (e, ch) = criteo::eval_checkpoints(&ckpts.0, &file, against.as_deref(), &cache)?;
             let mut out = json!({"rows": e.rows, "log_loss": e.log_loss, "auc": e.auc, "calibration": e.calibration});
             if let Some(c) = ch {
                 out["churn"] = json!(c);
@@ -210,6 +258,7 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             println!("curves, plots and report in {}", cfg.out.display());
             Ok(())
         }
+        Some(("noise-scale", a)) => run_noise_scale::<codistill::tasks::ctr::CtrTask>(a),
         Some(("generate", a)) => {
             let out = PathBuf::from(a.get_one::<String>("out").expect("required"));
             let model = ClickModel::criteo_like(num(a, "scale")?, num::<u64>(a, "model_seed")? ^ 0xC11C);
@@ -296,7 +345,7 @@ fn run(m: &ArgMatches) -> Result<()> {
                 let lanes: usize =
                     a.get_one::<String>("lanes").expect("defaulted").parse().map_err(|_| codistill::Error::Invalid("--lanes must be a whole number".into()))?;
                 let r = lm::eval_checkpoints(&ckpts.0, file.as_deref(), &cache, max, lanes)?;
-                let out = json!({
+                let mut out = json!({
                     "loss": r.loss,
                     "ppl": r.loss.exp(),
                     "tokens": r.tokens,
@@ -304,9 +353,13 @@ fn run(m: &ArgMatches) -> Result<()> {
                     "lanes": r.lanes,
                     "oov_rate": r.oov_rate.unwrap_or(f64::NAN),
                 });
+                if let Some(other) = a.get_one::<String>("against") {
+                    out["churn"] = json!(lm::churn_checkpoints(&ckpts.0[0], Path::new(other), file.as_deref(), &cache, max, lanes)?);
+                }
                 println!("{out}");
                 Ok(())
             }
+            Some(("noise-scale", a)) => run_noise_scale::<codistill::tasks::lm::LmTask>(a),
             Some(("sample", a)) => {
                 let paths = codistill::config::Paths::parse_value(a.get_one::<String>("checkpoint").expect("required")).map_err(codistill::Error::Invalid)?;
                 let dev = a

@@ -222,3 +222,32 @@ fn impossible_sizes_are_refused_with_the_option_named() {
     assert!(e.contains("GiB") && e.contains("--hidden"), "{e}");
     assert!(!d.join("out/checkpoint.safetensors").exists() && !d.join("lm/checkpoint.safetensors").exists());
 }
+
+/// The gradient noise scale of a trained click model: finite and positive, the same when measured
+/// twice (the same batches, from the checkpoint's position), larger with more of training done
+/// (the gradient shrinks as the loss falls; McCandlish et al. 2018, figure 5), on a best
+/// checkpoint too; fewer than two batches is refused.
+#[test]
+fn noise_scale_of_click_checkpoints() {
+    use codistill::tasks::ctr::CtrTask;
+    use codistill::train::noise::noise_scale;
+    let d = tmp("noise");
+    let mut c = CriteoConfig::default();
+    (c.cache, c.out, c.device) = (d.join("cache"), d.join("early"), codistill::train::DeviceChoice::Cpu);
+    // The same hidden model (the seed and scale fix it), 16 steps of 256 rows for the early model,
+    // 313 for the late one.
+    (c.synthetic_scale, c.synthetic_rows, c.buckets, c.batch, c.eval_every) = (0.002, 4_000, 1024, 256, 0);
+    criteo::train(&c).unwrap();
+    (c.out, c.synthetic_rows) = (d.join("late"), 80_000);
+    criteo::train(&c).unwrap();
+    let dev = codistill::tensor::Device::Cpu;
+    let early = noise_scale::<CtrTask>(&d.join("early/checkpoint.safetensors"), 32, dev).unwrap();
+    let late = noise_scale::<CtrTask>(&d.join("late/checkpoint.safetensors"), 32, dev).unwrap();
+    eprintln!("B_simple {:.0} rows at step {}, {:.0} at step {}", early.b_simple, early.step, late.b_simple, late.step);
+    assert!(early.b_simple.is_finite() && early.b_simple > 0.0 && late.b_simple.is_finite(), "{early:?} {late:?}");
+    assert!(late.b_simple > early.b_simple, "noise scale fell with training: {early:?} then {late:?}");
+    assert_eq!(noise_scale::<CtrTask>(&d.join("late/checkpoint.safetensors"), 32, dev).unwrap(), late);
+    assert!(noise_scale::<CtrTask>(&d.join("late/best.safetensors"), 32, dev).unwrap().b_simple > 0.0);
+    let e = noise_scale::<CtrTask>(&d.join("late/checkpoint.safetensors"), 1, dev).unwrap_err().to_string();
+    assert!(e.contains("--batches") && e.contains("at least 2"), "{e}");
+}

@@ -151,6 +151,14 @@ fn training_learns_the_small_corpus() {
     // One stream: every token of the test file after the first is scored; the rate of <unk> is
     // reported (none here: every word of the corpus is in the vocabulary).
     assert_eq!((r.tokens, r.lanes, r.oov_rate), (r.file_tokens - 1, 1, Some(0.0)));
+    // Churn (mean |p_a(t) - p_b(t)| over the scored tokens): none against itself, some against a
+    // model of another seed on the same text.
+    let best = c.out.join("best.safetensors");
+    assert_eq!(lm::churn_checkpoints(&best, &best, None, &c.cache, 0, 1).unwrap(), 0.0);
+    let other = LmConfig { seed: 3, out: d.join("other"), ..c.clone() };
+    lm::train(&other).unwrap();
+    let ch = lm::churn_checkpoints(&best, &other.out.join("best.safetensors"), None, &c.cache, 0, 1).unwrap();
+    assert!(ch.is_finite() && ch > 0.0 && ch < 1.0, "churn {ch}");
 }
 
 /// A corpus where memory is the whole game: each line is `K<k> F1 F2 F3 F4 F5 C<k>` with the key

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub struct MetricsLog {
     file: File,
     path: PathBuf,
+    run: String,
 }
 
 impl MetricsLog {
@@ -44,15 +45,42 @@ impl MetricsLog {
         };
         write_atomic(path, kept.as_bytes())?;
         let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(MetricsLog { file, path: path.to_path_buf() })
+        Ok(MetricsLog { file, path: path.to_path_buf(), run: run_id() })
     }
 
     /// Append one event as one complete line, in a single write (a reader never meets half a line
     /// of a live run, and a kill leaves at most a torn last line, which a resume drops).
+    /// Each line ends with `"time"` (Unix seconds) and `"run"` (this process's run id, see
+    /// [`MetricsLog::run`]).
     pub fn write(&mut self, event: Value) -> Result<()> {
+        let mut event = event;
+        if let Value::Object(m) = &mut event {
+            m.insert("time".into(), json!(unix_time()));
+            m.insert("run".into(), json!(self.run));
+        }
         let mut line = event.to_string();
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// This run's id: the process id and start time, hashed (a resumed run gets a new one, so the two
+/// parts of a metrics file are told apart).
+pub fn run_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{:012x}", xxhash_rust::xxh3::xxh3_64(format!("{}/{}", std::process::id(), unix_time()).as_bytes()) >> 16)).clone()
+}
+
+/// Seconds since the Unix epoch, to the millisecond.
+pub fn unix_time() -> f64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    t as f64 / 1e3
+}
+
+impl MetricsLog {
+    /// This process's run id (in every line, `result.json` and `config.toml`).
+    pub fn run(&self) -> &str {
+        &self.run
     }
 }
 
@@ -79,7 +107,7 @@ pub fn log_teacher_swap(
         "teacher": t.rank,
         "teacher_step": t.step,
         "staleness": staleness,
-        "exchange_wait_ms": waited.as_secs_f64() * 1e3,
+        "exchange_wait_s": waited.as_secs_f64(),
     }))
 }
 
@@ -233,7 +261,9 @@ impl PeerWait {
 /// A progress bar over `total` steps (hidden when stderr is not a terminal), at `start`.
 pub(crate) fn progress(total: u64, start: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}").expect("static template").progress_chars("=> "),
+    );
     bar.set_position(start);
     bar
 }
@@ -250,7 +280,12 @@ mod tests {
         log.write(json!({"event": "x", "step": 3, "b": "q\"\n", "a": f64::NAN, "l": [1.5, f64::INFINITY]})).unwrap();
         log.write(json!({"event": "y", "step": 9})).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().next().unwrap(), r#"{"event":"x","step":3,"b":"q\"\n","a":null,"l":[1.5,null]}"#);
+        let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["event", "step", "b", "a", "l", "time", "run"]);
+        assert!(first["time"].as_f64().unwrap() > 1.7e9 && first["run"] == log.run());
+        let shown = text.lines().next().unwrap();
+        assert!(shown.starts_with(r#"{"event":"x","step":3,"b":"q\"\n","a":null,"l":[1.5,null],"time":"#), "{shown}");
         drop(log);
         // A resume at step 5 keeps the events up to it and drops a torn line.
         std::fs::write(&path, format!("{text}{{\"event\":\"z\",\"st")).unwrap();

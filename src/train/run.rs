@@ -224,6 +224,20 @@ pub struct Member<T: Task> {
     pub data_key: Option<u64>,
     /// The last step with a finite training loss, and that loss.
     pub last_loss: Option<(u64, f64)>,
+    /// Training figures since the last train event.
+    interval: Interval,
+}
+
+/// One model's training figures since its last train event: the loss summed over its steps, the
+/// steps, the weighted hint term (sum, count); and of the last step, the teachers' staleness (sum,
+/// count) and the gradient norm.
+#[derive(Default)]
+struct Interval {
+    loss: f64,
+    steps: u64,
+    hint: (f64, u64),
+    staleness: (u64, u64),
+    norm: f64,
 }
 
 /// What the loop hands a task at the end of a run.
@@ -405,6 +419,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             last: None,
             data_key,
             last_loss: None,
+            interval: Interval::default(),
         });
     }
     let mut step = 0u64;
@@ -489,6 +504,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let _out_lock = lock_out(&o.out)?;
     let mut log = MetricsLog::start(&o.out.join("metrics.jsonl"), o.resume.is_some().then_some(step))?;
+    // The effective configuration, beside the results (`--config` takes it back).
+    crate::data::text::write_atomic(&o.out.join("config.toml"), task.config().to_toml().as_bytes())?;
     let bar = progress(total, step);
     eprintln!(
         "{}: {} model(s) here of {total_models}, {} parameters each, {}",
@@ -506,10 +523,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let model = task.model();
     let peers: Vec<usize> = (0..total_models).collect();
-    // The loss (summed over the models' steps), the steps, the items and the weighted hint term
-    // (sum, count) since the last train event.
-    let (mut interval_loss, mut interval_n, mut interval_items, mut interval_t) = (0.0, 0u64, 0.0, Instant::now());
-    let mut interval_hint = (0.0, 0u64);
+    // Items trained on by every model here since the last train event, and since when.
+    let (mut interval_items, mut interval_t) = (0.0, Instant::now());
     let (mut items, mut train_secs, mut exchange_wait) = (0.0, 0.0, 0.0);
     let mut step_times = StepTimes::new(o.step_times, step);
     // Models trained in other processes, and whether their first checkpoints have been seen.
@@ -518,11 +533,10 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         exchange_wait += peer_wait.before_step(exchange.as_mut(), &schedule, step, &mut log)?;
         step_times.begin(train_secs, exchange_wait);
         let lr = lr_schedule.at(step);
-        let mut staleness_sum = (0u64, 0u64);
-        let mut last_norm = 0.0;
         let distill = schedule.distill_at(step);
         for m in members.iter_mut() {
             let (ts, mut waited_here) = (Instant::now(), 0.0);
+            m.interval.staleness = (0, 0);
             let (batch, fresh) = task.batch(&mut m.stream, step, epoch_steps)?;
             if fresh {
                 m.carry = task.zero_carry(model)?;
@@ -537,7 +551,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 for t in &snapshots {
                     peer_out.push(teacher_output(&task, model, &t.params, &batch, &mut m.peer_carry[t.rank], false)?.0);
                     let u = m.teachers.observe(m.index, t, step);
-                    staleness_sum = (staleness_sum.0 + u.staleness, staleness_sum.1 + 1);
+                    m.interval.staleness = (m.interval.staleness.0 + u.staleness, m.interval.staleness.1 + 1);
                     if u.swapped {
                         log_teacher_swap(&mut log, step, m.index, t, u.staleness, waited)?;
                     }
@@ -567,7 +581,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             let lv = g.value(loss).item()? as f64;
             // Read after the loss, whose read already waited for the device.
             if let Some(term) = hint_term {
-                interval_hint = (interval_hint.0 + g.value(term).item()? as f64, interval_hint.1 + 1);
+                m.interval.hint = (m.interval.hint.0 + g.value(term).item()? as f64, m.interval.hint.1 + 1);
             }
             check_loss(lv, step, m.index, &mut m.last_loss)?;
             let grads = g.backward(loss)?;
@@ -582,8 +596,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             exchange_wait += waited_here;
             let n = task.batch_items(&batch) as f64;
             (items, interval_items) = (items + n, interval_items + n);
-            interval_loss += lv;
-            interval_n += 1;
+            m.interval.loss += lv;
+            m.interval.steps += 1;
         }
         // The updates come after every model's gradients, so that a publish's background copy of
         // a model's weights (which must end before that model's update) has the whole step.
@@ -592,7 +606,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             r?;
             exchange_wait += waited.as_secs_f64();
             let (r, took) = timed(|| m.opt.step(&mut m.store, lr, clip));
-            last_norm = r?;
+            m.interval.norm = r?;
             train_secs += took.as_secs_f64();
         }
         if codistill {
@@ -606,17 +620,21 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         // Every log_every steps only (not at a last step between): a run cut in two by a resume
         // logs what the whole run does.
         if step.is_multiple_of(o.log_every.max(1)) {
-            let mean = interval_loss / interval_n as f64;
             let rate = interval_items / interval_t.elapsed().as_secs_f64();
-            bar.set_message(task.progress(mean, rate));
-            let stale = if staleness_sum.1 > 0 { staleness_sum.0 as f64 / staleness_sum.1 as f64 } else { f64::NAN };
-            let hint_loss = if interval_hint.1 > 0 { interval_hint.0 / interval_hint.1 as f64 } else { f64::NAN };
-            let mut tail = json!({"lr": lr as f64, "grad_norm": last_norm});
-            tail[format!("{}_per_s", T::UNIT)] = json!(rate);
-            let tail = event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss}));
-            log.write(event(event(json!({"event": "train", "step": step, "loss": mean}), task.train_fields(mean)), tail))?;
-            (interval_loss, interval_n, interval_items, interval_t) = (0.0, 0, 0.0, Instant::now());
-            interval_hint = (0.0, 0);
+            let means: Vec<f64> = members.iter().map(|m| m.interval.loss / m.interval.steps as f64).collect();
+            bar.set_message(task.progress(means.iter().sum::<f64>() / means.len() as f64, rate));
+            for (m, mean) in members.iter_mut().zip(means) {
+                let i = std::mem::take(&mut m.interval);
+                let stale = if i.staleness.1 > 0 { i.staleness.0 as f64 / i.staleness.1 as f64 } else { f64::NAN };
+                let hint_loss = if i.hint.1 > 0 { i.hint.0 / i.hint.1 as f64 } else { f64::NAN };
+                let mut tail = json!({"lr": lr as f64, "grad_norm": i.norm});
+                // The process's rate: every model here.
+                tail[format!("{}_per_s", T::UNIT)] = json!(rate);
+                let tail = event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss}));
+                let head = event(json!({"event": "train", "step": step, "model": m.index, "loss": mean}), task.train_fields(mean));
+                log.write(event(head, tail))?;
+            }
+            (interval_items, interval_t) = (0.0, Instant::now());
         }
         let epoch_end = epoch_steps > 0 && step.is_multiple_of(epoch_steps);
         if due(step, o.eval_every, epoch_end, last) {
@@ -659,7 +677,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let run = Finished { steps: step, members, ensemble, items, train_secs, exchange_wait, started };
     let (summary, fields) = task.finish(&mut log, &run)?;
-    let result = event(json!({"steps": step, "models": run.members.len(), "teachers": fixed.len()}), fields);
+    let result = event(json!({"run": log.run(), "steps": step, "models": run.members.len(), "teachers": fixed.len()}), fields);
     let result = event(
         result,
         json!({

@@ -423,18 +423,41 @@ impl Task for CtrTask {
 
 /// Evaluate a checkpoint on a file; with `against`, also the churn between the two models.
 pub fn eval_checkpoint(path: &Path, file: &Path, against: Option<&Path>, cache: &Path) -> Result<(ClickEval, Option<f64>)> {
-    let (cfg, model, store) = load_checkpoint(path)?;
+    eval_checkpoints(std::slice::from_ref(&path.to_path_buf()), file, against, cache)
+}
+
+/// Evaluate a checkpoint, or the ensemble of several (their mean click probability), on a file;
+/// with `against`, also the churn between it (or the ensemble) and that model.
+pub fn eval_checkpoints(paths: &[PathBuf], file: &Path, against: Option<&Path>, cache: &Path) -> Result<(ClickEval, Option<f64>)> {
+    if paths.is_empty() {
+        bail!(Invalid, "no checkpoint to evaluate");
+    }
     if !file.exists() {
         return Err(Error::io(file, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
     }
-    let (data, _) = cached(file, cfg.buckets, cfg.on_bad_line, cache)?;
-    let (ev, p) = evaluate(&model, &store, &data, 0..data.rows())?;
-    let ch = match against {
-        Some(other) => {
-            let (ocfg, om, os) = load_checkpoint(other)?;
-            let (odata, _) = cached(file, ocfg.buckets, ocfg.on_bad_line, cache)?;
-            Some(churn(&p, &om.predict(&os, &odata, 0..odata.rows())?)?)
+    // Each model's probabilities on the file, hashed into its own buckets.
+    let predict = |path: &Path| -> Result<(Vec<f32>, CriteoCache)> {
+        let (cfg, model, store) = load_checkpoint(path)?;
+        let (data, _) = cached(file, cfg.buckets, cfg.on_bad_line, cache)?;
+        Ok((model.predict(&store, &data, 0..data.rows())?, data))
+    };
+    let mut p = Vec::new();
+    let mut data = None;
+    for path in paths {
+        let (q, d) = predict(path)?;
+        if p.is_empty() {
+            p = vec![0f32; q.len()];
         }
+        for (a, b) in p.iter_mut().zip(&q) {
+            *a += b / paths.len() as f32;
+        }
+        data = Some(d);
+    }
+    let data = data.expect("at least one checkpoint");
+    let y: Vec<f32> = (0..data.rows()).map(|i| data.label(i)).collect();
+    let ev = ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) };
+    let ch = match against {
+        Some(other) => Some(churn(&p, &predict(other)?.0)?),
         None => None,
     };
     Ok((ev, ch))

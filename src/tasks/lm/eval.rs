@@ -155,6 +155,22 @@ pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_token
 /// does); more lanes run faster, each from a zero state, its first token unscored; 0 takes the
 /// checkpoint's batch.
 pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<EvalReport> {
+    let (loaded, tokens) = load_with_text(paths, file, cache)?;
+    let l = &loaded[0];
+    let lanes = if lanes == 0 { l.cfg.batch } else { lanes };
+    let (loss, n) = if loaded.len() == 1 {
+        evaluate(&l.model, &l.store, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
+    } else {
+        let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
+        evaluate_ensemble(&models, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
+    };
+    let used = eval_layout(tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?.0.batch;
+    Ok(EvalReport { loss, tokens: n, file_tokens: tokens.len(), lanes: used, oov_rate: oov_rate(tokens.as_slice(), &l.vocab) })
+}
+
+/// Checkpoints (sharing a vocabulary) and the text they are scored on: `file`, or the first
+/// checkpoint's test file.
+fn load_with_text(paths: &[PathBuf], file: Option<&Path>, cache: &Path) -> Result<(Vec<super::LoadedLm>, crate::data::text::Tokens)> {
     let Some(first) = paths.first() else { bail!(Invalid, "no checkpoint to evaluate") };
     let loaded = load_checkpoints(paths, crate::tensor::Device::Cpu)?;
     let l = &loaded[0];
@@ -167,15 +183,19 @@ pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, ma
         return Err(Error::io(&file, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
     }
     let tokens = cached_tokens(&file, &l.vocab, cache)?;
-    let lanes = if lanes == 0 { l.cfg.batch } else { lanes };
-    let (loss, n) = if loaded.len() == 1 {
-        evaluate(&l.model, &l.store, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
-    } else {
-        let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
-        evaluate_ensemble(&models, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
-    };
-    let used = eval_layout(tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?.0.batch;
-    Ok(EvalReport { loss, tokens: n, file_tokens: tokens.len(), lanes: used, oov_rate: oov_rate(tokens.as_slice(), &l.vocab) })
+    Ok((loaded, tokens))
+}
+
+/// Prediction churn between two language models (the codistillation paper's section 4, for a
+/// language model): the mean over the scored tokens of `|p_a(t) - p_b(t)|`, the probabilities the
+/// two models give each token that comes, scored as [`eval_checkpoints`] scores (`lanes` 0: the
+/// first checkpoint's batch).
+pub fn churn_checkpoints(a: &Path, b: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<f64> {
+    let (loaded, tokens) = load_with_text(&[a.to_path_buf(), b.to_path_buf()], file, cache)?;
+    let lanes = if lanes == 0 { loaded[0].cfg.batch } else { lanes };
+    let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
+    let lp = token_log_probs(&models, tokens.as_slice(), lanes, loaded[0].cfg.bptt, max_tokens)?;
+    Ok(lp[0].iter().zip(&lp[1]).map(|(x, y)| (x.exp() - y.exp()).abs()).sum::<f64>() / lp[0].len().max(1) as f64)
 }
 
 #[cfg(test)]

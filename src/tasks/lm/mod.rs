@@ -10,7 +10,7 @@ pub mod model;
 pub mod sample;
 
 pub use config::LmConfig;
-pub use eval::{eval_checkpoint, eval_checkpoints, evaluate, evaluate_ensemble, oov_rate, token_log_probs, EvalReport};
+pub use eval::{churn_checkpoints, eval_checkpoint, eval_checkpoints, evaluate, evaluate_ensemble, oov_rate, token_log_probs, EvalReport};
 pub use model::{load_checkpoint, load_checkpoints, load_teachers, LmModel, LoadedLm};
 
 use crate::autograd::{Graph, Var};
