@@ -3,7 +3,7 @@
 //! return; `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are
 //! checked here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
-use super::{Gpu, GpuBuf, GpuRange, MatmulKernel};
+use super::{k, Gpu, GpuBuf, GpuRange, Kernel, MatmulKernel};
 use crate::ops::elementwise::{Binary, Unary};
 use crate::ops::softmax_kl::{DistillLoss, DistillParams};
 use crate::{bail, Error, Result};
@@ -12,13 +12,14 @@ use half::bf16;
 use std::sync::Arc;
 
 macro_rules! launch {
-    ($gpu:expr, $module:literal, $name:literal, $cfg:expr; $($arg:ident),* $(,)?) => {{
-        let f = $gpu.function($module, $name)?;
+    ($gpu:expr, $kernel:expr, $cfg:expr; $($arg:ident),* $(,)?) => {{
+        let kernel: Kernel = $kernel;
+        let f = $gpu.function(kernel)?;
         let mut b = $gpu.stream().launch_builder(&f);
         $( b.arg(&$arg); )*
         // SAFETY: each launcher checks its buffers' lengths against the sizes the kernel uses.
-        unsafe { b.launch($cfg) }.map_err(|e| Error::Device(format!("launch of {}: {e:?}", $name)))?;
-        sync_if_asked(&$gpu, $name)?;
+        unsafe { b.launch($cfg) }.map_err(|e| Error::Device(format!("launch of {}: {e:?}", kernel.name)))?;
+        sync_if_asked(&$gpu, kernel.name)?;
     }};
 }
 
@@ -55,7 +56,7 @@ fn same_gpu<A: Copy, B: Copy>(a: &impl GpuRange<A>, b: &impl GpuRange<B>) -> Res
 
 pub fn fill(x: &mut impl GpuRange<f32>, v: f32) -> Result<()> {
     let (p, n) = (x.ptr(), x.len() as i64);
-    launch!(x.gpu(), "elementwise", "fill_f32", elems(x.len()); p, v, n);
+    launch!(x.gpu(), k::elementwise::fill_f32, elems(x.len()); p, v, n);
     Ok(())
 }
 
@@ -85,7 +86,7 @@ pub fn gemm_f32(
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     let (pa, pb, pc) = (a.ptr(), b.ptr(), c.ptr());
     let (ta, tb) = (trans_a as i32, trans_b as i32);
-    launch!(a.gpu(), "matmul", "gemm_f32", cfg; mi, ni, ki, alpha, pa, ta, pb, tb, beta, pc);
+    launch!(a.gpu(), k::matmul::gemm_f32, cfg; mi, ni, ki, alpha, pa, ta, pb, tb, beta, pc);
     Ok(())
 }
 
@@ -153,13 +154,14 @@ pub fn gemm_bf16_with(
     let b_contig = if trans_b { k } else { n };
     let vec_a = (a_contig % 8 == 0 && a.ptr() % 16 == 0) as i32;
     let vec_b = (b_contig % 8 == 0 && b.ptr() % 16 == 0) as i32;
-    let name: &'static str = match (trans_a, trans_b) {
-        (false, false) => "gemm_bf16_nn",
-        (false, true) => "gemm_bf16_nt",
-        (true, false) => "gemm_bf16_tn",
-        (true, true) => "gemm_bf16_tt",
+    let kernel = match (trans_a, trans_b) {
+        (false, false) => k::matmul::gemm_bf16_nn,
+        (false, true) => k::matmul::gemm_bf16_nt,
+        (true, false) => k::matmul::gemm_bf16_tn,
+        (true, true) => k::matmul::gemm_bf16_tt,
     };
-    let f = gpu.function("matmul", name)?;
+    let name = kernel.name;
+    let f = gpu.function(kernel)?;
     f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, GEMM_SMEM as i32)?;
     let (splits, kchunk) = split_k(&gpu, m, n, k);
     // Split-K: the partial products go to a workspace, summed into C by splitk_reduce.
@@ -177,7 +179,7 @@ pub fn gemm_bf16_with(
     sync_if_asked(&gpu, name)?;
     if let Some(w) = &ws {
         let (pw, sp, mn, pc) = (w.ptr(), splits as i32, (m * n) as i64, c.ptr());
-        launch!(gpu, "matmul", "splitk_reduce", elems(m * n); pw, sp, mn, alpha, beta, pc);
+        launch!(gpu, k::matmul::splitk_reduce, elems(m * n); pw, sp, mn, alpha, beta, pc);
     }
     Ok(())
 }
@@ -436,13 +438,14 @@ fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: 
     let (name, f, cfg) = if tma {
         // 4 stages of a 128 x 64 and a 256 x 64 tile, 1 KiB for alignment, 8 mbarriers.
         let smem = 4 * (WG_STAGE_A + 256 * 64 * 2) + 1024 + 64;
-        let name = match (ops.a_mn, ops.b_mn) {
-            (false, false) => "gemm_wgmma_tma",
-            (false, true) => "gemm_wgmma_tma_nn",
-            (true, true) => "gemm_wgmma_tma_tn",
-            (true, false) => "gemm_wgmma_tma_tt",
+        let kernel = match (ops.a_mn, ops.b_mn) {
+            (false, false) => k::matmul_sm90a::gemm_wgmma_tma,
+            (false, true) => k::matmul_sm90a::gemm_wgmma_tma_nn,
+            (true, true) => k::matmul_sm90a::gemm_wgmma_tma_tn,
+            (true, false) => k::matmul_sm90a::gemm_wgmma_tma_tt,
         };
-        let f = gpu.function("matmul_sm90a", name)?;
+        let name = kernel.name;
+        let f = gpu.function(kernel)?;
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
         (name, f, LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem })
     } else {
@@ -455,9 +458,10 @@ fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: 
             tiles as f64 / (tiles.div_ceil(sms) * sms) as f64
         };
         let bn: usize = if fill(128) > fill(256) + 0.1 { 128 } else { 256 };
-        let name: &'static str = if bn == 256 { "gemm_wgmma_b256" } else { "gemm_wgmma_b128" };
+        let kernel = if bn == 256 { k::matmul_sm90a::gemm_wgmma_b256 } else { k::matmul_sm90a::gemm_wgmma_b128 };
+        let name = kernel.name;
         let smem = 4 * (WG_STAGE_A + bn as u32 * 64 * 2) + 1024;
-        let f = gpu.function("matmul_sm90a", name)?;
+        let f = gpu.function(kernel)?;
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
         (name, f, LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem })
     };
@@ -477,22 +481,22 @@ fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: 
 /// `out[c, r] = x[r, c]` for `x` of `[r, c]` bf16 (sm_90 module; used to lay operands out for
 /// the `wgmma` kernel).
 pub fn transpose_bf16(x: &impl GpuRange<bf16>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
-    transpose("transpose_bf16", x, r, c, out)
+    transpose(k::matmul_sm90a::transpose_bf16, x, r, c, out)
 }
 
 /// `out[c, r] = bf16(x[r, c])` for `x` of `[r, c]` f32, rounded to nearest even.
 pub fn transpose_f32_to_bf16(x: &impl GpuRange<f32>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
-    transpose("transpose_f32_to_bf16", x, r, c, out)
+    transpose(k::matmul_sm90a::transpose_f32_to_bf16, x, r, c, out)
 }
 
 /// Launches one of the two transposes (32 x 32 tiles, 256 threads a block).
-fn transpose<T: Copy>(name: &'static str, x: &impl GpuRange<T>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
+fn transpose<T: Copy>(kernel: Kernel, x: &impl GpuRange<T>, r: usize, c: usize, out: &mut impl GpuRange<bf16>) -> Result<()> {
     need("x", x, r * c)?;
     need("out", out, r * c)?;
     let gpu = x.gpu();
     let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (ri, ci, px, po) = (r as i32, c as i32, x.ptr(), out.ptr());
-    let f = gpu.function("matmul_sm90a", name)?;
+    let (name, f) = (kernel.name, gpu.function(kernel)?);
     let mut l = gpu.stream().launch_builder(&f);
     l.arg(&ri).arg(&ci).arg(&px).arg(&po);
     // SAFETY: both ranges hold r x c elements (checked above).
@@ -512,7 +516,7 @@ pub fn gather(table: &impl GpuRange<f32>, vocab: usize, dim: usize, ids: &impl G
     }
     let (pt, v, d, pi, n, po) = (table.ptr(), vocab as i32, dim as i32, ids.ptr(), ids.len() as i32, out.ptr());
     let work = if dim.is_multiple_of(4) { ids.len() * dim / 4 } else { ids.len() * dim };
-    launch!(table.gpu(), "embedding", "embedding_gather", elems(work); pt, v, d, pi, n, po);
+    launch!(table.gpu(), k::embedding::embedding_gather, elems(work); pt, v, d, pi, n, po);
     Ok(())
 }
 
@@ -561,7 +565,7 @@ pub fn scatter_add(
     let (pd, v, d, pi, n, pt) = (dout.ptr(), vocab as i32, dim as i32, ids.ptr(), ids.len() as i32, dtable.ptr());
     match mode {
         ScatterMode::Atomic => {
-            launch!(gpu, "embedding", "embedding_scatter_add_atomic", elems(ids.len() * dim); pd, v, d, pi, n, pt);
+            launch!(gpu, k::embedding::embedding_scatter_add_atomic, elems(ids.len() * dim); pd, v, d, pi, n, pt);
         }
         ScatterMode::Deterministic => {
             let h = host_ids.ok_or_else(|| Error::Invalid("the deterministic scatter-add needs the ids on the host".into()))?;
@@ -598,7 +602,7 @@ pub fn scatter_add_planned(
     let warps_per_block = 8usize;
     let blocks = (nseg as usize).div_ceil(warps_per_block).clamp(1, 132 * 16) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32 * warps_per_block as u32, 1, 1), shared_mem_bytes: 0 };
-    launch!(dout.gpu(), "embedding", "embedding_scatter_add_sorted", cfg; pd, v, d, pi, po, ps, nseg, pt);
+    launch!(dout.gpu(), k::embedding::embedding_scatter_add_sorted, cfg; pd, v, d, pi, po, ps, nseg, pt);
     Ok(())
 }
 
@@ -628,7 +632,7 @@ pub fn lstm_cell_fwd(
         None => 0u64,
     };
     let (pg, pcp, pc, ph, b, hd) = (gates.ptr(), c_prev.ptr(), c.ptr(), h.ptr(), batch as i32, hidden as i32);
-    launch!(gates.gpu(), "lstm", "lstm_cell_fwd", elems(batch * hidden); pg, pcp, pc, ph, phb, b, hd);
+    launch!(gates.gpu(), k::lstm::lstm_cell_fwd, elems(batch * hidden); pg, pcp, pc, ph, phb, b, hd);
     Ok(())
 }
 
@@ -660,7 +664,7 @@ pub fn lstm_cell_bwd(
         None => 0u64,
     };
     let (pa, pcp, pc, pdh, pdc, pdg, b, hd) = (act.ptr(), c_prev.ptr(), c.ptr(), dh.ptr(), dc.ptr(), dgates.ptr(), batch as i32, hidden as i32);
-    launch!(act.gpu(), "lstm", "lstm_cell_bwd", elems(batch * hidden); pa, pcp, pc, pdh, pdc, pdg, pdgb, b, hd);
+    launch!(act.gpu(), k::lstm::lstm_cell_bwd, elems(batch * hidden); pa, pcp, pc, pdh, pdc, pdg, pdgb, b, hd);
     Ok(())
 }
 
@@ -713,11 +717,11 @@ pub fn softmax_kl(
     let soft = gpu.alloc::<f32>(rows)?;
     // Teacher-count class (registers grow with it), block size, and the student row cached in
     // shared memory when it fits (so pass 2 reads it from there instead of L2 or DRAM).
-    let (name, max_threads): (&'static str, u32) = match teachers.len() {
-        0 | 1 => ("softmax_kl_k1", 1024),
-        2 => ("softmax_kl_k2", 1024),
-        3 | 4 => ("softmax_kl_k4", 512),
-        _ => ("softmax_kl_k8", 512),
+    let (kernel, max_threads): (Kernel, u32) = match teachers.len() {
+        0 | 1 => (k::softmax_kl::softmax_kl_k1, 1024),
+        2 => (k::softmax_kl::softmax_kl_k2, 1024),
+        3 | 4 => (k::softmax_kl::softmax_kl_k4, 512),
+        _ => (k::softmax_kl::softmax_kl_k8, 512),
     };
     let threads = if cols >= 16384 {
         max_threads
@@ -728,7 +732,7 @@ pub fn softmax_kl(
     };
     let cache_bytes = cols * 4;
     let cache = cache_bytes <= SOFTMAX_KL_CACHE_MAX;
-    let f = gpu.function("softmax_kl", name)?;
+    let (name, f) = (kernel.name, gpu.function(kernel)?);
     if cache {
         f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cache_bytes as i32)?;
     }
@@ -764,7 +768,7 @@ fn unary_code(op: Unary) -> (i32, f32) {
 pub fn unary(op: Unary, x: &impl GpuRange<f32>, y: &mut impl GpuRange<f32>) -> Result<()> {
     need("y", y, x.len())?;
     let ((code, s), px, py, n) = (unary_code(op), x.ptr(), y.ptr(), x.len() as i64);
-    launch!(x.gpu(), "elementwise", "unary_fwd", elems(x.len()); code, s, px, py, n);
+    launch!(x.gpu(), k::elementwise::unary_fwd, elems(x.len()); code, s, px, py, n);
     Ok(())
 }
 
@@ -774,7 +778,7 @@ pub fn unary_backward(op: Unary, x: &impl GpuRange<f32>, y: &impl GpuRange<f32>,
     need("dy", dy, n)?;
     need("dx", dx, n)?;
     let ((code, s), px, py, pdy, pdx, n64) = (unary_code(op), x.ptr(), y.ptr(), dy.ptr(), dx.ptr(), n as i64);
-    launch!(x.gpu(), "elementwise", "unary_bwd", elems(n); code, s, px, py, pdy, pdx, n64);
+    launch!(x.gpu(), k::elementwise::unary_bwd, elems(n); code, s, px, py, pdy, pdx, n64);
     Ok(())
 }
 
@@ -788,7 +792,7 @@ pub fn binary(op: Binary, a: &impl GpuRange<f32>, b: &impl GpuRange<f32>, out: &
         Binary::Mul => 2,
     };
     let (pa, pb, po, n64) = (a.ptr(), b.ptr(), out.ptr(), n as i64);
-    launch!(a.gpu(), "elementwise", "binary_fwd", elems(n); code, pa, pb, po, n64);
+    launch!(a.gpu(), k::elementwise::binary_fwd, elems(n); code, pa, pb, po, n64);
     Ok(())
 }
 
@@ -799,7 +803,7 @@ pub fn add_row_bias(x: &impl GpuRange<f32>, bias: &impl GpuRange<f32>, out: &mut
     }
     need("out", out, n)?;
     let (px, pb, po, n64, d32) = (x.ptr(), bias.ptr(), out.ptr(), n as i64, d as i32);
-    launch!(x.gpu(), "elementwise", "add_row_bias", elems(n); px, pb, po, n64, d32);
+    launch!(x.gpu(), k::elementwise::add_row_bias, elems(n); px, pb, po, n64, d32);
     Ok(())
 }
 
@@ -807,21 +811,21 @@ pub fn add_row_bias(x: &impl GpuRange<f32>, bias: &impl GpuRange<f32>, out: &mut
 pub fn axpy(alpha: f32, b: &impl GpuRange<f32>, a: &mut impl GpuRange<f32>) -> Result<()> {
     need("b", b, a.len())?;
     let (pb, pa, n) = (b.ptr(), a.ptr(), a.len() as i64);
-    launch!(a.gpu(), "elementwise", "axpy", elems(a.len()); alpha, pb, pa, n);
+    launch!(a.gpu(), k::elementwise::axpy, elems(a.len()); alpha, pb, pa, n);
     Ok(())
 }
 
 pub fn f32_to_bf16(x: &impl GpuRange<f32>, y: &mut impl GpuRange<bf16>) -> Result<()> {
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
-    launch!(x.gpu(), "elementwise", "f32_to_bf16", elems(x.len()); px, py, n);
+    launch!(x.gpu(), k::elementwise::f32_to_bf16, elems(x.len()); px, py, n);
     Ok(())
 }
 
 pub fn bf16_to_f32(x: &impl GpuRange<bf16>, y: &mut impl GpuRange<f32>) -> Result<()> {
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
-    launch!(x.gpu(), "elementwise", "bf16_to_f32", elems(x.len()); px, py, n);
+    launch!(x.gpu(), k::elementwise::bf16_to_f32, elems(x.len()); px, py, n);
     Ok(())
 }
 
@@ -832,7 +836,7 @@ pub fn dropout(x: &impl GpuRange<f32>, p: f32, seed: u64, y: &mut impl GpuRange<
     }
     need("y", y, x.len())?;
     let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
-    launch!(x.gpu(), "dropout", "dropout_fwd", elems(x.len()); px, py, n, p, seed);
+    launch!(x.gpu(), k::dropout::dropout_fwd, elems(x.len()); px, py, n, p, seed);
     Ok(())
 }
 
@@ -846,9 +850,9 @@ fn sum_impl(x: &impl GpuRange<f32>, squares: i32) -> Result<f64> {
     let out = gpu.alloc::<f64>(1)?;
     let cfg = LaunchConfig { grid_dim: (SUM_BLOCKS as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (px, n, pp, po, nb) = (x.ptr(), x.len() as i64, parts.ptr(), out.ptr(), SUM_BLOCKS as i32);
-    launch!(gpu, "reduce", "sum_partials", cfg; px, n, squares, pp);
+    launch!(gpu, k::reduce::sum_partials, cfg; px, n, squares, pp);
     let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    launch!(gpu, "reduce", "sum_finish", one; pp, nb, po);
+    launch!(gpu, k::reduce::sum_finish, one; pp, nb, po);
     Ok(out.download()?[0])
 }
 
@@ -876,11 +880,11 @@ pub fn sum_squares_many(xs: &[&dyn GpuRange<f32>]) -> Result<f64> {
             bail!(Invalid, "sum_squares_many: buffers on different GPUs");
         }
         let (px, n, pp, sq) = (x.ptr(), x.len() as i64, parts.ptr_at(i * SUM_BLOCKS), 1i32);
-        launch!(gpu, "reduce", "sum_partials", cfg; px, n, sq, pp);
+        launch!(gpu, k::reduce::sum_partials, cfg; px, n, sq, pp);
     }
     let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (pp, nb, po) = (parts.ptr(), (SUM_BLOCKS * xs.len()) as i32, out.ptr());
-    launch!(gpu, "reduce", "sum_finish", one; pp, nb, po);
+    launch!(gpu, k::reduce::sum_finish, one; pp, nb, po);
     Ok(out.download()?[0])
 }
 
@@ -897,8 +901,8 @@ pub fn sum_rows(x: &impl GpuRange<f32>, rows: usize, d: usize, beta: f32, out: &
     let parts = gpu.alloc::<f64>(chunks * d)?;
     let cfg = LaunchConfig { grid_dim: (d.div_ceil(128) as u32, chunks as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let (px, r, d32, cr, pp, po, nc) = (x.ptr(), rows as i64, d as i32, chunk_rows as i64, parts.ptr(), out.ptr(), chunks as i32);
-    launch!(gpu, "reduce", "sum_rows_partials", cfg; px, r, d32, cr, pp);
-    launch!(gpu, "reduce", "sum_rows_finish", elems(d); pp, nc, d32, beta, po);
+    launch!(gpu, k::reduce::sum_rows_partials, cfg; px, r, d32, cr, pp);
+    launch!(gpu, k::reduce::sum_rows_finish, elems(d); pp, nc, d32, beta, po);
     Ok(())
 }
 
@@ -934,7 +938,7 @@ pub fn sgd(
     need("velocity", vel, w.len())?;
     let (pr, n) = sparse_args(w, grad, rows, dim)?;
     let (pw, pg, pv, d) = (w.ptr(), grad.ptr(), vel.ptr(), dim.max(1) as i32);
-    launch!(w.gpu(), "optim", "sgd_update", elems(n as usize); pw, pg, pv, pr, n, d, lr, momentum, weight_decay, scale);
+    launch!(w.gpu(), k::optim::sgd_update, elems(n as usize); pw, pg, pv, pr, n, d, lr, momentum, weight_decay, scale);
     Ok(())
 }
 
@@ -953,7 +957,7 @@ pub fn adagrad(
     need("accumulator", accum, w.len())?;
     let (pr, n) = sparse_args(w, grad, rows, dim)?;
     let (pw, pg, pa, d) = (w.ptr(), grad.ptr(), accum.ptr(), dim.max(1) as i32);
-    launch!(w.gpu(), "optim", "adagrad_update", elems(n as usize); pw, pg, pa, pr, n, d, lr, eps, scale);
+    launch!(w.gpu(), k::optim::adagrad_update, elems(n as usize); pw, pg, pa, pr, n, d, lr, eps, scale);
     Ok(())
 }
 
@@ -980,7 +984,7 @@ pub fn adam(
     let bc1 = 1.0 - beta1.powi(step as i32);
     let bc2 = 1.0 - beta2.powi(step as i32);
     let (pw, pg, pm, pv, d) = (w.ptr(), grad.ptr(), m.ptr(), v.ptr(), dim.max(1) as i32);
-    launch!(w.gpu(), "optim", "adam_update", elems(n as usize); pw, pg, pm, pv, pr, n, d, lr, beta1, beta2, eps, weight_decay, bc1, bc2, scale);
+    launch!(w.gpu(), k::optim::adam_update, elems(n as usize); pw, pg, pm, pv, pr, n, d, lr, beta1, beta2, eps, weight_decay, bc1, bc2, scale);
     Ok(())
 }
 
@@ -1002,7 +1006,7 @@ pub fn bce_logits(x: &impl GpuRange<f32>, y: &impl GpuRange<f32>, grad: &mut imp
     let gpu = x.gpu().clone();
     let loss = gpu.alloc::<f32>(n)?;
     let (px, py, pg, pl, n64, inv_n) = (x.ptr(), y.ptr(), grad.ptr(), loss.ptr(), n as i64, 1.0 / n as f32);
-    launch!(gpu, "elementwise", "bce_logits", elems(n); px, py, pg, pl, n64, inv_n);
+    launch!(gpu, k::elementwise::bce_logits, elems(n); px, py, pg, pl, n64, inv_n);
     Ok(sum(&loss)? / n as f64)
 }
 
@@ -1012,6 +1016,6 @@ pub fn zero_rows(t: &mut impl GpuRange<f32>, rows: &impl GpuRange<i32>, dim: usi
         return Ok(());
     }
     let (pt, pr, nr, d) = (t.ptr(), rows.ptr(), rows.len() as i64, dim as i32);
-    launch!(t.gpu(), "elementwise", "zero_rows", elems(rows.len() * dim); pt, pr, nr, d);
+    launch!(t.gpu(), k::elementwise::zero_rows, elems(rows.len() * dim); pt, pr, nr, d);
     Ok(())
 }

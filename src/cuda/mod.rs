@@ -20,6 +20,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Our kernels' PTX (built by `tools/ptx.py` from `kernels/`), embedded at compile time.
+/// A kernel of the embedded PTX: its module (`ptx/<module>.ptx`) and its entry name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    pub module: &'static str,
+    pub name: &'static str,
+}
+
+/// Every kernel of `ptx/`, named at build time from the PTX itself (build.rs): a launcher that
+/// names a kernel the PTX lacks does not compile.
+pub mod k {
+    use super::Kernel;
+    include!(concat!(env!("OUT_DIR"), "/kernel_names.rs"));
+}
+
 const MODULES: &[(&str, &str)] = &[
     ("dropout", include_str!("../../ptx/dropout.ptx")),
     ("elementwise", include_str!("../../ptx/elementwise.ptx")),
@@ -310,8 +324,9 @@ impl Gpu {
         self.pool.lock().unwrap().stats
     }
 
-    /// A kernel by name, from the module that defines it (loaded on first use).
-    pub fn function(&self, module: &'static str, name: &'static str) -> Result<CudaFunction> {
+    /// A kernel of the embedded PTX ([`k`]), from the module that defines it (loaded on first use).
+    pub fn function(&self, kernel: Kernel) -> Result<CudaFunction> {
+        let Kernel { module, name } = kernel;
         if let Some(f) = self.funcs.lock().unwrap().get(name) {
             return Ok(f.clone());
         }
