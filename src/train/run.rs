@@ -654,7 +654,12 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         }
         if due(step, o.checkpoint_every, epoch_end, last) || epoch_end {
             for m in &members {
-                save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, false), m, step, true)?;
+                let path = task.checkpoint_path(&o.out, m.index, o.models > 1, false);
+                save(&task, &path, m, step, true)?;
+                if o.keep_checkpoints {
+                    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("checkpoint");
+                    save(&task, &path.with_file_name(format!("{stem}-step{step}.safetensors")), m, step, true)?;
+                }
             }
         }
     }
