@@ -63,20 +63,34 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
+        Self::read(path, true)
+    }
+
+    /// Any safetensors file (one written by PyTorch's `safetensors.torch.save_file`, say): its
+    /// tensors (f32, i32, bf16) and metadata, with no codistill checksum required (one present is
+    /// still checked).
+    pub fn load_plain(path: &Path) -> Result<Checkpoint> {
+        Self::read(path, false)
+    }
+
+    fn read(path: &Path, ours: bool) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |what: String| Error::Invalid(format!("{}: not a usable checkpoint: {what}", path.display()));
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e} (the file is truncated or corrupted)")))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let mut meta: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
-        let Some(want) = meta.remove(CHECKSUM_KEY) else {
-            return Err(bad("it has no codistill checksum (not written by codistill?)".into()));
-        };
+        let want = meta.remove(CHECKSUM_KEY);
+        if want.is_none() && ours {
+            return Err(bad("it has no codistill checksum (not written by codistill? a PyTorch state dict goes through `codistill import`)".into()));
+        }
         let mut tensors = BTreeMap::new();
         let mut named: Vec<(String, TensorView)> = st.tensors();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let got = checksum(named.iter().map(|(n, v)| (n, v.shape(), v.data())));
-        if got != want {
-            return Err(bad(format!("checksum {got} does not match the recorded {want}: the file is corrupted")));
+        if let Some(want) = want {
+            let got = checksum(named.iter().map(|(n, v)| (n, v.shape(), v.data())));
+            if got != want {
+                return Err(bad(format!("checksum {got} does not match the recorded {want}: the file is corrupted")));
+            }
         }
         for (name, v) in named {
             let t = match v.dtype() {

@@ -57,6 +57,20 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(Command::new("info").about("Print the build: version, backends and CPU threads"))
         .subcommand(
+            Command::new("export")
+                .about("Write a checkpoint's weights as a PyTorch state dict (safetensors; the names and layouts of docs/pytorch.md)")
+                .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A language- or click-model checkpoint"))
+                .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("The state dict to write (.safetensors)")),
+        )
+        .subcommand(
+            Command::new("import")
+                .about("Turn a PyTorch state dict (safetensors, the names and layouts of docs/pytorch.md) into a checkpoint every command takes as a model or teacher")
+                .arg(Arg::new("task").long("task").value_name("lm|criteo").required(true).help("What the state dict is: a language model or a click model"))
+                .arg(Arg::new("state").long("state").value_name("FILE").required(true).help("The state dict (.safetensors)"))
+                .arg(Arg::new("vocab").long("vocab").value_name("FILE").help("Language models: the vocabulary, the tokenizer (word or byte) on the first line, then one token a line in id order [default: the state dict's vocab metadata]"))
+                .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("The checkpoint to write")),
+        )
+        .subcommand(
             Command::new("lm")
                 .about("LSTM language models")
                 .subcommand_required(true)
@@ -302,6 +316,30 @@ fn run(m: &ArgMatches) -> Result<()> {
                     println!("cuda: kernels built in (ptx/), {n} device(s), cuda:0 = {name}; the trainers use it with --device auto (the default) or cuda");
                 }
             }
+            Ok(())
+        }
+        Some(("export", a)) => {
+            let (ckpt, out) =
+                (PathBuf::from(a.get_one::<String>("checkpoint").expect("required")), PathBuf::from(a.get_one::<String>("out").expect("required")));
+            let what = codistill::tasks::pytorch::export(&ckpt, &out)?;
+            println!("wrote {} as a PyTorch state dict ({what}) to {}", ckpt.display(), out.display());
+            Ok(())
+        }
+        Some(("import", a)) => {
+            let state = PathBuf::from(a.get_one::<String>("state").expect("required"));
+            let out = PathBuf::from(a.get_one::<String>("out").expect("required"));
+            let shape = match a.get_one::<String>("task").map(String::as_str) {
+                Some("lm") => {
+                    let c = codistill::tasks::pytorch::import_lm(&state, a.get_one::<String>("vocab").map(Path::new), &out)?;
+                    format!("language model: embedding {}, {} LSTM layer(s) of {}", c.emb_dim, c.layers, c.hidden)
+                }
+                Some("criteo") => {
+                    let c = codistill::tasks::pytorch::import_ctr(&state, &out)?;
+                    format!("click model: {} buckets, embedding {}, MLP {}", c.buckets, c.emb_dim, c.mlp)
+                }
+                other => return Err(codistill::Error::Invalid(format!("--task must be lm or criteo, got {other:?}"))),
+            };
+            println!("wrote {} ({shape}) from {}", out.display(), state.display());
             Ok(())
         }
         Some(("lm", sub)) => match sub.subcommand() {

@@ -1,7 +1,7 @@
 //! Modules: each owns parameter *names* and shapes; the values live in a `ParamStore`, so a model
 //! is a store plus a small description, and a checkpoint is the store. Initialisation follows
 //! PyTorch's defaults unless a comment says otherwise. Weight layouts are `[in, out]` (the forward
-//! is `x @ W`); the checkpoint exporter transposes where PyTorch's layout differs.
+//! is `x @ W`); `codistill export` (tasks::pytorch) transposes where PyTorch's layout differs.
 
 use crate::autograd::{Graph, Var};
 use crate::params::ParamStore;
@@ -86,11 +86,13 @@ impl LstmState {
     }
 }
 
+/// One LSTM layer's parameter names: `w_ih [in, 4H]`, `w_hh [H, 4H]`, one bias `[4H]`, gates
+/// i, f, g, o.
 #[derive(Clone, Debug)]
-struct LstmLayer {
-    w_ih: String,
-    w_hh: String,
-    bias: String,
+pub struct LstmLayer {
+    pub w_ih: String,
+    pub w_hh: String,
+    pub bias: String,
 }
 
 /// A multi-layer LSTM over whole sequences, with dropout between layers. Weights uniform in
@@ -122,6 +124,11 @@ impl Lstm {
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Each layer's parameter names, bottom up.
+    pub fn layers(&self) -> &[LstmLayer] {
+        &self.layers
     }
 
     /// `x [T*B, input]` time-major; returns the top layer's outputs `[T*B, H]` and the new state.

@@ -5,3 +5,4 @@
 
 pub mod ctr;
 pub mod lm;
+pub mod pytorch;
