@@ -294,6 +294,12 @@ fn experiment_writes_curves_plots_and_a_report() {
     (c.models, c.eval_every, c.synthetic_rows, c.independent_control) = (2, 50, 60_000, true);
     let report = codistill::train::experiment::criteo_experiment(&c).unwrap();
     assert!(report.contains("baseline: best validation loss") && report.contains("codistilled model 1"), "{report}");
+    // The last line says what the run found: models that reached the baseline, churn, ensembles.
+    let last = report.lines().last().unwrap();
+    assert!(
+        last.starts_with("In short: ") && last.contains("codistilled models reached the baseline's best") && last.contains("churn within the pair"),
+        "{last}"
+    );
     // The control: the same two models without the term, their ensemble and churn.
     for line in ["independent model 1: final", "ensemble of the independent models", "churn between independent models 0 and 1"] {
         assert!(report.contains(line), "no {line:?} in\n{report}");

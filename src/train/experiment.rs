@@ -85,9 +85,38 @@ fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], groups: &
             report.push_str(&format!("churn between {} models 0 and 1: {ch:.5}\n", g.label));
         }
     }
+    report.push_str(&summary(best, groups));
     plot_curves(&out.join("curves"), title, "steps per model", y_label, &series, &refs)?;
     write_atomic(&out.join("report.txt"), report.as_bytes())?;
     Ok(report)
+}
+
+/// The report's last line: what the run found, in one sentence.
+fn summary(best: &CurvePoint, groups: &[Group]) -> String {
+    let mut parts = Vec::new();
+    for g in groups {
+        let models: std::collections::BTreeSet<usize> = g.curves.iter().map(|p| p.model).collect();
+        let reached: Vec<f64> = models
+            .iter()
+            .filter_map(|m| g.curves.iter().filter(|p| p.model == *m).find(|p| p.loss <= best.loss).map(|p| p.step as f64 / best.step as f64))
+            .collect();
+        let at = match (reached.iter().cloned().reduce(f64::min), reached.iter().cloned().reduce(f64::max)) {
+            (Some(lo), Some(hi)) if lo == hi => format!(" (at {lo:.2} of its steps)"),
+            (Some(lo), Some(hi)) => format!(" (at {lo:.2}-{hi:.2} of its steps)"),
+            _ => String::new(),
+        };
+        parts.push(format!("{} of {} {} models reached the baseline's best{at}", reached.len(), models.len(), g.label));
+    }
+    let mut text = format!("In short: {}", parts.join(", "));
+    if let [co, ind, ..] = groups {
+        if let (Some(a), Some(b)) = (co.churn, ind.churn) {
+            text.push_str(&format!("; churn within the pair {a:.4} {} against {b:.4} {} ({:+.0}%)", co.label, ind.label, 100.0 * (a / b - 1.0)));
+        }
+        if let (Some(a), Some(b)) = (co.ensemble, ind.ensemble) {
+            text.push_str(&format!("; ensembles {a:.5} and {b:.5}"));
+        }
+    }
+    text + ".\n"
 }
 
 /// The experiment's baseline is a model trained on the labels alone; fixed teachers would make it
