@@ -25,6 +25,11 @@
 #             dropout BROWN_DROPOUT, 0, so that the baseline overfits), then the table of
 #             scripts/brown_codistill_experiments.sh; needs device-bin/brown (scripts/gpu_build.sh).
 #             Last in the default order: on a session whose kernel stages are done, STAGES=brown.
+#   regime    issue 24's regime map on the GPU (scripts/regime_map.sh): width REGIME_WIDTHS (512),
+#             batch 256 sequences, 1,000 steps on a 20M-token never-repeating stream, seeds 1 and 2:
+#             one model at B and 2B, codistilled pairs at burn-in 10% and 40%, the independent pair,
+#             the noise scale over training. Sized (an estimate from the H100 LM rates, not measured
+#             on an H200) to fit its 480 s cap; not in the default order: STAGES=regime.
 # Usage there: bash scripts/gpu_remote.sh   (device call: carry ["device-bin"], timeout_s 600;
 # BUDGET defaults to 540 s, which leaves the call's limit room to pack and return).
 set -uo pipefail
@@ -183,6 +188,16 @@ if want brown; then
   else
     note "SKIP    brown (no device-bin/brown: scripts/gpu_build.sh copies ../shared/data/brown there)"
   fi
+fi
+if want regime; then
+  note "== issue 24's regime map on the GPU"
+  step regime 480 "BIN=device-bin/codistill DEVICE=cuda WIDTHS='${REGIME_WIDTHS:-512}' BATCH=256 STEPS=1000 TOKENS=20000000 SEEDS='1 2' LR=0.008 \
+    bash scripts/regime_map.sh /tmp/regime-gpu" || why regime 20
+  tail -12 "$LOGS/regime.log" | tee -a "$SUMMARY"
+  for f in /tmp/regime-gpu/w*/*/metrics.jsonl /tmp/regime-gpu/w*/noise.jsonl; do
+    [ -f "$f" ] && cp "$f" "$LOGS/regime-$(echo "${f#/tmp/regime-gpu/}" | tr / -)"
+  done
+  pack
 fi
 note "== done in $((SECONDS - T0)) s of $BUDGET, status $status"
 pack
