@@ -57,6 +57,11 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(Command::new("info").about("Print the build: version, backends and CPU threads"))
         .subcommand(
+            Command::new("completions")
+                .about("Print a shell completion script (e.g. codistill completions bash > /etc/bash_completion.d/codistill)")
+                .arg(Arg::new("shell").value_name("bash|zsh|fish|elvish|powershell").required(true).help("The shell")),
+        )
+        .subcommand(
             Command::new("export")
                 .about("Write a checkpoint's weights as a PyTorch state dict (safetensors; the names and layouts of docs/pytorch.md)")
                 .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A language- or click-model checkpoint"))
@@ -316,6 +321,12 @@ fn run(m: &ArgMatches) -> Result<()> {
                     println!("cuda: kernels built in (ptx/), {n} device(s), cuda:0 = {name}; the trainers use it with --device auto (the default) or cuda");
                 }
             }
+            Ok(())
+        }
+        Some(("completions", a)) => {
+            let shell: clap_complete::Shell =
+                a.get_one::<String>("shell").expect("required").parse().map_err(|e: String| codistill::Error::Invalid(format!("completions: {e}")))?;
+            clap_complete::generate(shell, &mut cli(), "codistill", &mut std::io::stdout());
             Ok(())
         }
         Some(("export", a)) => {
