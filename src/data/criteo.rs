@@ -333,8 +333,15 @@ pub fn cached(path: &Path, buckets: usize, on_bad: OnBadLine, cache_dir: &Path) 
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, file);
             let mut rec = [0u32; RECORD_WORDS];
+            // A line on stderr every 10 s while a large file is preprocessed (minutes for a real log).
+            let (t0, mut said, mut n) = (std::time::Instant::now(), 0u64, 0u64);
             let stats = read_rows(path, on_bad, |row| {
                 encode_record(&row, buckets, &mut rec);
+                n += 1;
+                if n.is_multiple_of(65_536) && t0.elapsed().as_secs() >= said + 10 {
+                    said = t0.elapsed().as_secs();
+                    eprintln!("preprocessing {}: {n} rows so far ({:.0} rows/s)", path.display(), n as f64 / t0.elapsed().as_secs_f64());
+                }
                 w.write_all(bytemuck::cast_slice(&rec)).map_err(|e| Error::io(&tmp, e))
             });
             let stats = match stats {
