@@ -56,6 +56,10 @@ fn finish(out: &Path, title: &str, y_label: &str, base: &[CurvePoint], groups: &
     let mut series = vec![Series { name: "baseline (1 model, all data)".into(), points: base.iter().map(|p| (p.step as f64, p.loss)).collect() }];
     let mut report =
         format!("{title}\nbaseline: best validation loss {:.5} at step {} of {}\n", best.loss, best.step, base.last().map(|p| p.step).unwrap_or(0));
+    // What no model can beat (the hidden click model, the source's entropy).
+    for r in &refs {
+        report.push_str(&format!("{}: {:.5} (the floor: the baseline's best is {:+.2}% above it)\n", r.name, r.y, 100.0 * (best.loss / r.y - 1.0)));
+    }
     for g in groups {
         let models: std::collections::BTreeSet<usize> = g.curves.iter().map(|p| p.model).collect();
         for m in &models {
