@@ -73,6 +73,7 @@ impl Task for Mixture {
     type Eval = Eval;
     type Summary = Vec<(f64, f64)>;
     const NAME: &'static str = "mixture";
+    const TITLE: &'static str = "Mixture";
     const WHAT: &'static str = "a mixture classifier";
     const FORMAT: &'static str = "mixture-example-v1";
     const PREFIX: &'static str = "mix";

@@ -5,7 +5,7 @@
 //! `out/curves.png` and `out/curves.svg`, and `out/report.txt`.
 
 use super::plot::{plot_curves, Reference, Series};
-use super::{criteo, lm};
+use super::{criteo, lm, RunConfig, RunOptions, Score, Task};
 use crate::data::text::write_atomic;
 use crate::{Error, Result};
 use serde_json::{json, Value};
@@ -123,104 +123,89 @@ fn summary(best: &CurvePoint, groups: &[Group]) -> String {
     text + ".\n"
 }
 
-/// The experiment's baseline is a model trained on the labels alone; fixed teachers would make it
-/// a distilled model and the comparison something else.
-fn no_fixed_teachers(t: &crate::config::Paths) -> Result<()> {
-    if !t.is_empty() {
+/// Baseline and codistillation of task `T` from one config: the baseline on all the data, `max(2,
+/// models)` codistilled models on disjoint shards (each taking the baseline's steps: see
+/// [`Task::pair_config`]), and with `independent_control` the same models without the term. The
+/// curves are each run's validation `T::Eval`'s loss ([`Score::KEY`]); the floor (the hidden click
+/// model, the source's entropy) is the baseline's, from its `result.json`.
+pub fn experiment<T: Task>(cfg: &T::Config) -> Result<String> {
+    let o = cfg.run_options();
+    // The baseline is a model trained on the labels alone; fixed teachers would make it a
+    // distilled model and the comparison something else.
+    if !o.teacher.is_empty() {
         return Err(Error::Invalid(
             "experiment compares codistillation with a baseline trained on the labels alone; --teacher is for train and codistill".into(),
         ));
     }
-    Ok(())
-}
-
-/// Criteo: baseline on all rows, codistillation of `max(2, models)` models on disjoint shards,
-/// with `epochs * models` epochs each so that every model takes the same number of steps; with
-/// `independent_control`, the same models again without the term.
-pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
-    no_fixed_teachers(&cfg.teacher)?;
-    let mut base = cfg.clone();
-    (base.models, base.world, base.out) = (1, 1, cfg.out.join("baseline"));
-    if base.eval_every == 0 {
-        base.eval_every = 200;
-    }
-    let mut co = base.clone();
-    co.models = cfg.models.max(2);
-    co.epochs = cfg.epochs * co.models;
-    co.out = cfg.out.join("codistill");
-    let ind = cfg.independent_control.then(|| criteo::CriteoConfig {
-        distill_lambda: 0.0,
-        alpha: 0.0,
-        distill_weight: None,
-        out: cfg.out.join("independent"),
-        ..co.clone()
+    let with = |f: &dyn Fn(&mut RunOptions)| {
+        let mut c = cfg.clone();
+        let mut r = o.clone();
+        f(&mut r);
+        c.set_run_options(&r);
+        c
+    };
+    // A curve needs points: without eval_every, every 200 steps.
+    let eval_every = if o.eval_every == 0 { 200 } else { o.eval_every };
+    let base = with(&|r| (r.models, r.world, r.out, r.eval_every) = (1, 1, o.out.join("baseline"), eval_every));
+    let models = o.models.max(2);
+    let mut co = with(&|r| (r.models, r.world, r.out, r.eval_every) = (models, 1, o.out.join("codistill"), eval_every));
+    T::pair_config(&mut co, models);
+    let ind = o.independent_control.then(|| {
+        let mut c = co.clone();
+        let mut r = c.run_options();
+        (r.distill_lambda, r.alpha, r.distill_weight, r.out) = (0.0, 0.0, None, o.out.join("independent"));
+        c.set_run_options(&r);
+        c
     });
+    let key = <T::Eval as Score>::KEY;
     eprintln!("experiment: baseline");
-    let b = criteo::train(&base)?;
-    eprintln!("experiment: codistillation of {} models", co.models);
-    let c = criteo::train(&co)?;
-    let mut groups = vec![Group {
-        label: "codistilled",
-        curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "log_loss")?,
-        ensemble: c.ensemble.map(|e| e.log_loss),
-        churn: c.churn,
-    }];
+    super::train::<T>(&base)?;
+    eprintln!("experiment: codistillation of {models} models");
+    super::train::<T>(&co)?;
+    let mut groups = vec![group::<T>(&co, "codistilled", "codistill")?];
     if let Some(ind) = &ind {
-        eprintln!("experiment: the same {} models without the term (the control)", ind.models);
-        let i = criteo::train(ind)?;
-        groups.push(Group {
-            label: "independent",
-            curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "log_loss")?,
-            ensemble: i.ensemble.map(|e| e.log_loss),
-            churn: i.churn,
-        });
+        eprintln!("experiment: the same {models} models without the term (the control)");
+        super::train::<T>(ind)?;
+        groups.push(group::<T>(ind, "independent", "independent")?);
     }
-    let refs = b.valid_truth.map(|t| vec![Reference { name: "hidden model".into(), y: t.bayes_log_loss }]).unwrap_or_default();
+    let path = o.out.join("baseline/result.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let result: Value = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let refs = match (result["floor_name"].as_str(), result["floor"].as_f64()) {
+        (Some(name), Some(y)) => vec![Reference { name: name.into(), y }],
+        _ => Vec::new(),
+    };
+    let what = key.replace('_', "-");
     finish(
-        &cfg.out,
-        "Criteo: validation log-loss, baseline vs codistillation",
-        "validation log-loss",
-        &read_curves(&base.out.join("metrics.jsonl"), "baseline", "log_loss")?,
+        &o.out,
+        &format!("{}: validation {what}, baseline vs codistillation", T::TITLE),
+        &format!("validation {what}"),
+        &read_curves(&o.out.join("baseline/metrics.jsonl"), "baseline", key)?,
         &groups,
         refs,
     )
 }
 
-/// Language model: baseline on the whole stream, codistillation of `max(2, models)` models on
-/// disjoint shards, the same `steps` each; with `independent_control`, the same models again
-/// without the term.
+/// A run's curves, and its ensemble and churn (the `ensemble` event at the end).
+fn group<T: Task>(cfg: &T::Config, label: &'static str, run: &str) -> Result<Group<'static>> {
+    let metrics = cfg.run_options().out.join("metrics.jsonl");
+    let key = <T::Eval as Score>::KEY;
+    let text = std::fs::read_to_string(&metrics).map_err(|e| Error::io(&metrics, e))?;
+    let end = text.lines().rev().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["event"] == "ensemble");
+    Ok(Group {
+        label,
+        curves: read_curves(&metrics, run, key)?,
+        ensemble: end.as_ref().and_then(|e| e[key].as_f64()),
+        churn: end.as_ref().and_then(|e| e["churn"].as_f64()),
+    })
+}
+
+/// Click models: [`experiment`] of [`criteo::CtrTask`].
+pub fn criteo_experiment(cfg: &criteo::CriteoConfig) -> Result<String> {
+    experiment::<criteo::CtrTask>(cfg)
+}
+
+/// Language models: [`experiment`] of [`lm::LmTask`].
 pub fn lm_experiment(cfg: &lm::LmConfig) -> Result<String> {
-    no_fixed_teachers(&cfg.teacher)?;
-    let mut base = cfg.clone();
-    (base.models, base.world, base.out) = (1, 1, cfg.out.join("baseline"));
-    let mut co = base.clone();
-    co.models = cfg.models.max(2);
-    co.out = cfg.out.join("codistill");
-    let ind =
-        cfg.independent_control.then(|| lm::LmConfig { distill_lambda: 0.0, alpha: 0.0, distill_weight: None, out: cfg.out.join("independent"), ..co.clone() });
-    eprintln!("experiment: baseline");
-    let b = lm::train(&base)?;
-    eprintln!("experiment: codistillation of {} models", co.models);
-    let c = lm::train(&co)?;
-    let mut groups =
-        vec![Group { label: "codistilled", curves: read_curves(&co.out.join("metrics.jsonl"), "codistill", "loss")?, ensemble: c.ensemble_valid, churn: None }];
-    if let Some(ind) = &ind {
-        eprintln!("experiment: the same {} models without the term (the control)", ind.models);
-        let i = lm::train(ind)?;
-        groups.push(Group {
-            label: "independent",
-            curves: read_curves(&ind.out.join("metrics.jsonl"), "independent", "loss")?,
-            ensemble: i.ensemble_valid,
-            churn: None,
-        });
-    }
-    let refs = b.floors.map(|f| vec![Reference { name: "source entropy".into(), y: f.valid }]).unwrap_or_default();
-    finish(
-        &cfg.out,
-        "Language model: validation cross-entropy, baseline vs codistillation",
-        "validation loss (nats/token)",
-        &read_curves(&base.out.join("metrics.jsonl"), "baseline", "loss")?,
-        &groups,
-        refs,
-    )
+    experiment::<lm::LmTask>(cfg)
 }

@@ -24,6 +24,8 @@ use std::time::Instant;
 /// Validation figures of one model: the loss the run keeps its best checkpoint by, and the
 /// fields of its metrics line.
 pub trait Score {
+    /// The field of [`fields`](Self::fields) that is [`loss`](Self::loss) (experiment curves).
+    const KEY: &'static str = "loss";
     /// Lower is better (the best checkpoint is the lowest).
     fn loss(&self) -> f64;
     /// The figures as a JSON object, in the order a metrics line shows them.
@@ -72,6 +74,8 @@ pub trait Task: Sized {
 
     /// The command's name, in messages (`lm`, `criteo`).
     const NAME: &'static str;
+    /// The task in a title (`Language model`).
+    const TITLE: &'static str;
     /// What a checkpoint of the task is, in messages (`a language model`).
     const WHAT: &'static str;
     /// The checkpoint format.
@@ -177,6 +181,14 @@ pub trait Task: Sized {
     /// form (a temperature).
     fn compat(&self) -> (String, String) {
         (String::new(), String::new())
+    }
+    /// An experiment's codistilled models, each on 1/`models` of the data, against a baseline on all
+    /// of it: what makes each take the baseline's steps (a click model's epochs times `models`;
+    /// nothing where the run's length is in steps).
+    fn pair_config(_cfg: &mut Self::Config, _models: usize) {}
+    /// What no model can beat, for `result.json` and experiment plots: (name, validation loss).
+    fn floor(&self) -> Option<(&'static str, f64)> {
+        None
     }
     /// The run's size in the opening line.
     fn describe(&self, _first: &Self::Stream, epoch_steps: u64, total_steps: u64) -> String {
@@ -683,6 +695,10 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     let run = Finished { steps: step, members, ensemble, items, train_secs, exchange_wait, started };
     let (summary, fields) = task.finish(&mut log, &run)?;
     let result = event(json!({"run": log.run(), "steps": step, "models": run.members.len(), "teachers": fixed.len()}), fields);
+    let result = match task.floor() {
+        Some((name, y)) => event(result, json!({"floor_name": name, "floor": y})),
+        None => result,
+    };
     let result = event(
         result,
         json!({

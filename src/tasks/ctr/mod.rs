@@ -131,6 +131,7 @@ pub struct ClickScore {
 }
 
 impl Score for ClickScore {
+    const KEY: &'static str = "log_loss";
     fn loss(&self) -> f64 {
         self.eval.log_loss
     }
@@ -205,6 +206,7 @@ impl Task for CtrTask {
     type Eval = ClickScore;
     type Summary = CriteoSummary;
     const NAME: &'static str = "criteo";
+    const TITLE: &'static str = "Criteo";
     const WHAT: &'static str = "a click model";
     const FORMAT: &'static str = config::FORMAT;
     const PREFIX: &'static str = "ctr";
@@ -373,6 +375,14 @@ impl Task for CtrTask {
 
     fn compat(&self) -> (String, String) {
         (format!("buckets={};emb_dim={};mlp={}", self.cfg.buckets, self.cfg.emb_dim, self.cfg.mlp), String::new())
+    }
+
+    fn pair_config(cfg: &mut CriteoConfig, models: usize) {
+        cfg.epochs *= models;
+    }
+
+    fn floor(&self) -> Option<(&'static str, f64)> {
+        self.data.valid_truth.filter(|_| self.cfg.eval_rows == 0).map(|t| ("hidden model", t.bayes_log_loss))
     }
 
     fn describe(&self, first: &CtrStream, _epoch_steps: u64, total: u64) -> String {

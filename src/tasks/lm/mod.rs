@@ -162,6 +162,7 @@ impl Task for LmTask {
     type Eval = LmScore;
     type Summary = LmSummary;
     const NAME: &'static str = "lm";
+    const TITLE: &'static str = "Language model";
     const WHAT: &'static str = "a language model";
     const FORMAT: &'static str = config::FORMAT;
     const PREFIX: &'static str = "lm";
@@ -381,6 +382,10 @@ impl Task for LmTask {
             format!("vocab={:016x};emb_dim={};hidden={};layers={}", self.data.vocab.fingerprint(), c.emb_dim, c.hidden, c.layers),
             format!(";temperature={}", c.temperature),
         )
+    }
+
+    fn floor(&self) -> Option<(&'static str, f64)> {
+        self.data.floors.map(|f| ("source entropy", f.valid))
     }
 
     fn describe(&self, _first: &LmStream, epoch_steps: u64, _total: u64) -> String {
