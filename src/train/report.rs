@@ -258,6 +258,64 @@ impl PeerWait {
     }
 }
 
+/// The metrics formats of `--log-format`: whether CSV files are wanted (jsonl is always written);
+/// an unknown format is an error naming it.
+pub(crate) fn wants_csv(formats: &str) -> Result<bool> {
+    let mut csv = false;
+    for f in formats.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        match f {
+            "jsonl" => {}
+            "csv" => csv = true,
+            other => bail!(Invalid, "--log-format: {other:?} is not a metrics format (jsonl, csv)"),
+        }
+    }
+    Ok(csv)
+}
+
+/// `<event>.csv` for each kind of event in `dir/metrics.jsonl` (train, valid, test, teacher, ...):
+/// one column per key in the order first seen, one row per event, missing and null values empty.
+pub fn write_csv(dir: &Path) -> Result<()> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    // Per kind of event: its name, its columns, its rows.
+    type Kind = (String, Vec<String>, Vec<serde_json::Map<String, Value>>);
+    let mut kinds: Vec<Kind> = Vec::new();
+    for line in text.lines() {
+        let Ok(Value::Object(e)) = serde_json::from_str::<Value>(line) else { continue };
+        let kind = e.get("event").and_then(Value::as_str).unwrap_or("other").to_string();
+        let at = match kinds.iter().position(|k| k.0 == kind) {
+            Some(i) => i,
+            None => {
+                kinds.push((kind, Vec::new(), Vec::new()));
+                kinds.len() - 1
+            }
+        };
+        let (_, cols, rows) = &mut kinds[at];
+        for k in e.keys().filter(|k| *k != "event") {
+            if !cols.contains(k) {
+                cols.push(k.clone());
+            }
+        }
+        rows.push(e);
+    }
+    for (kind, cols, rows) in kinds {
+        let cell = |v: Option<&Value>| match v {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) if s.contains([',', '"', '\n']) => format!("\"{}\"", s.replace('"', "\"\"")),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) => format!("\"{}\"", a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")),
+            Some(v) => v.to_string(),
+        };
+        let mut csv = cols.join(",") + "\n";
+        for r in &rows {
+            csv.push_str(&cols.iter().map(|c| cell(r.get(c))).collect::<Vec<_>>().join(","));
+            csv.push('\n');
+        }
+        write_atomic(&dir.join(format!("{kind}.csv")), csv.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// A progress bar over `total` steps (hidden when stderr is not a terminal), at `start`.
 pub(crate) fn progress(total: u64, start: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);
@@ -271,6 +329,25 @@ pub(crate) fn progress(total: u64, start: u64) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_files_have_one_column_per_key_and_quote_what_needs_it() {
+        let dir = crate::testdir::Scratch::new("train", "csv");
+        let mut log = MetricsLog::start(&dir.join("metrics.jsonl"), None).unwrap();
+        log.write(json!({"event": "train", "step": 1, "loss": 0.5})).unwrap();
+        log.write(json!({"event": "valid", "step": 1, "model": 0, "loss": f64::NAN})).unwrap();
+        log.write(json!({"event": "train", "step": 2, "loss": 0.25, "note": "a, \"b\""})).unwrap();
+        write_csv(&dir).unwrap();
+        let train = std::fs::read_to_string(dir.join("train.csv")).unwrap();
+        let lines: Vec<&str> = train.lines().collect();
+        assert_eq!(lines[0], "step,loss,time,run,note");
+        assert!(lines[1].starts_with("1,0.5,") && lines[1].ends_with(','), "{train}");
+        assert!(lines[2].starts_with("2,0.25,") && lines[2].ends_with(r#","a, ""b""""#), "{train}");
+        let valid = std::fs::read_to_string(dir.join("valid.csv")).unwrap();
+        assert!(valid.lines().nth(1).unwrap().starts_with("1,0,,"), "{valid}");
+        assert!(wants_csv("jsonl,csv").unwrap() && !wants_csv("jsonl").unwrap());
+        assert!(wants_csv("jsonl,tensorboard").unwrap_err().to_string().contains("tensorboard"));
+    }
 
     #[test]
     fn metrics_lines_keep_their_order_and_null_non_finite_numbers() {

@@ -387,6 +387,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     if o.models > 1 && o.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
+    let csv = super::report::wants_csv(&o.log_format)?;
     let task = T::prepare(&cfg, &Setup { dev, total_models, run: &o })?;
     let has_teachers = total_models > 1 || !o.teacher.is_empty();
     let schedule = CodistillSchedule {
@@ -710,5 +711,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         }),
     );
     write_result(&o.out.join("result.json"), &result)?;
+    if csv {
+        super::report::write_csv(&o.out)?;
+    }
     Ok(summary)
 }
