@@ -17,7 +17,7 @@ pub use options::{DeviceChoice, OptimizerChoice, RunConfig, RunOptions};
 pub use report::{write_result, MetricsLog, StepTimes};
 pub use run::scaled;
 pub(crate) use run::{checkpoint_config, load_weights};
-pub use run::{train, ConfigOf, Finished, Member, Score, Setup, Task, TeacherRef};
+pub use run::{train, Finished, Member, Score, Setup, Task, TeacherRef};
 
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;

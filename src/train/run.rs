@@ -213,9 +213,6 @@ pub trait Task: Sized {
     fn finish(&self, log: &mut MetricsLog, run: &Finished<Self>) -> Result<(Self::Summary, Value)>;
 }
 
-/// The config of a task, as [`train`] takes it.
-pub type ConfigOf<T> = <T as Task>::Config;
-
 /// One model of a run: its weights, optimizer, stream, carried states and records.
 pub struct Member<T: Task> {
     /// Global model index: shard and exchange rank.
