@@ -315,6 +315,7 @@ fn experiment_writes_curves_plots_and_a_report() {
     // distill_lambda 0, bitwise (and the codistilled run is that run with the term on).
     let mut direct = c.clone();
     (direct.models, direct.world, direct.epochs, direct.distill_lambda, direct.eval_every, direct.out) = (2, 1, 2 * c.epochs, 0.0, 50, d.join("direct"));
+    direct.independent_control = false; // an option of experiment, which train refuses
     criteo::train(&direct).unwrap();
     for k in 0..2 {
         let name = format!("checkpoint-{k}.safetensors");
@@ -354,6 +355,7 @@ fn language_model_experiment_reports_against_the_source_entropy() {
     // distill_lambda 0, and one model on the whole stream.
     let mut direct = c.clone();
     (direct.models, direct.world, direct.distill_lambda, direct.out) = (2, 1, 0.0, d.join("direct"));
+    direct.independent_control = false; // an option of experiment, which train refuses
     codistill::train::lm::train(&direct).unwrap();
     for k in 0..2 {
         let name = format!("model-{k}/checkpoint.safetensors");

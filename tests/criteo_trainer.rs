@@ -251,3 +251,14 @@ fn noise_scale_of_click_checkpoints() {
     let e = noise_scale::<CtrTask>(&d.join("late/checkpoint.safetensors"), 1, dev).unwrap_err().to_string();
     assert!(e.contains("--batches") && e.contains("at least 2"), "{e}");
 }
+
+/// An option that train would ignore is refused: the independent control belongs to experiment.
+#[test]
+fn train_refuses_the_experiments_independent_control() {
+    let d = tmp("ind");
+    let mut c = CriteoConfig::default();
+    (c.cache, c.out, c.device, c.independent_control) = (d.join("cache"), d.join("out"), codistill::train::DeviceChoice::Cpu, true);
+    let e = criteo::train(&c).unwrap_err().to_string();
+    assert!(e.contains("independent_control") && e.contains("experiment"), "{e}");
+    assert!(!d.join("out/metrics.jsonl").exists());
+}

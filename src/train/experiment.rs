@@ -139,7 +139,8 @@ pub fn experiment<T: Task>(cfg: &T::Config) -> Result<String> {
     }
     let with = |f: &dyn Fn(&mut RunOptions)| {
         let mut c = cfg.clone();
-        let mut r = o.clone();
+        // The runs themselves are trainings: the control is this function's to train.
+        let mut r = RunOptions { independent_control: false, ..o.clone() };
         f(&mut r);
         c.set_run_options(&r);
         c

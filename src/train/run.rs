@@ -381,6 +381,12 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     if !o.teacher.is_empty() && o.label_smoothing > 0.0 {
         bail!(Invalid, "label_smoothing is the control for distillation; use it or --teacher, not both");
     }
+    if o.independent_control {
+        bail!(
+            Invalid,
+            "independent_control is an option of experiment (it trains the control pair beside the codistilled one); train and codistill would ignore it"
+        );
+    }
     if o.models > 1 && o.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
