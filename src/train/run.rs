@@ -674,7 +674,11 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 save(&task, &path, m, step, true)?;
                 if o.keep_checkpoints {
                     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("checkpoint");
-                    save(&task, &path.with_file_name(format!("{stem}-step{step}.safetensors")), m, step, true)?;
+                    // A copy of the file just written (serialising the model again would cost as much).
+                    let snapshot = path.with_file_name(format!("{stem}-step{step}.safetensors"));
+                    // Under a temporary name, then renamed: a kill leaves no half snapshot.
+                    let tmp = crate::data::text::write_temp_name(&snapshot);
+                    std::fs::copy(&path, &tmp).and_then(|_| std::fs::rename(&tmp, &snapshot)).map_err(|e| Error::io(&snapshot, e))?;
                 }
             }
         }

@@ -21,7 +21,7 @@ use crate::params::ParamStore;
 use crate::tensor::{Device, Tensor};
 use crate::train::{Finished, MetricsLog, Score, Setup, Task, TeacherRef};
 use crate::{bail, Error, Result, Rng};
-use score::{auc, calibration, churn, log_loss};
+use score::churn;
 use serde_json::{json, Value};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -368,7 +368,7 @@ impl Task for CtrTask {
             }
         }
         let y: Vec<f32> = (r.start..self.valid_end(&r)).map(|i| c.label(i)).collect();
-        let eval = ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) };
+        let eval = ClickEval::of(&p, &y);
         let ch = churn(&evals[0].p, &evals[1].p)?;
         Ok(Some((ClickScore { eval, p }, Some(ch))))
     }
@@ -465,7 +465,7 @@ pub fn eval_checkpoints(paths: &[PathBuf], file: &Path, against: Option<&Path>, 
     }
     let data = data.expect("at least one checkpoint");
     let y: Vec<f32> = (0..data.rows()).map(|i| data.label(i)).collect();
-    let ev = ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) };
+    let ev = ClickEval::of(&p, &y);
     let ch = match against {
         Some(other) => Some(churn(&p, &predict(other)?.0)?),
         None => None,

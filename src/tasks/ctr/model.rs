@@ -101,10 +101,17 @@ pub struct ClickEval {
     pub calibration: f64,
 }
 
+impl ClickEval {
+    /// The figures of probabilities `p` against labels `y`.
+    pub fn of(p: &[f32], y: &[f32]) -> Self {
+        ClickEval { rows: y.len(), log_loss: log_loss(p, y), auc: auc(p, y), calibration: calibration(p, y) }
+    }
+}
+
 pub fn evaluate(model: &CtrModel, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<(ClickEval, Vec<f32>)> {
     let p = model.predict(s, data, rows.clone())?;
     let y: Vec<f32> = rows.map(|i| data.label(i)).collect();
-    Ok((ClickEval { rows: y.len(), log_loss: log_loss(&p, &y), auc: auc(&p, &y), calibration: calibration(&p, &y) }, p))
+    Ok((ClickEval::of(&p, &y), p))
 }
 
 /// A checkpoint's config and weights in a fresh model (on the CPU).
