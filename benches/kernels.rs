@@ -14,12 +14,12 @@
 //! once), so their column reads as bytes/s: embedding gather and scatter-add, the fused LSTM cell,
 //! the fused softmax-KL loss (student, teachers and gradient), and the Adam update.
 
-use codistill::ops::bf16gemm::{gemm_bf16_cpu, Bf16B};
 use codistill::ops::embedding::{gather_cpu, scatter_add_cpu};
 use codistill::ops::lstm::{cell_backward_cpu, cell_forward_cpu, layer_backward, layer_forward};
+use codistill::ops::matmul::bf16gemm::{gemm_bf16_cpu, Bf16B};
 use codistill::ops::matmul::gemm_cpu;
+use codistill::ops::matmul::packed::PackedB;
 use codistill::ops::optim::adam_cpu;
-use codistill::ops::packed::PackedB;
 use codistill::ops::softmax_kl::{softmax_kl_cpu, DistillParams};
 use codistill::{Rng, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -56,7 +56,7 @@ fn matmul(c: &mut Criterion) {
             bch.iter(|| unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, out.as_mut_ptr(), n as isize, 1) })
         });
     }
-    // The LSTM's per-step products with the right-hand side packed once (ops::packed), against the
+    // The LSTM's per-step products with the right-hand side packed once (ops::matmul::packed), against the
     // same product through gemm_cpu: gates += h @ W_hh and dh = dgates @ W_hh^T.
     for &(batch, hidden) in &[(64, 1024), (32, 256), (20, 650)] {
         let w = rng.normal_vec(hidden * 4 * hidden, 0.05);
@@ -190,7 +190,16 @@ fn adam(c: &mut Criterion) {
 
 /// The GPU groups: the same families on the CUDA kernels, shapes as in `benches/gpu.rs`.
 mod gpu {
-    use codistill::cuda::{self, kernels as k, Gpu, GpuBuf};
+    use codistill::cuda::{self, Gpu, GpuBuf};
+
+    /// The launchers timed here, from their op folders.
+    mod k {
+        pub use codistill::ops::embedding::cuda::*;
+        pub use codistill::ops::lstm::cuda::{lstm_cell_bwd, lstm_cell_fwd};
+        pub use codistill::ops::matmul::cuda::gemm_bf16;
+        pub use codistill::ops::optim::cuda::adam;
+        pub use codistill::ops::softmax_kl::cuda::softmax_kl;
+    }
     use codistill::{DistillParams, Rng};
     use criterion::{BenchmarkId, Criterion, Throughput};
     use cudarc::driver::sys;

@@ -104,7 +104,7 @@ static CPU_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 
 /// Sets whether the CPU backend's matrix products round their operands to bf16 and accumulate in
 /// f32 (the GPU's default numerics; on a CPU with AVX-512 BF16 up to twice the f32 rate, see
-/// [`ops::bf16gemm`]) or run in f32 (exact, the default), for the whole process. The trainers set
+/// [`ops::matmul::bf16gemm`]) or run in f32 (exact, the default), for the whole process. The trainers set
 /// it from `--cpu-bf16`.
 pub fn set_cpu_bf16(on: bool) {
     CPU_BF16.store(on, std::sync::atomic::Ordering::Relaxed);

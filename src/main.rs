@@ -308,7 +308,7 @@ fn run(m: &ArgMatches) -> Result<()> {
             #[cfg(not(target_arch = "x86_64"))]
             let simd = "portable kernels";
             println!("backends: cpu ({threads} threads, {simd}; --threads sets how many a run uses)");
-            let bf16 = if codistill::ops::bf16gemm::available() {
+            let bf16 = if codistill::ops::matmul::bf16gemm::available() {
                 "AVX-512 BF16 dot products"
             } else {
                 "no AVX-512 BF16 here: rounded copies of the operands on the f32 kernels, slower than f32"

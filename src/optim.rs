@@ -1,9 +1,8 @@
 //! Optimizers over a `ParamStore`, with global-norm clipping folded into the update and learning-rate
 //! schedules. State tensors are keyed by parameter name, so they checkpoint beside the weights.
 
-use crate::cuda::{kernels as gpu, GpuBuf, GpuRange};
-use crate::ops::optim::{adagrad_cpu, adam_cpu, sgd_cpu};
-use crate::ops::reduce::{sum_squares, sum_squares_cpu};
+use crate::ops::optim::{compact_rows, update, Compact, Grad, Rule};
+use crate::ops::reduce::{sum_squares, sum_squares_cpu, sum_squares_many};
 use crate::params::{GradState, ParamStore};
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -43,8 +42,8 @@ pub fn grad_norm(store: &ParamStore) -> Result<f64> {
     Ok(norm_squared(store, &BTreeMap::new())?.sqrt())
 }
 
-/// A GPU row-sparse gradient compacted by [`compact_rows`]: (row ids, rows), by parameter name.
-type Compacted = BTreeMap<String, (GpuBuf<i32>, GpuBuf<f32>)>;
+/// GPU row-sparse gradients compacted by [`compact_rows`], by parameter name.
+type Compacted = BTreeMap<String, Compact>;
 
 /// The squared global norm, taking GPU row-sparse gradients from `compacted` where present. GPU
 /// gradients are reduced together, with one copy of the result to the host.
@@ -57,13 +56,13 @@ fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
         }
     }
     let mut s = 0.0;
-    let mut on_gpu: Vec<&dyn GpuRange<f32>> = Vec::new();
+    let mut on_gpu: Vec<&Tensor> = Vec::new();
     for (name, p) in store.iter() {
         match &p.state {
             GradState::Zero => {}
             _ if p.grad.device() != Device::Cpu => on_gpu.push(match compacted.get(name).or_else(|| local.get(name)) {
-                Some((_, g)) => g,
-                None => p.grad.cuda_f32()?,
+                Some(c) => &c.rows,
+                None => &p.grad,
             }),
             GradState::Dense => s += sum_squares(&p.grad)?,
             GradState::Rows(_) => {
@@ -73,21 +72,9 @@ fn norm_squared(store: &ParamStore, compacted: &Compacted) -> Result<f64> {
         }
     }
     if !on_gpu.is_empty() {
-        s += gpu::sum_squares_many(&on_gpu)?;
+        s += sum_squares_many(&on_gpu)?;
     }
     Ok(s)
-}
-
-/// The rows `rows` of a GPU gradient `[R, D]` gathered into `[rows.len(), D]` (the row-sparse
-/// optimizer kernels read the gradient compacted), with the row ids on the device.
-fn compact_rows(grad: &Tensor, rows: &[u32]) -> Result<(GpuBuf<i32>, GpuBuf<f32>)> {
-    let (r, d) = grad.expect_2d("row-sparse gradient")?;
-    let g = grad.cuda_f32()?;
-    let ids: Vec<i32> = rows.iter().map(|&x| x as i32).collect();
-    let ids = g.gpu().upload(&ids)?;
-    let mut out = g.gpu().alloc::<f32>(rows.len() * d)?;
-    gpu::gather(g, r, d, &ids, &mut out)?;
-    Ok((ids, out))
 }
 
 impl Optimizer {
@@ -152,9 +139,10 @@ impl Optimizer {
         let step = self.step;
         let (now, params) = store.iter_for_update();
         for (name, p) in params {
-            let nslots = match self.kind {
-                OptimizerKind::Adam { .. } => 2,
-                _ => 1,
+            let rule = match self.kind {
+                OptimizerKind::Sgd { momentum, weight_decay } => Rule::Sgd { lr, momentum, weight_decay },
+                OptimizerKind::Adagrad { eps, .. } => Rule::Adagrad { lr, eps },
+                OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => Rule::Adam { lr, beta1, beta2, eps, weight_decay, step },
             };
             let init = match self.kind {
                 OptimizerKind::Adagrad { initial_accumulator, .. } => initial_accumulator,
@@ -167,7 +155,7 @@ impl Optimizer {
             let st = match self.state.entry(name.clone()) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert((0..nslots).map(|_| Tensor::full_on(p.value.shape(), init, dev)).collect::<Result<_>>()?)
+                    e.insert((0..rule.slots()).map(|_| Tensor::full_on(p.value.shape(), init, dev)).collect::<Result<_>>()?)
                 }
             };
             // State restored from a checkpoint arrives on the host: it follows its weights.
@@ -176,52 +164,16 @@ impl Optimizer {
                     *s = s.to_device(dev)?;
                 }
             }
-            let width = if p.value.rank() == 2 { p.value.dim(1) } else { p.value.numel() };
             let touched = p.touched_rows();
             p.mark_written(now, touched.as_deref());
-            if dev != Device::Cpu {
-                // One fused kernel per parameter; a row-sparse gradient is compacted first.
-                let sparse = compacted.remove(name.as_str());
-                let (rows, g) = match &sparse {
-                    Some((ids, g)) => (Some(ids), g),
-                    None => (None, p.grad.cuda_f32()?),
-                };
-                let w = p.value.cuda_f32_mut()?;
-                let (s0, rest) = st.split_at_mut(1);
-                let s0 = s0[0].cuda_f32_mut()?;
-                match self.kind {
-                    OptimizerKind::Sgd { momentum, weight_decay } => gpu::sgd(w, g, s0, rows, width, lr, momentum, weight_decay, scale)?,
-                    OptimizerKind::Adagrad { eps, .. } => gpu::adagrad(w, g, s0, rows, width, lr, eps, scale)?,
-                    OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
-                        let v = rest[0].cuda_f32_mut()?;
-                        gpu::adam(w, g, s0, v, rows, width, lr, beta1, beta2, eps, weight_decay, step, scale)?
-                    }
-                }
-                continue;
-            }
-            let ranges: Vec<std::ops::Range<usize>> = match &touched {
-                Some(rows) => rows.iter().map(|&r| r as usize * width..(r as usize + 1) * width).collect(),
-                None => std::iter::once(0..p.value.numel()).collect(),
+            // One fused update per parameter; on the GPU a row-sparse gradient is compacted first.
+            let sparse = compacted.remove(name.as_str());
+            let grad = match (&sparse, &touched) {
+                (Some(c), _) => Grad::Compact(c),
+                (None, Some(rows)) => Grad::Rows(&p.grad, rows),
+                (None, None) => Grad::Dense(&p.grad),
             };
-            let grad = p.grad.f32s()?;
-            let w = p.value.f32s_mut()?;
-            let (s0, rest) = st.split_at_mut(1);
-            let s0 = s0[0].f32s_mut()?;
-            let mut s1 = match rest.first_mut() {
-                Some(t) => Some(t.f32s_mut()?),
-                None => None,
-            };
-            for r in ranges {
-                let (w, g, a) = (&mut w[r.clone()], &grad[r.clone()], &mut s0[r.clone()]);
-                match self.kind {
-                    OptimizerKind::Sgd { momentum, weight_decay } => sgd_cpu(w, g, a, lr, momentum, weight_decay, scale),
-                    OptimizerKind::Adagrad { eps, .. } => adagrad_cpu(w, g, a, lr, eps, scale),
-                    OptimizerKind::Adam { beta1, beta2, eps, weight_decay } => {
-                        let v = &mut s1.as_mut().expect("adam keeps two moments")[r];
-                        adam_cpu(w, g, a, v, lr, beta1, beta2, eps, weight_decay, step, scale)
-                    }
-                }
-            }
+            update(rule, &mut p.value, grad, st, scale)?;
         }
         Ok(norm)
     }

@@ -246,30 +246,10 @@ impl ParamStore {
     /// Clear every gradient, touching only the rows a sparse gradient used.
     pub fn zero_grads(&mut self) -> Result<()> {
         for p in self.params.values_mut() {
-            let width = if p.grad.rank() == 2 { p.grad.dim(1) } else { 1 };
-            let state = std::mem::replace(&mut p.state, GradState::Zero);
-            if let Device::Cuda(_) = p.grad.device() {
-                let g = p.grad.cuda_f32_mut()?;
-                match state {
-                    GradState::Zero => {}
-                    GradState::Dense => g.memset(0)?,
-                    GradState::Rows(rows) => {
-                        let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-                        let ids = g.gpu().upload(&ids)?;
-                        crate::cuda::kernels::zero_rows(g, &ids, width)?;
-                    }
-                }
-                continue;
-            }
-            let g = p.grad.f32s_mut()?;
-            match state {
+            match std::mem::replace(&mut p.state, GradState::Zero) {
                 GradState::Zero => {}
-                GradState::Dense => g.fill(0.0),
-                GradState::Rows(rows) => {
-                    for r in rows {
-                        g[r as usize * width..(r as usize + 1) * width].fill(0.0);
-                    }
-                }
+                GradState::Dense => p.grad.zero_()?,
+                GradState::Rows(rows) => crate::ops::optim::zero_rows(&mut p.grad, &rows)?,
             }
         }
         Ok(())

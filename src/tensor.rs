@@ -385,6 +385,15 @@ impl Tensor {
         }
     }
 
+    /// Sets every f32 value to zero, on the tensor's device.
+    pub fn zero_(&mut self) -> Result<()> {
+        match self.device() {
+            Device::Cpu => self.f32s_mut()?.fill(0.0),
+            Device::Cuda(_) => self.cuda_f32_mut()?.memset(0)?,
+        }
+        Ok(())
+    }
+
     pub fn i32s(&self) -> Result<&[i32]> {
         match &*self.storage {
             Storage::Cpu(CpuStorage::I32(v)) => Ok(v),
@@ -412,7 +421,7 @@ impl Tensor {
     pub fn to_bf16(&self) -> Result<Tensor> {
         if let Storage::Cuda { data: CudaStorage::F32(b), .. } = &*self.storage {
             let mut out = b.gpu().alloc::<bf16>(b.len())?;
-            cuda::kernels::f32_to_bf16(b, &mut out)?;
+            crate::ops::elementwise::cuda::f32_to_bf16(b, &mut out)?;
             return Tensor::from_gpu_bf16(out, &self.shape);
         }
         let v = self.f32s()?;

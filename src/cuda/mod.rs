@@ -12,7 +12,7 @@
 //! the same size class on that stream, so a training step that repeats its shapes calls
 //! `cuMemAlloc` only in its first step ([`Gpu::stats`] counts both).
 
-pub mod kernels;
+pub mod launch;
 
 use crate::{bail, Error, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream};
@@ -405,7 +405,7 @@ impl Gpu {
     /// A buffer of `len` copies of `v` (filled on the device).
     pub fn full(self: &Arc<Self>, len: usize, v: f32) -> Result<GpuBuf<f32>> {
         let mut b = self.alloc::<f32>(len)?;
-        kernels::fill(&mut b, v)?;
+        fill(&mut b, v)?;
         Ok(b)
     }
 }
@@ -706,6 +706,13 @@ impl<T: Copy> GpuBuf<T> {
         }
         Ok(())
     }
+}
+
+/// Sets every element to `v` (the device-side fill behind [`Gpu::full`]).
+fn fill(x: &mut impl GpuRange<f32>, v: f32) -> Result<()> {
+    let (p, n) = (x.ptr(), x.len() as i64);
+    launch::launch!(x.gpu(), k::elementwise::fill_f32, launch::elems(x.len()); p, v, n);
+    Ok(())
 }
 
 #[cfg(test)]

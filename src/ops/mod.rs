@@ -3,15 +3,15 @@
 //! the CPU twin that is the reference for the GPU kernel. Backward rules for the tape live in
 //! `autograd.rs`; the heavy ones (LSTM, softmax-KL) call the backward functions here.
 
-pub mod bf16gemm;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
 pub mod lstm;
+pub mod math;
 pub mod matmul;
 pub mod optim;
-pub mod packed;
+
 pub mod reduce;
 pub mod softmax_kl;
 

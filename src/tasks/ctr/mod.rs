@@ -16,7 +16,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{cached, shard_range, CriteoCache, DENSE_WIDTH, NUM_CATS};
 use crate::data::synthetic::{write_criteo_tsv, ClickModel, ClickTruth};
 use crate::hash::Hasher64;
-use crate::ops::elementwise::sigmoid;
+use crate::ops::math::sigmoid;
 use crate::params::ParamStore;
 use crate::tensor::{Device, Tensor};
 use crate::train::{Finished, MetricsLog, Score, Setup, Task, TeacherRef};

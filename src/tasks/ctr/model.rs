@@ -7,7 +7,7 @@ use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS};
 use crate::nn::{Embedding, Linear, Mlp};
-use crate::ops::elementwise::sigmoid;
+use crate::ops::math::sigmoid;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{bail, Error, Result, Rng};

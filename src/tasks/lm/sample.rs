@@ -90,7 +90,7 @@ impl<M: AsRef<[LoadedLm]>> Sampler<M> {
             .map(|b| {
                 p.iter_mut().for_each(|x| *x = 0.0);
                 for l in logits {
-                    let (_, sum) = crate::ops::softmax_kl::exp_row(&l[b * v..(b + 1) * v], 1.0 / self.temperature, &mut e);
+                    let (_, sum) = crate::ops::math::exp_row(&l[b * v..(b + 1) * v], 1.0 / self.temperature, &mut e);
                     let inv = (1.0 / sum) as f32;
                     p.iter_mut().zip(&e).for_each(|(a, &x)| *a += x * inv);
                 }

@@ -3,7 +3,9 @@
 //! past the table. The CPU twin adds in id order, so it is deterministic; the GPU kernel's
 //! deterministic mode reproduces that order.
 
-use crate::cuda::kernels as gpu;
+pub mod cuda;
+mod tape;
+
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -46,7 +48,7 @@ pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         Device::Cuda(_) => {
             let tb = table.cuda_f32()?;
             let mut out = tb.gpu().alloc::<f32>(idv.len() * d)?;
-            gpu::gather(tb, v, d, ids.cuda_i32()?, &mut out)?;
+            cuda::gather(tb, v, d, ids.cuda_i32()?, &mut out)?;
             Tensor::from_gpu_f32(out, &[idv.len(), d])
         }
     }
@@ -64,8 +66,8 @@ pub fn scatter_add(dout: &Tensor, ids: &Tensor, dtable: &mut Tensor) -> Result<(
             Ok(())
         }
         Device::Cuda(_) => {
-            let mode = if crate::cuda::deterministic() { gpu::ScatterMode::Deterministic } else { gpu::ScatterMode::Atomic };
-            gpu::scatter_add(dout.cuda_f32()?, v, d, ids.cuda_i32()?, Some(&idv), dtable.cuda_f32_mut()?, mode)
+            let mode = if crate::cuda::deterministic() { cuda::ScatterMode::Deterministic } else { cuda::ScatterMode::Atomic };
+            cuda::scatter_add(dout.cuda_f32()?, v, d, ids.cuda_i32()?, Some(&idv), dtable.cuda_f32_mut()?, mode)
         }
     }
 }

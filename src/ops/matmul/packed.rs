@@ -10,8 +10,8 @@
 //! threads by panel. Where AVX2 and FMA are missing, [`PackedB::gemm`] falls back to the portable
 //! GEMM on the unpacked matrix, with the same result up to summation order.
 
-use super::matmul::gemm_cpu;
-use super::SendPtr;
+use super::gemm_cpu;
+use crate::ops::SendPtr;
 
 /// Columns per panel (two 8-float vectors).
 const NR: usize = 16;

@@ -3,7 +3,9 @@
 //! the seed and the element's index: the GPU kernel draws the same mask without sharing state,
 //! and backward recomputes it instead of storing it.
 
-use crate::cuda::kernels as gpu;
+pub mod cuda;
+mod tape;
+
 use crate::rng::hash_uniform;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -38,7 +40,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         Device::Cuda(_) => {
             let xb = x.cuda_f32()?;
             let mut y = xb.gpu().alloc::<f32>(xb.len())?;
-            gpu::dropout(xb, p, seed, &mut y)?;
+            cuda::dropout(xb, p, seed, &mut y)?;
             Tensor::from_gpu_f32(y, x.shape())
         }
     }

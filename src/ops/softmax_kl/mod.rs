@@ -16,6 +16,10 @@
 //! overflow nor produce NaN. The call writes the loss and the gradient; no probability matrix
 //! outlives it (the GPU kernel holds one row at a time, with online max and sum).
 
+pub mod cuda;
+mod tape;
+
+use crate::ops::math::exp_row;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -35,38 +39,6 @@ pub struct DistillParams {
     pub temperature: f32,
     /// Weight of the soft (teacher) term; `1 - alpha` weighs the hard-label term.
     pub alpha: f32,
-}
-
-/// `e^x` in f32 for the softmax rows: Cephes' `expf` (range reduction by ln 2 in two parts, a
-/// degree-6 polynomial, the exponent put in by bits), within 2 ulp on [-87, 88]; inputs below -87
-/// give about 1e-38 (a softmax term that small is zero beside the row's largest, which is 1).
-/// Written without calls or branches so the loops over a row vectorise; libm's f64 `exp` made the
-/// CPU softmax-KL a quarter of a Brown language-model step.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to nearest
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
-    let p = p * r * r + r + 1.0;
-    // n as an integer from t's low mantissa bits (t's unit in the last place is 1): the same value
-    // as `n as i32`, whose saturating conversion kept the loops over a row from vectorising fully.
-    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    p * f32::from_bits(((ni + 127) << 23) as u32)
-}
-
-/// `exp(x_j * scale - max)` into `out`, the row's maximum of `x * scale` and the sum of `out` (8
-/// at a time in f32, those in f64): the pass every softmax row starts with.
-#[inline]
-pub(crate) fn exp_row(x: &[f32], scale: f32, out: &mut [f32]) -> (f32, f64) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = exp_f32(v * scale - max);
-    }
-    (max, out.chunks(8).map(|c| c.iter().sum::<f32>() as f64).sum())
 }
 
 /// Softmax of `x * scale` into `out`; returns the log of its normaliser, `max + ln sum`, in f64
@@ -263,29 +235,8 @@ pub fn softmax_kl(student: &Tensor, teachers: &[Tensor], targets: Option<&Tensor
             let tv: Vec<&crate::cuda::GpuBuf<f32>> = teachers.iter().map(|t| t.cuda_f32()).collect::<Result<_>>()?;
             let yb = targets.map(|y| y.cuda_i32()).transpose()?;
             let mut grad = sb.gpu().alloc::<f32>(n * v)?;
-            let loss = crate::cuda::kernels::softmax_kl(sb, &tv, yb, n, v, p, &mut grad)?;
+            let loss = cuda::softmax_kl(sb, &tv, yb, n, v, p, &mut grad)?;
             Ok((loss, Tensor::from_gpu_f32(grad, &[n, v])?))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exp_f32;
-
-    /// The polynomial exponential against f64 `exp` over the range softmax rows use, and its ends.
-    #[test]
-    fn exp_f32_within_two_ulp_of_f64() {
-        let mut worst = 0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
-            let want = (x as f64).exp();
-            let got = exp_f32(x) as f64;
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert!(exp_f32(-1e4) < 1e-37 && exp_f32(-1e4) >= 0.0);
-        assert!(exp_f32(f32::NEG_INFINITY) < 1e-37);
     }
 }

@@ -10,14 +10,14 @@
 //! registers over slices of 512 k (BLIS's loop order: a slice of A's rows in L2, of a panel in L1).
 //!
 //! Where the CPU lacks AVX-512 BF16 the same product is formed from the rounded operands on the
-//! f32 kernel ([`super::matmul::gemm_cpu`]): the same numbers up to summation order, and slower
+//! f32 kernel ([`super::gemm_cpu`]): the same numbers up to summation order, and slower
 //! than f32 (the rounded copies: 0.4x at the click model's small products), so there it is only
 //! for matching the GPU's numerics.
 //! The native conversion and dot product take denormals (magnitudes below 1.2e-38) as zero, which
 //! the fallback does not; nothing else differs.
 
-use super::matmul::gemm_cpu;
-use super::SendPtr;
+use super::gemm_cpu;
+use crate::ops::SendPtr;
 use half::bf16;
 
 /// Rows per register block.

@@ -4,6 +4,11 @@
 //! strides, so no operand is ever copied. bf16 operands are widened exactly to f32 (the tensor
 //! cores multiply bf16 and accumulate in f32, which this reproduces up to summation order).
 
+pub mod bf16gemm;
+pub mod cuda;
+pub mod packed;
+mod tape;
+
 use crate::tensor::{DType, Device, Tensor};
 use crate::{bail, Result};
 
@@ -50,12 +55,12 @@ fn gemm_cpu_on(threads: usize, m: usize, n: usize, k: usize, alpha: f32, a: &[f3
 }
 
 /// The CPU backend's product as the process is set ([`crate::set_cpu_bf16`]): [`gemm_cpu`] in f32,
-/// or [`super::bf16gemm::gemm_bf16_cpu`] on operands rounded to bf16; the arguments as
+/// or [`bf16gemm::gemm_bf16_cpu`] on operands rounded to bf16; the arguments as
 /// [`gemm_cpu`]'s.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_host(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
     if crate::cpu_bf16() {
-        super::bf16gemm::gemm_bf16_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+        bf16gemm::gemm_bf16_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
     } else {
         gemm_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
     }
@@ -112,10 +117,8 @@ pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: 
             Ok(())
         }
         Device::Cuda(_) => {
-            use crate::cuda::{
-                kernels::{gemm_bf16, gemm_f32, gemm_f32_as_bf16},
-                matmul_precision, MatmulPrecision,
-            };
+            use crate::cuda::{matmul_precision, MatmulPrecision};
+            use cuda::{gemm_bf16, gemm_f32, gemm_f32_as_bf16};
             let cb = c.cuda_f32_mut()?;
             match (a.dtype(), matmul_precision()) {
                 (DType::BF16, _) => gemm_bf16(m, n, k, alpha, a.cuda_bf16()?, trans_a, b.cuda_bf16()?, trans_b, beta, cb),

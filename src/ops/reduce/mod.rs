@@ -1,7 +1,9 @@
 //! Reductions. Sums accumulate in f64 on the CPU so that the reference is not the weak link when a
 //! GPU tree reduction is compared with it.
 
-use crate::cuda::kernels as gpu;
+pub mod cuda;
+mod tape;
+
 use crate::tensor::{Device, Tensor};
 use crate::Result;
 
@@ -30,7 +32,7 @@ pub fn sum_rows_cpu(x: &[f32], d: usize, beta: f32, out: &mut [f32]) {
 pub fn sum(x: &Tensor) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => Ok(Tensor::scalar(sum_cpu(x.f32s()?) as f32)),
-        Device::Cuda(_) => Ok(Tensor::scalar(gpu::sum(x.cuda_f32()?)? as f32)),
+        Device::Cuda(_) => Ok(Tensor::scalar(cuda::sum(x.cuda_f32()?)? as f32)),
     }
 }
 
@@ -46,7 +48,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
         Device::Cuda(_) => {
             let xb = x.cuda_f32()?;
             let mut out = xb.gpu().alloc::<f32>(d)?;
-            gpu::sum_rows(xb, x.dim(0), d, 0.0, &mut out)?;
+            cuda::sum_rows(xb, x.dim(0), d, 0.0, &mut out)?;
             Tensor::from_gpu_f32(out, &[d])
         }
     }
@@ -56,8 +58,25 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
 pub fn sum_squares(x: &Tensor) -> Result<f64> {
     match x.device() {
         Device::Cpu => Ok(sum_squares_cpu(x.f32s()?)),
-        Device::Cuda(_) => gpu::sum_squares(x.cuda_f32()?),
+        Device::Cuda(_) => cuda::sum_squares(x.cuda_f32()?),
     }
+}
+
+/// The sum of squares of every element of every tensor, in f64; the GPU's tensors in one
+/// reduction with one copy of the result to the host.
+pub fn sum_squares_many(xs: &[&Tensor]) -> Result<f64> {
+    let mut s = 0.0;
+    let mut on_gpu: Vec<&dyn crate::cuda::GpuRange<f32>> = Vec::new();
+    for x in xs {
+        match x.device() {
+            Device::Cpu => s += sum_squares_cpu(x.f32s()?),
+            Device::Cuda(_) => on_gpu.push(x.cuda_f32()?),
+        }
+    }
+    if !on_gpu.is_empty() {
+        s += cuda::sum_squares_many(&on_gpu)?;
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! linear in the target, `(1 - w) * BCE(x, y) + w * BCE(x, p_teacher)` is `BCE(x, (1 - w) y + w p)`,
 //! which is how Criteo codistillation uses it.
 
+pub mod cuda;
+mod tape;
+
 use super::softmax_kl::{softmax_kl, DistillParams};
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -39,7 +42,7 @@ pub fn bce_with_logits_cpu(x: &[f32], y: &[f32], grad: &mut [f32]) -> f64 {
     for i in 0..x.len() {
         let (xi, yi) = (x[i] as f64, y[i] as f64);
         sum += xi.max(0.0) - xi * yi + (-xi.abs()).exp().ln_1p();
-        grad[i] = ((super::elementwise::sigmoid(x[i]) as f64 - yi) / n) as f32;
+        grad[i] = ((crate::ops::math::sigmoid(x[i]) as f64 - yi) / n) as f32;
     }
     sum / n
 }
@@ -65,7 +68,7 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor
             }
             let xb = logits.cuda_f32()?;
             let mut grad = xb.gpu().alloc::<f32>(xb.len())?;
-            let loss = crate::cuda::kernels::bce_logits(xb, targets.cuda_f32()?, &mut grad)?;
+            let loss = cuda::bce_logits(xb, targets.cuda_f32()?, &mut grad)?;
             Ok((loss, Tensor::from_gpu_f32(grad, logits.shape())?))
         }
     }
