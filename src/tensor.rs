@@ -421,7 +421,7 @@ impl Tensor {
     pub fn to_bf16(&self) -> Result<Tensor> {
         if let Storage::Cuda { data: CudaStorage::F32(b), .. } = &*self.storage {
             let mut out = b.gpu().alloc::<bf16>(b.len())?;
-            crate::ops::elementwise::cuda::f32_to_bf16(b, &mut out)?;
+            cuda::f32_to_bf16(b, &mut out)?;
             return Tensor::from_gpu_bf16(out, &self.shape);
         }
         let v = self.f32s()?;

@@ -393,12 +393,12 @@ fn bf16_conversion_rounds_like_half() {
     let dx = g.upload(&x).unwrap();
     let mut dy = g.alloc::<bf16>(x.len()).unwrap();
     dy.memset(0xFF).unwrap();
-    k::f32_to_bf16(&dx, &mut dy).unwrap();
+    cuda::f32_to_bf16(&dx, &mut dy).unwrap();
     let got = dy.download().unwrap();
     let want: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
     assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     let mut back = poisoned(&g, x.len());
-    k::bf16_to_f32(&dy, &mut back).unwrap();
+    cuda::bf16_to_f32(&dy, &mut back).unwrap();
     let want: Vec<u32> = want.iter().map(|v| v.to_f32().to_bits()).collect();
     assert_eq!(back.download().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
 }

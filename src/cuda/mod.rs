@@ -1,6 +1,6 @@
 //! The CUDA backend: the driver loaded at run time, our PTX embedded in the binary, a caching
-//! device allocator, and one launcher per kernel in `kernels/` (see `kernels.rs`), each with the
-//! same contract as its CPU twin in `ops/`.
+//! device allocator, and what the launchers share (`launch.rs`; each op's launcher is in its folder,
+//! `ops/<op>/cuda.rs`, with the contract of its CPU twin in `ops/<op>/mod.rs`).
 //!
 //! `cudarc` is built with dynamic loading, so this crate builds and runs its CPU tests on machines
 //! with no CUDA at all. [`probe`] checks for the driver library first (cudarc would panic without
@@ -293,7 +293,7 @@ impl Gpu {
     }
 
     /// The compute stream waits, on the device, for `event` (the host does not block).
-    pub fn compute_waits_for(&self, event: &CudaEvent) -> Result<()> {
+    fn compute_waits_for(&self, event: &CudaEvent) -> Result<()> {
         Ok(self.stream.wait(event)?)
     }
 
@@ -509,6 +509,20 @@ impl Drop for Pinned {
     }
 }
 
+/// The end of a [`HostMirror::start`]'s copies: the source buffers may be written again once the
+/// compute stream waits for it.
+pub struct CopyDone {
+    gpu: Arc<Gpu>,
+    event: Arc<CudaEvent>,
+}
+
+impl CopyDone {
+    /// Orders the compute stream after the copies, on the device (the host does not block).
+    pub fn compute_waits(&self) -> Result<()> {
+        self.gpu.compute_waits_for(&self.event)
+    }
+}
+
 /// Host copies of device buffers in page-locked memory, filled on the copy stream while the
 /// compute stream goes on: how a GPU model's weights are published to a checkpoint writer
 /// without the compute path waiting for the bus.
@@ -543,8 +557,8 @@ impl HostMirror {
     /// Starts copying `srcs` (one per buffer, same lengths) on the copy stream, after the compute
     /// work queued so far; returns the event that marks the copies' end. The caller must not
     /// write or free `srcs` until the compute stream waits for that event
-    /// ([`Gpu::compute_waits_for`]).
-    pub fn start(&mut self, srcs: &[&GpuBuf<f32>]) -> Result<Arc<CudaEvent>> {
+    /// ([`CopyDone::compute_waits`]).
+    pub fn start(&mut self, srcs: &[&GpuBuf<f32>]) -> Result<CopyDone> {
         if srcs.len() != self.parts.len() || srcs.iter().zip(&self.parts).any(|(s, p)| s.len != p.len) {
             bail!(Shape, "host mirror of {:?} elements asked to copy {:?}", self.lens(), srcs.iter().map(|s| s.len).collect::<Vec<_>>());
         }
@@ -564,7 +578,7 @@ impl HostMirror {
         }
         let done = Arc::new(copy.record_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))?);
         self.done = Some(done.clone());
-        Ok(done)
+        Ok(CopyDone { gpu: self.gpu.clone(), event: done })
     }
 
     /// Waits for the last copies, then the host data (one slice per buffer).
@@ -706,6 +720,22 @@ impl<T: Copy> GpuBuf<T> {
         }
         Ok(())
     }
+}
+
+/// `y = x` rounded to bf16 (nearest even): the tensor cores' operand format.
+pub fn f32_to_bf16(x: &impl GpuRange<f32>, y: &mut impl GpuRange<half::bf16>) -> Result<()> {
+    launch::need("y", y, x.len())?;
+    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
+    launch::launch!(x.gpu(), k::elementwise::f32_to_bf16, launch::elems(x.len()); px, py, n);
+    Ok(())
+}
+
+/// `y = x` widened exactly.
+pub fn bf16_to_f32(x: &impl GpuRange<half::bf16>, y: &mut impl GpuRange<f32>) -> Result<()> {
+    launch::need("y", y, x.len())?;
+    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
+    launch::launch!(x.gpu(), k::elementwise::bf16_to_f32, launch::elems(x.len()); px, py, n);
+    Ok(())
 }
 
 /// Sets every element to `v` (the device-side fill behind [`Gpu::full`]).

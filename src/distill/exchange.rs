@@ -295,7 +295,7 @@ pub struct DirExchange {
     pool_in: Sender<Outgoing>,
     /// The end of the last publish's device-to-host copies (GPU weights): the compute stream waits
     /// for it before the next update writes the weights.
-    copying: Option<(Arc<crate::cuda::Gpu>, Arc<cudarc::driver::CudaEvent>)>,
+    copying: Option<crate::cuda::CopyDone>,
     writer_thread: Option<JoinHandle<()>>,
     reader_thread: Option<JoinHandle<()>>,
     standby: Arc<Mutex<Vec<Option<Arc<Snapshot>>>>>,
@@ -469,8 +469,8 @@ impl Exchange for DirExchange {
     }
 
     fn settle(&mut self, _rank: usize) -> Result<()> {
-        if let Some((gpu, done)) = self.copying.take() {
-            gpu.compute_waits_for(&done)?;
+        if let Some(done) = self.copying.take() {
+            done.compute_waits()?;
         }
         Ok(())
     }
@@ -543,7 +543,7 @@ fn host_buffers(params: &ParamStore) -> Result<Outgoing> {
 
 /// A publish's host copy of `params`, into `reuse` when it fits, else into new buffers. For GPU
 /// weights the copy is started on the copy stream and `copying` gets the event of its end.
-fn fill(reuse: Option<Outgoing>, params: &ParamStore, copying: &mut Option<(Arc<crate::cuda::Gpu>, Arc<cudarc::driver::CudaEvent>)>) -> Result<Outgoing> {
+fn fill(reuse: Option<Outgoing>, params: &ParamStore, copying: &mut Option<crate::cuda::CopyDone>) -> Result<Outgoing> {
     let lens: Vec<usize> = params.iter().map(|(_, p)| p.value.numel()).collect();
     let (mut out, fresh) = match reuse {
         Some(o @ Outgoing::Host(_)) if params.device() == Device::Cpu => (o, false),
@@ -557,8 +557,10 @@ fn fill(reuse: Option<Outgoing>, params: &ParamStore, copying: &mut Option<(Arc<
         Outgoing::Host(_) => {} // host_buffers copied the weights
         Outgoing::Pinned { mirror, .. } => {
             let bufs: Vec<&crate::cuda::GpuBuf<f32>> = params.iter().map(|(_, p)| p.value.cuda_f32()).collect::<Result<_>>()?;
-            let gpu = bufs.first().map(|b| b.gpu().clone()).ok_or_else(|| Error::Invalid("publish of a model without parameters".into()))?;
-            *copying = Some((gpu, mirror.start(&bufs)?));
+            if bufs.is_empty() {
+                return Err(Error::Invalid("publish of a model without parameters".into()));
+            }
+            *copying = Some(mirror.start(&bufs)?);
         }
     }
     Ok(out)

@@ -7,7 +7,6 @@ use super::{Binary, Unary};
 use crate::cuda::launch::{elems, launch, need};
 use crate::cuda::{k, GpuRange};
 use crate::{bail, Result};
-use half::bf16;
 
 fn unary_code(op: Unary) -> (i32, f32) {
     match op {
@@ -67,19 +66,5 @@ pub fn axpy(alpha: f32, b: &impl GpuRange<f32>, a: &mut impl GpuRange<f32>) -> R
     need("b", b, a.len())?;
     let (pb, pa, n) = (b.ptr(), a.ptr(), a.len() as i64);
     launch!(a.gpu(), k::elementwise::axpy, elems(a.len()); alpha, pb, pa, n);
-    Ok(())
-}
-
-pub fn f32_to_bf16(x: &impl GpuRange<f32>, y: &mut impl GpuRange<bf16>) -> Result<()> {
-    need("y", y, x.len())?;
-    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
-    launch!(x.gpu(), k::elementwise::f32_to_bf16, elems(x.len()); px, py, n);
-    Ok(())
-}
-
-pub fn bf16_to_f32(x: &impl GpuRange<bf16>, y: &mut impl GpuRange<f32>) -> Result<()> {
-    need("y", y, x.len())?;
-    let (px, py, n) = (x.ptr(), y.ptr(), x.len() as i64);
-    launch!(x.gpu(), k::elementwise::bf16_to_f32, elems(x.len()); px, py, n);
     Ok(())
 }

@@ -4,10 +4,10 @@
 //! here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
 use super::{LstmCache, LstmDims, LstmGrads, LstmOutput};
+use crate::cuda::f32_to_bf16;
 use crate::cuda::launch::{elems, launch, need};
 use crate::cuda::{copy, matmul_precision, MatmulPrecision, Slice};
 use crate::cuda::{k, GpuBuf, GpuRange};
-use crate::ops::elementwise::cuda::f32_to_bf16;
 use crate::ops::elementwise::cuda::{add_row_bias, axpy};
 use crate::ops::matmul::cuda::{gemm_bf16, gemm_f32};
 use crate::ops::reduce::cuda::sum_rows;

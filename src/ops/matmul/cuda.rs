@@ -3,9 +3,9 @@
 //! `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are checked
 //! here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
+use crate::cuda::f32_to_bf16;
 use crate::cuda::launch::{elems, launch, need, same_gpu, sync_if_asked};
 use crate::cuda::{k, Gpu, GpuBuf, GpuRange, Kernel, MatmulKernel};
-use crate::ops::elementwise::cuda::f32_to_bf16;
 use crate::{bail, Error, Result};
 use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
