@@ -117,7 +117,8 @@ fn main() {
             .map(|(kernel, name, _)| (kernel, name))
             .collect();
     // CODISTILL_SPLIT_K=0 (set by gpu_remote.sh when split-K fails its test) is kept.
-    let split_default = k::split_k_enabled();
+    let env = cuda::Gemm::from_env().unwrap();
+    let split_default = env.split_k;
     for &(what, m, n, kk, ta, tb) in shapes.iter().filter(|_| want("gemm")) {
         let a = randn_bf16(&g, &mut r, m * kk);
         let b = randn_bf16(&g, &mut r, kk * n);
@@ -126,7 +127,7 @@ fn main() {
         let mut first: Option<Vec<f32>> = None;
         // mma.sync splits k where its output tiles alone would leave the device idle; time those
         // shapes without the split as well.
-        let mn_default = k::mn_major_enabled();
+        let mn_default = env.mn_major;
         let mut runs: Vec<(MatmulKernel, String, bool, bool)> =
             kernels.iter().map(|&(kernel, kname)| (kernel, kname.to_string(), split_default, mn_default)).collect();
         if split_default && m * n <= 128 * 128 * 66 && kk >= 512 {
@@ -136,13 +137,10 @@ fn main() {
             runs.push((MatmulKernel::WgmmaTma, "wgmma-tma via transposes".to_string(), split_default, false));
         }
         for (kernel, kname, split, mn) in runs {
-            k::set_split_k(split);
-            k::set_mn_major(mn);
-            let ms = time_ms(&g, iters, || k::gemm_bf16_with(kernel, m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
+            let choice = cuda::Gemm { kernel, split_k: split, mn_major: mn };
+            let ms = time_ms(&g, iters, || k::gemm_bf16_with(choice, m, n, kk, 1.0, &a, ta, &b, tb, 0.0, &mut c).unwrap());
             // The kernels must agree on what was timed (the tests check each against f64).
             let got = c.download().unwrap();
-            k::set_split_k(split_default);
-            k::set_mn_major(mn_default);
             let mut name = format!("gemm bf16 {what} {kname}");
             if let Some(f) = &first {
                 let num: f64 = got.iter().zip(f).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
@@ -247,12 +245,12 @@ fn main() {
         let fwd_flops = 2.0 * (t * b * (i + h) * 4 * h) as f64;
         let shape = format!("T{t} B{b} I{i} H{h}");
         let ms = time_ms(&g, 20, || {
-            layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+            layer_forward(&codistill::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
         });
         rows.push(Row { name: "lstm layer fwd".into(), shape: shape.clone(), ms, flops: fwd_flops, bytes: 0.0 });
         let ms = time_ms(&g, 20, || {
-            let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
-            layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+            let out = layer_forward(&codistill::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+            layer_backward(&codistill::Backend::default(), &x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
         });
         rows.push(Row { name: "lstm layer fwd+bwd".into(), shape, ms, flops: 3.0 * fwd_flops, bytes: 0.0 });
     }

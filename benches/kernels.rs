@@ -98,12 +98,12 @@ fn lstm_step(c: &mut Criterion) {
         let bwd = 2 * rows * g4 * (hidden + hidden + input + input);
         group.throughput(Throughput::Elements(fwd as u64));
         group.bench_with_input(BenchmarkId::new("forward", format!("T{steps}_B{batch}_H{hidden}")), &(), |bch, _| {
-            bch.iter(|| layer_forward(&x, &h0, &h0, &w_ih, &w_hh, &b, steps).unwrap())
+            bch.iter(|| layer_forward(&codistill::Backend::default(), &x, &h0, &h0, &w_ih, &w_hh, &b, steps).unwrap())
         });
-        let out = layer_forward(&x, &h0, &h0, &w_ih, &w_hh, &b, steps).unwrap();
+        let out = layer_forward(&codistill::Backend::default(), &x, &h0, &h0, &w_ih, &w_hh, &b, steps).unwrap();
         group.throughput(Throughput::Elements(bwd as u64));
         group.bench_with_input(BenchmarkId::new("backward", format!("T{steps}_B{batch}_H{hidden}")), &(), |bch, _| {
-            bch.iter(|| layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap())
+            bch.iter(|| layer_backward(&codistill::Backend::default(), &x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap())
         });
     }
     group.finish();
@@ -301,7 +301,7 @@ mod gpu {
             group.bench_function(BenchmarkId::new("forward", format!("T{t}_B{b}_H{h}")), |bch| {
                 bch.iter_custom(|it| {
                     timed(&g, it, || {
-                        layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                        layer_forward(&codistill::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
                     })
                 })
             });
@@ -309,8 +309,8 @@ mod gpu {
             group.bench_function(BenchmarkId::new("forward_backward", format!("T{t}_B{b}_H{h}")), |bch| {
                 bch.iter_custom(|it| {
                     timed(&g, it, || {
-                        let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
-                        layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+                        let out = layer_forward(&codistill::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                        layer_backward(&codistill::Backend::default(), &x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
                     })
                 })
             });

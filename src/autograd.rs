@@ -9,6 +9,7 @@
 //! Coarse ops (a whole LSTM layer over a sequence, the fused distillation loss) are single tape
 //! entries with hand-written backward, so the tape stays short.
 
+use crate::backend::Backend;
 use crate::ops::elementwise::{self, Unary};
 use crate::ops::embedding;
 use crate::params::ParamStore;
@@ -30,6 +31,7 @@ pub struct Grads {
     rows: Vec<Vec<(Tensor, Tensor)>>,
     shapes: Vec<Vec<usize>>,
     needs: Vec<bool>,
+    backend: Backend,
 }
 
 impl Grads {
@@ -53,7 +55,7 @@ impl Grads {
     fn densify(&mut self, i: usize) -> Result<()> {
         for (ids, r) in std::mem::take(&mut self.rows[i]) {
             let mut d = Tensor::zeros_on(&self.shapes[i], r.device())?;
-            embedding::scatter_add(&r, &ids, &mut d)?;
+            embedding::scatter_add(&self.backend, &r, &ids, &mut d)?;
             self.add(Var(i), d)?;
         }
         Ok(())
@@ -84,6 +86,7 @@ pub struct Graph {
     backward: Vec<Option<BackwardFn>>,
     params: Vec<(Var, String)>,
     recording: bool,
+    backend: Backend,
 }
 
 impl Default for Graph {
@@ -98,9 +101,20 @@ pub(crate) fn scale(g: &Tensor, s: f32) -> Result<Tensor> {
 }
 
 impl Graph {
-    /// A graph that records backward rules.
+    /// A graph that records backward rules, its ops run with the default [`Backend`].
     pub fn new() -> Self {
-        Graph { values: Vec::new(), needs_grad: Vec::new(), backward: Vec::new(), params: Vec::new(), recording: true }
+        Graph { values: Vec::new(), needs_grad: Vec::new(), backward: Vec::new(), params: Vec::new(), recording: true, backend: Backend::default() }
+    }
+
+    /// The same graph with its ops (forward and backward) run with `backend`.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The backend context the graph's ops run with.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// A graph that records nothing: for evaluation and teachers' forward passes.
@@ -169,7 +183,7 @@ impl Graph {
         }
         let n = self.values.len();
         let shapes = self.values.iter().map(|v| v.shape().to_vec()).collect();
-        let mut grads = Grads { grads: vec![None; n], rows: vec![Vec::new(); n], shapes, needs: self.needs_grad.clone() };
+        let mut grads = Grads { grads: vec![None; n], rows: vec![Vec::new(); n], shapes, needs: self.needs_grad.clone(), backend: self.backend };
         grads.add(loss, Tensor::full_on(self.value(loss).shape(), 1.0, self.value(loss).device())?)?;
         for i in (0..=loss.0).rev() {
             if let Some(rule) = self.backward[i].take() {
@@ -189,7 +203,7 @@ impl Graph {
                 store.accumulate_grad(name, g)?;
             }
             for (ids, rows) in grads.rows(*v) {
-                store.accumulate_rows(name, ids, rows)?;
+                store.accumulate_rows(&self.backend, name, ids, rows)?;
             }
         }
         Ok(())

@@ -62,6 +62,7 @@
 //! `tensor`, `autograd`, `nn` and `optim`, `data`, `distill`, `train`. See `README.md`.
 
 pub mod autograd;
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda;
@@ -81,6 +82,7 @@ mod testdir;
 pub mod train;
 
 pub use autograd::{Grads, Graph, Var};
+pub use backend::Backend;
 /// The command-line parser the config tables generate flags for (used by `config_table!`).
 #[doc(hidden)]
 pub use clap as __clap;
@@ -89,42 +91,6 @@ pub use ops::softmax_kl::{DistillLoss, DistillParams};
 pub use params::ParamStore;
 pub use rng::{hash_uniform, Rng};
 pub use tensor::{DType, Device, Tensor};
-
-static CPU_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Sets how many threads the CPU backend's products and losses use, for the whole process (0:
-/// every core, the default). Results do not depend on it, only speed; several training processes
-/// sharing one machine (one process per model) should split its cores between them. The trainers
-/// set it from `--threads`.
-pub fn set_cpu_threads(n: usize) {
-    CPU_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
-}
-
-static CPU_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Sets whether the CPU backend's matrix products round their operands to bf16 and accumulate in
-/// f32 (the GPU's default numerics; on a CPU with AVX-512 BF16 up to twice the f32 rate, see
-/// [`ops::matmul::bf16gemm`]) or run in f32 (exact, the default), for the whole process. The trainers set
-/// it from `--cpu-bf16`.
-pub fn set_cpu_bf16(on: bool) {
-    CPU_BF16.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether the CPU backend's products use bf16 operands (see [`set_cpu_bf16`]).
-pub fn cpu_bf16() -> bool {
-    CPU_BF16.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// The CPU backend's thread count: as set by [`set_cpu_threads`], else the machine's cores (asked
-/// of the OS once: `available_parallelism` reads the affinity mask and cgroup files on Linux, too
-/// slow for every product).
-pub fn cpu_threads() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    match CPU_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        n => n,
-    }
-}
 
 /// Tunes glibc's allocator for training loops: buffers freed at the end of a step are kept for the
 /// next instead of being unmapped (glibc serves blocks over 128 KiB-32 MiB with `mmap` and returns

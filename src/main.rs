@@ -301,7 +301,7 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
 fn run(m: &ArgMatches) -> Result<()> {
     match m.subcommand() {
         Some(("info", _)) => {
-            let threads = codistill::cpu_threads();
+            let threads = codistill::backend::machine_cores();
             println!("codistill {}", env!("CARGO_PKG_VERSION"));
             #[cfg(target_arch = "x86_64")]
             let simd = if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") { "AVX2/FMA kernels" } else { "portable kernels (no AVX2/FMA)" };

@@ -268,12 +268,12 @@ mod tests {
         let ids = Tensor::from_i32(vec![2, 0, 2], &[3]).unwrap();
         let rows = Tensor::from_f32(vec![1., 2., 3., 4., 5., 6., 7., 8., 9.], &[3, 3]).unwrap();
         let mut dense_grad = Tensor::zeros(&[4, 3]);
-        crate::ops::embedding::scatter_add(&rows, &ids, &mut dense_grad).unwrap();
+        crate::ops::embedding::scatter_add(&crate::Backend::default(), &rows, &ids, &mut dense_grad).unwrap();
         let (mut a, mut b) = (ParamStore::new(), ParamStore::new());
         a.insert("t", table.clone()).unwrap();
         b.insert("t", table).unwrap();
         a.accumulate_grad("t", &dense_grad).unwrap();
-        b.accumulate_rows("t", &ids, &rows).unwrap();
+        b.accumulate_rows(&crate::Backend::default(), "t", &ids, &rows).unwrap();
         assert_eq!(grad_norm(&a).unwrap(), grad_norm(&b).unwrap());
         let (mut oa, mut ob) = (Optimizer::new(OptimizerKind::adagrad()), Optimizer::new(OptimizerKind::adagrad()));
         oa.step(&mut a, 0.1, Some(10.0)).unwrap();

@@ -232,9 +232,9 @@ impl ParamStore {
     }
 
     /// `grad[ids[i]] += rows[i]`: the embedding backward, without a dense temporary.
-    pub fn accumulate_rows(&mut self, name: &str, ids: &Tensor, rows: &Tensor) -> Result<()> {
+    pub fn accumulate_rows(&mut self, be: &crate::Backend, name: &str, ids: &Tensor, rows: &Tensor) -> Result<()> {
         let p = self.grad_mut(name)?;
-        scatter_add(rows, ids, &mut p.grad)?;
+        scatter_add(be, rows, ids, &mut p.grad)?;
         match &mut p.state {
             GradState::Dense => {}
             GradState::Rows(r) => r.extend(ids.host_i32s()?.iter().map(|&i| i as u32)),

@@ -260,6 +260,30 @@ impl Tensor {
 
     /// An f32 tensor whose values the caller is about to overwrite in full: on the CPU a reused
     /// buffer of a dropped tensor (stale values) or zeros, on the GPU uninitialised memory from
+    /// Fills `device`'s cache of free buffers with NaN blocks of `len` f32s, so that the next
+    /// outputs of that many elements start poisoned: how the tests see an output element an op
+    /// fails to write. On the CPU only lengths the buffer pool keeps (2^18 elements and more) are
+    /// poisoned; smaller CPU outputs start as zeros.
+    #[doc(hidden)]
+    pub fn poison_free_buffers(device: Device, len: usize) -> Result<()> {
+        match device {
+            Device::Cpu => (0..4).for_each(|_| recycle::give(vec![f32::NAN; len])),
+            Device::Cuda(i) => {
+                let gpu = cuda::gpu(i)?;
+                let bufs: Vec<GpuBuf<f32>> = (0..4)
+                    .map(|_| {
+                        let mut b = gpu.alloc::<f32>(len.max(1))?;
+                        b.memset(0xFF)?;
+                        Ok(b)
+                    })
+                    .collect::<Result<_>>()?;
+                gpu.sync()?;
+                drop(bufs);
+            }
+        }
+        Ok(())
+    }
+
     /// the caching allocator.
     pub fn uninit_on(shape: &[usize], device: Device) -> Result<Tensor> {
         match device {
@@ -547,7 +571,7 @@ mod tests {
         drop(reused);
         let a = Tensor::from_f32((0..m * 2).map(|i| i as f32 - 2.5).collect(), &[m, 2]).unwrap();
         let b = Tensor::from_f32((0..2 * n).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect(), &[2, n]).unwrap();
-        let c = matmul(&a, false, &b, false).unwrap();
+        let c = matmul(&crate::Backend::default(), &a, false, &b, false).unwrap();
         assert_eq!(c.f32s().unwrap().as_ptr(), at, "the product did not take the reused buffer");
         let cv = c.f32s().unwrap();
         for (i, &x) in cv.iter().enumerate() {
@@ -557,7 +581,7 @@ mod tests {
         }
         let y = Tensor::from_i32(vec![0, 5, n as i32 - 1], &[m]).unwrap();
         drop(Tensor::from_f32(vec![f32::NAN; m * n], &[m, n]).unwrap());
-        let (loss, grad) = softmax_kl(&c, &[], Some(&y), DistillParams { temperature: 1.0, alpha: 0.0 }).unwrap();
+        let (loss, grad) = softmax_kl(&crate::Backend::default(), &c, &[], Some(&y), DistillParams { temperature: 1.0, alpha: 0.0 }).unwrap();
         assert!(loss.total.is_finite() && grad.f32s().unwrap().iter().all(|g| g.is_finite()), "a stale NaN leaked into the gradient");
     }
 }

@@ -189,7 +189,7 @@ fn language_models_codistill_in_one_process() {
         let loaded = lm::load_checkpoints(&ps, codistill::tensor::Device::Cpu).unwrap();
         let tokens = loaded[0].vocab.encode_file(&d.join("data/valid.txt")).unwrap();
         let pair: Vec<_> = loaded.iter().map(|l| (&l.model, &l.store)).collect();
-        let lp = lm::token_log_probs(&pair, &tokens, c.batch, c.bptt, 0).unwrap();
+        let lp = lm::token_log_probs(&codistill::Backend::default(), &pair, &tokens, c.batch, c.bptt, 0).unwrap();
         lp[0].iter().zip(&lp[1]).map(|(a, b)| (a.exp() - b.exp()).abs()).sum::<f64>() / lp[0].len() as f64
     };
     let (co_dis, ind_dis) = (disagreement("co"), disagreement("independent"));

@@ -1,8 +1,7 @@
-//! `--cpu-bf16` (`codistill::set_cpu_bf16`): the CPU backend's products on bf16 operands with f32
+//! `--cpu-bf16` (`Backend::cpu_bf16`): the CPU backend's products on bf16 operands with f32
 //! accumulation. An LSTM layer's forward and backward stay within bf16's 1e-2 of the f32 ones, and
 //! a language model trains to the same losses as in f32 (to bf16's precision), bitwise the same on
-//! one thread and on two. Its own test binary: the setting is process-wide, and no other test may
-//! change it meanwhile.
+//! one thread and on two.
 
 #![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
 
@@ -36,9 +35,9 @@ fn bf16_products_track_f32_and_train_alike_on_any_thread_count() {
     let dy = Tensor::randn(&[steps * batch, hidden], 1.0, &mut rng);
     let mut layers = Vec::new();
     for on in [false, true] {
-        codistill::set_cpu_bf16(on);
-        let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &b, steps).unwrap();
-        let g = layer_backward(&x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+        let be = codistill::Backend { cpu_bf16: on, ..Default::default() };
+        let out = layer_forward(&be, &x, &h0, &c0, &w_ih, &w_hh, &b, steps).unwrap();
+        let g = layer_backward(&be, &x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
         layers.push((out, g));
     }
     let ((f, gf), (h, gh)) = (&layers[0], &layers[1]);
@@ -64,7 +63,6 @@ fn bf16_products_track_f32_and_train_alike_on_any_thread_count() {
         (t.cpu_bf16, t.threads) = (bf, threads);
         t.out = d.join(format!("bf{bf}-t{threads}"));
         let s = lm::train(&t).unwrap();
-        assert_eq!(codistill::cpu_bf16(), bf, "the trainer sets the process's precision");
         runs.push((s.best_valid.unwrap(), Checkpoint::load(&t.out.join("checkpoint.safetensors")).unwrap()));
     }
     let (f32_loss, bf_loss) = (runs[0].0, runs[1].0);

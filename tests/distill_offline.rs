@@ -285,7 +285,7 @@ fn an_ensemble_of_checkpoints_of_different_widths_is_scored_as_one() {
     let loaded = lm::load_checkpoints(&paths(&[&ca, &cb]).0, codistill::tensor::Device::Cpu).unwrap();
     let tokens = loaded[0].vocab.encode_file(&valid).unwrap();
     let pair: Vec<_> = loaded.iter().map(|l| (&l.model, &l.store)).collect();
-    let lp = lm::token_log_probs(&pair, &tokens, a.batch, a.bptt, 0).unwrap();
+    let lp = lm::token_log_probs(&codistill::Backend::default(), &pair, &tokens, a.batch, a.bptt, 0).unwrap();
     assert_eq!((lp[0].len(), lp[1].len()), (nab, nab));
     let want = lp[0].iter().zip(&lp[1]).map(|(x, y)| -((x.exp() + y.exp()) / 2.0).ln()).sum::<f64>() / nab as f64;
     let mean_of_logs = lp[0].iter().zip(&lp[1]).map(|(x, y)| -(x + y) / 2.0).sum::<f64>() / nab as f64;
@@ -337,7 +337,7 @@ fn fixed_teachers_join_codistilling_peers() {
     let tokens = tl.vocab.encode_file(&d.join("data/valid.txt")).unwrap();
     let gap = |run: &str, k: usize| {
         let s = lm::load_checkpoint(&d.join(run).join(format!("model-{k}/checkpoint.safetensors"))).unwrap();
-        let lp = lm::token_log_probs(&[(&tl.model, &tl.store), (&s.model, &s.store)], &tokens, c.batch, c.bptt, 0).unwrap();
+        let lp = lm::token_log_probs(&codistill::Backend::default(), &[(&tl.model, &tl.store), (&s.model, &s.store)], &tokens, c.batch, c.bptt, 0).unwrap();
         lp[0].iter().zip(&lp[1]).map(|(a, b)| (a.exp() - b.exp()).abs()).sum::<f64>() / lp[0].len() as f64
     };
     for k in 0..2 {

@@ -7,10 +7,19 @@
 //! `|analytic - numeric| <= atol + rtol * max(|analytic|, |numeric|)`, by default eps = 1e-2,
 //! rtol = 1e-2, atol = 2e-4 (f32 rounding of L over 2 eps is ~1e-5; the O(eps^2) truncation ~1e-4).
 //! A wrong backward rule misses these bounds by orders of magnitude.
+//!
+//! One body per device (tests/common/harness.rs): each check runs as `<name>::cpu` and
+//! `<name>::cuda`. The analytic gradient comes from the device under test (on the GPU with fp32
+//! products, the exact backend); the central differences are always taken on the CPU with the
+//! projection in f64, the reference. Without a GPU the CUDA legs are reported as ignored.
 
+#[allow(dead_code)]
+mod common;
+
+use codistill::cuda::MatmulPrecision;
 use codistill::nn::{Embedding, Linear, Lstm, LstmState, Mlp};
 use codistill::ops::elementwise::{Binary, Unary};
-use codistill::{DistillParams, Graph, ParamStore, Result, Rng, Tensor, Var};
+use codistill::{Backend, Device, DistillParams, Graph, ParamStore, Result, Rng, Tensor, Var};
 
 struct Bounds {
     eps: f32,
@@ -24,15 +33,22 @@ fn project(out: &Tensor, r: &[f32]) -> f64 {
     out.f32s().unwrap().iter().zip(r).map(|(&a, &b)| a as f64 * b as f64).sum()
 }
 
-fn gradcheck(what: &str, store: ParamStore, build: impl Fn(&mut Graph, &ParamStore) -> Result<Var>, b: Bounds) {
+/// `t` on the device the store `s` lives on: how a check's constant inputs follow its parameters.
+fn on(t: &Tensor, s: &ParamStore) -> Tensor {
+    t.to_device(s.device()).unwrap()
+}
+
+fn gradcheck(dev: Device, what: &str, store: ParamStore, build: impl Fn(&mut Graph, &ParamStore) -> Result<Var>, b: Bounds) {
     let mut rng = Rng::new(0xC0FFEE);
-    // Analytic: backward of sum(out * R).
+    let what = format!("{what} on {dev}");
+    // Analytic, on the device under test: backward of sum(out * R).
     let mut analytic = store.clone();
+    analytic.to_device(dev).unwrap();
     analytic.zero_grads().unwrap();
-    let mut g = Graph::new();
+    let mut g = Graph::new().with_backend(Backend { matmul: MatmulPrecision::F32, ..Backend::default() });
     let out = build(&mut g, &analytic).unwrap();
     let r = Tensor::randn(g.value(out).shape(), 1.0, &mut rng);
-    let rv = g.constant(r.clone());
+    let rv = g.constant(r.to_device(dev).unwrap());
     let prod = g.mul(out, rv).unwrap();
     let loss = g.sum(prod).unwrap();
     let grads = g.backward(loss).unwrap();
@@ -48,7 +64,7 @@ fn gradcheck(what: &str, store: ParamStore, build: impl Fn(&mut Graph, &ParamSto
         let value = store.get(&name).unwrap().clone();
         let n = value.numel();
         let idx: Vec<usize> = if n <= 48 { (0..n).collect() } else { (0..48).map(|_| rng.below(n)).collect() };
-        let ana = analytic.param(&name).unwrap().grad.f32s().unwrap().to_vec();
+        let ana = analytic.param(&name).unwrap().grad.to_vec_f32().unwrap();
         for i in idx {
             let mut s = store.clone();
             let mut v = value.clone();
@@ -86,10 +102,10 @@ fn away_from_zero(shape: &[usize], seed: u64, gap: f32) -> Tensor {
     Tensor::from_f32(v, shape).unwrap()
 }
 
-#[test]
-fn matmul_gradients() {
+fn matmul_gradients(dev: Device) {
     let s = store_of(&[("a", randn(&[5, 7], 1)), ("b", randn(&[7, 3], 2))]);
     gradcheck(
+        dev,
         "matmul",
         s,
         |g, s| {
@@ -100,10 +116,10 @@ fn matmul_gradients() {
     );
 }
 
-#[test]
-fn add_bias_gradients() {
+fn add_bias_gradients(dev: Device) {
     let s = store_of(&[("x", randn(&[4, 5], 3)), ("b", randn(&[5], 4))]);
     gradcheck(
+        dev,
         "add_bias",
         s,
         |g, s| {
@@ -114,11 +130,11 @@ fn add_bias_gradients() {
     );
 }
 
-#[test]
-fn binary_op_gradients() {
+fn binary_op_gradients(dev: Device) {
     for op in [Binary::Add, Binary::Sub, Binary::Mul] {
         let s = store_of(&[("a", randn(&[3, 4], 5)), ("b", randn(&[3, 4], 6))]);
         gradcheck(
+            dev,
             &format!("{op:?}"),
             s,
             move |g, s| {
@@ -130,12 +146,12 @@ fn binary_op_gradients() {
     }
 }
 
-#[test]
-fn unary_op_gradients() {
+fn unary_op_gradients(dev: Device) {
     for op in [Unary::Relu, Unary::Sigmoid, Unary::Tanh, Unary::Exp, Unary::Scale(-1.7)] {
         // ReLU's kink at 0 is kept 0.05 away, beyond the 0.01 step.
         let s = store_of(&[("x", away_from_zero(&[3, 5], 7, 0.05))]);
         gradcheck(
+            dev,
             &format!("{op:?}"),
             s,
             move |g, s| {
@@ -147,6 +163,7 @@ fn unary_op_gradients() {
     }
     let pos = Tensor::uniform(&[3, 5], 0.5, 3.0, &mut Rng::new(8));
     gradcheck(
+        dev,
         "Log",
         store_of(&[("x", pos)]),
         |g, s| {
@@ -157,10 +174,10 @@ fn unary_op_gradients() {
     );
 }
 
-#[test]
-fn dropout_reshape_sum_mean_gradients() {
+fn dropout_reshape_sum_mean_gradients(dev: Device) {
     let s = store_of(&[("x", randn(&[6, 5], 9))]);
     gradcheck(
+        dev,
         "dropout",
         s.clone(),
         |g, s| {
@@ -170,6 +187,7 @@ fn dropout_reshape_sum_mean_gradients() {
         DEFAULT,
     );
     gradcheck(
+        dev,
         "reshape",
         s.clone(),
         |g, s| {
@@ -179,6 +197,7 @@ fn dropout_reshape_sum_mean_gradients() {
         DEFAULT,
     );
     gradcheck(
+        dev,
         "sum",
         s.clone(),
         |g, s| {
@@ -188,6 +207,7 @@ fn dropout_reshape_sum_mean_gradients() {
         DEFAULT,
     );
     gradcheck(
+        dev,
         "mean",
         s,
         |g, s| {
@@ -198,23 +218,22 @@ fn dropout_reshape_sum_mean_gradients() {
     );
 }
 
-#[test]
-fn embedding_gradient_with_repeated_ids() {
+fn embedding_gradient_with_repeated_ids(dev: Device) {
     let ids = Tensor::from_i32(vec![3, 0, 3, 6, 1, 3], &[6]).unwrap();
     let s = store_of(&[("table", randn(&[7, 4], 10))]);
     gradcheck(
+        dev,
         "embedding",
         s,
         move |g, s| {
             let t = g.param(s, "table")?;
-            g.embedding(t, &ids)
+            g.embedding(t, &on(&ids, s))
         },
         DEFAULT,
     );
 }
 
-#[test]
-fn lstm_layer_gradients_through_time() {
+fn lstm_layer_gradients_through_time(dev: Device) {
     // T = 4 steps, B = 3, In = 5, H = 6 (odd sizes); gradients reach x, the initial state and all weights.
     let (t, b, i, h) = (4, 3, 5, 6);
     let s = store_of(&[
@@ -226,6 +245,7 @@ fn lstm_layer_gradients_through_time() {
         ("bias", randn(&[4 * h], 16)),
     ]);
     gradcheck(
+        dev,
         "lstm",
         s,
         move |g, s| {
@@ -237,67 +257,68 @@ fn lstm_layer_gradients_through_time() {
     );
 }
 
-#[test]
-fn softmax_xent_gradient() {
+fn softmax_xent_gradient(dev: Device) {
     let y = Tensor::from_i32(vec![0, 4, 2, 6, 6], &[5]).unwrap();
     let s = store_of(&[("logits", Tensor::randn(&[5, 7], 2.0, &mut Rng::new(17)))]);
     gradcheck(
+        dev,
         "softmax_xent",
         s,
         move |g, s| {
             let l = g.param(s, "logits")?;
-            g.softmax_xent(l, &y)
+            g.softmax_xent(l, &on(&y, s))
         },
         DEFAULT,
     );
 }
 
-#[test]
-fn softmax_kl_gradient_with_two_teachers() {
+fn softmax_kl_gradient_with_two_teachers(dev: Device) {
     let y = Tensor::from_i32(vec![1, 3, 0, 5], &[4]).unwrap();
     let teachers = vec![Tensor::randn(&[4, 6], 2.0, &mut Rng::new(18)), Tensor::randn(&[4, 6], 2.0, &mut Rng::new(19))];
     for (temperature, alpha) in [(1.0, 0.5), (2.0, 1.0), (4.0, 0.3)] {
         let (y, teachers) = (y.clone(), teachers.clone());
         let s = store_of(&[("student", Tensor::randn(&[4, 6], 2.0, &mut Rng::new(20)))]);
         gradcheck(
+            dev,
             &format!("softmax_kl T={temperature} alpha={alpha}"),
             s,
             move |g, s| {
                 let st = g.param(s, "student")?;
-                Ok(g.softmax_kl(st, &teachers, Some(&y), DistillParams { temperature, alpha })?.0)
+                let teachers: Vec<Tensor> = teachers.iter().map(|t| on(t, s)).collect();
+                Ok(g.softmax_kl(st, &teachers, Some(&on(&y, s)), DistillParams { temperature, alpha })?.0)
             },
             DEFAULT,
         );
     }
 }
 
-#[test]
-fn bce_with_soft_targets_gradient() {
+fn bce_with_soft_targets_gradient(dev: Device) {
     let y = Tensor::from_f32(vec![0.0, 1.0, 0.3, 0.9, 0.5, 1.0], &[6]).unwrap();
     let s = store_of(&[("logits", Tensor::randn(&[6], 2.0, &mut Rng::new(21)))]);
     gradcheck(
+        dev,
         "bce",
         s,
         move |g, s| {
             let l = g.param(s, "logits")?;
-            g.bce_with_logits(l, &y)
+            g.bce_with_logits(l, &on(&y, s))
         },
         DEFAULT,
     );
 }
 
-#[test]
-fn linear_and_mlp_module_gradients() {
+fn linear_and_mlp_module_gradients(dev: Device) {
     let mut rng = Rng::new(22);
     let mut s = ParamStore::new();
     let lin = Linear::new(&mut s, "lin", 5, 3, true, &mut rng).unwrap();
     let x = randn(&[4, 5], 23);
     let xc = x.clone();
     gradcheck(
+        dev,
         "Linear",
         s,
         move |g, s| {
-            let xv = g.constant(xc.clone());
+            let xv = g.constant(on(&xc, s));
             lin.forward(g, s, xv)
         },
         DEFAULT,
@@ -306,18 +327,18 @@ fn linear_and_mlp_module_gradients() {
     let mut s = ParamStore::new();
     let mlp = Mlp::new(&mut s, "mlp", &[5, 8, 6, 2], &mut rng).unwrap();
     gradcheck(
+        dev,
         "Mlp",
         s,
         move |g, s| {
-            let xv = g.constant(x.clone());
+            let xv = g.constant(on(&x, s));
             mlp.forward(g, s, xv)
         },
         Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
     ); // ReLU kinks: a smaller step crosses fewer
 }
 
-#[test]
-fn embedding_and_two_layer_lstm_module_gradients() {
+fn embedding_and_two_layer_lstm_module_gradients(dev: Device) {
     let mut rng = Rng::new(24);
     let mut s = ParamStore::new();
     let (t, b, vocab, dim, hidden) = (3, 2, 9, 4, 5);
@@ -326,12 +347,34 @@ fn embedding_and_two_layer_lstm_module_gradients() {
     let ids = Tensor::from_i32((0..(t * b) as i32).map(|i| (i * 5) % vocab as i32).collect(), &[t * b]).unwrap();
     let state = LstmState { h: vec![randn(&[b, hidden], 25), randn(&[b, hidden], 26)], c: vec![randn(&[b, hidden], 27), randn(&[b, hidden], 28)] };
     gradcheck(
+        dev,
         "Embedding + 2-layer Lstm with dropout",
         s,
         move |g, s| {
-            let x = emb.forward(g, s, &ids)?;
+            let x = emb.forward(g, s, &on(&ids, s))?;
+            let state = LstmState { h: state.h.iter().map(|t| on(t, s)).collect(), c: state.c.iter().map(|t| on(t, s)).collect() };
             Ok(lstm.forward(g, s, x, &state, t, Some((0.3, 5)))?.0)
         },
         DEFAULT,
     );
+}
+
+fn main() {
+    common::harness::run_on_devices(
+        "gradcheck",
+        &[
+            ("matmul_gradients", matmul_gradients),
+            ("add_bias_gradients", add_bias_gradients),
+            ("binary_op_gradients", binary_op_gradients),
+            ("unary_op_gradients", unary_op_gradients),
+            ("dropout_reshape_sum_mean_gradients", dropout_reshape_sum_mean_gradients),
+            ("embedding_gradient_with_repeated_ids", embedding_gradient_with_repeated_ids),
+            ("lstm_layer_gradients_through_time", lstm_layer_gradients_through_time),
+            ("softmax_xent_gradient", softmax_xent_gradient),
+            ("softmax_kl_gradient_with_two_teachers", softmax_kl_gradient_with_two_teachers),
+            ("bce_with_soft_targets_gradient", bce_with_soft_targets_gradient),
+            ("linear_and_mlp_module_gradients", linear_and_mlp_module_gradients),
+            ("embedding_and_two_layer_lstm_module_gradients", embedding_and_two_layer_lstm_module_gradients),
+        ],
+    )
 }

@@ -203,7 +203,7 @@ fn the_lstm_state_carries_a_dependency_across_windows() {
     let valid = s.best_valid.unwrap();
     let loaded = lm::load_checkpoint(&c.out.join("best.safetensors")).unwrap();
     let tokens = loaded.vocab.encode_file(&d.join("data/valid.txt")).unwrap();
-    let (short, n) = lm::evaluate(&loaded.model, &loaded.store, &tokens, 8, 3, 0).unwrap();
+    let (short, n) = lm::evaluate(&codistill::Backend::default(), &loaded.model, &loaded.store, &tokens, 8, 3, 0).unwrap();
     eprintln!("entropy rate {rate:.4}, order-1 floor {order1:.4}, bar {bar:.4}: train {train_loss:.4}, valid {valid:.4}, valid in windows of 3 {short:.4} ({n} tokens)");
     assert!(train_loss < bar, "training loss {train_loss:.4} is not below {bar:.4}: the state is not carried between training windows");
     assert!(valid < bar, "validation loss {valid:.4} is not below {bar:.4}");

@@ -1,9 +1,8 @@
-//! The CPU thread count (`--threads`, `codistill::set_cpu_threads`) changes speed, never results:
+//! The CPU thread count (`--threads`, `Backend::threads`) changes speed, never results:
 //! products are split over output blocks and the loss over rows, each summed in a fixed order.
 //! A language model big enough that every threaded path splits (the output layer's products past
 //! the GEMM's serial limit, the packed recurrent products, the softmax-KL over many rows) trains
-//! to bitwise the same weights on one thread and on two. Its own test binary: the thread count is
-//! process-wide, and no other test may change it meanwhile.
+//! to bitwise the same weights on one thread and on two.
 
 #![allow(clippy::field_reassign_with_default)] // configs are built field by field, as a user would
 
@@ -21,7 +20,7 @@ fn lm_training_is_bitwise_the_same_on_one_thread_and_on_two() {
         t.threads = threads;
         t.out = d.join(format!("t{threads}"));
         let s = lm::train(&t).unwrap();
-        assert_eq!(codistill::cpu_threads(), threads, "the trainer sets the process's thread count");
+        assert_eq!(t.run_options().backend().unwrap().cpu_threads(), threads, "--threads reaches the run's backend");
         runs.push((s.best_valid, Checkpoint::load(&t.out.join("checkpoint.safetensors")).unwrap()));
     }
     let ((va, a), (vb, b)) = (&runs[0], &runs[1]);

@@ -77,21 +77,7 @@ pub fn probe() -> Result<usize> {
         .map_err(Error::Device)
 }
 
-static DETERMINISTIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static MATMUL_F32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether GPU ops must give bitwise-identical results run to run (process-wide; off by default).
-/// On: the embedding backward adds rows that share an id in position order (a host-sorted plan,
-/// bitwise the CPU twin). Off: it uses atomics, faster, with run-to-run rounding differences.
-pub fn set_deterministic(on: bool) {
-    DETERMINISTIC.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn deterministic() -> bool {
-    DETERMINISTIC.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// How f32 matrix products run on the GPU (process-wide).
+/// How f32 matrix products run on the GPU ([`crate::Backend::matmul`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPrecision {
     /// Operands rounded to bf16, products on the tensor cores, fp32 accumulation (the default;
@@ -101,19 +87,7 @@ pub enum MatmulPrecision {
     F32,
 }
 
-pub fn set_matmul_precision(p: MatmulPrecision) {
-    MATMUL_F32.store(p == MatmulPrecision::F32, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn matmul_precision() -> MatmulPrecision {
-    if MATMUL_F32.load(std::sync::atomic::Ordering::Relaxed) {
-        MatmulPrecision::F32
-    } else {
-        MatmulPrecision::Bf16
-    }
-}
-
-/// Which tensor-core kernel runs a bf16 matrix product on the GPU (process-wide).
+/// Which tensor-core kernel runs a bf16 matrix product on the GPU ([`Gemm::kernel`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulKernel {
     /// The default: on Hopper (compute capability 9.0) the `WgmmaTma` kernel for products of at
@@ -124,8 +98,6 @@ pub enum MatmulKernel {
     Auto,
     /// As `Auto`, with the cp.async `Wgmma` kernel for the large products.
     AutoWgmma,
-    /// The same rule as `Auto` (the name it had before it became the default).
-    AutoWgmmaTma,
     /// Always `mma.sync` (`kernels/matmul.cu`), on any GPU from sm_80.
     MmaSync,
     /// Always `wgmma` (`kernels/matmul_sm90a.cu`, `gemm_wgmma_b*`, operands loaded by `cp.async`):
@@ -138,10 +110,9 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
-    const ALL: [(MatmulKernel, &'static str); 6] = [
+    const ALL: [(MatmulKernel, &'static str); 5] = [
         (MatmulKernel::Auto, "auto"),
         (MatmulKernel::AutoWgmma, "auto-wgmma"),
-        (MatmulKernel::AutoWgmmaTma, "auto-wgmma-tma"),
         (MatmulKernel::MmaSync, "mma"),
         (MatmulKernel::Wgmma, "wgmma"),
         (MatmulKernel::WgmmaTma, "wgmma-tma"),
@@ -151,27 +122,58 @@ impl MatmulKernel {
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or("auto")
     }
-}
 
-static MATMUL_KERNEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
-
-/// Sets the bf16 matmul kernel for the process (overrides `CODISTILL_MATMUL_KERNEL`).
-pub fn set_matmul_kernel(k: MatmulKernel) {
-    let i = MatmulKernel::ALL.iter().position(|(x, _)| *x == k).unwrap_or(0);
-    MATMUL_KERNEL.store(i as u8, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The bf16 matmul kernel: as set, else from `CODISTILL_MATMUL_KERNEL` (`auto`, `auto-wgmma`,
-/// `auto-wgmma-tma`, `mma`, `wgmma`, `wgmma-tma`), else `Auto`.
-pub fn matmul_kernel() -> MatmulKernel {
-    let v = MATMUL_KERNEL.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some((k, _)) = MatmulKernel::ALL.get(v as usize) {
-        return *k;
+    /// The kernel of a name [`MatmulKernel::name`] gives.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
     }
-    let env = std::env::var("CODISTILL_MATMUL_KERNEL").unwrap_or_default();
-    let k = MatmulKernel::ALL.iter().find(|(_, n)| *n == env).map(|(k, _)| *k).unwrap_or(MatmulKernel::Auto);
-    set_matmul_kernel(k);
-    k
+}
+
+/// The GPU's bf16 matrix-product choices ([`crate::Backend::gemm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    /// The kernel.
+    pub kernel: MatmulKernel,
+    /// Split-K for the mma.sync kernel where its output tiles alone would leave the device idle
+    /// (off: the product runs as one grid of output tiles, as before split-K existed).
+    pub split_k: bool,
+    /// `wgmma` reads an operand stored MN-major as it lies where its rows are 16-byte aligned
+    /// (off: such an operand is transposed into a K-major copy first).
+    pub mn_major: bool,
+}
+
+impl Default for Gemm {
+    fn default() -> Self {
+        Gemm { kernel: MatmulKernel::Auto, split_k: true, mn_major: true }
+    }
+}
+
+impl Gemm {
+    /// The defaults, changed by `CODISTILL_MATMUL_KERNEL` (`auto`, `auto-wgmma`, `mma`, `wgmma`,
+    /// `wgmma-tma`), `CODISTILL_SPLIT_K=0` and `CODISTILL_WGMMA_MN=0`; any other value of these
+    /// variables is an error that names it.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`Gemm::from_env`] on the variables `get` returns.
+    fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let kernel = match get("CODISTILL_MATMUL_KERNEL") {
+            None => MatmulKernel::Auto,
+            Some(v) => MatmulKernel::parse(&v).ok_or_else(|| {
+                let names: Vec<&str> = MatmulKernel::ALL.iter().map(|(_, n)| *n).collect();
+                Error::Invalid(format!("CODISTILL_MATMUL_KERNEL={v:?} is none of {}", names.join(", ")))
+            })?,
+        };
+        let on = |var: &str| -> Result<bool> {
+            match get(var).as_deref() {
+                None | Some("1") => Ok(true),
+                Some("0") => Ok(false),
+                Some(v) => bail!(Invalid, "{var}={v:?}: expected 0 (off) or 1 (on, the default)"),
+            }
+        };
+        Ok(Gemm { kernel, split_k: on("CODISTILL_SPLIT_K")?, mn_major: on("CODISTILL_WGMMA_MN")? })
+    }
 }
 
 /// Allocator counters: device allocations made, and requests served from the cache.
@@ -762,10 +764,21 @@ mod tests {
     fn matmul_kernel_names_round_trip() {
         for (k, name) in MatmulKernel::ALL {
             assert_eq!(k.name(), name);
-            set_matmul_kernel(k);
-            assert_eq!(matmul_kernel(), k);
+            assert_eq!(MatmulKernel::parse(name), Some(k));
         }
-        set_matmul_kernel(MatmulKernel::Auto);
+        assert_eq!(MatmulKernel::parse("tf32"), None);
+    }
+
+    #[test]
+    fn kernel_choices_from_the_environment_and_their_errors() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        assert_eq!(Gemm::from_vars(vars(&[])).unwrap(), Gemm::default());
+        let g = Gemm::from_vars(vars(&[("CODISTILL_MATMUL_KERNEL", "mma"), ("CODISTILL_SPLIT_K", "0")])).unwrap();
+        assert_eq!(g, Gemm { kernel: MatmulKernel::MmaSync, split_k: false, mn_major: true });
+        let e = Gemm::from_vars(vars(&[("CODISTILL_MATMUL_KERNEL", "tf32")])).unwrap_err().to_string();
+        assert!(e.contains("CODISTILL_MATMUL_KERNEL=\"tf32\"") && e.contains("wgmma-tma"), "{e}");
+        let e = Gemm::from_vars(vars(&[("CODISTILL_WGMMA_MN", "off")])).unwrap_err().to_string();
+        assert!(e.contains("CODISTILL_WGMMA_MN=\"off\""), "{e}");
     }
 
     #[test]

@@ -630,7 +630,7 @@ mod tests {
                 own.zero_grads().unwrap();
                 let ids: Vec<i32> = (0..20).map(|_| (rng.next_u64() % rows as u64) as i32).collect();
                 let g = Tensor::randn(&[20, width], 1.0, &mut rng);
-                own.accumulate_rows("table", &Tensor::from_i32(ids, &[20]).unwrap(), &g).unwrap();
+                own.accumulate_rows(&crate::Backend::default(), "table", &Tensor::from_i32(ids, &[20]).unwrap(), &g).unwrap();
                 if publish % 5 == 4 {
                     let dense = Tensor::randn(&[rows, width], 1.0, &mut rng);
                     own.accumulate_grad("table", &dense).unwrap(); // a dense gradient: every row moves
@@ -690,7 +690,8 @@ mod tests {
             let ptr = own.get("table").unwrap().f32s().unwrap().as_ptr();
             own.zero_grads().unwrap();
             let ids: Vec<i32> = (0..50).map(|_| (rng.next_u64() % rows as u64) as i32).collect();
-            own.accumulate_rows("table", &Tensor::from_i32(ids, &[50]).unwrap(), &Tensor::randn(&[50, width], 1.0, &mut rng)).unwrap();
+            own.accumulate_rows(&crate::Backend::default(), "table", &Tensor::from_i32(ids, &[50]).unwrap(), &Tensor::randn(&[50, width], 1.0, &mut rng))
+                .unwrap();
             opt.step(&mut own, 0.1, None).unwrap();
             assert_eq!(own.get("table").unwrap().f32s().unwrap().as_ptr(), ptr, "step {step}: the update copied the weights");
             x.advance().unwrap();

@@ -14,7 +14,6 @@
 //! distillation term), with dropout as in training, on the checkpoint's own training data from the
 //! position it reached.
 
-use super::options::backend_settings;
 use super::run::{checkpoint_config, load_weights, Setup, Task};
 use super::RunConfig;
 use crate::autograd::Graph;
@@ -57,7 +56,7 @@ pub fn noise_scale<T: Task>(checkpoint: &Path, batches: usize, dev: Device) -> R
     (o.models, o.world, o.rank, o.shards, o.shard) = (1, 1, 0, 1, 0);
     (o.teacher, o.exchange_dir, o.resume) = (Default::default(), None, None);
     cfg.set_run_options(&o);
-    backend_settings(&o);
+    let be = o.backend()?;
     let task = T::prepare(&cfg, &Setup { dev, total_models: 1, run: &o })?;
     let mut store = ParamStore::new();
     task.init(&mut store, &mut Rng::new(0))?;
@@ -82,7 +81,7 @@ pub fn noise_scale<T: Task>(checkpoint: &Path, batches: usize, dev: Device) -> R
             if fresh {
                 carry = task.zero_carry(model)?;
             }
-            let mut g = Graph::new();
+            let mut g = Graph::new().with_backend(be);
             let (out, _, next) = task.forward(model, &mut g, store, &batch, &carry, Some((s, 0)))?;
             let loss = task.loss(&mut g, out, &batch, &[], &[], None)?;
             let grads = g.backward(loss)?;

@@ -81,14 +81,20 @@ impl DeviceChoice {
     }
 }
 
-/// The process-wide backend options of a run: the GPU's (`--matmul-f32`, `--deterministic`) and
-/// the CPU's (`--threads`, `--cpu-bf16`).
-pub(crate) fn backend_settings(o: &RunOptions) {
-    use crate::cuda::{set_deterministic, set_matmul_precision, MatmulPrecision};
-    set_matmul_precision(if o.matmul_f32 { MatmulPrecision::F32 } else { MatmulPrecision::Bf16 });
-    set_deterministic(o.deterministic);
-    crate::set_cpu_threads(o.threads);
-    crate::set_cpu_bf16(o.cpu_bf16);
+impl RunOptions {
+    /// The backend context of a run: the GPU's options (`--matmul-f32`, `--deterministic`) and the
+    /// CPU's (`--threads`, `--cpu-bf16`), on the environment's kernel choices
+    /// ([`crate::Backend::from_env`], whose errors it returns).
+    pub fn backend(&self) -> Result<crate::Backend> {
+        use crate::cuda::MatmulPrecision;
+        Ok(crate::Backend {
+            threads: self.threads,
+            cpu_bf16: self.cpu_bf16,
+            deterministic: self.deterministic,
+            matmul: if self.matmul_f32 { MatmulPrecision::F32 } else { MatmulPrecision::Bf16 },
+            ..crate::Backend::from_env()?
+        })
+    }
 }
 
 /// `--optimizer sgd|momentum|adagrad|adam`.

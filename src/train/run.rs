@@ -4,7 +4,7 @@
 //! one process per model through an exchange directory; fixed teachers; the ensemble and churn at
 //! the end. What differs between a language model and a click model is a [`Task`].
 
-use super::options::{backend_settings, check_burn_in, check_loss, check_same_data, optimizer_settings, process_world, RunConfig, RunOptions, DATA_KEY};
+use super::options::{check_burn_in, check_loss, check_same_data, optimizer_settings, process_world, RunConfig, RunOptions, DATA_KEY};
 use super::report::{exchange_health, lock_out, log_teacher_swap, progress, write_result, MetricsLog, PeerWait, StepTimes};
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
@@ -309,6 +309,7 @@ pub(crate) fn checkpoint_config<C: crate::config::ConfigTable>(ck: &Checkpoint, 
 /// A teacher's output for `batch` (no tape), its state carried in `slot` (zeros when empty), and
 /// with `hidden` its last hidden layer (a feature hint's target).
 fn teacher_output<T: Task>(
+    be: &crate::Backend,
     task: &T,
     model: &T::Model,
     store: &ParamStore,
@@ -320,7 +321,7 @@ fn teacher_output<T: Task>(
         Some(c) => c,
         None => task.zero_carry(model)?,
     };
-    let mut g = Graph::no_grad();
+    let mut g = Graph::no_grad().with_backend(*be);
     let (out, h, next) = task.forward(model, &mut g, store, batch, &carry, None)?;
     *slot = Some(next);
     Ok((g.value(out).clone(), hidden.then(|| g.value(h).clone())))
@@ -368,7 +369,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     let started = Instant::now();
     let mut o = cfg.run_options();
     let dev = o.device.resolve()?;
-    backend_settings(&o);
+    let be = o.backend()?;
     // The run goes on, and its checkpoints record, the world and rank it took.
     (o.world, o.rank) = process_world(o.world, o.rank, o.exchange_dir.is_some())?;
     let mut cfg = cfg.clone();
@@ -565,7 +566,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 let (snapshots, waited) = timed(|| peers.iter().filter(|&&p| p != m.index).filter_map(|&p| exchange.latest(p)).collect::<Vec<_>>());
                 waited_here += waited.as_secs_f64();
                 for t in &snapshots {
-                    peer_out.push(teacher_output(&task, model, &t.params, &batch, &mut m.peer_carry[t.rank], false)?.0);
+                    peer_out.push(teacher_output(&be, &task, model, &t.params, &batch, &mut m.peer_carry[t.rank], false)?.0);
                     let u = m.teachers.observe(m.index, t, step);
                     m.interval.staleness = (m.interval.staleness.0 + u.staleness, m.interval.staleness.1 + 1);
                     if u.swapped {
@@ -577,13 +578,13 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 }
                 if task.forward_teachers() {
                     for (k, (t, slot)) in fixed.iter().zip(m.fixed_carry.iter_mut()).enumerate() {
-                        let (out, h) = teacher_output(&task, t.model, t.store, &batch, slot, k == 0 && hints)?;
+                        let (out, h) = teacher_output(&be, &task, t.model, t.store, &batch, slot, k == 0 && hints)?;
                         fixed_out.push(out);
                         hint_target = h.or(hint_target);
                     }
                 }
             }
-            let mut g = Graph::new();
+            let mut g = Graph::new().with_backend(be);
             let (out, hidden, next) = task.forward(model, &mut g, &m.store, &batch, &m.carry, Some((step, m.index)))?;
             let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, distill.then(|| form.mix_at(step, o.burn_in)))?;
             let hint_term = match (&hint_target, &hint) {

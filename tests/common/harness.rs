@@ -3,18 +3,15 @@
 //! built-in harness, but a test can be ignored at run time. Where no GPU is found, every test is
 //! reported as *ignored* (the summary counts them) after one line on stderr that says why, so a
 //! machine without a GPU never reports a GPU test as passed; with `REQUIRE_GPU=1` a missing GPU
-//! fails the binary instead. `CODISTILL_GPU_TESTS_ON_CPU=1` (where `cpu_stand_in` is allowed) runs
-//! the tests with the CPU standing in: a smoke run of the tests' own code, which compares the CPU
-//! with itself and proves nothing about a GPU.
+//! fails the binary instead.
 //!
 //! Inputs are drawn from a fixed seed by default, so a run is replayable as it stands;
 //! `CODISTILL_TEST_SEED=N` sets another, `CODISTILL_TEST_SEED=random` draws one from the clock.
 //! Every test prints its seed.
 
 /// Runs the listed tests and exits with the harness's status.
-pub fn run(binary: &str, tests: &[(&'static str, fn())], cpu_stand_in: bool) -> ! {
+pub fn run(binary: &str, tests: &[(&'static str, fn())]) -> ! {
     let args = libtest_mimic::Arguments::from_args();
-    let stand_in = cpu_stand_in && std::env::var("CODISTILL_GPU_TESTS_ON_CPU").as_deref() == Ok("1");
     let ignored = match codistill::cuda::probe() {
         Ok(_) => false,
         Err(e) => {
@@ -22,15 +19,8 @@ pub fn run(binary: &str, tests: &[(&'static str, fn())], cpu_stand_in: bool) -> 
                 eprintln!("{binary}: REQUIRE_GPU=1 but no usable GPU: {e}");
                 std::process::exit(1);
             }
-            if stand_in {
-                eprintln!(
-                    "{binary}: no usable GPU ({e}); CODISTILL_GPU_TESTS_ON_CPU=1: a smoke run with the CPU standing in, which proves nothing about a GPU"
-                );
-                false
-            } else {
-                eprintln!("{binary}: no usable GPU ({e}): its {} tests are reported as ignored", tests.len());
-                true
-            }
+            eprintln!("{binary}: no usable GPU ({e}): its {} tests are reported as ignored", tests.len());
+            true
         }
     };
     let trials = tests
@@ -55,4 +45,43 @@ pub fn seed(test: &str) -> u64 {
     };
     eprintln!("{test}: seed {seed} (replay: CODISTILL_TEST_SEED={seed})");
     seed
+}
+
+/// A device-generic test: its name and its body.
+#[allow(dead_code)]
+pub type DeviceTest = (&'static str, fn(codistill::Device));
+
+/// Runs each listed body once per device, as the trials `<name>::cpu` and `<name>::cuda`: one test
+/// body per device. The CPU leg always runs; where no GPU is found the CUDA legs are reported as
+/// ignored after one line on stderr that says why (`REQUIRE_GPU=1` fails the binary instead), so
+/// a machine without a GPU never reports a GPU leg as passed.
+#[allow(dead_code)] // not every binary on this harness has device-generic bodies
+pub fn run_on_devices(binary: &str, tests: &[DeviceTest]) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    let no_gpu = match codistill::cuda::probe() {
+        Ok(_) => false,
+        Err(e) => {
+            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
+                eprintln!("{binary}: REQUIRE_GPU=1 but no usable GPU: {e}");
+                std::process::exit(1);
+            }
+            eprintln!("{binary}: no usable GPU ({e}): the {} cuda legs are reported as ignored", tests.len());
+            true
+        }
+    };
+    let mut trials = Vec::new();
+    for &(name, f) in tests {
+        trials.push(libtest_mimic::Trial::test(format!("{name}::cpu"), move || {
+            f(codistill::Device::Cpu);
+            Ok(())
+        }));
+        trials.push(
+            libtest_mimic::Trial::test(format!("{name}::cuda"), move || {
+                f(codistill::Device::Cuda(0));
+                Ok(())
+            })
+            .with_ignored_flag(no_gpu),
+        );
+    }
+    libtest_mimic::run(&args, trials).exit()
 }

@@ -38,6 +38,10 @@ pub fn train_field(metrics: &std::path::Path, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The device-generic op tests' helpers.
+#[allow(dead_code)]
+pub mod dev;
+
 /// The GPU test binaries' harness.
 #[allow(dead_code)] // only the GPU test binaries use it
 pub mod harness;

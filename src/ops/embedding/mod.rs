@@ -6,6 +6,7 @@
 pub mod cuda;
 mod tape;
 
+use crate::backend::Backend;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
@@ -55,7 +56,7 @@ pub fn gather(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 }
 
 /// `dtable[ids[i]] += dout[i]` in place.
-pub fn scatter_add(dout: &Tensor, ids: &Tensor, dtable: &mut Tensor) -> Result<()> {
+pub fn scatter_add(be: &Backend, dout: &Tensor, ids: &Tensor, dtable: &mut Tensor) -> Result<()> {
     let (v, d) = dtable.expect_2d("embedding gradient")?;
     let idv = ids.host_i32s()?;
     dout.expect_shape("embedding output gradient", &[idv.len(), d])?;
@@ -66,7 +67,7 @@ pub fn scatter_add(dout: &Tensor, ids: &Tensor, dtable: &mut Tensor) -> Result<(
             Ok(())
         }
         Device::Cuda(_) => {
-            let mode = if crate::cuda::deterministic() { cuda::ScatterMode::Deterministic } else { cuda::ScatterMode::Atomic };
+            let mode = if be.deterministic { cuda::ScatterMode::Deterministic } else { cuda::ScatterMode::Atomic };
             cuda::scatter_add(dout.cuda_f32()?, v, d, ids.cuda_i32()?, Some(&idv), dtable.cuda_f32_mut()?, mode)
         }
     }
@@ -83,7 +84,7 @@ mod tests {
         let out = gather(&table, &ids).unwrap();
         assert_eq!(out.f32s().unwrap(), &[6., 7., 8., 0., 1., 2., 6., 7., 8.]);
         let mut dt = Tensor::zeros(&[4, 3]);
-        scatter_add(&Tensor::full(&[3, 3], 1.0), &ids, &mut dt).unwrap();
+        scatter_add(&crate::Backend::default(), &Tensor::full(&[3, 3], 1.0), &ids, &mut dt).unwrap();
         assert_eq!(dt.f32s().unwrap(), &[1., 1., 1., 0., 0., 0., 2., 2., 2., 0., 0., 0.]);
     }
 

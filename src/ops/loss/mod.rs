@@ -7,15 +7,16 @@ pub mod cuda;
 mod tape;
 
 use super::softmax_kl::{softmax_kl, DistillParams};
+use crate::backend::Backend;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
 
 /// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, without its gradient (for
 /// evaluation: on the CPU half the passes and no `[N, V]` buffer; the GPU kernel writes its
 /// gradient anyway, which is dropped). The same checks and errors as [`softmax_xent`].
-pub fn softmax_xent_value(logits: &Tensor, targets: &Tensor) -> Result<f64> {
+pub fn softmax_xent_value(be: &Backend, logits: &Tensor, targets: &Tensor) -> Result<f64> {
     if logits.device() != Device::Cpu {
-        return Ok(softmax_xent(logits, targets)?.0);
+        return Ok(softmax_xent(be, logits, targets)?.0);
     }
     let (n, v) = logits.expect_2d("student logits")?;
     targets.expect_shape("labels", &[n])?;
@@ -26,12 +27,12 @@ pub fn softmax_xent_value(logits: &Tensor, targets: &Tensor) -> Result<f64> {
     if let Some((r, &bad)) = y.iter().enumerate().find(|(_, &c)| c < 0 || c as usize >= v) {
         bail!(Invalid, "label {bad} in row {r} is outside the {v} classes");
     }
-    Ok(super::softmax_kl::xent_value_cpu(logits.f32s()?, y, n, v))
+    Ok(super::softmax_kl::xent_value_cpu(be.cpu_threads(), logits.f32s()?, y, n, v))
 }
 
 /// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, and its gradient.
-pub fn softmax_xent(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor)> {
-    let (loss, grad) = softmax_kl(logits, &[], Some(targets), DistillParams { temperature: 1.0, alpha: 0.0 })?;
+pub fn softmax_xent(be: &Backend, logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor)> {
+    let (loss, grad) = softmax_kl(be, logits, &[], Some(targets), DistillParams { temperature: 1.0, alpha: 0.0 })?;
     Ok((loss.total, grad))
 }
 
@@ -111,17 +112,17 @@ mod tests {
             }
             let y: Vec<i32> = (0..n).map(|_| rng.below(v) as i32).collect();
             let (x, y) = (Tensor::from_f32(x, &[n, v]).unwrap(), Tensor::from_i32(y, &[n]).unwrap());
-            let (want, _) = softmax_xent(&x, &y).unwrap();
-            let got = softmax_xent_value(&x, &y).unwrap();
+            let (want, _) = softmax_xent(&crate::Backend::default(), &x, &y).unwrap();
+            let got = softmax_xent_value(&crate::Backend::default(), &x, &y).unwrap();
             assert!(got.is_finite() && (got - want).abs() <= 1e-6 * want.abs().max(1.0), "{n}x{v}: {got} against {want}");
         }
-        let e = softmax_xent_value(&Tensor::zeros(&[2, 3]), &Tensor::from_i32(vec![0, 3], &[2]).unwrap());
+        let e = softmax_xent_value(&crate::Backend::default(), &Tensor::zeros(&[2, 3]), &Tensor::from_i32(vec![0, 3], &[2]).unwrap());
         assert!(e.unwrap_err().to_string().contains("label 3 in row 1"));
     }
 
     #[test]
     fn xent_of_uniform_logits_is_log_v() {
-        let (loss, _) = softmax_xent(&Tensor::zeros(&[3, 10]), &Tensor::from_i32(vec![0, 5, 9], &[3]).unwrap()).unwrap();
+        let (loss, _) = softmax_xent(&crate::Backend::default(), &Tensor::zeros(&[3, 10]), &Tensor::from_i32(vec![0, 5, 9], &[3]).unwrap()).unwrap();
         assert!((loss - 10f64.ln()).abs() < 1e-9);
     }
 }

@@ -12,10 +12,10 @@ impl Graph {
     pub fn softmax_xent(&mut self, logits: Var, targets: &Tensor) -> Result<Var> {
         if !self.needs_grad(logits) {
             // Nothing to differentiate (evaluation): the loss alone.
-            let l = loss::softmax_xent_value(self.value(logits), targets)?;
+            let l = loss::softmax_xent_value(self.backend(), self.value(logits), targets)?;
             return Ok(self.push(Tensor::scalar(l as f32), &[logits], |_, _| Ok(())));
         }
-        let (l, grad) = loss::softmax_xent(self.value(logits), targets)?;
+        let (l, grad) = loss::softmax_xent(self.backend(), self.value(logits), targets)?;
         Ok(self.push(Tensor::scalar(l as f32), &[logits], move |g, grads| grads.add(logits, scale(&grad, g.item()?)?)))
     }
 

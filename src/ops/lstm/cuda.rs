@@ -4,12 +4,13 @@
 //! here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
 use super::{LstmCache, LstmDims, LstmGrads, LstmOutput};
+use crate::backend::Backend;
 use crate::cuda::f32_to_bf16;
 use crate::cuda::launch::{elems, launch, need};
-use crate::cuda::{copy, matmul_precision, MatmulPrecision, Slice};
+use crate::cuda::{copy, Gemm, MatmulPrecision, Slice};
 use crate::cuda::{k, GpuBuf, GpuRange};
 use crate::ops::elementwise::cuda::{add_row_bias, axpy};
-use crate::ops::matmul::cuda::{gemm_bf16, gemm_f32};
+use crate::ops::matmul::cuda::{gemm_bf16_with, gemm_f32};
 use crate::ops::reduce::cuda::sum_rows;
 use crate::tensor::Tensor;
 use crate::Result;
@@ -108,17 +109,19 @@ fn opnd<'a>(x: &'a GpuBuf<f32>, r: &'a Option<GpuBuf<bf16>>) -> Result<Opnd<'a>>
 }
 
 #[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, kk: usize, a: &Opnd, ta: bool, b: &Opnd, tb: bool, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
+fn mm(g: Gemm, m: usize, n: usize, kk: usize, a: &Opnd, ta: bool, b: &Opnd, tb: bool, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
     match (a, b) {
         (Opnd::F32(a), Opnd::F32(b)) => gemm_f32(m, n, kk, 1.0, a, ta, b, tb, beta, c),
-        (Opnd::Bf16(a), Opnd::Bf16(b)) => gemm_bf16(m, n, kk, 1.0, a, ta, b, tb, beta, c),
+        (Opnd::Bf16(a), Opnd::Bf16(b)) => gemm_bf16_with(g, m, n, kk, 1.0, a, ta, b, tb, beta, c),
         _ => Err(crate::Error::Invalid("lstm: matmul operands in two precisions".into())),
     }
 }
 
 /// `gates += h @ W_hh` for one step: in bf16 mode on `hb`, h already rounded (by the previous
 /// step's cell kernel, or before the first step).
+#[allow(clippy::too_many_arguments)]
 fn recurrent(
+    g: Gemm,
     batch: usize,
     hidden: usize,
     h: &Slice<f32>,
@@ -128,21 +131,22 @@ fn recurrent(
     gates: &mut Slice<f32>,
 ) -> Result<()> {
     match (hb, whh_r) {
-        (Some(hb), Some(w)) => gemm_bf16(batch, 4 * hidden, hidden, 1.0, hb, false, w, false, 1.0, gates),
+        (Some(hb), Some(w)) => gemm_bf16_with(g, batch, 4 * hidden, hidden, 1.0, hb, false, w, false, 1.0, gates),
         _ => gemm_f32(batch, 4 * hidden, hidden, 1.0, h, false, whh, false, 1.0, gates),
     }
 }
 
-pub(super) fn forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, b: &Tensor, d: LstmDims) -> Result<LstmOutput> {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(be: &Backend, x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, b: &Tensor, d: LstmDims) -> Result<LstmOutput> {
     let LstmDims { steps: t_len, batch, input, hidden } = d;
     let (bh, g4, rows) = (batch * hidden, 4 * hidden, t_len * batch);
     let (xb, wih, whh) = (x.cuda_f32()?, w_ih.cuda_f32()?, w_hh.cuda_f32()?);
     let gpu = xb.gpu().clone();
-    let bf = matmul_precision() == MatmulPrecision::Bf16;
+    let bf = be.matmul == MatmulPrecision::Bf16;
     let (x_r, wih_r, whh_r) = (rounded(xb, bf)?, rounded(wih, bf)?, rounded(whh, bf)?);
     // Input projection for all steps at once, then the bias added in place.
     let mut act = gpu.alloc::<f32>(rows * g4)?;
-    mm(rows, g4, input, &opnd(xb, &x_r)?, false, &opnd(wih, &wih_r)?, false, 0.0, &mut act)?;
+    mm(be.gemm, rows, g4, input, &opnd(xb, &x_r)?, false, &opnd(wih, &wih_r)?, false, 0.0, &mut act)?;
     {
         // In place: each element is read, then written, by one thread.
         let (a_in, mut a_out) = (whole(&act)?, whole(&act)?);
@@ -158,7 +162,7 @@ pub(super) fn forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh:
     for t in 0..t_len {
         let mut gates = act.slice(t * batch * g4, batch * g4)?;
         let h_prev = if t == 0 { whole(h0b)? } else { y.slice((t - 1) * bh, bh)? };
-        recurrent(batch, hidden, &h_prev, &hb, whh, &whh_r, &mut gates)?;
+        recurrent(be.gemm, batch, hidden, &h_prev, &hb, whh, &whh_r, &mut gates)?;
         let c_prev = c_all.slice(t * bh, bh)?;
         let (mut c_t, mut h_t) = (c_all.slice((t + 1) * bh, bh)?, y.slice(t * bh, bh)?);
         lstm_cell_fwd(&mut gates, &c_prev, &mut c_t, &mut h_t, hb.as_mut(), batch, hidden)?;
@@ -177,6 +181,7 @@ pub(super) fn forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh:
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
+    be: &Backend,
     x: &Tensor,
     h0: &Tensor,
     w_ih: &Tensor,
@@ -193,7 +198,7 @@ pub(super) fn backward(
     let (xb, wih, whh, dyb) = (x.cuda_f32()?, w_ih.cuda_f32()?, w_hh.cuda_f32()?, dy.cuda_f32()?);
     let (act, c_all, y) = (out.cache.act.cuda_f32()?, out.cache.c_all.cuda_f32()?, out.y.cuda_f32()?);
     let gpu = xb.gpu().clone();
-    let bf = matmul_precision() == MatmulPrecision::Bf16;
+    let bf = be.matmul == MatmulPrecision::Bf16;
     let state = |t: Option<&Tensor>| -> Result<GpuBuf<f32>> {
         match t {
             Some(t) => {
@@ -216,7 +221,7 @@ pub(super) fn backward(
         // dh_{t-1} = dgates_t W_hh^T (overwrites: the old dh has been consumed); in bf16 mode
         // on dgates_t as the cell kernel rounded it
         match (&dgb, &whh_r) {
-            (Some(gb), Some(w)) => gemm_bf16(batch, hidden, g4, 1.0, gb, false, w, true, 0.0, &mut dh)?,
+            (Some(gb), Some(w)) => gemm_bf16_with(be.gemm, batch, hidden, g4, 1.0, gb, false, w, true, 0.0, &mut dh)?,
             _ => gemm_f32(batch, hidden, g4, 1.0, &dg, false, whh, true, 0.0, &mut dh)?,
         }
     }
@@ -229,11 +234,11 @@ pub(super) fn backward(
     let (dg_r, hp_r, x_r, wih_r) = (rounded(&dgates, bf)?, rounded(&h_prev, bf)?, rounded(xb, bf)?, rounded(wih, bf)?);
     let dgo = opnd(&dgates, &dg_r)?;
     let mut dw_hh = gpu.alloc::<f32>(hidden * g4)?;
-    mm(hidden, g4, rows, &opnd(&h_prev, &hp_r)?, true, &dgo, false, 0.0, &mut dw_hh)?;
+    mm(be.gemm, hidden, g4, rows, &opnd(&h_prev, &hp_r)?, true, &dgo, false, 0.0, &mut dw_hh)?;
     let mut dw_ih = gpu.alloc::<f32>(input * g4)?;
-    mm(input, g4, rows, &opnd(xb, &x_r)?, true, &dgo, false, 0.0, &mut dw_ih)?;
+    mm(be.gemm, input, g4, rows, &opnd(xb, &x_r)?, true, &dgo, false, 0.0, &mut dw_ih)?;
     let mut dx = gpu.alloc::<f32>(rows * input)?;
-    mm(rows, input, g4, &dgo, false, &opnd(wih, &wih_r)?, true, 0.0, &mut dx)?;
+    mm(be.gemm, rows, input, g4, &dgo, false, &opnd(wih, &wih_r)?, true, 0.0, &mut dx)?;
     let mut db = gpu.alloc::<f32>(g4)?;
     sum_rows(&dgates, rows, g4, 0.0, &mut db)?;
     Ok(LstmGrads {

@@ -22,6 +22,7 @@ use super::matmul::bf16gemm::Bf16B;
 use super::matmul::gemm_host;
 use super::matmul::packed::PackedB;
 use super::reduce::sum_rows_cpu;
+use crate::backend::Backend;
 use crate::ops::math::{fast_sigmoid, fast_tanh};
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -118,19 +119,19 @@ pub fn lstm_dims(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Ten
     Ok(LstmDims { steps, batch, input, hidden })
 }
 
-/// The recurrent weight packed once for a window's per-step products, in the process's CPU
-/// precision ([`crate::set_cpu_bf16`]).
+/// The recurrent weight packed once for a window's per-step products, in the CPU precision and
+/// thread count `be` asks.
 enum StepWeight<'w> {
     F32(PackedB<'w>),
     Bf16(Bf16B),
 }
 
 impl<'w> StepWeight<'w> {
-    fn new(w: &'w [f32], k: usize, n: usize, trans: bool) -> StepWeight<'w> {
-        if crate::cpu_bf16() {
-            StepWeight::Bf16(Bf16B::new(w, k, n, trans))
+    fn new(be: &Backend, w: &'w [f32], k: usize, n: usize, trans: bool) -> StepWeight<'w> {
+        if be.cpu_bf16 {
+            StepWeight::Bf16(Bf16B::new_on(be.cpu_threads(), w, k, n, trans))
         } else {
-            StepWeight::F32(PackedB::new(w, k, n, trans))
+            StepWeight::F32(PackedB::new(w, k, n, trans).with_threads(be.cpu_threads()))
         }
     }
 
@@ -144,11 +145,12 @@ impl<'w> StepWeight<'w> {
 }
 
 /// One layer forward over `steps` time steps.
-pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, b: &Tensor, steps: usize) -> Result<LstmOutput> {
+#[allow(clippy::too_many_arguments)]
+pub fn layer_forward(be: &Backend, x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: &Tensor, b: &Tensor, steps: usize) -> Result<LstmOutput> {
     let LstmDims { steps: t_len, batch, input, hidden } = lstm_dims(x, h0, c0, w_ih, w_hh, b, steps)?;
     let dev = super::same_device(&[("x", x), ("h0", h0), ("c0", c0), ("w_ih", w_ih), ("w_hh", w_hh), ("bias", b)])?;
     if dev != Device::Cpu {
-        return cuda::forward(x, h0, c0, w_ih, w_hh, b, LstmDims { steps: t_len, batch, input, hidden });
+        return cuda::forward(be, x, h0, c0, w_ih, w_hh, b, LstmDims { steps: t_len, batch, input, hidden });
     }
     let (bh, g4) = (batch * hidden, 4 * hidden);
     let rows = t_len * batch;
@@ -158,13 +160,13 @@ pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: 
     for row in act.chunks_exact_mut(g4) {
         row.copy_from_slice(bias);
     }
-    gemm_host(rows, g4, input, 1.0, x.f32s()?, false, w_ih.f32s()?, false, 1.0, &mut act);
+    gemm_host(be, rows, g4, input, 1.0, x.f32s()?, false, w_ih.f32s()?, false, 1.0, &mut act);
     let mut y = vec![0f32; rows * hidden];
     let mut c_all = vec![0f32; (t_len + 1) * bh];
     c_all[..bh].copy_from_slice(c0.f32s()?);
     let h0v = h0.f32s()?;
     // W_hh packed once for the window's per-step products (ops::matmul::packed, or ops::matmul::bf16gemm).
-    let whh_p = StepWeight::new(whh, hidden, g4, false);
+    let whh_p = StepWeight::new(be, whh, hidden, g4, false);
     for t in 0..t_len {
         let gates = &mut act[t * batch * g4..(t + 1) * batch * g4];
         let (y_prev, y_rest) = y.split_at_mut(t * bh);
@@ -183,6 +185,7 @@ pub fn layer_forward(x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: &Tensor, w_hh: 
 /// `dc_last` (optional) reach the final state from outside the window.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward(
+    be: &Backend,
     x: &Tensor,
     h0: &Tensor,
     w_ih: &Tensor,
@@ -205,7 +208,7 @@ pub fn layer_backward(
     all.extend(dh_last.map(|t| ("dh_last", t)));
     all.extend(dc_last.map(|t| ("dc_last", t)));
     if super::same_device(&all)? != Device::Cpu {
-        return cuda::backward(x, h0, w_ih, w_hh, out, dy, dh_last, dc_last);
+        return cuda::backward(be, x, h0, w_ih, w_hh, out, dy, dh_last, dc_last);
     }
     let (bh, g4) = (batch * hidden, 4 * hidden);
     let mut dh = match dh_last {
@@ -226,7 +229,7 @@ pub fn layer_backward(
     let (act, c_all) = (out.cache.act.f32s()?, out.cache.c_all.f32s()?);
     let mut dgates = vec![0f32; rows * g4];
     // W_hh^T packed once for the per-step products dh_{t-1} = dgates_t W_hh^T.
-    let whh_t = StepWeight::new(whh, g4, hidden, true);
+    let whh_t = StepWeight::new(be, whh, g4, hidden, true);
     for t in (0..t_len).rev() {
         for (d, &g) in dh.iter_mut().zip(&dyv[t * bh..(t + 1) * bh]) {
             *d += g;
@@ -249,11 +252,11 @@ pub fn layer_backward(
     h_prev.extend_from_slice(h0.f32s()?);
     h_prev.extend_from_slice(&yv[..(t_len - 1) * bh]);
     let mut dw_hh = vec![0f32; hidden * g4];
-    gemm_host(hidden, g4, rows, 1.0, &h_prev, true, &dgates, false, 0.0, &mut dw_hh);
+    gemm_host(be, hidden, g4, rows, 1.0, &h_prev, true, &dgates, false, 0.0, &mut dw_hh);
     let mut dw_ih = vec![0f32; input * g4];
-    gemm_host(input, g4, rows, 1.0, x.f32s()?, true, &dgates, false, 0.0, &mut dw_ih);
+    gemm_host(be, input, g4, rows, 1.0, x.f32s()?, true, &dgates, false, 0.0, &mut dw_ih);
     let mut dx = vec![0f32; rows * input];
-    gemm_host(rows, input, g4, 1.0, &dgates, false, w_ih.f32s()?, true, 0.0, &mut dx);
+    gemm_host(be, rows, input, g4, 1.0, &dgates, false, w_ih.f32s()?, true, 0.0, &mut dx);
     let mut db = vec![0f32; g4];
     sum_rows_cpu(&dgates, g4, 0.0, &mut db);
     Ok(LstmGrads {
@@ -281,7 +284,7 @@ mod tests {
         let w_ih = Tensor::from_f32(vec![1.0, -1.0, 0.5, 2.0], &[1, 4]).unwrap();
         let w_hh = Tensor::from_f32(vec![0.3, 0.2, -0.4, 0.1], &[1, 4]).unwrap();
         let b = Tensor::from_f32(vec![0.0, 1.0, 0.0, -0.5], &[4]).unwrap();
-        let out = layer_forward(&x, &h0, &c0, &w_ih, &w_hh, &b, 1).unwrap();
+        let out = layer_forward(&crate::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &b, 1).unwrap();
         let s = |v: f64| 1.0 / (1.0 + (-v).exp());
         let (i, f) = (s(0.5 + 0.03), s(-0.5 + 0.02 + 1.0));
         let g = (0.25f64 - 0.04).tanh();
@@ -297,7 +300,9 @@ mod tests {
         let mut rng = Rng::new(0);
         let x = Tensor::randn(&[7, 3], 1.0, &mut rng);
         let h = Tensor::zeros(&[2, 4]);
-        let e = layer_forward(&x, &h, &h, &Tensor::zeros(&[3, 16]), &Tensor::zeros(&[4, 16]), &Tensor::zeros(&[16]), 3).unwrap_err().to_string();
+        let e = layer_forward(&crate::Backend::default(), &x, &h, &h, &Tensor::zeros(&[3, 16]), &Tensor::zeros(&[4, 16]), &Tensor::zeros(&[16]), 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7 rows") && e.contains("batch 2"), "{e}");
     }
 }

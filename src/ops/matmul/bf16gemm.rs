@@ -61,6 +61,8 @@ pub struct Bf16B {
     k: usize,
     n: usize,
     layout: Layout,
+    /// The most threads a product may use.
+    threads: usize,
 }
 
 enum Layout {
@@ -74,14 +76,19 @@ enum Layout {
 impl Bf16B {
     /// Packs `b`, which is `[k, n]`, or `[n, k]` holding B's transpose when `trans`.
     pub fn new(b: &[f32], k: usize, n: usize, trans: bool) -> Bf16B {
-        Self::packed_for(b, k, n, trans, available())
+        Self::new_on(crate::backend::machine_cores(), b, k, n, trans)
+    }
+
+    /// [`Bf16B::new`] packing, and later multiplying, on at most `threads` threads.
+    pub fn new_on(threads: usize, b: &[f32], k: usize, n: usize, trans: bool) -> Bf16B {
+        Self::packed_for(b, k, n, trans, available(), threads.max(1))
     }
 
     /// [`Bf16B::new`] for the native kernel or, when `native` is false, the f32 fallback.
-    fn packed_for(b: &[f32], k: usize, n: usize, trans: bool, native: bool) -> Bf16B {
+    fn packed_for(b: &[f32], k: usize, n: usize, trans: bool, native: bool, threads: usize) -> Bf16B {
         assert!(b.len() >= k * n, "Bf16B: {} elements for a {k} x {n} matrix", b.len());
         if !native {
-            return Bf16B { k, n, layout: Layout::Rounded(b[..k * n].iter().map(|&x| round_bf16(x)).collect(), trans) };
+            return Bf16B { k, n, layout: Layout::Rounded(b[..k * n].iter().map(|&x| round_bf16(x)).collect(), trans), threads };
         }
         let (kp, np) = (k.div_ceil(2), n.div_ceil(NR));
         let per = kp * NR;
@@ -109,10 +116,10 @@ impl Bf16B {
             }
         };
         if per > 0 {
-            let threads = if k * n < 1 << 18 { 1 } else { crate::cpu_threads().min(np) };
+            let threads = if k * n < 1 << 18 { 1 } else { threads.min(np) };
             for_chunks(&mut panels[..np * per], per, threads, pack);
         }
-        Bf16B { k, n, layout: Layout::Native(panels) }
+        Bf16B { k, n, layout: Layout::Native(panels), threads }
     }
 
     /// Rows of B (the product's depth).
@@ -149,7 +156,7 @@ impl Bf16B {
             }
             return;
         }
-        let threads = if m * n * k < SERIAL_MAX { 1 } else { crate::cpu_threads() };
+        let threads = if m * n * k < SERIAL_MAX { 1 } else { self.threads };
         let apack = pack_a(m, k, a, trans_a, threads);
         let kp = k.div_ceil(2);
         let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
@@ -210,11 +217,29 @@ impl Bf16B {
 /// the arguments as [`gemm_cpu`]'s.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
+    gemm_bf16_cpu_on(crate::backend::machine_cores(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+}
+
+/// [`gemm_bf16_cpu`] on at most `threads` threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_cpu_on(
+    threads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm_bf16_cpu buffers too small");
     if m == 0 || n == 0 {
         return;
     }
-    Bf16B::new(b, k, n, trans_b).gemm(m, alpha, a, trans_a, beta, c)
+    Bf16B::new_on(threads, b, k, n, trans_b).gemm(m, alpha, a, trans_a, beta, c)
 }
 
 /// op(A) `[m, k]` rounded and packed for the native kernel: block b holds rows `MR b ..` as
@@ -527,7 +552,7 @@ mod tests {
             let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
             let mut c = vec![f32::NAN; m * n];
-            Bf16B::packed_for(&b, k, n, tb, false).gemm(m, 1.0, &a, ta, 0.0, &mut c);
+            Bf16B::packed_for(&b, k, n, tb, false, 2).gemm(m, 1.0, &a, ta, 0.0, &mut c);
             let (r, mag) = reference(m, n, k, &a, ta, &b, tb);
             for i in 0..m * n {
                 assert!((c[i] as f64 - r[i]).abs() <= 1e-5 * mag[i] + 1e-6, "{m}x{n}x{k}: element {i} is {} against {}", c[i], r[i]);
@@ -575,7 +600,7 @@ mod tests {
         gemm_bf16_cpu(1, a.len(), 1, 1.0, &[1.0], false, &a, false, 0.0, &mut c);
         assert_eq!(c, want, "B rounded on the way into the product");
         let mut c = vec![f32::NAN; a.len()];
-        Bf16B::packed_for(&a, 1, a.len(), false, false).gemm(1, 1.0, &[1.0], false, 0.0, &mut c);
+        Bf16B::packed_for(&a, 1, a.len(), false, false, 1).gemm(1, 1.0, &[1.0], false, 0.0, &mut c);
         assert_eq!(c, want, "the f32 fallback's rounding of B");
     }
 

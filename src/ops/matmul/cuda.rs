@@ -5,7 +5,7 @@
 
 use crate::cuda::f32_to_bf16;
 use crate::cuda::launch::{elems, launch, need, same_gpu, sync_if_asked};
-use crate::cuda::{k, Gpu, GpuBuf, GpuRange, Kernel, MatmulKernel};
+use crate::cuda::{k, Gemm, Gpu, GpuBuf, GpuRange, Kernel, MatmulKernel};
 use crate::{bail, Error, Result};
 use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -42,8 +42,8 @@ pub fn gemm_f32(
 const GEMM_SMEM: u32 = 2 * 4 * 128 * (32 + 8) * 2;
 
 /// `C = alpha * op(A) @ op(B) + beta * C` with bf16 operands on the tensor cores and fp32
-/// accumulation; the twin of `gemm_cpu` on the operands widened to f32. The kernel is the
-/// process's choice ([`crate::cuda::matmul_kernel`]).
+/// accumulation; the twin of `gemm_cpu` on the operands widened to f32. The default kernel choice
+/// ([`Gemm::default`]); [`gemm_bf16_with`] takes another.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16(
     m: usize,
@@ -57,15 +57,15 @@ pub fn gemm_bf16(
     beta: f32,
     c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
-    gemm_bf16_with(crate::cuda::matmul_kernel(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+    gemm_bf16_with(Gemm::default(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
 }
 
-/// [`gemm_bf16`] on a chosen kernel: `MmaSync` on any GPU from sm_80; `Wgmma` on compute
-/// capability 9.0 with `k` a multiple of 8 (an error elsewhere, never a silent fallback); `Auto`
-/// as documented on [`MatmulKernel`].
+/// [`gemm_bf16`] on a chosen kernel and options: `MmaSync` on any GPU from sm_80; `Wgmma` on
+/// compute capability 9.0 with `k` a multiple of 8 (an error elsewhere, never a silent fallback);
+/// `Auto` as documented on [`MatmulKernel`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_with(
-    kernel: MatmulKernel,
+    g: Gemm,
     m: usize,
     n: usize,
     k: usize,
@@ -86,11 +86,11 @@ pub fn gemm_bf16_with(
         return Ok(());
     }
     let gpu = a.gpu().clone();
-    if wgmma_for(&gpu, kernel, m, n, k)? {
-        let tma = uses_tma(kernel);
+    if wgmma_for(&gpu, g.kernel, m, n, k)? {
+        let tma = uses_tma(g.kernel);
         // Each operand K-major (A as [m, k], B as [n, k]), or, on the TMA kernel, MN-major as it is
         // stored (A stored [k, m], B stored [k, n]) where its rows are 16-byte aligned.
-        let (a_mn, b_mn) = (tma && mn_major_ok(a, m, trans_a), tma && mn_major_ok(b, n, !trans_b));
+        let (a_mn, b_mn) = (tma && mn_major_ok(g, a, m, trans_a), tma && mn_major_ok(g, b, n, !trans_b));
         let (pa, _a_tmp) = if a_mn { (a.ptr(), None) } else { kmajor_bf16(a, m, k, trans_a)? };
         let (pb, _b_tmp) = if b_mn { (b.ptr(), None) } else { kmajor_bf16(b, n, k, !trans_b)? };
         // The scratch operands go back to the allocator after the launch is queued: later work on
@@ -112,7 +112,7 @@ pub fn gemm_bf16_with(
     let name = kernel.name;
     let f = gpu.function(kernel)?;
     f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, GEMM_SMEM as i32)?;
-    let (splits, kchunk) = split_k(&gpu, m, n, k);
+    let (splits, kchunk) = split_k(g, &gpu, m, n, k);
     // Split-K: the partial products go to a workspace, summed into C by splitk_reduce.
     let ws = if splits > 1 { Some(gpu.alloc::<f32>(splits * m * n)?) } else { None };
     let cfg = LaunchConfig { grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: GEMM_SMEM };
@@ -133,54 +133,13 @@ pub fn gemm_bf16_with(
     Ok(())
 }
 
-/// A process-wide on/off switch, on unless its environment variable is `0`, until set.
-struct Switch {
-    state: std::sync::atomic::AtomicU8,
-    var: &'static str,
-}
-
-impl Switch {
-    const fn new(var: &'static str) -> Self {
-        Switch { state: std::sync::atomic::AtomicU8::new(2), var }
-    }
-
-    fn set(&self, on: bool) {
-        self.state.store(on as u8, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn get(&self) -> bool {
-        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => false,
-            1 => true,
-            _ => {
-                let on = std::env::var(self.var).as_deref() != Ok("0");
-                self.set(on);
-                on
-            }
-        }
-    }
-}
-
-static SPLIT_K: Switch = Switch::new("CODISTILL_SPLIT_K");
-
-/// Turns split-K of the mma.sync kernel on or off for the process (overrides `CODISTILL_SPLIT_K`).
-pub fn set_split_k(on: bool) {
-    SPLIT_K.set(on);
-}
-
-/// Whether split-K is on: as set, else off where `CODISTILL_SPLIT_K=0` (the product then runs as
-/// one grid of output tiles, as before split-K existed), else on.
-pub fn split_k_enabled() -> bool {
-    SPLIT_K.get()
-}
-
 /// (splits, k per split, a multiple of the kernel's 32-deep k tile) for the mma.sync kernel: one
 /// split unless the 128 x 128 output tiles would fill at most half the multiprocessors and k is
 /// long (at least 512); then enough splits to fill the device, each at least 256 deep.
-fn split_k(gpu: &Gpu, m: usize, n: usize, k: usize) -> (usize, usize) {
+fn split_k(g: Gemm, gpu: &Gpu, m: usize, n: usize, k: usize) -> (usize, usize) {
     let tiles = n.div_ceil(128) * m.div_ceil(128);
     let sms = gpu.sm_count();
-    if !split_k_enabled() || k < 512 || tiles * 2 > sms {
+    if !g.split_k || k < 512 || tiles * 2 > sms {
         return (1, k);
     }
     let want = sms.div_ceil(tiles).min(k / 256).max(1);
@@ -189,7 +148,7 @@ fn split_k(gpu: &Gpu, m: usize, n: usize, k: usize) -> (usize, usize) {
 }
 
 /// `C = alpha * op(A) @ op(B) + beta * C` for f32 operands rounded to bf16 on the device (the
-/// `MatmulPrecision::Bf16` path), on the process's kernel choice (see [`gemm_f32_as_bf16_with`]).
+/// `MatmulPrecision::Bf16` path), on the default kernel choice (see [`gemm_f32_as_bf16_with`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f32_as_bf16(
     m: usize,
@@ -203,7 +162,7 @@ pub fn gemm_f32_as_bf16(
     beta: f32,
     c: &mut impl GpuRange<f32>,
 ) -> Result<()> {
-    gemm_f32_as_bf16_with(crate::cuda::matmul_kernel(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+    gemm_f32_as_bf16_with(Gemm::default(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
 }
 
 /// [`gemm_f32_as_bf16`] on a chosen kernel: on a `wgmma` kernel each operand is rounded straight
@@ -211,7 +170,7 @@ pub fn gemm_f32_as_bf16(
 /// `mma.sync`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_f32_as_bf16_with(
-    kernel: MatmulKernel,
+    g: Gemm,
     m: usize,
     n: usize,
     k: usize,
@@ -228,12 +187,12 @@ pub fn gemm_f32_as_bf16_with(
     need("C", c, m * n)?;
     same_gpu(a, b)?;
     let gpu = a.gpu().clone();
-    if m > 0 && n > 0 && wgmma_for(&gpu, kernel, m, n, k)? {
+    if m > 0 && n > 0 && wgmma_for(&gpu, g.kernel, m, n, k)? {
         // Rounded as stored where the TMA kernel reads that layout (MN-major rows of a multiple of
         // 8 elements), else rounded and transposed into the K-major layout in one pass.
-        let tma = uses_tma(kernel);
+        let tma = uses_tma(g.kernel);
         let (mut ab, mut bb) = (gpu.alloc::<bf16>(m * k)?, gpu.alloc::<bf16>(n * k)?);
-        let (a_mn, b_mn) = (tma && mn_major_ok(&ab, m, trans_a), tma && mn_major_ok(&bb, n, !trans_b));
+        let (a_mn, b_mn) = (tma && mn_major_ok(g, &ab, m, trans_a), tma && mn_major_ok(g, &bb, n, !trans_b));
         if trans_a && !a_mn {
             transpose_f32_to_bf16(a, k, m, &mut ab)?;
         } else {
@@ -251,32 +210,17 @@ pub fn gemm_f32_as_bf16_with(
     f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
     let mut bb = gpu.alloc::<bf16>(n * k)?;
     f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
-    gemm_bf16_with(MatmulKernel::MmaSync, m, n, k, alpha, &ab, trans_a, &bb, trans_b, beta, c)
+    gemm_bf16_with(Gemm { kernel: MatmulKernel::MmaSync, ..g }, m, n, k, alpha, &ab, trans_a, &bb, trans_b, beta, c)
 }
 
 fn uses_tma(kernel: MatmulKernel) -> bool {
-    matches!(kernel, MatmulKernel::Auto | MatmulKernel::WgmmaTma | MatmulKernel::AutoWgmmaTma)
-}
-
-static MN_MAJOR: Switch = Switch::new("CODISTILL_WGMMA_MN");
-
-/// Turns the TMA kernel's MN-major operands on or off for the process (overrides
-/// `CODISTILL_WGMMA_MN`). Off, every operand whose contiguous dimension is not k is transposed
-/// into a scratch copy first, as the cp.async `wgmma` kernel always does.
-pub fn set_mn_major(on: bool) {
-    MN_MAJOR.set(on);
-}
-
-/// Whether the TMA kernel reads operands stored MN-major (A as [k, m], B as [k, n]) as they lie,
-/// with `wgmma`'s transpose flag: as set, else off where `CODISTILL_WGMMA_MN=0`, else on.
-pub fn mn_major_enabled() -> bool {
-    MN_MAJOR.get()
+    matches!(kernel, MatmulKernel::Auto | MatmulKernel::WgmmaTma)
 }
 
 /// Whether an operand stored MN-major (`stored_mn`: its `mn` index contiguous) can be read so by
 /// the TMA kernel: MN-major loads on, a 16-byte aligned start and rows of a multiple of 8 elements.
-fn mn_major_ok(x: &impl GpuRange<bf16>, mn: usize, stored_mn: bool) -> bool {
-    stored_mn && mn_major_enabled() && mn.is_multiple_of(8) && x.ptr().is_multiple_of(16)
+fn mn_major_ok(g: Gemm, x: &impl GpuRange<bf16>, mn: usize, stored_mn: bool) -> bool {
+    stored_mn && g.mn_major && mn.is_multiple_of(8) && x.ptr().is_multiple_of(16)
 }
 
 /// The device addresses of a `wgmma` product's operands and their layouts: A [m, k] (or, with
@@ -292,9 +236,7 @@ struct Operands {
 fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> Result<bool> {
     match kernel {
         MatmulKernel::MmaSync => Ok(false),
-        MatmulKernel::Auto | MatmulKernel::AutoWgmma | MatmulKernel::AutoWgmmaTma => {
-            Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64)
-        }
+        MatmulKernel::Auto | MatmulKernel::AutoWgmma => Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64),
         MatmulKernel::Wgmma | MatmulKernel::WgmmaTma => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod packed;
 mod tape;
 
+use crate::backend::Backend;
 use crate::tensor::{DType, Device, Tensor};
 use crate::{bail, Result};
 
@@ -25,7 +26,13 @@ const SERIAL_MAX: usize = 1 << 24;
 /// threads (the work is split over output blocks, never over k).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_cpu(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
-    let threads = if m * n * k <= SERIAL_MAX { 1 } else { crate::cpu_threads() };
+    gemm_cpu_with(crate::backend::machine_cores(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+}
+
+/// [`gemm_cpu`] on at most `threads` threads (small products on the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_cpu_with(threads: usize, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
+    let threads = if m * n * k <= SERIAL_MAX { 1 } else { threads.max(1) };
     gemm_cpu_on(threads, m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
 }
 
@@ -54,15 +61,15 @@ fn gemm_cpu_on(threads: usize, m: usize, n: usize, k: usize, alpha: f32, a: &[f3
     }
 }
 
-/// The CPU backend's product as the process is set ([`crate::set_cpu_bf16`]): [`gemm_cpu`] in f32,
-/// or [`bf16gemm::gemm_bf16_cpu`] on operands rounded to bf16; the arguments as
-/// [`gemm_cpu`]'s.
+/// The CPU backend's product as `be` asks ([`Backend::cpu_bf16`], [`Backend::threads`]):
+/// [`gemm_cpu`] in f32, or [`bf16gemm::gemm_bf16_cpu`] on operands rounded to bf16; the other
+/// arguments as [`gemm_cpu`]'s.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_host(m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
-    if crate::cpu_bf16() {
-        bf16gemm::gemm_bf16_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+pub fn gemm_host(be: &Backend, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], trans_a: bool, b: &[f32], trans_b: bool, beta: f32, c: &mut [f32]) {
+    if be.cpu_bf16 {
+        bf16gemm::gemm_bf16_cpu_on(be.cpu_threads(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
     } else {
-        gemm_cpu(m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
+        gemm_cpu_with(be.cpu_threads(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
     }
 }
 
@@ -94,17 +101,18 @@ fn operand_f32(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
 }
 
 /// `op(A) @ op(B)` as a new f32 tensor. Operands may be f32 or bf16 (both the same dtype).
-pub fn matmul(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+pub fn matmul(be: &Backend, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
     let (m, n, _) = matmul_dims(a, trans_a, b, trans_b)?;
     let dev = super::same_device(&[("lhs", a), ("rhs", b)])?;
     // beta = 0 below: the output's old contents are never read.
     let mut c = Tensor::uninit_on(&[m, n], dev)?;
-    matmul_into(a, trans_a, b, trans_b, 1.0, 0.0, &mut c)?;
+    matmul_into(be, a, trans_a, b, trans_b, 1.0, 0.0, &mut c)?;
     Ok(c)
 }
 
 /// `C = alpha * op(A) @ op(B) + beta * C` in place (accumulate with `beta = 1`).
-pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: f32, beta: f32, c: &mut Tensor) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(be: &Backend, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: f32, beta: f32, c: &mut Tensor) -> Result<()> {
     let (m, n, k) = matmul_dims(a, trans_a, b, trans_b)?;
     c.expect_shape("matmul output", &[m, n])?;
     if a.dtype() != b.dtype() {
@@ -113,17 +121,17 @@ pub fn matmul_into(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool, alpha: 
     match super::same_device(&[("lhs", a), ("rhs", b), ("output", c)])? {
         Device::Cpu => {
             let (av, bv) = (operand_f32(a)?, operand_f32(b)?);
-            gemm_host(m, n, k, alpha, &av, trans_a, &bv, trans_b, beta, c.f32s_mut()?);
+            gemm_host(be, m, n, k, alpha, &av, trans_a, &bv, trans_b, beta, c.f32s_mut()?);
             Ok(())
         }
         Device::Cuda(_) => {
-            use crate::cuda::{matmul_precision, MatmulPrecision};
-            use cuda::{gemm_bf16, gemm_f32, gemm_f32_as_bf16};
+            use crate::cuda::MatmulPrecision;
+            use cuda::{gemm_bf16_with, gemm_f32, gemm_f32_as_bf16_with};
             let cb = c.cuda_f32_mut()?;
-            match (a.dtype(), matmul_precision()) {
-                (DType::BF16, _) => gemm_bf16(m, n, k, alpha, a.cuda_bf16()?, trans_a, b.cuda_bf16()?, trans_b, beta, cb),
+            match (a.dtype(), be.matmul) {
+                (DType::BF16, _) => gemm_bf16_with(be.gemm, m, n, k, alpha, a.cuda_bf16()?, trans_a, b.cuda_bf16()?, trans_b, beta, cb),
                 (DType::F32, MatmulPrecision::F32) => gemm_f32(m, n, k, alpha, a.cuda_f32()?, trans_a, b.cuda_f32()?, trans_b, beta, cb),
-                (DType::F32, MatmulPrecision::Bf16) => gemm_f32_as_bf16(m, n, k, alpha, a.cuda_f32()?, trans_a, b.cuda_f32()?, trans_b, beta, cb),
+                (DType::F32, MatmulPrecision::Bf16) => gemm_f32_as_bf16_with(be.gemm, m, n, k, alpha, a.cuda_f32()?, trans_a, b.cuda_f32()?, trans_b, beta, cb),
                 (DType::I32, _) => bail!(DType, "matmul operand {:?} is an index tensor", a.shape()),
             }
         }
@@ -212,7 +220,7 @@ mod tests {
         let a = Tensor::from_f32(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
         let eye = Tensor::from_f32(vec![1.0, 0.0, 0.0, 1.0], &[2, 2]).unwrap();
         let mut c = Tensor::full(&[2, 2], 10.0);
-        matmul_into(&a, false, &eye, false, 2.0, 1.0, &mut c).unwrap();
+        matmul_into(&crate::Backend::default(), &a, false, &eye, false, 2.0, 1.0, &mut c).unwrap();
         assert_eq!(c.f32s().unwrap(), &[12.0, 14.0, 16.0, 18.0]);
     }
 
@@ -220,7 +228,7 @@ mod tests {
     fn mismatched_inner_dimension_names_both_shapes() {
         let a = Tensor::zeros(&[2, 3]);
         let b = Tensor::zeros(&[4, 5]);
-        let e = matmul(&a, false, &b, false).unwrap_err().to_string();
+        let e = matmul(&crate::Backend::default(), &a, false, &b, false).unwrap_err().to_string();
         assert!(e.contains("[2, 3]") && e.contains("[4, 5]"), "{e}");
     }
 
@@ -230,7 +238,7 @@ mod tests {
         let a = Tensor::randn(&[9, 31], 1.0, &mut rng);
         let b = Tensor::randn(&[31, 11], 1.0, &mut rng);
         let (ab, bb) = (a.to_bf16().unwrap(), b.to_bf16().unwrap());
-        let c = matmul(&ab, false, &bb, false).unwrap();
+        let c = matmul(&crate::Backend::default(), &ab, false, &bb, false).unwrap();
         let exact = reference(9, 11, 31, &ab.to_vec_f32().unwrap(), false, &bb.to_vec_f32().unwrap(), false);
         let unrounded = reference(9, 11, 31, a.f32s().unwrap(), false, b.f32s().unwrap(), false);
         for ((x, y), z) in c.f32s().unwrap().iter().zip(&exact).zip(&unrounded) {

@@ -30,6 +30,8 @@ pub struct PackedB<'b> {
     panels: Vec<f32>,
     /// The unpacked matrix (borrowed as given), for the portable fallback.
     plain: Option<(&'b [f32], bool)>,
+    /// The most threads a product may use (every core unless [`PackedB::with_threads`] says).
+    threads: usize,
 }
 
 /// Whether this CPU runs the packed kernel (x86-64 with AVX2 and FMA).
@@ -49,12 +51,12 @@ impl<'b> PackedB<'b> {
     pub fn new(b: &'b [f32], k: usize, n: usize, trans: bool) -> PackedB<'b> {
         assert!(b.len() >= k * n, "PackedB: {} elements for a {k} x {n} matrix", b.len());
         if !available() {
-            return PackedB { k, n, panels: Vec::new(), plain: Some((&b[..k * n], trans)) };
+            return PackedB { k, n, panels: Vec::new(), plain: Some((&b[..k * n], trans)), threads: crate::backend::machine_cores() };
         }
         let np = n.div_ceil(NR);
         let mut panels = vec![0f32; np * k * NR];
         if k == 0 {
-            return PackedB { k, n, panels, plain: None };
+            return PackedB { k, n, panels, plain: None, threads: crate::backend::machine_cores() };
         }
         for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
             let (j0, w) = (p * NR, NR.min(n - p * NR));
@@ -71,11 +73,17 @@ impl<'b> PackedB<'b> {
                 }
             }
         }
-        PackedB { k, n, panels, plain: None }
+        PackedB { k, n, panels, plain: None, threads: crate::backend::machine_cores() }
     }
 
     /// `C = A @ B + beta * C` for `A [m, k]` and `C [m, n]`, both row-major. With `beta == 0` the
     /// old contents of C are never read.
+    /// The same packing, its products on at most `threads` threads (at least one).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
     pub fn gemm(&self, m: usize, a: &[f32], beta: f32, c: &mut [f32]) {
         self.gemm_scaled(m, a, 1.0, beta, c)
     }
@@ -101,7 +109,7 @@ impl<'b> PackedB<'b> {
         // Threads only for products worth a thread's start (about 8 MFLOP, ~0.1 ms here, against
         // ~20 us). Many rows: each thread takes whole row blocks; few: a range of panels. Either
         // way the threads write disjoint parts of C.
-        let cores = crate::cpu_threads();
+        let cores = self.threads;
         let by_rows = m >= 2 * MC * cores;
         let units = if by_rows { m.div_ceil(MC) } else { np.div_ceil(2) };
         let threads = if m * n * k < 1 << 22 { 1 } else { cores.min(units).max(1) };

@@ -9,13 +9,14 @@ impl Graph {
     /// `a @ b` for 2-D tensors.
     pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
         let (av, bv) = (self.value(a).clone(), self.value(b).clone());
-        let out = matmul::matmul(&av, false, &bv, false)?;
+        let be = *self.backend();
+        let out = matmul::matmul(&be, &av, false, &bv, false)?;
         Ok(self.push(out, &[a, b], move |g, grads| {
             if grads.wants(a) {
-                grads.add(a, matmul::matmul(g, false, &bv, true)?)?;
+                grads.add(a, matmul::matmul(&be, g, false, &bv, true)?)?;
             }
             if grads.wants(b) {
-                grads.add(b, matmul::matmul(&av, true, g, false)?)?;
+                grads.add(b, matmul::matmul(&be, &av, true, g, false)?)?;
             }
             Ok(())
         }))

@@ -19,6 +19,7 @@
 pub mod cuda;
 mod tape;
 
+use crate::backend::Backend;
 use crate::ops::math::exp_row;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -142,7 +143,22 @@ pub fn softmax_kl_cpu(
     p: DistillParams,
     grad: &mut [f32],
 ) -> DistillLoss {
-    let threads = crate::cpu_threads();
+    softmax_kl_cpu_on(crate::backend::machine_cores(), student, teachers, targets, rows, cols, p, grad)
+}
+
+/// [`softmax_kl_cpu`] on at most `threads` threads (the same result for any count).
+#[allow(clippy::too_many_arguments)]
+pub fn softmax_kl_cpu_on(
+    threads: usize,
+    student: &[f32],
+    teachers: &[&[f32]],
+    targets: Option<&[i32]>,
+    rows: usize,
+    cols: usize,
+    p: DistillParams,
+    grad: &mut [f32],
+) -> DistillLoss {
+    let threads = threads.max(1);
     let per = rows.div_ceil(threads).max(16);
     let mut parts: Vec<(f64, f64)> = vec![(0.0, 0.0); rows];
     let inv_n = 1.0 / rows.max(1) as f32;
@@ -170,8 +186,8 @@ pub fn softmax_kl_cpu(
 /// Mean softmax cross-entropy of `logits [rows, cols]` against `targets` (labels in `[0, cols)`),
 /// without the gradient: the CPU twin for evaluation, two passes over each row (its maximum, then
 /// the sum of exponentials) and nothing written. Summed in row order whatever the thread count.
-pub fn xent_value_cpu(logits: &[f32], targets: &[i32], rows: usize, cols: usize) -> f64 {
-    let threads = crate::cpu_threads();
+pub fn xent_value_cpu(threads: usize, logits: &[f32], targets: &[i32], rows: usize, cols: usize) -> f64 {
+    let threads = threads.max(1);
     let per = rows.div_ceil(threads).max(16);
     let mut parts = vec![0f64; rows];
     std::thread::scope(|sc| {
@@ -191,7 +207,7 @@ pub fn xent_value_cpu(logits: &[f32], targets: &[i32], rows: usize, cols: usize)
 }
 
 /// Tensor entry: checks shapes, labels and parameters; returns the loss parts and the gradient.
-pub fn softmax_kl(student: &Tensor, teachers: &[Tensor], targets: Option<&Tensor>, p: DistillParams) -> Result<(DistillLoss, Tensor)> {
+pub fn softmax_kl(be: &Backend, student: &Tensor, teachers: &[Tensor], targets: Option<&Tensor>, p: DistillParams) -> Result<(DistillLoss, Tensor)> {
     let (n, v) = student.expect_2d("student logits")?;
     if !(p.temperature > 0.0 && p.temperature.is_finite()) {
         bail!(Invalid, "distillation temperature must be positive and finite, got {}", p.temperature);
@@ -222,7 +238,7 @@ pub fn softmax_kl(student: &Tensor, teachers: &[Tensor], targets: Option<&Tensor
             let yv = targets.map(|y| y.i32s()).transpose()?;
             // Written in full below, so a reused buffer's stale values never show.
             let mut grad = crate::tensor::recycle::take(n * v);
-            let loss = softmax_kl_cpu(student.f32s()?, &tv, yv, n, v, p, &mut grad);
+            let loss = softmax_kl_cpu_on(be.cpu_threads(), student.f32s()?, &tv, yv, n, v, p, &mut grad);
             Ok((loss, Tensor::from_f32(grad, &[n, v])?))
         }
         Device::Cuda(_) => {

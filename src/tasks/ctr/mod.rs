@@ -152,6 +152,8 @@ pub struct CtrTask {
     /// The output bias a model starts with: the log-odds of the training click rate.
     start_bias: f32,
     dev: Device,
+    /// The run's backend context.
+    be: crate::Backend,
 }
 
 /// One model's rows, shuffled each epoch.
@@ -236,7 +238,7 @@ impl Task for CtrTask {
             ((clicks + 1.0) / (r.len() as f64 + 2.0)).clamp(1e-6, 1.0 - 1e-6)
         };
         let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
-        Ok(CtrTask { cfg: cfg.clone(), data, teachers, model, start_bias: (rate / (1.0 - rate)).ln() as f32, dev: setup.dev })
+        Ok(CtrTask { cfg: cfg.clone(), data, teachers, model, start_bias: (rate / (1.0 - rate)).ln() as f32, dev: setup.dev, be: setup.run.backend()? })
     }
 
     fn config(&self) -> &CriteoConfig {
@@ -354,7 +356,7 @@ impl Task for CtrTask {
 
     fn validate(&self, model: &CtrModel, store: &ParamStore) -> Result<Option<ClickScore>> {
         let Some((c, r)) = self.data.valid() else { return Ok(None) };
-        let (eval, p) = evaluate(model, store, c, r.start..self.valid_end(&r))?;
+        let (eval, p) = evaluate(&self.be, model, store, c, r.start..self.valid_end(&r))?;
         Ok(Some(ClickScore { eval, p }))
     }
 
@@ -439,6 +441,7 @@ pub fn eval_checkpoint(path: &Path, file: &Path, against: Option<&Path>, cache: 
 /// Evaluate a checkpoint, or the ensemble of several (their mean click probability), on a file;
 /// with `against`, also the churn between it (or the ensemble) and that model.
 pub fn eval_checkpoints(paths: &[PathBuf], file: &Path, against: Option<&Path>, cache: &Path) -> Result<(ClickEval, Option<f64>)> {
+    let be = crate::Backend::from_env()?;
     if paths.is_empty() {
         bail!(Invalid, "no checkpoint to evaluate");
     }
@@ -449,7 +452,7 @@ pub fn eval_checkpoints(paths: &[PathBuf], file: &Path, against: Option<&Path>, 
     let predict = |path: &Path| -> Result<(Vec<f32>, CriteoCache)> {
         let (cfg, model, store) = load_checkpoint(path)?;
         let (data, _) = cached(file, cfg.buckets, cfg.on_bad_line, cache)?;
-        Ok((model.predict(&store, &data, 0..data.rows())?, data))
+        Ok((model.predict(&be, &store, &data, 0..data.rows())?, data))
     };
     let mut p = Vec::new();
     let mut data = None;

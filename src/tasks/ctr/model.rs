@@ -4,6 +4,7 @@
 use super::config::{checkpoint_config, CriteoConfig};
 use super::score::{auc, calibration, log_loss};
 use crate::autograd::{Graph, Var};
+use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS};
 use crate::nn::{Embedding, Linear, Mlp};
@@ -77,14 +78,14 @@ impl CtrModel {
     }
 
     /// Click probabilities for rows `rows` of a cache, in batches, without a tape.
-    pub fn predict(&self, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<Vec<f32>> {
+    pub fn predict(&self, be: &Backend, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<Vec<f32>> {
         let idx: Vec<usize> = rows.collect();
         let mut out = Vec::with_capacity(idx.len());
         let dev = s.device();
         for chunk in idx.chunks(8192) {
             let (ids, dense, _) = data.batch(chunk)?;
             let (ids, dense) = (ids.to_device(dev)?, dense.to_device(dev)?);
-            let mut g = Graph::no_grad();
+            let mut g = Graph::no_grad().with_backend(*be);
             let l = self.forward(&mut g, s, &ids, &dense)?;
             out.extend(g.value(l).to_vec_f32()?.iter().map(|&x| sigmoid(x)));
         }
@@ -108,8 +109,8 @@ impl ClickEval {
     }
 }
 
-pub fn evaluate(model: &CtrModel, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<(ClickEval, Vec<f32>)> {
-    let p = model.predict(s, data, rows.clone())?;
+pub fn evaluate(be: &Backend, model: &CtrModel, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<(ClickEval, Vec<f32>)> {
+    let p = model.predict(be, s, data, rows.clone())?;
     let y: Vec<f32> = rows.map(|i| data.label(i)).collect();
     Ok((ClickEval::of(&p, &y), p))
 }

@@ -4,6 +4,7 @@
 use super::config::split_file;
 use super::model::{load_checkpoints, LmModel};
 use crate::autograd::Graph;
+use crate::backend::Backend;
 use crate::data::lm::TokenLanes;
 use crate::data::text::{cached_tokens, Vocab};
 use crate::nn::LstmState;
@@ -53,7 +54,7 @@ fn eval_windows(data: &TokenLanes, windows: usize, steps: usize, max_tokens: usi
 /// between windows, no dropout; with `max_tokens` 0 every token of a lane after its first is scored
 /// (with one lane: every token of the text after the first), else about `max_tokens` tokens from
 /// places spread over the text (see `eval_layout`).
-pub fn evaluate(model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
+pub fn evaluate(be: &Backend, model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
     let dev = s.device();
@@ -61,7 +62,7 @@ pub fn evaluate(model: &LmModel, s: &ParamStore, tokens: &[u32], batch: usize, b
     let (mut total, mut count) = (0.0, 0usize);
     for (x, y, steps) in eval_windows(&data, windows, steps, max_tokens)? {
         let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
-        let mut g = Graph::no_grad();
+        let mut g = Graph::no_grad().with_backend(*be);
         let (logits, next) = model.forward(&mut g, s, &x, &state, steps, None)?;
         let loss = g.softmax_xent(logits, &y)?;
         // The loss is a mean over the window's rows: weighted by them, as the tail has fewer.
@@ -85,8 +86,15 @@ pub fn oov_rate(tokens: &[u32], vocab: &Vocab) -> Option<f64> {
 /// over tokens of `-ln((1/n) sum_i p_i)`, over the same lanes and windows as `evaluate`. Each
 /// model may have its own width and depth; all share one vocabulary. Returns the loss and the
 /// number of tokens scored.
-pub fn evaluate_ensemble(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<(f64, usize)> {
-    let logps = token_log_probs(models, tokens, batch, bptt, max_tokens)?;
+pub fn evaluate_ensemble(
+    be: &Backend,
+    models: &[(&LmModel, &ParamStore)],
+    tokens: &[u32],
+    batch: usize,
+    bptt: usize,
+    max_tokens: usize,
+) -> Result<(f64, usize)> {
+    let logps = token_log_probs(be, models, tokens, batch, bptt, max_tokens)?;
     let count = logps.first().map_or(0, Vec::len);
     let mut total = 0.0;
     for r in 0..count {
@@ -101,7 +109,14 @@ pub fn evaluate_ensemble(models: &[(&LmModel, &ParamStore)], tokens: &[u32], bat
 /// Each model's natural-log probability (in f64) of every token that `evaluate_ensemble` scores,
 /// in the order it scores them (window by window, lane by lane within a time step); one vector per
 /// model, all of one length.
-pub fn token_log_probs(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+pub fn token_log_probs(
+    be: &Backend,
+    models: &[(&LmModel, &ParamStore)],
+    tokens: &[u32],
+    batch: usize,
+    bptt: usize,
+    max_tokens: usize,
+) -> Result<Vec<Vec<f64>>> {
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
     let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
@@ -110,7 +125,7 @@ pub fn token_log_probs(models: &[(&LmModel, &ParamStore)], tokens: &[u32], batch
     for (x, y, steps) in eval_windows(&data, windows, steps, max_tokens)? {
         let x = x.to_device(dev)?;
         for (((model, s), st), out) in models.iter().zip(states.iter_mut()).zip(logps.iter_mut()) {
-            let mut g = Graph::no_grad();
+            let mut g = Graph::no_grad().with_backend(*be);
             let (logits, next) = model.forward(&mut g, s, &x, st, steps, None)?;
             *st = next;
             let lv = g.value(logits);
@@ -155,14 +170,15 @@ pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_token
 /// does); more lanes run faster, each from a zero state, its first token unscored; 0 takes the
 /// checkpoint's batch.
 pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<EvalReport> {
+    let be = Backend::from_env()?;
     let (loaded, tokens) = load_with_text(paths, file, cache)?;
     let l = &loaded[0];
     let lanes = if lanes == 0 { l.cfg.batch } else { lanes };
     let (loss, n) = if loaded.len() == 1 {
-        evaluate(&l.model, &l.store, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
+        evaluate(&be, &l.model, &l.store, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
     } else {
         let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
-        evaluate_ensemble(&models, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
+        evaluate_ensemble(&be, &models, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
     };
     let used = eval_layout(tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?.0.batch;
     Ok(EvalReport { loss, tokens: n, file_tokens: tokens.len(), lanes: used, oov_rate: oov_rate(tokens.as_slice(), &l.vocab) })
@@ -191,10 +207,11 @@ fn load_with_text(paths: &[PathBuf], file: Option<&Path>, cache: &Path) -> Resul
 /// two models give each token that comes, scored as [`eval_checkpoints`] scores (`lanes` 0: the
 /// first checkpoint's batch).
 pub fn churn_checkpoints(a: &Path, b: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<f64> {
+    let be = Backend::from_env()?;
     let (loaded, tokens) = load_with_text(&[a.to_path_buf(), b.to_path_buf()], file, cache)?;
     let lanes = if lanes == 0 { loaded[0].cfg.batch } else { lanes };
     let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
-    let lp = token_log_probs(&models, tokens.as_slice(), lanes, loaded[0].cfg.bptt, max_tokens)?;
+    let lp = token_log_probs(&be, &models, tokens.as_slice(), lanes, loaded[0].cfg.bptt, max_tokens)?;
     Ok(lp[0].iter().zip(&lp[1]).map(|(x, y)| (x.exp() - y.exp()).abs()).sum::<f64>() / lp[0].len().max(1) as f64)
 }
 

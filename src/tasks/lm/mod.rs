@@ -137,6 +137,8 @@ pub struct LmTask {
     teachers: Arc<[LoadedLm]>,
     model: LmModel,
     dev: Device,
+    /// The run's backend context (`--threads`, `--cpu-bf16`, `--matmul-f32`, `--deterministic`).
+    be: crate::Backend,
 }
 
 /// One model's training text: lanes of its shard, or (data-free) text sampled from the teachers.
@@ -200,7 +202,7 @@ impl Task for LmTask {
             "--hidden, --emb-dim, --layers, or a smaller vocabulary with --min-count",
         )?;
         let model = LmModel::new(&mut ParamStore::new(), cfg, data.vocab.len(), &mut Rng::new(0))?;
-        Ok(LmTask { cfg: cfg.clone(), data, teachers: teachers.into(), model, dev })
+        Ok(LmTask { cfg: cfg.clone(), data, teachers: teachers.into(), model, dev, be: setup.run.backend()? })
     }
 
     fn config(&self) -> &LmConfig {
@@ -275,7 +277,7 @@ impl Task for LmTask {
             // samples a stream of its own (the step is in its seed), not the first run's again.
             *carry = self.zero_carry(&self.model)?;
             let seed = self.cfg.seed ^ 0x5A3F1E ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            stream.sampler = Some(Sampler::new(self.teachers.clone(), self.cfg.batch, 1.0, seed, self.dev)?);
+            stream.sampler = Some(Sampler::new(self.teachers.clone(), self.cfg.batch, 1.0, seed, self.dev)?.with_backend(self.be));
         }
         Ok(())
     }
@@ -367,13 +369,13 @@ impl Task for LmTask {
 
     fn validate(&self, model: &LmModel, store: &ParamStore) -> Result<Option<LmScore>> {
         let Some(v) = &self.data.valid else { return Ok(None) };
-        Ok(Some(LmScore(evaluate(model, store, v.as_slice(), self.cfg.batch, self.cfg.bptt, self.cfg.eval_tokens)?.0)))
+        Ok(Some(LmScore(evaluate(&self.be, model, store, v.as_slice(), self.cfg.batch, self.cfg.bptt, self.cfg.eval_tokens)?.0)))
     }
 
     fn ensemble(&self, members: &[(&ParamStore, Option<&LmScore>)]) -> Result<Option<(LmScore, Option<f64>)>> {
         let Some(v) = &self.data.valid else { return Ok(None) };
         let models: Vec<(&LmModel, &ParamStore)> = members.iter().map(|(s, _)| (&self.model, *s)).collect();
-        Ok(Some((LmScore(evaluate_ensemble(&models, v.as_slice(), self.cfg.batch, self.cfg.bptt, self.cfg.eval_tokens)?.0), None)))
+        Ok(Some((LmScore(evaluate_ensemble(&self.be, &models, v.as_slice(), self.cfg.batch, self.cfg.bptt, self.cfg.eval_tokens)?.0), None)))
     }
 
     fn compat(&self) -> (String, String) {
@@ -422,7 +424,7 @@ impl Task for LmTask {
                         None => (&self.model, &m.store),
                     };
                     let lanes = if self.cfg.eval_lanes == 0 { self.cfg.batch } else { self.cfg.eval_lanes };
-                    let (ce, n) = evaluate(tm, ts, t.as_slice(), lanes, self.cfg.bptt, 0)?;
+                    let (ce, n) = evaluate(&self.be, tm, ts, t.as_slice(), lanes, self.cfg.bptt, 0)?;
                     let oov = oov_rate(t.as_slice(), &self.data.vocab);
                     eprintln!(
                         "model {}: test loss {ce:.4} ppl {:.2} over {n} of the file's {} tokens ({}){}",

@@ -20,6 +20,7 @@ pub struct Sampler<M: AsRef<[LoadedLm]>> {
     rng: Rng,
     temperature: f32,
     dev: Device,
+    backend: crate::Backend,
 }
 
 /// The token a stream starts after: the end of a line (`<eos>`, or the byte `\n`).
@@ -45,7 +46,13 @@ impl<M: AsRef<[LoadedLm]>> Sampler<M> {
         }
         let states = models.as_ref().iter().map(|m| LstmState::zeros_on(m.cfg.layers, lanes, m.cfg.hidden, dev)).collect::<Result<_>>()?;
         let current = vec![start_token(&first.vocab); lanes];
-        Ok(Sampler { models, states, current, rng: Rng::new(seed), temperature, dev })
+        Ok(Sampler { models, states, current, rng: Rng::new(seed), temperature, dev, backend: crate::Backend::default() })
+    }
+
+    /// The same sampler, its models' forward passes run with `backend`.
+    pub fn with_backend(mut self, backend: crate::Backend) -> Self {
+        self.backend = backend;
+        self
     }
 
     pub fn vocab(&self) -> &Vocab {
@@ -59,7 +66,7 @@ impl<M: AsRef<[LoadedLm]>> Sampler<M> {
         let x = Tensor::from_i32(input.iter().map(|&t| t as i32).collect(), &[lanes])?.to_device(self.dev)?;
         let mut out = Vec::with_capacity(self.models.as_ref().len());
         for (m, st) in self.models.as_ref().iter().zip(self.states.iter_mut()) {
-            let mut g = Graph::no_grad();
+            let mut g = Graph::no_grad().with_backend(self.backend);
             let (l, next) = m.model.forward(&mut g, &m.store, &x, st, 1, None)?;
             *st = next;
             out.push(g.value(l).to_vec_f32()?);
