@@ -1,5 +1,5 @@
-//! The harness of the GPU test binaries (`tests/gpu.rs`, `tests/gpu_training.rs`; `harness =
-//! false` in Cargo.toml), on libtest-mimic: the same command-line options and output as the
+//! The harness of the GPU and device-generic test binaries (`tests/gpu.rs`,
+//! `tests/gpu_training.rs`, `tests/ops.rs`, `tests/gradcheck.rs`; `harness = false` in Cargo.toml), on libtest-mimic: the same command-line options and output as the
 //! built-in harness, but a test can be ignored at run time. Where no GPU is found, every test is
 //! reported as *ignored* (the summary counts them) after one line on stderr that says why, so a
 //! machine without a GPU never reports a GPU test as passed; with `REQUIRE_GPU=1` a missing GPU
@@ -9,20 +9,26 @@
 //! `CODISTILL_TEST_SEED=N` sets another, `CODISTILL_TEST_SEED=random` draws one from the clock.
 //! Every test prints its seed.
 
-/// Runs the listed tests and exits with the harness's status.
-pub fn run(binary: &str, tests: &[(&'static str, fn())]) -> ! {
-    let args = libtest_mimic::Arguments::from_args();
-    let ignored = match codistill::cuda::probe() {
+/// Whether the GPU tests are to be ignored: no usable GPU (said once on stderr, `what` naming the
+/// tests ignored), and `REQUIRE_GPU=1` not set (with it, a missing GPU ends the binary with status 1).
+fn no_gpu(binary: &str, what: &str) -> bool {
+    match codistill::cuda::probe() {
         Ok(_) => false,
         Err(e) => {
             if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
                 eprintln!("{binary}: REQUIRE_GPU=1 but no usable GPU: {e}");
                 std::process::exit(1);
             }
-            eprintln!("{binary}: no usable GPU ({e}): its {} tests are reported as ignored", tests.len());
+            eprintln!("{binary}: no usable GPU ({e}): {what} reported as ignored");
             true
         }
-    };
+    }
+}
+
+/// Runs the listed tests and exits with the harness's status.
+pub fn run(binary: &str, tests: &[(&'static str, fn())]) -> ! {
+    let args = libtest_mimic::Arguments::from_args();
+    let ignored = no_gpu(binary, &format!("its {} tests are", tests.len()));
     let trials = tests
         .iter()
         .map(|&(name, f)| {
@@ -58,17 +64,7 @@ pub type DeviceTest = (&'static str, fn(codistill::Device));
 #[allow(dead_code)] // not every binary on this harness has device-generic bodies
 pub fn run_on_devices(binary: &str, tests: &[DeviceTest]) -> ! {
     let args = libtest_mimic::Arguments::from_args();
-    let no_gpu = match codistill::cuda::probe() {
-        Ok(_) => false,
-        Err(e) => {
-            if std::env::var("REQUIRE_GPU").as_deref() == Ok("1") {
-                eprintln!("{binary}: REQUIRE_GPU=1 but no usable GPU: {e}");
-                std::process::exit(1);
-            }
-            eprintln!("{binary}: no usable GPU ({e}): the {} cuda legs are reported as ignored", tests.len());
-            true
-        }
-    };
+    let no_gpu = no_gpu(binary, &format!("the {} cuda legs are", tests.len()));
     let mut trials = Vec::new();
     for &(name, f) in tests {
         trials.push(libtest_mimic::Trial::test(format!("{name}::cpu"), move || {
