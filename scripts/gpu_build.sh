@@ -15,7 +15,7 @@ for l in sys.stdin:
         print(m["target"]["name"], m["executable"])' \
   | while read -r name exe; do
       # The GPU suite, and the CPU suites whose subjects touch the device path; the rest run in CI.
-      case "$name" in gpu|gpu_training|softmax_kl) cp "$exe" "device-bin/tests/$name";; esac
+      case "$name" in gpu|gpu_training|ops|gradcheck) cp "$exe" "device-bin/tests/$name";; esac
     done
 # The table benchmark (gpu-bench) and the criterion groups (kernels-bench).
 cargo bench --no-run --bench gpu --bench kernels --message-format=json 2>/dev/null \

@@ -13,10 +13,11 @@
 #             process's CUDA context): mma.sync with and without split-K, the transposes, wgmma,
 #             wgmma-tma (K-major, then MN-major operands); later stages use what passed (see below);
 #   gpu       the GPU kernel suite (tests/gpu.rs, REQUIRE_GPU=1: fails rather than skips);
-#   training  the GPU training suite (tests/gpu_training.rs) and the softmax-KL suite;
+#   training  the op suites on the GPU (tests/ops.rs and tests/gradcheck.rs, their cuda legs required),
+#             then the GPU training suite (tests/gpu_training.rs);
 #   bench     the kernel table (gpu-bench), then cuBLAS/PyTorch on the same shapes and the ratios;
 #   e2e       end-to-end LM and Criteo training steps against the same models in PyTorch;
-#   memcheck  compute-sanitizer memcheck over the GPU suite, then the training suite's op tests;
+#   memcheck  compute-sanitizer memcheck over the GPU suite, the ops' cuda legs and training steps;
 #   ncu       Nsight Compute sections for one launch of each 4096^3 matmul and the softmax-KL;
 #   criterion the criterion gpu_* groups of benches/kernels.rs;
 #   overlap   issue 6's overlap measurement on the GPU (scripts/overlap_pairs.sh, 3 pairs);
@@ -124,10 +125,12 @@ if want gpu; then
   show '^test result' gpu
 fi
 if want training; then
-  note "== GPU training suite, softmax-KL suite"
+  note "== op suites on the GPU (one body per device), gradient checks, GPU training suite"
+  step ops 90 "REQUIRE_GPU=1 device-bin/tests/ops --test-threads=1" || why ops 20
+  show '^test result' ops
+  step gradcheck 60 "REQUIRE_GPU=1 device-bin/tests/gradcheck --test-threads=1" || why gradcheck 10
   step training 150 "device-bin/tests/gpu_training --test-threads=1" || why training 20
   show '^test result' training
-  step softmax-kl 60 "device-bin/tests/softmax_kl --test-threads=1" || why softmax-kl 10
 fi
 if want bench; then
   note "== kernels against cuBLAS and PyTorch"
@@ -149,8 +152,9 @@ if want memcheck; then
   # Products up to 2^22 multiply-adds (every odd and tile-edge size; the large ones would take
   # minutes under the sanitizer, and their indexing is the same).
   step memcheck-gpu 150 "CODISTILL_TEST_MAX_MNK=4194304 compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu --test-threads=1" || why memcheck-gpu 20
+  step memcheck-ops 120 "compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/ops --test-threads=1 cuda --skip trainer_shapes" || why memcheck-ops 20
   step memcheck-training 120 "compute-sanitizer --tool memcheck --error-exitcode 99 device-bin/tests/gpu_training \
-    --test-threads=1 every_tensor_op lstm_layer a_language_model a_click_model directory_exchange" || why memcheck-training 20
+    --test-threads=1 a_language_model a_click_model directory_exchange" || why memcheck-training 20
   cat "$LOGS"/memcheck-*.log 2>/dev/null | grep -E 'ERROR SUMMARY' | tee -a "$SUMMARY"
 fi
 if want ncu; then

@@ -23,9 +23,9 @@ GROUPS_ALL=(
   "metrics|src/tasks/ctr/score.rs|log_loss|auc|calibration|churn|--lib --test criteo_trainer"
   "ensemble|src/tasks/lm/eval.rs|evaluate_ensemble|token_log_probs|--test distill_offline"
   "loop|src/train/run.rs|due|scaled|event|teacher_output|save|load_weights|--test one_batch --test codistill --test criteo_trainer --test lm_trainer"
-  "softmax_kl|src/ops/softmax_kl.rs|softmax_kl_cpu|row_loss|softmax_row|--lib --test softmax_kl --test one_batch"
-  "softmax_kl_entry|src/ops/softmax_kl.rs|softmax_kl_cpu|--lib --test softmax_kl --test one_batch"
-  "optim|src/ops/optim.rs|.*|--lib"
+  "softmax_kl|src/ops/softmax_kl/mod.rs|softmax_kl_cpu_on|row_loss|softmax_row|--lib --test ops --test one_batch"
+  "softmax_kl_entry|src/ops/softmax_kl/mod.rs|softmax_kl|--lib --test ops --test one_batch"
+  "optim|src/ops/optim/mod.rs|.*|--lib --test ops"
   "schedule|src/distill/mod.rs|distill_at|publish_after|observe|end_step|mix_at|from_options|mean_staleness|--lib"
   "exchange|src/distill/exchange.rs|latest|wait_for_peers|load_snapshot|new|--lib --test codistill"
 )
