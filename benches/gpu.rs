@@ -17,6 +17,7 @@ mod k {
     pub use codistill::ops::optim::cuda::*;
     pub use codistill::ops::softmax_kl::cuda::*;
 }
+use codistill::ops::softmax_kl::Divergence;
 use codistill::{DistillParams, Rng};
 use cudarc::driver::sys;
 use half::bf16;
@@ -177,13 +178,35 @@ fn main() {
         let y: Vec<i32> = (0..n).map(|_| r.below(v) as i32).collect();
         let y = g.upload(&y).unwrap();
         let mut grad = g.alloc::<f32>(n * v).unwrap();
-        let p = DistillParams { temperature: t, alpha: 0.5 };
+        let p = DistillParams { temperature: t, alpha: 0.5, ..Default::default() };
         let ms = time_ms(&g, 20, || {
             k::softmax_kl(&s, &tr, Some(&y), n, v, p, &mut grad).unwrap();
         });
         let bytes = ((2 + nt) * n * v * 4) as f64;
         let name = if t == 2.0 { format!("softmax-KL fwd+bwd, {nt} teacher(s)") } else { format!("softmax-KL fwd+bwd T={t}, {nt} teacher(s)") };
         rows.push(Row { name, shape: format!("{n}x{v}"), ms, flops: 0.0, bytes });
+    }
+    // The other divergences (one generic kernel, softmax_div) beside forward KL on the same kernel's
+    // forward-KL path, at the LM trainer's shape with three teachers; the GPU's unfused compositions
+    // are PyTorch's, timed by scripts/gpu_compare.py (not yet written for these).
+    for div in [Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse].into_iter().filter(|_| want("softmax")) {
+        let (n, v, nt) = (2240usize, 10000usize, 3usize);
+        let s = randn(&g, &mut r, n * v, 3.0);
+        let ts: Vec<GpuBuf<f32>> = (0..nt).map(|_| randn(&g, &mut r, n * v, 3.0)).collect();
+        let tr: Vec<&GpuBuf<f32>> = ts.iter().collect();
+        let y = g.upload(&(0..n).map(|_| r.below(v) as i32).collect::<Vec<_>>()).unwrap();
+        let mut grad = g.alloc::<f32>(n * v).unwrap();
+        let p = DistillParams { temperature: 2.0, alpha: 0.5, divergence: div };
+        let ms = time_ms(&g, 20, || {
+            k::softmax_kl(&s, &tr, Some(&y), n, v, p, &mut grad).unwrap();
+        });
+        rows.push(Row {
+            name: format!("distill loss {div} fwd+bwd, {nt} teachers"),
+            shape: format!("{n}x{v}"),
+            ms,
+            flops: 0.0,
+            bytes: ((2 + nt) * n * v * 4) as f64,
+        });
     }
 
     // Embedding.

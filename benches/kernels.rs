@@ -20,7 +20,7 @@ use codistill::ops::matmul::bf16gemm::{gemm_bf16_cpu, Bf16B};
 use codistill::ops::matmul::gemm_cpu;
 use codistill::ops::matmul::packed::PackedB;
 use codistill::ops::optim::adam_cpu;
-use codistill::ops::softmax_kl::{softmax_kl_cpu, DistillParams};
+use codistill::ops::softmax_kl::{softmax_kl_cpu, DistillParams, Divergence};
 use codistill::{Rng, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -169,10 +169,67 @@ fn softmax_kl(c: &mut Criterion) {
         let mut g = vec![0f32; rows * cols];
         group.throughput(Throughput::Bytes((4 * rows * cols * (k + 2)) as u64));
         group.bench_function(BenchmarkId::new("fwd_bwd", format!("{rows}x{cols}_k{k}")), |bch| {
-            bch.iter(|| softmax_kl_cpu(&s, &tv, Some(&y), rows, cols, DistillParams { temperature: 1.0, alpha: 0.5 }, &mut g))
+            bch.iter(|| softmax_kl_cpu(&s, &tv, Some(&y), rows, cols, DistillParams { temperature: 1.0, alpha: 0.5, ..Default::default() }, &mut g))
         });
+        if k == 3 {
+            // Every divergence fused, beside its unfused composition (whole-matrix passes, as a
+            // composition of tensor ops runs: log-softmaxes, the teachers' average, the divergence,
+            // the row sums, the gradient), at T = 2, soft term alone.
+            for div in [Divergence::ForwardKl, Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse] {
+                let p = DistillParams { temperature: 2.0, alpha: 1.0, divergence: div };
+                group.bench_function(BenchmarkId::new(format!("fused_{div}"), format!("{rows}x{cols}_k{k}")), |bch| {
+                    bch.iter(|| softmax_kl_cpu(&s, &tv, None, rows, cols, p, &mut g))
+                });
+                group.bench_function(BenchmarkId::new(format!("unfused_{div}"), format!("{rows}x{cols}_k{k}")), |bch| {
+                    bch.iter(|| unfused_divergence(&s, &tv, rows, cols, 2.0, div))
+                });
+            }
+        }
     }
     group.finish();
+}
+
+/// The soft term and its gradient as a composition of whole-matrix passes (each a tensor the size
+/// of the logits): what the fused loss is measured against.
+fn unfused_divergence(s: &[f32], teachers: &[&[f32]], rows: usize, cols: usize, t: f32, div: Divergence) -> (f64, Vec<f32>) {
+    let n = rows * cols;
+    let log_softmax = |x: &[f32]| -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        for (o, r) in out.chunks_mut(cols).zip(x.chunks(cols)) {
+            let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b / t));
+            let lse = m + r.iter().map(|&v| (v / t - m).exp()).sum::<f32>().ln();
+            o.iter_mut().zip(r).for_each(|(o, &v)| *o = v / t - lse);
+        }
+        out
+    };
+    if div == Divergence::Mse {
+        let zbar: Vec<f32> = (0..n).map(|i| teachers.iter().map(|tk| tk[i]).sum::<f32>() / teachers.len() as f32).collect();
+        let d: Vec<f32> = s.iter().zip(&zbar).map(|(a, b)| a - b).collect();
+        let loss = d.iter().map(|x| (x * x) as f64).sum::<f64>() / (2 * n) as f64;
+        return (loss, d.iter().map(|x| x / (cols * rows) as f32).collect());
+    }
+    let lq = log_softmax(s);
+    let q: Vec<f32> = lq.iter().map(|x| x.exp()).collect();
+    let ps: Vec<Vec<f32>> = teachers.iter().map(|tk| log_softmax(tk).iter().map(|x| x.exp()).collect()).collect();
+    let p: Vec<f32> = (0..n).map(|i| ps.iter().map(|pk| pk[i]).sum::<f32>() / ps.len() as f32).collect();
+    let lp: Vec<f32> = p.iter().map(|x| x.ln()).collect();
+    let (pointwise, h): (Vec<f32>, Vec<f32>) = match div {
+        Divergence::ForwardKl => ((0..n).map(|i| p[i] * (lp[i] - lq[i])).collect(), vec![]),
+        Divergence::ReverseKl => ((0..n).map(|i| q[i] * (lq[i] - lp[i])).collect(), (0..n).map(|i| lq[i] - lp[i]).collect()),
+        _ => {
+            let lm: Vec<f32> = (0..n).map(|i| ((p[i] + q[i]) / 2.0).ln()).collect();
+            ((0..n).map(|i| 0.5 * p[i] * (lp[i] - lm[i]) + 0.5 * q[i] * (lq[i] - lm[i])).collect(), (0..n).map(|i| 0.5 * (lq[i] - lm[i])).collect())
+        }
+    };
+    let loss = pointwise.iter().map(|&x| x as f64).sum::<f64>() / rows as f64;
+    let grad = match div {
+        Divergence::ForwardKl => (0..n).map(|i| t * (q[i] - p[i]) / rows as f32).collect(),
+        _ => {
+            let sums: Vec<f32> = (0..rows).map(|r| (r * cols..(r + 1) * cols).map(|i| q[i] * h[i]).sum()).collect();
+            (0..n).map(|i| t * q[i] * (h[i] - sums[i / cols]) / rows as f32).collect()
+        }
+    };
+    (loss, grad)
 }
 
 fn adam(c: &mut Criterion) {
@@ -324,7 +381,7 @@ mod gpu {
             let tr: Vec<&GpuBuf<f32>> = ts.iter().collect();
             let y = g.upload(&(0..n).map(|_| r.below(v) as i32).collect::<Vec<_>>()).unwrap();
             let mut grad = g.alloc::<f32>(n * v).unwrap();
-            let p = DistillParams { temperature: 2.0, alpha: 0.5 };
+            let p = DistillParams { temperature: 2.0, alpha: 0.5, ..Default::default() };
             group.throughput(Throughput::Bytes(((2 + nt) * n * v * 4) as u64));
             group.bench_function(BenchmarkId::new("fwd_bwd", format!("{n}x{v}_k{nt}")), |bch| {
                 bch.iter_custom(|it| {

@@ -120,7 +120,7 @@ impl Task for Mixture {
         let teachers: Vec<Tensor> = peers.iter().chain(fixed).cloned().collect();
         match mix {
             Some((alpha, scale)) if !teachers.is_empty() => {
-                let l = g.softmax_kl(logits, &teachers, Some(&b.1), DistillParams { temperature: 1.0, alpha })?.0;
+                let l = g.softmax_kl(logits, &teachers, Some(&b.1), DistillParams { temperature: 1.0, alpha, ..Default::default() })?.0;
                 train::scaled(g, l, scale)
             }
             _ => g.softmax_xent(logits, &b.1),

@@ -295,3 +295,128 @@ SOFTMAX_KL(1, 1024)
 SOFTMAX_KL(2, 1024)
 SOFTMAX_KL(4, 512)
 SOFTMAX_KL(8, 512)
+
+// The soft term as another divergence (kind 0 forward KL, 1 reverse KL, 2 Jensen-Shannon, 3 mean
+// squared error of the logits against the teachers' mean logits), the twin of the other
+// divergences of ops::softmax_kl::softmax_kl_cpu (see `Divergence` there for the formulas). One
+// block per row, three passes over the rows: the online log-sum-exps (s, s/T, each t_k/T); the
+// soft value and, for reverse KL and Jensen-Shannon, the row sum their gradient subtracts (f64,
+// fixed order); then the gradient. log p is a log-sum-exp over the teachers per element, so a
+// teacher probability that underflows still has its logarithm. Written for correctness first:
+// the forward KL of the trainers' default runs on the tuned kernels above.
+KERNEL void __launch_bounds__(512) softmax_div(const float* __restrict__ student, TeacherPtrs tp, const int* __restrict__ labels,
+                                               int cols, int K, float T, float alpha, float inv_n, int kind,
+                                               float* __restrict__ grad, float* __restrict__ row_hard, float* __restrict__ row_soft) {
+    constexpr int NL = 2 + MAX_TEACHERS;
+    __shared__ float fbuf[66 * NL];
+    __shared__ double dbuf[32];
+    const i64 r = blockIdx.x;
+    const float inv_t = 1.f / T;
+    const float c1 = L2E, ct = inv_t * L2E;
+    const bool use_hard = labels != nullptr && alpha != 1.f;
+    const bool use_soft = K > 0 && alpha != 0.f;
+    const bool mse = kind == 3;
+    const float* srow = student + r * cols;
+    const float* trow[MAX_TEACHERS];
+#pragma unroll
+    for (int k = 0; k < MAX_TEACHERS; k++) trow[k] = k < K ? tp.p[k] + r * cols : nullptr;
+
+    // Pass 1: online log-sum-exps.
+    Lse st[NL];
+    float sc[NL];
+#pragma unroll
+    for (int i = 0; i < NL; i++) st[i] = Lse{-INFINITY, 0.f}, sc[i] = i == 0 ? c1 : ct;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        const float v = srow[j];
+        lse_add(st[0], v, c1);
+        if (use_soft && !mse) {
+            lse_add(st[1], v, ct);
+#pragma unroll
+            for (int k = 0; k < MAX_TEACHERS; k++)
+                if (k < K) lse_add(st[2 + k], trow[k][j], ct);
+        }
+    }
+    block_lse_n<NL>(st, sc, fbuf);
+    const Norm ns{st[0].m, c1, log2f(st[0].z)};
+    const Norm nst{st[1].m, ct, log2f(st[1].z)};
+    Norm nt[MAX_TEACHERS];
+#pragma unroll
+    for (int k = 0; k < MAX_TEACHERS; k++) nt[k] = Norm{st[2 + k].m, ct, k < K ? log2f(st[2 + k].z) : 0.f};
+    const float l2k = log2f((float)(K > 0 ? K : 1));
+    // log2 of the teachers' averaged probability of element j.
+    auto log2p = [&](int j) -> float {
+        float l[MAX_TEACHERS], mx = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < MAX_TEACHERS; k++)
+            if (k < K) l[k] = nt[k].log2p(trow[k][j]), mx = fmaxf(mx, l[k]);
+        float z = 0.f;
+#pragma unroll
+        for (int k = 0; k < MAX_TEACHERS; k++)
+            if (k < K) z += ex2(l[k] - mx);
+        return mx + log2f(z) - l2k;
+    };
+    auto zbar = [&](int j) -> float {
+        float z = 0.f;
+#pragma unroll
+        for (int k = 0; k < MAX_TEACHERS; k++)
+            if (k < K) z += trow[k][j];
+        return z / (float)K;
+    };
+    // log2((2^a + 2^b) / 2)
+    auto l2mean = [](float a, float b) -> float { return fmaxf(a, b) + log2f(1.f + ex2(-fabsf(a - b))) - 1.f; };
+
+    // Pass 2: the soft value (log2 units for the divergences of distributions) and the row sum.
+    double soft = 0.0, sq = 0.0;
+    if (use_soft) {
+        for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+            if (mse) {
+                const float d = srow[j] - zbar(j);
+                soft += (double)d * d;
+                continue;
+            }
+            const float l2qt = nst.log2p(srow[j]), qt = ex2(l2qt), l2p = log2p(j), p = ex2(l2p);
+            if (kind == 0) {
+                if (p > 0.f) soft += (double)p * (l2p - l2qt);
+            } else if (kind == 1) {
+                soft += (double)qt * (l2qt - l2p);
+            } else {
+                const float l2m = l2mean(l2p, l2qt), hq = 0.5f * (l2qt - l2m);
+                soft += (double)p * 0.5f * (l2p - l2m) + (double)qt * hq;
+                sq += (double)qt * hq;
+            }
+        }
+        soft = block_sum_d(soft, dbuf);
+        sq = kind == 2 ? block_sum_d(sq, dbuf) : soft;
+    }
+    const float s_nat = (float)(sq * LN2);
+
+    // Pass 3: the gradient.
+    const int y = labels ? labels[r] : -1;
+    const float w_hard = use_hard ? (1.f - alpha) * inv_n : 0.f;
+    const float w_soft = use_soft ? alpha * (mse ? 1.f / (float)cols : T) * inv_n : 0.f;
+    float* grow = grad + r * cols;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        const float v = srow[j];
+        float g = 0.f;
+        if (use_hard) g += w_hard * (ex2(ns.log2p(v)) - (j == y ? 1.f : 0.f));
+        if (use_soft) {
+            if (mse) {
+                g += w_soft * (v - zbar(j));
+            } else {
+                const float l2qt = nst.log2p(v), qt = ex2(l2qt), l2p = log2p(j);
+                if (kind == 0) {
+                    g += w_soft * (qt - ex2(l2p));
+                } else if (kind == 1) {
+                    g += w_soft * qt * ((l2qt - l2p) * LN2 - s_nat);
+                } else {
+                    g += w_soft * qt * (0.5f * (l2qt - l2mean(l2p, l2qt)) * LN2 - s_nat);
+                }
+            }
+        }
+        grow[j] = g;
+    }
+    if (threadIdx.x == 0) {
+        row_soft[r] = use_soft ? (float)(mse ? soft / (2.0 * cols) : soft * LN2) : 0.f;
+        row_hard[r] = use_hard ? -ns.log2p(srow[y]) * LN2 : 0.f;
+    }
+}

@@ -581,7 +581,8 @@ mod tests {
         }
         let y = Tensor::from_i32(vec![0, 5, n as i32 - 1], &[m]).unwrap();
         drop(Tensor::from_f32(vec![f32::NAN; m * n], &[m, n]).unwrap());
-        let (loss, grad) = softmax_kl(&crate::Backend::default(), &c, &[], Some(&y), DistillParams { temperature: 1.0, alpha: 0.0 }).unwrap();
+        let (loss, grad) =
+            softmax_kl(&crate::Backend::default(), &c, &[], Some(&y), DistillParams { temperature: 1.0, alpha: 0.0, ..Default::default() }).unwrap();
         assert!(loss.total.is_finite() && grad.f32s().unwrap().iter().all(|g| g.is_finite()), "a stale NaN leaked into the gradient");
     }
 }

@@ -436,7 +436,7 @@ fn wrong_sizes_are_errors_not_faults() {
     let mut c = g.alloc::<f32>(3).unwrap();
     let e = k::gemm_f32(2, 2, 5, 1.0, &a, false, &a, false, 0.0, &mut c).unwrap_err().to_string();
     assert!(e.contains("holds 3 elements"), "{e}");
-    let e = k::softmax_kl(&a, &[], None, 2, 5, DistillParams { temperature: 0.0, alpha: 0.0 }, &mut c).unwrap_err().to_string();
+    let e = k::softmax_kl(&a, &[], None, 2, 5, DistillParams { temperature: 0.0, alpha: 0.0, ..Default::default() }, &mut c).unwrap_err().to_string();
     assert!(e.contains("T > 0"), "{e}");
 }
 

@@ -98,7 +98,7 @@ fn a_language_model_training_step_on_the_gpu_matches_the_cpu() {
             let tlog = tg.value(tl).clone();
             let mut g = Graph::new().with_backend(f32());
             let (logits, _) = model.forward(&mut g, s, &x, &state, steps, Some((0.2, 77 + step))).unwrap();
-            let (l, parts) = g.softmax_kl(logits, &[tlog], Some(&y), DistillParams { temperature: 1.5, alpha: 0.5 }).unwrap();
+            let (l, parts) = g.softmax_kl(logits, &[tlog], Some(&y), DistillParams { temperature: 1.5, alpha: 0.5, ..Default::default() }).unwrap();
             let grads = g.backward(l).unwrap();
             s.zero_grads().unwrap();
             g.accumulate_grads(&grads, s).unwrap();

@@ -19,6 +19,7 @@ mod common;
 use codistill::cuda::MatmulPrecision;
 use codistill::nn::{Embedding, Linear, Lstm, LstmState, Mlp};
 use codistill::ops::elementwise::{Binary, Unary};
+use codistill::ops::softmax_kl::Divergence;
 use codistill::{Backend, Device, DistillParams, Graph, ParamStore, Result, Rng, Tensor, Var};
 
 struct Bounds {
@@ -272,23 +273,25 @@ fn softmax_xent_gradient(dev: Device) {
     );
 }
 
-fn softmax_kl_gradient_with_two_teachers(dev: Device) {
+fn softmax_kl_gradient_with_two_teachers_every_divergence(dev: Device) {
     let y = Tensor::from_i32(vec![1, 3, 0, 5], &[4]).unwrap();
     let teachers = vec![Tensor::randn(&[4, 6], 2.0, &mut Rng::new(18)), Tensor::randn(&[4, 6], 2.0, &mut Rng::new(19))];
-    for (temperature, alpha) in [(1.0, 0.5), (2.0, 1.0), (4.0, 0.3)] {
-        let (y, teachers) = (y.clone(), teachers.clone());
-        let s = store_of(&[("student", Tensor::randn(&[4, 6], 2.0, &mut Rng::new(20)))]);
-        gradcheck(
-            dev,
-            &format!("softmax_kl T={temperature} alpha={alpha}"),
-            s,
-            move |g, s| {
-                let st = g.param(s, "student")?;
-                let teachers: Vec<Tensor> = teachers.iter().map(|t| on(t, s)).collect();
-                Ok(g.softmax_kl(st, &teachers, Some(&on(&y, s)), DistillParams { temperature, alpha })?.0)
-            },
-            DEFAULT,
-        );
+    for divergence in [Divergence::ForwardKl, Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse] {
+        for (temperature, alpha) in [(1.0, 0.5), (2.0, 1.0), (4.0, 0.3)] {
+            let (y, teachers) = (y.clone(), teachers.clone());
+            let s = store_of(&[("student", Tensor::randn(&[4, 6], 2.0, &mut Rng::new(20)))]);
+            gradcheck(
+                dev,
+                &format!("softmax_kl {divergence} T={temperature} alpha={alpha}"),
+                s,
+                move |g, s| {
+                    let st = g.param(s, "student")?;
+                    let teachers: Vec<Tensor> = teachers.iter().map(|t| on(t, s)).collect();
+                    Ok(g.softmax_kl(st, &teachers, Some(&on(&y, s)), DistillParams { temperature, alpha, divergence })?.0)
+                },
+                DEFAULT,
+            );
+        }
     }
 }
 
@@ -371,7 +374,7 @@ fn main() {
             ("embedding_gradient_with_repeated_ids", embedding_gradient_with_repeated_ids),
             ("lstm_layer_gradients_through_time", lstm_layer_gradients_through_time),
             ("softmax_xent_gradient", softmax_xent_gradient),
-            ("softmax_kl_gradient_with_two_teachers", softmax_kl_gradient_with_two_teachers),
+            ("softmax_kl_gradient_with_two_teachers_every_divergence", softmax_kl_gradient_with_two_teachers_every_divergence),
             ("bce_with_soft_targets_gradient", bce_with_soft_targets_gradient),
             ("linear_and_mlp_module_gradients", linear_and_mlp_module_gradients),
             ("embedding_and_two_layer_lstm_module_gradients", embedding_and_two_layer_lstm_module_gradients),

@@ -103,6 +103,30 @@ fn language_model_first_losses_match_their_formulas() {
     (c.alpha, c.distill_lambda, c.out) = (0.0, lambda as f32, d.join("kd-paper"));
     lm::train(&c).unwrap();
     close(first_loss(&c.out), ce + lambda * temp * temp * kl, "distillation from a fixed teacher, the paper's form");
+    // --distill-loss: reverse KL and Jensen-Shannon at T with T^2, the logit match without.
+    use codistill::ops::softmax_kl::Divergence;
+    let rkl: f64 = lp.iter().zip(&lqt).map(|(p, q)| p.iter().zip(q).map(|(lpj, lqj)| lqj.exp() * (lqj - lpj)).sum::<f64>()).sum::<f64>() / n;
+    let js: f64 = lp
+        .iter()
+        .zip(&lqt)
+        .map(|(p, q)| {
+            p.iter()
+                .zip(q)
+                .map(|(lpj, lqj)| {
+                    let m = ((lpj.exp() + lqj.exp()) / 2.0).ln();
+                    0.5 * lpj.exp() * (lpj - m) + 0.5 * lqj.exp() * (lqj - m)
+                })
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / n;
+    let mse: f64 = z.iter().zip(&tz).map(|(&s, &t)| (s as f64 - t as f64).powi(2)).sum::<f64>() / (2.0 * v as f64 * n);
+    for (div, soft, w) in [(Divergence::ReverseKl, rkl, temp * temp), (Divergence::JensenShannon, js, temp * temp), (Divergence::Mse, mse, 1.0)] {
+        (c.distill_loss, c.out) = (div, d.join(format!("kd-{div}")));
+        lm::train(&c).unwrap();
+        close(first_loss(&c.out), ce + lambda * w * soft, &format!("--distill-loss {div}"));
+    }
+    c.distill_loss = Divergence::ForwardKl;
     // The deprecated distill_weight keeps its meaning: the convex mix.
     (c.distill_lambda, c.distill_weight, c.out) = (1.0, Some(a as f32), d.join("kd-old"));
     lm::train(&c).unwrap();

@@ -32,7 +32,7 @@ pub fn softmax_xent_value(be: &Backend, logits: &Tensor, targets: &Tensor) -> Re
 
 /// Mean softmax cross-entropy of `logits [N, V]` against labels `[N]`, and its gradient.
 pub fn softmax_xent(be: &Backend, logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor)> {
-    let (loss, grad) = softmax_kl(be, logits, &[], Some(targets), DistillParams { temperature: 1.0, alpha: 0.0 })?;
+    let (loss, grad) = softmax_kl(be, logits, &[], Some(targets), DistillParams { temperature: 1.0, alpha: 0.0, ..Default::default() })?;
     Ok((loss.total, grad))
 }
 

@@ -3,8 +3,8 @@
 //! `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are checked
 //! here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
-use super::{DistillLoss, DistillParams};
-use crate::cuda::launch::{need, sync_if_asked};
+use super::{DistillLoss, DistillParams, Divergence};
+use crate::cuda::launch::{launch, need, sync_if_asked};
 use crate::cuda::{k, GpuBuf, GpuRange, Kernel};
 use crate::{bail, Error, Result};
 use cudarc::driver::{sys, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -54,6 +54,22 @@ pub fn softmax_kl(
     let gpu = student.gpu().clone();
     let hard = gpu.alloc::<f32>(rows)?;
     let soft = gpu.alloc::<f32>(rows)?;
+    if p.divergence != Divergence::ForwardKl {
+        // The other divergences: one generic kernel (kernels/softmax_kl.cu, softmax_div).
+        let kind = match p.divergence {
+            Divergence::ForwardKl => 0i32,
+            Divergence::ReverseKl => 1,
+            Divergence::JensenShannon => 2,
+            Divergence::Mse => 3,
+        };
+        let threads = if cols >= 4096 { 512 } else { 128 };
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (ps, py, c, nk, t, a, inv_n) =
+            (student.ptr(), labels.map_or(0, |y| y.ptr()), cols as i32, teachers.len() as i32, p.temperature, p.alpha, 1.0 / rows as f32);
+        let (pg, ph, pso) = (grad.ptr(), hard.ptr(), soft.ptr());
+        launch!(gpu, k::softmax_kl::softmax_div, cfg; ps, tp, py, c, nk, t, a, inv_n, kind, pg, ph, pso);
+        return row_means(p, &hard, &soft, rows);
+    }
     // Teacher-count class (registers grow with it), block size, and the student row cached in
     // shared memory when it fits (so pass 2 reads it from there instead of L2 or DRAM).
     let (kernel, max_threads): (Kernel, u32) = match teachers.len() {
@@ -83,10 +99,15 @@ pub fn softmax_kl(
     l.arg(&ps).arg(&tp).arg(&py).arg(&c).arg(&k).arg(&t).arg(&a).arg(&inv_n).arg(&pg).arg(&ph).arg(&pso).arg(&cs);
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
     sync_if_asked(&gpu, name)?;
+    row_means(p, &hard, &soft, rows)
+}
+
+/// The loss parts from the per-row values, summed in f64 on the host in row order.
+fn row_means(p: DistillParams, hard: &GpuBuf<f32>, soft: &GpuBuf<f32>, rows: usize) -> Result<DistillLoss> {
     let (hv, sv) = (hard.download()?, soft.download()?);
     let n = rows as f64;
     let hard = hv.iter().map(|&x| x as f64).sum::<f64>() / n;
     let soft = sv.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let (t, a) = (p.temperature as f64, p.alpha as f64);
-    Ok(DistillLoss { total: (1.0 - a) * hard + a * t * t * soft, hard, soft })
+    let a = p.alpha as f64;
+    Ok(DistillLoss { total: (1.0 - a) * hard + a * p.divergence.weight(p.temperature as f64) * soft, hard, soft })
 }

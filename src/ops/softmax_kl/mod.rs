@@ -27,12 +27,78 @@ use crate::{bail, Result};
 /// Loss parts, each already a mean over rows.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DistillLoss {
-    /// `(1 - alpha) * hard + alpha * T^2 * soft`.
+    /// `(1 - alpha) * hard + alpha * w * soft`, `w = T^2` for the divergences of distributions
+    /// and 1 for [`Divergence::Mse`].
     pub total: f64,
     /// Cross-entropy to the hard labels (0 when there are none).
     pub hard: f64,
-    /// KL(teachers || student at temperature T), without the T^2 (0 when there are no teachers).
+    /// The divergence between the teachers and the student (see [`Divergence`]), without the
+    /// `T^2` (0 when there are no teachers).
     pub soft: f64,
+}
+
+/// What the soft term measures, between the teachers' averaged distribution
+/// `p = (1/K) sum_k softmax(t_k / T)` and the student's `q_T = softmax(s / T)` (natural logs):
+///
+/// ```text
+/// ForwardKl      KL(p || q_T)    = sum_j p_j (log p_j - log q_T_j)        dsoft/ds = (q_T - p) / T
+/// ReverseKl      KL(q_T || p)    = sum_j q_j (log q_j - log p_j)          dsoft/ds = q_T (d - KL) / T,  d = log q_T - log p
+/// JensenShannon  JS(p, q_T)      = KL(p || m) / 2 + KL(q_T || m) / 2, m = (p + q_T) / 2
+///                                                                          dsoft/ds = q_T (h - sum q_T h) / T,  h = log(q_T / m) / 2
+/// Mse            (1/2V) sum_j (s_j - zbar_j)^2, zbar = (1/K) sum_k t_k    dsoft/ds = (s - zbar) / V
+/// ```
+///
+/// The three divergences of distributions are weighed by `T^2` (so that their gradients keep
+/// their size across temperatures, Hinton et al. section 2); the logit match (Ba and Caruana 2014)
+/// uses neither the temperature nor `T^2`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Divergence {
+    /// Hinton et al.'s soft targets: mass-covering, the default.
+    #[default]
+    ForwardKl,
+    /// Mode-seeking: the student is charged where it puts mass the teachers do not.
+    ReverseKl,
+    /// Symmetric and bounded by ln 2.
+    JensenShannon,
+    /// Mean squared error between the logits and the teachers' mean logits.
+    Mse,
+}
+
+impl std::str::FromStr for Divergence {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Divergence::parse(s).ok_or_else(|| format!("distillation loss must be kl, reverse-kl, js or mse, got {s:?}"))
+    }
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Divergence {
+    /// The names `--distill-loss` takes, in the order of the variants.
+    pub const NAMES: [(Divergence, &'static str); 4] =
+        [(Divergence::ForwardKl, "kl"), (Divergence::ReverseKl, "reverse-kl"), (Divergence::JensenShannon, "js"), (Divergence::Mse, "mse")];
+
+    /// The option value of this divergence.
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(d, _)| *d == self).map_or("kl", |(_, n)| n)
+    }
+
+    /// The divergence of an option value.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(d, _)| *d)
+    }
+
+    /// The weight of the soft term beside `alpha`: `T^2`, or 1 for the logit match.
+    pub fn weight(self, temperature: f64) -> f64 {
+        match self {
+            Divergence::Mse => 1.0,
+            _ => temperature * temperature,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,6 +106,15 @@ pub struct DistillParams {
     pub temperature: f32,
     /// Weight of the soft (teacher) term; `1 - alpha` weighs the hard-label term.
     pub alpha: f32,
+    /// What the soft term measures.
+    pub divergence: Divergence,
+}
+
+impl Default for DistillParams {
+    /// Cross-entropy alone: T = 1, alpha = 0, forward KL.
+    fn default() -> Self {
+        DistillParams { temperature: 1.0, alpha: 0.0, divergence: Divergence::ForwardKl }
+    }
 }
 
 /// Softmax of `x * scale` into `out`; returns the log of its normaliser, `max + ln sum`, in f64
@@ -57,6 +132,76 @@ struct RowScratch {
     qt: Vec<f32>,
     p: Vec<f32>,
     pk: Vec<f32>,
+    /// log p in f64, for the divergences that need it exactly where p underflows f32.
+    lp: Vec<f64>,
+}
+
+impl RowScratch {
+    fn new(cols: usize) -> Self {
+        RowScratch { q: vec![0.0; cols], qt: vec![0.0; cols], p: vec![0.0; cols], pk: vec![0.0; cols], lp: Vec::new() }
+    }
+}
+
+/// The soft term of a row for the divergences other than forward KL: adds its gradient, weighed
+/// (`alpha T` for the divergences of distributions, whose `T^2` meets the `1/T` of `q_T`'s
+/// derivative; `alpha` for the logit match), to `g` and returns its value. `qt` holds
+/// `softmax(s / T)` and `lse_t` its log normaliser. `log p` is a log-sum-exp over the teachers per
+/// element, in f64, so a probability that underflows f32 still has its logarithm.
+#[allow(clippy::needless_range_loop)] // j indexes s, qt, lp and g together
+fn other_soft(s: &[f32], teachers: &[&[f32]], p: DistillParams, qt: &[f32], lse_t: f64, g: &mut [f32], w: &mut RowScratch) -> f64 {
+    let (t, a) = (p.temperature as f64, p.alpha as f64);
+    let (cols, nk) = (s.len(), teachers.len());
+    if p.divergence == Divergence::Mse {
+        let c = a / cols as f64;
+        let mut soft = 0.0;
+        for j in 0..cols {
+            let zbar = teachers.iter().map(|tk| tk[j] as f64).sum::<f64>() / nk as f64;
+            let d = s[j] as f64 - zbar;
+            soft += d * d;
+            g[j] += (c * d) as f32;
+        }
+        return soft / (2.0 * cols as f64);
+    }
+    // log p_j = log (1/K) sum_k exp(t_kj / T - lse_k)
+    let inv_t = 1.0 / p.temperature;
+    let lse_k: Vec<f64> = teachers.iter().map(|tk| softmax_row(tk, inv_t, &mut w.pk)).collect();
+    w.lp.clear();
+    w.lp.extend((0..cols).map(|j| {
+        let l = |k: usize| (teachers[k][j] * inv_t) as f64 - lse_k[k];
+        let m = (0..nk).map(l).fold(f64::NEG_INFINITY, f64::max);
+        m + (0..nk).map(|k| (l(k) - m).exp()).sum::<f64>().ln() - (nk as f64).ln()
+    }));
+    let lq = |j: usize| (s[j] * inv_t) as f64 - lse_t;
+    let c = a * t;
+    match p.divergence {
+        Divergence::ReverseKl => {
+            let kl: f64 = (0..cols).map(|j| qt[j] as f64 * (lq(j) - w.lp[j])).sum();
+            for j in 0..cols {
+                g[j] += (c * qt[j] as f64 * (lq(j) - w.lp[j] - kl)) as f32;
+            }
+            kl
+        }
+        Divergence::JensenShannon => {
+            // log m_j = log((p_j + q_j) / 2), from the two logarithms.
+            let lm = |j: usize| {
+                let (x, y) = (w.lp[j], lq(j));
+                x.max(y) + (-(x - y).abs()).exp().ln_1p() - std::f64::consts::LN_2
+            };
+            let (mut js, mut sq) = (0.0, 0.0);
+            for j in 0..cols {
+                let (m, q) = (lm(j), qt[j] as f64);
+                let hq = 0.5 * (lq(j) - m);
+                js += w.lp[j].exp() * 0.5 * (w.lp[j] - m) + q * hq;
+                sq += q * hq;
+            }
+            for j in 0..cols {
+                let hq = 0.5 * (lq(j) - lm(j));
+                g[j] += (c * qt[j] as f64 * (hq - sq)) as f32;
+            }
+            js
+        }
+        Divergence::ForwardKl | Divergence::Mse => unreachable!("handled by the caller and above"),
+    }
 }
 
 /// One row: writes `g` times `scale` (the caller's 1/N) and returns (hard CE, soft KL). One
@@ -93,7 +238,9 @@ fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, sc
         }
         g[y] -= c;
     }
-    if use_soft {
+    if use_soft && p.divergence == Divergence::Mse {
+        soft = other_soft(s, teachers, p, &[], 0.0, g, w);
+    } else if use_soft {
         let lse_t = match lse_hard {
             Some(lse) if p.temperature == 1.0 => {
                 w.qt.copy_from_slice(&w.q);
@@ -101,6 +248,13 @@ fn row_loss(s: &[f32], teachers: &[&[f32]], y: Option<i32>, p: DistillParams, sc
             }
             _ => softmax_row(s, inv_t, &mut w.qt),
         };
+        if p.divergence != Divergence::ForwardKl {
+            let qt = std::mem::take(&mut w.qt);
+            soft = other_soft(s, teachers, p, &qt, lse_t, g, w);
+            w.qt = qt;
+            g.iter_mut().for_each(|v| *v *= scale);
+            return (hard, soft);
+        }
         // p = mean over teachers of softmax(t_k / T)
         let inv_k = 1.0 / teachers.len() as f32;
         let mut lse_teacher = 0.0;
@@ -165,7 +319,7 @@ pub fn softmax_kl_cpu_on(
     std::thread::scope(|sc| {
         for (ci, (gchunk, pchunk)) in grad[..rows * cols].chunks_mut(per * cols).zip(parts.chunks_mut(per)).enumerate() {
             sc.spawn(move || {
-                let mut w = RowScratch { q: vec![0.0; cols], qt: vec![0.0; cols], p: vec![0.0; cols], pk: vec![0.0; cols] };
+                let mut w = RowScratch::new(cols);
                 let mut trows: Vec<&[f32]> = Vec::with_capacity(teachers.len());
                 for (i, (g, out)) in gchunk.chunks_mut(cols).zip(pchunk.iter_mut()).enumerate() {
                     let r = ci * per + i;
@@ -179,8 +333,8 @@ pub fn softmax_kl_cpu_on(
     let n = rows.max(1) as f64;
     let hard = parts.iter().map(|x| x.0).sum::<f64>() / n;
     let soft = parts.iter().map(|x| x.1).sum::<f64>() / n;
-    let (t, a) = (p.temperature as f64, p.alpha as f64);
-    DistillLoss { total: (1.0 - a) * hard + a * t * t * soft, hard, soft }
+    let a = p.alpha as f64;
+    DistillLoss { total: (1.0 - a) * hard + a * p.divergence.weight(p.temperature as f64) * soft, hard, soft }
 }
 
 /// Mean softmax cross-entropy of `logits [rows, cols]` against `targets` (labels in `[0, cols)`),

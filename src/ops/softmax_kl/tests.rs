@@ -9,7 +9,7 @@
 //! differences hours) the reference gradient is the closed form in f64 instead.
 
 use crate::common::dev::{host, poison, rng, up};
-use codistill::ops::softmax_kl::{softmax_kl, DistillParams};
+use codistill::ops::softmax_kl::{softmax_kl, DistillParams, Divergence};
 use codistill::{Backend, Device, Rng, Tensor};
 
 fn softmax64(x: &[f64]) -> Vec<f64> {
@@ -78,7 +78,7 @@ fn check(dev: Device, rows: usize, cols: usize, k: usize, t: f32, a: f32, extrem
     let tt: Vec<Tensor> = teachers.iter().map(|v| up(&Tensor::from_f32(v.clone(), &[rows, cols]).unwrap(), dev)).collect();
     let yt = up(&Tensor::from_i32(y.clone(), &[rows]).unwrap(), dev);
     poison(dev, rows * cols);
-    let (loss, grad) = softmax_kl(&Backend::default(), &st, &tt, Some(&yt), DistillParams { temperature: t, alpha: a }).unwrap();
+    let (loss, grad) = softmax_kl(&Backend::default(), &st, &tt, Some(&yt), DistillParams { temperature: t, alpha: a, ..Default::default() }).unwrap();
     let what = format!("T={t} alpha={a} teachers={k} extreme={extreme} on {dev}");
     let g = host(&what, &grad, dev);
     assert!(loss.total.is_finite(), "{what}: non-finite loss {loss:?}");
@@ -132,7 +132,8 @@ pub fn extreme_logits_neither_overflow_nor_nan(dev: Device) {
 
 pub fn identical_student_and_teacher_give_zero_soft_loss_and_gradient(dev: Device) {
     let s = up(&Tensor::from_f32(logits(3, 11, 9, false), &[3, 11]).unwrap(), dev);
-    let (loss, grad) = softmax_kl(&Backend::default(), &s, std::slice::from_ref(&s), None, DistillParams { temperature: 2.0, alpha: 1.0 }).unwrap();
+    let (loss, grad) =
+        softmax_kl(&Backend::default(), &s, std::slice::from_ref(&s), None, DistillParams { temperature: 2.0, alpha: 1.0, ..Default::default() }).unwrap();
     assert!(loss.total.abs() < 1e-6, "{loss:?} on {dev}");
     assert!(host("grad", &grad, dev).iter().all(|v| v.abs() < 1e-7), "nonzero gradient on {dev}");
 }
@@ -140,12 +141,17 @@ pub fn identical_student_and_teacher_give_zero_soft_loss_and_gradient(dev: Devic
 pub fn bad_arguments_are_errors_that_name_the_problem(dev: Device) {
     let s = up(&Tensor::zeros(&[2, 5]), dev);
     let y = up(&Tensor::from_i32(vec![0, 5], &[2]).unwrap(), dev);
-    let p = DistillParams { temperature: 1.0, alpha: 0.0 };
+    let p = DistillParams { temperature: 1.0, alpha: 0.0, ..Default::default() };
     assert!(softmax_kl(&Backend::default(), &s, &[], Some(&y), p).unwrap_err().to_string().contains("label 5"));
-    let e = softmax_kl(&Backend::default(), &s, &[up(&Tensor::zeros(&[2, 4]), dev)], None, DistillParams { temperature: 1.0, alpha: 1.0 }).unwrap_err();
+    let e =
+        softmax_kl(&Backend::default(), &s, &[up(&Tensor::zeros(&[2, 4]), dev)], None, DistillParams { temperature: 1.0, alpha: 1.0, ..Default::default() })
+            .unwrap_err();
     assert!(e.to_string().contains("[2, 4]"), "{e}");
-    assert!(softmax_kl(&Backend::default(), &s, &[], None, DistillParams { temperature: 0.0, alpha: 0.0 }).is_err());
-    assert!(softmax_kl(&Backend::default(), &s, &[], None, DistillParams { temperature: 1.0, alpha: 0.5 }).unwrap_err().to_string().contains("teacher"));
+    assert!(softmax_kl(&Backend::default(), &s, &[], None, DistillParams { temperature: 0.0, alpha: 0.0, ..Default::default() }).is_err());
+    assert!(softmax_kl(&Backend::default(), &s, &[], None, DistillParams { temperature: 1.0, alpha: 0.5, ..Default::default() })
+        .unwrap_err()
+        .to_string()
+        .contains("teacher"));
 }
 
 /// The closed-form f64 gradient of the reference loss: `((1 - a) (q - onehot) + a T (q_T - p)) / N`.
@@ -183,7 +189,8 @@ pub fn trainer_shapes_match_the_closed_form(dev: Device) {
         let tt: Vec<Tensor> = ts.iter().map(|v| up(&Tensor::from_f32(v.clone(), &[rows, cols]).unwrap(), dev)).collect();
         let yt = up(&Tensor::from_i32(y.clone(), &[rows]).unwrap(), dev);
         poison(dev, rows * cols);
-        let (loss, grad) = softmax_kl(&Backend::default(), &st, &tt, Some(&yt), DistillParams { temperature: t as f32, alpha: a as f32 }).unwrap();
+        let (loss, grad) =
+            softmax_kl(&Backend::default(), &st, &tt, Some(&yt), DistillParams { temperature: t as f32, alpha: a as f32, ..Default::default() }).unwrap();
         let what = format!("{rows}x{cols} teachers={k} on {dev}");
         let g = host(&what, &grad, dev);
         let s64: Vec<f64> = s.iter().map(|&v| v as f64).collect();
@@ -193,5 +200,119 @@ pub fn trainer_shapes_match_the_closed_form(dev: Device) {
         let wg = reference_grad(&s64, &t64, &y, rows, cols, t, a);
         let e = crate::common::dev::rel_err(&g, &wg, 1e-30);
         assert!(e <= 1e-5, "{what}: gradient relative error {e:.2e}");
+    }
+}
+
+/// log softmax(x) in f64.
+fn log_softmax64(x: &[f64]) -> Vec<f64> {
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    x.iter().map(|v| v - lse).collect()
+}
+
+/// The soft term of one row by its definition, in f64 and in the log domain (so that a teacher
+/// probability that underflows still has its logarithm): its value, and the closed-form gradient
+/// with respect to the student's logits.
+fn soft_row64(s: &[f64], teachers: &[&[f64]], t: f64, div: Divergence) -> (f64, Vec<f64>) {
+    let v = s.len();
+    let nk = teachers.len() as f64;
+    if div == Divergence::Mse {
+        let d: Vec<f64> = (0..v).map(|j| s[j] - teachers.iter().map(|tk| tk[j]).sum::<f64>() / nk).collect();
+        return (d.iter().map(|x| x * x).sum::<f64>() / (2.0 * v as f64), d.iter().map(|x| x / v as f64).collect());
+    }
+    let lq = log_softmax64(&s.iter().map(|x| x / t).collect::<Vec<_>>());
+    let lps: Vec<Vec<f64>> = teachers.iter().map(|tk| log_softmax64(&tk.iter().map(|x| x / t).collect::<Vec<_>>())).collect();
+    let lp: Vec<f64> = (0..v)
+        .map(|j| {
+            let m = lps.iter().map(|l| l[j]).fold(f64::NEG_INFINITY, f64::max);
+            m + lps.iter().map(|l| (l[j] - m).exp()).sum::<f64>().ln() - nk.ln()
+        })
+        .collect();
+    let q: Vec<f64> = lq.iter().map(|x| x.exp()).collect();
+    match div {
+        Divergence::ForwardKl => {
+            let val = (0..v).map(|j| lp[j].exp() * (lp[j] - lq[j])).sum();
+            (val, (0..v).map(|j| (q[j] - lp[j].exp()) / t).collect())
+        }
+        Divergence::ReverseKl => {
+            let kl: f64 = (0..v).map(|j| q[j] * (lq[j] - lp[j])).sum();
+            (kl, (0..v).map(|j| q[j] * (lq[j] - lp[j] - kl) / t).collect())
+        }
+        Divergence::JensenShannon => {
+            let lm: Vec<f64> = (0..v).map(|j| ((lp[j].exp() + q[j]) / 2.0).ln()).collect();
+            let js: f64 = (0..v).map(|j| 0.5 * lp[j].exp() * (lp[j] - lm[j]) + 0.5 * q[j] * (lq[j] - lm[j])).sum();
+            let sq: f64 = (0..v).map(|j| q[j] * 0.5 * (lq[j] - lm[j])).sum();
+            (js, (0..v).map(|j| q[j] * (0.5 * (lq[j] - lm[j]) - sq) / t).collect())
+        }
+        Divergence::Mse => unreachable!(),
+    }
+}
+
+/// Mean over rows of `(1 - a) CE + a w soft`, and its gradient, from `soft_row64`.
+#[allow(clippy::too_many_arguments)]
+fn reference_div(s: &[f64], teachers: &[Vec<f64>], y: &[i32], rows: usize, cols: usize, t: f64, a: f64, div: Divergence) -> (f64, Vec<f64>) {
+    let (mut loss, mut grad) = (0.0, vec![0.0; rows * cols]);
+    let w = div.weight(t);
+    let n = rows as f64;
+    for r in 0..rows {
+        let row = &s[r * cols..(r + 1) * cols];
+        let lq1 = log_softmax64(row);
+        loss += (1.0 - a) * -lq1[y[r] as usize] / n;
+        let trows: Vec<&[f64]> = teachers.iter().map(|tk| &tk[r * cols..(r + 1) * cols]).collect();
+        let (soft, sg) = soft_row64(row, &trows, t, div);
+        loss += a * w * soft / n;
+        for j in 0..cols {
+            let hard = lq1[j].exp() - if j == y[r] as usize { 1.0 } else { 0.0 };
+            grad[r * cols + j] = ((1.0 - a) * hard + a * w * sg[j]) / n;
+        }
+    }
+    (loss, grad)
+}
+
+/// Reverse KL, Jensen-Shannon and the logit match against their definitions: the loss in f64,
+/// the closed-form gradient checked by central differences of that loss first (so the formulas
+/// the large shapes use are themselves checked), then the op's gradient against it; several
+/// temperatures, weights and teacher counts, rows of +-1e4 logits, and a trainer-sized row.
+pub fn every_divergence_matches_its_definition(dev: Device) {
+    let mut r = rng("softmax_kl divergences", dev);
+    for div in [Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse, Divergence::ForwardKl] {
+        for &(rows, cols, k, t, a, extreme) in &[
+            (3, 11, 1, 1.0, 1.0, false),
+            (4, 17, 3, 2.0, 0.5, false),
+            (3, 13, 2, 4.0, 1.0, true),
+            (37, 1001, 2, 2.0, 0.7, false),
+            (64, 10_000, 3, 1.0, 0.5, false),
+        ] {
+            let what = format!("{div:?} {rows}x{cols} teachers={k} T={t} alpha={a} extreme={extreme} on {dev}");
+            let s = if extreme { logits(rows, cols, r.next_u64(), true) } else { r.normal_vec(rows * cols, 3.0) };
+            let ts: Vec<Vec<f32>> =
+                (0..k).map(|i| if extreme && i == 0 { logits(rows, cols, r.next_u64(), true) } else { r.normal_vec(rows * cols, 3.0) }).collect();
+            let y: Vec<i32> = (0..rows).map(|_| r.below(cols) as i32).collect();
+            let s64: Vec<f64> = s.iter().map(|&v| v as f64).collect();
+            let t64: Vec<Vec<f64>> = ts.iter().map(|v| v.iter().map(|&x| x as f64).collect()).collect();
+            let (want, wg) = reference_div(&s64, &t64, &y, rows, cols, t, a, div);
+            if rows * cols < 100 && !extreme {
+                let h = 1e-5;
+                for i in 0..rows * cols {
+                    let mut p = s64.clone();
+                    p[i] += h;
+                    let up = reference_div(&p, &t64, &y, rows, cols, t, a, div).0;
+                    p[i] -= 2.0 * h;
+                    let down = reference_div(&p, &t64, &y, rows, cols, t, a, div).0;
+                    let num = (up - down) / (2.0 * h);
+                    assert!((num - wg[i]).abs() <= 1e-6 * (1.0 + num.abs()), "{what}: the closed form {} against differences {num} at {i}", wg[i]);
+                }
+            }
+            let st = up(&Tensor::from_f32(s, &[rows, cols]).unwrap(), dev);
+            let tt: Vec<Tensor> = ts.into_iter().map(|v| up(&Tensor::from_f32(v, &[rows, cols]).unwrap(), dev)).collect();
+            let yt = up(&Tensor::from_i32(y, &[rows]).unwrap(), dev);
+            poison(dev, rows * cols);
+            let p = DistillParams { temperature: t as f32, alpha: a as f32, divergence: div };
+            let (loss, grad) = softmax_kl(&Backend::default(), &st, &tt, Some(&yt), p).unwrap();
+            assert!((loss.total - want).abs() <= 1e-5 * want.abs().max(1e-3), "{what}: loss {} vs {want}", loss.total);
+            let g = host(&what, &grad, dev);
+            let e = crate::common::dev::rel_err(&g, &wg, 1e-30);
+            assert!(e <= 1e-5, "{what}: gradient relative error {e:.2e}");
+        }
     }
 }

@@ -355,13 +355,20 @@ impl Task for LmTask {
         match mix {
             Some((mix, scale)) if !teachers.is_empty() => {
                 // scale * ((1 - mix) * task + mix * distill): the paper's task + lambda * distill, or the convex mix.
-                let l = g.softmax_kl(logits, &teachers, Some(&b.y), DistillParams { temperature: self.cfg.temperature, alpha: mix })?.0;
+                let l = g
+                    .softmax_kl(
+                        logits,
+                        &teachers,
+                        Some(&b.y),
+                        DistillParams { temperature: self.cfg.temperature, alpha: mix, divergence: self.cfg.distill_loss },
+                    )?
+                    .0;
                 crate::train::scaled(g, l, scale)
             }
             _ if self.cfg.label_smoothing > 0.0 => {
                 // Label smoothing is distillation from a uniform teacher (all-zero logits).
                 let uniform = Tensor::zeros_on(g.value(logits).shape(), self.dev)?;
-                Ok(g.softmax_kl(logits, &[uniform], Some(&b.y), DistillParams { temperature: 1.0, alpha: self.cfg.label_smoothing })?.0)
+                Ok(g.softmax_kl(logits, &[uniform], Some(&b.y), DistillParams { temperature: 1.0, alpha: self.cfg.label_smoothing, ..Default::default() })?.0)
             }
             _ => g.softmax_xent(logits, &b.y),
         }
