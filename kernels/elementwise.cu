@@ -75,6 +75,42 @@ KERNEL void bce_logits(const float* __restrict__ x, const float* __restrict__ y,
     }
 }
 
+// A click model's distillation term per element, the twin of ops::loss::binary_divergence_cpu:
+// kind 0 KL(Bernoulli(t) || Bernoulli(q)), 1 KL(Bernoulli(q) || Bernoulli(t)), 2 their
+// Jensen-Shannon divergence, with q = sigmoid(x) and t the teachers' mean probability clamped to
+// [1e-7, 1 - 1e-7]; kind 3 (x - t)^2 / 2 with t the teachers' mean logit. Writes the element's
+// value to loss and its derivative by x, times inv_n, to grad.
+__device__ __forceinline__ float softplus_f(float z) { return fmaxf(z, 0.f) + log1pf(expf(-fabsf(z))); }
+KERNEL void binary_div(const float* __restrict__ x, const float* __restrict__ t, float* __restrict__ grad,
+                       float* __restrict__ loss, i64 n, float inv_n, int kind) {
+    FOR_EACH(i, n) {
+        const float xi = x[i], ti = t[i];
+        if (kind == 3) {
+            const float d = xi - ti;
+            loss[i] = 0.5f * d * d;
+            grad[i] = d * inv_n;
+            continue;
+        }
+        const float p = fminf(fmaxf(ti, 1e-7f), 1.f - 1e-7f);
+        const float q = sigmoid_f(xi), lq = -softplus_f(-xi), l1q = -softplus_f(xi);
+        const float lp = logf(p), l1p = log1pf(-p);
+        float l, g;
+        if (kind == 0) {
+            l = p * (lp - lq) + (1.f - p) * (l1p - l1q);
+            g = q - p;
+        } else if (kind == 1) {
+            l = q * (lq - lp) + (1.f - q) * (l1q - l1p);
+            g = q * (1.f - q) * (xi - (lp - l1p));
+        } else {
+            const float m = 0.5f * (p + q), lm = logf(m), l1m = log1pf(-m);
+            l = 0.5f * (p * (lp - lm) + (1.f - p) * (l1p - l1m)) + 0.5f * (q * (lq - lm) + (1.f - q) * (l1q - l1m));
+            g = q * (1.f - q) * 0.5f * ((lq - lm) - (l1q - l1m));
+        }
+        loss[i] = l;
+        grad[i] = g * inv_n;
+    }
+}
+
 // t[rows[r], :] = 0 for r < nrows: clears the rows a row-sparse gradient touched (repeats allowed).
 KERNEL void zero_rows(float* __restrict__ t, const int* __restrict__ rows, i64 nrows, int dim) {
     FOR_EACH(e, nrows * dim) t[(i64)rows[e / dim] * dim + e % dim] = 0.f;

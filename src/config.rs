@@ -268,6 +268,8 @@ macro_rules! with_run_options {
         distill_lambda: f32 = 1.0,
         /// Hinton's convex mix instead of the paper's form: (1 - alpha) * task + alpha * distill, alpha in (0, 1]; when above 0, distill_lambda is not used (0: the paper's form with distill_lambda)
         alpha: f32 = 0.0,
+        /// What the distillation term measures between the teachers' averaged prediction and the student's: kl (KL(teachers || student), Hinton et al.; for click models the soft-target cross-entropy), reverse-kl (KL(student || teachers), mode-seeking), js (Jensen-Shannon) or mse (the logits against the teachers' mean logits; no temperature); in codistillation, offline and data-free distillation alike
+        distill_loss: $crate::ops::softmax_kl::Divergence = $crate::ops::softmax_kl::Divergence::ForwardKl,
         /// The paper's form: lambda rises linearly from 0 to distill_lambda over this many steps after burn_in (0: at once)
         distill_ramp: u64 = 0,
         /// Deprecated name of alpha (the convex mix, the only form before 2026-12-02): a value given here is taken as alpha, with a note

@@ -310,6 +310,23 @@ fn bce_with_soft_targets_gradient(dev: Device) {
     );
 }
 
+fn binary_divergence_gradients(dev: Device) {
+    for div in [Divergence::ForwardKl, Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse] {
+        let t = if div == Divergence::Mse { Tensor::randn(&[7], 2.0, &mut Rng::new(31)) } else { Tensor::uniform(&[7], 0.05, 0.95, &mut Rng::new(31)) };
+        let s = store_of(&[("logits", Tensor::randn(&[7], 2.0, &mut Rng::new(30)))]);
+        gradcheck(
+            dev,
+            &format!("binary_divergence {div}"),
+            s,
+            move |g, s| {
+                let l = g.param(s, "logits")?;
+                g.binary_divergence(l, &on(&t, s), div)
+            },
+            DEFAULT,
+        );
+    }
+}
+
 fn linear_and_mlp_module_gradients(dev: Device) {
     let mut rng = Rng::new(22);
     let mut s = ParamStore::new();
@@ -376,6 +393,7 @@ fn main() {
             ("softmax_xent_gradient", softmax_xent_gradient),
             ("softmax_kl_gradient_with_two_teachers_every_divergence", softmax_kl_gradient_with_two_teachers_every_divergence),
             ("bce_with_soft_targets_gradient", bce_with_soft_targets_gradient),
+            ("binary_divergence_gradients", binary_divergence_gradients),
             ("linear_and_mlp_module_gradients", linear_and_mlp_module_gradients),
             ("embedding_and_two_layer_lstm_module_gradients", embedding_and_two_layer_lstm_module_gradients),
         ],

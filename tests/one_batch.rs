@@ -193,4 +193,22 @@ fn click_model_first_losses_match_their_formulas() {
     criteo::train(&c).unwrap();
     let paper = z.iter().enumerate().map(|(i, &zi)| bce(zi, y[i]) + lambda * bce(zi, p[i])).sum::<f64>() / z.len() as f64;
     close(first_loss(&c.out), paper, "distillation from a fixed teacher, the paper's form");
+    // --distill-loss: BCE(z, y) + lambda D(p, sigmoid(z)), by the definitions on probabilities.
+    use codistill::ops::softmax_kl::Divergence;
+    let tz = logits(&tm, &ts);
+    let kl = |a: f64, b: f64| a * (a / b).ln() + (1.0 - a) * ((1.0 - a) / (1.0 - b)).ln();
+    for div in [Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse] {
+        (c.distill_loss, c.out) = (div, d.join(format!("kd-{div}")));
+        criteo::train(&c).unwrap();
+        let soft = |i: usize| {
+            let q = 1.0 / (1.0 + (-z[i]).exp());
+            match div {
+                Divergence::ReverseKl => kl(q, p[i]),
+                Divergence::JensenShannon => 0.5 * kl(p[i], (p[i] + q) / 2.0) + 0.5 * kl(q, (p[i] + q) / 2.0),
+                _ => 0.5 * (z[i] - tz[i]).powi(2),
+            }
+        };
+        let want = z.iter().enumerate().map(|(i, &zi)| bce(zi, y[i]) + lambda * soft(i)).sum::<f64>() / z.len() as f64;
+        close(first_loss(&c.out), want, &format!("--distill-loss {div}"));
+    }
 }

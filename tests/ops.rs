@@ -37,6 +37,7 @@ fn main() {
             ("elementwise::binary_ops_bias_and_axpy_match_f64", elementwise::binary_ops_bias_and_axpy_match_f64),
             ("embedding::gather_and_scatter_add_match_f64", embedding::gather_and_scatter_add_match_f64),
             ("loss::cross_entropies_match_f64", loss::cross_entropies_match_f64),
+            ("loss::binary_divergences_match_their_definitions", loss::binary_divergences_match_their_definitions),
             (
                 "lstm::forward_matches_f64_and_backward_matches_its_directional_derivative",
                 lstm::forward_matches_f64_and_backward_matches_its_directional_derivative,

@@ -6,7 +6,7 @@
 pub mod cuda;
 mod tape;
 
-use super::softmax_kl::{softmax_kl, DistillParams};
+use super::softmax_kl::{softmax_kl, DistillParams, Divergence};
 use crate::backend::Backend;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -70,6 +70,89 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<(f64, Tensor
             let xb = logits.cuda_f32()?;
             let mut grad = xb.gpu().alloc::<f32>(xb.len())?;
             let loss = cuda::bce_logits(xb, targets.cuda_f32()?, &mut grad)?;
+            Ok((loss, Tensor::from_gpu_f32(grad, logits.shape())?))
+        }
+    }
+}
+
+/// The code of a divergence in the kernels (`binary_div`, `softmax_div`).
+fn kind(div: Divergence) -> i32 {
+    match div {
+        Divergence::ForwardKl => 0,
+        Divergence::ReverseKl => 1,
+        Divergence::JensenShannon => 2,
+        Divergence::Mse => 3,
+    }
+}
+
+/// `ln(1 + e^z)` without overflow.
+fn softplus(z: f64) -> f64 {
+    z.max(0.0) + (-z.abs()).exp().ln_1p()
+}
+
+/// CPU twin of a click model's distillation term: the mean over elements of the divergence
+/// between the teachers' prediction and the student's click probability `q = sigmoid(x)`, and its
+/// gradient (times 1/N). For the divergences of distributions `t` is the teachers' mean
+/// probability, clamped to `[1e-7, 1 - 1e-7]` so that its logarithms are finite:
+///
+/// ```text
+/// ForwardKl      p ln(p/q) + (1-p) ln((1-p)/(1-q))             d/dx = q - p
+/// ReverseKl      q ln(q/p) + (1-q) ln((1-q)/(1-p))             d/dx = q (1-q) (x - logit p)
+/// JensenShannon  (KL(p || m) + KL(q || m)) / 2, m = (p+q)/2    d/dx = q (1-q) (ln(q/m) - ln((1-q)/(1-m))) / 2
+/// Mse            (x - t)^2 / 2, t the teachers' mean logit      d/dx = x - t
+/// ```
+pub fn binary_divergence_cpu(x: &[f32], t: &[f32], div: Divergence, grad: &mut [f32]) -> f64 {
+    let n = x.len().max(1) as f64;
+    let mut sum = 0.0;
+    for i in 0..x.len() {
+        let xi = x[i] as f64;
+        let (l, g) = if div == Divergence::Mse {
+            let d = xi - t[i] as f64;
+            (0.5 * d * d, d)
+        } else {
+            let p = (t[i] as f64).clamp(1e-7, 1.0 - 1e-7);
+            let (q, lq, l1q) = (1.0 / (1.0 + (-xi).exp()), -softplus(-xi), -softplus(xi));
+            let (lp, l1p) = (p.ln(), (-p).ln_1p());
+            match div {
+                Divergence::ForwardKl => (p * (lp - lq) + (1.0 - p) * (l1p - l1q), q - p),
+                Divergence::ReverseKl => (q * (lq - lp) + (1.0 - q) * (l1q - l1p), q * (1.0 - q) * (xi - (lp - l1p))),
+                _ => {
+                    let m = 0.5 * (p + q);
+                    let (lm, l1m) = (m.ln(), (-m).ln_1p());
+                    let l = 0.5 * (p * (lp - lm) + (1.0 - p) * (l1p - l1m)) + 0.5 * (q * (lq - lm) + (1.0 - q) * (l1q - l1m));
+                    (l, q * (1.0 - q) * 0.5 * ((lq - lm) - (l1q - l1m)))
+                }
+            }
+        };
+        sum += l;
+        grad[i] = (g / n) as f32;
+    }
+    sum / n
+}
+
+/// A click model's distillation term (see [`binary_divergence_cpu`]) and its gradient; `teacher`
+/// has the logits' shape (probabilities for the divergences of distributions, each in [0, 1];
+/// logits for `Mse`).
+pub fn binary_divergence(logits: &Tensor, teacher: &Tensor, div: Divergence) -> Result<(f64, Tensor)> {
+    teacher.expect_shape("teacher predictions", logits.shape())?;
+    let tv = teacher.to_vec_f32()?;
+    if div != Divergence::Mse {
+        if let Some((i, bad)) = tv.iter().enumerate().find(|(_, v)| !(0.0..=1.0).contains(*v)) {
+            bail!(Invalid, "teacher probability {bad} at position {i} is not in [0, 1]");
+        }
+    } else if let Some((i, bad)) = tv.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        bail!(Invalid, "teacher logit {bad} at position {i} is not finite");
+    }
+    match super::same_device(&[("logits", logits), ("teacher", teacher)])? {
+        Device::Cpu => {
+            let mut grad = vec![0f32; tv.len()];
+            let loss = binary_divergence_cpu(logits.f32s()?, &tv, div, &mut grad);
+            Ok((loss, Tensor::from_f32(grad, logits.shape())?))
+        }
+        Device::Cuda(_) => {
+            let xb = logits.cuda_f32()?;
+            let mut grad = xb.gpu().alloc::<f32>(xb.len())?;
+            let loss = cuda::binary_divergence(xb, teacher.cuda_f32()?, kind(div), &mut grad)?;
             Ok((loss, Tensor::from_gpu_f32(grad, logits.shape())?))
         }
     }

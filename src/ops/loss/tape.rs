@@ -24,4 +24,11 @@ impl Graph {
         let (l, grad) = loss::bce_with_logits(self.value(logits), targets)?;
         Ok(self.push(Tensor::scalar(l as f32), &[logits], move |g, grads| grads.add(logits, scale(&grad, g.item()?)?)))
     }
+
+    /// A click model's distillation term (see `ops::loss::binary_divergence`), a scalar. The
+    /// teachers' predictions are a plain tensor: never differentiated.
+    pub fn binary_divergence(&mut self, logits: Var, teacher: &Tensor, div: crate::ops::softmax_kl::Divergence) -> Result<Var> {
+        let (l, grad) = loss::binary_divergence(self.value(logits), teacher, div)?;
+        Ok(self.push(Tensor::scalar(l as f32), &[logits], move |g, grads| grads.add(logits, scale(&grad, g.item()?)?)))
+    }
 }

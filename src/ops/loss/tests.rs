@@ -3,7 +3,8 @@
 //! cross-entropy on soft targets, against float64.
 
 use crate::common::dev::{check, poison, rng, up};
-use codistill::ops::loss::{bce_with_logits, softmax_xent, softmax_xent_value};
+use codistill::ops::loss::{bce_with_logits, binary_divergence, softmax_xent, softmax_xent_value};
+use codistill::ops::softmax_kl::Divergence;
 use codistill::{Backend, Device, Tensor};
 
 pub fn cross_entropies_match_f64(dev: Device) {
@@ -48,4 +49,47 @@ pub fn cross_entropies_match_f64(dev: Device) {
     assert!(e.contains("1.5"), "{e}");
     let e = softmax_xent(&be, &up(&Tensor::zeros(&[2, 3]), dev), &up(&Tensor::from_i32(vec![0, 3], &[2]).unwrap(), dev)).unwrap_err().to_string();
     assert!(e.contains("label 3"), "{e}");
+}
+
+/// A click model's distillation terms against their definitions on probabilities in f64, the
+/// gradient against central differences of those definitions; teacher probabilities of exactly
+/// 0 and 1 (clamped to 1e-7 from the ends) give finite values.
+pub fn binary_divergences_match_their_definitions(dev: Device) {
+    let mut r = rng("binary divergences", dev);
+    let kl = |a: f64, b: f64| a * (a / b).ln() + (1.0 - a) * ((1.0 - a) / (1.0 - b)).ln();
+    let clamp = |p: f64| p.clamp(1e-7, 1.0 - 1e-7);
+    for div in [Divergence::ForwardKl, Divergence::ReverseKl, Divergence::JensenShannon, Divergence::Mse] {
+        for &n in &[1usize, 17, 300_001] {
+            let x = Tensor::randn(&[n], 3.0, &mut r);
+            let mut t = if div == Divergence::Mse { Tensor::randn(&[n], 3.0, &mut r) } else { Tensor::uniform(&[n], 0.0, 1.0, &mut r) };
+            if div != Divergence::Mse && n > 2 {
+                let mut v = t.to_vec_f32().unwrap();
+                (v[0], v[1]) = (0.0, 1.0);
+                t = Tensor::from_f32(v, &[n]).unwrap();
+            }
+            let (xv, tv) = (x.to_vec_f32().unwrap(), t.to_vec_f32().unwrap());
+            let term = |xi: f64, ti: f64| {
+                let q = 1.0 / (1.0 + (-xi).exp());
+                match div {
+                    Divergence::ForwardKl => kl(clamp(ti), q),
+                    Divergence::ReverseKl => kl(q, clamp(ti)),
+                    Divergence::JensenShannon => 0.5 * kl(clamp(ti), (clamp(ti) + q) / 2.0) + 0.5 * kl(q, (clamp(ti) + q) / 2.0),
+                    Divergence::Mse => 0.5 * (xi - ti).powi(2),
+                }
+            };
+            let want: f64 = xv.iter().zip(&tv).map(|(&a, &b)| term(a as f64, b as f64)).sum::<f64>() / n as f64;
+            let h = 1e-5;
+            let wg: Vec<f64> =
+                xv.iter().zip(&tv).map(|(&a, &b)| (term(a as f64 + h, b as f64) - term(a as f64 - h, b as f64)) / (2.0 * h) / n as f64).collect();
+            poison(dev, n);
+            let (l, g) = binary_divergence(&up(&x, dev), &up(&t, dev), div).unwrap();
+            let what = format!("{div} n={n}");
+            assert!((l - want).abs() <= 1e-5 * want.abs().max(1e-6), "{what} on {dev}: {l} vs {want}");
+            check(&format!("{what} grad"), &g, dev, &wg, 1e-5);
+        }
+    }
+    let e = binary_divergence(&up(&Tensor::zeros(&[2]), dev), &up(&Tensor::from_f32(vec![0.5, 1.5], &[2]).unwrap(), dev), Divergence::ReverseKl)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1.5"), "{e}");
 }

@@ -16,7 +16,9 @@ use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{cached, shard_range, CriteoCache, DENSE_WIDTH, NUM_CATS};
 use crate::data::synthetic::{write_criteo_tsv, ClickModel, ClickTruth};
 use crate::hash::Hasher64;
+use crate::ops::elementwise::Unary;
 use crate::ops::math::sigmoid;
+use crate::ops::softmax_kl::Divergence;
 use crate::params::ParamStore;
 use crate::tensor::{Device, Tensor};
 use crate::train::{Finished, MetricsLog, Score, Setup, Task, TeacherRef};
@@ -333,6 +335,24 @@ impl Task for CtrTask {
     fn loss(&self, g: &mut Graph, logit: Var, b: &CtrBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var> {
         let (labels, e) = (&b.labels, self.cfg.label_smoothing);
         let count = (peers.len() + fixed.len()) as f32;
+        let div = self.cfg.distill_loss;
+        if let (Some((w, scale)), true) = (mix, count > 0.0 && div != Divergence::ForwardKl) {
+            // Another divergence than the soft-target cross-entropy: (1 - mix) BCE(z, y) + mix
+            // D(teachers, z), scaled as the forward form is; D takes the teachers' mean probability
+            // (the logit match: their mean logit), fixed teachers first.
+            let mut stat = vec![0f32; b.rows];
+            for t in fixed.iter().chain(peers) {
+                for (acc, &x) in stat.iter_mut().zip(&t.to_vec_f32()?) {
+                    *acc += if div == Divergence::Mse { x } else { sigmoid(x) } / count;
+                }
+            }
+            let teacher = Tensor::from_f32(stat, labels.shape())?.to_device(self.dev)?;
+            let task = g.bce_with_logits(logit, &labels.to_device(self.dev)?)?;
+            let soft = g.binary_divergence(logit, &teacher, div)?;
+            let (task, soft) = (g.unary(Unary::Scale(1.0 - w), task)?, g.unary(Unary::Scale(w), soft)?);
+            let l = g.add(task, soft)?;
+            return crate::train::scaled(g, l, scale);
+        }
         let (targets, scale) = match mix {
             Some((w, scale)) if count > 0.0 => {
                 // The teachers' mean click probability, fixed teachers first.

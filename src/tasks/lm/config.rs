@@ -43,8 +43,6 @@ crate::config_table! {
         shard_block: usize = 0,
         /// Codistillation: softmax temperature of the distillation term
         temperature: f32 = 1.0,
-        /// What the distillation term measures between the teachers' averaged distribution and the student's: kl (KL(teachers || student), Hinton et al.), reverse-kl (KL(student || teachers), mode-seeking), js (Jensen-Shannon) or mse (the logits against the teachers' mean logits; no temperature); in codistillation, offline and data-free distillation alike
-        distill_loss: crate::ops::softmax_kl::Divergence = crate::ops::softmax_kl::Divergence::ForwardKl,
         /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model; a resume continues on a fresh sample stream (seeded by the step), the weights, optimizer and step restored
         data_free: bool = false,
         /// Synthetic corpus: vocabulary size of the Markov source
