@@ -3,13 +3,14 @@
 # source, TOKENS training tokens, more than any run here reads): per width and seed,
 #   a   one model at batch B
 #   b   one model at batch 2B (the same steps: twice the compute, as a pair has)
-#   cF  a codistilled pair at B each on disjoint halves, burn-in F of the steps (the paper's form)
+#   cF  a codistilled pair at B each on disjoint halves, burn-in F of the steps (the paper's form),
+#       with the forward KL; cF-L the same with --distill-loss L for each L of DIVERGENCES but kl
 #   d   the independent pair (the same halves and seeds, distill_lambda 0)
 # then the steps each of b, c, d takes to reach a's best validation loss (as a fraction of a's),
 # the ensembles, and the gradient noise scale of a at four points of its run (is B at or beyond
 # the critical batch?). Prints one table; runs go under OUT.
 # Usage: [BIN=...] [DEVICE=cpu|cuda] [WIDTHS="128"] [BATCH=128] [STEPS=600] [TOKENS=5000000]
-#        [SEEDS="1 2"] [BURNINS="0.1 0.4"] [LR=0.008] [EVERY=50] scripts/regime_map.sh OUT
+#        [SEEDS="1 2"] [BURNINS="0.1 0.4"] [DIVERGENCES="kl"] [LR=0.008] [EVERY=50] scripts/regime_map.sh OUT
 set -euo pipefail
 OUT=${1:-runs/regime}
 BIN=${BIN:-target/release/codistill}
@@ -20,6 +21,7 @@ STEPS=${STEPS:-600}
 TOKENS=${TOKENS:-5000000}
 SEEDS=${SEEDS:-1 2}
 BURNINS=${BURNINS:-0.1 0.4}
+DIVERGENCES=${DIVERGENCES:-kl}
 LR=${LR:-0.008}
 EVERY=${EVERY:-50}
 [ -x "$BIN" ] || cargo build --release
@@ -35,7 +37,10 @@ for W in $WIDTHS; do
     run a train --batch "$BATCH" --checkpoint-every $((STEPS / 4)) --keep-checkpoints
     run b train --batch $((2 * BATCH))
     for F in $BURNINS; do
-      run "c$F" codistill --batch "$BATCH" --burn-in "$(python3 -c "print(int($F * $STEPS))")" --exchange-every "$EVERY"
+      for L in $DIVERGENCES; do
+        name=c$F; [ "$L" = kl ] || name=c$F-$L
+        run "$name" codistill --batch "$BATCH" --burn-in "$(python3 -c "print(int($F * $STEPS))")" --exchange-every "$EVERY" --distill-loss "$L"
+      done
     done
     run d codistill --batch "$BATCH" --burn-in "$(python3 -c "print(int(${BURNINS%% *} * $STEPS))")" --exchange-every "$EVERY" --distill-lambda 0
     [ -f "$D/noise.jsonl" ] || "$BIN" lm noise-scale --checkpoint "$(ls "$D"/a/checkpoint-step*.safetensors | sort -V | paste -sd, -)" --batches 16 --device "$DEVICE" > "$D/noise.jsonl"
