@@ -173,6 +173,12 @@ pub trait Task: Sized {
     fn loss(&self, g: &mut Graph, out: Var, batch: &Self::Batch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var>;
     /// A model's validation figures (None without validation data).
     fn validate(&self, model: &Self::Model, store: &ParamStore) -> Result<Option<Self::Eval>>;
+    /// The validation loss of a prediction that knows nothing of the inputs (a click model's: the
+    /// validation click rate for every row; a language model's: the uniform distribution), where
+    /// the task has one: a teacher that does no better is warned about (trained on other data?).
+    fn chance_loss(&self) -> Option<f64> {
+        None
+    }
     /// The models' averaged prediction scored, and the churn between models 0 and 1 where the
     /// task measures it, from the stores and their last validations.
     fn ensemble(&self, members: &[(&ParamStore, Option<&Self::Eval>)]) -> Result<Option<(Self::Eval, Option<f64>)>>;
@@ -536,6 +542,16 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         if let Some(v) = task.validate(t.model, t.store)? {
             eprintln!("teacher {k} ({}): validation {}", t.path.display(), v.describe());
             log.write(event(json!({"event": "teacher_valid", "teacher": k, "step": step}), v.fields()))?;
+            if let Some(chance) = task.chance_loss().filter(|&c| v.loss() >= c) {
+                let warning = format!(
+                    "teacher {k} ({}) scores {:.5} on this run's validation data, no better than a prediction that ignores the inputs ({chance:.5}): \
+                     was it trained on other data? The students will be pulled toward it",
+                    t.path.display(),
+                    v.loss()
+                );
+                eprintln!("warning: {warning}");
+                log.write(event(json!({"event": "warning", "step": step, "message": warning}), json!({})))?;
+            }
         }
     }
     let model = task.model();

@@ -374,6 +374,14 @@ impl Task for CtrTask {
         crate::train::scaled(g, bce, scale)
     }
 
+    fn chance_loss(&self) -> Option<f64> {
+        let (c, r) = self.data.valid()?;
+        let r = r.start..self.valid_end(&r);
+        let n = r.len().max(1) as f64;
+        let rate = (r.clone().map(|i| c.label(i) as f64).sum::<f64>() / n).clamp(1e-12, 1.0 - 1e-12);
+        Some(-(rate * rate.ln() + (1.0 - rate) * (1.0 - rate).ln()))
+    }
+
     fn validate(&self, model: &CtrModel, store: &ParamStore) -> Result<Option<ClickScore>> {
         let Some((c, r)) = self.data.valid() else { return Ok(None) };
         let (eval, p) = evaluate(&self.be, model, store, c, r.start..self.valid_end(&r))?;

@@ -374,6 +374,10 @@ impl Task for LmTask {
         }
     }
 
+    fn chance_loss(&self) -> Option<f64> {
+        Some((self.data.vocab.len() as f64).ln())
+    }
+
     fn validate(&self, model: &LmModel, store: &ParamStore) -> Result<Option<LmScore>> {
         let Some(v) = &self.data.valid else { return Ok(None) };
         Ok(Some(LmScore(evaluate(&self.be, model, store, v.as_slice(), self.cfg.batch, self.cfg.bptt, self.cfg.eval_tokens)?.0)))
