@@ -34,7 +34,8 @@ python3 - "$OUT" <<'PY'
 import glob, json, os, sys
 out = sys.argv[1]
 t = json.load(open(f"{out}/teacher/result.json"))
-print(f"teacher (default size, {os.path.getsize(f'{out}/data/teacher.tsv') // 2**20} MiB of rows): validation log-loss {t['valid_log_loss']:.5f} AUC {t['valid_auc']:.4f}; the hidden model's {open(f'{out}/data/valid.tsv.truth').read().strip()}")
+truth = dict(l.split(" = ") for l in open(f"{out}/data/valid.tsv.truth").read().split("\n") if " = " in l)
+print(f"teacher (default size, {os.path.getsize(f'{out}/data/teacher.tsv') // 2**20} MiB of rows): validation log-loss {t['valid_log_loss']:.5f} AUC {t['valid_auc']:.4f}; the hidden model's {float(truth['bayes_log_loss']):.5f}")
 rows = {}
 for d in sorted(glob.glob(f"{out}/*-s*")):
     if not os.path.isdir(d):
