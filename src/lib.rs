@@ -74,6 +74,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
+mod progress;
 mod rng;
 pub mod tasks;
 pub mod tensor;

@@ -391,8 +391,12 @@ pub fn write_criteo_tsv(path: &std::path::Path, model: &ClickModel, rows: usize,
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut rng = Rng::new(seed);
     let (mut bayes, mut expected) = (0.0, 0.0);
+    let bar = crate::progress::bar(rows as u64, 0, "generating rows ");
     let mut write_rows = |w: &mut dyn Write| -> std::io::Result<()> {
-        for _ in 0..rows {
+        for i in 0..rows {
+            if i % 65_536 == 0 {
+                bar.set_position(i as u64);
+            }
             let e = model.sample(&mut rng);
             let p = e.p.clamp(1e-15, 1.0 - 1e-15);
             bayes -= if e.label { p.ln() } else { (1.0 - p).ln() };
@@ -408,6 +412,7 @@ pub fn write_criteo_tsv(path: &std::path::Path, model: &ClickModel, rows: usize,
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         write_rows(&mut w).and_then(|_| w.flush()).and_then(|_| w.get_ref().sync_all())
     };
+    bar.finish_and_clear();
     written.map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     let n = rows.max(1) as f64;

@@ -85,11 +85,19 @@ impl Vocab {
         }
         let bytes = read(path)?;
         let mut counts: HashMap<&str, usize> = HashMap::new();
-        for line in utf8_lines(path, &bytes) {
-            for w in line?.split_whitespace() {
+        let bar = crate::progress::bar(bytes.len() as u64, 0, "building the vocabulary (bytes) ");
+        let mut seen = 0u64;
+        for (i, line) in utf8_lines(path, &bytes).enumerate() {
+            let line = line?;
+            seen += line.len() as u64 + 1;
+            if i % 65_536 == 0 {
+                bar.set_position(seen);
+            }
+            for w in line.split_whitespace() {
                 *counts.entry(w).or_default() += 1;
             }
         }
+        bar.finish_and_clear();
         if counts.is_empty() {
             bail!(Invalid, "{}: the corpus contains no words", path.display());
         }

@@ -318,12 +318,7 @@ pub fn write_csv(dir: &Path) -> Result<()> {
 
 /// A progress bar over `total` steps (hidden when stderr is not a terminal), at `start`.
 pub(crate) fn progress(total: u64, start: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} eta {eta} {msg}").expect("static template").progress_chars("=> "),
-    );
-    bar.set_position(start);
-    bar
+    crate::progress::bar(total, start, "")
 }
 
 #[cfg(test)]

@@ -82,13 +82,16 @@ impl CtrModel {
         let idx: Vec<usize> = rows.collect();
         let mut out = Vec::with_capacity(idx.len());
         let dev = s.device();
+        let bar = crate::progress::bar(idx.len() as u64, 0, "predicting (rows) ");
         for chunk in idx.chunks(8192) {
+            bar.inc(chunk.len() as u64);
             let (ids, dense, _) = data.batch(chunk)?;
             let (ids, dense) = (ids.to_device(dev)?, dense.to_device(dev)?);
             let mut g = Graph::no_grad().with_backend(*be);
             let l = self.forward(&mut g, s, &ids, &dense)?;
             out.extend(g.value(l).to_vec_f32()?.iter().map(|&x| sigmoid(x)));
         }
+        bar.finish_and_clear();
         Ok(out)
     }
 }

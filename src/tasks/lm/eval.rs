@@ -60,7 +60,10 @@ pub fn evaluate(be: &Backend, model: &LmModel, s: &ParamStore, tokens: &[u32], b
     let dev = s.device();
     let mut state = LstmState::zeros_on(model.lstm.num_layers(), lanes, model.lstm.hidden, dev)?;
     let (mut total, mut count) = (0.0, 0usize);
-    for (x, y, steps) in eval_windows(&data, windows, steps, max_tokens)? {
+    let windows = eval_windows(&data, windows, steps, max_tokens)?;
+    let bar = crate::progress::bar(windows.len() as u64, 0, "evaluating (windows) ");
+    for (x, y, steps) in windows {
+        bar.inc(1);
         let (x, y) = (x.to_device(dev)?, y.to_device(dev)?);
         let mut g = Graph::no_grad().with_backend(*be);
         let (logits, next) = model.forward(&mut g, s, &x, &state, steps, None)?;
@@ -70,6 +73,7 @@ pub fn evaluate(be: &Backend, model: &LmModel, s: &ParamStore, tokens: &[u32], b
         count += steps * lanes;
         state = next;
     }
+    bar.finish_and_clear();
     Ok((total / count as f64, count))
 }
 
@@ -122,7 +126,10 @@ pub fn token_log_probs(
     let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
     let mut states: Vec<LstmState> = models.iter().map(|(m, _)| LstmState::zeros_on(m.lstm.num_layers(), lanes, m.lstm.hidden, dev)).collect::<Result<_>>()?;
     let mut logps: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
-    for (x, y, steps) in eval_windows(&data, windows, steps, max_tokens)? {
+    let windows = eval_windows(&data, windows, steps, max_tokens)?;
+    let bar = crate::progress::bar(windows.len() as u64, 0, "scoring (windows) ");
+    for (x, y, steps) in windows {
+        bar.inc(1);
         let x = x.to_device(dev)?;
         for (((model, s), st), out) in models.iter().zip(states.iter_mut()).zip(logps.iter_mut()) {
             let mut g = Graph::no_grad().with_backend(*be);
@@ -139,6 +146,7 @@ pub fn token_log_probs(
             }));
         }
     }
+    bar.finish_and_clear();
     Ok(logps)
 }
 
