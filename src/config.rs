@@ -228,7 +228,7 @@ macro_rules! with_run_options {
         log_every: u64 = 100,
         /// Write checkpoints every this many steps (0: none between), at the end of each pass over the training data and at the end
         checkpoint_every: u64 = 0,
-        /// Metrics formats, comma-separated: jsonl (metrics.jsonl, always written) and csv (one `<event>.csv` per kind of event, train.csv, valid.csv, ..., written from metrics.jsonl at the end of the run)
+        /// Metrics formats, comma-separated: jsonl (metrics.jsonl, always written), csv (one `<event>.csv` per kind of event, train.csv, valid.csv, ..., written from metrics.jsonl at the end of the run) and tensorboard (an events.out.tfevents file written live: `tensorboard --logdir OUT`)
         log_format: String = "jsonl".to_string(),
         /// Keep every checkpoint the cadence writes as `checkpoint-step<N>.safetensors` beside the last (snapshots over training, e.g. for noise-scale)
         keep_checkpoints: bool = false,

@@ -9,6 +9,7 @@ pub mod options;
 pub mod plot;
 pub mod report;
 mod run;
+pub mod tensorboard;
 
 pub use crate::tasks::ctr as criteo;
 pub use crate::tasks::lm;

@@ -13,6 +13,7 @@ pub struct MetricsLog {
     file: File,
     path: PathBuf,
     run: String,
+    tensorboard: Option<super::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
@@ -45,7 +46,7 @@ impl MetricsLog {
         };
         write_atomic(path, kept.as_bytes())?;
         let file = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(MetricsLog { file, path: path.to_path_buf(), run: run_id() })
+        Ok(MetricsLog { file, path: path.to_path_buf(), run: run_id(), tensorboard: None })
     }
 
     /// Append one event as one complete line, in a single write (a reader never meets half a line
@@ -60,7 +61,18 @@ impl MetricsLog {
         }
         let mut line = event.to_string();
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
+        if let Some(tb) = &mut self.tensorboard {
+            tb.metrics_event(&event, unix_time())?;
+        }
+        Ok(())
+    }
+
+    /// The same log, every event also written to a TensorBoard event file in the log's folder.
+    pub fn with_tensorboard(mut self) -> Result<Self> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        self.tensorboard = Some(super::tensorboard::EventWriter::create(&dir)?);
+        Ok(self)
     }
 }
 
@@ -258,18 +270,19 @@ impl PeerWait {
     }
 }
 
-/// The metrics formats of `--log-format`: whether CSV files are wanted (jsonl is always written);
-/// an unknown format is an error naming it.
-pub(crate) fn wants_csv(formats: &str) -> Result<bool> {
-    let mut csv = false;
+/// The metrics formats of `--log-format`: whether CSV files and TensorBoard event files are
+/// wanted (jsonl is always written); an unknown format is an error naming it.
+pub(crate) fn log_formats(formats: &str) -> Result<(bool, bool)> {
+    let (mut csv, mut tensorboard) = (false, false);
     for f in formats.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         match f {
             "jsonl" => {}
             "csv" => csv = true,
-            other => bail!(Invalid, "--log-format: {other:?} is not a metrics format (jsonl, csv)"),
+            "tensorboard" => tensorboard = true,
+            other => bail!(Invalid, "--log-format: {other:?} is not a metrics format (jsonl, csv, tensorboard)"),
         }
     }
-    Ok(csv)
+    Ok((csv, tensorboard))
 }
 
 /// `<event>.csv` for each kind of event in `dir/metrics.jsonl` (train, valid, test, teacher, ...):
@@ -340,8 +353,10 @@ mod tests {
         assert!(lines[2].starts_with("2,0.25,") && lines[2].ends_with(r#","a, ""b""""#), "{train}");
         let valid = std::fs::read_to_string(dir.join("valid.csv")).unwrap();
         assert!(valid.lines().nth(1).unwrap().starts_with("1,0,,"), "{valid}");
-        assert!(wants_csv("jsonl,csv").unwrap() && !wants_csv("jsonl").unwrap());
-        assert!(wants_csv("jsonl,tensorboard").unwrap_err().to_string().contains("tensorboard"));
+        assert_eq!(log_formats("jsonl,csv").unwrap(), (true, false));
+        assert_eq!(log_formats("jsonl").unwrap(), (false, false));
+        assert_eq!(log_formats("jsonl,tensorboard").unwrap(), (false, true));
+        assert!(log_formats("jsonl,wandb").unwrap_err().to_string().contains("wandb"));
     }
 
     #[test]

@@ -397,7 +397,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     if o.models > 1 && o.resume.is_some() {
         bail!(Invalid, "resume works for one model per process; run codistillation with --world and --exchange-dir to resume a model");
     }
-    let csv = super::report::wants_csv(&o.log_format)?;
+    let (csv, tensorboard) = super::report::log_formats(&o.log_format)?;
     let task = T::prepare(&cfg, &Setup { dev, total_models, run: &o })?;
     let has_teachers = total_models > 1 || !o.teacher.is_empty();
     let schedule = CodistillSchedule {
@@ -527,6 +527,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let _out_lock = lock_out(&o.out)?;
     let mut log = MetricsLog::start(&o.out.join("metrics.jsonl"), o.resume.is_some().then_some(step))?;
+    if tensorboard {
+        log = log.with_tensorboard()?;
+    }
     // The effective configuration, beside the results (`--config` takes it back).
     crate::data::text::write_atomic(&o.out.join("config.toml"), task.config().to_toml().as_bytes())?;
     let bar = progress(total, step);
