@@ -124,6 +124,35 @@ pub fn require_same(origin: &Path, keys: &[&str], saved: &[(&str, String)], now:
 }
 
 /// Implement `ConfigValue` for an enum that has `FromStr<Err = String>` and `Display`.
+/// The `--help` heading of an option every task shares: the optimizer, evaluation and output,
+/// distillation, and the process (devices, threads, ranks), so that a command's help reads in
+/// groups rather than as one list.
+pub fn shared_heading(key: &str) -> &'static str {
+    match key {
+        "optimizer" | "lr" | "lr_decay" | "lr_decay_every" | "lr_decay_start" | "warmup" | "cosine" | "lr_min" | "weight_decay" | "clip" => {
+            "Optimizer and schedule (every task)"
+        }
+        "eval_every" | "log_every" | "checkpoint_every" | "log_format" | "keep_checkpoints" | "out" | "cache" | "resume" | "step_times" => {
+            "Evaluation, logs, checkpoints (every task)"
+        }
+        "label_smoothing"
+        | "models"
+        | "burn_in"
+        | "exchange_every"
+        | "max_publishes"
+        | "distill_lambda"
+        | "alpha"
+        | "distill_loss"
+        | "distill_ramp"
+        | "distill_weight"
+        | "same_data"
+        | "teacher"
+        | "hint_weight"
+        | "independent_control" => "Distillation and codistillation (every task)",
+        _ => "Devices, processes and seeds (every task)",
+    }
+}
+
 #[macro_export]
 macro_rules! config_enum {
     ($($t:ty),*) => {$(
@@ -348,7 +377,7 @@ macro_rules! __config_table_impl {
             }
 
             /// Command-line flags for every field, with the default in the help; the shared ones
-            /// under their own heading.
+            /// under the headings of [`shared_heading`]($crate::config::shared_heading).
             pub fn args() -> Vec<$crate::__clap::Arg> {
                 let d = Self::default().entries();
                 Self::KEYS.iter().zip(Self::HELP).zip(d).zip(Self::VALUE_NAMES.iter().zip(Self::FLAGS)).map(|(((k, h), (_, dv)), (v, flag))| {
@@ -359,7 +388,7 @@ macro_rules! __config_table_impl {
                         .help(format!("{h} [default: {shown}]"));
                     // A switch given bare is true (`--cosine`); `--cosine false` still parses.
                     let a = if *flag { a.num_args(0..=1).default_missing_value("true") } else { a };
-                    if Self::SHARED_KEYS.contains(k) { a.help_heading("Training, codistillation and run options (every task)") } else { a }
+                    if Self::SHARED_KEYS.contains(k) { a.help_heading($crate::config::shared_heading(k)) } else { a }
                 }).collect()
             }
 

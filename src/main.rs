@@ -83,13 +83,17 @@ fn cli() -> Command {
                     Command::new("train")
                         .about("Train a language model (on the synthetic corpus unless --data or --train is given); --teacher distills it from trained checkpoints")
                         .arg(config_arg())
-                        .args(LmConfig::args()),
+                        .args(LmConfig::args())
+                        // experiment's alone: train refuses it
+                        .mut_arg("independent_control", |a| a.hide(true)),
                 )
                 .subcommand(
                     Command::new("codistill")
                         .about("Codistill language models: lm train with --models 2 unless --models or --world says otherwise")
                         .arg(config_arg())
-                        .args(LmConfig::args()),
+                        .args(LmConfig::args())
+                        // experiment's alone: train refuses it
+                        .mut_arg("independent_control", |a| a.hide(true)),
                 )
                 .subcommand(
                     Command::new("experiment")
@@ -150,13 +154,17 @@ fn cli() -> Command {
                     Command::new("train")
                         .about("Train a click model (on a synthetic log unless --train is given); --teacher distills it from trained checkpoints")
                         .arg(config_arg())
-                        .args(CriteoConfig::args()),
+                        .args(CriteoConfig::args())
+                        // experiment's alone: train refuses it
+                        .mut_arg("independent_control", |a| a.hide(true)),
                 )
                 .subcommand(
                     Command::new("codistill")
                         .about("Codistill click models: criteo train with --models 2 unless --models or --world says otherwise")
                         .arg(config_arg())
-                        .args(CriteoConfig::args()),
+                        .args(CriteoConfig::args())
+                        // experiment's alone: train refuses it
+                        .mut_arg("independent_control", |a| a.hide(true)),
                 )
                 .subcommand(
                     Command::new("experiment")
