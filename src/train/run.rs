@@ -542,7 +542,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     );
     for (k, t) in fixed.iter().enumerate() {
         // What the students are pulled toward, scored as they will be.
-        if let Some(v) = task.validate(t.model, t.store)? {
+        if let Some(v) = bar.suspend(|| task.validate(t.model, t.store))? {
             eprintln!("teacher {k} ({}): validation {}", t.path.display(), v.describe());
             log.write(event(json!({"event": "teacher_valid", "teacher": k, "step": step}), v.fields()))?;
             if let Some(chance) = task.chance_loss().filter(|&c| v.loss() >= c) {
@@ -675,7 +675,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         let epoch_end = epoch_steps > 0 && step.is_multiple_of(epoch_steps);
         if due(step, o.eval_every, epoch_end, last) {
             for m in members.iter_mut() {
-                let Some(v) = task.validate(model, &m.store)? else { continue };
+                // Suspended: the evaluation draws its own progress bar.
+                let Some(v) = bar.suspend(|| task.validate(model, &m.store))? else { continue };
                 let improved = m.best.is_none_or(|b| v.loss() < b);
                 if improved {
                     m.best = Some(v.loss());
