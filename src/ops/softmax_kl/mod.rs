@@ -182,21 +182,20 @@ fn other_soft(s: &[f32], teachers: &[&[f32]], p: DistillParams, qt: &[f32], lse_
             kl
         }
         Divergence::JensenShannon => {
-            // log m_j = log((p_j + q_j) / 2), from the two logarithms.
-            let lm = |j: usize| {
-                let (x, y) = (w.lp[j], lq(j));
-                x.max(y) + (-(x - y).abs()).exp().ln_1p() - std::f64::consts::LN_2
-            };
             let (mut js, mut sq) = (0.0, 0.0);
             for j in 0..cols {
-                let (m, q) = (lm(j), qt[j] as f64);
+                // log m_j = log((p_j + q_j) / 2), from the two logarithms.
+                let (x, y) = (w.lp[j], lq(j));
+                let m = x.max(y) + (-(x - y).abs()).exp().ln_1p() - std::f64::consts::LN_2;
+                let q = qt[j] as f64;
                 let hq = 0.5 * (lq(j) - m);
                 js += w.lp[j].exp() * 0.5 * (w.lp[j] - m) + q * hq;
                 sq += q * hq;
+                // log p_j is used up: the slot keeps h_j for the gradient pass (one log per element).
+                w.lp[j] = hq;
             }
             for j in 0..cols {
-                let hq = 0.5 * (lq(j) - lm(j));
-                g[j] += (c * qt[j] as f64 * (hq - sq)) as f32;
+                g[j] += (c * qt[j] as f64 * (w.lp[j] - sq)) as f32;
             }
             js
         }
