@@ -147,6 +147,7 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "distill_weight"
         | "same_data"
         | "teacher"
+        | "teacher_logits"
         | "hint_weight"
         | "independent_control" => "Distillation and codistillation (every task)",
         _ => "Devices, processes and seeds (every task)",
@@ -307,6 +308,8 @@ macro_rules! with_run_options {
         same_data: bool = false,
         /// Offline distillation: checkpoints of trained models of this task, comma-separated, whose averaged prediction the model distills toward from burn_in on, with the distillation weight (distill_lambda, or alpha); a teacher may have other widths but must read the same inputs (a language model: the same vocabulary; a click model: the same buckets); with codistillation, these teachers and the peers are averaged together
         teacher: $crate::config::Paths = $crate::config::Paths::default(),
+        /// Offline distillation from cached teacher outputs instead of --teacher's forward passes: a file written by `teacher-cache` (or by any program, docs/teacher-cache.md) holding each fixed teacher's top-k logits of every training item, checked against this run's data and batching; one model; no hints. With `teacher-cache` itself: the file to write
+        teacher_logits: Option<std::path::PathBuf> = None,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
         /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them

@@ -134,6 +134,20 @@ fn cli() -> Command {
                                 .help("1: the file as one stream from a zero state, every token after the first scored (as a PyTorch loop over the file); N: N lanes, faster, each from a zero state with its first token unscored (0: the checkpoint's batch)"),
                         ),
                 )
+                .subcommand(
+                    Command::new("teacher-cache")
+                        .about("Run the --teacher checkpoints once over the training stream that train with the same options reads, and write their top-k logits of every token position to the --teacher-logits file; train --teacher-logits FILE (without --teacher) then distills from it without running them")
+                        .arg(config_arg())
+                        .args(LmConfig::args())
+                        .mut_arg("independent_control", |a| a.hide(true))
+                        .arg(
+                            Arg::new("top_k")
+                                .long("top-k")
+                                .value_name("K")
+                                .default_value("32")
+                                .help("Logits kept per token position, the largest; the rest of the probability is spread evenly over the other classes when read back (K at least the classes: every logit, and training from the cache is training from the teachers)"),
+                        ),
+                )
                 .subcommand(noise_scale_command("language-model"))
                 .subcommand(
                     Command::new("sample")
@@ -193,6 +207,20 @@ fn cli() -> Command {
                             Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for preprocessed files"),
                         ),
                 )
+                .subcommand(
+                    Command::new("teacher-cache")
+                        .about("Run the --teacher checkpoints once over the training stream that train with the same options reads, and write their top-k logits of every row to the --teacher-logits file; train --teacher-logits FILE (without --teacher) then distills from it without running them")
+                        .arg(config_arg())
+                        .args(CriteoConfig::args())
+                        .mut_arg("independent_control", |a| a.hide(true))
+                        .arg(
+                            Arg::new("top_k")
+                                .long("top-k")
+                                .value_name("K")
+                                .default_value("1")
+                                .help("Logits kept per row, the largest; the rest of the probability is spread evenly over the other classes when read back (K at least the classes: every logit, and training from the cache is training from the teachers)"),
+                        ),
+                )
                 .subcommand(noise_scale_command("click-model"))
                 .subcommand(
                     Command::new("generate")
@@ -239,6 +267,11 @@ fn load_config<C: ConfigTable>(m: &ArgMatches, codistill: bool) -> Result<C> {
     Ok(cfg)
 }
 
+fn print_cache(w: &codistill::train::teacher_cache::CacheWritten) {
+    let kept = if w.k == w.classes { format!("all {} logits", w.classes) } else { format!("the top {} of {} logits", w.k, w.classes) };
+    println!("wrote {kept} of {} teacher(s) for {} items to {} ({:.1} MB) in {:.1} s", w.teachers, w.items, w.path.display(), w.bytes as f64 / 1e6, w.seconds);
+}
+
 fn run_criteo(sub: &ArgMatches) -> Result<()> {
     match sub.subcommand() {
         Some((cmd @ ("train" | "codistill"), a)) => {
@@ -283,6 +316,11 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             let cfg: CriteoConfig = load_config(a, false)?;
             print!("{}", codistill::train::experiment::criteo_experiment(&cfg)?);
             println!("curves, plots and report in {}", cfg.out.display());
+            Ok(())
+        }
+        Some(("teacher-cache", a)) => {
+            let cfg: CriteoConfig = load_config(a, false)?;
+            print_cache(&codistill::train::teacher_cache::write_teacher_cache::<codistill::tasks::ctr::CtrTask>(&cfg, num(a, "top_k")?)?);
             Ok(())
         }
         Some(("noise-scale", a)) => run_noise_scale::<codistill::tasks::ctr::CtrTask>(a),
@@ -414,6 +452,11 @@ fn run(m: &ArgMatches) -> Result<()> {
                     out["churn"] = json!(lm::churn_checkpoints(&ckpts.0[0], Path::new(other), file.as_deref(), &cache, max, lanes)?);
                 }
                 println!("{out}");
+                Ok(())
+            }
+            Some(("teacher-cache", a)) => {
+                let cfg: LmConfig = load_config(a, false)?;
+                print_cache(&codistill::train::teacher_cache::write_teacher_cache::<codistill::tasks::lm::LmTask>(&cfg, num(a, "top_k")?)?);
                 Ok(())
             }
             Some(("noise-scale", a)) => run_noise_scale::<codistill::tasks::lm::LmTask>(a),

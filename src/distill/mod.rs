@@ -2,6 +2,7 @@
 //! each adds a distillation term toward the average prediction of the others' most recently
 //! exchanged (stale) checkpoints. `exchange` holds the checkpoint exchange.
 
+pub mod cache;
 pub mod exchange;
 
 use crate::params::ParamStore;

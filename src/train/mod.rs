@@ -9,6 +9,7 @@ pub mod options;
 pub mod plot;
 pub mod report;
 mod run;
+pub mod teacher_cache;
 pub mod tensorboard;
 
 pub use crate::tasks::ctr as criteo;

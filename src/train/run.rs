@@ -9,6 +9,7 @@ use super::report::{exchange_health, lock_out, log_teacher_swap, progress, write
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::config::ConfigTable;
+use crate::distill::cache::{CacheKey, TeacherCache};
 use crate::distill::exchange::timed;
 use crate::distill::{end_step, CodistillSchedule, DistillForm, TeacherTracker, Topology};
 use crate::nn::Linear;
@@ -102,6 +103,20 @@ pub trait Task: Sized {
     /// Whether the fixed teachers run on each batch (a data-free run's batches bring their outputs).
     fn forward_teachers(&self) -> bool {
         true
+    }
+    /// A teacher cache's layout (how its items follow the batching: a cache of another batching is
+    /// refused) and the teachers' classes per item (a vocabulary; 1 for a click logit). None: the
+    /// task reads no teacher cache.
+    fn cache_shape(&self) -> Option<(String, usize)> {
+        None
+    }
+    /// The items a teacher cache of `stream` holds: one pass, `epoch_steps` batches.
+    fn cache_items(&self, _stream: &Self::Stream, _epoch_steps: u64) -> usize {
+        0
+    }
+    /// The items of `batch` in a teacher cache, in the order of its rows.
+    fn cache_keys(&self, _batch: &Self::Batch) -> Vec<usize> {
+        Vec::new()
     }
     /// Whether feature hints are on: `weight` above 0 needs [`hint_widths`](Self::hint_widths).
     fn hints(&self, weight: f32) -> Result<bool> {
@@ -314,7 +329,7 @@ pub(crate) fn checkpoint_config<C: crate::config::ConfigTable>(ck: &Checkpoint, 
 
 /// A teacher's output for `batch` (no tape), its state carried in `slot` (zeros when empty), and
 /// with `hidden` its last hidden layer (a feature hint's target).
-fn teacher_output<T: Task>(
+pub(super) fn teacher_output<T: Task>(
     be: &crate::Backend,
     task: &T,
     model: &T::Model,
@@ -399,7 +414,22 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let (csv, tensorboard) = super::report::log_formats(&o.log_format)?;
     let task = T::prepare(&cfg, &Setup { dev, total_models, run: &o })?;
-    let has_teachers = total_models > 1 || !o.teacher.is_empty();
+    if o.teacher_logits.is_some() {
+        let refuse = |what: &str| Err(Error::Invalid(format!("--teacher-logits: {what}")));
+        if !o.teacher.is_empty() {
+            return refuse("the cache replaces --teacher's forward passes: give one of the two (`teacher-cache` writes the cache from --teacher)");
+        }
+        if total_models > 1 {
+            return refuse("a cache follows one model's stream: train one model (no codistillation)");
+        }
+        if o.hint_weight > 0.0 {
+            return refuse("feature hints need the teachers' hidden states, which a cache does not hold: give --teacher for hints");
+        }
+        if o.label_smoothing > 0.0 {
+            return refuse("label_smoothing is the control for distillation; use it or a teacher, not both");
+        }
+    }
+    let has_teachers = total_models > 1 || !o.teacher.is_empty() || o.teacher_logits.is_some();
     let schedule = CodistillSchedule {
         burn_in: o.burn_in,
         exchange_every: o.exchange_every,
@@ -445,6 +475,20 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             interval: Interval::default(),
         });
     }
+    let cache = match &o.teacher_logits {
+        Some(path) => {
+            let (layout, classes) =
+                task.cache_shape().ok_or_else(|| Error::Invalid(format!("--teacher-logits: the {} task reads no teacher cache", T::NAME)))?;
+            let key = CacheKey { task: T::NAME.into(), layout, data_key: members[0].data_key };
+            let c = TeacherCache::load(path, &key, classes)?;
+            let need = task.cache_items(&members[0].stream, task.epoch_steps(&members[0].stream));
+            if c.items() < need {
+                bail!(Invalid, "{}: holds {} items, and a pass over this run's training stream needs {need}", path.display(), c.items());
+            }
+            Some(c)
+        }
+        None => None,
+    };
     let mut step = 0u64;
     let resumed = match &o.resume {
         Some(path) => {
@@ -557,6 +601,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             }
         }
     }
+    if let Some(c) = &cache {
+        eprintln!("distilling from cached outputs of {}", c.describe());
+    }
     let model = task.model();
     let peers: Vec<usize> = (0..total_models).collect();
     // Items trained on by every model here since the last train event, and since when.
@@ -601,6 +648,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                         fixed_out.push(out);
                         hint_target = h.or(hint_target);
                     }
+                }
+                if let Some(c) = &cache {
+                    fixed_out.extend(c.dense_all(&task.cache_keys(&batch), dev)?);
                 }
             }
             let mut g = Graph::new().with_backend(be);
@@ -723,7 +773,10 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let run = Finished { steps: step, members, ensemble, items, train_secs, exchange_wait, started };
     let (summary, fields) = task.finish(&mut log, &run)?;
-    let result = event(json!({"run": log.run(), "steps": step, "models": run.members.len(), "teachers": fixed.len()}), fields);
+    let result = event(
+        json!({"run": log.run(), "steps": step, "models": run.members.len(), "teachers": fixed.len() + cache.as_ref().map_or(0, |c| c.teachers())}),
+        fields,
+    );
     let result = match task.floor() {
         Some((name, y)) => event(result, json!({"floor_name": name, "floor": y})),
         None => result,

@@ -189,6 +189,8 @@ pub struct CtrBatch {
     ids: Tensor,
     dense: Tensor,
     labels: Tensor,
+    /// The rows' places in the shard (a teacher cache's items).
+    keys: Vec<usize>,
 }
 
 impl CtrTask {
@@ -320,7 +322,21 @@ impl Task for CtrTask {
     fn batch(&self, stream: &mut CtrStream, _step: u64, _epoch_steps: u64) -> Result<(CtrBatch, bool)> {
         let chunk = stream.next_batch(self.cfg.batch);
         let (ids, dense, labels) = self.data.train.batch(&chunk)?;
-        Ok((CtrBatch { rows: chunk.len(), ids: ids.to_device(self.dev)?, dense: dense.to_device(self.dev)?, labels }, false))
+        let keys = chunk.iter().map(|r| r - stream.rows.start).collect();
+        Ok((CtrBatch { rows: chunk.len(), ids: ids.to_device(self.dev)?, dense: dense.to_device(self.dev)?, labels, keys }, false))
+    }
+
+    /// A cache's items are the shard's rows in file order: one logit each, whatever the shuffle.
+    fn cache_shape(&self) -> Option<(String, usize)> {
+        Some(("rows".into(), 1))
+    }
+
+    fn cache_items(&self, stream: &CtrStream, _epoch_steps: u64) -> usize {
+        stream.rows.len()
+    }
+
+    fn cache_keys(&self, b: &CtrBatch) -> Vec<usize> {
+        b.keys.clone()
     }
 
     fn batch_items(&self, b: &CtrBatch) -> usize {

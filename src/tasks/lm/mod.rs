@@ -153,6 +153,8 @@ pub struct LmBatch {
     x: Tensor,
     y: Tensor,
     sampled: Option<Vec<Tensor>>,
+    /// The window's place in a pass (a teacher cache's items `window * rows ..`).
+    window: usize,
 }
 
 impl Task for LmTask {
@@ -227,6 +229,21 @@ impl Task for LmTask {
 
     fn hint_widths(&self) -> Option<(usize, usize)> {
         self.teachers.first().map(|t| (self.cfg.hidden, t.model.lstm.hidden))
+    }
+
+    /// A cache's items are the windows' rows in order (time-major, as the trainer's logits), so it
+    /// holds for one batch and bptt.
+    fn cache_shape(&self) -> Option<(String, usize)> {
+        Some((format!("batch={};bptt={}", self.cfg.batch, self.cfg.bptt), self.data.vocab.len()))
+    }
+
+    fn cache_items(&self, _stream: &LmStream, epoch_steps: u64) -> usize {
+        epoch_steps as usize * self.cfg.batch * self.cfg.bptt
+    }
+
+    fn cache_keys(&self, b: &LmBatch) -> Vec<usize> {
+        let rows = self.cfg.batch * self.cfg.bptt;
+        (b.window * rows..(b.window + 1) * rows).collect()
     }
 
     fn member_rng(&self, index: usize, total: usize) -> Rng {
@@ -318,11 +335,11 @@ impl Task for LmTask {
         let batch = match (&mut stream.sampler, &stream.lanes) {
             (Some(s), _) => {
                 let (x, y, l) = s.window(self.cfg.bptt)?;
-                LmBatch { x, y, sampled: Some(l) }
+                LmBatch { x, y, sampled: Some(l), window: w }
             }
             (None, Some(lanes)) => {
                 let (x, y) = lanes.window(w)?;
-                LmBatch { x: x.to_device(self.dev)?, y: y.to_device(self.dev)?, sampled: None }
+                LmBatch { x: x.to_device(self.dev)?, y: y.to_device(self.dev)?, sampled: None, window: w }
             }
             (None, None) => unreachable!("a model without training text samples it"),
         };
