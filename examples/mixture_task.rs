@@ -116,12 +116,12 @@ impl Task for Mixture {
         let x = g.constant(b.0.clone());
         m.forward(g, s, x).map(|logits| (logits, logits, ()))
     }
-    fn loss(&self, g: &mut Graph, logits: Var, b: &(Tensor, Tensor), peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var> {
+    fn loss(&self, g: &mut Graph, logits: Var, b: &(Tensor, Tensor), peers: &[Tensor], fixed: &[Tensor], mix: Option<codistill::distill::Mix>) -> Result<Var> {
         let teachers: Vec<Tensor> = peers.iter().chain(fixed).cloned().collect();
         match mix {
-            Some((alpha, scale)) if !teachers.is_empty() => {
-                let l = g.softmax_kl(logits, &teachers, Some(&b.1), DistillParams { temperature: 1.0, alpha, ..Default::default() })?.0;
-                train::scaled(g, l, scale)
+            Some(m) if !teachers.is_empty() => {
+                let l = g.softmax_kl(logits, &teachers, Some(&b.1), DistillParams { temperature: 1.0, alpha: m.mix, ..Default::default() })?.0;
+                train::scaled(g, l, m.scale)
             }
             _ => g.softmax_xent(logits, &b.1),
         }

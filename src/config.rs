@@ -144,6 +144,8 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "alpha"
         | "distill_loss"
         | "distill_ramp"
+        | "distill_schedule"
+        | "distill_final"
         | "distill_weight"
         | "same_data"
         | "teacher"
@@ -302,6 +304,10 @@ macro_rules! with_run_options {
         distill_loss: $crate::ops::softmax_kl::Divergence = $crate::ops::softmax_kl::Divergence::ForwardKl,
         /// The paper's form: lambda rises linearly from 0 to distill_lambda over this many steps after burn_in (0: at once)
         distill_ramp: u64 = 0,
+        /// How the distillation weight (distill_lambda, or alpha) moves from the burn-in to the last step: constant, linear or cosine (a half cosine), toward distill_final; logged as distill_weight in the train events
+        distill_schedule: $crate::distill::Anneal = $crate::distill::Anneal::Constant,
+        /// The distillation weight at the last step with a linear or cosine distill_schedule (default 0: the term fades out, TextBrewer's linear_decay; above the start: it grows)
+        distill_final: Option<f32> = None,
         /// Deprecated name of alpha (the convex mix, the only form before 2026-12-02): a value given here is taken as alpha, with a note
         distill_weight: Option<f32> = None,
         /// Codistillation: every model trains on all the training data (default: each on its own disjoint shard)

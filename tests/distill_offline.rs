@@ -557,3 +557,38 @@ fn a_click_models_feature_hints_fit_its_last_hidden_layer_to_the_teachers() {
     let e = criteo::train(&n).unwrap_err().to_string();
     assert!(e.contains("hint_weight") && e.contains("--teacher"), "{e}");
 }
+
+/// The distillation weight and the temperature follow their schedules, logged in the train
+/// events; a schedule's final value without a schedule, or out of range, is refused.
+#[test]
+fn distillation_weight_and_temperature_follow_their_schedules() {
+    let d = tmp("schedules");
+    let base = small_lm(&d, 30);
+    let teacher = lm_teacher(&d, &base, 16, 100);
+    let mut s = base.clone();
+    (s.steps, s.burn_in, s.log_every, s.out, s.teacher) = (201, 100, 25, d.join("s"), paths(&[&teacher]));
+    (s.distill_lambda, s.distill_schedule, s.distill_final) = (2.0, "linear".parse().unwrap(), Some(0.5));
+    (s.temperature, s.temperature_schedule, s.temperature_final) = (4.0, "cosine".parse().unwrap(), Some(1.0));
+    lm::train(&s).unwrap();
+    let metrics = std::fs::read_to_string(d.join("s/metrics.jsonl")).unwrap();
+    let train: Vec<serde_json::Value> =
+        metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["event"] == "train").collect();
+    let at = |step: u64, key: &str| train.iter().find(|v| v["step"] == step).unwrap_or_else(|| panic!("no train event at {step}"))[key].as_f64().unwrap();
+    // Off during the burn-in; from 2 at step 100 down the line to 0.5 at the last step (200).
+    assert_eq!(at(75, "distill_weight"), 0.0);
+    assert!((at(150, "distill_weight") - 1.25).abs() < 1e-6, "{metrics}");
+    assert!((at(200, "distill_weight") - 0.5).abs() < 1e-6, "{metrics}");
+    // The temperature on a half cosine from 4 to 1: 2.5 half way.
+    assert!((at(150, "temperature") - 2.5).abs() < 1e-5, "{metrics}");
+    assert!((at(200, "temperature") - 1.0).abs() < 1e-5, "{metrics}");
+    // The default is constant and says nothing of a final value.
+    let mut bad = s.clone();
+    (bad.distill_schedule, bad.out) = (Default::default(), d.join("bad"));
+    assert!(lm::train(&bad).unwrap_err().to_string().contains("distill_schedule"));
+    (bad.distill_schedule, bad.alpha) = ("linear".parse().unwrap(), 0.5);
+    bad.distill_final = Some(1.5);
+    assert!(lm::train(&bad).unwrap_err().to_string().contains("distill_final must be in [0, 1]"));
+    bad = s.clone();
+    (bad.temperature_final, bad.out) = (Some(0.0), d.join("bad"));
+    assert!(lm::train(&bad).unwrap_err().to_string().contains("temperature_final"));
+}

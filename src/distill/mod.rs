@@ -200,12 +200,28 @@ impl DistillForm {
     /// `(mix, scale)` at `step` (the term on from `burn_in`): the loss is
     /// `scale * ((1 - mix) * task + mix * distill)`, the form the fused kernels take.
     pub fn mix_at(&self, step: u64, burn_in: u64) -> (f32, f32) {
+        let m = self.scheduled(step, burn_in, u64::MAX, Anneal::Constant, None);
+        (m.mix, m.scale)
+    }
+
+    /// The term's weight (lambda or alpha) at `step` of a run of `total` steps: the full weight,
+    /// reached over the ramp, moved toward `end` by `anneal` from the burn-in to the last step.
+    pub fn weight_at(&self, step: u64, burn_in: u64, total: u64, anneal: Anneal, end: Option<f32>) -> f32 {
+        let w = anneal.value(self.weight(), end.unwrap_or(0.0), Anneal::progress(step, burn_in, total));
         match *self {
-            DistillForm::Convex { alpha } => (alpha, 1.0),
-            DistillForm::Additive { lambda, ramp } => {
-                let l = if ramp > 0 { lambda * ((step.saturating_sub(burn_in) + 1) as f32 / ramp as f32).min(1.0) } else { lambda };
-                (l / (1.0 + l), 1.0 + l)
-            }
+            DistillForm::Additive { ramp, .. } if ramp > 0 => w * ((step.saturating_sub(burn_in) + 1) as f32 / ramp as f32).min(1.0),
+            _ => w,
+        }
+    }
+
+    /// [`Mix`] at `step` of a run of `total` steps, the weight scheduled by `anneal` toward `end`
+    /// (default 0).
+    pub fn scheduled(&self, step: u64, burn_in: u64, total: u64, anneal: Anneal, end: Option<f32>) -> Mix {
+        let w = self.weight_at(step, burn_in, total, anneal, end);
+        let progress = Anneal::progress(step, burn_in, total);
+        match *self {
+            DistillForm::Convex { .. } => Mix { mix: w, scale: 1.0, progress },
+            DistillForm::Additive { .. } => Mix { mix: w / (1.0 + w), scale: 1.0 + w, progress },
         }
     }
 
@@ -216,6 +232,94 @@ impl DistillForm {
             DistillForm::Convex { alpha } => format!("(1-{alpha})*task+{alpha}*distill"),
         }
     }
+}
+
+/// How a distillation setting moves from its value at the burn-in to a final value at the run's
+/// last step: kept (constant), along a straight line, or along a half cosine (slow at both ends),
+/// as TextBrewer's weight and temperature schedulers and torchdistill's do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Anneal {
+    #[default]
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl std::str::FromStr for Anneal {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "constant" => Ok(Anneal::Constant),
+            "linear" => Ok(Anneal::Linear),
+            "cosine" => Ok(Anneal::Cosine),
+            _ => Err(format!("a schedule must be constant, linear or cosine, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Anneal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Anneal::Constant => "constant",
+            Anneal::Linear => "linear",
+            Anneal::Cosine => "cosine",
+        })
+    }
+}
+
+impl Anneal {
+    /// The share of the way from the start value to the final one at `progress` in [0, 1].
+    pub fn share(self, progress: f32) -> f32 {
+        let p = progress.clamp(0.0, 1.0);
+        match self {
+            Anneal::Constant => 0.0,
+            Anneal::Linear => p,
+            Anneal::Cosine => 0.5 * (1.0 - (std::f32::consts::PI * p).cos()),
+        }
+    }
+
+    /// `start` moved toward `end` by [`share`](Self::share)`(progress)`.
+    pub fn value(self, start: f32, end: f32, progress: f32) -> f32 {
+        match self {
+            Anneal::Constant => start,
+            _ => start + (end - start) * self.share(progress),
+        }
+    }
+
+    /// How far a step is through the distilling part of a run: 0 at `burn_in`, 1 at the last step
+    /// (`total - 1`).
+    pub fn progress(step: u64, burn_in: u64, total: u64) -> f32 {
+        let span = total.saturating_sub(1).saturating_sub(burn_in);
+        if span == 0 {
+            return 1.0;
+        }
+        (step.saturating_sub(burn_in) as f64 / span as f64).min(1.0) as f32
+    }
+
+    /// A final value for a setting with this schedule: `end` given with a constant schedule, or an
+    /// end outside `range`, is an error naming `what`'s options.
+    pub fn check(self, what: &str, end: Option<f32>, range: std::ops::RangeInclusive<f32>) -> Result<()> {
+        match (self, end) {
+            (Anneal::Constant, Some(e)) => {
+                bail!(Invalid, "{what}_final {e} is given but {what}_schedule is constant: give {what}_schedule linear or cosine, or no {what}_final")
+            }
+            (_, Some(e)) if !(e.is_finite() && range.contains(&e)) => {
+                bail!(Invalid, "{what}_final must be in [{}, {}], got {e}", range.start(), range.end())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The distillation term's settings at one step, as a task's loss takes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mix {
+    /// The loss is `scale * ((1 - mix) * task + mix * distill)`, the form the fused kernels take.
+    pub mix: f32,
+    pub scale: f32,
+    /// How far the step is through the distilling part of the run (0 at the burn-in, 1 at the last
+    /// step), for a task's own schedules (a language model's temperature).
+    pub progress: f32,
 }
 
 /// When and how strongly models distill from each other.
@@ -360,6 +464,34 @@ mod tests {
         assert!(DistillForm::from_options(1.0, 0.3, 0, Some(0.7)).is_err());
     }
     use crate::params::ParamStore;
+
+    #[test]
+    fn schedules_move_the_weight_from_the_burn_in_to_the_last_step() {
+        let (burn_in, total) = (100, 201); // distilling steps 100..=200
+        let lin = DistillForm::Additive { lambda: 2.0, ramp: 0 };
+        assert_eq!(lin.weight_at(100, burn_in, total, Anneal::Linear, None), 2.0);
+        assert!((lin.weight_at(150, burn_in, total, Anneal::Linear, None) - 1.0).abs() < 1e-6);
+        assert_eq!(lin.weight_at(200, burn_in, total, Anneal::Linear, None), 0.0);
+        assert!((lin.weight_at(150, burn_in, total, Anneal::Linear, Some(4.0)) - 3.0).abs() < 1e-6);
+        // The half cosine: slow at both ends, half way at the middle.
+        let c = |step| lin.weight_at(step, burn_in, total, Anneal::Cosine, None);
+        assert!((c(150) - 1.0).abs() < 1e-6 && c(110) > 1.95 && c(190) < 0.05, "{} {} {}", c(110), c(150), c(190));
+        // Constant: the form's own weight, and mix_at's figures unchanged.
+        assert_eq!(lin.scheduled(170, burn_in, total, Anneal::Constant, None), Mix { mix: 2.0 / 3.0, scale: 3.0, progress: 0.7 });
+        assert_eq!(lin.mix_at(170, burn_in), (2.0 / 3.0, 3.0));
+        // A ramp multiplies the schedule.
+        let ramped = DistillForm::Additive { lambda: 2.0, ramp: 10 };
+        assert!((ramped.weight_at(104, burn_in, total, Anneal::Linear, Some(2.0)) - 1.0).abs() < 1e-6);
+        // The convex mix keeps scale 1 and moves alpha.
+        let convex = DistillForm::Convex { alpha: 0.8 };
+        let m = convex.scheduled(200, burn_in, total, Anneal::Linear, Some(0.2));
+        assert!((m.mix - 0.2).abs() < 1e-6 && m.scale == 1.0);
+        // A final value with a constant schedule, or outside the form's range, is refused.
+        assert!(Anneal::Constant.check("distill", Some(0.5), 0.0..=1.0).unwrap_err().to_string().contains("distill_schedule"));
+        assert!(Anneal::Linear.check("distill", Some(1.5), 0.0..=1.0).unwrap_err().to_string().contains("distill_final"));
+        assert!(Anneal::Linear.check("distill", None, 0.0..=1.0).is_ok());
+        assert!("quadratic".parse::<Anneal>().unwrap_err().contains("constant, linear or cosine"));
+    }
 
     #[test]
     fn topology_assigns_shards_and_rejects_inconsistent_options() {

@@ -50,7 +50,14 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-crate::config_enum!(DeviceChoice, crate::data::text::Tokenizer, OptimizerChoice, crate::data::criteo::OnBadLine, crate::ops::softmax_kl::Divergence);
+crate::config_enum!(
+    DeviceChoice,
+    crate::data::text::Tokenizer,
+    OptimizerChoice,
+    crate::data::criteo::OnBadLine,
+    crate::ops::softmax_kl::Divergence,
+    crate::distill::Anneal
+);
 
 impl DeviceChoice {
     /// The device to train on: `cuda` is the first GPU or an error that says why there is none;

@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ConfigTable;
 use crate::distill::cache::{CacheKey, TeacherCache};
 use crate::distill::exchange::timed;
-use crate::distill::{end_step, CodistillSchedule, DistillForm, TeacherTracker, Topology};
+use crate::distill::{end_step, Anneal, CodistillSchedule, DistillForm, Mix, TeacherTracker, Topology};
 use crate::nn::Linear;
 use crate::ops::elementwise::Unary;
 use crate::optim::Optimizer;
@@ -182,10 +182,15 @@ pub trait Task: Sized {
         carry: &Self::Carry,
         train: Option<(u64, usize)>,
     ) -> Result<(Var, Var, Self::Carry)>;
-    /// The loss of a batch: the task loss alone, or with `mix` (the distillation form's
-    /// (mix, scale) at this step, see [`DistillForm::mix_at`]) the distillation term toward the
-    /// peers' and fixed teachers' outputs.
-    fn loss(&self, g: &mut Graph, out: Var, batch: &Self::Batch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var>;
+    /// The loss of a batch: the task loss alone, or with `mix` (the distillation form's weights at
+    /// this step, see [`DistillForm::scheduled`]) the distillation term toward the peers' and fixed
+    /// teachers' outputs: `mix.scale * ((1 - mix.mix) * task + mix.mix * distill)`.
+    fn loss(&self, g: &mut Graph, out: Var, batch: &Self::Batch, peers: &[Tensor], fixed: &[Tensor], mix: Option<Mix>) -> Result<Var>;
+    /// The task's own scheduled distillation settings at `progress` (0 at the burn-in, 1 at the
+    /// last step), for the train events: (name, value).
+    fn schedule_fields(&self, _progress: f32) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
     /// A model's validation figures (None without validation data).
     fn validate(&self, model: &Self::Model, store: &ParamStore) -> Result<Option<Self::Eval>>;
     /// The validation loss of a prediction that knows nothing of the inputs (a click model's: the
@@ -398,6 +403,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     let topo = Topology { models: o.models, world: o.world, rank: o.rank, same_data: o.same_data, shards: o.shards, shard: o.shard };
     let form = DistillForm::from_options(o.distill_lambda, o.alpha, o.distill_ramp, o.distill_weight)?;
     topo.check(o.exchange_dir.as_deref(), form.weight(), o.exchange_every, o.label_smoothing)?;
+    let top = if matches!(form, DistillForm::Convex { .. }) { 1.0 } else { f32::MAX };
+    o.distill_schedule.check("distill", o.distill_final, 0.0..=top)?;
     let (optimizer, mut lr_schedule, clip) = optimizer_settings(&o, 0)?;
     let total_models = topo.total();
     if !o.teacher.is_empty() && o.label_smoothing > 0.0 {
@@ -553,12 +560,16 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         shapes.update(format!("{name}{:?};", p.value.shape()).as_bytes());
     }
     let compat = format!(
-        "{model_compat};params={:016x};world={};burn_in={};exchange_every={};distill={}{loss_compat};same_data={}",
+        "{model_compat};params={:016x};world={};burn_in={};exchange_every={};distill={}{}{loss_compat};same_data={}",
         shapes.finish(),
         o.world,
         o.burn_in,
         o.exchange_every,
         form.describe(),
+        match o.distill_schedule {
+            Anneal::Constant => String::new(),
+            a => format!("({a} to {})", o.distill_final.unwrap_or(0.0)),
+        },
         o.same_data
     );
     let mut exchange = topo.exchange(o.exchange_dir.as_deref(), &members[0].store, &compat, o.resume.is_none())?;
@@ -655,7 +666,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             }
             let mut g = Graph::new().with_backend(be);
             let (out, hidden, next) = task.forward(model, &mut g, &m.store, &batch, &m.carry, Some((step, m.index)))?;
-            let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, distill.then(|| form.mix_at(step, o.burn_in)))?;
+            let mix = distill.then(|| form.scheduled(step, o.burn_in, total, o.distill_schedule, o.distill_final));
+            let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, mix)?;
             let hint_term = match (&hint_target, &hint) {
                 (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, hidden, target, o.hint_weight)?),
                 _ => None,
@@ -714,6 +726,14 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 let stale = if i.staleness.1 > 0 { i.staleness.0 as f64 / i.staleness.1 as f64 } else { f64::NAN };
                 let hint_loss = if i.hint.1 > 0 { i.hint.0 / i.hint.1 as f64 } else { f64::NAN };
                 let mut tail = json!({"lr": lr as f64, "grad_norm": i.norm});
+                if schedule.weight > 0.0 {
+                    // The term's weight and the task's scheduled settings at this step.
+                    let on = schedule.distill_at(step);
+                    tail["distill_weight"] = json!(if on { form.weight_at(step, o.burn_in, total, o.distill_schedule, o.distill_final) as f64 } else { 0.0 });
+                    for (k, v) in task.schedule_fields(Anneal::progress(step, o.burn_in, total)) {
+                        tail[k] = json!(v);
+                    }
+                }
                 // The process's rate: every model here.
                 tail[format!("{}_per_s", T::UNIT)] = json!(rate);
                 let tail = event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss}));

@@ -15,6 +15,7 @@ use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{cached, shard_range, CriteoCache, DENSE_WIDTH, NUM_CATS};
 use crate::data::synthetic::{write_criteo_tsv, ClickModel, ClickTruth};
+use crate::distill::Mix;
 use crate::hash::Hasher64;
 use crate::ops::elementwise::Unary;
 use crate::ops::math::sigmoid;
@@ -348,7 +349,8 @@ impl Task for CtrTask {
         Ok((logit, hidden, ()))
     }
 
-    fn loss(&self, g: &mut Graph, logit: Var, b: &CtrBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var> {
+    fn loss(&self, g: &mut Graph, logit: Var, b: &CtrBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<Mix>) -> Result<Var> {
+        let mix = mix.map(|m| (m.mix, m.scale));
         let (labels, e) = (&b.labels, self.cfg.label_smoothing);
         let count = (peers.len() + fixed.len()) as f32;
         let div = self.cfg.distill_loss;

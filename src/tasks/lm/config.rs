@@ -43,6 +43,10 @@ crate::config_table! {
         shard_block: usize = 0,
         /// Codistillation: softmax temperature of the distillation term
         temperature: f32 = 1.0,
+        /// How the temperature moves from the burn-in to the last step: constant, linear or cosine, toward temperature_final; logged as temperature in the train events
+        temperature_schedule: crate::distill::Anneal = crate::distill::Anneal::Constant,
+        /// The temperature at the last step with a linear or cosine temperature_schedule (default 1)
+        temperature_final: Option<f32> = None,
         /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model; a resume continues on a fresh sample stream (seeded by the step), the weights, optimizer and step restored
         data_free: bool = false,
         /// Synthetic corpus: vocabulary size of the Markov source

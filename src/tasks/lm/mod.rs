@@ -18,6 +18,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::lm::TokenLanes;
 use crate::data::synthetic::{write_markov_corpus, CorpusFloors, MarkovSource};
 use crate::data::text::{cached_tokens, cached_vocab, shard_blocks, Tokens, Vocab};
+use crate::distill::Mix;
 use crate::hash::Hasher64;
 use crate::nn::LstmState;
 use crate::ops::softmax_kl::DistillParams;
@@ -129,6 +130,13 @@ impl Score for LmScore {
     }
 }
 
+impl LmTask {
+    /// The distillation temperature at `progress` through the distilling steps (its schedule).
+    fn temperature_at(&self, progress: f32) -> f32 {
+        self.cfg.temperature_schedule.value(self.cfg.temperature, self.cfg.temperature_final.unwrap_or(1.0), progress)
+    }
+}
+
 /// The language model as a [`Task`]: the corpus, the fixed teachers, the model's structure.
 pub struct LmTask {
     cfg: LmConfig,
@@ -180,6 +188,7 @@ impl Task for LmTask {
         if !(0.0..1.0).contains(&cfg.dropout) {
             bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
         }
+        cfg.temperature_schedule.check("temperature", cfg.temperature_final, 1e-3..=1e3)?;
         if cfg.data_free && (cfg.teacher.is_empty() || setup.total_models > 1) {
             bail!(Invalid, "data_free distillation needs --teacher and one model (no codistillation)");
         }
@@ -364,23 +373,23 @@ impl Task for LmTask {
         model.forward_hidden(g, store, &b.x, carry, self.cfg.bptt, dropout)
     }
 
-    fn loss(&self, g: &mut Graph, logits: Var, b: &LmBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<(f32, f32)>) -> Result<Var> {
+    fn loss(&self, g: &mut Graph, logits: Var, b: &LmBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<Mix>) -> Result<Var> {
         // Peers, then (data-free) the sampled text's teachers, then the fixed teachers.
         let mut teachers = peers.to_vec();
         teachers.extend(mix.and(b.sampled.as_ref()).into_iter().flatten().cloned());
         teachers.extend(fixed.iter().cloned());
         match mix {
-            Some((mix, scale)) if !teachers.is_empty() => {
+            Some(m) if !teachers.is_empty() => {
                 // scale * ((1 - mix) * task + mix * distill): the paper's task + lambda * distill, or the convex mix.
                 let l = g
                     .softmax_kl(
                         logits,
                         &teachers,
                         Some(&b.y),
-                        DistillParams { temperature: self.cfg.temperature, alpha: mix, divergence: self.cfg.distill_loss },
+                        DistillParams { temperature: self.temperature_at(m.progress), alpha: m.mix, divergence: self.cfg.distill_loss },
                     )?
                     .0;
-                crate::train::scaled(g, l, scale)
+                crate::train::scaled(g, l, m.scale)
             }
             _ if self.cfg.label_smoothing > 0.0 => {
                 // Label smoothing is distillation from a uniform teacher (all-zero logits).
@@ -389,6 +398,10 @@ impl Task for LmTask {
             }
             _ => g.softmax_xent(logits, &b.y),
         }
+    }
+
+    fn schedule_fields(&self, progress: f32) -> Vec<(&'static str, f64)> {
+        vec![("temperature", self.temperature_at(progress) as f64)]
     }
 
     fn chance_loss(&self) -> Option<f64> {
@@ -410,7 +423,10 @@ impl Task for LmTask {
         let c = &self.cfg;
         (
             format!("vocab={:016x};emb_dim={};hidden={};layers={}", self.data.vocab.fingerprint(), c.emb_dim, c.hidden, c.layers),
-            format!(";temperature={}", c.temperature),
+            match c.temperature_schedule {
+                crate::distill::Anneal::Constant => format!(";temperature={}", c.temperature),
+                a => format!(";temperature={}({a} to {})", c.temperature, c.temperature_final.unwrap_or(1.0)),
+            },
         )
     }
 
