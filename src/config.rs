@@ -98,6 +98,33 @@ impl ConfigValue for Paths {
     }
 }
 
+/// A list of numbers (weights): comma-separated in its text form (the empty string is none), a
+/// TOML array of numbers or one comma-separated string in a config file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Weights(pub Vec<f32>);
+
+impl Weights {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ConfigValue for Weights {
+    const VALUE_NAME: &'static str = "W[,W...]";
+    fn parse_value(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(Weights(Vec::new()));
+        }
+        s.split(',')
+            .map(|w| w.trim().parse::<f32>().map_err(|_| format!("{:?} in {s:?} is not a number", w.trim())))
+            .collect::<std::result::Result<_, _>>()
+            .map(Weights)
+    }
+    fn show(&self) -> String {
+        self.0.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// What every config table offers, so that code can load any of them the same way.
 pub trait ConfigTable: Default {
     fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String>;
@@ -150,6 +177,8 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "same_data"
         | "teacher"
         | "teacher_logits"
+        | "teacher_weights"
+        | "teacher_confidence"
         | "hint_weight"
         | "independent_control" => "Distillation and codistillation (every task)",
         _ => "Devices, processes and seeds (every task)",
@@ -316,6 +345,10 @@ macro_rules! with_run_options {
         teacher: $crate::config::Paths = $crate::config::Paths::default(),
         /// Offline distillation from cached teacher outputs instead of --teacher's forward passes: a file written by `teacher-cache` (or by any program, docs/teacher-cache.md) holding each fixed teacher's top-k logits of every training item, checked against this run's data and batching; one model; no hints. With `teacher-cache` itself: the file to write
         teacher_logits: Option<std::path::PathBuf> = None,
+        /// Weights of the fixed teachers, one per --teacher in its order (or per teacher of the --teacher-logits cache), normalised to sum 1: the teachers' distributions are mixed by them instead of averaged (empty: the average); not with codistilling peers or data_free
+        teacher_weights: $crate::config::Weights = $crate::config::Weights::default(),
+        /// Weigh each fixed teacher on each example also by its confidence there (its probability of its own top class, at temperature 1), renormalised per example (confidence-aware multi-teacher distillation)
+        teacher_confidence: bool = false,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
         /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them
@@ -474,12 +507,16 @@ pub fn apply_toml(text: &str, path: &Path, mut set: impl FnMut(&str, &str) -> st
             toml::Value::Boolean(b) => b.to_string(),
             // A list of paths; a string inside that is not one is the error below.
             toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","),
+            // A list of numbers (weights).
+            toml::Value::Array(a) if a.iter().all(|x| x.is_integer() || x.is_float()) => {
+                a.iter().map(|x| x.as_float().unwrap_or_else(|| x.as_integer().unwrap_or(0) as f64).to_string()).collect::<Vec<_>>().join(",")
+            }
             other => {
                 return Err(Error::Data {
                     path: path.to_path_buf(),
                     line: key_line(text, k),
                     field: k.clone(),
-                    message: format!("expected a string, number, boolean or array of strings, got {}", other.type_str()),
+                    message: format!("expected a string, number, boolean, or array of strings or of numbers, got {}", other.type_str()),
                 })
             }
         };

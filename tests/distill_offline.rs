@@ -592,3 +592,63 @@ fn distillation_weight_and_temperature_follow_their_schedules() {
     (bad.temperature_final, bad.out) = (Some(0.0), d.join("bad"));
     assert!(lm::train(&bad).unwrap_err().to_string().contains("temperature_final"));
 }
+
+/// Weighted teachers: weights 1 and 0 are the first teacher alone, equal weights the average (to
+/// rounding: the weighted path folds the teachers before the loss); confidence weighs per example;
+/// a weight list of the wrong length or with peers is refused.
+#[test]
+fn teachers_are_weighted_by_the_given_weights_and_by_their_confidence() {
+    use codistill::config::Weights;
+    let d = tmp("weights");
+    let base = small_lm(&d, 30);
+    let good = lm_teacher(&d, &base, 16, 300);
+    let mut t = base.clone();
+    (t.hidden, t.steps, t.lr, t.checkpoint_every, t.out) = (16, 1, 1e-6, 1, d.join("bad"));
+    lm::train(&t).unwrap();
+    let bad = d.join("bad/checkpoint.safetensors");
+    let student = |name: &str, teachers: &[&Path], f: &dyn Fn(&mut LmConfig)| {
+        let mut s = base.clone();
+        (s.steps, s.burn_in, s.alpha, s.out, s.teacher) = (300, 0, 1.0, d.join(name), paths(teachers));
+        f(&mut s);
+        lm::train(&s).map(|r| r.best_valid.unwrap())
+    };
+    let alone = student("alone", &[&good], &|_| {}).unwrap();
+    let first = student("first", &[&good, &bad], &|s| s.teacher_weights = Weights(vec![1.0, 0.0])).unwrap();
+    assert!((first - alone).abs() < 1e-3, "weights 1, 0: {first} vs the first teacher alone {alone}");
+    let average = student("average", &[&good, &bad], &|_| {}).unwrap();
+    let equal = student("equal", &[&good, &bad], &|s| s.teacher_weights = Weights(vec![2.0, 2.0])).unwrap();
+    assert!((equal - average).abs() < 1e-3, "equal weights {equal} vs the average {average}");
+    assert!(alone < average - 0.02, "the untrained teacher did not pull the average away: {alone} vs {average}");
+    let leaning = student("leaning", &[&good, &bad], &|s| s.teacher_weights = Weights(vec![0.9, 0.1])).unwrap();
+    // 0.9 and 0.1: nearer the first teacher alone than the average is (a little of the flat
+    // teacher smooths, as label smoothing does, and may even help).
+    assert!((leaning - alone).abs() < (average - alone).abs() && leaning != alone, "{leaning} vs alone {alone} and average {average}");
+    // The trained teacher is the surer one on most positions: confidence leans toward it.
+    let sure = student("sure", &[&good, &bad], &|s| s.teacher_confidence = true).unwrap();
+    assert!(sure < average, "confidence weights {sure} vs the plain average {average}");
+    eprintln!("alone {alone}, weights 1,0 {first}, average {average}, equal {equal}, 0.9/0.1 {leaning}, confidence {sure}");
+    let e = student("x", &[&good, &bad], &|s| s.teacher_weights = Weights(vec![1.0])).unwrap_err().to_string();
+    assert!(e.contains("1 weight(s) for 2 teacher(s)"), "{e}");
+    let e = student("x", &[&good], &|s| (s.teacher_confidence, s.models) = (true, 2)).unwrap_err().to_string();
+    assert!(e.contains("peers"), "{e}");
+    let e = student("x", &[], &|s| s.teacher_weights = Weights(vec![1.0])).unwrap_err().to_string();
+    assert!(e.contains("give --teacher"), "{e}");
+    // A click model: weights 1, 0 are the first teacher alone there too.
+    let mut ct = small_criteo(&d);
+    (ct.emb_dim, ct.mlp, ct.out) = (8, "32".into(), d.join("ct"));
+    criteo::train(&ct).unwrap();
+    (ct.epochs, ct.lr, ct.out) = (1, 1e-9, d.join("ct-bad"));
+    criteo::train(&ct).unwrap();
+    let click = |name: &str, teachers: &[&Path], f: &dyn Fn(&mut CriteoConfig)| {
+        let mut s = small_criteo(&d);
+        (s.emb_dim, s.mlp, s.burn_in, s.out, s.teacher) = (4, "16".into(), 0, d.join(name), paths(teachers));
+        f(&mut s);
+        criteo::train(&s).unwrap().valid[0].log_loss
+    };
+    let (cg, cb) = (d.join("ct/checkpoint.safetensors"), d.join("ct-bad/checkpoint.safetensors"));
+    let c_alone = click("c-alone", &[&cg], &|_| {});
+    let c_first = click("c-first", &[&cg, &cb], &|s| s.teacher_weights = Weights(vec![1.0, 0.0]));
+    let c_sure = click("c-sure", &[&cg, &cb], &|s| s.teacher_confidence = true);
+    assert!((c_first - c_alone).abs() < 1e-4, "{c_first} vs {c_alone}");
+    eprintln!("click: alone {c_alone}, weights 1,0 {c_first}, confidence {c_sure}");
+}

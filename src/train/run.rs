@@ -186,6 +186,13 @@ pub trait Task: Sized {
     /// this step, see [`DistillForm::scheduled`]) the distillation term toward the peers' and fixed
     /// teachers' outputs: `mix.scale * ((1 - mix.mix) * task + mix.mix * distill)`.
     fn loss(&self, g: &mut Graph, out: Var, batch: &Self::Batch, peers: &[Tensor], fixed: &[Tensor], mix: Option<Mix>) -> Result<Var>;
+    /// The fixed teachers' outputs of a batch folded into one, their distributions mixed by
+    /// `weights` (normalised) and, with `confidence`, by each teacher's confidence per example, at
+    /// `progress` through the distilling steps (a scheduled temperature); see
+    /// [`crate::ops::softmax_kl::mix`]. None: the task does not weigh teachers.
+    fn mix_teachers(&self, _teachers: &[Tensor], _weights: &[f32], _confidence: bool, _progress: f32) -> Option<Result<Tensor>> {
+        None
+    }
     /// The task's own scheduled distillation settings at `progress` (0 at the burn-in, 1 at the
     /// last step), for the train events: (name, value).
     fn schedule_fields(&self, _progress: f32) -> Vec<(&'static str, f64)> {
@@ -496,6 +503,20 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         }
         None => None,
     };
+    // Weighted fixed teachers: their outputs folded into one per batch.
+    let teacher_weights = if o.teacher_weights.is_empty() && !o.teacher_confidence {
+        None
+    } else {
+        let n = fixed.len() + cache.as_ref().map_or(0, |c| c.teachers());
+        if n == 0 {
+            bail!(Invalid, "teacher_weights and teacher_confidence weigh fixed teachers: give --teacher or --teacher-logits");
+        }
+        if total_models > 1 {
+            bail!(Invalid, "teacher_weights and teacher_confidence weigh fixed teachers, and codistilling peers are averaged with them: train one model");
+        }
+        let w = if o.teacher_weights.is_empty() { vec![1.0; n] } else { o.teacher_weights.0.clone() };
+        Some(crate::ops::softmax_kl::mix::normalise_weights(&w, n)?)
+    };
     let mut step = 0u64;
     let resumed = match &o.resume {
         Some(path) => {
@@ -666,6 +687,10 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             }
             let mut g = Graph::new().with_backend(be);
             let (out, hidden, next) = task.forward(model, &mut g, &m.store, &batch, &m.carry, Some((step, m.index)))?;
+            if let (Some(w), false) = (&teacher_weights, fixed_out.is_empty()) {
+                let folded = task.mix_teachers(&fixed_out, w, o.teacher_confidence, Anneal::progress(step, o.burn_in, total));
+                fixed_out = vec![folded.ok_or_else(|| Error::Invalid(format!("teacher_weights: the {} task does not weigh teachers", T::NAME)))??];
+            }
             let mix = distill.then(|| form.scheduled(step, o.burn_in, total, o.distill_schedule, o.distill_final));
             let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, mix)?;
             let hint_term = match (&hint_target, &hint) {

@@ -17,6 +17,7 @@
 //! outlives it (the GPU kernel holds one row at a time, with online max and sum).
 
 pub mod cuda;
+pub mod mix;
 mod tape;
 
 use crate::backend::Backend;

@@ -19,6 +19,7 @@ use crate::distill::Mix;
 use crate::hash::Hasher64;
 use crate::ops::elementwise::Unary;
 use crate::ops::math::sigmoid;
+use crate::ops::softmax_kl::mix::{mix_teachers, TeacherMix};
 use crate::ops::softmax_kl::Divergence;
 use crate::params::ParamStore;
 use crate::tensor::{Device, Tensor};
@@ -390,6 +391,11 @@ impl Task for CtrTask {
         };
         let bce = g.bce_with_logits(logit, &targets.to_device(self.dev)?)?;
         crate::train::scaled(g, bce, scale)
+    }
+
+    fn mix_teachers(&self, teachers: &[Tensor], weights: &[f32], confidence: bool, _progress: f32) -> Option<Result<Tensor>> {
+        let how = TeacherMix { binary: true, logits: self.cfg.distill_loss == Divergence::Mse, temperature: 1.0, confidence };
+        Some(mix_teachers(teachers, weights, how))
     }
 
     fn chance_loss(&self) -> Option<f64> {

@@ -21,7 +21,8 @@ use crate::data::text::{cached_tokens, cached_vocab, shard_blocks, Tokens, Vocab
 use crate::distill::Mix;
 use crate::hash::Hasher64;
 use crate::nn::LstmState;
-use crate::ops::softmax_kl::DistillParams;
+use crate::ops::softmax_kl::mix::{mix_teachers, TeacherMix};
+use crate::ops::softmax_kl::{DistillParams, Divergence};
 use crate::params::ParamStore;
 use crate::tensor::{Device, Tensor};
 use crate::train::{Finished, MetricsLog, Score, Setup, Task, TeacherRef};
@@ -189,6 +190,9 @@ impl Task for LmTask {
             bail!(Invalid, "dropout must be in [0, 1), got {}", cfg.dropout);
         }
         cfg.temperature_schedule.check("temperature", cfg.temperature_final, 1e-3..=1e3)?;
+        if cfg.data_free && (!cfg.teacher_weights.is_empty() || cfg.teacher_confidence) {
+            bail!(Invalid, "data_free distillation samples from the teachers' average: teacher_weights and teacher_confidence do not apply");
+        }
         if cfg.data_free && (cfg.teacher.is_empty() || setup.total_models > 1) {
             bail!(Invalid, "data_free distillation needs --teacher and one model (no codistillation)");
         }
@@ -398,6 +402,11 @@ impl Task for LmTask {
             }
             _ => g.softmax_xent(logits, &b.y),
         }
+    }
+
+    fn mix_teachers(&self, teachers: &[Tensor], weights: &[f32], confidence: bool, progress: f32) -> Option<Result<Tensor>> {
+        let how = TeacherMix { binary: false, logits: self.cfg.distill_loss == Divergence::Mse, temperature: self.temperature_at(progress), confidence };
+        Some(mix_teachers(teachers, weights, how))
     }
 
     fn schedule_fields(&self, progress: f32) -> Vec<(&'static str, f64)> {
