@@ -652,3 +652,36 @@ fn teachers_are_weighted_by_the_given_weights_and_by_their_confidence() {
     assert!((c_first - c_alone).abs() < 1e-4, "{c_first} vs {c_alone}");
     eprintln!("click: alone {c_alone}, weights 1,0 {c_first}, confidence {c_sure}");
 }
+
+/// Born-again generations: each later generation distills from the previous one's best
+/// checkpoint, with the next seed, into its own directory; generations.json lists them.
+#[test]
+fn born_again_generations_each_distill_from_the_last() {
+    use codistill::train::generations::train_generations;
+    let d = tmp("generations");
+    let mut s = small_lm(&d, 30);
+    (s.steps, s.eval_every, s.burn_in, s.alpha, s.out, s.generations) = (200, 100, 0, 0.5, d.join("ban"), 3);
+    let (gens, _) = train_generations::<lm::LmTask>(&s, 3).unwrap();
+    assert_eq!(gens.len(), 3);
+    assert_eq!(gens[0].teacher, None);
+    for g in 1..3 {
+        assert_eq!(gens[g].teacher.as_deref(), Some(d.join(format!("ban/gen-{}/best.safetensors", g - 1)).as_path()));
+        let config = std::fs::read_to_string(d.join(format!("ban/gen-{g}/config.toml"))).unwrap();
+        assert!(config.contains(&format!("gen-{}", g - 1)) && config.contains(&format!("seed = \"{}\"", 1 + g)), "{config}");
+    }
+    let v: Vec<f64> = gens.iter().map(|g| g.best_valid.unwrap()).collect();
+    eprintln!("born-again generations, best validation: {v:?}");
+    // The students see the labels too (alpha 0.5): each lands near its teacher.
+    assert!(v.iter().all(|x| (x - v[0]).abs() < 0.2), "{v:?}");
+    let table: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("ban/generations.json")).unwrap()).unwrap();
+    assert_eq!(table["generations"].as_array().unwrap().len(), 3);
+    assert_eq!(table["generations"][2]["best_valid"].as_f64(), Some(v[2]));
+    // lm::train with generations above 1 is the same loop.
+    (s.generations, s.out) = (2, d.join("ban2"));
+    lm::train(&s).unwrap();
+    assert!(d.join("ban2/gen-1/checkpoint.safetensors").exists() && d.join("ban2/generations.json").exists());
+    s.models = 2;
+    assert!(lm::train(&s).unwrap_err().to_string().contains("one model a generation"));
+    (s.models, s.generations) = (1, 0);
+    assert!(lm::train(&s).unwrap_err().to_string().contains("at least 1"));
+}

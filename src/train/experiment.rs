@@ -132,9 +132,9 @@ pub fn experiment<T: Task>(cfg: &T::Config) -> Result<String> {
     let o = cfg.run_options();
     // The baseline is a model trained on the labels alone; fixed teachers would make it a
     // distilled model and the comparison something else.
-    if !o.teacher.is_empty() {
+    if !o.teacher.is_empty() || o.teacher_logits.is_some() || o.generations != 1 {
         return Err(Error::Invalid(
-            "experiment compares codistillation with a baseline trained on the labels alone; --teacher is for train and codistill".into(),
+            "experiment compares codistillation with a baseline trained on the labels alone; --teacher, --teacher-logits and --generations are for train and codistill".into(),
         ));
     }
     let with = |f: &dyn Fn(&mut RunOptions)| {

@@ -4,6 +4,7 @@
 //! their trainers' names from before the loop was one.
 
 pub mod experiment;
+pub mod generations;
 pub mod noise;
 pub mod options;
 pub mod plot;

@@ -401,6 +401,12 @@ fn due(step: u64, every: u64, epoch_end: bool, last: bool) -> bool {
 pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     let started = Instant::now();
     let mut o = cfg.run_options();
+    if o.generations > 1 {
+        return super::generations::train_generations::<T>(cfg, o.generations).map(|(_, s)| s);
+    }
+    if o.generations == 0 {
+        bail!(Invalid, "generations must be at least 1 (1: one plain run)");
+    }
     let dev = o.device.resolve()?;
     let be = o.backend()?;
     // The run goes on, and its checkpoints record, the world and rank it took.
