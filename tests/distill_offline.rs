@@ -664,8 +664,8 @@ fn born_again_generations_each_distill_from_the_last() {
     let (gens, _) = train_generations::<lm::LmTask>(&s, 3).unwrap();
     assert_eq!(gens.len(), 3);
     assert_eq!(gens[0].teacher, None);
-    for g in 1..3 {
-        assert_eq!(gens[g].teacher.as_deref(), Some(d.join(format!("ban/gen-{}/best.safetensors", g - 1)).as_path()));
+    for (g, gen) in gens.iter().enumerate().skip(1) {
+        assert_eq!(gen.teacher.as_deref(), Some(d.join(format!("ban/gen-{}/best.safetensors", g - 1)).as_path()));
         let config = std::fs::read_to_string(d.join(format!("ban/gen-{g}/config.toml"))).unwrap();
         assert!(config.contains(&format!("gen-{}", g - 1)) && config.contains(&format!("seed = \"{}\"", 1 + g)), "{config}");
     }
