@@ -685,3 +685,56 @@ fn born_again_generations_each_distill_from_the_last() {
     (s.models, s.generations) = (1, 0);
     assert!(lm::train(&s).unwrap_err().to_string().contains("at least 1"));
 }
+
+/// A student initialised from a trained model (`init_from`): of the same shape, it starts as that
+/// model; narrower and shallower, it takes the leading units of each gate and every other layer.
+#[test]
+fn a_student_is_initialised_from_its_teachers_layers() {
+    use codistill::checkpoint::Checkpoint;
+    let d = tmp("init-from");
+    let base = small_lm(&d, 30);
+    let mut t = base.clone();
+    (t.emb_dim, t.hidden, t.layers, t.steps, t.checkpoint_every, t.out) = (8, 16, 2, 200, 200, d.join("t"));
+    let teacher_valid = lm::train(&t).unwrap().best_valid.unwrap();
+    let tck = d.join("t/checkpoint.safetensors");
+    let teacher = Checkpoint::load(&tck).unwrap();
+    let get = |ck: &Checkpoint, name: &str| ck.tensors[name].to_vec_f32().unwrap();
+    // Same shape, one step at a negligible learning rate: the teacher's weights and loss.
+    let mut s = t.clone();
+    (s.steps, s.lr, s.out, s.init_from) = (1, 1e-9, d.join("same"), Some(tck.clone()));
+    let same_valid = lm::train(&s).unwrap().best_valid.unwrap();
+    assert!((same_valid - teacher_valid).abs() < 1e-4, "{same_valid} vs the teacher's {teacher_valid}");
+    // Half as wide and deep: the first 8 units of each of the 4 gates of layer 0, 4 of the 8
+    // embedding dimensions.
+    (s.emb_dim, s.hidden, s.layers, s.out) = (4, 8, 1, d.join("half"));
+    lm::train(&s).unwrap();
+    let half = Checkpoint::load(&d.join("half/checkpoint.safetensors")).unwrap();
+    let (tw, sw) = (get(&teacher, "lm.lstm.l0.w_hh"), get(&half, "lm.lstm.l0.w_hh"));
+    for (r, g, u) in [(0, 0, 0), (3, 1, 5), (7, 3, 7)] {
+        let (want, got) = (tw[r * 64 + g * 16 + u], sw[r * 32 + g * 8 + u]);
+        assert!((want - got).abs() < 1e-6, "w_hh[{r}, gate {g} unit {u}]: {got} vs the teacher's {want}");
+    }
+    let (te, se) = (get(&teacher, "lm.embedding.weight"), get(&half, "lm.embedding.weight"));
+    assert!((te[5 * 8 + 3] - se[5 * 4 + 3]).abs() < 1e-6);
+    // A wider student, or another corpus, is refused by name.
+    (s.hidden, s.out) = (32, d.join("wide"));
+    let e = lm::train(&s).unwrap_err().to_string();
+    assert!(e.contains("init_from") && e.contains("smaller than this model"), "{e}");
+    let mut other = small_lm(&d.join("other"), 50);
+    (other.steps, other.out, other.init_from) = (1, d.join("other-out"), Some(tck.clone()));
+    assert!(lm::train(&other).unwrap_err().to_string().contains("vocabulary"));
+    // A click model, half as wide: its first layer keeps each field's leading embedding rows.
+    let mut ct = small_criteo(&d);
+    (ct.emb_dim, ct.mlp, ct.out) = (8, "32,16".into(), d.join("ct"));
+    criteo::train(&ct).unwrap();
+    let cck = Checkpoint::load(&d.join("ct/checkpoint.safetensors")).unwrap();
+    let mut cs = small_criteo(&d);
+    (cs.emb_dim, cs.mlp, cs.lr, cs.out, cs.init_from) = (4, "16".into(), 1e-9, d.join("cs"), Some(d.join("ct/checkpoint.safetensors")));
+    criteo::train(&cs).unwrap();
+    let sck = Checkpoint::load(&d.join("cs/checkpoint.safetensors")).unwrap();
+    let (tm, sm) = (get(&cck, "ctr.mlp.0.weight"), get(&sck, "ctr.mlp.0.weight"));
+    // Row (field 2, dimension 3), column 5: the teacher's row 2 * 8 + 3.
+    assert!((tm[(2 * 8 + 3) * 32 + 5] - sm[(2 * 4 + 3) * 16 + 5]).abs() < 1e-6);
+    let (to, so) = (get(&cck, "ctr.mlp.2.weight"), get(&sck, "ctr.mlp.1.weight"));
+    assert!((to[3] - so[3]).abs() < 1e-6, "the output layer takes the teacher's output layer");
+}

@@ -4,5 +4,6 @@
 //! logs, log-loss, AUC, calibration and churn). A third task is the `task` example.
 
 pub mod ctr;
+pub mod init;
 pub mod lm;
 pub mod pytorch;

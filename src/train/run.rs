@@ -193,6 +193,12 @@ pub trait Task: Sized {
     fn mix_teachers(&self, _teachers: &[Tensor], _weights: &[f32], _confidence: bool, _progress: f32) -> Option<Result<Tensor>> {
         None
     }
+    /// Fill a fresh model's weights in `store` from a trained checkpoint of the task (`--init-from`):
+    /// the leading units of a wider model, every other layer of a deeper one; returns what was
+    /// taken, for the terminal. None: the task cannot.
+    fn init_from(&self, _store: &mut ParamStore, _ck: &Checkpoint, _path: &Path) -> Option<Result<String>> {
+        None
+    }
     /// The task's own scheduled distillation settings at `progress` (0 at the burn-in, 1 at the
     /// last step), for the train events: (name, value).
     fn schedule_fields(&self, _progress: f32) -> Vec<(&'static str, f64)> {
@@ -469,6 +475,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         _ => Ok(None),
     };
     let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
+    let init_ck = o.init_from.as_ref().map(|p| Checkpoint::load(p).map(|c| (c, p.clone()))).transpose()?;
     let mut members: Vec<Member<T>> = Vec::new();
     for local in 0..o.models {
         let index = topo.index(local);
@@ -477,6 +484,12 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         let mut store = ParamStore::new();
         let mut rng = task.member_rng(index, total_models);
         task.init(&mut store, &mut rng)?;
+        if let Some((ck, path)) = &init_ck {
+            let said = task.init_from(&mut store, ck, path).ok_or_else(|| Error::Invalid(format!("--init-from: the {} task cannot", T::NAME)))??;
+            if local == 0 {
+                eprintln!("initialised from {}: {said}", path.display());
+            }
+        }
         hint_map(&mut store, &mut rng)?;
         task.seed_stream(&mut stream, &rng);
         members.push(Member {

@@ -398,6 +398,56 @@ impl Task for CtrTask {
         Some(mix_teachers(teachers, weights, how))
     }
 
+    fn init_from(&self, store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Option<Result<String>> {
+        Some((|| {
+            use crate::tasks::init::{layer_of, take};
+            let t = config::checkpoint_config(ck, path)?;
+            let c = &self.cfg;
+            if t.buckets != c.buckets {
+                bail!(
+                    Invalid,
+                    "{}: init_from: the checkpoint hashes into {} buckets and this run into {}: the same --buckets needed",
+                    path.display(),
+                    t.buckets,
+                    c.buckets
+                );
+            }
+            let (wt, ws) = (parse_widths(&t.mlp)?, parse_widths(&c.mlp)?);
+            let map: Vec<usize> = (0..ws.len()).map(|i| layer_of(i, ws.len(), wt.len())).collect();
+            if t.emb_dim < c.emb_dim || wt.len() < ws.len() || map.iter().zip(&ws).any(|(&j, &w)| wt[j] < w) {
+                bail!(
+                    Invalid,
+                    "{}: init_from: the checkpoint (embedding {}, MLP {}) is smaller than this model (embedding {}, MLP {}): it must be at least as deep and as wide",
+                    path.display(),
+                    t.emb_dim,
+                    t.mlp,
+                    c.emb_dim,
+                    c.mlp
+                );
+            }
+            let upto = |n: usize| (0..n).collect::<Vec<usize>>();
+            take(store, "ctr.embedding.weight", ck, "ctr.embedding.weight", Some(&upto(NUM_CATS * c.buckets)), &upto(c.emb_dim), path)?;
+            take(store, "ctr.dense.weight", ck, "ctr.dense.weight", Some(&upto(DENSE_WIDTH)), &upto(ws[0]), path)?;
+            // The first layer's rows are the fields' embeddings side by side: field f's first
+            // emb_dim of the checkpoint's.
+            let first: Vec<usize> = (0..NUM_CATS).flat_map(|f| (0..c.emb_dim).map(move |e| f * t.emb_dim + e)).collect();
+            for (i, &j) in map.iter().enumerate() {
+                let rows = if i == 0 { first.clone() } else { upto(ws[i - 1]) };
+                take(store, &format!("ctr.mlp.{i}.weight"), ck, &format!("ctr.mlp.{j}.weight"), Some(&rows), &upto(ws[i]), path)?;
+                take(store, &format!("ctr.mlp.{i}.bias"), ck, &format!("ctr.mlp.{j}.bias"), None, &upto(ws[i]), path)?;
+            }
+            let (out, from) = (ws.len(), wt.len());
+            take(store, &format!("ctr.mlp.{out}.weight"), ck, &format!("ctr.mlp.{from}.weight"), Some(&upto(ws[out - 1])), &[0], path)?;
+            take(store, &format!("ctr.mlp.{out}.bias"), ck, &format!("ctr.mlp.{from}.bias"), None, &[0], path)?;
+            Ok(format!(
+                "its hidden layer(s) {map:?} of {} and output layer, their first units, {} of its {} embedding dimensions",
+                wt.len(),
+                c.emb_dim,
+                t.emb_dim
+            ))
+        })())
+    }
+
     fn chance_loss(&self) -> Option<f64> {
         let (c, r) = self.data.valid()?;
         let r = r.start..self.valid_end(&r);

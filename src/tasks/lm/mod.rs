@@ -409,6 +409,54 @@ impl Task for LmTask {
         Some(mix_teachers(teachers, weights, how))
     }
 
+    fn init_from(&self, store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Option<Result<String>> {
+        Some((|| {
+            use crate::tasks::init::{gate_columns, layer_of, take};
+            let t = config::checkpoint_config(ck, path)?;
+            if Vocab::from_text(ck.meta("vocab", path)?)? != self.data.vocab {
+                bail!(
+                    Invalid,
+                    "{}: init_from: the checkpoint's vocabulary differs from this run's (the same corpus, tokenizer and min_count needed)",
+                    path.display()
+                );
+            }
+            let c = &self.cfg;
+            if t.layers < c.layers || t.hidden < c.hidden || t.emb_dim < c.emb_dim {
+                bail!(
+                    Invalid,
+                    "{}: init_from: the checkpoint ({} layer(s) of {}, embedding {}) is smaller than this model ({} of {}, embedding {}): it must be at least as deep and as wide",
+                    path.display(),
+                    t.layers,
+                    t.hidden,
+                    t.emb_dim,
+                    c.layers,
+                    c.hidden,
+                    c.emb_dim
+                );
+            }
+            let v: Vec<usize> = (0..self.data.vocab.len()).collect();
+            let upto = |n: usize| (0..n).collect::<Vec<usize>>();
+            take(store, "lm.embedding.weight", ck, "lm.embedding.weight", Some(&v), &upto(c.emb_dim), path)?;
+            let gates = gate_columns(c.hidden, t.hidden);
+            let mut layers = Vec::new();
+            for i in 0..c.layers {
+                let j = layer_of(i, c.layers, t.layers);
+                layers.push(j);
+                let input = if i == 0 { c.emb_dim } else { c.hidden };
+                let (own, from) = (format!("lm.lstm.l{i}"), format!("lm.lstm.l{j}"));
+                take(store, &format!("{own}.w_ih"), ck, &format!("{from}.w_ih"), Some(&upto(input)), &gates, path)?;
+                take(store, &format!("{own}.w_hh"), ck, &format!("{from}.w_hh"), Some(&upto(c.hidden)), &gates, path)?;
+                take(store, &format!("{own}.bias"), ck, &format!("{from}.bias"), None, &gates, path)?;
+            }
+            take(store, "lm.output.weight", ck, "lm.output.weight", Some(&upto(c.hidden)), &v, path)?;
+            take(store, "lm.output.bias", ck, "lm.output.bias", None, &v, path)?;
+            Ok(format!(
+                "its LSTM layer(s) {layers:?} of {}, the first {} of its {} units and {} of its {} embedding dimensions",
+                t.layers, c.hidden, t.hidden, c.emb_dim, t.emb_dim
+            ))
+        })())
+    }
+
     fn schedule_fields(&self, progress: f32) -> Vec<(&'static str, f64)> {
         vec![("temperature", self.temperature_at(progress) as f64)]
     }
