@@ -327,6 +327,25 @@ fn binary_divergence_gradients(dev: Device) {
     }
 }
 
+fn hidden_state_loss_gradients(dev: Device) {
+    use codistill::ops::relation::HiddenLoss;
+    // Odd sizes; the relations with a teacher of another width.
+    for (kind, dt) in [(HiddenLoss::Mse, 5), (HiddenLoss::Cosine, 5), (HiddenLoss::Sp, 3), (HiddenLoss::RkdDistance, 7)] {
+        let t = Tensor::randn(&[6, dt], 1.0, &mut Rng::new(40));
+        let s = store_of(&[("h", Tensor::randn(&[6, 5], 1.0, &mut Rng::new(41)))]);
+        gradcheck(
+            dev,
+            &format!("hidden_loss {kind}"),
+            s,
+            move |g, s| {
+                let h = g.param(s, "h")?;
+                g.hidden_loss(kind, h, &on(&t, s))
+            },
+            Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
+        );
+    }
+}
+
 fn linear_and_mlp_module_gradients(dev: Device) {
     let mut rng = Rng::new(22);
     let mut s = ParamStore::new();
@@ -394,6 +413,7 @@ fn main() {
             ("softmax_kl_gradient_with_two_teachers_every_divergence", softmax_kl_gradient_with_two_teachers_every_divergence),
             ("bce_with_soft_targets_gradient", bce_with_soft_targets_gradient),
             ("binary_divergence_gradients", binary_divergence_gradients),
+            ("hidden_state_loss_gradients", hidden_state_loss_gradients),
             ("linear_and_mlp_module_gradients", linear_and_mlp_module_gradients),
             ("embedding_and_two_layer_lstm_module_gradients", embedding_and_two_layer_lstm_module_gradients),
         ],

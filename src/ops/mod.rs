@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod optim;
 
 pub mod reduce;
+pub mod relation;
 pub mod softmax_kl;
 
 use crate::tensor::{Device, Tensor};

@@ -1,0 +1,256 @@
+//! Losses between a student's and a teacher's hidden states of the same batch, the feature- and
+//! relation-based knowledge of the distillation survey:
+//!
+//! ```text
+//! Cosine       mean_r (1 - cos(a_r, b_r))                     DistilBERT's cosine term; a, b [N, D] (the student's mapped to D)
+//! Sp           (1/N^2) || rn(A A^T) - rn(B B^T) ||_F^2         similarity-preserving KD (Tung and Mori 2019); rn: each row over its L2 norm
+//! RkdDistance  mean_{i<j} huber(d^a_ij / mu_a - d^b_ij / mu_b)  relational KD's distance term (Park et al. 2019); d_ij = |x_i - x_j|, mu the mean d
+//! ```
+//!
+//! The relations compare `N x N` structures, so student and teacher widths may differ (no map).
+//! Gradients are with respect to the student's states; the teacher's are a constant. Computed in
+//! f64 on the host (a GPU tensor is copied there and its gradient back: correct, not fast; no
+//! kernel is written for them yet). The relations cost `O(N^2 D)`: a language-model batch of
+//! 32 x 35 rows is 1.25M pairs.
+
+mod tape;
+
+use crate::tensor::{Device, Tensor};
+use crate::{bail, Result};
+
+/// Which hidden-state loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HiddenLoss {
+    /// The mean squared difference (FitNets; the `hint_loss` before these).
+    #[default]
+    Mse,
+    Cosine,
+    Sp,
+    RkdDistance,
+}
+
+impl std::str::FromStr for HiddenLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mse" => Ok(HiddenLoss::Mse),
+            "cosine" => Ok(HiddenLoss::Cosine),
+            "sp" => Ok(HiddenLoss::Sp),
+            "rkd" | "rkd-distance" => Ok(HiddenLoss::RkdDistance),
+            _ => Err(format!("a hidden-state loss must be mse, cosine, sp or rkd, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for HiddenLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HiddenLoss::Mse => "mse",
+            HiddenLoss::Cosine => "cosine",
+            HiddenLoss::Sp => "sp",
+            HiddenLoss::RkdDistance => "rkd",
+        })
+    }
+}
+
+impl HiddenLoss {
+    /// Whether the loss compares rows across the batch (any widths) rather than matched units.
+    pub fn relational(self) -> bool {
+        matches!(self, HiddenLoss::Sp | HiddenLoss::RkdDistance)
+    }
+}
+
+const EPS: f64 = 1e-12;
+
+fn cosine(a: &[f64], b: &[f64], n: usize, d: usize, grad: &mut [f64]) -> f64 {
+    let mut total = 0.0;
+    for r in 0..n {
+        let (x, y) = (&a[r * d..(r + 1) * d], &b[r * d..(r + 1) * d]);
+        let (xx, yy, xy) = x.iter().zip(y).fold((0.0, 0.0, 0.0), |(xx, yy, xy), (&p, &q)| (xx + p * p, yy + q * q, xy + p * q));
+        let (nx, ny) = (xx.sqrt().max(EPS), yy.sqrt().max(EPS));
+        let c = xy / (nx * ny);
+        total += 1.0 - c;
+        for ((g, &p), &q) in grad[r * d..(r + 1) * d].iter_mut().zip(x).zip(y) {
+            *g = -(q / (nx * ny) - c * p / (nx * nx)) / n as f64;
+        }
+    }
+    total / n as f64
+}
+
+/// Row-normalised Gram matrix `rn(X X^T)` and the row norms of `X X^T`.
+fn gram_rows(x: &[f64], n: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut g = vec![0.0; n * n];
+    for i in 0..n {
+        for j in i..n {
+            let v: f64 = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| p * q).sum();
+            g[i * n + j] = v;
+            g[j * n + i] = v;
+        }
+    }
+    let norms: Vec<f64> = (0..n).map(|i| g[i * n..(i + 1) * n].iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
+    for i in 0..n {
+        g[i * n..(i + 1) * n].iter_mut().for_each(|v| *v /= norms[i]);
+    }
+    (g, norms)
+}
+
+fn sp(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut [f64]) -> f64 {
+    let (ga, na) = gram_rows(a, n, da);
+    let (gb, _) = gram_rows(b, n, db);
+    let nn = (n * n) as f64;
+    let diff: Vec<f64> = ga.iter().zip(&gb).map(|(x, y)| x - y).collect();
+    let loss = diff.iter().map(|v| v * v).sum::<f64>() / nn;
+    // d/d rn(G)_i = 2 D_i / N^2; through the row normalisation: (u - g (g . u)) / |G_i|.
+    let mut dg = vec![0.0; n * n];
+    for i in 0..n {
+        let row = &ga[i * n..(i + 1) * n];
+        let u: Vec<f64> = diff[i * n..(i + 1) * n].iter().map(|v| 2.0 * v / nn).collect();
+        let dot: f64 = row.iter().zip(&u).map(|(p, q)| p * q).sum();
+        for j in 0..n {
+            dg[i * n + j] = (u[j] - row[j] * dot) / na[i];
+        }
+    }
+    // G = A A^T: dA = (dG + dG^T) A.
+    grad.iter_mut().for_each(|g| *g = 0.0);
+    for i in 0..n {
+        for j in 0..n {
+            let w = dg[i * n + j] + dg[j * n + i];
+            if w != 0.0 {
+                for k in 0..da {
+                    grad[i * da + k] += w * a[j * da + k];
+                }
+            }
+        }
+    }
+    loss
+}
+
+fn distances(x: &[f64], n: usize, d: usize) -> (Vec<f64>, f64) {
+    let mut dist = vec![0.0; n * n];
+    let mut sum = 0.0;
+    for i in 0..n {
+        for j in i + 1..n {
+            let v = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt();
+            dist[i * n + j] = v;
+            sum += v;
+        }
+    }
+    let pairs = (n * (n - 1) / 2) as f64;
+    (dist, (sum / pairs).max(EPS))
+}
+
+fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut [f64]) -> f64 {
+    grad.iter_mut().for_each(|g| *g = 0.0);
+    if n < 2 {
+        return 0.0;
+    }
+    let (dsa, mua) = distances(a, n, da);
+    let (dsb, mub) = distances(b, n, db);
+    let pairs = (n * (n - 1) / 2) as f64;
+    let (mut loss, mut dpsi) = (0.0, vec![0.0; n * n]);
+    for i in 0..n {
+        for j in i + 1..n {
+            let e = dsa[i * n + j] / mua - dsb[i * n + j] / mub;
+            // Huber (smooth L1, delta 1), as the authors' code.
+            let (l, dl) = if e.abs() < 1.0 { (0.5 * e * e, e) } else { (e.abs() - 0.5, e.signum()) };
+            loss += l / pairs;
+            dpsi[i * n + j] = dl / pairs;
+        }
+    }
+    // psi = d / mu, mu = mean d: dL/dd_kl = dpsi_kl / mu - (sum_ij dpsi_ij d_ij) / (P mu^2).
+    let cross: f64 = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| dpsi[i * n + j] * dsa[i * n + j]).sum::<f64>();
+    let common = cross / (pairs * mua * mua);
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = dsa[i * n + j];
+            if d <= EPS {
+                continue;
+            }
+            let dd = dpsi[i * n + j] / mua - common;
+            for k in 0..da {
+                let v = dd * (a[i * da + k] - a[j * da + k]) / d;
+                grad[i * da + k] += v;
+                grad[j * da + k] -= v;
+            }
+        }
+    }
+    loss
+}
+
+/// CPU twin: the loss of the student's `a [n, da]` against the teacher's `b [n, db]`, and its
+/// gradient with respect to `a` written to `grad [n * da]` (fully). Mse and Cosine need `da == db`.
+pub fn hidden_loss_cpu(kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usize, db: usize, grad: &mut [f32]) -> f64 {
+    let (a64, b64): (Vec<f64>, Vec<f64>) = (a.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect());
+    let mut g = vec![0.0; n * da];
+    let loss = match kind {
+        HiddenLoss::Mse => {
+            let m = (n * da) as f64;
+            let mut s = 0.0;
+            for ((gv, &p), &q) in g.iter_mut().zip(&a64).zip(&b64) {
+                s += (p - q) * (p - q);
+                *gv = 2.0 * (p - q) / m;
+            }
+            s / m
+        }
+        HiddenLoss::Cosine => cosine(&a64, &b64, n, da, &mut g),
+        HiddenLoss::Sp => sp(&a64, &b64, n, da, db, &mut g),
+        HiddenLoss::RkdDistance => rkd_distance(&a64, &b64, n, da, db, &mut g),
+    };
+    for (o, v) in grad.iter_mut().zip(&g) {
+        *o = *v as f32;
+    }
+    loss
+}
+
+/// Tensor entry: `student [N, Da]`, `teacher [N, Db]` (one device); the loss and the gradient
+/// with respect to the student's states, on the student's device.
+pub fn hidden_loss(kind: HiddenLoss, student: &Tensor, teacher: &Tensor) -> Result<(f64, Tensor)> {
+    let (n, da) = student.expect_2d("student hidden states")?;
+    let (nb, db) = teacher.expect_2d("teacher hidden states")?;
+    if nb != n {
+        bail!(Invalid, "hidden-state loss: the student has {n} rows and the teacher {nb}");
+    }
+    if !kind.relational() && da != db {
+        bail!(Invalid, "the {kind} hidden-state loss compares units: the student's width {da} must be the teacher's {db} (map it first)");
+    }
+    let dev = student.device();
+    let (a, b) = (student.to_device(Device::Cpu)?, teacher.to_device(Device::Cpu)?);
+    let mut grad = vec![0f32; n * da];
+    let loss = hidden_loss_cpu(kind, a.f32s()?, b.f32s()?, n, da, db, &mut grad);
+    if !loss.is_finite() {
+        bail!(Invalid, "the {kind} hidden-state loss is {loss}: the hidden states hold non-finite values");
+    }
+    Ok((loss, Tensor::from_f32(grad, &[n, da])?.to_device(dev)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    #[test]
+    fn each_loss_is_zero_where_its_knowledge_is_the_same() {
+        let (n, d) = (9, 4);
+        let a = Tensor::randn(&[n, d], 1.0, &mut Rng::new(1));
+        let av = a.to_vec_f32().unwrap();
+        // Cosine ignores a row's scale; the relations ignore a global scale (and SP a rotation too,
+        // here a sign flip of every unit); RKD a translation.
+        let scaled_rows =
+            Tensor::from_f32(av.chunks(d).enumerate().flat_map(|(r, row)| row.iter().map(move |v| v * (1.0 + r as f32))).collect(), &[n, d]).unwrap();
+        let flipped = Tensor::from_f32(av.iter().map(|v| -3.0 * v).collect(), &[n, d]).unwrap();
+        let shifted = Tensor::from_f32(av.iter().map(|v| 2.0 * v + 5.0).collect(), &[n, d]).unwrap();
+        let l = |k, t: &Tensor| hidden_loss(k, &a, t).unwrap().0;
+        assert!(l(HiddenLoss::Cosine, &scaled_rows) < 1e-12);
+        assert!(l(HiddenLoss::Sp, &flipped) < 1e-12);
+        assert!(l(HiddenLoss::RkdDistance, &shifted) < 1e-12);
+        assert!(l(HiddenLoss::Mse, &a) == 0.0);
+        // And not where it differs.
+        let other = Tensor::randn(&[n, 6], 1.0, &mut Rng::new(2));
+        assert!(l(HiddenLoss::Sp, &other) > 1e-3 && l(HiddenLoss::RkdDistance, &other) > 1e-3);
+        // Widths must agree for the unit-wise losses; rows always.
+        assert!(hidden_loss(HiddenLoss::Cosine, &a, &other).unwrap_err().to_string().contains("map it first"));
+        let short = Tensor::randn(&[n - 1, d], 1.0, &mut Rng::new(3));
+        assert!(hidden_loss(HiddenLoss::Sp, &a, &short).unwrap_err().to_string().contains("rows"));
+        assert!("angle".parse::<HiddenLoss>().unwrap_err().contains("mse, cosine, sp or rkd"));
+    }
+}

@@ -1,0 +1,17 @@
+//! The tape rule of `relation`: its [`Graph`] method. Part of the autograd layer (see
+//! docs/ARCHITECTURE.md).
+
+use super::{hidden_loss, HiddenLoss};
+use crate::autograd::scale;
+use crate::autograd::{Graph, Var};
+use crate::tensor::Tensor;
+use crate::Result;
+
+impl Graph {
+    /// A loss between the student's hidden states `h [N, D]` and the teacher's (a constant), a
+    /// scalar (see [`crate::ops::relation`]).
+    pub fn hidden_loss(&mut self, kind: HiddenLoss, h: Var, teacher: &Tensor) -> Result<Var> {
+        let (l, grad) = hidden_loss(kind, self.value(h), teacher)?;
+        Ok(self.push(Tensor::scalar(l as f32), &[h], move |g, grads| grads.add(h, scale(&grad, g.item()?)?)))
+    }
+}
