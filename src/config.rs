@@ -182,6 +182,9 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "generations"
         | "init_from"
         | "hint_weight"
+        | "hint_loss"
+        | "relation_weight"
+        | "relation_loss"
         | "independent_control" => "Distillation and codistillation (every task)",
         _ => "Devices, processes and seeds (every task)",
     }
@@ -357,6 +360,12 @@ macro_rules! with_run_options {
         generations: usize = 1,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
+        /// What the feature hint measures between the mapped student states and the teacher's: mse (FitNets) or cosine (1 - cosine similarity per row, DistilBERT's third term)
+        hint_loss: $crate::ops::relation::HiddenLoss = $crate::ops::relation::HiddenLoss::Mse,
+        /// Relation-based knowledge with --teacher: add this weight times a loss between the relations of the batch's rows in the student's last hidden layer and in the first teacher's (no map: widths may differ), from burn_in on; logged as relation_loss (0: off)
+        relation_weight: f32 = 0.0,
+        /// The relation the relation term compares: sp (similarity-preserving KD, the row-normalised Gram matrices) or rkd (relational KD's distance term, pairwise distances over their mean, Huber)
+        relation_loss: $crate::ops::relation::HiddenLoss = $crate::ops::relation::HiddenLoss::Sp,
         /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them
         independent_control: bool = false,
         /// Codistillation across processes: shared checkpoint directory (one process per model)

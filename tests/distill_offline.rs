@@ -518,7 +518,7 @@ fn a_click_models_feature_hints_fit_its_last_hidden_layer_to_the_teachers() {
     let term = |store: &codistill::ParamStore, grads: bool| {
         let mut g = if grads { codistill::autograd::Graph::new() } else { codistill::autograd::Graph::no_grad() };
         let (_, h) = sm.forward_hidden(&mut g, store, &ids, &dense).unwrap();
-        let l = codistill::train::hint_loss(&mut g, store, &map, h, &target, 1.0).unwrap();
+        let l = codistill::train::hint_loss(&mut g, store, &map, h, &target, 1.0, Default::default()).unwrap();
         (g.value(l).item().unwrap() as f64, g, l)
     };
     let (_, mut g, l) = term(&store, true);
@@ -737,4 +737,36 @@ fn a_student_is_initialised_from_its_teachers_layers() {
     assert!((tm[(2 * 8 + 3) * 32 + 5] - sm[(2 * 4 + 3) * 16 + 5]).abs() < 1e-6);
     let (to, so) = (get(&cck, "ctr.mlp.2.weight"), get(&sck, "ctr.mlp.1.weight"));
     assert!((to[3] - so[3]).abs() < 1e-6, "the output layer takes the teacher's output layer");
+}
+
+/// A cosine hint and the relation terms (similarity-preserving, RKD distance) train, are logged,
+/// fall, and are refused where they do not apply.
+#[test]
+fn cosine_hints_and_relation_terms_fall_as_the_student_learns_its_teachers_structure() {
+    use codistill::ops::relation::HiddenLoss;
+    let d = tmp("relations");
+    let base = small_lm(&d, 40);
+    let teacher = lm_teacher(&d, &base, 32, 400);
+    let run = |name: &str, f: &dyn Fn(&mut LmConfig)| {
+        let mut s = base.clone();
+        (s.steps, s.burn_in, s.alpha, s.out, s.teacher) = (400, 0, 0.5, d.join(name), paths(&[&teacher]));
+        f(&mut s);
+        lm::train(&s).map(|_| d.join(name).join("metrics.jsonl"))
+    };
+    let series = |m: &Path, key: &str| -> Vec<f64> { common::train_field(m, key).iter().map(|v| v.parse().unwrap()).collect() };
+    let cos = run("cosine", &|s| (s.hint_weight, s.hint_loss) = (1.0, HiddenLoss::Cosine)).unwrap();
+    let h = series(&cos, "hint_loss");
+    assert!(h.iter().all(|&x| (0.0..=2.0).contains(&x)) && *h.last().unwrap() < 0.5 * h[0], "cosine hint term: {h:?}");
+    for kind in [HiddenLoss::Sp, HiddenLoss::RkdDistance] {
+        let m = run(&format!("rel-{kind}"), &|s| (s.relation_weight, s.relation_loss) = (10.0, kind)).unwrap();
+        let r = series(&m, "relation_loss");
+        eprintln!("{kind} relation term: {r:?}");
+        assert!(r.iter().all(|x| x.is_finite()) && *r.last().unwrap() < 0.8 * r[0], "{kind} relation term did not fall: {r:?}");
+    }
+    let e = run("x", &|s| (s.hint_weight, s.hint_loss) = (1.0, HiddenLoss::Sp)).unwrap_err().to_string();
+    assert!(e.contains("relation_loss"), "{e}");
+    let e = run("x", &|s| (s.relation_weight, s.relation_loss) = (1.0, HiddenLoss::Cosine)).unwrap_err().to_string();
+    assert!(e.contains("sp or rkd"), "{e}");
+    let e = run("x", &|s| (s.relation_weight, s.teacher) = (1.0, Paths::default())).unwrap_err().to_string();
+    assert!(e.contains("--teacher"), "{e}");
 }

@@ -33,8 +33,14 @@ use std::path::Path;
 
 /// A feature hint (FitNets): `weight` times the mean squared difference between `map(h)`, the
 /// model's top hidden states mapped to the teacher's width, and the teacher's, `target`.
-pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target: &Tensor, weight: f32) -> Result<Var> {
+/// With `kind` [`HiddenLoss::Cosine`](crate::ops::relation::HiddenLoss), 1 minus their cosine
+/// similarity per row, averaged.
+pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target: &Tensor, weight: f32, kind: crate::ops::relation::HiddenLoss) -> Result<Var> {
     let p = map.forward(g, store, h)?;
+    if kind != crate::ops::relation::HiddenLoss::Mse {
+        let l = g.hidden_loss(kind, p, target)?;
+        return g.unary(Unary::Scale(weight), l);
+    }
     let t = g.constant(target.clone());
     let d = g.binary(Binary::Sub, p, t)?;
     let sq = g.mul(d, d)?;

@@ -56,7 +56,8 @@ crate::config_enum!(
     OptimizerChoice,
     crate::data::criteo::OnBadLine,
     crate::ops::softmax_kl::Divergence,
-    crate::distill::Anneal
+    crate::distill::Anneal,
+    crate::ops::relation::HiddenLoss
 );
 
 impl DeviceChoice {

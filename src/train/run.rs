@@ -284,6 +284,8 @@ struct Interval {
     loss: f64,
     steps: u64,
     hint: (f64, u64),
+    /// The weighted relation term (sum, count).
+    relation: (f64, u64),
     staleness: (u64, u64),
     norm: f64,
 }
@@ -469,6 +471,16 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         bail!(Invalid, "--teacher: {} checkpoint(s) given, {} loaded: the {} task does not load fixed teachers", o.teacher.0.len(), fixed.len(), T::NAME);
     }
     let hints = task.hints(o.hint_weight)?;
+    if o.hint_loss.relational() {
+        bail!(Invalid, "hint_loss {} compares relations, not mapped units: give it as relation_loss (with relation_weight)", o.hint_loss);
+    }
+    if !o.relation_loss.relational() {
+        bail!(Invalid, "relation_loss must be sp or rkd (got {}); mse and cosine are hint_loss's", o.relation_loss);
+    }
+    if o.relation_weight > 0.0 && o.teacher_logits.is_some() {
+        bail!(Invalid, "relation_weight needs the teachers' hidden states, which a cache does not hold: give --teacher");
+    }
+    let relation = o.relation_weight > 0.0 && super::options::check_hints(o.relation_weight, task.hint_widths().is_some(), "give --teacher")?;
     // A feature hint maps the model's last hidden layer to the first teacher's width.
     let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, task.hint_widths()) {
         (true, Some((from, to))) => Linear::new(store, &format!("{}.hint", T::PREFIX), from, to, true, rng).map(Some),
@@ -695,7 +707,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 }
                 if task.forward_teachers() {
                     for (k, (t, slot)) in fixed.iter().zip(m.fixed_carry.iter_mut()).enumerate() {
-                        let (out, h) = teacher_output(&be, &task, t.model, t.store, &batch, slot, k == 0 && hints)?;
+                        let (out, h) = teacher_output(&be, &task, t.model, t.store, &batch, slot, k == 0 && (hints || relation))?;
                         fixed_out.push(out);
                         hint_target = h.or(hint_target);
                     }
@@ -713,17 +725,27 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             let mix = distill.then(|| form.scheduled(step, o.burn_in, total, o.distill_schedule, o.distill_final));
             let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, mix)?;
             let hint_term = match (&hint_target, &hint) {
-                (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, hidden, target, o.hint_weight)?),
+                (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, hidden, target, o.hint_weight, o.hint_loss)?),
                 _ => None,
             };
-            let loss = match hint_term {
-                Some(term) => g.add(loss, term)?,
-                None => loss,
+            let relation_term = match (&hint_target, relation) {
+                (Some(target), true) => {
+                    let l = g.hidden_loss(o.relation_loss, hidden, target)?;
+                    Some(g.unary(crate::ops::elementwise::Unary::Scale(o.relation_weight), l)?)
+                }
+                _ => None,
             };
+            let mut loss = loss;
+            for term in [hint_term, relation_term].into_iter().flatten() {
+                loss = g.add(loss, term)?;
+            }
             let lv = g.value(loss).item()? as f64;
             // Read after the loss, whose read already waited for the device.
             if let Some(term) = hint_term {
                 m.interval.hint = (m.interval.hint.0 + g.value(term).item()? as f64, m.interval.hint.1 + 1);
+            }
+            if let Some(term) = relation_term {
+                m.interval.relation = (m.interval.relation.0 + g.value(term).item()? as f64, m.interval.relation.1 + 1);
             }
             check_loss(lv, step, m.index, &mut m.last_loss)?;
             let grads = g.backward(loss)?;
@@ -769,6 +791,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 let i = std::mem::take(&mut m.interval);
                 let stale = if i.staleness.1 > 0 { i.staleness.0 as f64 / i.staleness.1 as f64 } else { f64::NAN };
                 let hint_loss = if i.hint.1 > 0 { i.hint.0 / i.hint.1 as f64 } else { f64::NAN };
+                let relation_loss = if i.relation.1 > 0 { i.relation.0 / i.relation.1 as f64 } else { f64::NAN };
                 let mut tail = json!({"lr": lr as f64, "grad_norm": i.norm});
                 if schedule.weight > 0.0 {
                     // The term's weight and the task's scheduled settings at this step.
@@ -780,7 +803,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 }
                 // The process's rate: every model here.
                 tail[format!("{}_per_s", T::UNIT)] = json!(rate);
-                let tail = event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss}));
+                let tail =
+                    event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss, "relation_loss": relation_loss}));
                 let head = event(json!({"event": "train", "step": step, "model": m.index, "loss": mean}), task.train_fields(mean));
                 log.write(event(head, tail))?;
             }
