@@ -21,6 +21,10 @@ pub struct Checkpoint {
     /// Tensors in name order.
     pub tensors: BTreeMap<String, Tensor>,
     pub meta: BTreeMap<String, String>,
+    /// Quantized weights (written as I8, each with its F32 `<name>.scale` in `tensors`: shape
+    /// `[rows, 1]` for one scale per row, `[1, cols]` per column); reading a file turns them back
+    /// into `tensors` (`q * scale`), so every loader sees the quantized model's weights.
+    pub int8: BTreeMap<String, (Vec<i8>, Vec<usize>)>,
 }
 
 fn checksum<'a>(items: impl Iterator<Item = (&'a String, &'a [usize], &'a [u8])>) -> String {
@@ -37,7 +41,7 @@ fn checksum<'a>(items: impl Iterator<Item = (&'a String, &'a [usize], &'a [u8])>
 
 impl Checkpoint {
     pub fn new() -> Self {
-        Checkpoint { tensors: BTreeMap::new(), meta: BTreeMap::new() }
+        Checkpoint { tensors: BTreeMap::new(), meta: BTreeMap::new(), int8: BTreeMap::new() }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -52,6 +56,10 @@ impl Checkpoint {
             };
             bytes.push((name.clone(), t.shape().to_vec(), data, dt));
         }
+        for (name, (q, shape)) in &self.int8 {
+            bytes.push((name.clone(), shape.clone(), bytemuck::cast_slice(q).to_vec(), Dtype::I8));
+        }
+        bytes.sort_by(|a, b| a.0.cmp(&b.0));
         let mut meta: HashMap<String, String> = self.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         meta.insert(CHECKSUM_KEY.into(), checksum(bytes.iter().map(|(n, s, b, _)| (n, s.as_slice(), b.as_slice()))));
         let views = bytes
@@ -60,6 +68,24 @@ impl Checkpoint {
             .collect::<Result<Vec<_>>>()?;
         let out = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(format!("{}: cannot serialise checkpoint: {e}", path.display())))?;
         write_atomic(path, &out)
+    }
+
+    /// Store every quantized parameter (see [`crate::ops::quant::quantized_param`]) as `bits`-bit
+    /// levels and scales instead of f32 (a quantized model's weights-only checkpoint).
+    pub fn quantize_weights(&mut self, bits: u32) -> Result<()> {
+        let names: Vec<String> =
+            self.tensors.iter().filter(|(n, t)| crate::ops::quant::quantized_param(n, t.shape()).is_some()).map(|(n, _)| n.clone()).collect();
+        for name in names {
+            let t = self.tensors.remove(&name).expect("listed").to_device(crate::tensor::Device::Cpu)?;
+            let per_row = crate::ops::quant::quantized_param(&name, t.shape()).unwrap_or(false);
+            let (rows, cols) = t.expect_2d(&name)?;
+            let (q, scales) = crate::ops::quant::quantize(t.f32s()?, rows, cols, bits, per_row);
+            let shape = if per_row { [rows, 1] } else { [1, cols] };
+            self.tensors.insert(format!("{name}.scale"), Tensor::from_f32(scales, &shape)?);
+            self.int8.insert(name, (q, vec![rows, cols]));
+        }
+        self.meta.insert("quantized".into(), format!("int{bits}"));
+        Ok(())
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint> {
@@ -92,7 +118,12 @@ impl Checkpoint {
                 return Err(bad(format!("checksum {got} does not match the recorded {want}: the file is corrupted")));
             }
         }
+        let mut int8 = BTreeMap::new();
         for (name, v) in named {
+            if v.dtype() == Dtype::I8 {
+                int8.insert(name, (bytemuck::cast_slice::<u8, i8>(v.data()).to_vec(), v.shape().to_vec()));
+                continue;
+            }
             let t = match v.dtype() {
                 Dtype::F32 => Tensor::from_f32(bytemuck::pod_collect_to_vec(v.data()), v.shape())?,
                 Dtype::I32 => Tensor::from_i32(bytemuck::pod_collect_to_vec(v.data()), v.shape())?,
@@ -101,7 +132,22 @@ impl Checkpoint {
             };
             tensors.insert(name, t);
         }
-        Ok(Checkpoint { tensors, meta })
+        // Quantized weights back to f32, q times the scale of their row or column.
+        for (name, (q, shape)) in int8 {
+            let scale = tensors.remove(&format!("{name}.scale")).ok_or_else(|| bad(format!("the I8 tensor {name} has no {name}.scale")))?;
+            let (rows, cols) = match shape.as_slice() {
+                [r, c] => (*r, *c),
+                s => return Err(bad(format!("the I8 tensor {name} has shape {s:?}, not a matrix"))),
+            };
+            let per_row = match scale.shape() {
+                [r, 1] if *r == rows => true,
+                [1, c] if *c == cols => false,
+                s => return Err(bad(format!("{name}.scale has shape {s:?}, not [{rows}, 1] or [1, {cols}]"))),
+            };
+            let w = crate::ops::quant::dequantize(&q, scale.f32s()?, rows, cols, per_row);
+            tensors.insert(name, Tensor::from_f32(w, &shape)?);
+        }
+        Ok(Checkpoint { tensors, meta, int8: BTreeMap::new() })
     }
 
     /// A metadata entry, or an error naming the checkpoint and the key.
@@ -147,6 +193,34 @@ mod tests {
         assert_eq!(c.tensors["w"], Tensor::randn(&[3, 5], 1.0, &mut Rng::new(1)));
         assert_eq!(c.tensors["ids"].i32s().unwrap(), &[1, 2, 3]);
         assert!(c.meta("absent", &p).unwrap_err().to_string().contains("absent"));
+    }
+
+    #[test]
+    fn quantized_weights_are_stored_as_int8_and_read_back_as_their_levels() {
+        let d = dir("quantized");
+        let mut c = Checkpoint::new();
+        let w = Tensor::randn(&[60, 40], 1.0, &mut Rng::new(3));
+        c.tensors.insert("m.embedding.weight".into(), w.clone());
+        c.tensors.insert("m.out.weight".into(), w.clone());
+        c.tensors.insert("m.out.bias".into(), Tensor::randn(&[40], 1.0, &mut Rng::new(4)));
+        let full = c.clone();
+        c.quantize_weights(8).unwrap();
+        let path = d.join("q.safetensors");
+        c.save(&path).unwrap();
+        let plain = std::fs::metadata(d.join("q.safetensors")).unwrap().len();
+        full.save(&d.join("f.safetensors")).unwrap();
+        // Two 60 x 40 matrices at a byte a weight, against four.
+        assert!(plain * 3 < std::fs::metadata(d.join("f.safetensors")).unwrap().len() * 2);
+        let back = Checkpoint::load(&path).unwrap();
+        assert_eq!(back.tensors.keys().collect::<Vec<_>>(), full.tensors.keys().collect::<Vec<_>>());
+        assert_eq!(back.meta["quantized"], "int8");
+        // Embedding rows and matrix columns each have their scale; the bias is kept as it was.
+        let wv = w.to_vec_f32().unwrap();
+        for (name, per_row) in [("m.embedding.weight", true), ("m.out.weight", false)] {
+            let (q, s) = crate::ops::quant::quantize(&wv, 60, 40, 8, per_row);
+            assert_eq!(back.tensors[name].to_vec_f32().unwrap(), crate::ops::quant::dequantize(&q, &s, 60, 40, per_row), "{name}");
+        }
+        assert_eq!(back.tensors["m.out.bias"].to_vec_f32().unwrap(), full.tensors["m.out.bias"].to_vec_f32().unwrap());
     }
 
     #[test]

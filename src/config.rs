@@ -181,6 +181,7 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "teacher_confidence"
         | "generations"
         | "init_from"
+        | "quantize"
         | "hint_weight"
         | "hint_loss"
         | "relation_weight"
@@ -356,6 +357,8 @@ macro_rules! with_run_options {
         teacher_confidence: bool = false,
         /// Initialise the model from a trained checkpoint of this task instead of at random, as DistilBERT initialises its student: each weight from the checkpoint's, its leading units where the checkpoint is wider, layer i of L from the checkpoint's layer i * L_t / L where it is deeper (every other layer of one twice as deep); the same inputs (vocabulary, buckets) needed
         init_from: Option<std::path::PathBuf> = None,
+        /// Quantized training (Polino et al. 2018's quantized distillation with --teacher): the model's weight matrices quantized per output channel to int8 or int4 in every forward pass (fake quantization), the gradient applied to full-precision shadow weights (straight-through estimator); validation and the end's scores use the quantized weights, and best.safetensors stores them as int8 levels and scales (none: f32)
+        quantize: $crate::ops::quant::Quant = $crate::ops::quant::Quant::None,
         /// Born-again networks: train this many generations, each a fresh model of the same shape (the next seed) distilled from the previous generation's best checkpoint with the run's distillation settings (generation 0 as configured), into out/gen-<g>, with out/generations.json (1: one plain run)
         generations: usize = 1,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)

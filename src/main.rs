@@ -68,6 +68,13 @@ fn cli() -> Command {
                 .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("The state dict to write (.safetensors)")),
         )
         .subcommand(
+            Command::new("quantize")
+                .about("Quantize a trained checkpoint's weight matrices after training (per output channel, int8 or int4) into a weights-only checkpoint every command takes as a model: the post-training baseline of quantized distillation")
+                .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A language- or click-model checkpoint"))
+                .arg(Arg::new("bits").long("bits").value_name("8|4").default_value("8").help("Bits per weight"))
+                .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("The quantized checkpoint to write")),
+        )
+        .subcommand(
             Command::new("import")
                 .about("Turn a PyTorch state dict (safetensors, the names and layouts of docs/pytorch.md) into a checkpoint every command takes as a model or teacher")
                 .arg(Arg::new("task").long("task").value_name("lm|criteo").required(true).help("What the state dict is: a language model or a click model"))
@@ -380,6 +387,20 @@ fn run(m: &ArgMatches) -> Result<()> {
                 (PathBuf::from(a.get_one::<String>("checkpoint").expect("required")), PathBuf::from(a.get_one::<String>("out").expect("required")));
             let what = codistill::tasks::pytorch::export(&ckpt, &out)?;
             println!("wrote {} as a PyTorch state dict ({what}) to {}", ckpt.display(), out.display());
+            Ok(())
+        }
+        Some(("quantize", a)) => {
+            let (ckpt, out) =
+                (PathBuf::from(a.get_one::<String>("checkpoint").expect("required")), PathBuf::from(a.get_one::<String>("out").expect("required")));
+            let bits: u32 = num(a, "bits")?;
+            codistill::ops::quant::Quant::of_bits(bits)?;
+            let mut c = codistill::checkpoint::Checkpoint::load(&ckpt)?;
+            // Weights only: the optimizer's moments and the resume position go.
+            c.tensors.retain(|k, _| !k.starts_with("optim/"));
+            c.meta.remove("optimizer_steps");
+            c.quantize_weights(bits)?;
+            c.save(&out)?;
+            println!("wrote {} quantized to int{bits} ({} matrices) to {}", ckpt.display(), c.int8.len(), out.display());
             Ok(())
         }
         Some(("import", a)) => {

@@ -306,6 +306,19 @@ impl ParamStore {
 
     /// Copy the weights of `src` (same names and shapes) into this store's own buffers, in place
     /// when no one else holds them: a publish into a reused standby buffer allocates nothing.
+    /// A copy of the weights with every quantized parameter (see
+    /// [`crate::ops::quant::quantized_param`]) fake-quantized to `bits`: what the forward pass of a
+    /// quantized run reads.
+    pub fn quantized_copy(&self, bits: u32) -> Result<ParamStore> {
+        let mut out = self.copy_of_weights()?;
+        for (name, p) in self.iter() {
+            if let Some(per_row) = crate::ops::quant::quantized_param(name, p.value.shape()) {
+                out.set(name, crate::ops::quant::fake_quant(&p.value, bits, per_row)?)?;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn copy_weights_from(&mut self, src: &ParamStore) -> Result<()> {
         self.copy_weights_changed_since(src, None).map(|_| ())
     }

@@ -770,3 +770,43 @@ fn cosine_hints_and_relation_terms_fall_as_the_student_learns_its_teachers_struc
     let e = run("x", &|s| (s.relation_weight, s.teacher) = (1.0, Paths::default())).unwrap_err().to_string();
     assert!(e.contains("--teacher"), "{e}");
 }
+
+/// Quantized distillation: the forward pass reads int8 (or int4) weights, the best checkpoint
+/// stores them as levels and scales, and every command loads it as the quantized model.
+#[test]
+fn a_quantized_student_trains_on_its_levels_and_its_checkpoint_holds_them() {
+    use codistill::checkpoint::Checkpoint;
+    use codistill::ops::quant::Quant;
+    let d = tmp("quant");
+    let mut t = small_criteo(&d);
+    (t.emb_dim, t.mlp, t.out) = (8, "32".into(), d.join("t"));
+    let teacher = criteo::train(&t).unwrap().valid[0];
+    let student = |name: &str, q: Quant, distill: bool| {
+        let mut s = small_criteo(&d);
+        (s.emb_dim, s.mlp, s.burn_in, s.quantize, s.out) = (4, "16".into(), 0, q, d.join(name));
+        if distill {
+            s.teacher = paths(&[&d.join("t/checkpoint.safetensors")]);
+        }
+        criteo::train(&s).unwrap().valid[0]
+    };
+    let q8 = student("q8", Quant::Int8, true);
+    let q4 = student("q4", Quant::Int4, true);
+    let full = student("f32", Quant::None, true);
+    eprintln!("teacher {}; students: f32 {}, int8 {}, int4 {}", teacher.log_loss, full.log_loss, q8.log_loss, q4.log_loss);
+    assert!((q8.log_loss - full.log_loss).abs() < 0.01, "int8 costs more than 0.01: {} vs {}", q8.log_loss, full.log_loss);
+    assert!(q4.log_loss < 0.69, "the int4 student learned nothing: {}", q4.log_loss);
+    // The best checkpoint: at most 255 (15) distinct weights per column, read back as the levels
+    // times their column's scale.
+    for (name, levels) in [("q8", 255), ("q4", 15)] {
+        let ck = Checkpoint::load(&d.join(name).join("best.safetensors")).unwrap();
+        assert!(ck.meta["quantized"].starts_with("int"));
+        let w = ck.tensors["ctr.mlp.0.weight"].to_vec_f32().unwrap();
+        let cols = 16;
+        for c in 0..cols {
+            let mut vals: Vec<u32> = w.iter().skip(c).step_by(cols).map(|v| v.to_bits()).collect();
+            vals.sort_unstable();
+            vals.dedup();
+            assert!(vals.len() <= levels, "{name}: column {c} has {} distinct weights", vals.len());
+        }
+    }
+}

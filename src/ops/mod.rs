@@ -11,6 +11,7 @@ pub mod lstm;
 pub mod math;
 pub mod matmul;
 pub mod optim;
+pub mod quant;
 
 pub mod reduce;
 pub mod relation;

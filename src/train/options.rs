@@ -57,7 +57,8 @@ crate::config_enum!(
     crate::data::criteo::OnBadLine,
     crate::ops::softmax_kl::Divergence,
     crate::distill::Anneal,
-    crate::ops::relation::HiddenLoss
+    crate::ops::relation::HiddenLoss,
+    crate::ops::quant::Quant
 );
 
 impl DeviceChoice {

@@ -370,7 +370,7 @@ pub(super) fn teacher_output<T: Task>(
 
 /// A model's checkpoint: weights, step, config and records, and with `resumable` the optimizer
 /// state and the stream's position (a best-validation checkpoint holds the weights only).
-fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64, resumable: bool) -> Result<()> {
+fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64, resumable: bool, quant: Option<u32>) -> Result<()> {
     let mut c = Checkpoint::new();
     for (name, p) in m.store.iter() {
         c.tensors.insert(name.clone(), p.value.clone());
@@ -391,6 +391,11 @@ fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64, resumable: boo
         c.meta.insert(DATA_KEY.into(), format!("{d:016x}"));
     }
     task.save_extra(&mut c, &m.stream, &m.carry);
+    // A quantized run's weights-only checkpoint holds the quantized model (the resumable one keeps
+    // the shadow weights the optimizer trains).
+    if let (Some(bits), false) = (quant, resumable) {
+        c.quantize_weights(bits)?;
+    }
     c.save(path)
 }
 
@@ -487,6 +492,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         _ => Ok(None),
     };
     let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
+    let quant = o.quantize.bits();
     let init_ck = o.init_from.as_ref().map(|p| Checkpoint::load(p).map(|c| (c, p.clone()))).transpose()?;
     let mut members: Vec<Member<T>> = Vec::new();
     for local in 0..o.models {
@@ -717,7 +723,10 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 }
             }
             let mut g = Graph::new().with_backend(be);
-            let (out, hidden, next) = task.forward(model, &mut g, &m.store, &batch, &m.carry, Some((step, m.index)))?;
+            // A quantized run's forward pass reads the quantized weights; their gradients go to the
+            // shadow weights by name (the straight-through estimator).
+            let quantized = quant.map(|bits| m.store.quantized_copy(bits)).transpose()?;
+            let (out, hidden, next) = task.forward(model, &mut g, quantized.as_ref().unwrap_or(&m.store), &batch, &m.carry, Some((step, m.index)))?;
             if let (Some(w), false) = (&teacher_weights, fixed_out.is_empty()) {
                 let folded = task.mix_teachers(&fixed_out, w, o.teacher_confidence, Anneal::progress(step, o.burn_in, total));
                 fixed_out = vec![folded.ok_or_else(|| Error::Invalid(format!("teacher_weights: the {} task does not weigh teachers", T::NAME)))??];
@@ -725,7 +734,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             let mix = distill.then(|| form.scheduled(step, o.burn_in, total, o.distill_schedule, o.distill_final));
             let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, mix)?;
             let hint_term = match (&hint_target, &hint) {
-                (Some(target), Some(map)) => Some(super::hint_loss(&mut g, &m.store, map, hidden, target, o.hint_weight, o.hint_loss)?),
+                (Some(target), Some(map)) => {
+                    Some(super::hint_loss(&mut g, quantized.as_ref().unwrap_or(&m.store), map, hidden, target, o.hint_weight, o.hint_loss)?)
+                }
                 _ => None,
             };
             let relation_term = match (&hint_target, relation) {
@@ -814,7 +825,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         if due(step, o.eval_every, epoch_end, last) {
             for m in members.iter_mut() {
                 // Suspended: the evaluation draws its own progress bar.
-                let Some(v) = bar.suspend(|| task.validate(model, &m.store))? else { continue };
+                let quantized = quant.map(|bits| m.store.quantized_copy(bits)).transpose()?;
+                let Some(v) = bar.suspend(|| task.validate(model, quantized.as_ref().unwrap_or(&m.store)))? else { continue };
                 let improved = m.best.is_none_or(|b| v.loss() < b);
                 if improved {
                     m.best = Some(v.loss());
@@ -823,14 +835,14 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 log.write(event(json!({"event": "valid", "step": step, "model": m.index}), v.fields()))?;
                 m.last = Some(v);
                 if improved {
-                    save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, true), m, step, false)?;
+                    save(&task, &task.checkpoint_path(&o.out, m.index, o.models > 1, true), m, step, false, quant)?;
                 }
             }
         }
         if due(step, o.checkpoint_every, epoch_end, last) || epoch_end {
             for m in &members {
                 let path = task.checkpoint_path(&o.out, m.index, o.models > 1, false);
-                save(&task, &path, m, step, true)?;
+                save(&task, &path, m, step, true, quant)?;
                 if o.keep_checkpoints {
                     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("checkpoint");
                     // A copy of the file just written (serialising the model again would cost as much).
@@ -844,6 +856,14 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     bar.finish_and_clear();
     drop(exchange);
+    if let Some(bits) = quant {
+        // The last checkpoint holds the shadow weights; what is scored from here on is the
+        // quantized model.
+        for m in members.iter_mut() {
+            let q = m.store.quantized_copy(bits)?;
+            m.store.copy_weights_from(&q)?;
+        }
+    }
     step_times.write(&o.out)?;
     let ensemble = match members.len() {
         0 | 1 => None,
