@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Quantized distillation (Polino et al. 2018; issue 26) on synthetic click logs of one hidden
+# model: a teacher of the default size on TEACHER_ROWS rows the students never see, and a narrow
+# student (--emb-dim 4 --mlp 32,16) on its own 1M rows, one pass each, the same steps in every arm:
+#   int8/int4 student distilled from the teacher (--quantize, --teacher, the paper's form, lambda 1)
+#   int8/int4 student on the labels only (--quantize)
+#   f32 student on the labels, and distilled, each quantized after training (codistill quantize)
+# Prints each arm's validation log-loss and AUC on a validation log of the same hidden model.
+# Usage: [BIN=...] [SEED=1] [TEACHER_ROWS=1000000] scripts/quantized_distill.sh OUT
+set -euo pipefail
+OUT=${1:-runs/quantized-distill}
+BIN=${BIN:-target/release/codistill}
+SEED=${SEED:-1}
+TEACHER_ROWS=${TEACHER_ROWS:-1000000}
+mkdir -p "$OUT/data"
+gen() { [ -f "$OUT/data/$1.tsv" ] || "$BIN" criteo generate --out "$OUT/data/$1.tsv" --rows "$2" --model-seed 1 --seed "$3" > /dev/null; }
+gen teacher "$TEACHER_ROWS" 11
+gen train 1000000 12
+gen valid 100000 13
+COMMON=(--device cpu --cache "$OUT/cache" --log-every 100000 --valid "$OUT/data/valid.tsv")
+[ -f "$OUT/teacher/result.json" ] || "$BIN" criteo train "${COMMON[@]}" --train "$OUT/data/teacher.tsv" --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1
+T="$OUT/teacher/checkpoint.safetensors"
+STUDENT=("${COMMON[@]}" --train "$OUT/data/train.tsv" --emb-dim 4 --mlp 32,16 --seed "$SEED")
+run() { local r="$OUT/$1"; shift; [ -f "$r/result.json" ] || "$BIN" criteo train "${STUDENT[@]}" "$@" --out "$r" > "$r.log" 2>&1; }
+run f32-labels
+run f32-kd --teacher "$T" --burn-in 0
+for Q in int8 int4; do
+  run "$Q-kd" --quantize "$Q" --teacher "$T" --burn-in 0
+  run "$Q-labels" --quantize "$Q"
+  for A in labels kd; do
+    "$BIN" quantize --checkpoint "$OUT/f32-$A/checkpoint.safetensors" --bits "${Q#int}" --out "$OUT/ptq-$Q-$A.safetensors" > /dev/null
+  done
+done
+score() { "$BIN" criteo eval --checkpoint "$1" --file "$OUT/data/valid.tsv" --cache "$OUT/cache"; }
+{
+  echo "teacher $(score "$T")"
+  for A in f32-labels f32-kd int8-kd int8-labels int4-kd int4-labels; do
+    # The quantized runs' checkpoint.safetensors holds the shadow weights; best.safetensors the
+    # quantized model (validated once, at the end of the pass).
+    f="$OUT/$A/checkpoint.safetensors"; [ -f "$OUT/$A/best.safetensors" ] && f="$OUT/$A/best.safetensors"
+    echo "$A $(score "$f")"
+  done
+  for Q in int8 int4; do for A in labels kd; do echo "ptq-$Q-$A $(score "$OUT/ptq-$Q-$A.safetensors")"; done; done
+} | tee "$OUT/summary.txt"
