@@ -485,7 +485,15 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     if o.relation_weight > 0.0 && o.teacher_logits.is_some() {
         bail!(Invalid, "relation_weight needs the teachers' hidden states, which a cache does not hold: give --teacher");
     }
-    let relation = o.relation_weight > 0.0 && super::options::check_hints(o.relation_weight, task.hint_widths().is_some(), "give --teacher")?;
+    // The relation term reads the same teacher states as a hint (and is refused where hints are).
+    if !(o.relation_weight >= 0.0 && o.relation_weight.is_finite()) {
+        bail!(Invalid, "relation_weight must be a finite number >= 0, got {}", o.relation_weight);
+    }
+    let relation = o.relation_weight > 0.0
+        && task.hints(o.relation_weight).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(m.replace("hint_weight: feature hints come", "relation_weight: relations come")),
+            other => other,
+        })?;
     // A feature hint maps the model's last hidden layer to the first teacher's width.
     let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, task.hint_widths()) {
         (true, Some((from, to))) => Linear::new(store, &format!("{}.hint", T::PREFIX), from, to, true, rng).map(Some),
