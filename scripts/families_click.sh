@@ -7,7 +7,7 @@
 # 1); KD with the weight fading linearly to 0; two teachers (the teacher and the labels-only
 # student) averaged, weighted 0.8/0.2, and weighted by confidence; a born-again second generation
 # of the labels-only student (same size, distilled from it); KD started from the teacher's layers
-# (--init-from). No weight was tuned. Prints each arm's final validation log-loss and AUC.
+# (--init-from); KD with a discriminator (adversarial weight 0.1). No weight was tuned. Prints each arm's final validation log-loss and AUC.
 # Usage: [BIN=...] [SEEDS="1 2"] scripts/families_click.sh OUT
 set -euo pipefail
 OUT=${1:-runs/quantized-distill}
@@ -29,6 +29,7 @@ for S in $SEEDS; do
   run two-confidence --teacher "$T,$L" --burn-in 0 --teacher-confidence true
   run born-again --teacher "$L" --burn-in 0
   run init-from --teacher "$T" --burn-in 0 --init-from "$T"
+  run adversarial --teacher "$T" --burn-in 0 --adversarial-weight 0.1
 done
 python3 - "$OUT" <<'PY'
 import glob, json, re, sys

@@ -182,6 +182,8 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "generations"
         | "init_from"
         | "quantize"
+        | "adversarial_weight"
+        | "adversarial_hidden"
         | "hint_weight"
         | "hint_loss"
         | "relation_weight"
@@ -359,6 +361,10 @@ macro_rules! with_run_options {
         init_from: Option<std::path::PathBuf> = None,
         /// Quantized training (Polino et al. 2018's quantized distillation with --teacher): the model's weight matrices quantized per output channel to int8 or int4 in every forward pass (fake quantization), the gradient applied to full-precision shadow weights (straight-through estimator); validation and the end's scores use the quantized weights, and best.safetensors stores them as int8 levels and scales (none: f32)
         quantize: $crate::ops::quant::Quant = $crate::ops::quant::Quant::None,
+        /// Adversarial distillation with --teacher: a discriminator (two layers, adversarial_hidden wide, over a row of outputs: a language model's logits, a click model's logit) learns to tell the first teacher's rows from the model's, and the model adds this weight times its loss for being told apart, beside the distillation term, from burn_in on; logged as adversarial_loss and discriminator_loss (0: off)
+        adversarial_weight: f32 = 0.0,
+        /// The discriminator's hidden width
+        adversarial_hidden: usize = 64,
         /// Born-again networks: train this many generations, each a fresh model of the same shape (the next seed) distilled from the previous generation's best checkpoint with the run's distillation settings (generation 0 as configured), into out/gen-<g>, with out/generations.json (1: one plain run)
         generations: usize = 1,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)

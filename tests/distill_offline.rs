@@ -810,3 +810,31 @@ fn a_quantized_student_trains_on_its_levels_and_its_checkpoint_holds_them() {
         }
     }
 }
+
+/// Adversarial distillation: a discriminator learns to tell the teacher's outputs from the
+/// student's beside the distillation term; both terms are logged; refused without a teacher.
+#[test]
+fn an_adversarial_student_trains_against_its_discriminator() {
+    let d = tmp("adversarial");
+    let mut t = small_criteo(&d);
+    (t.emb_dim, t.mlp, t.out) = (8, "32".into(), d.join("t"));
+    criteo::train(&t).unwrap();
+    let mut s = small_criteo(&d);
+    (s.emb_dim, s.mlp, s.burn_in, s.log_every, s.out) = (4, "16".into(), 0, 20, d.join("s"));
+    (s.teacher, s.adversarial_weight, s.adversarial_hidden) = (paths(&[&d.join("t/checkpoint.safetensors")]), 0.1, 16);
+    let v = criteo::train(&s).unwrap().valid[0];
+    assert!(v.log_loss < 0.6, "the adversarial student learned nothing: {}", v.log_loss);
+    let m = d.join("s/metrics.jsonl");
+    let field = |key: &str| -> Vec<f64> { common::train_field(&m, key).iter().map(|x| x.parse().unwrap()).collect() };
+    let (adv, disc) = (field("adversarial_loss"), field("discriminator_loss"));
+    eprintln!("adversarial term {adv:?}\ndiscriminator {disc:?}");
+    assert!(!adv.is_empty() && adv.iter().chain(&disc).all(|x| x.is_finite() && *x >= 0.0), "{adv:?} {disc:?}");
+    // The discriminator's term starts near 2 ln 2 (it cannot tell) and is trained.
+    assert!((disc[0] - 2.0 * 2f64.ln()).abs() < 0.3 && disc.iter().any(|&x| x != disc[0]), "{disc:?}");
+    // Its weights are in the checkpoint (a resume restores them from there).
+    let ck = codistill::checkpoint::Checkpoint::load(&d.join("s/checkpoint.safetensors")).unwrap();
+    assert!(ck.tensors.contains_key("ctr.adv.0.weight"));
+    let mut bare = s.clone();
+    (bare.teacher, bare.out) = (Paths::default(), d.join("bare"));
+    assert!(criteo::train(&bare).unwrap_err().to_string().contains("give --teacher"));
+}

@@ -48,14 +48,87 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     g.unary(Unary::Scale(weight), mse)
 }
 
+/// Adversarial distillation's discriminator: a two-layer MLP over a row of model outputs (a
+/// language model's logits, a click model's logit) that tells the teachers' rows (label 1) from
+/// the student's (label 0). It trains with the model (its parameters are in the model's store,
+/// named `<prefix>.adv.*`, kept in checkpoints and ignored when one is loaded as a model), on its
+/// own term; the student's term asks it to call the student's rows the teachers'.
+pub struct Discriminator {
+    pub layers: [Linear; 2],
+}
+
+impl Discriminator {
+    pub fn new(store: &mut ParamStore, prefix: &str, width: usize, hidden: usize, rng: &mut crate::Rng) -> Result<Self> {
+        Ok(Discriminator {
+            layers: [
+                Linear::new(store, &format!("{prefix}.adv.0"), width, hidden, true, rng)?,
+                Linear::new(store, &format!("{prefix}.adv.1"), hidden, 1, true, rng)?,
+            ],
+        })
+    }
+
+    /// The logit `[N, 1]` of "a teacher's row" for `x [N, width]`; with `frozen` the weights are
+    /// constants (the student's term must not train the discriminator).
+    fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var, frozen: bool) -> Result<Var> {
+        let mut h = x;
+        for (i, l) in self.layers.iter().enumerate() {
+            let get = |g: &mut Graph, name: &str| -> Result<Var> {
+                if frozen {
+                    Ok(g.constant(store.get(name)?.clone()))
+                } else {
+                    g.param(store, name)
+                }
+            };
+            let w = get(g, &l.weight)?;
+            h = g.matmul(h, w)?;
+            if let Some(b) = &l.bias {
+                let b = get(g, b)?;
+                h = g.add_bias(h, b)?;
+            }
+            if i == 0 {
+                h = g.unary(Unary::Relu, h)?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// The two terms for a batch: the student's `weight * BCE(D(student), 1)` (through the
+    /// student's outputs `out`, the discriminator frozen) and the discriminator's
+    /// `BCE(D(teacher), 1) + BCE(D(student), 0)` (through its weights only).
+    pub fn terms(&self, g: &mut Graph, store: &ParamStore, out: Var, teacher: &Tensor, weight: f32) -> Result<(Var, Var)> {
+        let width = self.layers[0].in_dim;
+        let n = g.value(out).numel() / width;
+        let dev = teacher.device();
+        let rows = g.reshape(out, &[n, width])?;
+        let ones = Tensor::from_f32(vec![1.0; n], &[n, 1])?.to_device(dev)?;
+        let zeros = Tensor::from_f32(vec![0.0; n], &[n, 1])?.to_device(dev)?;
+        let fooled = self.forward(g, store, rows, true)?;
+        let student = g.bce_with_logits(fooled, &ones)?;
+        let student = g.unary(Unary::Scale(weight), student)?;
+        let t = g.constant(teacher.reshape(&[n, width])?);
+        let s = g.constant(g.value(out).reshape(&[n, width])?);
+        let on_teacher = self.forward(g, store, t, false)?;
+        let on_student = self.forward(g, store, s, false)?;
+        let (a, b) = (g.bce_with_logits(on_teacher, &ones)?, g.bce_with_logits(on_student, &zeros)?);
+        Ok((student, g.add(a, b)?))
+    }
+
+    /// Puts a checkpoint's discriminator back into `store` on resume.
+    pub(crate) fn restore(&self, store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Result<()> {
+        for l in &self.layers {
+            restore_hint(store, l, ck, path)?;
+        }
+        Ok(())
+    }
+}
+
 /// Puts a checkpoint's feature-hint map (no part of the model its loader builds) back into `store`
 /// on resume; a checkpoint trained without hints lacks it, and the error says so.
 pub(crate) fn restore_hint(store: &mut ParamStore, map: &Linear, ck: &Checkpoint, path: &Path) -> Result<()> {
     for name in std::iter::once(&map.weight).chain(map.bias.as_ref()) {
-        let t = ck
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without feature hints (hint_weight 0)", path.display())))?;
+        let t = ck.tensors.get(name).ok_or_else(|| {
+            Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without this term (hint_weight or adversarial_weight 0)", path.display()))
+        })?;
         store.insert(name, t.clone())?;
     }
     Ok(())

@@ -286,6 +286,8 @@ struct Interval {
     hint: (f64, u64),
     /// The weighted relation term (sum, count).
     relation: (f64, u64),
+    /// The adversarial terms: the model's weighted one and the discriminator's (sums, count).
+    adversarial: (f64, f64, u64),
     staleness: (u64, u64),
     norm: f64,
 }
@@ -500,6 +502,28 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         _ => Ok(None),
     };
     let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
+    // Adversarial distillation's discriminator, over a row of the model's outputs.
+    if !(o.adversarial_weight >= 0.0 && o.adversarial_weight.is_finite()) {
+        bail!(Invalid, "adversarial_weight must be a finite number >= 0, got {}", o.adversarial_weight);
+    }
+    let adversarial = o.adversarial_weight > 0.0;
+    if adversarial && fixed.is_empty() && o.teacher_logits.is_none() {
+        bail!(Invalid, "adversarial_weight: the discriminator tells a fixed teacher's outputs from the model's: give --teacher or --teacher-logits");
+    }
+    if adversarial && !task.forward_teachers() {
+        bail!(Invalid, "adversarial_weight: a data-free run's teachers are not run on its batches; not with data_free");
+    }
+    if adversarial && o.adversarial_hidden == 0 {
+        bail!(Invalid, "adversarial_hidden must be at least 1");
+    }
+    let disc_map = |store: &mut ParamStore, rng: &mut Rng| -> Result<Option<super::Discriminator>> {
+        match (adversarial, task.cache_shape()) {
+            (true, Some((_, width))) => super::Discriminator::new(store, T::PREFIX, width, o.adversarial_hidden, rng).map(Some),
+            (true, None) => bail!(Invalid, "adversarial_weight: the {} task does not say its output width", T::NAME),
+            (false, _) => Ok(None),
+        }
+    };
+    let disc = disc_map(&mut ParamStore::new(), &mut Rng::new(0))?;
     let quant = o.quantize.bits();
     let init_ck = o.init_from.as_ref().map(|p| Checkpoint::load(p).map(|c| (c, p.clone()))).transpose()?;
     let mut members: Vec<Member<T>> = Vec::new();
@@ -517,6 +541,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             }
         }
         hint_map(&mut store, &mut rng)?;
+        disc_map(&mut store, &mut rng)?;
         task.seed_stream(&mut stream, &rng);
         members.push(Member {
             index,
@@ -585,6 +610,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             // The hint map is no part of the model: restored apart.
             if let Some(h) = &hint {
                 super::restore_hint(&mut store, h, &ck, path)?;
+            }
+            if let Some(d) = &disc {
+                d.restore(&mut store, &ck, path)?;
             }
             m.store = store;
             let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
@@ -754,14 +782,23 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 }
                 _ => None,
             };
+            // The discriminator against the first (or the weighted) teacher's outputs.
+            let adv_terms = match (&disc, fixed_out.first()) {
+                (Some(d), Some(t)) if distill => Some(d.terms(&mut g, quantized.as_ref().unwrap_or(&m.store), out, t, o.adversarial_weight)?),
+                _ => None,
+            };
             let mut loss = loss;
-            for term in [hint_term, relation_term].into_iter().flatten() {
+            for term in [hint_term, relation_term, adv_terms.map(|t| t.0), adv_terms.map(|t| t.1)].into_iter().flatten() {
                 loss = g.add(loss, term)?;
             }
             let lv = g.value(loss).item()? as f64;
             // Read after the loss, whose read already waited for the device.
             if let Some(term) = hint_term {
                 m.interval.hint = (m.interval.hint.0 + g.value(term).item()? as f64, m.interval.hint.1 + 1);
+            }
+            if let Some((student, disc)) = adv_terms {
+                let (a, b) = (g.value(student).item()? as f64, g.value(disc).item()? as f64);
+                m.interval.adversarial = (m.interval.adversarial.0 + a, m.interval.adversarial.1 + b, m.interval.adversarial.2 + 1);
             }
             if let Some(term) = relation_term {
                 m.interval.relation = (m.interval.relation.0 + g.value(term).item()? as f64, m.interval.relation.1 + 1);
@@ -811,6 +848,11 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 let stale = if i.staleness.1 > 0 { i.staleness.0 as f64 / i.staleness.1 as f64 } else { f64::NAN };
                 let hint_loss = if i.hint.1 > 0 { i.hint.0 / i.hint.1 as f64 } else { f64::NAN };
                 let relation_loss = if i.relation.1 > 0 { i.relation.0 / i.relation.1 as f64 } else { f64::NAN };
+                let (adversarial_loss, discriminator_loss) = if i.adversarial.2 > 0 {
+                    (i.adversarial.0 / i.adversarial.2 as f64, i.adversarial.1 / i.adversarial.2 as f64)
+                } else {
+                    (f64::NAN, f64::NAN)
+                };
                 let mut tail = json!({"lr": lr as f64, "grad_norm": i.norm});
                 if schedule.weight > 0.0 {
                     // The term's weight and the task's scheduled settings at this step.
@@ -824,6 +866,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                 tail[format!("{}_per_s", T::UNIT)] = json!(rate);
                 let tail =
                     event(tail, json!({"mean_staleness": stale, "exchange_wait_s": exchange_wait, "hint_loss": hint_loss, "relation_loss": relation_loss}));
+                let tail =
+                    if adversarial { event(tail, json!({"adversarial_loss": adversarial_loss, "discriminator_loss": discriminator_loss})) } else { tail };
                 let head = event(json!({"event": "train", "step": step, "model": m.index, "loss": mean}), task.train_fields(mean));
                 log.write(event(head, tail))?;
             }

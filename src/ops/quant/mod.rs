@@ -7,7 +7,7 @@
 //! quantized model's weights `q * s` (see `crate::checkpoint`); `ParamStore::quantized_copy` is the fake-quantized store.
 //!
 //! Which weights: every matrix of the model (LSTM, linear and embedding tables); not biases, not a
-//! feature-hint map. Output channels: a matrix `[in, out]`'s columns; an embedding table's rows
+//! feature-hint map or a discriminator. Output channels: a matrix `[in, out]`'s columns; an embedding table's rows
 //! (one vector per id). Computed on the host (a GPU store is copied: correct, not fast).
 
 use crate::tensor::{Device, Tensor};
@@ -73,7 +73,7 @@ pub fn levels(bits: u32) -> i32 {
 /// Whether parameter `name` of shape `shape` is quantized, and whether its channels are rows.
 pub fn quantized_param(name: &str, shape: &[usize]) -> Option<bool> {
     let weight = name.ends_with(".weight") || name.ends_with(".w_ih") || name.ends_with(".w_hh");
-    if shape.len() != 2 || !weight || name.contains(".hint") || name.starts_with("optim/") {
+    if shape.len() != 2 || !weight || name.contains(".hint") || name.contains(".adv.") || name.starts_with("optim/") {
         return None;
     }
     Some(name.contains("embedding"))
