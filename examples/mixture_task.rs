@@ -112,9 +112,9 @@ impl Task for Mixture {
     fn batch_items(&self, b: &(Tensor, Tensor)) -> usize {
         b.1.numel()
     }
-    fn forward(&self, m: &Mlp, g: &mut Graph, s: &ParamStore, b: &(Tensor, Tensor), _: &(), _: Option<(u64, usize)>) -> Result<(Var, Var, ())> {
+    fn forward(&self, m: &Mlp, g: &mut Graph, s: &ParamStore, b: &(Tensor, Tensor), _: &(), _: Option<(u64, usize)>) -> Result<(Var, Vec<Var>, ())> {
         let x = g.constant(b.0.clone());
-        m.forward(g, s, x).map(|logits| (logits, logits, ()))
+        m.forward(g, s, x).map(|logits| (logits, vec![logits], ()))
     }
     fn loss(&self, g: &mut Graph, logits: Var, b: &(Tensor, Tensor), peers: &[Tensor], fixed: &[Tensor], mix: Option<codistill::distill::Mix>) -> Result<Var> {
         let teachers: Vec<Tensor> = peers.iter().chain(fixed).cloned().collect();

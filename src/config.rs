@@ -125,6 +125,37 @@ impl ConfigValue for Weights {
     }
 }
 
+/// Pairs of layer indices `S:T` (a student layer and a teacher layer, 0 the lowest):
+/// comma-separated in its text form (the empty string is none).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerPairs(pub Vec<(usize, usize)>);
+
+impl LayerPairs {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ConfigValue for LayerPairs {
+    const VALUE_NAME: &'static str = "S:T[,S:T...]";
+    fn parse_value(s: &str) -> std::result::Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(LayerPairs(Vec::new()));
+        }
+        s.split(',')
+            .map(|p| {
+                let bad = || format!("{:?} in {s:?} is not a pair of layer indices S:T (student layer, teacher layer, 0 the lowest)", p.trim());
+                let (a, b) = p.trim().split_once(':').ok_or_else(bad)?;
+                Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+            })
+            .collect::<std::result::Result<_, String>>()
+            .map(LayerPairs)
+    }
+    fn show(&self) -> String {
+        self.0.iter().map(|(a, b)| format!("{a}:{b}")).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// What every config table offers, so that code can load any of them the same way.
 pub trait ConfigTable: Default {
     fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String>;
@@ -186,6 +217,7 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "adversarial_hidden"
         | "hint_weight"
         | "hint_loss"
+        | "hint_layers"
         | "relation_weight"
         | "relation_loss"
         | "independent_control" => "Distillation and codistillation (every task)",
@@ -369,6 +401,8 @@ macro_rules! with_run_options {
         generations: usize = 1,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
+        /// Feature hints between chosen layers: pairs S:T, the student's hidden layer S and the first teacher's layer T (0 the lowest: a language model's LSTM layers, a click model's hidden MLP layers), each with its own learned map and hint_weight (empty: the last layer of each)
+        hint_layers: $crate::config::LayerPairs = $crate::config::LayerPairs::default(),
         /// What the feature hint measures between the mapped student states and the teacher's: mse (FitNets) or cosine (1 - cosine similarity per row, DistilBERT's third term)
         hint_loss: $crate::ops::relation::HiddenLoss = $crate::ops::relation::HiddenLoss::Mse,
         /// Relation-based knowledge with --teacher: add this weight times a loss between the relations of the batch's rows in the student's last hidden layer and in the first teacher's (no map: widths may differ), from burn_in on; logged as relation_loss (0: off)

@@ -134,6 +134,21 @@ impl Lstm {
     /// `x [T*B, input]` time-major; returns the top layer's outputs `[T*B, H]` and the new state.
     /// `dropout` is (probability, seed) applied to each layer's output below the top one.
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var, state: &LstmState, steps: usize, dropout: Option<(f32, u64)>) -> Result<(Var, LstmState)> {
+        let (mut ys, next) = self.forward_all(g, store, x, state, steps, dropout)?;
+        Ok((ys.pop().expect("an LSTM has a layer"), next))
+    }
+
+    /// As [`forward`](Self::forward), with every layer's outputs, bottom to top.
+    pub fn forward_all(
+        &self,
+        g: &mut Graph,
+        store: &ParamStore,
+        x: Var,
+        state: &LstmState,
+        steps: usize,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<(Vec<Var>, LstmState)> {
+        let mut ys = Vec::with_capacity(self.layers.len());
         let mut h = x;
         let mut next = LstmState { h: Vec::new(), c: Vec::new() };
         for (l, layer) in self.layers.iter().enumerate() {
@@ -149,8 +164,9 @@ impl Lstm {
             next.h.push(hl);
             next.c.push(cl);
             h = y;
+            ys.push(y);
         }
-        Ok((h, next))
+        Ok((ys, next))
     }
 }
 

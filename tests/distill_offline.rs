@@ -838,3 +838,32 @@ fn an_adversarial_student_trains_against_its_discriminator() {
     (bare.teacher, bare.out) = (Paths::default(), d.join("bare"));
     assert!(criteo::train(&bare).unwrap_err().to_string().contains("give --teacher"));
 }
+
+/// Hints between chosen layers: each pair has its own map, kept in the checkpoint; a layer that
+/// does not exist is refused before training.
+#[test]
+fn hints_pair_any_student_layer_with_any_teacher_layer() {
+    use codistill::config::LayerPairs;
+    let d = tmp("hint-layers");
+    let base = small_lm(&d, 30);
+    let mut t = base.clone();
+    (t.hidden, t.layers, t.steps, t.checkpoint_every, t.out) = (16, 3, 200, 200, d.join("t"));
+    lm::train(&t).unwrap();
+    let mut s = base.clone();
+    (s.layers, s.steps, s.burn_in, s.hint_weight, s.out) = (2, 300, 0, 1.0, d.join("s"));
+    (s.teacher, s.hint_layers) = (paths(&[&d.join("t/checkpoint.safetensors")]), LayerPairs(vec![(0, 0), (1, 2)]));
+    lm::train(&s).unwrap();
+    let ck = codistill::checkpoint::Checkpoint::load(&d.join("s/checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.tensors["lm.hint.0_0.weight"].shape(), &[8, 16]);
+    assert_eq!(ck.tensors["lm.hint.1_2.weight"].shape(), &[8, 16]);
+    assert!(!ck.tensors.contains_key("lm.hint.weight"));
+    let h: Vec<f64> = hint_losses(&d.join("s/metrics.jsonl")).into_iter().map(|h| h.unwrap()).collect();
+    assert!(*h.last().unwrap() < 0.7 * h[0], "the two hint terms did not fall: {h:?}");
+    let mut bad = s.clone();
+    (bad.hint_layers, bad.out) = (LayerPairs(vec![(0, 3)]), d.join("bad"));
+    let e = lm::train(&bad).unwrap_err().to_string();
+    assert!(e.contains("hint_layers 0:3") && e.contains("first teacher 3 (0..2)"), "{e}");
+    (bad.hint_weight, bad.hint_layers) = (0.0, LayerPairs(vec![(0, 0)]));
+    assert!(lm::train(&bad).unwrap_err().to_string().contains("give hint_weight"));
+    assert!("0-1".parse::<String>().is_ok() && <LayerPairs as codistill::config::ConfigValue>::parse_value("0-1").unwrap_err().contains("S:T"));
+}

@@ -116,7 +116,7 @@ impl Discriminator {
     /// Puts a checkpoint's discriminator back into `store` on resume.
     pub(crate) fn restore(&self, store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Result<()> {
         for l in &self.layers {
-            restore_hint(store, l, ck, path)?;
+            restore_hint(store, l, ck, path, "a discriminator (adversarial_weight 0)")?;
         }
         Ok(())
     }
@@ -124,11 +124,9 @@ impl Discriminator {
 
 /// Puts a checkpoint's feature-hint map (no part of the model its loader builds) back into `store`
 /// on resume; a checkpoint trained without hints lacks it, and the error says so.
-pub(crate) fn restore_hint(store: &mut ParamStore, map: &Linear, ck: &Checkpoint, path: &Path) -> Result<()> {
+pub(crate) fn restore_hint(store: &mut ParamStore, map: &Linear, ck: &Checkpoint, path: &Path, what: &str) -> Result<()> {
     for name in std::iter::once(&map.weight).chain(map.bias.as_ref()) {
-        let t = ck.tensors.get(name).ok_or_else(|| {
-            Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without this term (hint_weight or adversarial_weight 0)", path.display()))
-        })?;
+        let t = ck.tensors.get(name).ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {name:?}: it was trained without {what}", path.display())))?;
         store.insert(name, t.clone())?;
     }
     Ok(())

@@ -125,6 +125,11 @@ pub trait Task: Sized {
     /// The feature-hint map's widths: the model's last hidden layer, the first teacher's (None:
     /// no hints).
     fn hint_widths(&self) -> Option<(usize, usize)> {
+        self.layer_widths().and_then(|(s, t)| Some((*s.last()?, *t.last()?)))
+    }
+    /// The widths of the model's hidden layers and the first teacher's, bottom to top (None: no
+    /// hints).
+    fn layer_widths(&self) -> Option<(Vec<usize>, Vec<usize>)> {
         None
     }
     /// The random stream that initialises model `index` of `total`.
@@ -171,7 +176,7 @@ pub trait Task: Sized {
     fn batch(&self, stream: &mut Self::Stream, step: u64, epoch_steps: u64) -> Result<(Self::Batch, bool)>;
     /// What a batch counts (tokens, rows).
     fn batch_items(&self, batch: &Self::Batch) -> usize;
-    /// The model's outputs (logits), its last hidden layer (what a feature hint compares) and the
+    /// The model's outputs (logits), its hidden layers bottom to top (what feature hints compare) and the
     /// state it carries on; `train` is (step, model index) in training (dropout), None otherwise.
     fn forward(
         &self,
@@ -181,7 +186,7 @@ pub trait Task: Sized {
         batch: &Self::Batch,
         carry: &Self::Carry,
         train: Option<(u64, usize)>,
-    ) -> Result<(Var, Var, Self::Carry)>;
+    ) -> Result<(Var, Vec<Var>, Self::Carry)>;
     /// The loss of a batch: the task loss alone, or with `mix` (the distillation form's weights at
     /// this step, see [`DistillForm::scheduled`]) the distillation term toward the peers' and fixed
     /// teachers' outputs: `mix.scale * ((1 - mix.mix) * task + mix.mix * distill)`.
@@ -350,7 +355,7 @@ pub(crate) fn checkpoint_config<C: crate::config::ConfigTable>(ck: &Checkpoint, 
 }
 
 /// A teacher's output for `batch` (no tape), its state carried in `slot` (zeros when empty), and
-/// with `hidden` its last hidden layer (a feature hint's target).
+/// with `hidden` its hidden layers (feature hints' targets).
 pub(super) fn teacher_output<T: Task>(
     be: &crate::Backend,
     task: &T,
@@ -359,7 +364,7 @@ pub(super) fn teacher_output<T: Task>(
     batch: &T::Batch,
     slot: &mut Option<T::Carry>,
     hidden: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Option<Vec<Tensor>>)> {
     let carry = match slot.take() {
         Some(c) => c,
         None => task.zero_carry(model)?,
@@ -367,7 +372,7 @@ pub(super) fn teacher_output<T: Task>(
     let mut g = Graph::no_grad().with_backend(*be);
     let (out, h, next) = task.forward(model, &mut g, store, batch, &carry, None)?;
     *slot = Some(next);
-    Ok((g.value(out).clone(), hidden.then(|| g.value(h).clone())))
+    Ok((g.value(out).clone(), hidden.then(|| h.iter().map(|&v| g.value(v).clone()).collect())))
 }
 
 /// A model's checkpoint: weights, step, config and records, and with `resumable` the optimizer
@@ -496,10 +501,41 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             Error::Invalid(m) => Error::Invalid(m.replace("hint_weight: feature hints come", "relation_weight: relations come")),
             other => other,
         })?;
-    // A feature hint maps the model's last hidden layer to the first teacher's width.
-    let hint_map = |store: &mut ParamStore, rng: &mut Rng| match (hints, task.hint_widths()) {
-        (true, Some((from, to))) => Linear::new(store, &format!("{}.hint", T::PREFIX), from, to, true, rng).map(Some),
-        _ => Ok(None),
+    // A feature hint maps a hidden layer of the model to a layer of the first teacher, of its
+    // width: by default the last of each (the map `<prefix>.hint`), or the pairs of hint_layers
+    // (`<prefix>.hint.<S>_<T>`).
+    let pairs: Vec<(usize, usize, String)> = match (hints, task.layer_widths()) {
+        (false, _) | (_, None) => {
+            if !o.hint_layers.is_empty() && !hints {
+                bail!(Invalid, "hint_layers chooses the layers of feature hints: give hint_weight above 0 with --teacher");
+            }
+            Vec::new()
+        }
+        (true, Some((own, theirs))) if o.hint_layers.is_empty() => vec![(own.len() - 1, theirs.len() - 1, format!("{}.hint", T::PREFIX))],
+        (true, Some((own, theirs))) => {
+            let mut v = Vec::new();
+            for &(a, b) in &o.hint_layers.0 {
+                if a >= own.len() || b >= theirs.len() {
+                    bail!(
+                        Invalid,
+                        "hint_layers {a}:{b}: the model has {} hidden layer(s) (0..{}) and the first teacher {} (0..{})",
+                        own.len(),
+                        own.len() - 1,
+                        theirs.len(),
+                        theirs.len() - 1
+                    );
+                }
+                if v.iter().any(|(x, y, _)| (*x, *y) == (a, b)) {
+                    bail!(Invalid, "hint_layers names the pair {a}:{b} twice");
+                }
+                v.push((a, b, format!("{}.hint.{a}_{b}", T::PREFIX)));
+            }
+            v
+        }
+    };
+    let hint_map = |store: &mut ParamStore, rng: &mut Rng| -> Result<Vec<(usize, usize, Linear)>> {
+        let Some((own, theirs)) = task.layer_widths() else { return Ok(Vec::new()) };
+        pairs.iter().map(|(a, b, name)| Linear::new(store, name, own[*a], theirs[*b], true, rng).map(|l| (*a, *b, l))).collect()
     };
     let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
     // Adversarial distillation's discriminator, over a row of the model's outputs.
@@ -608,8 +644,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             task.init(&mut store, &mut Rng::new(0))?;
             load_weights(&mut store, &ck, path)?;
             // The hint map is no part of the model: restored apart.
-            if let Some(h) = &hint {
-                super::restore_hint(&mut store, h, &ck, path)?;
+            for (_, _, h) in &hint {
+                super::restore_hint(&mut store, h, &ck, path, "feature hints (hint_weight 0)")?;
             }
             if let Some(d) = &disc {
                 d.restore(&mut store, &ck, path)?;
@@ -769,15 +805,24 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             }
             let mix = distill.then(|| form.scheduled(step, o.burn_in, total, o.distill_schedule, o.distill_final));
             let loss = task.loss(&mut g, out, &batch, &peer_out, &fixed_out, mix)?;
-            let hint_term = match (&hint_target, &hint) {
-                (Some(target), Some(map)) => {
-                    Some(super::hint_loss(&mut g, quantized.as_ref().unwrap_or(&m.store), map, hidden, target, o.hint_weight, o.hint_loss)?)
+            let hint_term = match &hint_target {
+                Some(target) if !hint.is_empty() => {
+                    let mut sum = None;
+                    for (a, b, map) in &hint {
+                        let t = super::hint_loss(&mut g, quantized.as_ref().unwrap_or(&m.store), map, hidden[*a], &target[*b], o.hint_weight, o.hint_loss)?;
+                        sum = Some(match sum {
+                            Some(s) => g.add(s, t)?,
+                            None => t,
+                        });
+                    }
+                    sum
                 }
                 _ => None,
             };
             let relation_term = match (&hint_target, relation) {
                 (Some(target), true) => {
-                    let l = g.hidden_loss(o.relation_loss, hidden, target)?;
+                    let (own, theirs) = (*hidden.last().expect("a hidden layer"), target.last().expect("a hidden layer"));
+                    let l = g.hidden_loss(o.relation_loss, own, theirs)?;
                     Some(g.unary(crate::ops::elementwise::Unary::Scale(o.relation_weight), l)?)
                 }
                 _ => None,

@@ -263,8 +263,8 @@ impl Task for CtrTask {
         crate::train::options::check_hints(weight, !self.teachers.is_empty(), "give --teacher")
     }
 
-    fn hint_widths(&self) -> Option<(usize, usize)> {
-        self.teachers.first().map(|t| (self.model.hidden_width(), t.model.hidden_width()))
+    fn layer_widths(&self) -> Option<(Vec<usize>, Vec<usize>)> {
+        self.teachers.first().map(|t| (self.model.hidden_widths(), t.model.hidden_widths()))
     }
 
     fn init(&self, store: &mut ParamStore, rng: &mut Rng) -> Result<()> {
@@ -345,8 +345,16 @@ impl Task for CtrTask {
         b.rows
     }
 
-    fn forward(&self, model: &CtrModel, g: &mut Graph, store: &ParamStore, b: &CtrBatch, _carry: &(), _train: Option<(u64, usize)>) -> Result<(Var, Var, ())> {
-        let (logit, hidden) = model.forward_hidden(g, store, &b.ids, &b.dense)?;
+    fn forward(
+        &self,
+        model: &CtrModel,
+        g: &mut Graph,
+        store: &ParamStore,
+        b: &CtrBatch,
+        _carry: &(),
+        _train: Option<(u64, usize)>,
+    ) -> Result<(Var, Vec<Var>, ())> {
+        let (logit, hidden) = model.forward_layers(g, store, &b.ids, &b.dense)?;
         Ok((logit, hidden, ()))
     }
 

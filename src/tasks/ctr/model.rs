@@ -56,6 +56,12 @@ impl CtrModel {
     /// As [`forward`](Self::forward), with the last hidden layer `[n, width]` (after its ReLU, the
     /// output layer's input): what a feature hint compares.
     pub fn forward_hidden(&self, g: &mut Graph, s: &ParamStore, ids: &Tensor, dense: &Tensor) -> Result<(Var, Var)> {
+        let (logits, mut layers) = self.forward_layers(g, s, ids, dense)?;
+        Ok((logits, layers.pop().expect("an MLP has a hidden layer")))
+    }
+
+    /// As [`forward`](Self::forward), with every hidden layer (after its ReLU), first to last.
+    pub fn forward_layers(&self, g: &mut Graph, s: &ParamStore, ids: &Tensor, dense: &Tensor) -> Result<(Var, Vec<Var>)> {
         let n = dense.dim(0);
         let e = self.emb.forward(g, s, ids)?;
         let e = g.reshape(e, &[n, NUM_CATS * self.emb.dim])?;
@@ -63,10 +69,10 @@ impl CtrModel {
         let dv = g.constant(dense.clone());
         let d = self.dense.forward(g, s, dv)?;
         let mut h = g.add(first, d)?;
-        let mut hidden = h;
+        let mut hidden = Vec::new();
         for layer in &self.mlp.layers[1..] {
             h = g.relu(h)?;
-            hidden = h;
+            hidden.push(h);
             h = layer.forward(g, s, h)?;
         }
         Ok((g.reshape(h, &[n])?, hidden))
@@ -75,6 +81,11 @@ impl CtrModel {
     /// The width of the last hidden layer.
     pub fn hidden_width(&self) -> usize {
         self.mlp.layers.last().map_or(0, |l| l.in_dim)
+    }
+
+    /// The widths of the hidden layers, first to last.
+    pub fn hidden_widths(&self) -> Vec<usize> {
+        self.mlp.layers[1..].iter().map(|l| l.in_dim).collect()
     }
 
     /// Click probabilities for rows `rows` of a cache, in batches, without a tape.

@@ -240,8 +240,8 @@ impl Task for LmTask {
         crate::train::options::check_hints(weight, !self.cfg.teacher.is_empty() && !self.cfg.data_free, "give --teacher (and not --data-free)")
     }
 
-    fn hint_widths(&self) -> Option<(usize, usize)> {
-        self.teachers.first().map(|t| (self.cfg.hidden, t.model.lstm.hidden))
+    fn layer_widths(&self) -> Option<(Vec<usize>, Vec<usize>)> {
+        self.teachers.first().map(|t| (vec![self.cfg.hidden; self.cfg.layers], vec![t.model.lstm.hidden; t.model.lstm.num_layers()]))
     }
 
     /// A cache's items are the windows' rows in order (time-major, as the trainer's logits), so it
@@ -371,10 +371,10 @@ impl Task for LmTask {
         b: &LmBatch,
         carry: &LstmState,
         train: Option<(u64, usize)>,
-    ) -> Result<(Var, Var, LstmState)> {
+    ) -> Result<(Var, Vec<Var>, LstmState)> {
         let p = self.cfg.dropout;
         let dropout = train.filter(|_| p > 0.0).map(|(step, index)| (p, self.cfg.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step) ^ ((index as u64) << 40)));
-        model.forward_hidden(g, store, &b.x, carry, self.cfg.bptt, dropout)
+        model.forward_layers(g, store, &b.x, carry, self.cfg.bptt, dropout)
     }
 
     fn loss(&self, g: &mut Graph, logits: Var, b: &LmBatch, peers: &[Tensor], fixed: &[Tensor], mix: Option<Mix>) -> Result<Var> {

@@ -48,16 +48,31 @@ impl LmModel {
         steps: usize,
         dropout: Option<(f32, u64)>,
     ) -> Result<(Var, Var, LstmState)> {
+        let (logits, mut layers, next) = self.forward_layers(g, s, x, state, steps, dropout)?;
+        Ok((logits, layers.pop().expect("an LSTM has a layer"), next))
+    }
+
+    /// As [`forward`](Self::forward), with every LSTM layer's outputs, bottom to top.
+    pub fn forward_layers(
+        &self,
+        g: &mut Graph,
+        s: &ParamStore,
+        x: &Tensor,
+        state: &LstmState,
+        steps: usize,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<(Var, Vec<Var>, LstmState)> {
         let mut e = self.emb.forward(g, s, x)?;
         if let Some((p, seed)) = dropout {
             e = g.dropout(e, p, seed)?;
         }
-        let (top, next) = self.lstm.forward(g, s, e, state, steps, dropout.map(|(p, seed)| (p, seed ^ 0x5EED)))?;
+        let (layers, next) = self.lstm.forward_all(g, s, e, state, steps, dropout.map(|(p, seed)| (p, seed ^ 0x5EED)))?;
+        let top = *layers.last().expect("an LSTM has a layer");
         let h = match dropout {
             Some((p, seed)) => g.dropout(top, p, seed ^ 0xD0)?,
             None => top,
         };
-        Ok((self.out.forward(g, s, h)?, top, next))
+        Ok((self.out.forward(g, s, h)?, layers, next))
     }
 }
 
