@@ -208,6 +208,7 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "same_data"
         | "teacher"
         | "teacher_logits"
+        | "teacher_logits_rest"
         | "teacher_weights"
         | "teacher_confidence"
         | "generations"
@@ -385,6 +386,8 @@ macro_rules! with_run_options {
         teacher: $crate::config::Paths = $crate::config::Paths::default(),
         /// Offline distillation from cached teacher outputs instead of --teacher's forward passes: a file written by `teacher-cache` (or by any program, docs/teacher-cache.md) holding each fixed teacher's top-k logits of every training item, checked against this run's data and batching; one model; no hints. With `teacher-cache` itself: the file to write
         teacher_logits: Option<std::path::PathBuf> = None,
+        /// With --teacher-logits: where a row's top k leave the rest of the teacher's probability: uniform (spread evenly over the other classes, the teacher's mass on its top k exact) or drop (the top k renormalised, the other classes at ~0)
+        teacher_logits_rest: $crate::distill::cache::CacheRest = $crate::distill::cache::CacheRest::Uniform,
         /// Weights of the fixed teachers, one per --teacher in its order (or per teacher of the --teacher-logits cache), normalised to sum 1: the teachers' distributions are mixed by them instead of averaged (empty: the average); not with codistilling peers or data_free
         teacher_weights: $crate::config::Weights = $crate::config::Weights::default(),
         /// Weigh each fixed teacher on each example also by its confidence there (its probability of its own top class, at temperature 1), renormalised per example (confidence-aware multi-teacher distillation)

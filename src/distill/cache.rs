@@ -21,6 +21,37 @@ use crate::tensor::{Device, Tensor};
 use crate::{bail, Error, Result};
 use std::path::{Path, PathBuf};
 
+/// Where a cache's top k leave the rest of a teacher's probability when a row is rebuilt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheRest {
+    /// Spread evenly over the other classes (the teacher's mass on its top k kept exactly).
+    #[default]
+    Uniform,
+    /// Dropped: the top k renormalised to sum 1, the other classes at probability ~0 (e^-30 of
+    /// the smallest kept), as caches that keep only the top k's softmax do.
+    Drop,
+}
+
+impl std::str::FromStr for CacheRest {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "uniform" => Ok(CacheRest::Uniform),
+            "drop" => Ok(CacheRest::Drop),
+            _ => Err(format!("the rest of a cached teacher's mass is uniform or drop, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for CacheRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CacheRest::Uniform => "uniform",
+            CacheRest::Drop => "drop",
+        })
+    }
+}
+
 /// The `format` entry of a teacher cache.
 pub const FORMAT: &str = "codistill-teacher-cache/1";
 
@@ -225,8 +256,14 @@ impl TeacherCache {
         })
     }
 
-    /// Teacher `j`'s logits of the items `keys`, rebuilt dense `[keys.len(), classes]` on `dev`.
+    /// Teacher `j`'s logits of the items `keys`, rebuilt dense `[keys.len(), classes]` on `dev`,
+    /// the rest of the mass spread evenly.
     pub fn dense(&self, j: usize, keys: &[usize], dev: Device) -> Result<Tensor> {
+        self.dense_with(j, keys, dev, CacheRest::Uniform)
+    }
+
+    /// As [`dense`](Self::dense), the rest of the mass placed by `rest`.
+    pub fn dense_with(&self, j: usize, keys: &[usize], dev: Device, rest: CacheRest) -> Result<Tensor> {
         let (t, c, k) = (&self.teachers[j], self.classes, self.k);
         let mut out = vec![0f32; keys.len() * c];
         for (row, &key) in out.chunks_exact_mut(c).zip(keys) {
@@ -240,8 +277,11 @@ impl TeacherCache {
                     let kept: f64 = vals.iter().map(|&v| ((v - lse) as f64).exp()).sum();
                     // The mass the top k leave, spread evenly over the other classes (at least a
                     // sliver, so that no class is impossible).
-                    let rest = (1.0 - kept).max(1e-12) / (c - k) as f64;
-                    row.fill(lse + rest.ln() as f32);
+                    let fill = match rest {
+                        CacheRest::Uniform => lse + ((1.0 - kept).max(1e-12) / (c - k) as f64).ln() as f32,
+                        CacheRest::Drop => vals.iter().copied().fold(f32::INFINITY, f32::min) - 30.0,
+                    };
+                    row.fill(fill);
                     for (&i, &v) in index[key * k..(key + 1) * k].iter().zip(vals) {
                         row[i as usize] = v;
                     }
@@ -253,8 +293,8 @@ impl TeacherCache {
     }
 
     /// Every teacher's rows of `keys`.
-    pub fn dense_all(&self, keys: &[usize], dev: Device) -> Result<Vec<Tensor>> {
-        (0..self.teachers.len()).map(|j| self.dense(j, keys, dev)).collect()
+    pub fn dense_all(&self, keys: &[usize], dev: Device, rest: CacheRest) -> Result<Vec<Tensor>> {
+        (0..self.teachers.len()).map(|j| self.dense_with(j, keys, dev, rest)).collect()
     }
 
     /// The items, classes and k as one line, with the file.
@@ -327,6 +367,22 @@ mod tests {
                 assert!((q[cl] - rest / (classes - k) as f64).abs() < 1e-5, "item {i} class {cl}");
             }
         }
+    }
+
+    #[test]
+    fn dropping_the_rest_renormalises_the_top_k() {
+        let rows = vec![2.0, 1.0, 0.5, -1.0, 0.0, 3.0];
+        let mut c = TeacherCache::new(1, 1, 6, 2, String::new()).unwrap();
+        c.put(0, &[0], &Tensor::from_f32(rows, &[1, 6]).unwrap()).unwrap();
+        let d = c.dense_with(0, &[0], Device::Cpu, CacheRest::Drop).unwrap().to_vec_f32().unwrap();
+        let m = d.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = d.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        // Classes 5 and 0 (logits 3 and 2): e / (e + 1) and 1 / (e + 1); the others about 0.
+        let p5 = std::f64::consts::E / (std::f64::consts::E + 1.0);
+        assert!((e[5] / sum - p5).abs() < 1e-6 && (e[0] / sum - (1.0 - p5)).abs() < 1e-6);
+        assert!(e[1] / sum < 1e-12);
+        assert!("keep".parse::<CacheRest>().unwrap_err().contains("uniform or drop"));
     }
 
     #[test]

@@ -58,7 +58,8 @@ crate::config_enum!(
     crate::ops::softmax_kl::Divergence,
     crate::distill::Anneal,
     crate::ops::relation::HiddenLoss,
-    crate::ops::quant::Quant
+    crate::ops::quant::Quant,
+    crate::distill::cache::CacheRest
 );
 
 impl DeviceChoice {

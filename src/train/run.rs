@@ -454,6 +454,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     }
     let (csv, tensorboard) = super::report::log_formats(&o.log_format)?;
     let task = T::prepare(&cfg, &Setup { dev, total_models, run: &o })?;
+    if o.teacher_logits.is_none() && o.teacher_logits_rest != crate::distill::cache::CacheRest::Uniform {
+        bail!(Invalid, "teacher_logits_rest places the rest of a cached teacher's mass: give --teacher-logits");
+    }
     if o.teacher_logits.is_some() {
         let refuse = |what: &str| Err(Error::Invalid(format!("--teacher-logits: {what}")));
         if !o.teacher.is_empty() {
@@ -791,7 +794,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                     }
                 }
                 if let Some(c) = &cache {
-                    fixed_out.extend(c.dense_all(&task.cache_keys(&batch), dev)?);
+                    fixed_out.extend(c.dense_all(&task.cache_keys(&batch), dev, o.teacher_logits_rest)?);
                 }
             }
             let mut g = Graph::new().with_backend(be);
