@@ -152,7 +152,7 @@ fn cli() -> Command {
                                 .long("top-k")
                                 .value_name("K")
                                 .default_value("32")
-                                .help("Logits kept per token position, the largest; the rest of the probability is spread evenly over the other classes when read back (K at least the classes: every logit, and training from the cache is training from the teachers)"),
+                                .help("Logits kept per token position, the largest, with the log-sum-exp of the whole row; read back, the rest of the probability is spread evenly over the other classes or dropped (--teacher-logits-rest) (K at least the classes: every logit, and training from the cache is training from the teachers)"),
                         ),
                 )
                 .subcommand(noise_scale_command("language-model"))
@@ -225,7 +225,7 @@ fn cli() -> Command {
                                 .long("top-k")
                                 .value_name("K")
                                 .default_value("1")
-                                .help("Logits kept per row, the largest; the rest of the probability is spread evenly over the other classes when read back (K at least the classes: every logit, and training from the cache is training from the teachers)"),
+                                .help("Logits kept per row, the largest, with the log-sum-exp of the whole row; read back, the rest of the probability is spread evenly over the other classes or dropped (--teacher-logits-rest) (K at least the classes: every logit, and training from the cache is training from the teachers)"),
                         ),
                 )
                 .subcommand(noise_scale_command("click-model"))
