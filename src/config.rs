@@ -629,8 +629,15 @@ mod tests {
         assert!(e.set("teacher", "a,,b").unwrap_err().contains("empty path"));
         e.set("teacher", "").unwrap();
         assert!(e.teacher.is_empty());
-        let err = e.apply_toml_str("teacher = [1, 2]\n", Path::new("t.toml")).unwrap_err().to_string();
+        let err = e.apply_toml_str("teacher = [true, 2]\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("t.toml:1") && err.contains("array"), "{err}");
+        // A list of numbers (teacher weights) is an array of numbers.
+        let mut w = crate::train::RunOptions::default();
+        let mut table = crate::tasks::ctr::CriteoConfig::default();
+        table.apply_toml_str("teacher_weights = [0.7, 3]\n", Path::new("w.toml")).unwrap();
+        w.teacher_weights = table.run_options().teacher_weights;
+        assert_eq!(w.teacher_weights.0, vec![0.7, 3.0]);
+        assert!(table.apply_toml_str("teacher_weights = \"0.7,x\"\n", Path::new("w.toml")).unwrap_err().to_string().contains("not a number"));
     }
 
     #[test]
