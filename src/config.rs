@@ -125,10 +125,10 @@ impl ConfigValue for Weights {
     }
 }
 
-/// Pairs of layer indices `S:T` (a student layer and a teacher layer, 0 the lowest):
-/// comma-separated in its text form (the empty string is none).
+/// Pairs of layer indices `S:T`, each with an optional weight `S:T:W` (a student layer and a
+/// teacher layer, 0 the lowest): comma-separated in its text form (the empty string is none).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct LayerPairs(pub Vec<(usize, usize)>);
+pub struct LayerPairs(pub Vec<(usize, usize, Option<f32>)>);
 
 impl LayerPairs {
     pub fn is_empty(&self) -> bool {
@@ -137,22 +137,28 @@ impl LayerPairs {
 }
 
 impl ConfigValue for LayerPairs {
-    const VALUE_NAME: &'static str = "S:T[,S:T...]";
+    const VALUE_NAME: &'static str = "S:T[:W][,S:T[:W]...]";
     fn parse_value(s: &str) -> std::result::Result<Self, String> {
         if s.trim().is_empty() {
             return Ok(LayerPairs(Vec::new()));
         }
         s.split(',')
             .map(|p| {
-                let bad = || format!("{:?} in {s:?} is not a pair of layer indices S:T (student layer, teacher layer, 0 the lowest)", p.trim());
-                let (a, b) = p.trim().split_once(':').ok_or_else(bad)?;
-                Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+                let bad =
+                    || format!("{:?} in {s:?} is not a pair of layer indices S:T or S:T:W (student layer, teacher layer, 0 the lowest; a weight)", p.trim());
+                let parts: Vec<&str> = p.trim().split(':').map(str::trim).collect();
+                let (a, b, w) = match parts.as_slice() {
+                    [a, b] => (a, b, None),
+                    [a, b, w] => (a, b, Some(w.parse::<f32>().map_err(|_| bad())?)),
+                    _ => return Err(bad()),
+                };
+                Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?, w))
             })
             .collect::<std::result::Result<_, String>>()
             .map(LayerPairs)
     }
     fn show(&self) -> String {
-        self.0.iter().map(|(a, b)| format!("{a}:{b}")).collect::<Vec<_>>().join(",")
+        self.0.iter().map(|(a, b, w)| w.map_or(format!("{a}:{b}"), |w| format!("{a}:{b}:{w}"))).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -404,7 +410,7 @@ macro_rules! with_run_options {
         generations: usize = 1,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)
         hint_weight: f32 = 0.0,
-        /// Feature hints between chosen layers: pairs S:T, the student's hidden layer S and the first teacher's layer T (0 the lowest: a language model's LSTM layers, a click model's hidden MLP layers), each with its own learned map and hint_weight (empty: the last layer of each)
+        /// Feature hints between chosen layers: pairs S:T, the student's hidden layer S and the first teacher's layer T (0 the lowest: a language model's LSTM layers, a click model's hidden MLP layers), each with its own learned map and weight (S:T:W; hint_weight where W is not given) (empty: the last layer of each)
         hint_layers: $crate::config::LayerPairs = $crate::config::LayerPairs::default(),
         /// What the feature hint measures between the mapped student states and the teacher's: mse (FitNets) or cosine (1 - cosine similarity per row, DistilBERT's third term)
         hint_loss: $crate::ops::relation::HiddenLoss = $crate::ops::relation::HiddenLoss::Mse,

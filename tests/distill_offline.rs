@@ -851,7 +851,8 @@ fn hints_pair_any_student_layer_with_any_teacher_layer() {
     lm::train(&t).unwrap();
     let mut s = base.clone();
     (s.layers, s.steps, s.burn_in, s.hint_weight, s.out) = (2, 300, 0, 1.0, d.join("s"));
-    (s.teacher, s.hint_layers) = (paths(&[&d.join("t/checkpoint.safetensors")]), LayerPairs(vec![(0, 0), (1, 2)]));
+    let pairs = |text: &str| <LayerPairs as codistill::config::ConfigValue>::parse_value(text).unwrap();
+    (s.teacher, s.hint_layers) = (paths(&[&d.join("t/checkpoint.safetensors")]), pairs("0:0, 1:2"));
     lm::train(&s).unwrap();
     let ck = codistill::checkpoint::Checkpoint::load(&d.join("s/checkpoint.safetensors")).unwrap();
     assert_eq!(ck.tensors["lm.hint.0_0.weight"].shape(), &[8, 16]);
@@ -860,10 +861,19 @@ fn hints_pair_any_student_layer_with_any_teacher_layer() {
     let h: Vec<f64> = hint_losses(&d.join("s/metrics.jsonl")).into_iter().map(|h| h.unwrap()).collect();
     assert!(*h.last().unwrap() < 0.7 * h[0], "the two hint terms did not fall: {h:?}");
     let mut bad = s.clone();
-    (bad.hint_layers, bad.out) = (LayerPairs(vec![(0, 3)]), d.join("bad"));
+    (bad.hint_layers, bad.out) = (pairs("0:3"), d.join("bad"));
     let e = lm::train(&bad).unwrap_err().to_string();
     assert!(e.contains("hint_layers 0:3") && e.contains("first teacher 3 (0..2)"), "{e}");
-    (bad.hint_weight, bad.hint_layers) = (0.0, LayerPairs(vec![(0, 0)]));
+    (bad.hint_weight, bad.hint_layers) = (0.0, pairs("0:0"));
     assert!(lm::train(&bad).unwrap_err().to_string().contains("give hint_weight"));
+    // Each pair may carry its own weight: at 0 for both, the logged term is 0.
+    let mut zero = s.clone();
+    (zero.hint_layers, zero.steps, zero.out) = (pairs("0:0:0,1:2:0"), 20, d.join("zero"));
+    lm::train(&zero).unwrap();
+    let h0 = hint_losses(&d.join("zero/metrics.jsonl"));
+    assert!(!h0.is_empty() && h0.iter().all(|h| *h == Some(0.0)), "{h0:?}");
+    assert_eq!(pairs("0:0:0.5,1:2").0, vec![(0, 0, Some(0.5)), (1, 2, None)]);
+    assert_eq!(<LayerPairs as codistill::config::ConfigValue>::show(&pairs("0:0:0.5,1:2")), "0:0:0.5,1:2");
+    assert!(<LayerPairs as codistill::config::ConfigValue>::parse_value("0:1:x").unwrap_err().contains("S:T:W"));
     assert!("0-1".parse::<String>().is_ok() && <LayerPairs as codistill::config::ConfigValue>::parse_value("0-1").unwrap_err().contains("S:T"));
 }

@@ -507,17 +507,17 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     // A feature hint maps a hidden layer of the model to a layer of the first teacher, of its
     // width: by default the last of each (the map `<prefix>.hint`), or the pairs of hint_layers
     // (`<prefix>.hint.<S>_<T>`).
-    let pairs: Vec<(usize, usize, String)> = match (hints, task.layer_widths()) {
+    let pairs: Vec<(usize, usize, String, f32)> = match (hints, task.layer_widths()) {
         (false, _) | (_, None) => {
             if !o.hint_layers.is_empty() && !hints {
                 bail!(Invalid, "hint_layers chooses the layers of feature hints: give hint_weight above 0 with --teacher");
             }
             Vec::new()
         }
-        (true, Some((own, theirs))) if o.hint_layers.is_empty() => vec![(own.len() - 1, theirs.len() - 1, format!("{}.hint", T::PREFIX))],
+        (true, Some((own, theirs))) if o.hint_layers.is_empty() => vec![(own.len() - 1, theirs.len() - 1, format!("{}.hint", T::PREFIX), o.hint_weight)],
         (true, Some((own, theirs))) => {
             let mut v = Vec::new();
-            for &(a, b) in &o.hint_layers.0 {
+            for &(a, b, w) in &o.hint_layers.0 {
                 if a >= own.len() || b >= theirs.len() {
                     bail!(
                         Invalid,
@@ -528,17 +528,21 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
                         theirs.len() - 1
                     );
                 }
-                if v.iter().any(|(x, y, _)| (*x, *y) == (a, b)) {
+                if v.iter().any(|(x, y, _, _)| (*x, *y) == (a, b)) {
                     bail!(Invalid, "hint_layers names the pair {a}:{b} twice");
                 }
-                v.push((a, b, format!("{}.hint.{a}_{b}", T::PREFIX)));
+                let w = w.unwrap_or(o.hint_weight);
+                if !(w >= 0.0 && w.is_finite()) {
+                    bail!(Invalid, "hint_layers {a}:{b}: the weight must be a finite number >= 0, got {w}");
+                }
+                v.push((a, b, format!("{}.hint.{a}_{b}", T::PREFIX), w));
             }
             v
         }
     };
-    let hint_map = |store: &mut ParamStore, rng: &mut Rng| -> Result<Vec<(usize, usize, Linear)>> {
+    let hint_map = |store: &mut ParamStore, rng: &mut Rng| -> Result<Vec<(usize, usize, Linear, f32)>> {
         let Some((own, theirs)) = task.layer_widths() else { return Ok(Vec::new()) };
-        pairs.iter().map(|(a, b, name)| Linear::new(store, name, own[*a], theirs[*b], true, rng).map(|l| (*a, *b, l))).collect()
+        pairs.iter().map(|(a, b, name, w)| Linear::new(store, name, own[*a], theirs[*b], true, rng).map(|l| (*a, *b, l, *w))).collect()
     };
     let hint = hint_map(&mut ParamStore::new(), &mut Rng::new(0))?;
     // Adversarial distillation's discriminator, over a row of the model's outputs.
@@ -647,7 +651,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             task.init(&mut store, &mut Rng::new(0))?;
             load_weights(&mut store, &ck, path)?;
             // The hint map is no part of the model: restored apart.
-            for (_, _, h) in &hint {
+            for (_, _, h, _) in &hint {
                 super::restore_hint(&mut store, h, &ck, path, "feature hints (hint_weight 0)")?;
             }
             if let Some(d) = &disc {
@@ -811,8 +815,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             let hint_term = match &hint_target {
                 Some(target) if !hint.is_empty() => {
                     let mut sum = None;
-                    for (a, b, map) in &hint {
-                        let t = super::hint_loss(&mut g, quantized.as_ref().unwrap_or(&m.store), map, hidden[*a], &target[*b], o.hint_weight, o.hint_loss)?;
+                    for (a, b, map, w) in &hint {
+                        let t = super::hint_loss(&mut g, quantized.as_ref().unwrap_or(&m.store), map, hidden[*a], &target[*b], *w, o.hint_loss)?;
                         sum = Some(match sum {
                             Some(s) => g.add(s, t)?,
                             None => t,
