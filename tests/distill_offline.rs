@@ -868,7 +868,7 @@ fn hints_pair_any_student_layer_with_any_teacher_layer() {
     assert!(lm::train(&bad).unwrap_err().to_string().contains("give hint_weight"));
     // Each pair may carry its own weight: at 0 for both, the logged term is 0.
     let mut zero = s.clone();
-    (zero.hint_layers, zero.steps, zero.out) = (pairs("0:0:0,1:2:0"), 20, d.join("zero"));
+    (zero.hint_layers, zero.steps, zero.log_every, zero.out) = (pairs("0:0:0,1:2:0"), 20, 10, d.join("zero"));
     lm::train(&zero).unwrap();
     let h0 = hint_losses(&d.join("zero/metrics.jsonl"));
     assert!(!h0.is_empty() && h0.iter().all(|h| *h == Some(0.0)), "{h0:?}");
