@@ -30,7 +30,7 @@ impl std::str::FromStr for Quant {
             "none" => Ok(Quant::None),
             "int8" => Ok(Quant::Int8),
             "int4" => Ok(Quant::Int4),
-            _ => Err(format!("quantize must be none, int8 or int4, got {s:?}")),
+            _ => Err(format!("must be none, int8 or int4, got {s:?}")),
         }
     }
 }
