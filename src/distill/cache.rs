@@ -135,7 +135,6 @@ impl TeacherCache {
         if v.len() != keys.len() * classes {
             bail!(Invalid, "teacher-cache: teacher {j} gave {} values for {} items of {classes} classes", v.len(), keys.len());
         }
-        let t = &mut self.teachers[j];
         for (row, &key) in v.chunks_exact(classes).zip(keys) {
             if key >= self.items {
                 bail!(Invalid, "teacher-cache: item {key} is past the {} items the cache holds", self.items);
@@ -143,14 +142,29 @@ impl TeacherCache {
             if let Some(bad) = row.iter().position(|x| !x.is_finite()) {
                 bail!(Invalid, "teacher-cache: teacher {j} gave {} for class {bad} of item {key}; its checkpoint is not usable", row[bad]);
             }
-            match (&mut t.index, &mut t.lse) {
-                (Some(index), Some(lse)) => {
-                    let (ix, val, l) = top_k(row, k);
+        }
+        let t = &mut self.teachers[j];
+        match (&mut t.index, &mut t.lse) {
+            (Some(index), Some(lse)) => {
+                // The rows' top k on every core (a language model's row is the vocabulary), then
+                // written in order.
+                let rows: Vec<&[f32]> = v.chunks_exact(classes).collect();
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.len().max(1));
+                let per = rows.len().div_ceil(threads).max(1);
+                let tops: Vec<(Vec<i32>, Vec<f32>, f32)> = std::thread::scope(|sc| {
+                    let handles: Vec<_> = rows.chunks(per).map(|part| sc.spawn(move || part.iter().map(|r| top_k(r, k)).collect::<Vec<_>>())).collect();
+                    handles.into_iter().flat_map(|h| h.join().expect("a top-k thread panicked")).collect()
+                });
+                for ((ix, val, l), &key) in tops.into_iter().zip(keys) {
                     index[key * k..(key + 1) * k].copy_from_slice(&ix);
                     t.logits[key * k..(key + 1) * k].copy_from_slice(&val);
                     lse[key] = l;
                 }
-                _ => t.logits[key * k..(key + 1) * k].copy_from_slice(row),
+            }
+            _ => {
+                for (row, &key) in v.chunks_exact(classes).zip(keys) {
+                    t.logits[key * k..(key + 1) * k].copy_from_slice(row);
+                }
             }
         }
         Ok(())
