@@ -304,21 +304,25 @@ impl ParamStore {
         Ok(out)
     }
 
-    /// Copy the weights of `src` (same names and shapes) into this store's own buffers, in place
-    /// when no one else holds them: a publish into a reused standby buffer allocates nothing.
-    /// A copy of the weights with every quantized parameter (see
-    /// [`crate::ops::quant::quantized_param`]) fake-quantized to `bits`: what the forward pass of a
-    /// quantized run reads.
+    /// The weights with every quantized parameter (see [`crate::ops::quant::quantized_param`])
+    /// fake-quantized to `bits`: what the forward pass of a quantized run reads. The other weights
+    /// share this store's buffers (nothing is copied twice); drop the result before this store's
+    /// weights are updated, or the update copies them.
     pub fn quantized_copy(&self, bits: u32) -> Result<ParamStore> {
-        let mut out = self.copy_of_weights()?;
-        for (name, p) in self.iter() {
-            if let Some(per_row) = crate::ops::quant::quantized_param(name, p.value.shape()) {
-                out.set(name, crate::ops::quant::fake_quant(&p.value, bits, per_row)?)?;
-            }
+        let mut out = ParamStore::new();
+        let t = out.tick();
+        for (k, p) in &self.params {
+            let value = match crate::ops::quant::quantized_param(k, p.value.shape()) {
+                Some(per_row) => crate::ops::quant::fake_quant(&p.value, bits, per_row)?,
+                None => p.value.clone(),
+            };
+            out.params.insert(k.clone(), Param { value, grad: Tensor::zeros(&[0]), state: GradState::Zero, written: Written { all: t, rows: Arc::default() } });
         }
         Ok(out)
     }
 
+    /// Copy the weights of `src` (same names and shapes) into this store's own buffers, in place
+    /// when no one else holds them: a publish into a reused standby buffer allocates nothing.
     pub fn copy_weights_from(&mut self, src: &ParamStore) -> Result<()> {
         self.copy_weights_changed_since(src, None).map(|_| ())
     }

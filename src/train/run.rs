@@ -862,6 +862,8 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             // The tape holds references to the weights; drop it so the update writes in place
             // instead of copying every parameter.
             drop(g);
+            // The quantized forward store shares the other weights' buffers: gone before the update.
+            drop(quantized);
             m.carry = next;
             // Compute time excludes the time spent in exchange calls, which is accounted apart.
             train_secs += ts.elapsed().as_secs_f64() - waited_here;
