@@ -197,14 +197,15 @@ pub(crate) fn optimizer_settings(a: &RunOptions, total: u64) -> Result<(crate::o
     Ok((kind, schedule, (clip > 0.0).then_some(clip)))
 }
 
-/// Whether feature hints are on: `weight` must be finite and >= 0, and above 0 needs a fixed teacher
-/// (`has_teacher`; `what` says how to give one).
-pub(crate) fn check_hints(weight: f32, has_teacher: bool, what: &str) -> Result<bool> {
+/// Whether a term on the teachers' hidden states is on (`option`, the term's weight, naming it and
+/// `term` in errors: feature hints, relations): `weight` must be finite and >= 0, and above 0 needs
+/// the teachers' states (`states`: Err says how to give them).
+pub(crate) fn check_hints(option: &str, term: &str, weight: f32, states: std::result::Result<(), &str>) -> Result<bool> {
     if !(weight >= 0.0 && weight.is_finite()) {
-        bail!(Invalid, "hint_weight must be a finite number >= 0, got {weight}");
+        bail!(Invalid, "{option} must be a finite number >= 0, got {weight}");
     }
-    if weight > 0.0 && !has_teacher {
-        bail!(Invalid, "hint_weight: feature hints come from a fixed teacher's hidden states; {what}");
+    if let (true, Err(what)) = (weight > 0.0, states) {
+        bail!(Invalid, "{option}: {term} come from a fixed teacher's hidden states; {what}");
     }
     Ok(weight > 0.0)
 }

@@ -118,9 +118,14 @@ pub trait Task: Sized {
     fn cache_keys(&self, _batch: &Self::Batch) -> Vec<usize> {
         Vec::new()
     }
-    /// Whether feature hints are on: `weight` above 0 needs [`hint_widths`](Self::hint_widths).
-    fn hints(&self, weight: f32) -> Result<bool> {
-        super::options::check_hints(weight, self.hint_widths().is_some(), "give --teacher")
+    /// Whether the first fixed teacher's hidden states are computed on each batch (what feature
+    /// hints and relations compare); Err says how to give them.
+    fn teacher_states(&self) -> std::result::Result<(), &'static str> {
+        if self.hint_widths().is_some() {
+            Ok(())
+        } else {
+            Err("give --teacher")
+        }
     }
     /// The feature-hint map's widths: the model's last hidden layer, the first teacher's (None:
     /// no hints).
@@ -485,7 +490,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
     if fixed.len() != o.teacher.0.len() {
         bail!(Invalid, "--teacher: {} checkpoint(s) given, {} loaded: the {} task does not load fixed teachers", o.teacher.0.len(), fixed.len(), T::NAME);
     }
-    let hints = task.hints(o.hint_weight)?;
+    let hints = super::options::check_hints("hint_weight", "feature hints", o.hint_weight, task.teacher_states())?;
     if o.hint_loss.relational() {
         bail!(Invalid, "hint_loss {} compares relations, not mapped units: give it as relation_loss (with relation_weight)", o.hint_loss);
     }
@@ -496,14 +501,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         bail!(Invalid, "relation_weight needs the teachers' hidden states, which a cache does not hold: give --teacher");
     }
     // The relation term reads the same teacher states as a hint (and is refused where hints are).
-    if !(o.relation_weight >= 0.0 && o.relation_weight.is_finite()) {
-        bail!(Invalid, "relation_weight must be a finite number >= 0, got {}", o.relation_weight);
-    }
-    let relation = o.relation_weight > 0.0
-        && task.hints(o.relation_weight).map_err(|e| match e {
-            Error::Invalid(m) => Error::Invalid(m.replace("hint_weight: feature hints come", "relation_weight: relations come")),
-            other => other,
-        })?;
+    let relation = super::options::check_hints("relation_weight", "relations", o.relation_weight, task.teacher_states())?;
     // A feature hint maps a hidden layer of the model to a layer of the first teacher, of its
     // width: by default the last of each (the map `<prefix>.hint`), or the pairs of hint_layers
     // (`<prefix>.hint.<S>_<T>`).

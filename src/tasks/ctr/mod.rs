@@ -259,8 +259,12 @@ impl Task for CtrTask {
         self.teachers.iter().map(|t| TeacherRef { path: &t.path, model: &t.model, store: &t.store }).collect()
     }
 
-    fn hints(&self, weight: f32) -> Result<bool> {
-        crate::train::options::check_hints(weight, !self.teachers.is_empty(), "give --teacher")
+    fn teacher_states(&self) -> std::result::Result<(), &'static str> {
+        if self.teachers.is_empty() {
+            Err("give --teacher")
+        } else {
+            Ok(())
+        }
     }
 
     fn layer_widths(&self) -> Option<(Vec<usize>, Vec<usize>)> {

@@ -236,8 +236,12 @@ impl Task for LmTask {
         !self.cfg.data_free
     }
 
-    fn hints(&self, weight: f32) -> Result<bool> {
-        crate::train::options::check_hints(weight, !self.cfg.teacher.is_empty() && !self.cfg.data_free, "give --teacher (and not --data-free)")
+    fn teacher_states(&self) -> std::result::Result<(), &'static str> {
+        if self.cfg.teacher.is_empty() || self.cfg.data_free {
+            Err("give --teacher (and not --data-free)")
+        } else {
+            Ok(())
+        }
     }
 
     fn layer_widths(&self) -> Option<(Vec<usize>, Vec<usize>)> {
