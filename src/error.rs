@@ -59,3 +59,38 @@ macro_rules! bail {
         return Err($crate::Error::$kind(format!($($arg)*)))
     };
 }
+
+/// `FromStr` and `Display` for an enum of named choices (an option's values), and `NAMES`, the
+/// names in the order of the variants: `named_choices!(Quant, "the weight precision", { None =>
+/// "none", Int8 => "int8" })`; a variant may take aliases (`Rkd => "rkd" | "rkd-distance"`). An
+/// unknown name is an error listing the choices.
+#[macro_export]
+macro_rules! named_choices {
+    ($t:ident, $what:literal, { $($v:ident => $name:literal $(| $alias:literal)*),+ $(,)? }) => {
+        impl $t {
+            /// The option's values, in the order of the variants.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($name $(| $alias)* => Ok($t::$v),)+
+                    _ => {
+                        let (last, rest) = $t::NAMES.split_last().expect("a choice");
+                        Err(format!("{} must be {} or {last}, got {s:?}", $what, rest.join(", ")))
+                    }
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $($t::$v => $name,)+
+                })
+            }
+        }
+    };
+}

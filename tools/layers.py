@@ -20,7 +20,7 @@ LAYERS = [
 # What each crate-level module path belongs to (the first segment after `crate::`).
 MODULES = {
     "error": 0, "hash": 0, "rng": 0, "testdir": 0, "progress": 0, "bail": 0, "Error": 0, "Result": 0,
-    "hash_uniform": 0, "Rng": 0,
+    "hash_uniform": 0, "Rng": 0, "named_choices": 0,
     "cuda": 1, "tensor": 1, "Tensor": 1, "Device": 1, "DType": 1, "backend": 1, "Backend": 1,
     "ops": 2, "DistillLoss": 2, "DistillParams": 2,
     "autograd": 3, "params": 3, "Graph": 3, "Var": 3, "Grads": 3, "ParamStore": 3,

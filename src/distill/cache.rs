@@ -32,25 +32,7 @@ pub enum CacheRest {
     Drop,
 }
 
-impl std::str::FromStr for CacheRest {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "uniform" => Ok(CacheRest::Uniform),
-            "drop" => Ok(CacheRest::Drop),
-            _ => Err(format!("the rest of a cached teacher's mass is uniform or drop, got {s:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for CacheRest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CacheRest::Uniform => "uniform",
-            CacheRest::Drop => "drop",
-        })
-    }
-}
+crate::named_choices!(CacheRest, "the rest of a cached teacher's mass", { Uniform => "uniform", Drop => "drop" });
 
 /// The `format` entry of a teacher cache.
 pub const FORMAT: &str = "codistill-teacher-cache/1";

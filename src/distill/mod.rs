@@ -245,27 +245,7 @@ pub enum Anneal {
     Cosine,
 }
 
-impl std::str::FromStr for Anneal {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "constant" => Ok(Anneal::Constant),
-            "linear" => Ok(Anneal::Linear),
-            "cosine" => Ok(Anneal::Cosine),
-            _ => Err(format!("a schedule must be constant, linear or cosine, got {s:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for Anneal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Anneal::Constant => "constant",
-            Anneal::Linear => "linear",
-            Anneal::Cosine => "cosine",
-        })
-    }
-}
+crate::named_choices!(Anneal, "a schedule", { Constant => "constant", Linear => "linear", Cosine => "cosine" });
 
 impl Anneal {
     /// The share of the way from the start value to the final one at `progress` in [0, 1].

@@ -23,27 +23,7 @@ pub enum Quant {
     Int4,
 }
 
-impl std::str::FromStr for Quant {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "none" => Ok(Quant::None),
-            "int8" => Ok(Quant::Int8),
-            "int4" => Ok(Quant::Int4),
-            _ => Err(format!("must be none, int8 or int4, got {s:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for Quant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Quant::None => "none",
-            Quant::Int8 => "int8",
-            Quant::Int4 => "int4",
-        })
-    }
-}
+crate::named_choices!(Quant, "the weight precision", { None => "none", Int8 => "int8", Int4 => "int4" });
 
 impl Quant {
     /// Bits per weight (None at full precision).

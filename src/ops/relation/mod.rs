@@ -29,29 +29,7 @@ pub enum HiddenLoss {
     RkdDistance,
 }
 
-impl std::str::FromStr for HiddenLoss {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "mse" => Ok(HiddenLoss::Mse),
-            "cosine" => Ok(HiddenLoss::Cosine),
-            "sp" => Ok(HiddenLoss::Sp),
-            "rkd" | "rkd-distance" => Ok(HiddenLoss::RkdDistance),
-            _ => Err(format!("a hidden-state loss must be mse, cosine, sp or rkd, got {s:?}")),
-        }
-    }
-}
-
-impl std::fmt::Display for HiddenLoss {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            HiddenLoss::Mse => "mse",
-            HiddenLoss::Cosine => "cosine",
-            HiddenLoss::Sp => "sp",
-            HiddenLoss::RkdDistance => "rkd",
-        })
-    }
-}
+crate::named_choices!(HiddenLoss, "a hidden-state loss", { Mse => "mse", Cosine => "cosine", Sp => "sp", RkdDistance => "rkd" | "rkd-distance" });
 
 impl HiddenLoss {
     /// Whether the loss compares rows across the batch (any widths) rather than matched units.
