@@ -13,14 +13,8 @@ set -euo pipefail
 OUT=${1:-runs/distill-losses}
 BIN=${BIN:-target/release/codistill}
 SEEDS=${SEEDS:-1 2}
-TEACHER_ROWS=${TEACHER_ROWS:-4000000}
-mkdir -p "$OUT/data"
-gen() { [ -f "$OUT/data/$1.tsv" ] || "$BIN" criteo generate --out "$OUT/data/$1.tsv" --rows "$2" --model-seed 1 --seed "$3" > /dev/null; }
-gen teacher "$TEACHER_ROWS" 11
-gen train 1000000 12
-gen valid 100000 13
-COMMON=(--device cpu --cache "$OUT/cache" --log-every 100000 --valid "$OUT/data/valid.tsv")
-[ -f "$OUT/teacher/result.json" ] || "$BIN" criteo train "${COMMON[@]}" --train "$OUT/data/teacher.tsv" --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1
+# shellcheck source=scripts/click_teacher.sh
+source "$(dirname "$0")/click_teacher.sh"
 STUDENT=("${COMMON[@]}" --train "$OUT/data/train.tsv" --emb-dim 4 --mlp 32,16)
 for S in $SEEDS; do
   r="$OUT/labels-s$S"; [ -f "$r/result.json" ] || "$BIN" criteo train "${STUDENT[@]}" --seed "$S" --out "$r" > "$r.log" 2>&1

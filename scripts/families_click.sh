@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The distillation families of issue 26 on the synthetic click log, at one student size and one
-# pass of its 1M rows each: the data and teacher of scripts/quantized_distill.sh (run that first
-# on the same OUT, or this makes them), a narrow student (--emb-dim 4 --mlp 32,16), SEEDS each.
+# pass of its 1M rows each: the data and teacher of scripts/click_teacher.sh (shared with
+# quantized_distill.sh and distill_losses.sh on the same OUT), a narrow student (--emb-dim 4 --mlp 32,16), SEEDS each.
 # Arms: labels only; plain KD (the paper's form, lambda 1, from step 0); KD with a cosine hint
 # (weight 1); KD with the similarity-preserving relation (weight 10) and the RKD distance (weight
 # 1); KD with the weight fading linearly to 0; two teachers (the teacher and the labels-only
@@ -13,9 +13,9 @@ set -euo pipefail
 OUT=${1:-runs/quantized-distill}
 BIN=${BIN:-target/release/codistill}
 SEEDS=${SEEDS:-1 2}
-[ -f "$OUT/teacher/result.json" ] || BIN="$BIN" SEED=1 "$(dirname "$0")/quantized_distill.sh" "$OUT" > /dev/null
-COMMON=(--device cpu --cache "$OUT/cache" --log-every 100000 --valid "$OUT/data/valid.tsv" --train "$OUT/data/train.tsv" --emb-dim 4 --mlp 32,16)
-T="$OUT/teacher/checkpoint.safetensors"
+# shellcheck source=scripts/click_teacher.sh
+source "$(dirname "$0")/click_teacher.sh"
+COMMON+=(--train "$OUT/data/train.tsv" --emb-dim 4 --mlp 32,16)
 for S in $SEEDS; do
   run() { local r="$OUT/fam-$1-s$S"; shift; [ -f "$r/result.json" ] || "$BIN" criteo train "${COMMON[@]}" --seed "$S" "$@" --out "$r" > "$r.log" 2>&1; }
   run labels

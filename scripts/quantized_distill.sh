@@ -6,20 +6,13 @@
 #   int8/int4 student on the labels only (--quantize)
 #   f32 student on the labels, and distilled, each quantized after training (codistill quantize)
 # Prints each arm's validation log-loss and AUC on a validation log of the same hidden model.
-# Usage: [BIN=...] [SEED=1] [TEACHER_ROWS=1000000] scripts/quantized_distill.sh OUT
+# Usage: [BIN=...] [SEED=1] [TEACHER_ROWS=4000000] scripts/quantized_distill.sh OUT
 set -euo pipefail
 OUT=${1:-runs/quantized-distill}
 BIN=${BIN:-target/release/codistill}
 SEED=${SEED:-1}
-TEACHER_ROWS=${TEACHER_ROWS:-1000000}
-mkdir -p "$OUT/data"
-gen() { [ -f "$OUT/data/$1.tsv" ] || "$BIN" criteo generate --out "$OUT/data/$1.tsv" --rows "$2" --model-seed 1 --seed "$3" > /dev/null; }
-gen teacher "$TEACHER_ROWS" 11
-gen train 1000000 12
-gen valid 100000 13
-COMMON=(--device cpu --cache "$OUT/cache" --log-every 100000 --valid "$OUT/data/valid.tsv")
-[ -f "$OUT/teacher/result.json" ] || "$BIN" criteo train "${COMMON[@]}" --train "$OUT/data/teacher.tsv" --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1
-T="$OUT/teacher/checkpoint.safetensors"
+# shellcheck source=scripts/click_teacher.sh
+source "$(dirname "$0")/click_teacher.sh"
 STUDENT=("${COMMON[@]}" --train "$OUT/data/train.tsv" --emb-dim 4 --mlp 32,16 --seed "$SEED")
 run() { local r="$OUT/$1"; shift; [ -f "$r/result.json" ] || "$BIN" criteo train "${STUDENT[@]}" "$@" --out "$r" > "$r.log" 2>&1; }
 run f32-labels
