@@ -33,13 +33,28 @@ impl Linear {
     }
 
     pub fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
-        let w = g.param(store, &self.weight)?;
-        let y = g.matmul(x, w)?;
-        match &self.bias {
-            Some(b) => {
-                let bv = g.param(store, b)?;
-                g.add_bias(y, bv)
+        self.apply(g, store, x, false)
+    }
+
+    /// As [`forward`](Self::forward) with the weights as constants: gradients reach `x` only (a
+    /// term that must not train this layer).
+    pub fn forward_frozen(&self, g: &mut Graph, store: &ParamStore, x: Var) -> Result<Var> {
+        self.apply(g, store, x, true)
+    }
+
+    fn apply(&self, g: &mut Graph, store: &ParamStore, x: Var, frozen: bool) -> Result<Var> {
+        let mut get = |name: &str| -> Result<Var> {
+            if frozen {
+                Ok(g.constant(store.get(name)?.clone()))
+            } else {
+                g.param(store, name)
             }
+        };
+        let w = get(&self.weight)?;
+        let b = self.bias.as_deref().map(&mut get).transpose()?;
+        let y = g.matmul(x, w)?;
+        match b {
+            Some(bv) => g.add_bias(y, bv),
             None => Ok(y),
         }
     }

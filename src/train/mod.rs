@@ -70,26 +70,14 @@ impl Discriminator {
     /// The logit `[N, 1]` of "a teacher's row" for `x [N, width]`; with `frozen` the weights are
     /// constants (the student's term must not train the discriminator).
     fn forward(&self, g: &mut Graph, store: &ParamStore, x: Var, frozen: bool) -> Result<Var> {
-        let mut h = x;
-        for (i, l) in self.layers.iter().enumerate() {
-            let get = |g: &mut Graph, name: &str| -> Result<Var> {
-                if frozen {
-                    Ok(g.constant(store.get(name)?.clone()))
-                } else {
-                    g.param(store, name)
-                }
-            };
-            let w = get(g, &l.weight)?;
-            h = g.matmul(h, w)?;
-            if let Some(b) = &l.bias {
-                let b = get(g, b)?;
-                h = g.add_bias(h, b)?;
-            }
-            if i == 0 {
-                h = g.unary(Unary::Relu, h)?;
-            }
+        let [first, second] = &self.layers;
+        let h = if frozen { first.forward_frozen(g, store, x)? } else { first.forward(g, store, x)? };
+        let h = g.unary(Unary::Relu, h)?;
+        if frozen {
+            second.forward_frozen(g, store, h)
+        } else {
+            second.forward(g, store, h)
         }
-        Ok(h)
     }
 
     /// The two terms for a batch: the student's `weight * BCE(D(student), 1)` (through the
