@@ -395,6 +395,10 @@ fn run(m: &ArgMatches) -> Result<()> {
             let bits: u32 = num(a, "bits")?;
             codistill::ops::quant::Quant::of_bits(bits)?;
             let mut c = codistill::checkpoint::Checkpoint::load(&ckpt)?;
+            let format = c.meta("format", &ckpt)?;
+            if format != codistill::tasks::lm::config::FORMAT && format != codistill::tasks::ctr::config::FORMAT {
+                return Err(codistill::Error::Invalid(format!("{}: format {format:?} is not a model checkpoint (a language or click model)", ckpt.display())));
+            }
             // Weights only: the optimizer's moments and the resume position go.
             c.tensors.retain(|k, _| !k.starts_with("optim/"));
             c.meta.remove("optimizer_steps");

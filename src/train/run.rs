@@ -650,7 +650,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             load_weights(&mut store, &ck, path)?;
             // The hint map is no part of the model: restored apart.
             for (_, _, h, _) in &hint {
-                super::restore_hint(&mut store, h, &ck, path, "feature hints (hint_weight 0)")?;
+                super::restore_hint(&mut store, h, &ck, path, "feature hints on these layers (hint_weight 0, or other hint_layers)")?;
             }
             if let Some(d) = &disc {
                 d.restore(&mut store, &ck, path)?;
