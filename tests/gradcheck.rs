@@ -327,6 +327,23 @@ fn binary_divergence_gradients(dev: Device) {
     }
 }
 
+fn softmax_gradients(dev: Device) {
+    // Odd widths, a width of one (a constant output), and large logits.
+    for (rows, w, scale) in [(3, 7, 1.0), (4, 1, 1.0), (2, 5, 6.0)] {
+        let s = store_of(&[("x", Tensor::randn(&[rows, w], scale, &mut Rng::new(42)))]);
+        gradcheck(
+            dev,
+            &format!("softmax {rows}x{w}"),
+            s,
+            |g, s| {
+                let x = g.param(s, "x")?;
+                g.softmax(x)
+            },
+            Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
+        );
+    }
+}
+
 fn hidden_state_loss_gradients(dev: Device) {
     use codistill::ops::relation::HiddenLoss;
     // Odd sizes; the relations with a teacher of another width.
@@ -414,6 +431,7 @@ fn main() {
             ("bce_with_soft_targets_gradient", bce_with_soft_targets_gradient),
             ("binary_divergence_gradients", binary_divergence_gradients),
             ("hidden_state_loss_gradients", hidden_state_loss_gradients),
+            ("softmax_gradients", softmax_gradients),
             ("linear_and_mlp_module_gradients", linear_and_mlp_module_gradients),
             ("embedding_and_two_layer_lstm_module_gradients", embedding_and_two_layer_lstm_module_gradients),
         ],

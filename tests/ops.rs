@@ -25,6 +25,8 @@ mod matmul;
 mod optim;
 #[path = "../src/ops/reduce/tests.rs"]
 mod reduce;
+#[path = "../src/ops/softmax/tests.rs"]
+mod softmax;
 #[path = "../src/ops/softmax_kl/tests.rs"]
 mod softmax_kl;
 
@@ -46,6 +48,7 @@ fn main() {
             ("matmul::accumulation_into_c_matches_f64", matmul::accumulation_into_c_matches_f64),
             ("optim::updates_match_f64_dense_and_row_sparse", optim::updates_match_f64_dense_and_row_sparse),
             ("reduce::sums_match_f64", reduce::sums_match_f64),
+            ("softmax::rows_and_backward_match_f64", softmax::rows_and_backward_match_f64),
             (
                 "softmax_kl::fused_matches_unfused_over_temperature_alpha_and_teacher_count",
                 softmax_kl::fused_matches_unfused_over_temperature_alpha_and_teacher_count,

@@ -15,6 +15,7 @@ pub mod quant;
 
 pub mod reduce;
 pub mod relation;
+pub mod softmax;
 pub mod softmax_kl;
 
 use crate::tensor::{Device, Tensor};
