@@ -292,6 +292,11 @@ impl CriteoCache {
         self.record(i)[0] as f32
     }
 
+    /// Row `i`'s category buckets, one per field (not offset into the model's table).
+    pub fn categories(&self, i: usize) -> &[u32] {
+        &self.record(i)[2 + NUM_INTS..]
+    }
+
     /// Rows `idx` as model inputs: category ids `[N * 26]` offset per field into one table of
     /// `26 * buckets` rows, dense `[N, 26]` (13 values, 13 missing flags), labels `[N]`.
     pub fn batch(&self, idx: &[usize]) -> Result<(crate::Tensor, crate::Tensor, crate::Tensor)> {

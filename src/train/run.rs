@@ -162,8 +162,11 @@ pub trait Task: Sized {
     fn start(&self, _stream: &mut Self::Stream, _carry: &mut Self::Carry, _step: u64, _ck: Option<(&Checkpoint, &Path)>) -> Result<()> {
         Ok(())
     }
-    /// What a checkpoint holds beside weights, optimizer, step and config (what `start` reads).
-    fn save_extra(&self, _c: &mut Checkpoint, _stream: &Self::Stream, _carry: &Self::Carry) {}
+    /// What a checkpoint holds beside weights, optimizer, step and config (what `start` reads, and
+    /// what the task records of the model whose weights are `store`).
+    fn save_extra(&self, _c: &mut Checkpoint, _stream: &Self::Stream, _carry: &Self::Carry, _store: &ParamStore) -> Result<()> {
+        Ok(())
+    }
     /// A resumed checkpoint's config (`saved`) against the run's data, beyond the resume keys.
     fn check_resume(&self, _saved: &Self::Config, _ck: &Checkpoint, _path: &Path) -> Result<()> {
         Ok(())
@@ -175,6 +178,11 @@ pub trait Task: Sized {
     /// The zero state a model starts a stream with.
     fn zero_carry(&self, _model: &Self::Model) -> Result<Self::Carry> {
         Ok(Self::Carry::default())
+    }
+    /// What a stream does with the model at hand (weights `store`) before its batch of `step`: a
+    /// data-free run synthesises rows against the student. Nothing by default.
+    fn before_batch(&self, _model: &Self::Model, _stream: &mut Self::Stream, _store: &ParamStore, _step: u64) -> Result<()> {
+        Ok(())
     }
     /// The batch of `step` from a stream (the run's passes are `epoch_steps` long), and whether it
     /// starts the stream afresh (the carried states are reset).
@@ -402,7 +410,7 @@ fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64, resumable: boo
     if let Some(d) = m.data_key {
         c.meta.insert(DATA_KEY.into(), format!("{d:016x}"));
     }
-    task.save_extra(&mut c, &m.stream, &m.carry);
+    task.save_extra(&mut c, &m.stream, &m.carry, &m.store)?;
     // A quantized run's weights-only checkpoint holds the quantized model (the resumable one keeps
     // the shadow weights the optimizer trains).
     if let (Some(bits), false) = (quant, resumable) {
@@ -766,6 +774,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         for m in members.iter_mut() {
             let (ts, mut waited_here) = (Instant::now(), 0.0);
             m.interval.staleness = (0, 0);
+            task.before_batch(model, &mut m.stream, &m.store, step)?;
             let (batch, fresh) = task.batch(&mut m.stream, step, epoch_steps)?;
             if fresh {
                 m.carry = task.zero_carry(model)?;

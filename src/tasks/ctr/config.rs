@@ -27,6 +27,40 @@ crate::config_table! {
         batch: usize = 512,
         /// Passes over the training rows (shuffled each epoch)
         epochs: usize = 1,
+        /// Training steps, counting those before a resume (0: epochs passes over the training rows; a data-free run's default is the steps of one such pass per epoch)
+        steps: u64 = 0,
+        /// Data-free distillation from the one --teacher (its checkpoint must record feature statistics, as every click checkpoint since this option does): fast (FastDFKD: a meta-learned generator adapted dfkd_steps steps per batch), sequential (each batch from the last batch's generator), generator (one generator trained on, fresh latents each step: DAFL/DFAD-style), inversion (each batch's rows optimised from noise, no generator: DeepInversion-style), or off; the student trains on a bank of synthesised rows, validation on the validation rows
+        data_free: super::dfkd::DataFree = super::dfkd::DataFree::Off,
+        /// Data-free: adaptation steps per synthesised batch (k)
+        dfkd_steps: usize = 5,
+        /// Data-free: rows per synthesised batch
+        dfkd_rows: usize = 512,
+        /// Data-free: student steps per synthesised batch
+        dfkd_every: u64 = 10,
+        /// Data-free: the memory bank's size in rows (the oldest replaced first)
+        dfkd_bank: usize = 200000,
+        /// Data-free: Adam's learning rate for the generator (inversion: for the rows)
+        dfkd_lr: f32 = 0.005,
+        /// Data-free: Adam's learning rate for each batch's latents
+        dfkd_lr_z: f32 = 0.05,
+        /// Data-free: the meta-generator's learning rate (fast; Reptile through Adam)
+        dfkd_meta_lr: f32 = 0.025,
+        /// Data-free: weight of the recorded-moments term (dense inputs and hidden layers)
+        dfkd_bn: f32 = 1.0,
+        /// Data-free: weight of the class term (the teacher toward drawn labels)
+        dfkd_oh: f32 = 0.5,
+        /// Data-free: weight of the adversarial term (the student's disagreement with the teacher, maximised)
+        dfkd_adv: f32 = 0.5,
+        /// Data-free: the class term's click rate (0: the teacher's recorded training rate)
+        dfkd_click_rate: f32 = 0.0,
+        /// Data-free: category rows per field the generator chooses among (the teacher's most used)
+        dfkd_candidates: usize = 256,
+        /// Data-free: the Gumbel-softmax temperature
+        dfkd_temperature: f32 = 1.0,
+        /// Data-free: the generator's latent width
+        dfkd_latent: usize = 64,
+        /// Data-free: the generator's hidden width
+        dfkd_hidden: usize = 256,
         /// Validate on at most this many rows (0: all)
         eval_rows: usize = 0,
         /// Synthetic log: training rows (the validation file gets a tenth)

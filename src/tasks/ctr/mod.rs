@@ -5,8 +5,10 @@
 //! the click model's own.
 
 pub mod config;
+pub mod dfkd;
 pub mod model;
 pub mod score;
+pub mod stats;
 
 pub use config::CriteoConfig;
 pub use model::{evaluate, load_checkpoint, load_teachers, parse_widths, ClickEval, CtrModel, CtrTeacher};
@@ -158,6 +160,8 @@ pub struct CtrTask {
     dev: Device,
     /// The run's backend context.
     be: crate::Backend,
+    /// A data-free run's teacher statistics (its checkpoint's).
+    dfkd_stats: Option<stats::FeatureStats>,
 }
 
 /// One model's rows, shuffled each epoch.
@@ -167,6 +171,10 @@ pub struct CtrStream {
     pos: usize,
     epoch: u64,
     rng: Rng,
+    /// The shard's category counts, for the statistics each checkpoint records (counted once).
+    ids: std::cell::OnceCell<stats::IdCounts>,
+    /// A data-free run's synthesizer and bank (its batches come from the bank).
+    pub synth: Option<dfkd::Synthesizer>,
 }
 
 impl CtrStream {
@@ -219,7 +227,7 @@ impl Task for CtrTask {
     const FORMAT: &'static str = config::FORMAT;
     const PREFIX: &'static str = "ctr";
     const UNIT: &'static str = "rows";
-    const RESUME_KEYS: &'static [&'static str] = &["buckets", "emb_dim", "mlp", "batch", "valid_fraction"];
+    const RESUME_KEYS: &'static [&'static str] = &["buckets", "emb_dim", "mlp", "batch", "valid_fraction", "data_free", "dfkd_latent", "dfkd_hidden", "dfkd_candidates"];
 
     fn prepare(cfg: &CriteoConfig, setup: &Setup) -> Result<Self> {
         if cfg.batch == 0 || cfg.epochs == 0 || cfg.emb_dim == 0 {
@@ -244,7 +252,29 @@ impl Task for CtrTask {
             ((clicks + 1.0) / (r.len() as f64 + 2.0)).clamp(1e-6, 1.0 - 1e-6)
         };
         let model = CtrModel::new(&mut ParamStore::new(), cfg, &mut Rng::new(0))?;
-        Ok(CtrTask { cfg: cfg.clone(), data, teachers, model, start_bias: (rate / (1.0 - rate)).ln() as f32, dev: setup.dev, be: setup.run.backend()? })
+        let dfkd_stats = match cfg.data_free {
+            dfkd::DataFree::Off => None,
+            method => {
+                let o = setup.run;
+                if teachers.len() != 1 {
+                    bail!(Invalid, "data_free {method} inverts one teacher: give exactly one --teacher (got {})", teachers.len());
+                }
+                if setup.total_models > 1 || o.teacher_logits.is_some() {
+                    bail!(Invalid, "data_free {method}: one model, distilled from --teacher (no codistillation, no --teacher-logits)");
+                }
+                settings(cfg).check()?;
+                let t = &teachers[0];
+                let ck = Checkpoint::load(&t.path)?;
+                let st = stats::FeatureStats::read(&ck, &t.path, t.model.hidden_widths().len())?.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: the teacher records no feature statistics (stats.* tensors), which data_free needs: click checkpoints record them since data-free distillation was added; train the teacher again, or resume its last checkpoint for more steps (--resume with a larger --steps or --epochs), which writes them",
+                        t.path.display()
+                    ))
+                })?;
+                Some(st)
+            }
+        };
+        Ok(CtrTask { cfg: cfg.clone(), data, teachers, model, start_bias: (rate / (1.0 - rate)).ln() as f32, dev: setup.dev, be: setup.run.backend()?, dfkd_stats })
     }
 
     fn config(&self) -> &CriteoConfig {
@@ -283,7 +313,14 @@ impl Task for CtrTask {
             bail!(Invalid, "{}: shard {shard} of {shards} has no training rows", self.data.train.source.display());
         }
         let key = self.data.train.fingerprint(rows.clone());
-        Ok((CtrStream { rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng: Rng::new(0) }, Some(key)))
+        let synth = match &self.dfkd_stats {
+            Some(st) => {
+                let t = &self.teachers[0];
+                Some(dfkd::Synthesizer::new(settings(&self.cfg), &t.model, &t.store, st, self.be)?)
+            }
+            None => None,
+        };
+        Ok((CtrStream { rows, order: Vec::new(), pos: usize::MAX, epoch: 0, rng: Rng::new(0), ids: std::cell::OnceCell::new(), synth }, Some(key)))
     }
 
     /// Each model shuffles with its own stream, the one its initialisation drew from.
@@ -296,11 +333,18 @@ impl Task for CtrTask {
     }
 
     fn total_steps(&self, epoch_steps: u64) -> u64 {
-        epoch_steps * self.cfg.epochs as u64
+        if self.cfg.steps > 0 {
+            self.cfg.steps
+        } else {
+            epoch_steps * self.cfg.epochs as u64
+        }
     }
 
     fn length_help(&self, epoch_steps: u64) -> (String, &'static str) {
-        (format!(" ({} epoch(s) of {epoch_steps} steps)", self.cfg.epochs), "--epochs")
+        if self.cfg.steps > 0 {
+            return (String::new(), "--steps");
+        }
+        (format!(" ({} epoch(s) of {epoch_steps} steps)", self.cfg.epochs), "--epochs (or --steps)")
     }
 
     fn start(&self, s: &mut CtrStream, _carry: &mut (), _step: u64, ck: Option<(&Checkpoint, &Path)>) -> Result<()> {
@@ -308,6 +352,9 @@ impl Task for CtrTask {
             let num = |k: &str| -> Result<u64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
             s.epoch = num("epoch")?;
             s.pos = num("position")? as usize;
+            if let Some(synth) = s.synth.as_mut() {
+                synth.restore(ck, path)?;
+            }
             if s.epoch > 0 {
                 s.order = s.rows.clone().collect();
                 s.rng.fork(s.epoch - 1).shuffle(&mut s.order);
@@ -316,16 +363,41 @@ impl Task for CtrTask {
         Ok(())
     }
 
-    fn save_extra(&self, c: &mut Checkpoint, s: &CtrStream, _carry: &()) {
+    fn save_extra(&self, c: &mut Checkpoint, s: &CtrStream, _carry: &(), store: &ParamStore) -> Result<()> {
         c.meta.insert("epoch".into(), s.epoch.to_string());
         c.meta.insert("position".into(), s.pos.to_string());
+        match &s.synth {
+            // A data-free student saw no real rows: it records its synthesis, not their statistics.
+            Some(synth) => synth.save(c),
+            None => {
+                let ids = s.ids.get_or_init(|| stats::IdCounts::of(&self.data.train, s.rows.clone()));
+                stats::FeatureStats::measure(&self.be, &self.model, store, &self.data.train, s.rows.clone(), ids)?.write(c)
+            }
+        }
+    }
+
+    fn before_batch(&self, model: &CtrModel, s: &mut CtrStream, store: &ParamStore, step: u64) -> Result<()> {
+        if let Some(synth) = s.synth.as_mut() {
+            if synth.bank.is_empty() || step.is_multiple_of(self.cfg.dfkd_every) {
+                let t = &self.teachers[0];
+                synth.synthesize(&t.model, &t.store, model, store, step)?;
+            }
+        }
+        Ok(())
     }
 
     fn data_name(&self) -> String {
         self.data.train.source.display().to_string()
     }
 
-    fn batch(&self, stream: &mut CtrStream, _step: u64, _epoch_steps: u64) -> Result<(CtrBatch, bool)> {
+    fn batch(&self, stream: &mut CtrStream, step: u64, _epoch_steps: u64) -> Result<(CtrBatch, bool)> {
+        if let Some(synth) = &stream.synth {
+            // Rows drawn from the bank (with replacement), a function of the step.
+            let mut rng = Rng::new(self.cfg.seed).fork(0xBA4C).fork(step);
+            let idx: Vec<usize> = (0..self.cfg.batch).map(|_| rng.below(synth.bank.len())).collect();
+            let (ids, dense, labels) = synth.bank.batch(&idx)?;
+            return Ok((CtrBatch { rows: idx.len(), ids: ids.to_device(self.dev)?, dense: dense.to_device(self.dev)?, labels, keys: idx }, false));
+        }
         let chunk = stream.next_batch(self.cfg.batch);
         let (ids, dense, labels) = self.data.train.batch(&chunk)?;
         let keys = chunk.iter().map(|r| r - stream.rows.start).collect();
@@ -502,6 +574,20 @@ impl Task for CtrTask {
     }
 
     fn describe(&self, first: &CtrStream, _epoch_steps: u64, total: u64) -> String {
+        if let Some(s) = &first.synth {
+            let c = &s.settings;
+            return format!(
+                "data-free ({}, k = {}): {} rows synthesised every {} steps from {} candidate rows per field, click rate {:.4}, bank of {}; {} validation rows, {total} steps",
+                c.method,
+                c.steps,
+                c.rows,
+                c.every,
+                s.candidates(),
+                s.click_rate(),
+                c.bank,
+                self.data.valid_rows.len()
+            );
+        }
         format!("{} training rows each, {} validation rows, {total} steps", first.rows.len(), self.data.valid_rows.len())
     }
 
@@ -543,7 +629,55 @@ impl Task for CtrTask {
             "train_rows_per_s": s.train_rows_per_s,
             "preprocess_rows_per_s": s.preprocess_rows_per_s.unwrap_or(nan),
         });
+        let fields = match run.members.first().and_then(|m| m.stream.synth.as_ref()) {
+            Some(synth) => {
+                let t = synth.totals;
+                let per_1000 = t.seconds / (t.rows.max(1) as f64 / 1000.0);
+                eprintln!(
+                    "data-free ({}): {} batches, {} rows synthesised in {:.1} s ({per_1000:.3} s per 1,000 rows); bank {} rows",
+                    synth.settings.method,
+                    t.batches,
+                    t.rows,
+                    t.seconds,
+                    synth.bank.len()
+                );
+                let mut f = fields;
+                f["data_free"] = json!(synth.settings.method.to_string());
+                f["dfkd_steps"] = json!(synth.settings.steps);
+                f["synthesis_batches"] = json!(t.batches);
+                f["synthesised_rows"] = json!(t.rows);
+                f["synthesis_s"] = json!(t.seconds);
+                f["synthesis_s_per_1000_rows"] = json!(per_1000);
+                f["bank_rows"] = json!(synth.bank.len());
+                f["synthesis_last_terms"] = json!({"stats": t.last[0], "class": t.last[1], "student_teacher_ce": t.last[2], "total": t.last[3]});
+                f
+            }
+            None => fields,
+        };
         Ok((s, fields))
+    }
+}
+
+/// The synthesis settings of a config's `dfkd_*` keys.
+pub fn settings(cfg: &CriteoConfig) -> dfkd::Settings {
+    dfkd::Settings {
+        method: cfg.data_free,
+        steps: cfg.dfkd_steps,
+        rows: cfg.dfkd_rows,
+        every: cfg.dfkd_every,
+        bank: cfg.dfkd_bank,
+        lr: cfg.dfkd_lr,
+        lr_z: cfg.dfkd_lr_z,
+        meta_lr: cfg.dfkd_meta_lr,
+        bn: cfg.dfkd_bn,
+        oh: cfg.dfkd_oh,
+        adv: cfg.dfkd_adv,
+        click_rate: cfg.dfkd_click_rate,
+        candidates: cfg.dfkd_candidates,
+        temperature: cfg.dfkd_temperature,
+        latent: cfg.dfkd_latent,
+        hidden: cfg.dfkd_hidden,
+        seed: cfg.seed,
     }
 }
 

@@ -6,7 +6,7 @@ use super::score::{auc, calibration, log_loss};
 use crate::autograd::{Graph, Var};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
-use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS};
+use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS, NUM_INTS};
 use crate::nn::{Embedding, Linear, Mlp};
 use crate::ops::math::sigmoid;
 use crate::params::ParamStore;
@@ -68,14 +68,80 @@ impl CtrModel {
         let first = self.mlp.layers[0].forward(g, s, e)?;
         let dv = g.constant(dense.clone());
         let d = self.dense.forward(g, s, dv)?;
-        let mut h = g.add(first, d)?;
+        let h = g.add(first, d)?;
+        self.above_first(g, s, h, n, false)
+    }
+
+    /// The layers above the first from its output `h [n, h0]` (before its ReLU): the logits and
+    /// every hidden layer; with `frozen` the weights are constants.
+    fn above_first(&self, g: &mut Graph, s: &ParamStore, mut h: Var, n: usize, frozen: bool) -> Result<(Var, Vec<Var>)> {
         let mut hidden = Vec::new();
         for layer in &self.mlp.layers[1..] {
             h = g.relu(h)?;
             hidden.push(h);
-            h = layer.forward(g, s, h)?;
+            h = if frozen { layer.forward_frozen(g, s, h)? } else { layer.forward(g, s, h)? };
         }
         Ok((g.reshape(h, &[n])?, hidden))
+    }
+
+    /// The first layer's rows of chosen category rows, for rows given as distributions over a few
+    /// candidates per field (data-free synthesis): for field `f` and its candidates `cand[f]`
+    /// (global embedding rows, each field the same count `p`), row `f * p + j` is the embedding row
+    /// `cand[f][j]` through field `f`'s block of the first layer, `E[c] W0[f E..(f + 1) E, :]`.
+    /// `[NUM_CATS * p, h0]` on the store's device.
+    pub fn candidate_rows(&self, s: &ParamStore, cand: &[Vec<i32>]) -> Result<Tensor> {
+        let p = cand.first().map_or(0, |c| c.len());
+        if cand.len() != NUM_CATS || p == 0 || cand.iter().any(|c| c.len() != p) {
+            bail!(Invalid, "candidate_rows: {NUM_CATS} fields of the same positive count of candidates needed");
+        }
+        let (e, w0) = (self.emb.dim, &self.mlp.layers[0]);
+        let h0 = w0.out_dim;
+        let table = s.get(&self.emb.weight)?.to_vec_f32()?;
+        let w = s.get(&w0.weight)?.to_vec_f32()?;
+        let mut out = vec![0f32; NUM_CATS * p * h0];
+        for (f, c) in cand.iter().enumerate() {
+            for (j, &row) in c.iter().enumerate() {
+                if row < 0 || row as usize >= self.emb.vocab {
+                    bail!(Invalid, "candidate_rows: field {f} names row {row}, outside the table's {}", self.emb.vocab);
+                }
+                let er = &table[row as usize * e..(row as usize + 1) * e];
+                let o = &mut out[(f * p + j) * h0..(f * p + j + 1) * h0];
+                for (k, &x) in er.iter().enumerate() {
+                    for (acc, &wk) in o.iter_mut().zip(&w[(f * e + k) * h0..(f * e + k + 1) * h0]) {
+                        *acc += x * wk;
+                    }
+                }
+            }
+        }
+        Tensor::from_f32(out, &[NUM_CATS * p, h0])?.to_device(s.device())
+    }
+
+    /// The model on relaxed rows, its weights as constants (gradients reach the inputs only):
+    /// `choice [n, NUM_CATS * p]` each field's weights over its candidates (one-hot for a real
+    /// row), `rows` from [`candidate_rows`](Self::candidate_rows), `values [n, NUM_INTS]` the
+    /// integer features (as preprocessed) and `flags [n, NUM_INTS]` their missing flags. The
+    /// logits `[n]` and every hidden layer, as [`forward_layers`](Self::forward_layers) gives them
+    /// for the same rows.
+    pub fn forward_relaxed(&self, g: &mut Graph, s: &ParamStore, choice: Var, rows: &Tensor, values: Var, flags: Var) -> Result<(Var, Vec<Var>)> {
+        let n = g.value(choice).dim(0);
+        let first = &self.mlp.layers[0];
+        let rv = g.constant(rows.clone());
+        let mut h = g.matmul(choice, rv)?;
+        if let Some(b) = &first.bias {
+            let bv = g.constant(s.get(b)?.clone());
+            h = g.add_bias(h, bv)?;
+        }
+        // The dense half of the first layer, split: the values' rows, then the flags'.
+        let wd = s.get(&self.dense.weight)?.to_vec_f32()?;
+        let h0 = first.out_dim;
+        let dev = s.device();
+        for (k, x) in [values, flags].into_iter().enumerate() {
+            let part = Tensor::from_f32(wd[k * NUM_INTS * h0..(k + 1) * NUM_INTS * h0].to_vec(), &[NUM_INTS, h0])?.to_device(dev)?;
+            let pv = g.constant(part);
+            let d = g.matmul(x, pv)?;
+            h = g.add(h, d)?;
+        }
+        self.above_first(g, s, h, n, true)
     }
 
     /// The width of the last hidden layer.

@@ -316,12 +316,13 @@ impl Task for LmTask {
         Ok(())
     }
 
-    fn save_extra(&self, c: &mut Checkpoint, _stream: &LmStream, carry: &LstmState) {
+    fn save_extra(&self, c: &mut Checkpoint, _stream: &LmStream, carry: &LstmState, _store: &ParamStore) -> Result<()> {
         c.meta.insert("vocab".into(), self.data.vocab.to_text());
         for (l, (h, cc)) in carry.h.iter().zip(&carry.c).enumerate() {
             c.tensors.insert(format!("state/h{l}"), h.clone());
             c.tensors.insert(format!("state/c{l}"), cc.clone());
         }
+        Ok(())
     }
 
     fn check_resume(&self, _saved: &LmConfig, ck: &Checkpoint, path: &Path) -> Result<()> {
