@@ -18,9 +18,9 @@
 //!   the dense inputs and each hidden layer, `|mean_batch - mean_recorded|_2 + |var_batch -
 //!   var_recorded|_2` (DeepInversion's batch-norm prior, over the moments this model records in
 //!   place of batch-norm statistics). `L_class`: the teacher's binary cross-entropy toward labels
-//!   drawn at `dfkd_click_rate` (the paper's one-hot term). `L_adv`: minus the student's
-//!   soft-target cross-entropy toward the teacher's probability (the teacher's side held constant),
-//!   so the rows go where the student still disagrees.
+//!   drawn at `dfkd_click_rate` (the paper's one-hot term). `L_adv`: minus the KL divergence of
+//!   the student's click probability from the teacher's (the teacher's side held constant), so the
+//!   rows go where the student still disagrees.
 //! - **Methods** (`data_free`): `fast` adapts a copy of the meta-generator and the batch's latents
 //!   for `dfkd_steps` steps, then moves the meta-generator toward the adapted one (Reptile: Adam on
 //!   `theta_meta - theta_adapted`, as the authors' code); `sequential` starts each batch from the
@@ -204,8 +204,9 @@ pub struct SynthesisTotals {
     pub batches: u64,
     pub rows: u64,
     pub seconds: f64,
-    /// The last batch's kept step: its three terms (unweighted) and its total.
-    pub last: [f64; 4],
+    /// The last batch's kept step: its three terms (unweighted), its total, and the teacher's mean
+    /// click probability on its rows.
+    pub last: [f64; 5],
 }
 
 /// A data-free run's synthesizer: the teacher's side (candidates, recorded moments), the
@@ -225,6 +226,8 @@ pub struct Synthesizer {
     /// Recorded mean and variance `[1, w]` of the values, the flags and each hidden layer.
     targets: Vec<(Tensor, Tensor)>,
     click_rate: f32,
+    /// The recorded dense moments (mean, variance) `[26]`.
+    dense: (Vec<f32>, Vec<f32>),
     gen: Generator,
     /// The generator the batches start from: the meta-generator (fast), the last adapted one
     /// (sequential), the one trained on (generator); unused in inversion.
@@ -290,6 +293,10 @@ impl Synthesizer {
         let click_rate = if settings.click_rate > 0.0 { settings.click_rate } else { stats.click_rate as f32 };
         let mut store = ParamStore::new();
         let gen = Generator::new(&mut store, &settings, emb, &mut Rng::new(settings.seed).fork(0x6E4))?;
+        // The heads start at the recorded marginals: the values' means, the flags' log-odds.
+        let (values0, flags0) = marginals(&stats.dense);
+        store.set("gen.values.bias", Tensor::from_f32(values0, &[NUM_INTS])?)?;
+        store.set("gen.flags.bias", Tensor::from_f32(flags0, &[NUM_INTS])?)?;
         store.to_device(dev)?;
         Ok(Synthesizer {
             teacher_rows: teacher.candidate_rows(tstore, &cand)?,
@@ -300,6 +307,7 @@ impl Synthesizer {
             keys: Tensor::from_f32(keys, &[NUM_CATS * emb, NUM_CATS * p])?.to_device(dev)?,
             targets,
             click_rate,
+            dense: stats.dense.clone(),
             gen,
             store,
             opt: adam(),
@@ -335,9 +343,17 @@ impl Synthesizer {
         let mut inputs = ParamStore::new();
         match s.method {
             DataFree::Inversion => {
-                inputs.insert("rows.query", Tensor::randn(&[n, NUM_CATS * self.emb], 1.0, &mut rng))?;
-                inputs.insert("rows.values", Tensor::randn(&[n, NUM_INTS], 1.0, &mut rng))?;
-                inputs.insert("rows.flags", Tensor::randn(&[n, NUM_INTS], 1.0, &mut rng))?;
+                // Noise around the recorded marginals: each value from its mean and deviation,
+                // the flags' logits at their log-odds, the queries from zero (each field its
+                // marginal).
+                let (values0, flags0) = marginals(&self.dense);
+                let sd: Vec<f32> = self.dense.1[..NUM_INTS].iter().map(|v| v.sqrt()).collect();
+                let noise = Tensor::randn(&[n, NUM_INTS], 1.0, &mut rng).to_vec_f32()?;
+                let values: Vec<f32> = noise.iter().enumerate().map(|(i, z)| values0[i % NUM_INTS] + sd[i % NUM_INTS] * z).collect();
+                let flags: Vec<f32> = (0..n * NUM_INTS).map(|i| flags0[i % NUM_INTS]).collect();
+                inputs.insert("rows.query", Tensor::randn(&[n, NUM_CATS * self.emb], 0.1, &mut rng))?;
+                inputs.insert("rows.values", Tensor::from_f32(values, &[n, NUM_INTS])?)?;
+                inputs.insert("rows.flags", Tensor::from_f32(flags, &[n, NUM_INTS])?)?;
                 inputs.to_device(dev)?;
             }
             DataFree::Generator => {}
@@ -363,7 +379,7 @@ impl Synthesizer {
         let mut noise = draw(&mut rng)?;
         let targets: Vec<f32> = (0..n).map(|_| if rng.uniform() < self.click_rate as f64 { 1.0 } else { 0.0 }).collect();
         let targets = Tensor::from_f32(targets, &[n])?.to_device(dev)?;
-        let mut best: Option<(f64, Vec<i32>, Vec<f32>, Vec<f32>, [f64; 4])> = None;
+        let mut best: Option<Kept> = None;
         for it in 0..s.steps {
             if s.method == DataFree::Generator && it > 0 {
                 z = Tensor::randn(&[n, s.latent], 1.0, &mut rng).to_device(dev)?;
@@ -452,13 +468,14 @@ impl Synthesizer {
             if !lv.is_finite() {
                 bail!(Invalid, "data_free: the synthesis loss is {lv} at step {it} of batch {round} (lower dfkd_lr or dfkd_lr_z)");
             }
-            let terms = [g.value(stats).item()? as f64, g.value(class).item()? as f64, adv.map_or(Ok(0.0), |a| g.value(a).item())? as f64, lv];
-            if best.as_ref().is_none_or(|b| lv < b.0) {
+            let mean_p = g.value(tl).to_vec_f32()?.iter().map(|&x| crate::ops::math::sigmoid(x) as f64).sum::<f64>() / n as f64;
+            let terms = [g.value(stats).item()? as f64, g.value(class).item()? as f64, adv.map_or(Ok(0.0), |a| g.value(a).item())? as f64, lv, mean_p];
+            if best.as_ref().is_none_or(|b| lv < b.loss) {
                 let dense: Vec<f32> = {
                     let vals = g.value(values).to_vec_f32()?;
                     (0..n).flat_map(|r| vals[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied().chain(hard_flags[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied()).collect::<Vec<_>>()).collect()
                 };
-                best = Some((lv, hot.1, dense, g.value(tl).to_vec_f32()?, terms));
+                best = Some(Kept { loss: lv, ids: hot.1, dense, logits: g.value(tl).to_vec_f32()?, terms });
             }
             let grads = g.backward(total)?;
             match s.method {
@@ -497,7 +514,7 @@ impl Synthesizer {
             DataFree::Sequential => self.store.copy_weights_from(&inputs)?,
             _ => {}
         }
-        let (_, ids, dense, tl, terms) = best.expect("at least one step");
+        let Kept { ids, dense, logits: tl, terms, .. } = best.expect("at least one step");
         for r in 0..n {
             // The row's label: a draw from the teacher's probability.
             let label = if rng.uniform() < crate::ops::math::sigmoid(tl[r]) as f64 { 1.0 } else { 0.0 };
@@ -564,10 +581,28 @@ impl Synthesizer {
             batches: num("dfkd_batches")? as u64,
             rows: num("dfkd_rows")? as u64,
             seconds: num("dfkd_seconds")?,
-            last: [f64::NAN; 4],
+            last: [f64::NAN; 5],
         };
         Ok(())
     }
+}
+
+/// The recorded marginals of the dense inputs as starting points: the values' means, the missing
+/// flags' log-odds.
+fn marginals(dense: &(Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>) {
+    let values = dense.0[..NUM_INTS].to_vec();
+    let flags = dense.0[NUM_INTS..].iter().map(|&r| (r.clamp(1e-4, 1.0 - 1e-4) / (1.0 - r.clamp(1e-4, 1.0 - 1e-4))).ln()).collect();
+    (values, flags)
+}
+
+/// The rows of a synthesis's lowest-loss step: their loss, category rows `[n * 26]`, dense inputs
+/// `[n * 26]`, the teacher's logits, and the terms for the report.
+struct Kept {
+    loss: f64,
+    ids: Vec<i32>,
+    dense: Vec<f32>,
+    logits: Vec<f32>,
+    terms: [f64; 5],
 }
 
 /// A deep copy of a store's weights with gradient buffers of their own (one that trains apart).
@@ -612,4 +647,62 @@ fn distance(g: &mut Graph, x: Var, t: &Tensor) -> Result<Var> {
     let l = g.unary(Unary::Log, s)?;
     let h = g.unary(Unary::Scale(0.5), l)?;
     g.unary(Unary::Exp, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_bank_replaces_its_oldest_rows_first() {
+        let mut b = Bank { cap: 3, ..Bank::default() };
+        for r in 0..5 {
+            b.push(&[r; NUM_CATS], &[r as f32; DENSE_WIDTH], r as f32);
+        }
+        // Rows 0 and 1 were replaced by 3 and 4, in their places.
+        assert_eq!(b.labels, vec![3.0, 4.0, 2.0]);
+        assert_eq!(b.ids[..NUM_CATS], [3; NUM_CATS]);
+        assert_eq!(b.next, 2);
+        let (ids, dense, labels) = b.batch(&[2, 0]).unwrap();
+        assert_eq!(labels.to_vec_f32().unwrap(), vec![2.0, 3.0]);
+        assert_eq!(ids.i32s().unwrap()[NUM_CATS], 3);
+        assert_eq!(dense.shape(), &[2, DENSE_WIDTH]);
+        let e = Bank { cap: 3, ..Bank::default() }.batch(&[0]).unwrap_err().to_string();
+        assert!(e.contains("bank is empty"), "{e}");
+    }
+
+    #[test]
+    fn settings_that_cannot_run_name_their_option() {
+        let ok = Settings {
+            method: DataFree::Fast,
+            steps: 2,
+            rows: 8,
+            every: 1,
+            bank: 10,
+            lr: 0.01,
+            lr_z: 0.01,
+            meta_lr: 0.01,
+            bn: 1.0,
+            oh: 1.0,
+            adv: 1.0,
+            click_rate: 0.0,
+            candidates: 4,
+            temperature: 1.0,
+            latent: 4,
+            hidden: 4,
+            seed: 1,
+        };
+        ok.check().unwrap();
+        for (s, name) in [
+            (Settings { steps: 0, ..ok.clone() }, "dfkd_steps"),
+            (Settings { bank: 0, ..ok.clone() }, "dfkd_bank"),
+            (Settings { every: 0, ..ok.clone() }, "dfkd_every"),
+            (Settings { lr: f32::NAN, ..ok.clone() }, "dfkd_lr"),
+            (Settings { adv: -1.0, ..ok.clone() }, "dfkd_adv"),
+            (Settings { temperature: 0.0, ..ok.clone() }, "dfkd_temperature"),
+        ] {
+            let e = s.check().unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        }
+    }
 }

@@ -649,7 +649,7 @@ impl Task for CtrTask {
                 f["synthesis_s"] = json!(t.seconds);
                 f["synthesis_s_per_1000_rows"] = json!(per_1000);
                 f["bank_rows"] = json!(synth.bank.len());
-                f["synthesis_last_terms"] = json!({"stats": t.last[0], "class": t.last[1], "student_teacher_ce": t.last[2], "total": t.last[3]});
+                f["synthesis_last_terms"] = json!({"stats": t.last[0], "class": t.last[1], "student_teacher_kl": t.last[2], "total": t.last[3], "teacher_mean_p": t.last[4]});
                 f
             }
             None => fields,
