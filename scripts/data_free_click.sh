@@ -8,8 +8,8 @@
 # marginals (inversion with k = 1: rows drawn from the recorded marginals, not optimised); fast at
 # k = 2, 5, 10; sequential and generator at k = 5; inversion at k = 5, 20 and 50. No weight was
 # tuned on these rows. Prints each arm's validation log-loss, AUC, calibration and synthesis
-# seconds per 1,000 rows.
-# Usage: [BIN=...] [SEEDS="1"] [ARMS="..."] scripts/data_free_click.sh OUT
+# seconds per 1,000 rows. CLUSTERS=K (on a fresh OUT) draws the logs with correlated fields.
+# Usage: [BIN=...] [SEEDS="1"] [ARMS="..."] [CLUSTERS=K] scripts/data_free_click.sh OUT
 set -euo pipefail
 OUT=${1:-runs/data-free-click}
 BIN=${BIN:-target/release/codistill}

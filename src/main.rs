@@ -242,7 +242,14 @@ fn cli() -> Command {
                                 .default_value("1")
                                 .help("Seed of the hidden model (files with the same model seed share it)"),
                         )
-                        .arg(Arg::new("seed").long("seed").value_name("N").default_value("1").help("Seed of the rows drawn")),
+                        .arg(Arg::new("seed").long("seed").value_name("N").default_value("1").help("Seed of the rows drawn"))
+                        .arg(
+                            Arg::new("clusters")
+                                .long("clusters")
+                                .value_name("K")
+                                .default_value("0")
+                                .help("Latent clusters that correlate the fields (each row draws one, which shifts every field's categories and scales its integers; the click logit is the same function of the features); 0: every field drawn independently, so the fields' marginals are the rows' distribution"),
+                        ),
                 ),
         )
 }
@@ -333,7 +340,8 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
         Some(("noise-scale", a)) => run_noise_scale::<codistill::tasks::ctr::CtrTask>(a),
         Some(("generate", a)) => {
             let out = PathBuf::from(a.get_one::<String>("out").expect("required"));
-            let model = ClickModel::criteo_like(num(a, "scale")?, num::<u64>(a, "model_seed")? ^ 0xC11C);
+            let seed = num::<u64>(a, "model_seed")? ^ 0xC11C;
+            let model = ClickModel::criteo_like(num(a, "scale")?, seed).with_clusters(num(a, "clusters")?, seed);
             let t0 = std::time::Instant::now();
             let t = write_criteo_tsv(&out, &model, num(a, "rows")?, num(a, "seed")?)?;
             println!(

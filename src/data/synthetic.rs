@@ -139,6 +139,17 @@ pub struct ClickModel {
     int_missing_weight: Vec<f64>,
     int_scale: Vec<f64>,
     cdfs: Vec<Vec<f64>>,
+    /// Latent clusters (none: every field drawn independently): each row draws one, which shifts
+    /// every field's categories and scales its integers, so the fields are correlated.
+    clusters: Vec<Cluster>,
+}
+
+/// A latent cluster of a [`ClickModel`]: per field a shift of the category drawn (modulo the
+/// cardinality), per integer feature a factor of its scale.
+#[derive(Clone, Debug)]
+struct Cluster {
+    shift: Vec<usize>,
+    int_factor: Vec<f64>,
 }
 
 impl ClickModel {
@@ -164,7 +175,23 @@ impl ClickModel {
             int_missing_weight,
             int_scale,
             cdfs,
+            clusters: Vec::new(),
         }
+    }
+
+    /// The same model with `k` latent clusters (0: none): a row first draws its cluster, uniform,
+    /// which shifts each field's category by a random offset and scales each integer by
+    /// `exp(N(0, 0.7^2))`, so that fields are correlated (the marginals no longer describe the
+    /// rows). The click logit is the same function of the features.
+    pub fn with_clusters(mut self, k: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed ^ 0xC1u64);
+        self.clusters = (0..k)
+            .map(|_| Cluster {
+                shift: self.cardinalities.iter().map(|&c| rng.below(c)).collect(),
+                int_factor: (0..self.num_ints).map(|_| (0.7 * rng.normal()).exp()).collect(),
+            })
+            .collect();
+        self
     }
 
     /// The true logit of an example's features.
@@ -185,9 +212,29 @@ impl ClickModel {
     }
 
     pub fn sample(&self, rng: &mut Rng) -> ClickExample {
-        let cats: Vec<u32> = self.cdfs.iter().map(|cdf| rng.sample_cdf(cdf) as u32).collect();
-        let ints: Vec<Option<u32>> =
-            self.int_scale.iter().map(|&s| if rng.uniform() < self.missing { None } else { Some((s * -(1.0 - rng.uniform()).ln()) as u32) }).collect();
+        let cluster = (!self.clusters.is_empty()).then(|| &self.clusters[rng.below(self.clusters.len())]);
+        let cats: Vec<u32> = self
+            .cdfs
+            .iter()
+            .enumerate()
+            .map(|(f, cdf)| {
+                let c = rng.sample_cdf(cdf);
+                cluster.map_or(c, |k| (c + k.shift[f]) % self.cardinalities[f]) as u32
+            })
+            .collect();
+        let ints: Vec<Option<u32>> = self
+            .int_scale
+            .iter()
+            .enumerate()
+            .map(|(d, &s)| {
+                let s = cluster.map_or(s, |k| s * k.int_factor[d]);
+                if rng.uniform() < self.missing {
+                    None
+                } else {
+                    Some((s * -(1.0 - rng.uniform()).ln()) as u32)
+                }
+            })
+            .collect();
         let p = 1.0 / (1.0 + (-self.logit(&cats, &ints)).exp());
         ClickExample { label: rng.uniform() < p, cats, ints, p }
     }
@@ -222,6 +269,31 @@ mod tests {
             let mut rng = Rng::new(9);
             let ctr = (0..40_000).filter(|_| m.sample(&mut rng).label).count() as f64 / 40_000.0;
             assert!((ctr - 0.25).abs() < 0.015, "seed {seed}: click rate {ctr}");
+        }
+    }
+
+    #[test]
+    fn clusters_correlate_the_fields_and_none_leave_the_rows_unchanged() {
+        // Two fields of two categories each (scale 0.1): independent without clusters, not with.
+        let dependence = |m: &ClickModel| {
+            let mut rng = Rng::new(4);
+            let n = 50_000;
+            let ex: Vec<_> = (0..n).map(|_| m.sample(&mut rng)).collect();
+            let p = |f: &dyn Fn(&ClickExample) -> bool| ex.iter().filter(|e| f(e)).count() as f64 / n as f64;
+            (p(&|e| e.cats[5] == 0 && e.cats[8] == 0) - p(&|e| e.cats[5] == 0) * p(&|e| e.cats[8] == 0)).abs()
+        };
+        let plain = ClickModel::criteo_like(0.1, 3);
+        assert_eq!(plain.cardinalities[5], 2);
+        assert_eq!(plain.cardinalities[8], 2);
+        assert!(dependence(&plain) < 0.006, "independent fields: {}", dependence(&plain));
+        let clustered = ClickModel::criteo_like(0.1, 3).with_clusters(4, 3);
+        assert!(dependence(&clustered) > 3.0 * dependence(&plain) + 0.006, "clustered fields: {}", dependence(&clustered));
+        // No clusters: the very rows drawn before clusters existed.
+        let none = ClickModel::criteo_like(0.1, 3).with_clusters(0, 3);
+        let (mut a, mut b) = (Rng::new(9), Rng::new(9));
+        for _ in 0..100 {
+            let (x, y) = (plain.sample(&mut a), none.sample(&mut b));
+            assert_eq!((x.cats, x.ints, x.label), (y.cats, y.ints, y.label));
         }
     }
 

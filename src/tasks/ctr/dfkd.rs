@@ -329,6 +329,45 @@ impl Synthesizer {
         self.click_rate
     }
 
+    /// The batch's rows from the generator's (or the rows') outputs `[query, values, flag logits]`
+    /// and the batch's noise: each field's choice by a straight-through Gumbel-softmax over its
+    /// candidates, the flags by a straight-through relaxed Bernoulli, a missing value 0.
+    fn relax(&self, g: &mut Graph, [q, v, fl]: [Var; 3], noise: &(Tensor, Tensor), n: usize) -> Result<Relaxed> {
+        let (fp, p, dev, tau) = (NUM_CATS * self.p, self.p, self.dev, self.settings.temperature);
+        let kv = g.constant(self.keys.clone());
+        let logits = g.matmul(q, kv)?;
+        let pv = g.constant(self.prior.clone());
+        let logits = g.add_bias(logits, pv)?;
+        let gv = g.constant(noise.0.clone());
+        let perturbed = g.add(logits, gv)?;
+        // The hard choice: each field's largest perturbed logit (the Gumbel-max draw).
+        let x = g.value(perturbed).to_vec_f32()?;
+        let mut hot = vec![0f32; n * fp];
+        let mut ids = vec![0i32; n * NUM_CATS];
+        for r in 0..n {
+            for f in 0..NUM_CATS {
+                let seg = &x[r * fp + f * p..r * fp + (f + 1) * p];
+                let j = seg.iter().enumerate().fold(0, |b, (j, &y)| if y > seg[b] { j } else { b });
+                hot[r * fp + f * p + j] = 1.0;
+                ids[r * NUM_CATS + f] = self.cand[f][j];
+            }
+        }
+        let scaled = g.unary(Unary::Scale(1.0 / tau), perturbed)?;
+        let flat = g.reshape(scaled, &[n * NUM_CATS, p])?;
+        let soft = g.softmax(flat)?;
+        let soft = g.reshape(soft, &[n, fp])?;
+        let choice = straight_through(g, soft, &Tensor::from_f32(hot, &[n, fp])?.to_device(dev)?)?;
+        let lv = g.constant(noise.1.clone());
+        let fl = g.add(fl, lv)?;
+        let hard_flags: Vec<f32> = g.value(fl).to_vec_f32()?.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 }).collect();
+        let fs = g.unary(Unary::Scale(1.0 / tau), fl)?;
+        let fs = g.sigmoid(fs)?;
+        let flags = straight_through(g, fs, &Tensor::from_f32(hard_flags.clone(), &[n, NUM_INTS])?.to_device(dev)?)?;
+        let present = g.constant(Tensor::from_f32(hard_flags.iter().map(|f| 1.0 - f).collect(), &[n, NUM_INTS])?.to_device(dev)?);
+        let values = g.mul(v, present)?;
+        Ok(Relaxed { choice, values, flags, ids, hard_flags })
+    }
+
     /// Synthesise one batch into the bank, against `student` (weights `sstore`, for the
     /// adversarial term); `round` seeds its draws (the same round draws the same noise).
     pub fn synthesize(&mut self, teacher: &CtrModel, tstore: &ParamStore, student: &CtrModel, sstore: &ParamStore, round: u64) -> Result<()> {
@@ -400,41 +439,7 @@ impl Synthesizer {
                     self.gen.forward(&mut g, &inputs, zv)?
                 }
             };
-            // Categories: straight-through Gumbel-softmax over each field's candidates.
-            let kv = g.constant(self.keys.clone());
-            let logits = g.matmul(q, kv)?;
-            let pv = g.constant(self.prior.clone());
-            let logits = g.add_bias(logits, pv)?;
-            let gv = g.constant(noise.0.clone());
-            let perturbed = g.add(logits, gv)?;
-            let hot = {
-                let x = g.value(perturbed).to_vec_f32()?;
-                let mut h = vec![0f32; n * fp];
-                let mut ids = vec![0i32; n * NUM_CATS];
-                for r in 0..n {
-                    for f in 0..NUM_CATS {
-                        let seg = &x[r * fp + f * self.p..r * fp + (f + 1) * self.p];
-                        let j = seg.iter().enumerate().fold(0, |b, (j, &y)| if y > seg[b] { j } else { b });
-                        h[r * fp + f * self.p + j] = 1.0;
-                        ids[r * NUM_CATS + f] = self.cand[f][j];
-                    }
-                }
-                (Tensor::from_f32(h, &[n, fp])?.to_device(dev)?, ids)
-            };
-            let scaled = g.unary(Unary::Scale(1.0 / s.temperature), perturbed)?;
-            let flat = g.reshape(scaled, &[n * NUM_CATS, self.p])?;
-            let soft = g.softmax(flat)?;
-            let soft = g.reshape(soft, &[n, fp])?;
-            let choice = straight_through(&mut g, soft, &hot.0)?;
-            // Flags: straight-through relaxed Bernoulli; a missing value is 0.
-            let lv = g.constant(noise.1.clone());
-            let fl = g.add(fl, lv)?;
-            let hard_flags: Vec<f32> = g.value(fl).to_vec_f32()?.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 }).collect();
-            let fs = g.unary(Unary::Scale(1.0 / s.temperature), fl)?;
-            let fs = g.sigmoid(fs)?;
-            let flags = straight_through(&mut g, fs, &Tensor::from_f32(hard_flags.clone(), &[n, NUM_INTS])?.to_device(dev)?)?;
-            let present = g.constant(Tensor::from_f32(hard_flags.iter().map(|f| 1.0 - f).collect(), &[n, NUM_INTS])?.to_device(dev)?);
-            let values = g.mul(v, present)?;
+            let Relaxed { choice, values, flags, ids, hard_flags } = self.relax(&mut g, [q, v, fl], &noise, n)?;
             let (tl, hidden) = teacher.forward_relaxed(&mut g, tstore, choice, &self.teacher_rows, values, flags)?;
             // The recorded moments of the dense inputs and each hidden layer.
             let ones = g.constant(Tensor::full_on(&[1, n], 1.0 / n as f32, dev)?);
@@ -475,7 +480,7 @@ impl Synthesizer {
                     let vals = g.value(values).to_vec_f32()?;
                     (0..n).flat_map(|r| vals[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied().chain(hard_flags[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied()).collect::<Vec<_>>()).collect()
                 };
-                best = Some(Kept { loss: lv, ids: hot.1, dense, logits: g.value(tl).to_vec_f32()?, terms });
+                best = Some(Kept { loss: lv, ids, dense, logits: g.value(tl).to_vec_f32()?, terms });
             }
             let grads = g.backward(total)?;
             match s.method {
@@ -593,6 +598,16 @@ fn marginals(dense: &(Vec<f32>, Vec<f32>)) -> (Vec<f32>, Vec<f32>) {
     let values = dense.0[..NUM_INTS].to_vec();
     let flags = dense.0[NUM_INTS..].iter().map(|&r| (r.clamp(1e-4, 1.0 - 1e-4) / (1.0 - r.clamp(1e-4, 1.0 - 1e-4))).ln()).collect();
     (values, flags)
+}
+
+/// A batch's relaxed rows on the tape (`choice [n, 26 p]`, `values`, `flags [n, 13]`; their
+/// forward values are the hard rows) and the hard rows' category rows `[n * 26]` and flags.
+struct Relaxed {
+    choice: Var,
+    values: Var,
+    flags: Var,
+    ids: Vec<i32>,
+    hard_flags: Vec<f32>,
 }
 
 /// The rows of a synthesis's lowest-loss step: their loss, category rows `[n * 26]`, dense inputs
