@@ -31,9 +31,14 @@ fn small_lm(dir: &Path) -> LmConfig {
     c
 }
 
-/// The weights of a run's checkpoint (the optimizer state and carried state included).
+/// The tensors of a run's checkpoint (the optimizer state, carried state and a click model's
+/// recorded statistics included).
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    Checkpoint::load(path).unwrap().tensors.into_iter().map(|(k, t)| (k, t.to_vec_f32().unwrap())).collect()
+    let values = |t: codistill::Tensor| match t.dtype() {
+        codistill::DType::I32 => t.i32s().unwrap().iter().map(|&i| i as f32).collect(),
+        _ => t.to_vec_f32().unwrap(),
+    };
+    Checkpoint::load(path).unwrap().tensors.into_iter().map(|(k, t)| (k, values(t))).collect()
 }
 
 #[test]
