@@ -31,6 +31,11 @@
 #             one model at B and 2B, codistilled pairs at burn-in 10% and 40%, the independent pair,
 #             the noise scale over training. Sized (an estimate from the H100 LM rates, not measured
 #             on an H200) to fit its 480 s cap; not in the default order: STAGES=regime.
+#   datafree  issue 27's data-free click distillation on the GPU (scripts/data_free_click.sh with
+#             DEVICE=cuda, a teacher on TEACHER_ROWS 1M rows, arms marginals, fast at k = 2 and 5,
+#             inversion at k = 5 and 20): the synthesis seconds per 1,000 rows and the students'
+#             log-loss. The softmax, the straight-through rounding and the noise run on the host;
+#             not sized on a GPU yet (cap 400 s); not in the default order: STAGES=datafree.
 # Usage there: bash scripts/gpu_remote.sh   (device call: carry ["device-bin"], timeout_s 600;
 # BUDGET defaults to 540 s, which leaves the call's limit room to pack and return).
 set -uo pipefail
@@ -201,6 +206,13 @@ if want regime; then
   for f in /tmp/regime-gpu/w*/*/metrics.jsonl /tmp/regime-gpu/w*/noise.jsonl; do
     [ -f "$f" ] && cp "$f" "$LOGS/regime-$(echo "${f#/tmp/regime-gpu/}" | tr / -)"
   done
+  pack
+fi
+if want datafree; then
+  note "== issue 27's data-free click distillation on the GPU"
+  step datafree 400 "BIN=device-bin/codistill DEVICE=cuda TEACHER_ROWS=1000000 ARMS='marginals fast2 fast5 inversion5 inversion20' \
+    bash scripts/data_free_click.sh /tmp/datafree-gpu" || why datafree 20
+  tail -8 "$LOGS/datafree.log" | tee -a "$SUMMARY"
   pack
 fi
 note "== done in $((SECONDS - T0)) s of $BUDGET, status $status"

@@ -9,8 +9,10 @@
 //!   (or more) codistills in this process; `world`, `rank` and `exchange_dir` run one model per
 //!   process through a shared directory. `teacher` (a [`config::Paths`] of trained checkpoints)
 //!   distills from fixed teachers instead or as well, `hint_weight` adds a feature hint from the
-//!   first teacher's hidden states ([`train::hint_loss`]), and for language models `data_free`
-//!   trains on text sampled from them ([`train::sample`]).
+//!   first teacher's hidden states ([`train::hint_loss`]), and `data_free` distills without the
+//!   training data: a language model on text sampled from its teachers ([`train::sample`]), a
+//!   click model on rows synthesised by inverting its teacher (FastDFKD and its baselines,
+//!   [`tasks::ctr::dfkd`]).
 //! - **The pieces**: [`Tensor`] (CPU, or CUDA where a GPU is found), [`Graph`] (a tape autograd
 //!   over coarse ops, including the fused softmax-KL distillation loss), [`nn`] modules over a
 //!   [`ParamStore`], [`optim`], and [`distill::exchange`] for checkpoint exchange between models.

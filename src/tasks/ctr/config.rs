@@ -27,7 +27,7 @@ crate::config_table! {
         batch: usize = 512,
         /// Passes over the training rows (shuffled each epoch)
         epochs: usize = 1,
-        /// Training steps, counting those before a resume (0: epochs passes over the training rows; a data-free run's default is the steps of one such pass per epoch)
+        /// Training steps, counting those before a resume (0: epochs passes over the training rows; a data-free run takes as many, its batches drawn from the bank)
         steps: u64 = 0,
         /// Data-free distillation from the one --teacher (its checkpoint must record feature statistics, as every click checkpoint since this option does): fast (FastDFKD: a meta-learned generator adapted dfkd_steps steps per batch), sequential (each batch from the last batch's generator), generator (one generator trained on, fresh latents each step: DAFL/DFAD-style), inversion (each batch's rows optimised from noise, no generator: DeepInversion-style), or off; the student trains on a bank of synthesised rows, validation on the validation rows
         data_free: super::dfkd::DataFree = super::dfkd::DataFree::Off,

@@ -261,6 +261,13 @@ impl Synthesizer {
         if p == 0 || stats.ids.ids.iter().any(Vec::is_empty) {
             bail!(Invalid, "data_free: the teacher's statistics record no category rows for some field");
         }
+        // Each field's rows lie in its own block of the table (a corrupted file's would not).
+        let buckets = teacher.emb.vocab / NUM_CATS;
+        for (f, ids) in stats.ids.ids.iter().enumerate() {
+            if let Some(&r) = ids.iter().find(|&&r| r < (f * buckets) as i32 || r >= ((f + 1) * buckets) as i32) {
+                bail!(Invalid, "data_free: the teacher's statistics name row {r} for field {f}, outside its rows {}..{}", f * buckets, (f + 1) * buckets);
+            }
+        }
         let (mut cand, mut prior) = (Vec::new(), Vec::new());
         for (ids, share) in stats.ids.ids.iter().zip(&stats.ids.share) {
             let k = ids.len().min(p);
