@@ -116,11 +116,13 @@ fn the_relaxed_forward_pass_on_one_hot_rows_is_the_models_forward_pass() {
     let dv = dense.f32s().unwrap();
     let w = model.hidden_widths()[1];
     for r in 0..n {
-        let c: Vec<Vec<i32>> = (0..NUM_CATS).map(|f| {
-            let mut c = cand[f].clone();
-            c[r % p] = idv[r * NUM_CATS + f];
-            c
-        }).collect();
+        let c: Vec<Vec<i32>> = (0..NUM_CATS)
+            .map(|f| {
+                let mut c = cand[f].clone();
+                c[r % p] = idv[r * NUM_CATS + f];
+                c
+            })
+            .collect();
         let rows_t = model.candidate_rows(&store, &c).unwrap();
         let mut g = Graph::new();
         let ch = g.leaf(Tensor::from_f32(choice[r * NUM_CATS * p..(r + 1) * NUM_CATS * p].to_vec(), &[1, NUM_CATS * p]).unwrap());

@@ -485,7 +485,15 @@ impl Synthesizer {
             if best.as_ref().is_none_or(|b| lv < b.loss) {
                 let dense: Vec<f32> = {
                     let vals = g.value(values).to_vec_f32()?;
-                    (0..n).flat_map(|r| vals[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied().chain(hard_flags[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied()).collect::<Vec<_>>()).collect()
+                    (0..n)
+                        .flat_map(|r| {
+                            vals[r * NUM_INTS..(r + 1) * NUM_INTS]
+                                .iter()
+                                .copied()
+                                .chain(hard_flags[r * NUM_INTS..(r + 1) * NUM_INTS].iter().copied())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect()
                 };
                 best = Some(Kept { loss: lv, ids, dense, logits: g.value(tl).to_vec_f32()?, terms });
             }
@@ -569,7 +577,9 @@ impl Synthesizer {
     /// Back from a checkpoint [`save`](Self::save) wrote.
     pub fn restore(&mut self, ck: &Checkpoint, path: &Path) -> Result<()> {
         let lacks = |what: &str| Error::Invalid(format!("{}: checkpoint lacks {what}: it was not written by a data-free run (data_free off)", path.display()));
-        let num = |k: &str| -> Result<f64> { ck.meta.get(k).ok_or_else(|| lacks(k))?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
+        let num = |k: &str| -> Result<f64> {
+            ck.meta.get(k).ok_or_else(|| lacks(k))?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display())))
+        };
         for name in self.store.names() {
             let t = ck.tensors.get(&format!("dfkd.{name}")).ok_or_else(|| lacks(&format!("dfkd.{name}")))?;
             self.store.set(&name, t.clone()).map_err(|e| Error::Invalid(format!("{}: {e} (another dfkd_hidden or dfkd_latent?)", path.display())))?;
@@ -584,17 +594,19 @@ impl Synthesizer {
             bank.dense = dense.to_vec_f32()?;
             bank.labels = labels.to_vec_f32()?;
             if bank.len() > bank.cap || bank.ids.len() != bank.len() * NUM_CATS || bank.dense.len() != bank.len() * DENSE_WIDTH {
-                bail!(Invalid, "{}: the checkpoint's bank holds {} rows, more than dfkd_bank {} (or its tensors disagree)", path.display(), bank.len(), bank.cap);
+                bail!(
+                    Invalid,
+                    "{}: the checkpoint's bank holds {} rows, more than dfkd_bank {} (or its tensors disagree)",
+                    path.display(),
+                    bank.len(),
+                    bank.cap
+                );
             }
         }
         bank.next = num("dfkd_bank_next")? as usize;
         self.bank = bank;
-        self.totals = SynthesisTotals {
-            batches: num("dfkd_batches")? as u64,
-            rows: num("dfkd_rows")? as u64,
-            seconds: num("dfkd_seconds")?,
-            last: [f64::NAN; 5],
-        };
+        self.totals =
+            SynthesisTotals { batches: num("dfkd_batches")? as u64, rows: num("dfkd_rows")? as u64, seconds: num("dfkd_seconds")?, last: [f64::NAN; 5] };
         Ok(())
     }
 }

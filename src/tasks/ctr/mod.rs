@@ -227,7 +227,8 @@ impl Task for CtrTask {
     const FORMAT: &'static str = config::FORMAT;
     const PREFIX: &'static str = "ctr";
     const UNIT: &'static str = "rows";
-    const RESUME_KEYS: &'static [&'static str] = &["buckets", "emb_dim", "mlp", "batch", "valid_fraction", "data_free", "dfkd_latent", "dfkd_hidden", "dfkd_candidates"];
+    const RESUME_KEYS: &'static [&'static str] =
+        &["buckets", "emb_dim", "mlp", "batch", "valid_fraction", "data_free", "dfkd_latent", "dfkd_hidden", "dfkd_candidates"];
 
     fn prepare(cfg: &CriteoConfig, setup: &Setup) -> Result<Self> {
         if cfg.batch == 0 || cfg.epochs == 0 || cfg.emb_dim == 0 {
@@ -274,7 +275,16 @@ impl Task for CtrTask {
                 Some(st)
             }
         };
-        Ok(CtrTask { cfg: cfg.clone(), data, teachers, model, start_bias: (rate / (1.0 - rate)).ln() as f32, dev: setup.dev, be: setup.run.backend()?, dfkd_stats })
+        Ok(CtrTask {
+            cfg: cfg.clone(),
+            data,
+            teachers,
+            model,
+            start_bias: (rate / (1.0 - rate)).ln() as f32,
+            dev: setup.dev,
+            be: setup.run.backend()?,
+            dfkd_stats,
+        })
     }
 
     fn config(&self) -> &CriteoConfig {
@@ -649,7 +659,8 @@ impl Task for CtrTask {
                 f["synthesis_s"] = json!(t.seconds);
                 f["synthesis_s_per_1000_rows"] = json!(per_1000);
                 f["bank_rows"] = json!(synth.bank.len());
-                f["synthesis_last_terms"] = json!({"stats": t.last[0], "class": t.last[1], "student_teacher_kl": t.last[2], "total": t.last[3], "teacher_mean_p": t.last[4]});
+                f["synthesis_last_terms"] =
+                    json!({"stats": t.last[0], "class": t.last[1], "student_teacher_kl": t.last[2], "total": t.last[3], "teacher_mean_p": t.last[4]});
                 f
             }
             None => fields,

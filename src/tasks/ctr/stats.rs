@@ -147,7 +147,9 @@ impl FeatureStats {
         if !ck.tensors.contains_key("stats.dense.mean") {
             return Ok(None);
         }
-        let get = |name: &str| ck.tensors.get(name).ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {name:?} (its statistics are incomplete)", path.display())));
+        let get = |name: &str| {
+            ck.tensors.get(name).ok_or_else(|| Error::Invalid(format!("{}: checkpoint lacks {name:?} (its statistics are incomplete)", path.display())))
+        };
         let vec = |name: &str| -> Result<Vec<f32>> { get(name)?.to_vec_f32() };
         let pair = |stem: &str| -> Result<(Vec<f32>, Vec<f32>)> { Ok((vec(&format!("{stem}.mean"))?, vec(&format!("{stem}.var"))?)) };
         let num = |k: &str| -> Result<f64> { ck.meta(k, path)?.parse().map_err(|_| Error::Invalid(format!("{}: {k} is not a number", path.display()))) };
