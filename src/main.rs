@@ -230,6 +230,14 @@ fn cli() -> Command {
                 )
                 .subcommand(noise_scale_command("click-model"))
                 .subcommand(
+                    Command::new("record-stats")
+                        .about("Record into a click checkpoint the feature statistics data-free distillation reads (`train --data-free`), measured on its training file, without training it: for checkpoints written before every click checkpoint recorded them (docs/data-free-click.md)")
+                        .arg(Arg::new("checkpoint").long("checkpoint").value_name("FILE").required(true).help("A click-model checkpoint"))
+                        .arg(Arg::new("train").long("train").value_name("FILE").required(true).help("The rows it was trained on (Criteo format, plain or gzip)"))
+                        .arg(Arg::new("cache").long("cache").value_name("DIR").default_value("cache").help("Where the preprocessed log is cached"))
+                        .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("The checkpoint to write (the same weights, with the statistics)")),
+                )
+                .subcommand(
                     Command::new("generate")
                         .about("Write a synthetic log in the Criteo format from a hidden model, and FILE.truth with its true log-loss")
                         .arg(Arg::new("out").long("out").value_name("FILE").required(true).help("Output file (gzip when it ends in .gz)"))
@@ -338,6 +346,20 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Some(("noise-scale", a)) => run_noise_scale::<codistill::tasks::ctr::CtrTask>(a),
+        Some(("record-stats", a)) => {
+            let path = |k: &str| PathBuf::from(a.get_one::<String>(k).expect("required or defaulted"));
+            let (ckpt, out) = (path("checkpoint"), path("out"));
+            let st = codistill::tasks::ctr::stats::record_into(&ckpt, &path("train"), &path("cache"), &out)?;
+            println!(
+                "wrote {} with feature statistics of {} rows (moments of the first {}, click rate {:.5}) to {}",
+                ckpt.display(),
+                st.counted,
+                st.stats.rows,
+                st.stats.click_rate,
+                out.display()
+            );
+            Ok(())
+        }
         Some(("generate", a)) => {
             let out = PathBuf::from(a.get_one::<String>("out").expect("required"));
             let seed = num::<u64>(a, "model_seed")? ^ 0xC11C;

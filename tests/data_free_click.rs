@@ -206,7 +206,20 @@ fn bad_data_free_input_is_refused_by_name() {
     let old = d.join("old.safetensors");
     ck.save(&old).unwrap();
     let e = err(&student(&d, "s1", &old, DataFree::Fast, 2, 20));
-    assert!(e.contains("old.safetensors") && e.contains("feature statistics") && e.contains("--resume"), "{e}");
+    assert!(e.contains("old.safetensors") && e.contains("feature statistics") && e.contains("record-stats"), "{e}");
+    // record-stats writes them back from the training file: the very statistics the run recorded.
+    let file = std::fs::read_dir(d.join("cache")).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap().join("train.tsv");
+    let back = d.join("back.safetensors");
+    codistill::tasks::ctr::stats::record_into(&old, &file, &d.join("cache"), &back).unwrap();
+    let (a, b) = (Checkpoint::load(&t).unwrap(), Checkpoint::load(&back).unwrap());
+    for (k, x) in a.tensors.iter().filter(|(k, _)| k.starts_with("stats.")) {
+        let y = &b.tensors[k];
+        let same = if x.dtype() == codistill::DType::I32 { x.i32s().unwrap() == y.i32s().unwrap() } else { x.to_vec_f32().unwrap() == y.to_vec_f32().unwrap() };
+        assert!(same, "{k} differs between the run's record and record-stats");
+    }
+    assert_eq!(a.meta["stats_click_rate"], b.meta["stats_click_rate"]);
+    let e = codistill::tasks::ctr::stats::record_into(&old, &d.join("missing.tsv"), &d.join("cache"), &d.join("x.safetensors")).unwrap_err().to_string();
+    assert!(e.contains("missing.tsv"), "{e}");
     let e = err(&student(&d, "s2", &t, DataFree::Fast, 0, 20));
     assert!(e.contains("dfkd_steps"), "k = 0: {e}");
     let mut s = student(&d, "s3", &t, DataFree::Fast, 2, 20);

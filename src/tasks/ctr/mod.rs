@@ -268,7 +268,8 @@ impl Task for CtrTask {
                 let ck = Checkpoint::load(&t.path)?;
                 let st = stats::FeatureStats::read(&ck, &t.path, t.model.hidden_widths().len())?.ok_or_else(|| {
                     Error::Invalid(format!(
-                        "{}: the teacher records no feature statistics (stats.* tensors), which data_free needs: click checkpoints record them since data-free distillation was added; train the teacher again, or resume its last checkpoint for more steps (--resume with a larger --steps or --epochs), which writes them",
+                        "{}: the teacher records no feature statistics (stats.* tensors), which data_free needs (click checkpoints record them since data-free distillation was added): write them with `codistill criteo record-stats --checkpoint {} --train <its training file> --out <new checkpoint>`, where the training data is, or resume its last checkpoint for more steps (--resume with a larger --steps or --epochs)",
+                        t.path.display(),
                         t.path.display()
                     ))
                 })?;

@@ -175,3 +175,28 @@ impl FeatureStats {
         }))
     }
 }
+
+/// What [`record_into`] measured: the statistics and the rows counted.
+#[derive(Debug)]
+pub struct Recorded {
+    pub stats: FeatureStats,
+    pub counted: usize,
+}
+
+/// Measure the model of checkpoint `ckpt` on every row of `train` (its training file) and write
+/// the checkpoint with those statistics to `out` (`codistill criteo record-stats`): for a
+/// checkpoint written before click checkpoints recorded them. The weights are not changed.
+pub fn record_into(ckpt: &Path, train: &Path, cache: &Path, out: &Path) -> Result<Recorded> {
+    let mut ck = Checkpoint::load(ckpt)?;
+    let (cfg, model, store) = super::load_checkpoint(ckpt)?;
+    if !train.exists() {
+        return Err(Error::io(train, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")));
+    }
+    let (data, _) = crate::data::criteo::cached(train, cfg.buckets, cfg.on_bad_line, cache)?;
+    let rows = 0..data.rows();
+    let ids = IdCounts::of(&data, rows.clone());
+    let stats = FeatureStats::measure(&crate::Backend::from_env()?, &model, &store, &data, rows.clone(), &ids)?;
+    stats.write(&mut ck)?;
+    ck.save(out)?;
+    Ok(Recorded { stats, counted: rows.len() })
+}
