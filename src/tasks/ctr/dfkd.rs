@@ -519,18 +519,7 @@ impl Synthesizer {
             }
         }
         match s.method {
-            // Reptile: Adam on theta_meta - theta_adapted.
-            DataFree::Fast => {
-                self.store.zero_grads()?;
-                let names = self.store.names();
-                for name in names {
-                    let (a, b) = (self.store.get(&name)?.to_vec_f32()?, inputs.get(&name)?.to_vec_f32()?);
-                    let d: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
-                    let shape = self.store.get(&name)?.shape().to_vec();
-                    self.store.accumulate_grad(&name, &Tensor::from_f32(d, &shape)?.to_device(self.dev)?)?;
-                }
-                self.opt.step(&mut self.store, s.meta_lr, None)?;
-            }
+            DataFree::Fast => reptile_step(&mut self.store, &inputs, &mut self.opt, s.meta_lr)?,
             DataFree::Sequential => self.store.copy_weights_from(&inputs)?,
             _ => {}
         }
@@ -639,6 +628,21 @@ struct Kept {
     terms: [f64; 5],
 }
 
+/// The first-order meta update (Reptile, as the authors' code does it): `opt` steps `meta` with
+/// `theta_meta - theta_adapted` as its gradient, so each weight moves toward the adapted one.
+fn reptile_step(meta: &mut ParamStore, adapted: &ParamStore, opt: &mut Optimizer, lr: f32) -> Result<()> {
+    meta.zero_grads()?;
+    for name in meta.names() {
+        let (a, b) = (meta.get(&name)?.to_vec_f32()?, adapted.get(&name)?.to_vec_f32()?);
+        let d: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+        let shape = meta.get(&name)?.shape().to_vec();
+        let dev = meta.device();
+        meta.accumulate_grad(&name, &Tensor::from_f32(d, &shape)?.to_device(dev)?)?;
+    }
+    opt.step(meta, lr, None)?;
+    Ok(())
+}
+
 /// A deep copy of a store's weights with gradient buffers of their own (one that trains apart).
 fn trainable_copy(store: &ParamStore) -> Result<ParamStore> {
     let mut out = ParamStore::new();
@@ -703,6 +707,47 @@ mod tests {
         assert_eq!(dense.shape(), &[2, DENSE_WIDTH]);
         let e = Bank { cap: 3, ..Bank::default() }.batch(&[0]).unwrap_err().to_string();
         assert!(e.contains("bank is empty"), "{e}");
+    }
+
+    #[test]
+    fn the_meta_step_moves_every_weight_toward_the_adapted_one() {
+        let mut rng = Rng::new(3);
+        let mut meta = ParamStore::new();
+        meta.insert("a", Tensor::randn(&[3, 4], 1.0, &mut rng)).unwrap();
+        meta.insert("b", Tensor::randn(&[5], 1.0, &mut rng)).unwrap();
+        let mut adapted = trainable_copy(&meta).unwrap();
+        for name in ["a", "b"] {
+            let v: Vec<f32> = adapted.get(name).unwrap().to_vec_f32().unwrap().iter().map(|x| x + rng.normal() as f32).collect();
+            let shape = adapted.get(name).unwrap().shape().to_vec();
+            adapted.set(name, Tensor::from_f32(v, &shape).unwrap()).unwrap();
+        }
+        let before = trainable_copy(&meta).unwrap();
+        reptile_step(&mut meta, &adapted, &mut adam(), 0.01).unwrap();
+        for name in ["a", "b"] {
+            let (m0, m1, t) = (
+                before.get(name).unwrap().to_vec_f32().unwrap(),
+                meta.get(name).unwrap().to_vec_f32().unwrap(),
+                adapted.get(name).unwrap().to_vec_f32().unwrap(),
+            );
+            for ((x0, x1), y) in m0.iter().zip(&m1).zip(&t) {
+                // Adam's first step: lr in the direction of the adapted weight.
+                assert!((x1 - x0 - 0.01 * (y - x0).signum()).abs() < 1e-4, "{name}: {x0} -> {x1}, adapted {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_straight_through_choice_is_hard_forward_and_soft_backward() {
+        let mut g = Graph::new();
+        let x = g.leaf(Tensor::from_f32(vec![0.2, 0.5, 0.3], &[1, 3]).unwrap());
+        let hard = Tensor::from_f32(vec![0.0, 1.0, 0.0], &[1, 3]).unwrap();
+        let y = straight_through(&mut g, x, &hard).unwrap();
+        assert_eq!(g.value(y).to_vec_f32().unwrap(), vec![0.0, 1.0, 0.0]);
+        let w = g.constant(Tensor::from_f32(vec![1.0, 2.0, 3.0], &[1, 3]).unwrap());
+        let p = g.mul(y, w).unwrap();
+        let l = g.sum(p).unwrap();
+        let grads = g.backward(l).unwrap();
+        assert_eq!(grads.get(x).unwrap().to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0]);
     }
 
     #[test]
