@@ -187,7 +187,6 @@ pub fn require_same(origin: &Path, keys: &[&str], saved: &[(&str, String)], now:
     Ok(())
 }
 
-/// Implement `ConfigValue` for an enum that has `FromStr<Err = String>` and `Display`.
 /// The `--help` heading of an option every task shares: the optimizer, evaluation and output,
 /// distillation, and the process (devices, threads, ranks), so that a command's help reads in
 /// groups rather than as one list.
@@ -232,6 +231,7 @@ pub fn shared_heading(key: &str) -> &'static str {
     }
 }
 
+/// Implement `ConfigValue` for an enum that has `FromStr<Err = String>` and `Display`.
 #[macro_export]
 macro_rules! config_enum {
     ($($t:ty),*) => {$(
