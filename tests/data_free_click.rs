@@ -76,6 +76,14 @@ fn a_click_checkpoint_records_the_statistics_of_its_training_rows() {
         assert!(st.ids.share[f].windows(2).all(|w| w[0] >= w[1]), "field {f}: most used first");
         assert_eq!(st.ids.ids[f].len(), counts.len().min(1024), "field {f}: every used row, up to 1024");
     }
+    // Each hidden layer's covariance: its diagonal is the layer's variance.
+    for (l, (_, var)) in st.hidden.iter().enumerate() {
+        let w = var.len();
+        assert_eq!(st.cov[l].len(), w * w);
+        for u in 0..w {
+            assert!((st.cov[l][u * w + u] - var[u]).abs() <= 1e-4 * (1.0 + var[u]), "layer {l} unit {u}");
+        }
+    }
     // The hidden moments are those of the saved weights on those rows.
     let (ids, dense, _) = data.batch(&(0..m).collect::<Vec<_>>()).unwrap();
     let mut g = Graph::no_grad();
@@ -149,7 +157,9 @@ fn every_method_distills_a_student_from_synthesised_rows_alone() {
     let t = teacher(&d);
     let mut results = Vec::new();
     for (method, k) in [(DataFree::Fast, 2), (DataFree::Sequential, 2), (DataFree::Generator, 2), (DataFree::Inversion, 3)] {
-        let s = student(&d, &format!("{method}"), &t, method, k, 150);
+        let mut s = student(&d, &format!("{method}"), &t, method, k, 150);
+        // The joint-statistics term on one of them.
+        s.dfkd_cov = if method == DataFree::Inversion { 1.0 } else { 0.0 };
         let r = criteo::train(&s).unwrap();
         let v = r.valid[0];
         let result: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(format!("{method}/result.json"))).unwrap()).unwrap();
@@ -220,6 +230,15 @@ fn bad_data_free_input_is_refused_by_name() {
     assert_eq!(a.meta["stats_click_rate"], b.meta["stats_click_rate"]);
     let e = codistill::tasks::ctr::stats::record_into(&old, &d.join("missing.tsv"), &d.join("cache"), &d.join("x.safetensors")).unwrap_err().to_string();
     assert!(e.contains("missing.tsv"), "{e}");
+    // A teacher whose statistics lack the covariances, with the covariance term asked for.
+    let mut ck = Checkpoint::load(&t).unwrap();
+    ck.tensors.retain(|k, _| !k.ends_with(".cov"));
+    let nocov = d.join("nocov.safetensors");
+    ck.save(&nocov).unwrap();
+    let mut s = student(&d, "s7", &nocov, DataFree::Inversion, 2, 20);
+    s.dfkd_cov = 1.0;
+    let e = err(&s);
+    assert!(e.contains("dfkd_cov") && e.contains("record-stats"), "{e}");
     let e = err(&student(&d, "s2", &t, DataFree::Fast, 0, 20));
     assert!(e.contains("dfkd_steps"), "k = 0: {e}");
     let mut s = student(&d, "s3", &t, DataFree::Fast, 2, 20);
@@ -239,7 +258,7 @@ fn bad_data_free_input_is_refused_by_name() {
     let e = err(&s);
     assert!(e.contains("dfkd_click_rate"), "{e}");
     // Nothing was written by a refused run.
-    for n in ["s1", "s2", "s3", "s4", "s5", "s6"] {
+    for n in ["s1", "s2", "s3", "s4", "s5", "s6", "s7"] {
         assert!(!d.join(n).join("checkpoint.safetensors").exists(), "{n}");
     }
 }

@@ -344,6 +344,21 @@ fn softmax_gradients(dev: Device) {
     }
 }
 
+fn covariance_gap_gradients(dev: Device) {
+    let t = Tensor::randn(&[4, 4], 0.5, &mut Rng::new(43));
+    let s = store_of(&[("h", Tensor::randn(&[7, 4], 1.0, &mut Rng::new(44)))]);
+    gradcheck(
+        dev,
+        "covariance_gap",
+        s,
+        move |g, s| {
+            let h = g.param(s, "h")?;
+            g.covariance_gap(h, &on(&t, s))
+        },
+        Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
+    );
+}
+
 fn hidden_state_loss_gradients(dev: Device) {
     use codistill::ops::relation::HiddenLoss;
     // Odd sizes; the relations with a teacher of another width.
@@ -432,6 +447,7 @@ fn main() {
             ("binary_divergence_gradients", binary_divergence_gradients),
             ("hidden_state_loss_gradients", hidden_state_loss_gradients),
             ("softmax_gradients", softmax_gradients),
+            ("covariance_gap_gradients", covariance_gap_gradients),
             ("linear_and_mlp_module_gradients", linear_and_mlp_module_gradients),
             ("embedding_and_two_layer_lstm_module_gradients", embedding_and_two_layer_lstm_module_gradients),
         ],

@@ -201,10 +201,79 @@ pub fn hidden_loss(kind: HiddenLoss, student: &Tensor, teacher: &Tensor) -> Resu
     Ok((loss, Tensor::from_f32(grad, &[n, da])?.to_device(dev)?))
 }
 
+/// The covariance of the columns of `x [n, w]` (over its rows, biased), `[w, w]` row-major.
+pub fn covariance(x: &[f32], n: usize, w: usize) -> Vec<f64> {
+    let mut mean = vec![0f64; w];
+    for r in x.chunks(w) {
+        for (m, &v) in mean.iter_mut().zip(r) {
+            *m += v as f64 / n.max(1) as f64;
+        }
+    }
+    let mut c = vec![0f64; w * w];
+    for r in x.chunks(w) {
+        let d: Vec<f64> = r.iter().zip(&mean).map(|(&v, m)| v as f64 - m).collect();
+        for i in 0..w {
+            for j in 0..w {
+                c[i * w + j] += d[i] * d[j] / n.max(1) as f64;
+            }
+        }
+    }
+    c
+}
+
+/// `|cov(h) - target|_F` for a batch `h [n, w]` and a recorded covariance `target [w, w]`, and
+/// its gradient with respect to `h`: `(h - mean) (D + D^T) / (n L)`, `D = C - T` (the mean's part
+/// vanishes).
+/// A batch's joint statistics, beside the per-unit moments a batch-norm prior matches. On the
+/// host, in f64.
+pub fn covariance_gap(h: &Tensor, target: &Tensor) -> Result<(f64, Tensor)> {
+    let (n, w) = h.expect_2d("hidden states")?;
+    if target.shape() != [w, w] {
+        bail!(Invalid, "covariance gap: the target is {:?}, not [{w}, {w}] for states of width {w}", target.shape());
+    }
+    let dev = h.device();
+    let (x, t) = (h.to_vec_f32()?, target.to_vec_f32()?);
+    let c = covariance(&x, n, w);
+    let diff: Vec<f64> = c.iter().zip(&t).map(|(a, &b)| a - b as f64).collect();
+    let loss = diff.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if !loss.is_finite() {
+        bail!(Invalid, "covariance gap is {loss}: the hidden states hold non-finite values");
+    }
+    let mut mean = vec![0f64; w];
+    for r in x.chunks(w) {
+        for (m, &v) in mean.iter_mut().zip(r) {
+            *m += v as f64 / n as f64;
+        }
+    }
+    let mut grad = vec![0f32; n * w];
+    if loss > EPS {
+        for (r, row) in x.chunks(w).enumerate() {
+            let d: Vec<f64> = row.iter().zip(&mean).map(|(&v, m)| v as f64 - m).collect();
+            for j in 0..w {
+                let s: f64 = (0..w).map(|i| d[i] * (diff[i * w + j] + diff[j * w + i])).sum();
+                grad[r * w + j] = (s / (n as f64 * loss)) as f32;
+            }
+        }
+    }
+    Ok((loss, Tensor::from_f32(grad, &[n, w])?.to_device(dev)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Rng;
+
+    #[test]
+    fn the_covariance_gap_is_zero_at_the_batchs_own_covariance() {
+        let (n, w) = (40, 5);
+        let x = Tensor::randn(&[n, w], 1.0, &mut Rng::new(7));
+        let c: Vec<f32> = covariance(&x.to_vec_f32().unwrap(), n, w).iter().map(|&v| v as f32).collect();
+        let (l, _) = covariance_gap(&x, &Tensor::from_f32(c, &[w, w]).unwrap()).unwrap();
+        assert!(l < 1e-5, "{l}");
+        let (l, _) = covariance_gap(&x, &Tensor::zeros(&[w, w])).unwrap();
+        assert!(l > 0.5, "{l}");
+        assert!(covariance_gap(&x, &Tensor::zeros(&[w, w + 1])).unwrap_err().to_string().contains("not [5, 5]"));
+    }
 
     #[test]
     fn each_loss_is_zero_where_its_knowledge_is_the_same() {

@@ -51,6 +51,8 @@ crate::config_table! {
         dfkd_oh: f32 = 0.5,
         /// Data-free: weight of the adversarial term (the student's disagreement with the teacher, maximised)
         dfkd_adv: f32 = 0.5,
+        /// Data-free: weight of the covariance term (each hidden layer's batch covariance against the teacher's recorded one: joint statistics beside the per-unit moments)
+        dfkd_cov: f32 = 0.0,
         /// Data-free: the class term's click rate (0: the teacher's recorded training rate)
         dfkd_click_rate: f32 = 0.0,
         /// Data-free: category rows per field the generator chooses among (the teacher's most used)

@@ -85,6 +85,8 @@ pub struct Settings {
     pub bn: f32,
     pub oh: f32,
     pub adv: f32,
+    /// Weight of the covariance term (each hidden layer's batch covariance against the recorded one).
+    pub cov: f32,
     /// The class term's click rate (0: the teacher's recorded training rate).
     pub click_rate: f32,
     /// Category rows per field the generator chooses among.
@@ -110,7 +112,7 @@ impl Settings {
         for (name, v) in [("dfkd_lr", self.lr), ("dfkd_lr_z", self.lr_z), ("dfkd_meta_lr", self.meta_lr), ("dfkd_temperature", self.temperature)] {
             named(v > 0.0 && v.is_finite(), &format!("{name} must be a finite number above 0, got {v}"))?;
         }
-        for (name, v) in [("dfkd_bn", self.bn), ("dfkd_oh", self.oh), ("dfkd_adv", self.adv)] {
+        for (name, v) in [("dfkd_bn", self.bn), ("dfkd_oh", self.oh), ("dfkd_adv", self.adv), ("dfkd_cov", self.cov)] {
             named(v >= 0.0 && v.is_finite(), &format!("{name} must be a finite number >= 0, got {v}"))?;
         }
         named((0.0..1.0).contains(&self.click_rate), &format!("dfkd_click_rate must be in [0, 1) (0: the teacher's), got {}", self.click_rate))
@@ -225,6 +227,8 @@ pub struct Synthesizer {
     teacher_rows: Tensor,
     /// Recorded mean and variance `[1, w]` of the values, the flags and each hidden layer.
     targets: Vec<(Tensor, Tensor)>,
+    /// Each hidden layer's recorded covariance `[w, w]` (with a covariance weight).
+    covs: Vec<Tensor>,
     click_rate: f32,
     /// The recorded dense moments (mean, variance) `[26]`.
     dense: (Vec<f32>, Vec<f32>),
@@ -297,6 +301,15 @@ impl Synthesizer {
         for (m, v) in &stats.hidden {
             targets.push((row(m, dev)?, row(v, dev)?));
         }
+        let mut covs = Vec::new();
+        if settings.cov > 0.0 {
+            for (l, (c, &w)) in stats.cov.iter().zip(&widths).enumerate() {
+                if c.len() != w * w {
+                    bail!(Invalid, "dfkd_cov: the teacher records no covariance of hidden layer {l} (statistics written before it was recorded: `codistill criteo record-stats` writes them)");
+                }
+                covs.push(Tensor::from_f32(c.clone(), &[w, w])?.to_device(dev)?);
+            }
+        }
         let click_rate = if settings.click_rate > 0.0 { settings.click_rate } else { stats.click_rate as f32 };
         let mut store = ParamStore::new();
         let gen = Generator::new(&mut store, &settings, emb, &mut Rng::new(settings.seed).fork(0x6E4))?;
@@ -313,6 +326,7 @@ impl Synthesizer {
             prior: Tensor::from_f32(prior, &[NUM_CATS * p])?.to_device(dev)?,
             keys: Tensor::from_f32(keys, &[NUM_CATS * emb, NUM_CATS * p])?.to_device(dev)?,
             targets,
+            covs,
             click_rate,
             dense: stats.dense.clone(),
             gen,
@@ -451,7 +465,7 @@ impl Synthesizer {
             // The recorded moments of the dense inputs and each hidden layer.
             let ones = g.constant(Tensor::full_on(&[1, n], 1.0 / n as f32, dev)?);
             let mut stats = None;
-            for (x, (m, var)) in [values, flags].into_iter().chain(hidden).zip(&self.targets) {
+            for (x, (m, var)) in [values, flags].into_iter().chain(hidden.iter().copied()).zip(&self.targets) {
                 let t = moment_gap(&mut g, ones, x, m, var)?;
                 stats = Some(match stats {
                     Some(a) => g.add(a, t)?,
@@ -459,6 +473,15 @@ impl Synthesizer {
                 });
             }
             let stats = stats.expect("the dense inputs at least");
+            // The joint statistics: each hidden layer's covariance against the recorded one.
+            let mut joint = None;
+            for (&h, c) in hidden.iter().zip(&self.covs) {
+                let gap = g.covariance_gap(h, c)?;
+                joint = Some(match joint {
+                    Some(a) => g.add(a, gap)?,
+                    None => gap,
+                });
+            }
             let class = g.bce_with_logits(tl, &targets)?;
             let adv = match &student_rows {
                 Some(rows) => {
@@ -475,6 +498,10 @@ impl Synthesizer {
             if let Some(a) = adv {
                 let a = g.unary(Unary::Scale(-s.adv), a)?;
                 total = g.add(total, a)?;
+            }
+            if let Some(j) = joint {
+                let j = g.unary(Unary::Scale(s.cov), j)?;
+                total = g.add(total, j)?;
             }
             let lv = g.value(total).item()? as f64;
             if !lv.is_finite() {
@@ -764,6 +791,7 @@ mod tests {
             bn: 1.0,
             oh: 1.0,
             adv: 1.0,
+            cov: 0.0,
             click_rate: 0.0,
             candidates: 4,
             temperature: 1.0,

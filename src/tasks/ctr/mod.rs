@@ -684,6 +684,7 @@ pub fn settings(cfg: &CriteoConfig) -> dfkd::Settings {
         bn: cfg.dfkd_bn,
         oh: cfg.dfkd_oh,
         adv: cfg.dfkd_adv,
+        cov: cfg.dfkd_cov,
         click_rate: cfg.dfkd_click_rate,
         candidates: cfg.dfkd_candidates,
         temperature: cfg.dfkd_temperature,

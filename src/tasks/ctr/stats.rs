@@ -5,7 +5,7 @@
 //! - The per-unit mean and variance of the dense inputs (13 transformed values, 13 missing flags)
 //!   and of each hidden layer (after its ReLU), measured with the weights being saved on the first
 //!   [`SAMPLE_ROWS`] rows of the model's training shard (in file order; the same rows at every
-//!   save).
+//!   save); and on the same rows each hidden layer's covariance (its joint statistics).
 //! - The categorical counterpart of those moments: per field, the [`TOP_IDS`] category rows used
 //!   most in the shard and each one's share of its rows (the mean of the field's one-hot input,
 //!   truncated to its largest entries).
@@ -78,6 +78,8 @@ pub struct FeatureStats {
     pub dense: (Vec<f32>, Vec<f32>),
     /// Mean and variance of each hidden layer's units, first to last.
     pub hidden: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Each hidden layer's covariance `[w * w]` (empty where a checkpoint lacks it).
+    pub cov: Vec<Vec<f32>>,
     pub ids: IdCounts,
 }
 
@@ -108,14 +110,14 @@ impl FeatureStats {
         let dev = store.device();
         let mut g = Graph::no_grad().with_backend(*be);
         let (_, hidden) = model.forward_layers(&mut g, store, &ids_t.to_device(dev)?, &dense.to_device(dev)?)?;
-        let hidden = hidden
-            .iter()
-            .map(|&h| {
-                let v = g.value(h);
-                Ok(moments(&v.to_vec_f32()?, v.dim(1)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(FeatureStats { rows: idx.len(), click_rate: ids.click_rate, dense: moments(dense.f32s()?, DENSE_WIDTH), hidden, ids: ids.clone() })
+        let (mut moments_of, mut cov) = (Vec::new(), Vec::new());
+        for &h in &hidden {
+            let v = g.value(h);
+            let x = v.to_vec_f32()?;
+            moments_of.push(moments(&x, v.dim(1)));
+            cov.push(crate::ops::relation::covariance(&x, v.dim(0), v.dim(1)).iter().map(|&c| c as f32).collect());
+        }
+        Ok(FeatureStats { rows: idx.len(), click_rate: ids.click_rate, dense: moments(dense.f32s()?, DENSE_WIDTH), hidden: moments_of, cov, ids: ids.clone() })
     }
 
     /// Into a checkpoint's tensors and entries.
@@ -126,6 +128,9 @@ impl FeatureStats {
         for (l, (m, s)) in self.hidden.iter().enumerate() {
             c.tensors.insert(format!("stats.hidden.{l}.mean"), v(m)?);
             c.tensors.insert(format!("stats.hidden.{l}.var"), v(s)?);
+            if let Some(cv) = self.cov.get(l).filter(|cv| cv.len() == m.len() * m.len()) {
+                c.tensors.insert(format!("stats.hidden.{l}.cov"), Tensor::from_f32(cv.clone(), &[m.len(), m.len()])?);
+            }
         }
         // Fields with fewer used rows than the widest are padded with -1 (share 0).
         let k = self.ids.ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -171,6 +176,7 @@ impl FeatureStats {
             click_rate: counts.click_rate,
             dense: pair("stats.dense")?,
             hidden: (0..layers).map(|l| pair(&format!("stats.hidden.{l}"))).collect::<Result<_>>()?,
+            cov: (0..layers).map(|l| ck.tensors.get(&format!("stats.hidden.{l}.cov")).map_or(Ok(Vec::new()), |t| t.to_vec_f32())).collect::<Result<_>>()?,
             ids: counts,
         }))
     }
