@@ -80,8 +80,8 @@ fn a_click_checkpoint_records_the_statistics_of_its_training_rows() {
     for (l, (_, var)) in st.hidden.iter().enumerate() {
         let w = var.len();
         assert_eq!(st.cov[l].len(), w * w);
-        for u in 0..w {
-            assert!((st.cov[l][u * w + u] - var[u]).abs() <= 1e-4 * (1.0 + var[u]), "layer {l} unit {u}");
+        for (u, v) in var.iter().enumerate() {
+            assert!((st.cov[l][u * w + u] - v).abs() <= 1e-4 * (1.0 + v), "layer {l} unit {u}");
         }
     }
     // The hidden moments are those of the saved weights on those rows.
