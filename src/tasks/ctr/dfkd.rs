@@ -281,11 +281,11 @@ impl Synthesizer {
             cand.push(c);
             prior.extend((0..p).map(|j| if j < k { ((share[j] as f64 / total).max(1e-30).ln()) as f32 } else { -1e4 }));
         }
-        let table = tstore.get(&teacher.emb.weight)?.to_vec_f32()?;
+        let rows = teacher.embedding_rows(tstore, &cand)?;
         let mut keys = vec![0f32; NUM_CATS * emb * NUM_CATS * p];
-        for (f, c) in cand.iter().enumerate() {
-            for (j, &r) in c.iter().enumerate() {
-                let e = &table[r as usize * emb..(r as usize + 1) * emb];
+        for f in 0..NUM_CATS {
+            for j in 0..p {
+                let e = &rows[(f * p + j) * emb..(f * p + j + 1) * emb];
                 let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
                 for (d, &x) in e.iter().enumerate() {
                     keys[(f * emb + d) * NUM_CATS * p + f * p + j] = x / norm;

@@ -96,15 +96,12 @@ impl CtrModel {
         }
         let (e, w0) = (self.emb.dim, &self.mlp.layers[0]);
         let h0 = w0.out_dim;
-        let table = s.get(&self.emb.weight)?.to_vec_f32()?;
+        let rows = self.embedding_rows(s, cand)?;
         let w = s.get(&w0.weight)?.to_vec_f32()?;
         let mut out = vec![0f32; NUM_CATS * p * h0];
-        for (f, c) in cand.iter().enumerate() {
-            for (j, &row) in c.iter().enumerate() {
-                if row < 0 || row as usize >= self.emb.vocab {
-                    bail!(Invalid, "candidate_rows: field {f} names row {row}, outside the table's {}", self.emb.vocab);
-                }
-                let er = &table[row as usize * e..(row as usize + 1) * e];
+        for f in 0..NUM_CATS {
+            for j in 0..p {
+                let er = &rows[(f * p + j) * e..(f * p + j + 1) * e];
                 let o = &mut out[(f * p + j) * h0..(f * p + j + 1) * h0];
                 for (k, &x) in er.iter().enumerate() {
                     for (acc, &wk) in o.iter_mut().zip(&w[(f * e + k) * h0..(f * e + k + 1) * h0]) {
@@ -114,6 +111,18 @@ impl CtrModel {
             }
         }
         Tensor::from_f32(out, &[NUM_CATS * p, h0])?.to_device(s.device())
+    }
+
+    /// The embedding rows `cand` names (global rows, field after field), gathered on the store's
+    /// device and brought to the host: `[cand rows * emb]`, without copying the whole table.
+    pub fn embedding_rows(&self, s: &ParamStore, cand: &[Vec<i32>]) -> Result<Vec<f32>> {
+        let ids: Vec<i32> = cand.iter().flatten().copied().collect();
+        if let Some(&row) = ids.iter().find(|&&r| r < 0 || r as usize >= self.emb.vocab) {
+            bail!(Invalid, "candidate rows: row {row} is outside the embedding table's {}", self.emb.vocab);
+        }
+        let n = ids.len();
+        let ids = Tensor::from_i32(ids, &[n])?.to_device(s.device())?;
+        crate::ops::embedding::gather(s.get(&self.emb.weight)?, &ids)?.to_vec_f32()
     }
 
     /// The model on relaxed rows, its weights as constants (gradients reach the inputs only):
