@@ -201,8 +201,8 @@ pub fn hidden_loss(kind: HiddenLoss, student: &Tensor, teacher: &Tensor) -> Resu
     Ok((loss, Tensor::from_f32(grad, &[n, da])?.to_device(dev)?))
 }
 
-/// The covariance of the columns of `x [n, w]` (over its rows, biased), `[w, w]` row-major.
-pub fn covariance(x: &[f32], n: usize, w: usize) -> Vec<f64> {
+/// The mean `[w]` and covariance `[w, w]` (row-major, biased) of the columns of `x [n, w]`.
+pub fn covariance(x: &[f32], n: usize, w: usize) -> (Vec<f64>, Vec<f64>) {
     let mut mean = vec![0f64; w];
     for r in x.chunks(w) {
         for (m, &v) in mean.iter_mut().zip(r) {
@@ -218,7 +218,7 @@ pub fn covariance(x: &[f32], n: usize, w: usize) -> Vec<f64> {
             }
         }
     }
-    c
+    (mean, c)
 }
 
 /// `|cov(h) - target|_F` for a batch `h [n, w]` and a recorded covariance `target [w, w]`, and
@@ -233,17 +233,11 @@ pub fn covariance_gap(h: &Tensor, target: &Tensor) -> Result<(f64, Tensor)> {
     }
     let dev = h.device();
     let (x, t) = (h.to_vec_f32()?, target.to_vec_f32()?);
-    let c = covariance(&x, n, w);
+    let (mean, c) = covariance(&x, n, w);
     let diff: Vec<f64> = c.iter().zip(&t).map(|(a, &b)| a - b as f64).collect();
     let loss = diff.iter().map(|v| v * v).sum::<f64>().sqrt();
     if !loss.is_finite() {
         bail!(Invalid, "covariance gap is {loss}: the hidden states hold non-finite values");
-    }
-    let mut mean = vec![0f64; w];
-    for r in x.chunks(w) {
-        for (m, &v) in mean.iter_mut().zip(r) {
-            *m += v as f64 / n as f64;
-        }
     }
     let mut grad = vec![0f32; n * w];
     if loss > EPS {
@@ -267,7 +261,7 @@ mod tests {
     fn the_covariance_gap_is_zero_at_the_batchs_own_covariance() {
         let (n, w) = (40, 5);
         let x = Tensor::randn(&[n, w], 1.0, &mut Rng::new(7));
-        let c: Vec<f32> = covariance(&x.to_vec_f32().unwrap(), n, w).iter().map(|&v| v as f32).collect();
+        let c: Vec<f32> = covariance(&x.to_vec_f32().unwrap(), n, w).1.iter().map(|&v| v as f32).collect();
         let (l, _) = covariance_gap(&x, &Tensor::from_f32(c, &[w, w]).unwrap()).unwrap();
         assert!(l < 1e-5, "{l}");
         let (l, _) = covariance_gap(&x, &Tensor::zeros(&[w, w])).unwrap();

@@ -115,7 +115,7 @@ impl FeatureStats {
             let v = g.value(h);
             let x = v.to_vec_f32()?;
             moments_of.push(moments(&x, v.dim(1)));
-            cov.push(crate::ops::relation::covariance(&x, v.dim(0), v.dim(1)).iter().map(|&c| c as f32).collect());
+            cov.push(crate::ops::relation::covariance(&x, v.dim(0), v.dim(1)).1.iter().map(|&c| c as f32).collect());
         }
         Ok(FeatureStats { rows: idx.len(), click_rate: ids.click_rate, dense: moments(dense.f32s()?, DENSE_WIDTH), hidden: moments_of, cov, ids: ids.clone() })
     }
