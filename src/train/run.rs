@@ -163,8 +163,9 @@ pub trait Task: Sized {
         Ok(())
     }
     /// What a checkpoint holds beside weights, optimizer, step and config (what `start` reads, and
-    /// what the task records of the model whose weights are `store`).
-    fn save_extra(&self, _c: &mut Checkpoint, _stream: &Self::Stream, _carry: &Self::Carry, _store: &ParamStore) -> Result<()> {
+    /// what the task records of the model whose weights are `store`); `resumable` is false for a
+    /// weights-only checkpoint (the best one), which needs nothing only a resume reads.
+    fn save_extra(&self, _c: &mut Checkpoint, _stream: &Self::Stream, _carry: &Self::Carry, _store: &ParamStore, _resumable: bool) -> Result<()> {
         Ok(())
     }
     /// A resumed checkpoint's config (`saved`) against the run's data, beyond the resume keys.
@@ -410,7 +411,7 @@ fn save<T: Task>(task: &T, path: &Path, m: &Member<T>, step: u64, resumable: boo
     if let Some(d) = m.data_key {
         c.meta.insert(DATA_KEY.into(), format!("{d:016x}"));
     }
-    task.save_extra(&mut c, &m.stream, &m.carry, &m.store)?;
+    task.save_extra(&mut c, &m.stream, &m.carry, &m.store, resumable)?;
     // A quantized run's weights-only checkpoint holds the quantized model (the resumable one keeps
     // the shadow weights the optimizer trains).
     if let (Some(bits), false) = (quant, resumable) {

@@ -53,7 +53,7 @@ pub fn levels(bits: u32) -> i32 {
 /// Whether parameter `name` of shape `shape` is quantized, and whether its channels are rows.
 pub fn quantized_param(name: &str, shape: &[usize]) -> Option<bool> {
     let weight = name.ends_with(".weight") || name.ends_with(".w_ih") || name.ends_with(".w_hh");
-    if shape.len() != 2 || !weight || name.contains(".hint") || name.contains(".adv.") || name.starts_with("optim/") || name.starts_with("dfkd.") {
+    if shape.len() != 2 || !weight || name.contains(".hint") || name.contains(".adv.") || name.starts_with("optim/") {
         return None;
     }
     Some(name.contains("embedding"))

@@ -374,12 +374,14 @@ impl Task for CtrTask {
         Ok(())
     }
 
-    fn save_extra(&self, c: &mut Checkpoint, s: &CtrStream, _carry: &(), store: &ParamStore) -> Result<()> {
+    fn save_extra(&self, c: &mut Checkpoint, s: &CtrStream, _carry: &(), store: &ParamStore, resumable: bool) -> Result<()> {
         c.meta.insert("epoch".into(), s.epoch.to_string());
         c.meta.insert("position".into(), s.pos.to_string());
         match &s.synth {
-            // A data-free student saw no real rows: it records its synthesis, not their statistics.
-            Some(synth) => synth.save(c),
+            // A data-free student saw no real rows: it records its synthesis (the generator and
+            // the bank, what a resume reads), not their statistics.
+            Some(synth) if resumable => synth.save(c),
+            Some(_) => Ok(()),
             None => {
                 let ids = s.ids.get_or_init(|| stats::IdCounts::of(&self.data.train, s.rows.clone()));
                 stats::FeatureStats::measure(&self.be, &self.model, store, &self.data.train, s.rows.clone(), ids)?.write(c)

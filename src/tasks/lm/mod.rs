@@ -316,7 +316,7 @@ impl Task for LmTask {
         Ok(())
     }
 
-    fn save_extra(&self, c: &mut Checkpoint, _stream: &LmStream, carry: &LstmState, _store: &ParamStore) -> Result<()> {
+    fn save_extra(&self, c: &mut Checkpoint, _stream: &LmStream, carry: &LstmState, _store: &ParamStore, _resumable: bool) -> Result<()> {
         c.meta.insert("vocab".into(), self.data.vocab.to_text());
         for (l, (h, cc)) in carry.h.iter().zip(&carry.c).enumerate() {
             c.tensors.insert(format!("state/h{l}"), h.clone());
