@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 24's regime map for language models on a stream that never repeats (the synthetic Markov
-# source, TOKENS training tokens, more than any run here reads): per width and seed,
+# source, or with FIT=FILE an n-gram source fitted on that text with its VOCAB most frequent words,
+# e.g. Brown's train.txt: natural word statistics; TOKENS training tokens, by default 10% more than
+# the model at 2B reads, so that no run, and no half of a pair, sees a token twice): per width and seed,
 #   a   one model at batch B
 #   b   one model at batch 2B (the same steps: twice the compute, as a pair has)
 #   cF  a codistilled pair at B each on disjoint halves, burn-in F of the steps (the paper's form),
@@ -9,7 +11,7 @@
 # then the steps each of b, c, d takes to reach a's best validation loss (as a fraction of a's),
 # the ensembles, and the gradient noise scale of a at four points of its run (is B at or beyond
 # the critical batch?). Prints one table; runs go under OUT.
-# Usage: [BIN=...] [DEVICE=cpu|cuda] [WIDTHS="128"] [BATCH=128] [STEPS=600] [TOKENS=5000000]
+# Usage: [BIN=...] [DEVICE=cpu|cuda] [WIDTHS="128"] [BATCH=128] [STEPS=600] [TOKENS=...] [FIT=FILE [VOCAB=2000] [ORDER=2]]
 #        [SEEDS="1 2"] [BURNINS="0.1 0.4"] [DIVERGENCES="kl"] [LR=0.008] [EVERY=50] scripts/regime_map.sh OUT
 set -euo pipefail
 OUT=${1:-runs/regime}
@@ -18,7 +20,9 @@ DEVICE=${DEVICE:-cpu}
 WIDTHS=${WIDTHS:-128}
 BATCH=${BATCH:-128}
 STEPS=${STEPS:-600}
-TOKENS=${TOKENS:-5000000}
+TOKENS=${TOKENS:-$((2 * BATCH * 35 * STEPS * 11 / 10))}
+SOURCE=()
+[ -z "${FIT:-}" ] || SOURCE=(--synthetic-source ngram --synthetic-fit "$FIT" --synthetic-vocab "${VOCAB:-2000}" --synthetic-order "${ORDER:-2}")
 SEEDS=${SEEDS:-1 2}
 BURNINS=${BURNINS:-0.1 0.4}
 DIVERGENCES=${DIVERGENCES:-kl}
@@ -32,7 +36,7 @@ for W in $WIDTHS; do
     D="$OUT/w$W-s$S"
     mkdir -p "$D"
     COMMON=(--device "$DEVICE" --emb-dim "$W" --hidden "$W" --layers 1 --dropout 0 --bptt 35 --steps "$STEPS" --lr "$LR"
-      --eval-every "$EVAL" --eval-tokens 50000 --synthetic-tokens "$TOKENS" --seed "$S" --cache "$OUT/cache" --log-every "$EVAL")
+      --eval-every "$EVAL" --eval-tokens 50000 --synthetic-tokens "$TOKENS" "${SOURCE[@]}" --seed "$S" --cache "$OUT/cache" --log-every "$EVAL")
     run() { local name=$1; shift; [ -f "$D/$name/result.json" ] || "$BIN" lm "$@" "${COMMON[@]}" --out "$D/$name" > "$D/$name.log" 2>&1; }
     run a train --batch "$BATCH" --checkpoint-every $((STEPS / 4)) --keep-checkpoints
     run b train --batch $((2 * BATCH))
@@ -57,6 +61,10 @@ def curves(run):
             c.setdefault(e.get("model", 0), []).append((e["step"], e["loss"]))
     return c
 print(f"batch B = {batch} sequences; steps to reach a's best as a fraction of a's steps to its best ('-': never)")
+for d in sorted(glob.glob(f"{out}/w*-s*"))[:1]:
+    floor = json.load(open(f"{d}/a/result.json")).get("valid_entropy_floor")
+    if isinstance(floor, float):
+        print(f"the source's entropy on the validation split (the floor): {floor:.4f} nats/token")
 print("width/seed   a's best  then per run: steps to it per model, final losses, ensemble")
 for d in sorted(glob.glob(f"{out}/w*-s*")):
     a = curves(f"{d}/a")[0]

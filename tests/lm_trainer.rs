@@ -345,3 +345,49 @@ fn runs_killed_at_random_moments_resume_to_the_uninterrupted_result() {
         std::fs::read_dir(d.join("killed")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp")).collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// The n-gram source: fitted on a text, drawn once and reused, a new corpus when the text
+/// changes (never the cache of another file), the floor reported, and its options checked.
+#[test]
+fn ngram_source_is_fitted_on_its_text_and_never_reused_for_another() {
+    use codistill::train::lm::SyntheticSource;
+    let d = tmp("ngram");
+    let fit = d.join("fit.txt");
+    let text = "the cat sat on the mat .\nthe dog sat on the log .\na cat and a dog met .\nthe end came .\n".repeat(20);
+    std::fs::write(&fit, &text).unwrap();
+    let mut c = LmConfig::default();
+    c.cache = d.join("cache");
+    c.out = d.join("out");
+    c.device = codistill::train::DeviceChoice::Cpu;
+    (c.emb_dim, c.hidden, c.layers, c.batch, c.bptt, c.min_count) = (8, 16, 1, 4, 10, 1);
+    (c.steps, c.eval_every, c.log_every, c.checkpoint_every, c.synthetic_tokens) = (30, 30, 10, 30, 20_000);
+    c.synthetic_source = SyntheticSource::Ngram;
+    c.synthetic_fit = Some(fit.clone());
+    let s = lm::train(&c).unwrap();
+    let floors = s.floors.expect("a synthetic corpus reports its floors");
+    assert!(floors.valid > 0.1 && floors.valid < (14f64).ln(), "floor {floors:?}");
+    assert!(s.best_valid.unwrap() > floors.valid - 0.05, "a model below the source's entropy: {:?} against {floors:?}", s.best_valid);
+    let corpora =
+        || std::fs::read_dir(&c.cache).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("synthetic-lm-")).count();
+    assert_eq!(corpora(), 1);
+    // The same text again: the same corpus, the same floors.
+    let again = lm::train(&LmConfig { out: d.join("again"), ..c.clone() }).unwrap();
+    assert_eq!((corpora(), again.floors), (1, Some(floors)));
+    // Another text under the same name: another corpus.
+    std::fs::write(&fit, text.replace("cat", "bird")).unwrap();
+    lm::train(&LmConfig { out: d.join("other"), ..c.clone() }).unwrap();
+    assert_eq!(corpora(), 2);
+    let words = lm::load_checkpoint(&d.join("other/best.safetensors")).unwrap().vocab.words;
+    assert!(words.iter().any(|w| w == "bird") && !words.iter().any(|w| w == "cat"), "{words:?}");
+    // Bad options, each named.
+    let e = err(lm::train(&LmConfig { synthetic_fit: None, ..c.clone() }));
+    assert!(e.contains("--synthetic-fit"), "{e}");
+    let e = err(lm::train(&LmConfig { synthetic_source: SyntheticSource::Markov, ..c.clone() }));
+    assert!(e.contains("synthetic_fit") && e.contains("fit.txt"), "{e}");
+    let e = err(lm::train(&LmConfig { synthetic_fit: Some(d.join("nope.txt")), ..c.clone() }));
+    assert!(e.contains("nope.txt"), "{e}");
+    let e = err(lm::train(&LmConfig { synthetic_order: 0, ..c.clone() }));
+    assert!(e.contains("synthetic_order"), "{e}");
+    let e = err(lm::train(&LmConfig { synthetic_source: SyntheticSource::Markov, synthetic_fit: None, synthetic_vocab: 1, ..c.clone() }));
+    assert!(e.contains("synthetic_vocab"), "{e}");
+}

@@ -2,5 +2,6 @@
 //! and the learning checks).
 pub mod criteo;
 pub mod lm;
+pub mod ngram;
 pub mod synthetic;
 pub mod text;

@@ -324,6 +324,61 @@ pub struct CorpusFloors {
 /// certain (0 nats). The floors count those `<eos>` tokens, so they are directly comparable with a
 /// model's per-token cross-entropy.
 pub fn write_markov_corpus(dir: &std::path::Path, src: &MarkovSource, sizes: [usize; 3], seed: u64) -> crate::Result<CorpusFloors> {
+    write_corpus(
+        dir,
+        sizes,
+        seed,
+        || Ok(()),
+        |_, n, rng| {
+            let (toks, nll) = src.generate(n, rng);
+            let mut text = String::with_capacity(n * 5);
+            let mut eos = 0usize;
+            for (k, &t) in toks.iter().enumerate() {
+                text.push('w');
+                text.push_str(&t.to_string());
+                if t == 0 {
+                    text.push('\n');
+                    eos += 1;
+                } else if k + 1 < toks.len() {
+                    text.push(' ');
+                }
+            }
+            if !text.ends_with('\n') {
+                text.push('\n');
+                eos += 1; // the last line's <eos> is not predictable by the source; it counts as free here
+            }
+            let scored = n.saturating_sub(src.order) as f64;
+            (text, nll * scored / (scored + eos as f64))
+        },
+    )
+}
+
+/// Write `train.txt`, `valid.txt` and `test.txt` drawn from an n-gram source (`fit` builds it,
+/// only when the corpus is not there yet) into `dir` (once, as [`write_markov_corpus`]); the floors
+/// are the drawn tokens' mean negative log-likelihood under the source (`<eos>` included: the word
+/// tokenizer reads each line end as one).
+pub fn write_ngram_corpus(
+    dir: &std::path::Path,
+    fit: impl FnOnce() -> crate::Result<crate::data::ngram::NgramSource>,
+    sizes: [usize; 3],
+    seed: u64,
+) -> crate::Result<CorpusFloors> {
+    write_corpus(dir, sizes, seed, fit, |src, n, rng| {
+        let (toks, nll) = src.generate(n, rng);
+        (src.to_text(&toks), nll)
+    })
+}
+
+/// The three splits of a synthetic corpus, each `draw(source, n, rng) -> (text, floor)` from one
+/// seeded generator (the source made by `make`, once, when the corpus is not there yet), written
+/// atomically with `floors.txt` last (its presence marks a complete corpus).
+fn write_corpus<S>(
+    dir: &std::path::Path,
+    sizes: [usize; 3],
+    seed: u64,
+    make: impl FnOnce() -> crate::Result<S>,
+    mut draw: impl FnMut(&S, usize, &mut Rng) -> (String, f64),
+) -> crate::Result<CorpusFloors> {
     use crate::data::text::write_atomic;
     let floors_path = dir.join("floors.txt");
     if let Ok(text) = std::fs::read_to_string(&floors_path) {
@@ -332,28 +387,12 @@ pub fn write_markov_corpus(dir: &std::path::Path, src: &MarkovSource, sizes: [us
             return Ok(CorpusFloors { train: v[0], valid: v[1], test: v[2] });
         }
     }
+    let source = make()?;
     let mut rng = Rng::new(seed);
     let mut floors = [0.0; 3];
     for (i, (name, &n)) in ["train.txt", "valid.txt", "test.txt"].iter().zip(&sizes).enumerate() {
-        let (toks, nll) = src.generate(n, &mut rng);
-        let mut text = String::with_capacity(n * 5);
-        let mut eos = 0usize;
-        for (k, &t) in toks.iter().enumerate() {
-            text.push('w');
-            text.push_str(&t.to_string());
-            if t == 0 {
-                text.push('\n');
-                eos += 1;
-            } else if k + 1 < toks.len() {
-                text.push(' ');
-            }
-        }
-        if !text.ends_with('\n') {
-            text.push('\n');
-            eos += 1; // the last line's <eos> is not predictable by the source; it counts as free here
-        }
-        let scored = n.saturating_sub(src.order) as f64;
-        floors[i] = nll * scored / (scored + eos as f64);
+        let (text, floor) = draw(&source, n, &mut rng);
+        floors[i] = floor;
         write_atomic(&dir.join(name), text.as_bytes())?;
     }
     let f = CorpusFloors { train: floors[0], valid: floors[1], test: floors[2] };

@@ -49,11 +49,15 @@ crate::config_table! {
         temperature_final: Option<f32> = None,
         /// Data-free distillation: train on text sampled from the teachers (their averaged distribution, one token at a time, batch lanes) instead of a training file, with the teachers' logits as the soft targets; the vocabulary is the teachers', validation and test files are optional; one model; a resume continues on a fresh sample stream (seeded by the step), the weights, optimizer and step restored
         data_free: bool = false,
-        /// Synthetic corpus: vocabulary size of the Markov source
+        /// Synthetic corpus (no data or train given): markov (a sparse Markov chain over words w0..wV) or ngram (an n-gram model fitted on synthetic_fit, e.g. Brown's training split: natural word statistics); both never repeat and report the exact entropy floor
+        synthetic_source: SyntheticSource = SyntheticSource::Markov,
+        /// Synthetic corpus: the word-level text the ngram source is fitted on
+        synthetic_fit: Option<PathBuf> = None,
+        /// Synthetic corpus: vocabulary size of the Markov source; for ngram, the fitted text's most frequent words kept (the rest <unk>; 0: all)
         synthetic_vocab: usize = 500,
-        /// Synthetic corpus: order of the Markov source
+        /// Synthetic corpus: order of the source, in tokens of context (2: an ngram source of trigrams)
         synthetic_order: usize = 2,
-        /// Synthetic corpus: successors per context
+        /// Synthetic corpus: successors per context of the Markov source
         synthetic_branching: usize = 4,
         /// Synthetic corpus: training tokens (validation and test get a tenth each)
         synthetic_tokens: usize = 500000,
@@ -66,6 +70,19 @@ crate::config_table! {
         out = PathBuf::from("runs/lm"),
     }
 }
+
+/// Where the built-in synthetic corpus comes from (`synthetic_source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyntheticSource {
+    /// A sparse Markov chain over the words `w0..wV` ([`crate::data::synthetic::MarkovSource`]).
+    #[default]
+    Markov,
+    /// An n-gram model fitted on a text ([`crate::data::ngram::NgramSource`]).
+    Ngram,
+}
+
+crate::named_choices!(SyntheticSource, "a synthetic source", { Markov => "markov", Ngram => "ngram" });
+crate::config_enum!(SyntheticSource);
 
 /// The format string of the task's checkpoints.
 pub const FORMAT: &str = "codistill-lm-v1";

@@ -9,14 +9,15 @@ pub mod eval;
 pub mod model;
 pub mod sample;
 
-pub use config::LmConfig;
+pub use config::{LmConfig, SyntheticSource};
 pub use eval::{churn_checkpoints, eval_checkpoint, eval_checkpoints, evaluate, evaluate_ensemble, oov_rate, token_log_probs, EvalReport};
 pub use model::{load_checkpoint, load_checkpoints, load_teachers, LmModel, LoadedLm};
 
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::lm::TokenLanes;
-use crate::data::synthetic::{write_markov_corpus, CorpusFloors, MarkovSource};
+use crate::data::ngram::NgramSource;
+use crate::data::synthetic::{write_markov_corpus, write_ngram_corpus, CorpusFloors, MarkovSource};
 use crate::data::text::{cached_tokens, cached_vocab, shard_blocks, Tokens, Vocab};
 use crate::distill::Mix;
 use crate::hash::Hasher64;
@@ -67,12 +68,46 @@ pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
             (train, existing(split_file(cfg, &cfg.valid, "valid.txt"))?, existing(split_file(cfg, &cfg.test, "test.txt"))?, None)
         }
         None => {
-            let src = MarkovSource::new(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.seed ^ 0xC0D1);
             let n = cfg.synthetic_tokens;
-            let mut h = Hasher64::new();
-            h.update(format!("markov-v2/{}/{}/{}/{}/{}", cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, n, cfg.seed).as_bytes());
-            let dir = cfg.cache.join(format!("synthetic-lm-{:016x}", h.finish()));
-            let floors = write_markov_corpus(&dir, &src, [n, n / 10, n / 10], cfg.seed)?;
+            if n < 2 {
+                bail!(Invalid, "synthetic_tokens must be at least 2, got {n}");
+            }
+            let (dir, floors) = match cfg.synthetic_source {
+                SyntheticSource::Markov => {
+                    if let Some(fit) = &cfg.synthetic_fit {
+                        bail!(Invalid, "synthetic_fit ({}) is read by the ngram source only: add --synthetic-source ngram", fit.display());
+                    }
+                    if cfg.synthetic_vocab < 2 || cfg.synthetic_order == 0 || cfg.synthetic_branching == 0 {
+                        bail!(
+                            Invalid,
+                            "the Markov source needs synthetic_vocab >= 2, synthetic_order >= 1 and synthetic_branching >= 1 (got {}, {}, {})",
+                            cfg.synthetic_vocab,
+                            cfg.synthetic_order,
+                            cfg.synthetic_branching
+                        );
+                    }
+                    let src = MarkovSource::new(cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.seed ^ 0xC0D1);
+                    let mut h = Hasher64::new();
+                    h.update(format!("markov-v2/{}/{}/{}/{}/{}", cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, n, cfg.seed).as_bytes());
+                    let dir = cfg.cache.join(format!("synthetic-lm-{:016x}", h.finish()));
+                    let floors = write_markov_corpus(&dir, &src, [n, n / 10, n / 10], cfg.seed)?;
+                    (dir, floors)
+                }
+                SyntheticSource::Ngram => {
+                    let Some(fit) = &cfg.synthetic_fit else {
+                        bail!(Invalid, "synthetic_source ngram fits its model on a text: give --synthetic-fit FILE (e.g. Brown's train.txt)");
+                    };
+                    let bytes = std::fs::read(fit).map_err(|e| Error::io(fit, e))?;
+                    // The corpus is a function of the fitted text's bytes, not its name.
+                    let mut h = Hasher64::new();
+                    h.update(
+                        format!("ngram-v1/{:016x}/{}/{}/{}/{}", crate::hash::hash64(&bytes), cfg.synthetic_vocab, cfg.synthetic_order, n, cfg.seed).as_bytes(),
+                    );
+                    let dir = cfg.cache.join(format!("synthetic-lm-{:016x}", h.finish()));
+                    let floors = write_ngram_corpus(&dir, || NgramSource::fit(fit, cfg.synthetic_order, cfg.synthetic_vocab), [n, n / 10, n / 10], cfg.seed)?;
+                    (dir, floors)
+                }
+            };
             (dir.join("train.txt"), Some(dir.join("valid.txt")), Some(dir.join("test.txt")), Some(floors))
         }
     };
