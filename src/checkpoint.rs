@@ -88,6 +88,19 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The bit width of a quantized model's weights (the `quantized` entry [`quantize_weights`]
+    /// writes), None for an f32 model; `path` names the file in the error for another value.
+    ///
+    /// [`quantize_weights`]: Checkpoint::quantize_weights
+    pub fn quantized_bits(&self, path: &Path) -> Result<Option<u32>> {
+        match self.meta.get("quantized").map(String::as_str) {
+            None => Ok(None),
+            Some("int8") => Ok(Some(8)),
+            Some("int4") => Ok(Some(4)),
+            Some(other) => bail!(Invalid, "{}: quantized = {other:?}, not int8 or int4", path.display()),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Checkpoint> {
         Self::read(path, true)
     }

@@ -15,6 +15,17 @@ fn config_arg() -> Arg {
     Arg::new("config").long("config").value_name("FILE").help("TOML file of options; flags given here override it")
 }
 
+/// `--products` of the eval commands.
+fn products_arg() -> Arg {
+    Arg::new("products").long("products").value_name("f32|int8").default_value("f32").help(
+        "The products' arithmetic: f32 (a quantized checkpoint's levels times its scales), or int8 (each product's input quantized per row to int8, times the weights' levels, summed in i32, on the CPU; an f32 checkpoint is quantized to int8 first)",
+    )
+}
+
+fn products(a: &clap::ArgMatches) -> codistill::Result<codistill::ops::quant::Products> {
+    a.get_one::<String>("products").expect("defaulted").parse().map_err(|e: String| codistill::Error::Invalid(format!("--products: {e}")))
+}
+
 /// `noise-scale`: the gradient noise scale of checkpoints (the same for every task).
 fn noise_scale_command(task: &str) -> Command {
     Command::new("noise-scale")
@@ -125,6 +136,7 @@ fn cli() -> Command {
                                 .value_name("FILE")
                                 .help("A second checkpoint (same vocabulary): also report the churn, the mean absolute difference of the probabilities the two give each token"),
                         )
+                        .arg(products_arg())
                         .arg(Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for token files"))
                         .arg(
                             Arg::new("max_tokens")
@@ -210,6 +222,7 @@ fn cli() -> Command {
                                 .value_name("FILE")
                                 .help("A second checkpoint: report the mean absolute difference of predictions"),
                         )
+                        .arg(products_arg())
                         .arg(
                             Arg::new("cache").long("cache").value_name("DIR").default_value(".codistill-cache").help("Cache directory for preprocessed files"),
                         ),
@@ -325,8 +338,9 @@ fn run_criteo(sub: &ArgMatches) -> Result<()> {
             let file = PathBuf::from(a.get_one::<String>("file").expect("required"));
             let against = a.get_one::<String>("against").map(PathBuf::from);
             let cache = PathBuf::from(a.get_one::<String>("cache").expect("defaulted"));
-            let (e, ch) = criteo::eval_checkpoints(&ckpts.0, &file, against.as_deref(), &cache)?;
-            let mut out = json!({"rows": e.rows, "log_loss": e.log_loss, "auc": e.auc, "calibration": e.calibration});
+            let products = products(a)?;
+            let (e, ch) = criteo::eval_checkpoints_with(&ckpts.0, &file, against.as_deref(), &cache, products)?;
+            let mut out = json!({"rows": e.rows, "log_loss": e.log_loss, "auc": e.auc, "calibration": e.calibration, "products": products.to_string()});
             if let Some(c) = ch {
                 out["churn"] = json!(c);
             }
@@ -494,7 +508,8 @@ fn run(m: &ArgMatches) -> Result<()> {
                     .map_err(|_| codistill::Error::Invalid("--max-tokens must be a whole number".into()))?;
                 let lanes: usize =
                     a.get_one::<String>("lanes").expect("defaulted").parse().map_err(|_| codistill::Error::Invalid("--lanes must be a whole number".into()))?;
-                let r = lm::eval_checkpoints(&ckpts.0, file.as_deref(), &cache, max, lanes)?;
+                let products = products(a)?;
+                let r = lm::eval_checkpoints_with(&ckpts.0, file.as_deref(), &cache, max, lanes, products)?;
                 let mut out = json!({
                     "loss": r.loss,
                     "ppl": r.loss.exp(),
@@ -502,9 +517,10 @@ fn run(m: &ArgMatches) -> Result<()> {
                     "file_tokens": r.file_tokens,
                     "lanes": r.lanes,
                     "oov_rate": r.oov_rate.unwrap_or(f64::NAN),
+                    "products": products.to_string(),
                 });
                 if let Some(other) = a.get_one::<String>("against") {
-                    out["churn"] = json!(lm::churn_checkpoints(&ckpts.0[0], Path::new(other), file.as_deref(), &cache, max, lanes)?);
+                    out["churn"] = json!(lm::churn_checkpoints_with(&ckpts.0[0], Path::new(other), file.as_deref(), &cache, max, lanes, products)?);
                 }
                 println!("{out}");
                 Ok(())

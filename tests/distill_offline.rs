@@ -809,6 +809,20 @@ fn a_quantized_student_trains_on_its_levels_and_its_checkpoint_holds_them() {
             assert!(vals.len() <= levels, "{name}: column {c} has {} distinct weights", vals.len());
         }
     }
+    // Evaluated with int8 products (int8 activations times the stored levels, i32 sums): near the
+    // f32 products' figures, not equal to them (the integer arithmetic ran); an f32 model is
+    // quantized to int8 first.
+    use codistill::ops::quant::Products;
+    let synthetic =
+        std::fs::read_dir(d.join("cache")).unwrap().filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().starts_with("synthetic-criteo-")).unwrap();
+    let valid = synthetic.path().join("valid.tsv");
+    for ck in [d.join("q8/best.safetensors"), d.join("q4/best.safetensors"), d.join("f32/checkpoint.safetensors")] {
+        let eval = |p: Products| criteo::eval_checkpoints_with(std::slice::from_ref(&ck), &valid, None, &d.join("cache"), p).unwrap().0;
+        let (f, i) = (eval(Products::F32), eval(Products::Int8));
+        eprintln!("{}: f32 products {}, int8 products {}", ck.display(), f.log_loss, i.log_loss);
+        assert!((f.log_loss - i.log_loss).abs() < 0.005 && f.log_loss != i.log_loss, "{}: {} against {}", ck.display(), i.log_loss, f.log_loss);
+    }
+    assert!("int16".parse::<Products>().unwrap_err().contains("f32 or int8"));
 }
 
 /// Adversarial distillation: a discriminator learns to tell the teacher's outputs from the

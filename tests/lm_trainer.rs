@@ -391,3 +391,33 @@ fn ngram_source_is_fitted_on_its_text_and_never_reused_for_another() {
     let e = err(lm::train(&LmConfig { synthetic_source: SyntheticSource::Markov, synthetic_fit: None, synthetic_vocab: 1, ..c.clone() }));
     assert!(e.contains("synthetic_vocab"), "{e}");
 }
+
+/// Int8 products (`lm eval --products int8`): a quantized model's own levels with int8
+/// activations, and an f32 model quantized to int8 first, score near the f32 products and not
+/// equal to them; a model has no churn against itself in either arithmetic.
+#[test]
+fn int8_products_score_a_quantized_model_near_its_f32_products() {
+    use codistill::ops::quant::{Products, Quant};
+    let d = tmp("int8");
+    let mut c = small_run(&d, 5);
+    (c.steps, c.eval_every, c.lr, c.dropout, c.quantize) = (200, 100, 0.01, 0.0, Quant::Int8);
+    lm::train(&c).unwrap();
+    let f32_run = LmConfig { quantize: Quant::None, out: d.join("f32"), ..c.clone() };
+    lm::train(&f32_run).unwrap();
+    let four = LmConfig { quantize: Quant::Int4, out: d.join("int4"), ..c.clone() };
+    lm::train(&four).unwrap();
+    for ck in [c.out.join("best.safetensors"), d.join("int4/best.safetensors"), d.join("f32/best.safetensors")] {
+        let score = |p: Products| lm::eval_checkpoints_with(std::slice::from_ref(&ck), None, &c.cache, 0, 4, p).unwrap();
+        let (f, i) = (score(Products::F32), score(Products::Int8));
+        eprintln!("{}: f32 products {}, int8 products {}", ck.display(), f.loss, i.loss);
+        assert_eq!((f.tokens, f.lanes), (i.tokens, i.lanes));
+        assert!(f.loss < 0.75 * (32f64).ln(), "the model learned nothing: {}", f.loss);
+        assert!((f.loss - i.loss).abs() < 0.01 && f.loss != i.loss, "{}: {} against {}", ck.display(), i.loss, f.loss);
+        assert_eq!(lm::churn_checkpoints_with(&ck, &ck, None, &c.cache, 0, 4, Products::Int8).unwrap(), 0.0);
+    }
+    // The ensemble of two, in int8, between its members' figures and no worse than the worse.
+    let pair = [c.out.join("best.safetensors"), d.join("f32/best.safetensors")];
+    let e = lm::eval_checkpoints_with(&pair, None, &c.cache, 0, 4, Products::Int8).unwrap().loss;
+    let one = |p: &std::path::PathBuf| lm::eval_checkpoints_with(std::slice::from_ref(p), None, &c.cache, 0, 4, Products::Int8).unwrap().loss;
+    assert!(e <= one(&pair[0]).max(one(&pair[1])) + 1e-9, "ensemble {e}");
+}

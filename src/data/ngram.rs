@@ -96,7 +96,7 @@ impl NgramSource {
         let unigram = Successors::from_counts(uni.iter().enumerate().filter(|(_, &c)| c > 0).map(|(w, &c)| (w as u32, c)).collect(), 0.0);
         // The text is read as following a line end: its first words are counted after contexts
         // of <eos>, as a drawn stream starts.
-        let padded: Vec<u32> = std::iter::repeat(eos).take(order).chain(tokens.iter().copied()).collect();
+        let padded: Vec<u32> = std::iter::repeat_n(eos, order).chain(tokens.iter().copied()).collect();
         let levels = (1..=order)
             .map(|k| {
                 let mut counts: HashMap<&[u32], HashMap<u32, u32>> = HashMap::new();
@@ -155,7 +155,7 @@ impl NgramSource {
     /// Draw `n` tokens from a line start, and the mean negative log-likelihood (nats per token) of
     /// all of them under the source.
     pub fn generate(&self, n: usize, rng: &mut Rng) -> (Vec<u32>, f64) {
-        let mut out: Vec<u32> = std::iter::repeat(self.eos).take(self.order).collect();
+        let mut out: Vec<u32> = vec![self.eos; self.order];
         let mut nll = 0.0;
         for _ in 0..n {
             let found = self.contexts(&out);

@@ -9,9 +9,14 @@
 //! Which weights: every matrix of the model (LSTM, linear and embedding tables); not biases, not a
 //! feature-hint map or a discriminator. Output channels: a matrix `[in, out]`'s columns; an embedding table's rows
 //! (one vector per id). Computed on the host (a GPU store is copied: correct, not fast).
+//!
+//! [`int8`]: the integer product that evaluates such a model with int8 activations (`--products int8`).
 
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
+
+pub mod int8;
+pub use int8::{Products, QuantMatrix};
 
 /// The weight precision of a quantized run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

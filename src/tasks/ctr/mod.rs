@@ -11,7 +11,7 @@ pub mod score;
 pub mod stats;
 
 pub use config::CriteoConfig;
-pub use model::{evaluate, load_checkpoint, load_teachers, parse_widths, ClickEval, CtrModel, CtrTeacher};
+pub use model::{evaluate, load_checkpoint, load_checkpoint_quantized, load_teachers, parse_widths, ClickEval, CtrModel, CtrTeacher};
 
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
@@ -21,6 +21,7 @@ use crate::distill::Mix;
 use crate::hash::Hasher64;
 use crate::ops::elementwise::Unary;
 use crate::ops::math::sigmoid;
+use crate::ops::quant::Products;
 use crate::ops::softmax_kl::mix::{mix_teachers, TeacherMix};
 use crate::ops::softmax_kl::Divergence;
 use crate::params::ParamStore;
@@ -704,6 +705,13 @@ pub fn eval_checkpoint(path: &Path, file: &Path, against: Option<&Path>, cache: 
 /// Evaluate a checkpoint, or the ensemble of several (their mean click probability), on a file;
 /// with `against`, also the churn between it (or the ensemble) and that model.
 pub fn eval_checkpoints(paths: &[PathBuf], file: &Path, against: Option<&Path>, cache: &Path) -> Result<(ClickEval, Option<f64>)> {
+    eval_checkpoints_with(paths, file, against, cache, Products::F32)
+}
+
+/// As [`eval_checkpoints`], each model's products in `products`' arithmetic: with
+/// [`Products::Int8`] a quantized checkpoint runs on its own levels with int8 activations, an f32
+/// one quantized to int8 first (post-training W8A8).
+pub fn eval_checkpoints_with(paths: &[PathBuf], file: &Path, against: Option<&Path>, cache: &Path, products: Products) -> Result<(ClickEval, Option<f64>)> {
     let be = crate::Backend::from_env()?;
     if paths.is_empty() {
         bail!(Invalid, "no checkpoint to evaluate");
@@ -713,9 +721,14 @@ pub fn eval_checkpoints(paths: &[PathBuf], file: &Path, against: Option<&Path>, 
     }
     // Each model's probabilities on the file, hashed into its own buckets.
     let predict = |path: &Path| -> Result<(Vec<f32>, CriteoCache)> {
-        let (cfg, model, store) = load_checkpoint(path)?;
+        let (cfg, model, store, bits) = load_checkpoint_quantized(path)?;
         let (data, _) = cached(file, cfg.buckets, cfg.on_bad_line, cache)?;
-        Ok((model.predict(&be, &store, &data, 0..data.rows())?, data))
+        let p = match (products, bits) {
+            (Products::F32, _) => model.predict(&be, &store, &data, 0..data.rows())?,
+            (Products::Int8, Some(bits)) => model.predict_int8(&be, &store, bits, &data, 0..data.rows())?,
+            (Products::Int8, None) => model.predict_int8(&be, &store.quantized_copy(8)?, 8, &data, 0..data.rows())?,
+        };
+        Ok((p, data))
     };
     let mut p = Vec::new();
     let mut data = None;

@@ -9,6 +9,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::criteo::{CriteoCache, DENSE_WIDTH, NUM_CATS, NUM_INTS};
 use crate::nn::{Embedding, Linear, Mlp};
 use crate::ops::math::sigmoid;
+use crate::ops::quant::QuantMatrix;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{bail, Error, Result, Rng};
@@ -163,6 +164,55 @@ impl CtrModel {
         self.mlp.layers[1..].iter().map(|l| l.in_dim).collect()
     }
 
+    /// Click probabilities for rows `rows` of a cache computed with int8 products (W8A8, see
+    /// [`crate::ops::quant::int8`]), on the host: the store's every weight matrix must already be
+    /// quantized at `bits` (a quantized checkpoint, or [`ParamStore::quantized_copy`]), so that its
+    /// levels come back exactly; embedding rows are gathered as they are (a gather has no product),
+    /// each layer's input quantized per row to int8, summed in i32, scaled, biased in f32.
+    pub fn predict_int8(&self, be: &Backend, s: &ParamStore, bits: u32, data: &CriteoCache, rows: Range<usize>) -> Result<Vec<f32>> {
+        let host = |name: &str| s.get(name)?.to_device(crate::tensor::Device::Cpu);
+        let table = host(&self.emb.weight)?;
+        let (table, e) = (table.f32s()?, self.emb.dim);
+        let quant = |l: &Linear| -> Result<(QuantMatrix, Option<Vec<f32>>)> {
+            let bias = l.bias.as_deref().map(|b| host(b)?.to_vec_f32()).transpose()?;
+            Ok((QuantMatrix::of(host(&l.weight)?.f32s()?, l.in_dim, l.out_dim, bits)?, bias))
+        };
+        let (dense, _) = quant(&self.dense)?;
+        let threads = be.cpu_threads();
+        let layers = self.mlp.layers.iter().map(quant).collect::<Result<Vec<_>>>()?;
+        let idx: Vec<usize> = rows.collect();
+        let mut out = Vec::with_capacity(idx.len());
+        let bar = crate::progress::bar(idx.len() as u64, 0, "predicting with int8 products (rows) ");
+        for chunk in idx.chunks(8192) {
+            bar.inc(chunk.len() as u64);
+            let n = chunk.len();
+            let (ids, dense_x, _) = data.batch(chunk)?;
+            let mut x = vec![0f32; n * NUM_CATS * e];
+            for (r, &id) in ids.i32s()?.iter().enumerate() {
+                let id = id as usize;
+                x[r * e..(r + 1) * e].copy_from_slice(&table[id * e..(id + 1) * e]);
+            }
+            let mut h = layers[0].0.product(&x, n, threads)?;
+            for (a, b) in h.iter_mut().zip(dense.product(dense_x.f32s()?, n, threads)?) {
+                *a += b;
+            }
+            for (l, (m, bias)) in layers.iter().enumerate() {
+                if l > 0 {
+                    h.iter_mut().for_each(|v| *v = v.max(0.0));
+                    h = m.product(&h, n, threads)?;
+                }
+                if let Some(b) = bias {
+                    for row in h.chunks_mut(b.len()) {
+                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                }
+            }
+            out.extend(h.iter().map(|&z| sigmoid(z)));
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
     /// Click probabilities for rows `rows` of a cache, in batches, without a tape.
     pub fn predict(&self, be: &Backend, s: &ParamStore, data: &CriteoCache, rows: Range<usize>) -> Result<Vec<f32>> {
         let idx: Vec<usize> = rows.collect();
@@ -206,12 +256,17 @@ pub fn evaluate(be: &Backend, model: &CtrModel, s: &ParamStore, data: &CriteoCac
 
 /// A checkpoint's config and weights in a fresh model (on the CPU).
 pub fn load_checkpoint(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore)> {
+    load_checkpoint_quantized(path).map(|(cfg, model, store, _)| (cfg, model, store))
+}
+
+/// As [`load_checkpoint`], with the bit width of a quantized checkpoint's weights (None: f32).
+pub fn load_checkpoint_quantized(path: &Path) -> Result<(CriteoConfig, CtrModel, ParamStore, Option<u32>)> {
     let ck = Checkpoint::load(path)?;
     let cfg = checkpoint_config(&ck, path)?;
     let mut store = ParamStore::new();
     let model = CtrModel::new(&mut store, &cfg, &mut Rng::new(0))?;
     crate::train::load_weights(&mut store, &ck, path)?;
-    Ok((cfg, model, store))
+    Ok((cfg, model, store, ck.quantized_bits(path)?))
 }
 
 /// A fixed teacher of an offline distillation: a trained checkpoint's model and weights.

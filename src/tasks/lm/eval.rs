@@ -2,12 +2,13 @@
 //! ensemble of several models, each token's log-probability, and checkpoints scored on a file.
 
 use super::config::split_file;
-use super::model::{load_checkpoints, LmModel};
+use super::model::{load_checkpoints, Int8Lm, LmModel};
 use crate::autograd::Graph;
 use crate::backend::Backend;
 use crate::data::lm::TokenLanes;
 use crate::data::text::{cached_tokens, Vocab};
 use crate::nn::LstmState;
+use crate::ops::quant::Products;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{bail, Error, Result};
@@ -98,16 +99,7 @@ pub fn evaluate_ensemble(
     bptt: usize,
     max_tokens: usize,
 ) -> Result<(f64, usize)> {
-    let logps = token_log_probs(be, models, tokens, batch, bptt, max_tokens)?;
-    let count = logps.first().map_or(0, Vec::len);
-    let mut total = 0.0;
-    for r in 0..count {
-        // log of the mean probability, shifted by the largest log-probability for range.
-        let m = logps.iter().map(|lp| lp[r]).fold(f64::NEG_INFINITY, f64::max);
-        let mean = logps.iter().map(|lp| (lp[r] - m).exp()).sum::<f64>() / logps.len() as f64;
-        total -= m + mean.ln();
-    }
-    Ok((total / count.max(1) as f64, count))
+    Ok(ensemble_loss(&token_log_probs(be, models, tokens, batch, bptt, max_tokens)?))
 }
 
 /// Each model's natural-log probability (in f64) of every token that `evaluate_ensemble` scores,
@@ -121,23 +113,62 @@ pub fn token_log_probs(
     bptt: usize,
     max_tokens: usize,
 ) -> Result<Vec<Vec<f64>>> {
+    let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
+    score_windows(
+        models.len(),
+        tokens,
+        batch,
+        bptt,
+        max_tokens,
+        |lanes| models.iter().map(|(m, _)| LstmState::zeros_on(m.lstm.num_layers(), lanes, m.lstm.hidden, dev)).collect::<Result<Vec<_>>>(),
+        |states, k, x, _lanes, steps| {
+            let (model, s) = models[k];
+            let mut g = Graph::no_grad().with_backend(*be);
+            let (logits, next) = model.forward(&mut g, s, &x.to_device(dev)?, &states[k], steps, None)?;
+            states[k] = next;
+            g.value(logits).to_vec_f32()
+        },
+    )
+}
+
+/// As [`token_log_probs`], each model run with int8 products ([`Int8Lm`]).
+pub fn token_log_probs_int8(models: &[Int8Lm], tokens: &[u32], batch: usize, bptt: usize, max_tokens: usize) -> Result<Vec<Vec<f64>>> {
+    score_windows(
+        models.len(),
+        tokens,
+        batch,
+        bptt,
+        max_tokens,
+        |lanes| Ok(models.iter().map(|m| m.zero_state(lanes)).collect::<Vec<_>>()),
+        |states, k, x, lanes, steps| models[k].forward(x.i32s()?, lanes, steps, &mut states[k]),
+    )
+}
+
+/// The scoring loop of [`token_log_probs`]: the models' carried state from `start(lanes)` once the
+/// layout is known, then for each window and model `k`, `logits(state, k, inputs, lanes, steps)`
+/// gives `[steps * lanes, vocab]`; each target's natural-log probability in f64, one vector per
+/// model.
+fn score_windows<S>(
+    models: usize,
+    tokens: &[u32],
+    batch: usize,
+    bptt: usize,
+    max_tokens: usize,
+    start: impl FnOnce(usize) -> Result<S>,
+    mut logits: impl FnMut(&mut S, usize, &Tensor, usize, usize) -> Result<Vec<f32>>,
+) -> Result<Vec<Vec<f64>>> {
     let (data, windows, steps) = eval_layout(tokens, batch, bptt, max_tokens)?;
     let lanes = data.batch;
-    let dev = models.first().map_or(crate::tensor::Device::Cpu, |m| m.1.device());
-    let mut states: Vec<LstmState> = models.iter().map(|(m, _)| LstmState::zeros_on(m.lstm.num_layers(), lanes, m.lstm.hidden, dev)).collect::<Result<_>>()?;
-    let mut logps: Vec<Vec<f64>> = vec![Vec::new(); models.len()];
+    let mut state = start(lanes)?;
+    let mut logps: Vec<Vec<f64>> = vec![Vec::new(); models];
     let windows = eval_windows(&data, windows, steps, max_tokens)?;
     let bar = crate::progress::bar(windows.len() as u64, 0, "scoring (windows) ");
     for (x, y, steps) in windows {
         bar.inc(1);
-        let x = x.to_device(dev)?;
-        for (((model, s), st), out) in models.iter().zip(states.iter_mut()).zip(logps.iter_mut()) {
-            let mut g = Graph::no_grad().with_backend(*be);
-            let (logits, next) = model.forward(&mut g, s, &x, st, steps, None)?;
-            *st = next;
-            let lv = g.value(logits);
-            let v = lv.dim(1);
-            let (l, yv) = (lv.to_vec_f32()?, y.i32s()?);
+        let yv = y.i32s()?;
+        for (k, out) in logps.iter_mut().enumerate() {
+            let l = logits(&mut state, k, &x, lanes, steps)?;
+            let v = l.len() / yv.len().max(1);
             out.extend((0..yv.len()).map(|r| {
                 let row = &l[r * v..(r + 1) * v];
                 let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
@@ -148,6 +179,20 @@ pub fn token_log_probs(
     }
     bar.finish_and_clear();
     Ok(logps)
+}
+
+/// The ensemble's mean cross-entropy from each model's token log-probabilities: the mean over
+/// tokens of `-ln((1/n) sum_i p_i)` (one model: its own), and the number of tokens.
+fn ensemble_loss(logps: &[Vec<f64>]) -> (f64, usize) {
+    let count = logps.first().map_or(0, Vec::len);
+    let mut total = 0.0;
+    for r in 0..count {
+        // log of the mean probability, shifted by the largest log-probability for range.
+        let m = logps.iter().map(|lp| lp[r]).fold(f64::NEG_INFINITY, f64::max);
+        let mean = logps.iter().map(|lp| (lp[r] - m).exp()).sum::<f64>() / logps.len() as f64;
+        total -= m + mean.ln();
+    }
+    (total / count.max(1) as f64, count)
 }
 
 /// What an evaluation of a text file scored.
@@ -178,11 +223,20 @@ pub fn eval_checkpoint(path: &Path, file: Option<&Path>, cache: &Path, max_token
 /// does); more lanes run faster, each from a zero state, its first token unscored; 0 takes the
 /// checkpoint's batch.
 pub fn eval_checkpoints(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<EvalReport> {
+    eval_checkpoints_with(paths, file, cache, max_tokens, lanes, Products::F32)
+}
+
+/// As [`eval_checkpoints`], each model's products in `products`' arithmetic: with
+/// [`Products::Int8`] a quantized checkpoint runs on its own levels with int8 activations
+/// ([`Int8Lm`]), an f32 one quantized to int8 first (post-training W8A8).
+pub fn eval_checkpoints_with(paths: &[PathBuf], file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize, products: Products) -> Result<EvalReport> {
     let be = Backend::from_env()?;
     let (loaded, tokens) = load_with_text(paths, file, cache)?;
     let l = &loaded[0];
     let lanes = if lanes == 0 { l.cfg.batch } else { lanes };
-    let (loss, n) = if loaded.len() == 1 {
+    let (loss, n) = if products == Products::Int8 {
+        ensemble_loss(&token_log_probs_int8(&int8_models(&be, &loaded, paths)?, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?)
+    } else if loaded.len() == 1 {
         evaluate(&be, &l.model, &l.store, tokens.as_slice(), lanes, l.cfg.bptt, max_tokens)?
     } else {
         let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
@@ -215,12 +269,37 @@ fn load_with_text(paths: &[PathBuf], file: Option<&Path>, cache: &Path) -> Resul
 /// two models give each token that comes, scored as [`eval_checkpoints`] scores (`lanes` 0: the
 /// first checkpoint's batch).
 pub fn churn_checkpoints(a: &Path, b: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize) -> Result<f64> {
+    churn_checkpoints_with(a, b, file, cache, max_tokens, lanes, Products::F32)
+}
+
+/// As [`churn_checkpoints`], the two models' products in `products`' arithmetic (as
+/// [`eval_checkpoints_with`]).
+pub fn churn_checkpoints_with(a: &Path, b: &Path, file: Option<&Path>, cache: &Path, max_tokens: usize, lanes: usize, products: Products) -> Result<f64> {
     let be = Backend::from_env()?;
-    let (loaded, tokens) = load_with_text(&[a.to_path_buf(), b.to_path_buf()], file, cache)?;
+    let paths = [a.to_path_buf(), b.to_path_buf()];
+    let (loaded, tokens) = load_with_text(&paths, file, cache)?;
     let lanes = if lanes == 0 { loaded[0].cfg.batch } else { lanes };
-    let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
-    let lp = token_log_probs(&be, &models, tokens.as_slice(), lanes, loaded[0].cfg.bptt, max_tokens)?;
+    let lp = match products {
+        Products::Int8 => token_log_probs_int8(&int8_models(&be, &loaded, &paths)?, tokens.as_slice(), lanes, loaded[0].cfg.bptt, max_tokens)?,
+        Products::F32 => {
+            let models: Vec<(&LmModel, &ParamStore)> = loaded.iter().map(|m| (&m.model, &m.store)).collect();
+            token_log_probs(&be, &models, tokens.as_slice(), lanes, loaded[0].cfg.bptt, max_tokens)?
+        }
+    };
     Ok(lp[0].iter().zip(&lp[1]).map(|(x, y)| (x.exp() - y.exp()).abs()).sum::<f64>() / lp[0].len().max(1) as f64)
+}
+
+/// Loaded checkpoints as [`Int8Lm`]s: a quantized one on its own levels, an f32 one quantized to
+/// int8 first.
+fn int8_models(be: &Backend, loaded: &[super::LoadedLm], paths: &[PathBuf]) -> Result<Vec<Int8Lm>> {
+    loaded
+        .iter()
+        .zip(paths)
+        .map(|(m, path)| match m.ckpt.quantized_bits(path)? {
+            Some(bits) => m.model.int8(&m.store, bits, be.cpu_threads()),
+            None => m.model.int8(&m.store.quantized_copy(8)?, 8, be.cpu_threads()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

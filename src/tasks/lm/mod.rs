@@ -10,8 +10,11 @@ pub mod model;
 pub mod sample;
 
 pub use config::{LmConfig, SyntheticSource};
-pub use eval::{churn_checkpoints, eval_checkpoint, eval_checkpoints, evaluate, evaluate_ensemble, oov_rate, token_log_probs, EvalReport};
-pub use model::{load_checkpoint, load_checkpoints, load_teachers, LmModel, LoadedLm};
+pub use eval::{
+    churn_checkpoints, churn_checkpoints_with, eval_checkpoint, eval_checkpoints, eval_checkpoints_with, evaluate, evaluate_ensemble, oov_rate,
+    token_log_probs, token_log_probs_int8, EvalReport,
+};
+pub use model::{load_checkpoint, load_checkpoints, load_teachers, Int8Lm, Int8State, LmModel, LoadedLm};
 
 use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;

@@ -6,6 +6,7 @@ use crate::autograd::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::text::Vocab;
 use crate::nn::{Embedding, Linear, Lstm, LstmState};
+use crate::ops::quant::QuantMatrix;
 use crate::params::ParamStore;
 use crate::tensor::Tensor;
 use crate::{bail, Result, Rng};
@@ -73,6 +74,99 @@ impl LmModel {
             None => top,
         };
         Ok((self.out.forward(g, s, h)?, layers, next))
+    }
+}
+
+/// A language model whose products run in int8 on the host (see [`crate::ops::quant::int8`]): each
+/// weight matrix's levels at `bits` (per output channel; the store's weights must already be
+/// quantized at `bits`, a quantized checkpoint's or [`ParamStore::quantized_copy`]'s, so that the
+/// levels come back exactly), each product's input quantized per row to int8, summed in i32;
+/// embedding rows gathered as they are (no product), gates and biases in f32, the engine's LSTM
+/// cell ([`crate::ops::lstm::cell_forward_cpu`]).
+pub struct Int8Lm {
+    emb: Vec<f32>,
+    emb_dim: usize,
+    hidden: usize,
+    /// Per layer: W_ih, W_hh, the bias.
+    layers: Vec<(QuantMatrix, QuantMatrix, Vec<f32>)>,
+    out: QuantMatrix,
+    out_bias: Vec<f32>,
+    threads: usize,
+}
+
+/// The carried state of an [`Int8Lm`]: per layer `h` and `c`, `[lanes, hidden]` each.
+pub type Int8State = Vec<(Vec<f32>, Vec<f32>)>;
+
+impl LmModel {
+    /// This model's weights in `s` as an [`Int8Lm`] (on the host, `threads` for its products).
+    pub fn int8(&self, s: &ParamStore, bits: u32, threads: usize) -> Result<Int8Lm> {
+        let host = |name: &str| s.get(name)?.to_device(crate::tensor::Device::Cpu)?.to_vec_f32();
+        let h = self.lstm.hidden;
+        let mut layers = Vec::with_capacity(self.lstm.num_layers());
+        for (l, layer) in self.lstm.layers().iter().enumerate() {
+            let input = if l == 0 { self.lstm.input } else { h };
+            layers.push((QuantMatrix::of(&host(&layer.w_ih)?, input, 4 * h, bits)?, QuantMatrix::of(&host(&layer.w_hh)?, h, 4 * h, bits)?, host(&layer.bias)?));
+        }
+        let out_bias = match &self.out.bias {
+            Some(b) => host(b)?,
+            None => vec![0.0; self.out.out_dim],
+        };
+        Ok(Int8Lm {
+            emb: host(&self.emb.weight)?,
+            emb_dim: self.emb.dim,
+            hidden: h,
+            layers,
+            out: QuantMatrix::of(&host(&self.out.weight)?, self.out.in_dim, self.out.out_dim, bits)?,
+            out_bias,
+            threads,
+        })
+    }
+}
+
+impl Int8Lm {
+    /// A zero state for `lanes` lanes.
+    pub fn zero_state(&self, lanes: usize) -> Int8State {
+        vec![(vec![0.0; lanes * self.hidden], vec![0.0; lanes * self.hidden]); self.layers.len()]
+    }
+
+    /// Logits `[steps * lanes, vocab]` for a window of ids (time-major, `[steps * lanes]`), the
+    /// state carried in `state`.
+    pub fn forward(&self, ids: &[i32], lanes: usize, steps: usize, state: &mut Int8State) -> Result<Vec<f32>> {
+        let (e, h, rows) = (self.emb_dim, self.hidden, steps * lanes);
+        if ids.len() != rows {
+            bail!(Invalid, "Int8Lm::forward: {} ids for {steps} steps of {lanes} lanes", ids.len());
+        }
+        let vocab = self.emb.len() / e;
+        let mut x = vec![0f32; rows * e];
+        for (r, &id) in ids.iter().enumerate() {
+            let id = usize::try_from(id)
+                .ok()
+                .filter(|&i| i < vocab)
+                .ok_or_else(|| crate::Error::Invalid(format!("token {id} is outside the vocabulary of {vocab}")))?;
+            x[r * e..(r + 1) * e].copy_from_slice(&self.emb[id * e..(id + 1) * e]);
+        }
+        for ((w_ih, w_hh, bias), (hs, cs)) in self.layers.iter().zip(state.iter_mut()) {
+            let mut pre = w_ih.product(&x, rows, self.threads)?;
+            for row in pre.chunks_mut(4 * h) {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            }
+            let mut y = vec![0f32; rows * h];
+            for t in 0..steps {
+                let gates = &mut pre[t * lanes * 4 * h..(t + 1) * lanes * 4 * h];
+                for (g, r) in gates.iter_mut().zip(w_hh.product(hs, lanes, self.threads)?) {
+                    *g += r;
+                }
+                let c_prev = cs.clone();
+                crate::ops::lstm::cell_forward_cpu(gates, &c_prev, cs, hs, h);
+                y[t * lanes * h..(t + 1) * lanes * h].copy_from_slice(hs);
+            }
+            x = y;
+        }
+        let mut logits = self.out.product(&x, rows, self.threads)?;
+        for row in logits.chunks_mut(self.out_bias.len()) {
+            row.iter_mut().zip(&self.out_bias).for_each(|(v, b)| *v += b);
+        }
+        Ok(logits)
     }
 }
 
