@@ -31,6 +31,14 @@
 #             one model at B and 2B, codistilled pairs at burn-in 10% and 40%, the independent pair,
 #             the noise scale over training. Sized (an estimate from the H100 LM rates, not measured
 #             on an H200) to fit its 480 s cap; not in the default order: STAGES=regime.
+#   regime_ngram  the same map on the n-gram stream fitted on Brown (FIT=device-bin/brown/train.txt,
+#             its 2,000 most frequent words; scripts/regime_map.sh), width 512, batch 256, 1,000
+#             steps, seeds 1 and 2; sized by estimate (as regime) to 480 s; STAGES=regime_ngram.
+#   families  issue 26's Brown table (scripts/families_brown.sh): the 256-wide teacher, then 20 arms
+#             x 2 seeds of the 64-wide student, 3,000 steps each, FAMILIES_PARALLEL (8) runs at a
+#             time on the one GPU; not sized on a GPU (an estimate of 10-20 s a run from the H100's
+#             LSTM rates; cap 480 s, and a rerun resumes where it stopped: finished runs are kept
+#             only while the machine is warm); STAGES=families.
 #   datafree  issue 27's data-free click distillation on the GPU (scripts/data_free_click.sh with
 #             DEVICE=cuda, a teacher on TEACHER_ROWS 1M rows, arms marginals, fast at k = 2 and 5,
 #             inversion at k = 5 and 20): the synthesis seconds per 1,000 rows and the students'
@@ -207,6 +215,34 @@ if want regime; then
     [ -f "$f" ] && cp "$f" "$LOGS/regime-$(echo "${f#/tmp/regime-gpu/}" | tr / -)"
   done
   pack
+fi
+if want regime_ngram; then
+  note "== issue 24's regime map on the GPU, the n-gram stream fitted on Brown"
+  if [ -f device-bin/brown/train.txt ]; then
+    step regime_ngram 480 "BIN=device-bin/codistill DEVICE=cuda WIDTHS='${REGIME_WIDTHS:-512}' BATCH=256 STEPS=1000 FIT=device-bin/brown/train.txt VOCAB=2000 \
+      SEEDS='1 2' LR=0.008 bash scripts/regime_map.sh /tmp/regime-ngram-gpu" || why regime_ngram 20
+    tail -12 "$LOGS/regime_ngram.log" | tee -a "$SUMMARY"
+    for f in /tmp/regime-ngram-gpu/w*/*/metrics.jsonl /tmp/regime-ngram-gpu/w*/noise.jsonl; do
+      [ -f "$f" ] && cp "$f" "$LOGS/regime-ngram-$(echo "${f#/tmp/regime-ngram-gpu/}" | tr / -)"
+    done
+    pack
+  else
+    note "SKIP    regime_ngram (no device-bin/brown: scripts/gpu_build.sh copies ../shared/data/brown there)"
+  fi
+fi
+if want families; then
+  note "== issue 26's distillation families on Brown"
+  if [ -f device-bin/brown/train.txt ]; then
+    step families 480 "BIN=device-bin/codistill DEVICE=cuda DATA=device-bin/brown PARALLEL=${FAMILIES_PARALLEL:-8} \
+      bash scripts/families_brown.sh /tmp/families-gpu" || why families 20
+    tail -25 "$LOGS/families.log" | tee -a "$SUMMARY"
+    for f in /tmp/families-gpu/*/result.json; do
+      [ -f "$f" ] && cp "$f" "$LOGS/families-$(basename "$(dirname "$f")")-result.json"
+    done
+    pack
+  else
+    note "SKIP    families (no device-bin/brown: scripts/gpu_build.sh copies ../shared/data/brown there)"
+  fi
 fi
 if want datafree; then
   note "== issue 27's data-free click distillation on the GPU"

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The distillation families of issue 26 on Brown, at the student size used so far: a 256-wide
+# teacher (the eleventh configuration's baseline: embedding and LSTM 256, one layer, no dropout,
+# STEPS steps) and a 64-wide student (embedding and LSTM 64, no dropout, batch 32 x 35, Adam lr
+# 0.002, clip 5, STEPS steps, validation every 100 steps on 30,000 tokens spread over the file),
+# SEEDS each. Arms (every distilled arm in the paper's form, lambda 1, from step 0; no weight tuned,
+# the weights are first guesses, the hint's 10 the one measured on 2026-11-27):
+#   labels, kd (forward KL, T = 1), kd-t2 (T = 2), reverse-kl, js, mse (on logits),
+#   fading (weight linearly to 0), hint (FitNets, weight 10), cosine-hint (weight 1),
+#   sp (similarity-preserving, weight 10), rkd (RKD distance, weight 1),
+#   two-weighted (teacher and the labels-only student, 0.8/0.2), two-confidence,
+#   born-again (distilled from the labels-only student, same size), init-from (KD from the
+#   teacher's leading units), adversarial (discriminator, weight 0.1),
+#   int8-kd, int4-kd, int4-labels (quantized students), data-free (text sampled from the teacher).
+# Prints one row per arm: best validation loss and test perplexity (the best checkpoint's, on the
+# whole test file as one stream) per seed. Runs go under OUT; a finished run is not run again.
+# Usage: [BIN=...] [DEVICE=cpu|cuda] [DATA=../shared/data/brown] [STEPS=3000] [SEEDS="1 2"]
+#        [PARALLEL=1] [ARMS="labels kd ..."] scripts/families_brown.sh OUT
+set -euo pipefail
+OUT=${1:-runs/families-brown}
+BIN=${BIN:-target/release/codistill}
+DEVICE=${DEVICE:-cpu}
+DATA=${DATA:-../shared/data/brown}
+STEPS=${STEPS:-3000}
+SEEDS=${SEEDS:-1 2}
+PARALLEL=${PARALLEL:-1}
+ALL="labels kd kd-t2 reverse-kl js mse fading hint cosine-hint sp rkd two-weighted two-confidence born-again init-from adversarial int8-kd int4-kd int4-labels data-free"
+ARMS=${ARMS:-$ALL}
+[ -x "$BIN" ] || cargo build --release
+mkdir -p "$OUT"
+COMMON=(--data "$DATA" --device "$DEVICE" --layers 1 --dropout 0 --batch 32 --bptt 35 --lr 0.002 --clip 5 --steps "$STEPS"
+  --eval-every 100 --eval-tokens 30000 --checkpoint-every "$STEPS" --cache "$OUT/cache")
+T="$OUT/teacher/best.safetensors"
+[ -f "$OUT/teacher/result.json" ] || "$BIN" lm train "${COMMON[@]}" --emb-dim 256 --hidden 256 --seed 1 --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1
+# One arm of one seed: its options.
+options() {
+  local arm=$1 seed=$2 L="$OUT/labels-s$2/best.safetensors"
+  case $arm in
+    labels) ;;
+    kd) echo "--teacher $T --burn-in 0" ;;
+    kd-t2) echo "--teacher $T --burn-in 0 --temperature 2" ;;
+    reverse-kl | js | mse) echo "--teacher $T --burn-in 0 --distill-loss $arm" ;;
+    fading) echo "--teacher $T --burn-in 0 --distill-schedule linear --distill-final 0" ;;
+    hint) echo "--teacher $T --burn-in 0 --hint-weight 10" ;;
+    cosine-hint) echo "--teacher $T --burn-in 0 --hint-weight 1 --hint-loss cosine" ;;
+    sp) echo "--teacher $T --burn-in 0 --relation-weight 10 --relation-loss sp" ;;
+    rkd) echo "--teacher $T --burn-in 0 --relation-weight 1 --relation-loss rkd" ;;
+    two-weighted) echo "--teacher $T,$L --burn-in 0 --teacher-weights 0.8,0.2" ;;
+    two-confidence) echo "--teacher $T,$L --burn-in 0 --teacher-confidence true" ;;
+    born-again) echo "--teacher $L --burn-in 0" ;;
+    init-from) echo "--teacher $T --burn-in 0 --init-from $T" ;;
+    adversarial) echo "--teacher $T --burn-in 0 --adversarial-weight 0.1" ;;
+    int8-kd | int4-kd) echo "--teacher $T --burn-in 0 --quantize ${arm%-kd}" ;;
+    int4-labels) echo "--quantize int4" ;;
+    data-free) echo "--teacher $T --burn-in 0 --data-free true" ;;
+    *) echo "families_brown.sh: unknown arm $arm (arms: $ALL)" >&2; return 1 ;;
+  esac
+}
+run() {
+  local arm=$1 seed=$2 r="$OUT/$1-s$2" opts
+  opts=$(options "$arm" "$seed") || exit 1
+  [ -f "$r/result.json" ] && return 0
+  # shellcheck disable=SC2086 # the options are words
+  "$BIN" lm train "${COMMON[@]}" --emb-dim 64 --hidden 64 --seed "$seed" $opts --out "$r" > "$r.log" 2>&1 || echo "FAILED $arm seed $seed: see $r.log" >&2
+}
+export -f run options
+export OUT T BIN ALL
+export COMMON_LINE="${COMMON[*]}"
+# The labels-only students first (two arms distill from them), then every other arm.
+for S in $SEEDS; do
+  for A in $ARMS; do options "$A" "$S" > /dev/null; done # unknown arms fail before any run
+done
+for S in $SEEDS; do echo "labels $S"; done | xargs -P "$PARALLEL" -n 2 bash -c 'COMMON=($COMMON_LINE); run "$0" "$1"'
+for S in $SEEDS; do for A in $ARMS; do [ "$A" = labels ] || echo "$A $S"; done; done \
+  | xargs -P "$PARALLEL" -n 2 bash -c 'COMMON=($COMMON_LINE); run "$0" "$1"'
+python3 - "$OUT" "$ALL" <<'PY'
+import json, os, sys
+out, arms = sys.argv[1], sys.argv[2].split()
+t = json.load(open(f"{out}/teacher/result.json"))
+print(f"teacher (256 wide): best validation {t['best_valid_loss']:.4f}, test perplexity {t['test_ppl']:.1f}")
+print(f"{'arm':16s} per seed: best validation / test perplexity")
+for arm in arms:
+    cells = []
+    for d in sorted(p for p in os.listdir(out) if p.startswith(arm + "-s") and p[len(arm) + 2:].isdigit()):
+        f = f"{out}/{d}/result.json"
+        if os.path.exists(f):
+            r = json.load(open(f))
+            cells.append(f"{d[len(arm) + 1:]}: {r['best_valid_loss']:.4f} / {r['test_ppl']:.1f}")
+    if cells:
+        print(f"{arm:16s} " + "  ".join(cells))
+PY
