@@ -13,7 +13,8 @@
 #   teacher's leading units), adversarial (discriminator, weight 0.1),
 #   int8-kd, int4-kd, int4-labels (quantized students), data-free (text sampled from the teacher).
 # Prints one row per arm: best validation loss and test perplexity (the best checkpoint's, on the
-# whole test file as one stream) per seed. Runs go under OUT; a finished run is not run again.
+# whole test file as one stream) per seed; for the quantized students and the labels-only one also
+# the test perplexity with int8 products (`lm eval --products int8`). Runs go under OUT; a finished run is not run again.
 # Usage: [BIN=...] [DEVICE=cpu|cuda] [DATA=../shared/data/brown] [STEPS=3000] [SEEDS="1 2"]
 #        [PARALLEL=1] [ARMS="labels kd ..."] scripts/families_brown.sh OUT
 set -euo pipefail
@@ -73,6 +74,14 @@ done
 for S in $SEEDS; do echo "labels $S"; done | xargs -P "$PARALLEL" -n 2 bash -c 'COMMON=($COMMON_LINE); run "$0" "$1"'
 for S in $SEEDS; do for A in $ARMS; do [ "$A" = labels ] || echo "$A $S"; done; done \
   | xargs -P "$PARALLEL" -n 2 bash -c 'COMMON=($COMMON_LINE); run "$0" "$1"'
+# The quantized students (and the labels-only one, quantized to int8 first) scored again with int8
+# products (int8 activations, i32 sums; the host's CPU): the test perplexity of the integer model.
+for S in $SEEDS; do
+  for A in labels int8-kd int4-kd int4-labels; do
+    f="$OUT/$A-s$S/best.safetensors"
+    [ -f "$f" ] && [ ! -f "$OUT/$A-s$S/int8-products.json" ] && "$BIN" lm eval --checkpoint "$f" --cache "$OUT/cache" --products int8 > "$OUT/$A-s$S/int8-products.json"
+  done
+done
 python3 - "$OUT" "$ALL" <<'PY'
 import json, os, sys
 out, arms = sys.argv[1], sys.argv[2].split()
@@ -85,7 +94,11 @@ for arm in arms:
         f = f"{out}/{d}/result.json"
         if os.path.exists(f):
             r = json.load(open(f))
-            cells.append(f"{d[len(arm) + 1:]}: {r['best_valid_loss']:.4f} / {r['test_ppl']:.1f}")
+            cell = f"{d[len(arm) + 1:]}: {r['best_valid_loss']:.4f} / {r['test_ppl']:.1f}"
+            q = f"{out}/{d}/int8-products.json"
+            if os.path.exists(q) and os.path.getsize(q) > 0:
+                cell += f" (int8 products {json.load(open(q))['ppl']:.1f})"
+            cells.append(cell)
     if cells:
         print(f"{arm:16s} " + "  ".join(cells))
 PY
