@@ -7,7 +7,8 @@
 # the weights are first guesses, the hint's 10 the one measured on 2026-11-27):
 #   labels, kd (forward KL, T = 1), kd-t2 (T = 2), reverse-kl, js, mse (on logits),
 #   fading (weight linearly to 0), hint (FitNets, weight 10), cosine-hint (weight 1),
-#   sp (similarity-preserving, weight 10), rkd (RKD distance, weight 1),
+#   sp (similarity-preserving, weight 10), rkd (RKD distance, weight 1), rkd-full (distance and
+#   twice the angle, weight 1),
 #   two-weighted (teacher and the labels-only student, 0.8/0.2), two-confidence,
 #   born-again (distilled from the labels-only student, same size), init-from (KD from the
 #   teacher's leading units), adversarial (discriminator, weight 0.1),
@@ -25,7 +26,7 @@ DATA=${DATA:-../shared/data/brown}
 STEPS=${STEPS:-3000}
 SEEDS=${SEEDS:-1 2}
 PARALLEL=${PARALLEL:-1}
-ALL="labels kd kd-t2 reverse-kl js mse fading hint cosine-hint sp rkd two-weighted two-confidence born-again init-from adversarial int8-kd int4-kd int4-labels data-free"
+ALL="labels kd kd-t2 reverse-kl js mse fading hint cosine-hint sp rkd rkd-full two-weighted two-confidence born-again init-from adversarial int8-kd int4-kd int4-labels data-free"
 ARMS=${ARMS:-$ALL}
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
@@ -46,6 +47,7 @@ options() {
     cosine-hint) echo "--teacher $T --burn-in 0 --hint-weight 1 --hint-loss cosine" ;;
     sp) echo "--teacher $T --burn-in 0 --relation-weight 10 --relation-loss sp" ;;
     rkd) echo "--teacher $T --burn-in 0 --relation-weight 1 --relation-loss rkd" ;;
+    rkd-full) echo "--teacher $T --burn-in 0 --relation-weight 1 --relation-loss rkd-full" ;;
     two-weighted) echo "--teacher $T,$L --burn-in 0 --teacher-weights 0.8,0.2" ;;
     two-confidence) echo "--teacher $T,$L --burn-in 0 --teacher-confidence true" ;;
     born-again) echo "--teacher $L --burn-in 0" ;;

@@ -4,7 +4,7 @@
 # quantized_distill.sh and distill_losses.sh on the same OUT), a narrow student (--emb-dim 4 --mlp 32,16), SEEDS each.
 # Arms: labels only; plain KD (the paper's form, lambda 1, from step 0); KD with a cosine hint
 # (weight 1); KD with the similarity-preserving relation (weight 10) and the RKD distance (weight
-# 1); KD with the weight fading linearly to 0; two teachers (the teacher and the labels-only
+# 1), and with RKD's distance plus twice its angle (weight 1); KD with the weight fading linearly to 0; two teachers (the teacher and the labels-only
 # student) averaged, weighted 0.8/0.2, and weighted by confidence; a born-again second generation
 # of the labels-only student (same size, distilled from it); KD started from the teacher's layers
 # (--init-from); KD with a discriminator (adversarial weight 0.1). No weight was tuned. Prints each arm's final validation log-loss and AUC.
@@ -24,6 +24,7 @@ for S in $SEEDS; do
   run cosine-hint --teacher "$T" --burn-in 0 --hint-weight 1 --hint-loss cosine
   run sp --teacher "$T" --burn-in 0 --relation-weight 10 --relation-loss sp
   run rkd --teacher "$T" --burn-in 0 --relation-weight 1 --relation-loss rkd
+  run rkd-full --teacher "$T" --burn-in 0 --relation-weight 1 --relation-loss rkd-full
   run fading --teacher "$T" --burn-in 0 --distill-schedule linear --distill-final 0
   run two-weighted --teacher "$T,$L" --burn-in 0 --teacher-weights 0.8,0.2
   run two-confidence --teacher "$T,$L" --burn-in 0 --teacher-confidence true

@@ -416,7 +416,7 @@ macro_rules! with_run_options {
         hint_loss: $crate::ops::relation::HiddenLoss = $crate::ops::relation::HiddenLoss::Mse,
         /// Relation-based knowledge with --teacher: add this weight times a loss between the relations of the batch's rows in the student's last hidden layer and in the first teacher's (no map: widths may differ), from burn_in on; logged as relation_loss (0: off)
         relation_weight: f32 = 0.0,
-        /// The relation the relation term compares: sp (similarity-preserving KD, the row-normalised Gram matrices) or rkd (relational KD's distance term, pairwise distances over their mean, Huber)
+        /// The relation the relation term compares: sp (similarity-preserving KD, the row-normalised Gram matrices), rkd (relational KD's distance term, pairwise distances over their mean, Huber), rkd-angle (its angle term: the angles of every triplet of 64 evenly spaced rows, Huber) or rkd-full (distance plus twice angle, the paper's weights)
         relation_loss: $crate::ops::relation::HiddenLoss = $crate::ops::relation::HiddenLoss::Sp,
         /// Experiment: also train the codistilled models without the term (the same shards and seeds, distill_lambda 0), the control for what the term does, into out/independent, and plot them
         independent_control: bool = false,

@@ -739,7 +739,7 @@ fn a_student_is_initialised_from_its_teachers_layers() {
     assert!((to[3] - so[3]).abs() < 1e-6, "the output layer takes the teacher's output layer");
 }
 
-/// A cosine hint and the relation terms (similarity-preserving, RKD distance) train, are logged,
+/// A cosine hint and the relation terms (similarity-preserving, RKD distance, angle, both) train, are logged,
 /// fall, and are refused where they do not apply.
 #[test]
 fn cosine_hints_and_relation_terms_fall_as_the_student_learns_its_teachers_structure() {
@@ -757,7 +757,7 @@ fn cosine_hints_and_relation_terms_fall_as_the_student_learns_its_teachers_struc
     let cos = run("cosine", &|s| (s.hint_weight, s.hint_loss) = (1.0, HiddenLoss::Cosine)).unwrap();
     let h = series(&cos, "hint_loss");
     assert!(h.iter().all(|&x| (0.0..=2.0).contains(&x)) && *h.last().unwrap() < 0.5 * h[0], "cosine hint term: {h:?}");
-    for kind in [HiddenLoss::Sp, HiddenLoss::RkdDistance] {
+    for kind in [HiddenLoss::Sp, HiddenLoss::RkdDistance, HiddenLoss::RkdAngle, HiddenLoss::Rkd] {
         let m = run(&format!("rel-{kind}"), &|s| (s.relation_weight, s.relation_loss) = (10.0, kind)).unwrap();
         let r = series(&m, "relation_loss");
         eprintln!("{kind} relation term: {r:?}");
@@ -766,7 +766,7 @@ fn cosine_hints_and_relation_terms_fall_as_the_student_learns_its_teachers_struc
     let e = run("x", &|s| (s.hint_weight, s.hint_loss) = (1.0, HiddenLoss::Sp)).unwrap_err().to_string();
     assert!(e.contains("relation_loss"), "{e}");
     let e = run("x", &|s| (s.relation_weight, s.relation_loss) = (1.0, HiddenLoss::Cosine)).unwrap_err().to_string();
-    assert!(e.contains("sp or rkd"), "{e}");
+    assert!(e.contains("sp, rkd, rkd-angle or rkd-full"), "{e}");
     let e = run("x", &|s| (s.relation_weight, s.teacher) = (1.0, Paths::default())).unwrap_err().to_string();
     assert!(e.contains("--teacher"), "{e}");
 }

@@ -362,7 +362,9 @@ fn covariance_gap_gradients(dev: Device) {
 fn hidden_state_loss_gradients(dev: Device) {
     use codistill::ops::relation::HiddenLoss;
     // Odd sizes; the relations with a teacher of another width.
-    for (kind, dt) in [(HiddenLoss::Mse, 5), (HiddenLoss::Cosine, 5), (HiddenLoss::Sp, 3), (HiddenLoss::RkdDistance, 7)] {
+    for (kind, dt) in
+        [(HiddenLoss::Mse, 5), (HiddenLoss::Cosine, 5), (HiddenLoss::Sp, 3), (HiddenLoss::RkdDistance, 7), (HiddenLoss::RkdAngle, 9), (HiddenLoss::Rkd, 11)]
+    {
         let t = Tensor::randn(&[6, dt], 1.0, &mut Rng::new(40));
         let s = store_of(&[("h", Tensor::randn(&[6, 5], 1.0, &mut Rng::new(41)))]);
         gradcheck(
@@ -376,6 +378,19 @@ fn hidden_state_loss_gradients(dev: Device) {
             Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
         );
     }
+    // More rows than the angle term takes (ANGLE_ROWS): its gradient reaches the rows it took.
+    let t = Tensor::randn(&[70, 4], 1.0, &mut Rng::new(42));
+    let s = store_of(&[("h", Tensor::randn(&[70, 3], 1.0, &mut Rng::new(43)))]);
+    gradcheck(
+        dev,
+        "hidden_loss rkd-angle, 70 rows",
+        s,
+        move |g, s| {
+            let h = g.param(s, "h")?;
+            g.hidden_loss(codistill::ops::relation::HiddenLoss::RkdAngle, h, &on(&t, s))
+        },
+        Bounds { eps: 1e-3, rtol: 2e-2, atol: 5e-4 },
+    );
 }
 
 fn linear_and_mlp_module_gradients(dev: Device) {

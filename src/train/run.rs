@@ -504,7 +504,7 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
         bail!(Invalid, "hint_loss {} compares relations, not mapped units: give it as relation_loss (with relation_weight)", o.hint_loss);
     }
     if !o.relation_loss.relational() {
-        bail!(Invalid, "relation_loss must be sp or rkd (got {}); mse and cosine are hint_loss's", o.relation_loss);
+        bail!(Invalid, "relation_loss must be sp, rkd, rkd-angle or rkd-full (got {}); mse and cosine are hint_loss's", o.relation_loss);
     }
     if o.relation_weight > 0.0 && o.teacher_logits.is_some() {
         bail!(Invalid, "relation_weight needs the teachers' hidden states, which a cache does not hold: give --teacher");

@@ -5,7 +5,15 @@
 //! Cosine       mean_r (1 - cos(a_r, b_r))                     DistilBERT's cosine term; a, b [N, D] (the student's mapped to D)
 //! Sp           (1/N^2) || rn(A A^T) - rn(B B^T) ||_F^2         similarity-preserving KD (Tung and Mori 2019); rn: each row over its L2 norm
 //! RkdDistance  mean_{i<j} huber(d^a_ij / mu_a - d^b_ij / mu_b)  relational KD's distance term (Park et al. 2019); d_ij = |x_i - x_j|, mu the mean d
+//! RkdAngle     mean_{j,i,k} huber(<e^a_ji, e^a_jk> - <e^b_ji, e^b_jk>)  its angle term; e_ji = (x_i - x_j) / |x_i - x_j| (0 for i = j), over ANGLE_ROWS rows
+//! Rkd          RkdDistance + 2 RkdAngle                         the paper's combination (its lambda_D 1, lambda_A 2): `rkd-full`
+//!
+//! (`rkd` names the distance term alone, as it did before the angle term was added.)
 //! ```
+//!
+//! The angle term costs `O(N^3 D)` (all triplets, as the authors' code), so it is taken over
+//! [`ANGLE_ROWS`] rows of the batch, evenly spaced (for a language model's time-major batch:
+//! several lanes at several time steps); the gradient reaches those rows only.
 //!
 //! The relations compare `N x N` structures, so student and teacher widths may differ (no map).
 //! Gradients are with respect to the student's states; the teacher's are a constant. Computed in
@@ -27,16 +35,22 @@ pub enum HiddenLoss {
     Cosine,
     Sp,
     RkdDistance,
+    RkdAngle,
+    /// Distance plus twice the angle, as the RKD paper trains.
+    Rkd,
 }
 
-crate::named_choices!(HiddenLoss, "a hidden-state loss", { Mse => "mse", Cosine => "cosine", Sp => "sp", RkdDistance => "rkd" | "rkd-distance" });
+crate::named_choices!(HiddenLoss, "a hidden-state loss", { Mse => "mse", Cosine => "cosine", Sp => "sp", RkdDistance => "rkd" | "rkd-distance", RkdAngle => "rkd-angle", Rkd => "rkd-full" });
 
 impl HiddenLoss {
     /// Whether the loss compares rows across the batch (any widths) rather than matched units.
     pub fn relational(self) -> bool {
-        matches!(self, HiddenLoss::Sp | HiddenLoss::RkdDistance)
+        matches!(self, HiddenLoss::Sp | HiddenLoss::RkdDistance | HiddenLoss::RkdAngle | HiddenLoss::Rkd)
     }
 }
+
+/// The rows of a batch the RKD angle term compares (all when the batch has fewer).
+pub const ANGLE_ROWS: usize = 64;
 
 const EPS: f64 = 1e-12;
 
@@ -128,9 +142,7 @@ fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut
     let (mut loss, mut dpsi) = (0.0, vec![0.0; n * n]);
     for i in 0..n {
         for j in i + 1..n {
-            let e = dsa[i * n + j] / mua - dsb[i * n + j] / mub;
-            // Huber (smooth L1, delta 1), as the authors' code.
-            let (l, dl) = if e.abs() < 1.0 { (0.5 * e * e, e) } else { (e.abs() - 0.5, e.signum()) };
+            let (l, dl) = huber(dsa[i * n + j] / mua - dsb[i * n + j] / mub);
             loss += l / pairs;
             dpsi[i * n + j] = dl / pairs;
         }
@@ -155,6 +167,89 @@ fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut
     loss
 }
 
+/// Huber (smooth L1, delta 1), as the authors' code, and its derivative.
+fn huber(e: f64) -> (f64, f64) {
+    if e.abs() < 1.0 {
+        (0.5 * e * e, e)
+    } else {
+        (e.abs() - 0.5, e.signum())
+    }
+}
+
+/// For apex `j` of `x [m, d]`: the unit vectors `e_i = (x_i - x_j) / |x_i - x_j|` (0 for a
+/// zero difference) and the lengths.
+fn unit_differences(x: &[f64], m: usize, d: usize, j: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut e = vec![0.0; m * d];
+    let mut len = vec![0.0; m];
+    for i in 0..m {
+        let row = &mut e[i * d..(i + 1) * d];
+        for k in 0..d {
+            row[k] = x[i * d + k] - x[j * d + k];
+        }
+        let n = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+        len[i] = n;
+        if n > EPS {
+            row.iter_mut().for_each(|v| *v /= n);
+        } else {
+            row.iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    (e, len)
+}
+
+/// The RKD angle term over the rows `rows` of `a [n, da]` and `b [n, db]`; the gradient with
+/// respect to `a` added into `grad` (those rows only), scaled by `scale`.
+fn rkd_angle(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, scale: f64, grad: &mut [f64]) -> f64 {
+    let m = n.min(ANGLE_ROWS);
+    if m < 3 {
+        return 0.0;
+    }
+    let rows: Vec<usize> = (0..m).map(|r| r * n / m).collect();
+    let pick = |x: &[f64], d: usize| -> Vec<f64> { rows.iter().flat_map(|&r| x[r * d..(r + 1) * d].iter().copied()).collect() };
+    let (xa, xb) = (pick(a, da), pick(b, db));
+    let triplets = (m * m * m) as f64;
+    let mut loss = 0.0;
+    let mut gx = vec![0.0; m * da];
+    for j in 0..m {
+        let (ea, la) = unit_differences(&xa, m, da, j);
+        let (eb, _) = unit_differences(&xb, m, db, j);
+        let dot = |e: &[f64], d: usize, i: usize, k: usize| -> f64 { e[i * d..(i + 1) * d].iter().zip(&e[k * d..(k + 1) * d]).map(|(p, q)| p * q).sum() };
+        // G[i][k] = dL/dA_ik; dL/de_i = sum_k (G_ik + G_ki) e_k = 2 sum_k G_ik e_k (G symmetric).
+        let mut ge = vec![0.0; m * da];
+        for i in 0..m {
+            for k in 0..m {
+                let (l, dl) = huber(dot(&ea, da, i, k) - dot(&eb, db, i, k));
+                loss += l / triplets;
+                let w = 2.0 * dl / triplets;
+                if w != 0.0 {
+                    for t in 0..da {
+                        ge[i * da + t] += w * ea[k * da + t];
+                    }
+                }
+            }
+        }
+        // Through e_i = u_i / |u_i|: dL/du_i = (g - e (e . g)) / |u_i|; u_i = x_i - x_j.
+        for i in 0..m {
+            if la[i] <= EPS {
+                continue;
+            }
+            let (e, g) = (&ea[i * da..(i + 1) * da], &ge[i * da..(i + 1) * da]);
+            let eg: f64 = e.iter().zip(g).map(|(p, q)| p * q).sum();
+            for t in 0..da {
+                let du = (g[t] - e[t] * eg) / la[i];
+                gx[i * da + t] += du;
+                gx[j * da + t] -= du;
+            }
+        }
+    }
+    for (r, &row) in rows.iter().enumerate() {
+        for t in 0..da {
+            grad[row * da + t] += scale * gx[r * da + t];
+        }
+    }
+    loss
+}
+
 /// CPU twin: the loss of the student's `a [n, da]` against the teacher's `b [n, db]`, and its
 /// gradient with respect to `a` written to `grad [n * da]` (fully). Mse and Cosine need `da == db`.
 pub fn hidden_loss_cpu(kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usize, db: usize, grad: &mut [f32]) -> f64 {
@@ -173,6 +268,8 @@ pub fn hidden_loss_cpu(kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usi
         HiddenLoss::Cosine => cosine(&a64, &b64, n, da, &mut g),
         HiddenLoss::Sp => sp(&a64, &b64, n, da, db, &mut g),
         HiddenLoss::RkdDistance => rkd_distance(&a64, &b64, n, da, db, &mut g),
+        HiddenLoss::RkdAngle => rkd_angle(&a64, &b64, n, da, db, 1.0, &mut g),
+        HiddenLoss::Rkd => rkd_distance(&a64, &b64, n, da, db, &mut g) + 2.0 * rkd_angle(&a64, &b64, n, da, db, 2.0, &mut g),
     };
     for (o, v) in grad.iter_mut().zip(&g) {
         *o = *v as f32;
@@ -284,14 +381,17 @@ mod tests {
         assert!(l(HiddenLoss::Cosine, &scaled_rows) < 1e-12);
         assert!(l(HiddenLoss::Sp, &flipped) < 1e-12);
         assert!(l(HiddenLoss::RkdDistance, &shifted) < 1e-12);
+        assert!(l(HiddenLoss::RkdAngle, &shifted) < 1e-12 && l(HiddenLoss::Rkd, &shifted) < 1e-12);
         assert!(l(HiddenLoss::Mse, &a) == 0.0);
         // And not where it differs.
         let other = Tensor::randn(&[n, 6], 1.0, &mut Rng::new(2));
-        assert!(l(HiddenLoss::Sp, &other) > 1e-3 && l(HiddenLoss::RkdDistance, &other) > 1e-3);
+        assert!(l(HiddenLoss::Sp, &other) > 1e-3 && l(HiddenLoss::RkdDistance, &other) > 1e-3 && l(HiddenLoss::RkdAngle, &other) > 1e-3);
+        let (dist, angle) = (l(HiddenLoss::RkdDistance, &other), l(HiddenLoss::RkdAngle, &other));
+        assert!((l(HiddenLoss::Rkd, &other) - (dist + 2.0 * angle)).abs() < 1e-12);
         // Widths must agree for the unit-wise losses; rows always.
         assert!(hidden_loss(HiddenLoss::Cosine, &a, &other).unwrap_err().to_string().contains("map it first"));
         let short = Tensor::randn(&[n - 1, d], 1.0, &mut Rng::new(3));
         assert!(hidden_loss(HiddenLoss::Sp, &a, &short).unwrap_err().to_string().contains("rows"));
-        assert!("angle".parse::<HiddenLoss>().unwrap_err().contains("mse, cosine, sp or rkd"));
+        assert!("angle".parse::<HiddenLoss>().unwrap_err().contains("mse, cosine, sp, rkd, rkd-angle or rkd-full"));
     }
 }
