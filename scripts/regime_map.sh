@@ -61,10 +61,6 @@ def curves(run):
             c.setdefault(e.get("model", 0), []).append((e["step"], e["loss"]))
     return c
 print(f"batch B = {batch} sequences; steps to reach a's best as a fraction of a's steps to its best ('-': never)")
-for d in sorted(glob.glob(f"{out}/w*-s*"))[:1]:
-    floor = json.load(open(f"{d}/a/result.json")).get("valid_entropy_floor")
-    if isinstance(floor, float):
-        print(f"the source's entropy on the validation split (the floor): {floor:.4f} nats/token")
 print("width/seed   a's best  then per run: steps to it per model, final losses, ensemble")
 for d in sorted(glob.glob(f"{out}/w*-s*")):
     a = curves(f"{d}/a")[0]
@@ -81,5 +77,7 @@ for d in sorted(glob.glob(f"{out}/w*-s*")):
         row.append(f"{run}: {'/'.join(hits)} final {finals}" + (f" ens {ens:.4f}" if isinstance(ens, float) else ""))
     print("  ".join(row))
     noise = [json.loads(l) for l in open(f"{d}/noise.jsonl")]
-    print(" " * 14 + "a's B_simple over training: " + ", ".join(f"step {n['step']}: {n['b_simple_batches']:.1f} batches" for n in noise))
+    floor = json.load(open(f"{d}/a/result.json")).get("valid_entropy_floor")
+    print(" " * 14 + "a's B_simple over training: " + ", ".join(f"step {n['step']}: {n['b_simple_batches']:.1f} batches" for n in noise)
+          + (f"; the source's entropy on this validation split (the floor): {floor:.4f}" if isinstance(floor, float) else ""))
 PY
