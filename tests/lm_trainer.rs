@@ -386,6 +386,8 @@ fn ngram_source_is_fitted_on_its_text_and_never_reused_for_another() {
     assert!(e.contains("synthetic_fit") && e.contains("fit.txt"), "{e}");
     let e = err(lm::train(&LmConfig { synthetic_fit: Some(d.join("nope.txt")), ..c.clone() }));
     assert!(e.contains("nope.txt"), "{e}");
+    let e = err(lm::train(&LmConfig { train: Some(fit.clone()), ..c.clone() }));
+    assert!(e.contains("synthetic_fit") && e.contains("fit.txt"), "{e}");
     let e = err(lm::train(&LmConfig { synthetic_order: 0, ..c.clone() }));
     assert!(e.contains("synthetic_order"), "{e}");
     let e = err(lm::train(&LmConfig { synthetic_source: SyntheticSource::Markov, synthetic_fit: None, synthetic_vocab: 1, ..c.clone() }));

@@ -65,6 +65,13 @@ fn existing(p: Option<PathBuf>) -> Result<Option<PathBuf>> {
 pub fn prepare_data(cfg: &LmConfig) -> Result<LmData> {
     let (train, valid, test, floors) = match split_file(cfg, &cfg.train, "train.txt") {
         Some(train) => {
+            if cfg.synthetic_source != SyntheticSource::Markov || cfg.synthetic_fit.is_some() {
+                bail!(
+                    Invalid,
+                    "synthetic_source and synthetic_fit choose the built-in corpus, and {} is given as the training text: drop one or the other",
+                    train.display()
+                );
+            }
             if !train.exists() {
                 return Err(Error::io(&train, std::io::Error::new(std::io::ErrorKind::NotFound, "training file not found")));
             }
