@@ -1,5 +1,5 @@
 //! The int8 product that evaluates a quantized model with integer arithmetic (W8A8): the weights'
-//! levels (8- or 4-bit, one scale per output channel, as [`quantize`](super::quantize) makes and a
+//! levels (8- or 4-bit, one scale per output channel, as [`quantize`] makes and a
 //! quantized checkpoint stores) times the activations quantized to int8 on the fly, one symmetric
 //! scale per row (`s_x = max |x_row| / 127`), summed exactly in i32 and scaled once:
 //!

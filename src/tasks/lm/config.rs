@@ -53,7 +53,7 @@ crate::config_table! {
         synthetic_source: SyntheticSource = SyntheticSource::Markov,
         /// Synthetic corpus: the word-level text the ngram source is fitted on
         synthetic_fit: Option<PathBuf> = None,
-        /// Synthetic corpus: vocabulary size of the Markov source; for ngram, the fitted text's most frequent words kept (the rest <unk>; 0: all)
+        /// Synthetic corpus: vocabulary size of the Markov source; for ngram, the fitted text's most frequent words kept (the rest `<unk>`; 0: all)
         synthetic_vocab: usize = 500,
         /// Synthetic corpus: order of the source, in tokens of context (2: an ngram source of trigrams)
         synthetic_order: usize = 2,
