@@ -133,12 +133,15 @@ impl NgramSource {
     /// The probability of `w` after `history` (the drawn stream so far; its start reads as after
     /// a line end), with the rule that a line is never empty.
     pub fn prob(&self, history: &[u32], w: u32) -> f64 {
-        let found = self.contexts(history);
-        let after_eos = history.last().is_none_or(|&t| t == self.eos);
+        self.prob_in(&self.contexts(history), history.last().is_none_or(|&t| t == self.eos), w)
+    }
+
+    /// [`prob`](Self::prob) given the present contexts and whether a line just ended.
+    fn prob_in(&self, found: &[&Successors], after_eos: bool, w: u32) -> f64 {
         match (after_eos, w == self.eos) {
             (true, true) => 0.0,
-            (true, false) => self.raw_prob(&found, w) / (1.0 - self.raw_prob(&found, self.eos)),
-            (false, _) => self.raw_prob(&found, w),
+            (true, false) => self.raw_prob(found, w) / (1.0 - self.raw_prob(found, self.eos)),
+            (false, _) => self.raw_prob(found, w),
         }
     }
 
@@ -164,11 +167,7 @@ impl NgramSource {
             while after_eos && w == self.eos {
                 w = self.draw(&found, rng);
             }
-            let mut p = self.raw_prob(&found, w);
-            if after_eos {
-                p /= 1.0 - self.raw_prob(&found, self.eos);
-            }
-            nll -= p.ln();
+            nll -= self.prob_in(&found, after_eos, w).ln();
             out.push(w);
         }
         out.drain(..self.order);

@@ -151,12 +151,13 @@ impl Int8Lm {
                 row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
             }
             let mut y = vec![0f32; rows * h];
+            let mut c_prev = vec![0f32; cs.len()];
             for t in 0..steps {
                 let gates = &mut pre[t * lanes * 4 * h..(t + 1) * lanes * 4 * h];
                 for (g, r) in gates.iter_mut().zip(w_hh.product(hs, lanes, self.threads)?) {
                     *g += r;
                 }
-                let c_prev = cs.clone();
+                std::mem::swap(&mut c_prev, cs);
                 crate::ops::lstm::cell_forward_cpu(gates, &c_prev, cs, hs, h);
                 y[t * lanes * h..(t + 1) * lanes * h].copy_from_slice(hs);
             }
