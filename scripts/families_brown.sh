@@ -16,7 +16,11 @@
 # Prints one row per arm: best validation loss and test perplexity (the best checkpoint's, on the
 # whole test file as one stream) per seed; for the quantized students and the labels-only one also
 # the test perplexity with int8 products (`lm eval --products int8`). Runs go under OUT; a finished run is not run again.
-# Usage: [BIN=...] [DEVICE=cpu|cuda] [DATA=../shared/data/brown] [STEPS=3000] [SEEDS="1 2"]
+# TEACHER_STEPS (default STEPS) trains the teacher longer than the students (a shortened table keeps
+# the full teacher). THREADS (default 0: every core) is each student run's --threads: with PARALLEL
+# runs at a time on a CPU, give each its share (the teacher, trained alone first, takes every core).
+# Usage: [BIN=...] [DEVICE=cpu|cuda] [DATA=../shared/data/brown] [STEPS=3000] [TEACHER_STEPS=STEPS] [SEEDS="1 2"]
+#        [THREADS=0]
 #        [PARALLEL=1] [ARMS="labels kd ..."] scripts/families_brown.sh OUT
 set -euo pipefail
 OUT=${1:-runs/families-brown}
@@ -24,16 +28,19 @@ BIN=${BIN:-target/release/codistill}
 DEVICE=${DEVICE:-cpu}
 DATA=${DATA:-../shared/data/brown}
 STEPS=${STEPS:-3000}
+TEACHER_STEPS=${TEACHER_STEPS:-$STEPS}
 SEEDS=${SEEDS:-1 2}
 PARALLEL=${PARALLEL:-1}
+THREADS=${THREADS:-0}
 ALL="labels kd kd-t2 reverse-kl js mse fading hint cosine-hint sp rkd rkd-full two-weighted two-confidence born-again init-from adversarial int8-kd int4-kd int4-labels data-free"
 ARMS=${ARMS:-$ALL}
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
-COMMON=(--data "$DATA" --device "$DEVICE" --layers 1 --dropout 0 --batch 32 --bptt 35 --lr 0.002 --clip 5 --steps "$STEPS"
-  --eval-every 100 --eval-tokens 30000 --checkpoint-every "$STEPS" --cache "$OUT/cache")
+SHAPE=(--data "$DATA" --device "$DEVICE" --layers 1 --dropout 0 --batch 32 --bptt 35 --lr 0.002 --clip 5
+  --eval-every 100 --eval-tokens 30000 --cache "$OUT/cache")
+COMMON=("${SHAPE[@]}" --steps "$STEPS" --checkpoint-every "$STEPS" --threads "$THREADS")
 T="$OUT/teacher/best.safetensors"
-[ -f "$OUT/teacher/result.json" ] || "$BIN" lm train "${COMMON[@]}" --emb-dim 256 --hidden 256 --seed 1 --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1
+[ -f "$OUT/teacher/result.json" ] || "$BIN" lm train "${SHAPE[@]}" --steps "$TEACHER_STEPS" --checkpoint-every "$TEACHER_STEPS" --emb-dim 256 --hidden 256 --seed 1 --out "$OUT/teacher" > "$OUT/teacher.log" 2>&1
 # One arm of one seed: its options.
 options() {
   local arm=$1 seed=$2 L="$OUT/labels-s$2/best.safetensors"
