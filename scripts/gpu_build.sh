@@ -24,9 +24,12 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("gpu", "kernels"):
         print(m["target"]["name"], m["executable"])' | while read -r name exe; do cp "$exe" "device-bin/$name-bench"; done
+# The kernel lab's harness (dev/README.md; the `lab` stage).
+cargo build --release --example lab_gemm_wgmma_cpasync
+cp target/release/examples/lab_gemm_wgmma_cpasync device-bin/lab-gemm-wgmma-cpasync
 # The Brown corpus for the `brown` stage (6 MB; ../shared does not travel to the GPU machine).
 if [ -f ../shared/data/brown/train.txt ]; then mkdir -p device-bin/brown && cp ../shared/data/brown/*.txt device-bin/brown/; fi
 # The carry limit is 64 MiB: drop the debug line tables.
-strip device-bin/codistill device-bin/gpu-bench device-bin/kernels-bench device-bin/tests/*
+strip device-bin/codistill device-bin/gpu-bench device-bin/kernels-bench device-bin/lab-gemm-wgmma-cpasync device-bin/tests/*
 ls -la device-bin device-bin/tests
 du -sh device-bin

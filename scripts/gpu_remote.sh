@@ -10,7 +10,7 @@
 #   $OUT/logs.tgz     every stage's whole log and the raw JSON.
 # Stages (STAGES, comma-separated, in this order by default):
 #   gate      the matmul kernels, each alone in its own process (a trapped kernel ends its
-#             process's CUDA context): mma.sync with and without split-K, the transposes, wgmma,
+#             process's CUDA context): mma.sync with and without split-K, the transposes,
 #             wgmma-tma (K-major, then MN-major operands); later stages use what passed (see below);
 #   gpu       the GPU kernel suite (tests/gpu.rs, REQUIRE_GPU=1: fails rather than skips);
 #   training  the op suites on the GPU (tests/ops.rs and tests/gradcheck.rs, their cuda legs required),
@@ -20,6 +20,9 @@
 #   memcheck  compute-sanitizer memcheck over the GPU suite, the ops' cuda legs and training steps;
 #   ncu       Nsight Compute sections for one launch of each 4096^3 matmul and the softmax-KL;
 #   criterion the criterion gpu_* groups of benches/kernels.rs;
+#   lab       the kernel lab (dev/README.md): the cp.async wgmma matmul's layout probe, its f64
+#             validation and its times beside the library's kernels (device-bin/lab-gemm-wgmma-cpasync);
+#             not in the default order: STAGES=lab.
 #   overlap   issue 6's overlap measurement on the GPU (scripts/overlap_pairs.sh, 3 pairs);
 #   brown     issue 6's Brown bar on the GPU: `lm experiment` (baseline, and the pair on halves) for
 #             BROWN_STEPS (10,000: 14 passes over the corpus, which a CPU session cannot afford;
@@ -94,8 +97,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tee -a "$SUMMARY"
 
 # The gate. The default kernel (`auto`) is wgmma-tma for large products on Hopper, mma.sync for the
-# rest; the later stages keep it where wgmma-tma and the transposes passed, else run on auto-wgmma
-# where that passed, else on mma; with split-K off if it failed, and with the TMA kernel's MN-major
+# rest; the later stages keep it where wgmma-tma and the transposes passed, else run on mma
+# (verified on an H100 since 2026-11-26); with split-K off if it failed, and with the TMA kernel's MN-major
 # operands off (CODISTILL_WGMMA_MN=0: operands transposed first, as before) if their probe failed;
 # the bench times each kernel that passed: one broken kernel does not cost the session's other
 # measurements.
@@ -115,18 +118,12 @@ if want gate; then
   gate gemm_bf16_mma_sync_matches_f64_reference mma-no-split-k CODISTILL_SPLIT_K=0
   gate gemm_bf16_mma_sync_matches_f64_reference mma-split-k || export CODISTILL_SPLIT_K=0
   gate transposes_match_cpu transposes; t_ok=$?
-  gate gemm_bf16_wgmma_layout_probe wgmma-probe && gate gemm_bf16_wgmma_matches_f64_reference wgmma; w_ok=$?
   gate gemm_bf16_wgmma_tma_layout_probe wgmma-tma-probe \
     && { gate gemm_bf16_wgmma_tma_mn_major_layout_probe wgmma-tma-mn-probe || export CODISTILL_WGMMA_MN=0; } \
     && gate gemm_bf16_wgmma_tma_matches_f64_reference wgmma-tma; tma_ok=$?
-  if [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then :
-  elif [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ]; then export CODISTILL_MATMUL_KERNEL=auto-wgmma
-  else export CODISTILL_MATMUL_KERNEL=mma; fi
-  [ $t_ok -eq 0 ] && [ $w_ok -eq 0 ] && bench_kernels=$bench_kernels,wgmma
-  [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ] && bench_kernels=$bench_kernels,wgmma-tma
-  # The GPU suite leaves out the kernels that failed here (tests/gpu.rs, skipped()).
-  skip=; [ $t_ok -ne 0 ] || [ $w_ok -ne 0 ] && skip=wgmma
-  [ $t_ok -ne 0 ] || [ $tma_ok -ne 0 ] && skip=${skip:+$skip,}wgmma-tma
+  if [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then bench_kernels=$bench_kernels,wgmma-tma; skip=
+  else export CODISTILL_MATMUL_KERNEL=mma; skip=wgmma-tma; fi
+  # The GPU suite leaves out the kernel that failed here (tests/gpu.rs, skipped()).
   export CODISTILL_TEST_SKIP_KERNELS=$skip
 fi
 export CODISTILL_BENCH_MATMUL=$bench_kernels
@@ -172,9 +169,9 @@ if want memcheck; then
 fi
 if want ncu; then
   note "== Nsight Compute: one launch each of the 4096^3 bf16 matmuls and the 4096x32768 softmax-KL"
-  for pair in "gemm:gemm_bf16_nn" "gemm:gemm_wgmma_b256" "gemm:gemm_wgmma_tma" "softmax:softmax_kl_k1"; do
+  for pair in "gemm:gemm_bf16_nn" "gemm:gemm_wgmma_tma" "softmax:softmax_kl_k1"; do
     group=${pair%%:*}; kernel=${pair##*:}
-    case $kernel in gemm_wgmma_b256) [[ ,$bench_kernels, == *,wgmma,* ]] || continue;; gemm_wgmma_tma) [[ ,$bench_kernels, == *,wgmma-tma,* ]] || continue;; esac
+    case $kernel in gemm_wgmma_tma) [[ ,$bench_kernels, == *,wgmma-tma,* ]] || continue;; esac
     step "ncu-$kernel" 45 "CODISTILL_BENCH_ONLY=$group ncu --clock-control none --section SpeedOfLight --section Occupancy \
       --section MemoryWorkloadAnalysis --section WarpStateStats --section ComputeWorkloadAnalysis \
       -k regex:$kernel -c 1 device-bin/gpu-bench"
@@ -186,6 +183,11 @@ if want criterion; then
   note "== criterion gpu_* groups"
   step criterion 90 "device-bin/kernels-bench --bench gpu_ --warm-up-time 1 --measurement-time 2"
   grep -E "^gpu_|thrpt" "$LOGS/criterion.log" | tee -a "$SUMMARY"
+fi
+if want lab; then
+  note "== kernel lab: the cp.async wgmma matmul (dev/gemm_wgmma_cpasync.rs)"
+  step lab 120 "device-bin/lab-gemm-wgmma-cpasync" || why lab 20
+  grep -E "^(probe|valid|gemm|PASS|FAIL)" "$LOGS/lab.log" | tee -a "$SUMMARY"
 fi
 if want overlap; then
   note "== overlap: exchange every 50 vs teachers frozen, on the GPU, scored within runs"

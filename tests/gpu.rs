@@ -1,5 +1,5 @@
 //! The matrix-product kernels at the launcher level, where each kernel variant (fp32, `mma.sync`
-//! with and without split-K, cp.async and TMA `wgmma`, MN-major operands) is chosen by hand and has
+//! with and without split-K, the TMA `wgmma` kernel, MN-major operands) is chosen by hand and has
 //! no CPU leg: against float64 on random inputs (a fixed seed by default, printed;
 //! `CODISTILL_TEST_SEED=random` for a fresh one), odd sizes included, with device outputs poisoned
 //! (NaN) before each run; the layout probes; the transposes and conversions they use; the caching
@@ -111,10 +111,10 @@ fn round_bf16(v: Vec<f32>) -> (Vec<bf16>, Vec<f32>) {
 }
 
 /// Whether a kernel that failed its gate is to be left out: `CODISTILL_TEST_SKIP_KERNELS` lists
-/// them (`wgmma`, `wgmma-tma`; set by scripts/gpu_remote.sh after its gate, which has already
-/// reported the failure), so that the suite's other tests do not fail on them again (a trapped
-/// kernel also ends the process's CUDA context, which would fail every test after it). The `auto`
-/// variants go with the kernel they use for large products (`Auto` with `wgmma-tma`).
+/// them (`wgmma-tma`; set by scripts/gpu_remote.sh after its gate, which has already reported the
+/// failure), so that the suite's other tests do not fail on them again (a trapped kernel also ends
+/// the process's CUDA context, which would fail every test after it). `Auto` goes with the kernel
+/// it uses for large products (`wgmma-tma`).
 /// The GPU for a test of one matmul kernel: None (with the reason on stderr) where there is no GPU,
 /// where the kernel needs compute capability 9.0 and this GPU lacks it, or where
 /// `CODISTILL_TEST_SKIP_KERNELS` leaves it out.
@@ -132,7 +132,6 @@ fn gpu_for(kernel: MatmulKernel) -> Option<Arc<Gpu>> {
 
 fn skipped(kernel: MatmulKernel) -> bool {
     let key = match kernel {
-        MatmulKernel::Wgmma | MatmulKernel::AutoWgmma => "wgmma",
         MatmulKernel::WgmmaTma | MatmulKernel::Auto => "wgmma-tma",
         _ => return false,
     };
@@ -146,7 +145,7 @@ fn skipped(kernel: MatmulKernel) -> bool {
 /// The tensor-core kernels this GPU runs: mma.sync everywhere, wgmma on compute capability 9.0.
 fn tensor_core_kernels(g: &Gpu) -> Vec<MatmulKernel> {
     if g.has_wgmma() {
-        [MatmulKernel::MmaSync, MatmulKernel::Wgmma, MatmulKernel::WgmmaTma].into_iter().filter(|&k| !skipped(k)).collect()
+        [MatmulKernel::MmaSync, MatmulKernel::WgmmaTma].into_iter().filter(|&k| !skipped(k)).collect()
     } else {
         eprintln!("this GPU is not compute capability 9.0: the wgmma kernel is not tested here");
         vec![MatmulKernel::MmaSync]
@@ -197,10 +196,6 @@ fn check_gemm_bf16(kernel: MatmulKernel) {
 
 fn gemm_bf16_mma_sync_matches_f64_reference() {
     check_gemm_bf16(MatmulKernel::MmaSync);
-}
-
-fn gemm_bf16_wgmma_matches_f64_reference() {
-    check_gemm_bf16(MatmulKernel::Wgmma);
 }
 
 fn gemm_bf16_wgmma_tma_matches_f64_reference() {
@@ -295,10 +290,6 @@ fn gemm_bf16_mma_sync_layout_probe() {
     layout_probe(MatmulKernel::MmaSync, K_MAJOR);
 }
 
-fn gemm_bf16_wgmma_layout_probe() {
-    layout_probe(MatmulKernel::Wgmma, K_MAJOR);
-}
-
 fn gemm_bf16_wgmma_tma_layout_probe() {
     layout_probe(MatmulKernel::WgmmaTma, K_MAJOR);
 }
@@ -351,8 +342,9 @@ fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
     // layout on Hopper), against the f64 product of the rounded operands.
     let Some(g) = gpu() else { return };
     let mut r = rng("gemm_f32_as_bf16");
-    let kernels = if g.has_wgmma() { vec![MatmulKernel::Auto, MatmulKernel::AutoWgmma] } else { vec![MatmulKernel::Auto] };
-    for kernel in kernels.into_iter().filter(|&k| !skipped(k)) {
+    // Auto: wgmma-tma for the large products on Hopper (rounded straight into the layout it
+    // reads), mma.sync for the rest; and mma.sync for everything.
+    for kernel in [MatmulKernel::Auto, MatmulKernel::MmaSync].into_iter().filter(|&k| !skipped(k)) {
         for &(m, n, kk) in [(7, 13, 5), (300, 512, 1024), (513, 257, 72), (129, 2600, 64), (264, 136, 72)].iter().filter(|&&(m, n, k)| within_cap(m, n, k)) {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
                 let (a, b) = (r.normal_vec(m * kk, 1.0), r.normal_vec(kk * n, 1.0));
@@ -447,10 +439,8 @@ fn main() {
         &[
             ("gemm_f32_matches_f64_reference", gemm_f32_matches_f64_reference),
             ("gemm_bf16_mma_sync_matches_f64_reference", gemm_bf16_mma_sync_matches_f64_reference),
-            ("gemm_bf16_wgmma_matches_f64_reference", gemm_bf16_wgmma_matches_f64_reference),
             ("gemm_bf16_wgmma_tma_matches_f64_reference", gemm_bf16_wgmma_tma_matches_f64_reference),
             ("gemm_bf16_mma_sync_layout_probe", gemm_bf16_mma_sync_layout_probe),
-            ("gemm_bf16_wgmma_layout_probe", gemm_bf16_wgmma_layout_probe),
             ("gemm_bf16_wgmma_tma_layout_probe", gemm_bf16_wgmma_tma_layout_probe),
             ("gemm_bf16_wgmma_tma_mn_major_layout_probe", gemm_bf16_wgmma_tma_mn_major_layout_probe),
             ("gemm_on_unaligned_subranges_matches_f64_reference", gemm_on_unaligned_subranges_matches_f64_reference),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Compiles kernels/*.cu to ptx/*.ptx with NVRTC and checks the result.
+"""Compiles kernels/*.cu to ptx/*.ptx (the library's kernels) and dev/kernels/*.cu to dev/ptx/*.ptx
+(the kernel lab's, dev/README.md) with NVRTC and checks the result.
 
-  python3 tools/ptx.py build    compile every kernel, write ptx/ and ptx/MANIFEST
+  python3 tools/ptx.py build    compile every kernel, write ptx/ and ptx/MANIFEST (and dev/ptx/)
   python3 tools/ptx.py check    recompile into a temporary folder; fail if any committed PTX or
                                 the manifest differs (stale or hand-edited PTX)
   python3 tools/ptx.py ptxas    assemble every PTX for sm_90a with `ptxas -v`; print registers,
@@ -24,6 +25,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(ROOT, "kernels")
 PTX = os.path.join(ROOT, "ptx")
+# (sources, PTX folder): the library's kernels, and the kernel lab's (which include kernels/ headers).
+SETS = [(KERNELS, PTX), (os.path.join(ROOT, "dev", "kernels"), os.path.join(ROOT, "dev", "ptx"))]
 WHEELS = ["nvidia-cuda-nvrtc-cu12==12.9.86", "nvidia-cuda-nvcc-cu12==12.9.86", "nvidia-cuda-runtime-cu12==12.9.79"]
 ARCH = "compute_80"
 ARCH_SM90A = "compute_90a"
@@ -50,16 +53,20 @@ def options(name, include):
     return [f"--gpu-architecture={arch(name)}", "--std=c++17", f"-I{KERNELS}", f"-I{include}", "-default-device"]
 
 
-def sources():
-    return sorted(f for f in os.listdir(KERNELS) if f.endswith(".cu"))
+def sources(src_dir=KERNELS):
+    return sorted(f for f in os.listdir(src_dir) if f.endswith(".cu"))
 
 
-def source_hash(name, opts):
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def source_hash(name, opts, src_dir=KERNELS):
     """Hash of the kernel, every header in kernels/ (all may be included) and the options."""
     h = hashlib.sha256()
-    for f in [name] + sorted(f for f in os.listdir(KERNELS) if f.endswith(".cuh")):
+    for d, f in [(src_dir, name)] + [(KERNELS, f) for f in sorted(f for f in os.listdir(KERNELS) if f.endswith(".cuh"))]:
         h.update(f.encode())
-        with open(os.path.join(KERNELS, f), "rb") as fh:
+        with open(os.path.join(d, f), "rb") as fh:
             h.update(fh.read())
     for o in opts:
         if not o.startswith("-I"):
@@ -88,8 +95,8 @@ class Nvrtc:
         self.lib.nvrtcGetProgramLog(prog, buf)
         return buf.value.decode(errors="replace")
 
-    def compile(self, name):
-        with open(os.path.join(KERNELS, name), "rb") as fh:
+    def compile(self, name, src_dir=KERNELS):
+        with open(os.path.join(src_dir, name), "rb") as fh:
             src = fh.read()
         prog = ctypes.c_void_p()
         self.check(self.lib.nvrtcCreateProgram(ctypes.byref(prog), src, name.encode(), 0, None, None), "create")
@@ -97,23 +104,23 @@ class Nvrtc:
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         rc = self.lib.nvrtcCompileProgram(prog, len(opts), arr)
         log = self.log(prog).strip()
-        self.check(rc, f"compile of kernels/{name}", prog)
+        self.check(rc, f"compile of {rel(src_dir)}/{name}", prog)
         if log:
-            print(f"kernels/{name}: {log}", file=sys.stderr)
+            print(f"{rel(src_dir)}/{name}: {log}", file=sys.stderr)
         n = ctypes.c_size_t()
         self.check(self.lib.nvrtcGetPTXSize(prog, ctypes.byref(n)), "ptx size")
         buf = ctypes.create_string_buffer(n.value)
         self.check(self.lib.nvrtcGetPTX(prog, buf), "ptx")
         self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
-        return buf.value, source_hash(name, opts)
+        return buf.value, source_hash(name, opts, src_dir)
 
 
-def build(out_dir):
+def build(out_dir, src_dir=KERNELS):
     nv = Nvrtc(tools_dir())
     manifest = []
     os.makedirs(out_dir, exist_ok=True)
-    for name in sources():
-        ptx, h = nv.compile(name)
+    for name in sources(src_dir):
+        ptx, h = nv.compile(name, src_dir)
         stem = name[:-3]
         tmp = os.path.join(out_dir, stem + ".ptx.tmp")
         with open(tmp, "wb") as fh:
@@ -127,37 +134,40 @@ def build(out_dir):
 
 
 def check():
-    with tempfile.TemporaryDirectory() as tmp:
-        build(tmp)
-        bad = []
-        for f in sorted(set(os.listdir(tmp)) | set(x for x in os.listdir(PTX) if x.endswith(".ptx") or x == "MANIFEST")):
-            a, b = os.path.join(tmp, f), os.path.join(PTX, f)
-            if not os.path.exists(b):
-                bad.append(f"ptx/{f} is missing")
-            elif not os.path.exists(a):
-                bad.append(f"ptx/{f} has no kernel source in kernels/")
-            elif open(a, "rb").read() != open(b, "rb").read():
-                bad.append(f"ptx/{f} is stale (differs from a fresh build of kernels/)")
-        if bad:
-            raise SystemExit("PTX check failed:\n  " + "\n  ".join(bad) + "\nrun: python3 tools/ptx.py build")
-    print(f"ptx check: {len(sources())} kernels, committed PTX matches a fresh NVRTC build")
+    bad, count = [], 0
+    for src_dir, ptx_dir in SETS:
+        count += len(sources(src_dir))
+        with tempfile.TemporaryDirectory() as tmp:
+            build(tmp, src_dir)
+            committed = os.listdir(ptx_dir) if os.path.isdir(ptx_dir) else []
+            for f in sorted(set(os.listdir(tmp)) | set(x for x in committed if x.endswith(".ptx") or x == "MANIFEST")):
+                a, b = os.path.join(tmp, f), os.path.join(ptx_dir, f)
+                if not os.path.exists(b):
+                    bad.append(f"{rel(ptx_dir)}/{f} is missing")
+                elif not os.path.exists(a):
+                    bad.append(f"{rel(ptx_dir)}/{f} has no kernel source in {rel(src_dir)}/")
+                elif open(a, "rb").read() != open(b, "rb").read():
+                    bad.append(f"{rel(ptx_dir)}/{f} is stale (differs from a fresh build of {rel(src_dir)}/)")
+    if bad:
+        raise SystemExit("PTX check failed:\n  " + "\n  ".join(bad) + "\nrun: python3 tools/ptx.py build")
+    print(f"ptx check: {count} kernels (library and lab), committed PTX matches a fresh NVRTC build")
 
 
 def ptxas():
     exe = os.path.join(tools_dir(), "nvidia", "cuda_nvcc", "bin", "ptxas")
     rows, spills = [], []
-    for name in sources():
+    for src_dir, ptx_dir, name in [(s, p, n) for s, p in SETS for n in sources(s)]:
         stem = name[:-3]
         with tempfile.TemporaryDirectory() as tmp:
             r = subprocess.run([exe, f"-arch={PTXAS_ARCH}", "-v", "-o", os.path.join(tmp, "out.cubin"),
-                                os.path.join(PTX, stem + ".ptx")], capture_output=True, text=True)
+                                os.path.join(ptx_dir, stem + ".ptx")], capture_output=True, text=True)
         if r.returncode != 0:
-            raise SystemExit(f"ptxas failed on ptx/{stem}.ptx:\n{r.stderr}")
+            raise SystemExit(f"ptxas failed on {rel(ptx_dir)}/{stem}.ptx:\n{r.stderr}")
         func = None
         for line in r.stderr.splitlines():
             if "warning" in line.lower():
                 # e.g. C7510: wgmma serialised (the tensor cores then wait for every instruction).
-                spills.append(f"ptx/{stem}.ptx: {line.strip()}")
+                spills.append(f"{rel(ptx_dir)}/{stem}.ptx: {line.strip()}")
             m = re.search(r"Compiling entry function '(\w+)'", line)
             if m:
                 func = m.group(1)
@@ -170,9 +180,9 @@ def ptxas():
             if m and rows and rows[-1][1] == func:
                 rows[-1][2] = m.group(1)
                 rows[-1][3] = m.group(2) or "0"
-    print(f"{'file':<12} {'kernel':<32} {'regs':>5} {'smem':>6} {'stack':>6} {'spill st':>9} {'spill ld':>9}")
+    print(f"{'file':<26} {'kernel':<32} {'regs':>5} {'smem':>6} {'stack':>6} {'spill st':>9} {'spill ld':>9}")
     for r in rows:
-        print(f"{r[0]:<12} {r[1]:<32} {r[2]:>5} {r[3]:>6} {r[4]:>6} {r[5]:>9} {r[6]:>9}")
+        print(f"{r[0]:<26} {r[1]:<32} {r[2]:>5} {r[3]:>6} {r[4]:>6} {r[5]:>9} {r[6]:>9}")
     if spills:
         raise SystemExit("register spills or ptxas warnings (sm_90a):\n  " + "\n  ".join(spills))
     print(f"ptxas {PTXAS_ARCH}: {len(rows)} kernels, no spills, no warnings")
@@ -181,8 +191,9 @@ def ptxas():
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "build"
     if cmd == "build":
-        for line in build(PTX):
-            print(line)
+        for src_dir, ptx_dir in SETS:
+            for line in build(ptx_dir, src_dir):
+                print(f"{rel(ptx_dir)}/{line}")
     elif cmd == "check":
         check()
     elif cmd == "ptxas":

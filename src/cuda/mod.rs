@@ -96,27 +96,26 @@ pub enum MatmulKernel {
     /// an H100 (BENCHMARKS.md): the TMA kernel is the fastest of ours on every large trainer
     /// product, `mma.sync` with split-K on the LSTM's 64-row step products.
     Auto,
-    /// As `Auto`, with the cp.async `Wgmma` kernel for the large products.
-    AutoWgmma,
     /// Always `mma.sync` (`kernels/matmul.cu`), on any GPU from sm_80.
     MmaSync,
-    /// Always `wgmma` (`kernels/matmul_sm90a.cu`, `gemm_wgmma_b*`, operands loaded by `cp.async`):
-    /// an error where it cannot run (not a Hopper GPU, or an inner dimension that is not a
-    /// multiple of 8). For tests and benchmarks.
-    Wgmma,
     /// Always the `wgmma` kernel fed by the tensor copy engine with a producer warpgroup
-    /// (`gemm_wgmma_tma`); the same conditions as `Wgmma`. For tests and benchmarks.
+    /// (`kernels/matmul_sm90a.cu`, `gemm_wgmma_tma`): an error where it cannot run (not a Hopper
+    /// GPU, or an inner dimension that is not a multiple of 8). For tests and benchmarks.
+    ///
+    /// The cp.async `wgmma` kernel that preceded it (once `wgmma` and `auto-wgmma` here) is in the
+    /// kernel lab (`dev/`, with its own validation and benchmark), not in the library.
     WgmmaTma,
 }
 
+/// Kernel names `CODISTILL_MATMUL_KERNEL` took once and refuses now, with where each went.
+const RETIRED: [(&str, &str); 3] = [
+    ("auto-wgmma-tma", "it is `auto` now"),
+    ("wgmma", "the cp.async wgmma kernel moved to the kernel lab (dev/README.md)"),
+    ("auto-wgmma", "the cp.async wgmma kernel moved to the kernel lab (dev/README.md); `auto` takes the TMA kernel"),
+];
+
 impl MatmulKernel {
-    const ALL: [(MatmulKernel, &'static str); 5] = [
-        (MatmulKernel::Auto, "auto"),
-        (MatmulKernel::AutoWgmma, "auto-wgmma"),
-        (MatmulKernel::MmaSync, "mma"),
-        (MatmulKernel::Wgmma, "wgmma"),
-        (MatmulKernel::WgmmaTma, "wgmma-tma"),
-    ];
+    const ALL: [(MatmulKernel, &'static str); 3] = [(MatmulKernel::Auto, "auto"), (MatmulKernel::MmaSync, "mma"), (MatmulKernel::WgmmaTma, "wgmma-tma")];
 
     /// The name `CODISTILL_MATMUL_KERNEL` takes.
     pub fn name(self) -> &'static str {
@@ -149,9 +148,9 @@ impl Default for Gemm {
 }
 
 impl Gemm {
-    /// The defaults, changed by `CODISTILL_MATMUL_KERNEL` (`auto`, `auto-wgmma`, `mma`, `wgmma`,
-    /// `wgmma-tma`), `CODISTILL_SPLIT_K=0` and `CODISTILL_WGMMA_MN=0`; any other value of these
-    /// variables is an error that names it.
+    /// The defaults, changed by `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma-tma`),
+    /// `CODISTILL_SPLIT_K=0` and `CODISTILL_WGMMA_MN=0`; any other value of these variables is an
+    /// error that names it (a retired kernel name also says where that kernel went).
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -162,7 +161,8 @@ impl Gemm {
             None => MatmulKernel::Auto,
             Some(v) => MatmulKernel::parse(&v).ok_or_else(|| {
                 let names: Vec<&str> = MatmulKernel::ALL.iter().map(|(_, n)| *n).collect();
-                Error::Invalid(format!("CODISTILL_MATMUL_KERNEL={v:?} is none of {}", names.join(", ")))
+                let why = RETIRED.iter().find(|(n, _)| *n == v).map(|(_, w)| format!(" ({w})")).unwrap_or_default();
+                Error::Invalid(format!("CODISTILL_MATMUL_KERNEL={v:?} is none of {}{why}", names.join(", ")))
             })?,
         };
         let on = |var: &str| -> Result<bool> {
@@ -777,6 +777,11 @@ mod tests {
         assert_eq!(g, Gemm { kernel: MatmulKernel::MmaSync, split_k: false, mn_major: true });
         let e = Gemm::from_vars(vars(&[("CODISTILL_MATMUL_KERNEL", "tf32")])).unwrap_err().to_string();
         assert!(e.contains("CODISTILL_MATMUL_KERNEL=\"tf32\"") && e.contains("wgmma-tma"), "{e}");
+        // The cp.async kernel's names, retired to the kernel lab, say so.
+        for old in ["wgmma", "auto-wgmma"] {
+            let e = Gemm::from_vars(move |k: &str| (k == "CODISTILL_MATMUL_KERNEL").then(|| old.to_string())).unwrap_err().to_string();
+            assert!(e.contains("kernel lab") && e.contains("dev/README.md"), "{e}");
+        }
         let e = Gemm::from_vars(vars(&[("CODISTILL_WGMMA_MN", "off")])).unwrap_err().to_string();
         assert!(e.contains("CODISTILL_WGMMA_MN=\"off\""), "{e}");
     }

@@ -60,7 +60,7 @@ pub fn gemm_bf16(
     gemm_bf16_with(Gemm::default(), m, n, k, alpha, a, trans_a, b, trans_b, beta, c)
 }
 
-/// [`gemm_bf16`] on a chosen kernel and options: `MmaSync` on any GPU from sm_80; `Wgmma` on
+/// [`gemm_bf16`] on a chosen kernel and options: `MmaSync` on any GPU from sm_80; `WgmmaTma` on
 /// compute capability 9.0 with `k` a multiple of 8 (an error elsewhere, never a silent fallback);
 /// `Auto` as documented on [`MatmulKernel`].
 #[allow(clippy::too_many_arguments)]
@@ -87,16 +87,15 @@ pub fn gemm_bf16_with(
     }
     let gpu = a.gpu().clone();
     if wgmma_for(&gpu, g.kernel, m, n, k)? {
-        let tma = uses_tma(g.kernel);
-        // Each operand K-major (A as [m, k], B as [n, k]), or, on the TMA kernel, MN-major as it is
-        // stored (A stored [k, m], B stored [k, n]) where its rows are 16-byte aligned.
-        let (a_mn, b_mn) = (tma && mn_major_ok(g, a, m, trans_a), tma && mn_major_ok(g, b, n, !trans_b));
+        // Each operand K-major (A as [m, k], B as [n, k]), or MN-major as it is stored (A stored
+        // [k, m], B stored [k, n]) where its rows are 16-byte aligned.
+        let (a_mn, b_mn) = (mn_major_ok(g, a, m, trans_a), mn_major_ok(g, b, n, !trans_b));
         let (pa, _a_tmp) = if a_mn { (a.ptr(), None) } else { kmajor_bf16(a, m, k, trans_a)? };
         let (pb, _b_tmp) = if b_mn { (b.ptr(), None) } else { kmajor_bf16(b, n, k, !trans_b)? };
         // The scratch operands go back to the allocator after the launch is queued: later work on
         // the same stream runs after the kernel.
         let layout = Operands { a: pa, a_mn, b: pb, b_mn };
-        return launch_wgmma(&gpu, tma, m, n, k, alpha, layout, beta, c);
+        return launch_wgmma(&gpu, m, n, k, alpha, layout, beta, c);
     }
     // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
     let a_contig = if trans_a { m } else { k };
@@ -190,9 +189,8 @@ pub fn gemm_f32_as_bf16_with(
     if m > 0 && n > 0 && wgmma_for(&gpu, g.kernel, m, n, k)? {
         // Rounded as stored where the TMA kernel reads that layout (MN-major rows of a multiple of
         // 8 elements), else rounded and transposed into the K-major layout in one pass.
-        let tma = uses_tma(g.kernel);
         let (mut ab, mut bb) = (gpu.alloc::<bf16>(m * k)?, gpu.alloc::<bf16>(n * k)?);
-        let (a_mn, b_mn) = (tma && mn_major_ok(g, &ab, m, trans_a), tma && mn_major_ok(g, &bb, n, !trans_b));
+        let (a_mn, b_mn) = (mn_major_ok(g, &ab, m, trans_a), mn_major_ok(g, &bb, n, !trans_b));
         if trans_a && !a_mn {
             transpose_f32_to_bf16(a, k, m, &mut ab)?;
         } else {
@@ -204,17 +202,13 @@ pub fn gemm_f32_as_bf16_with(
             f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
         }
         let layout = Operands { a: ab.ptr(), a_mn, b: bb.ptr(), b_mn };
-        return launch_wgmma(&gpu, tma, m, n, k, alpha, layout, beta, c);
+        return launch_wgmma(&gpu, m, n, k, alpha, layout, beta, c);
     }
     let mut ab = gpu.alloc::<bf16>(m * k)?;
     f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
     let mut bb = gpu.alloc::<bf16>(n * k)?;
     f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
     gemm_bf16_with(Gemm { kernel: MatmulKernel::MmaSync, ..g }, m, n, k, alpha, &ab, trans_a, &bb, trans_b, beta, c)
-}
-
-fn uses_tma(kernel: MatmulKernel) -> bool {
-    matches!(kernel, MatmulKernel::Auto | MatmulKernel::WgmmaTma)
 }
 
 /// Whether an operand stored MN-major (`stored_mn`: its `mn` index contiguous) can be read so by
@@ -236,8 +230,8 @@ struct Operands {
 fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> Result<bool> {
     match kernel {
         MatmulKernel::MmaSync => Ok(false),
-        MatmulKernel::Auto | MatmulKernel::AutoWgmma => Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64),
-        MatmulKernel::Wgmma | MatmulKernel::WgmmaTma => {
+        MatmulKernel::Auto => Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64),
+        MatmulKernel::WgmmaTma => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));
                 bail!(Device, "the wgmma matmul needs a GPU of compute capability 9.0; cuda:{} has {cc}", gpu.ordinal());
@@ -319,51 +313,25 @@ fn operand_map(ptr: u64, mn_major: bool, rows: usize, k: usize, tile_rows: u32) 
     }
 }
 
-/// Launches a `wgmma` kernel on `ops`: with `tma`, `gemm_wgmma_tma` (the variant of the operands'
-/// layouts), else `gemm_wgmma_b{128,256}` (K-major operands only).
+/// Launches the TMA `wgmma` kernel on `ops` (the variant of the operands' layouts).
 #[allow(clippy::too_many_arguments)]
-fn launch_wgmma(gpu: &Arc<Gpu>, tma: bool, m: usize, n: usize, k: usize, alpha: f32, ops: Operands, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
+fn launch_wgmma(gpu: &Arc<Gpu>, m: usize, n: usize, k: usize, alpha: f32, ops: Operands, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
     let (mi, ni, ki, pc) = (m as i32, n as i32, k as i32, c.ptr());
-    let (pa, pb) = (ops.a, ops.b);
-    debug_assert!(tma || !(ops.a_mn || ops.b_mn), "the cp.async wgmma kernel reads K-major operands only");
-    let (name, f, cfg) = if tma {
-        // 4 stages of a 128 x 64 and a 256 x 64 tile, 1 KiB for alignment, 8 mbarriers.
-        let smem = 4 * (WG_STAGE_A + 256 * 64 * 2) + 1024 + 64;
-        let kernel = match (ops.a_mn, ops.b_mn) {
-            (false, false) => k::matmul_sm90a::gemm_wgmma_tma,
-            (false, true) => k::matmul_sm90a::gemm_wgmma_tma_nn,
-            (true, true) => k::matmul_sm90a::gemm_wgmma_tma_tn,
-            (true, false) => k::matmul_sm90a::gemm_wgmma_tma_tt,
-        };
-        let name = kernel.name;
-        let f = gpu.function(kernel)?;
-        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
-        (name, f, LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem })
-    } else {
-        // One block per multiprocessor at a time (the stages fill shared memory): take the
-        // narrower tile only where it fills the last wave clearly better (a first rule; to be
-        // tuned on the GPU).
-        let sms = gpu.sm_count();
-        let fill = |bn: usize| {
-            let tiles = n.div_ceil(bn) * m.div_ceil(128);
-            tiles as f64 / (tiles.div_ceil(sms) * sms) as f64
-        };
-        let bn: usize = if fill(128) > fill(256) + 0.1 { 128 } else { 256 };
-        let kernel = if bn == 256 { k::matmul_sm90a::gemm_wgmma_b256 } else { k::matmul_sm90a::gemm_wgmma_b128 };
-        let name = kernel.name;
-        let smem = 4 * (WG_STAGE_A + bn as u32 * 64 * 2) + 1024;
-        let f = gpu.function(kernel)?;
-        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
-        (name, f, LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(128) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem })
+    // 4 stages of a 128 x 64 and a 256 x 64 tile, 1 KiB for alignment, 8 mbarriers.
+    let smem = 4 * (WG_STAGE_A + 256 * 64 * 2) + 1024 + 64;
+    let kernel = match (ops.a_mn, ops.b_mn) {
+        (false, false) => k::matmul_sm90a::gemm_wgmma_tma,
+        (false, true) => k::matmul_sm90a::gemm_wgmma_tma_nn,
+        (true, true) => k::matmul_sm90a::gemm_wgmma_tma_tn,
+        (true, false) => k::matmul_sm90a::gemm_wgmma_tma_tt,
     };
+    let name = kernel.name;
+    let f = gpu.function(kernel)?;
+    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem };
     let mut l = gpu.stream().launch_builder(&f);
-    let maps;
-    if tma {
-        maps = (operand_map(pa, ops.a_mn, m, k, 128)?, operand_map(pb, ops.b_mn, n, k, 256)?);
-        l.arg(&maps.0).arg(&maps.1).arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&beta).arg(&pc);
-    } else {
-        l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&pa).arg(&pb).arg(&beta).arg(&pc);
-    }
+    let maps = (operand_map(ops.a, ops.a_mn, m, k, 128)?, operand_map(ops.b, ops.b_mn, n, k, 256)?);
+    l.arg(&maps.0).arg(&maps.1).arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&beta).arg(&pc);
     // SAFETY: the operands hold m x k and n x k elements and C m x n (checked by the callers).
     unsafe { l.launch(cfg) }.map_err(|e| Error::Device(format!("launch of {name}: {e:?}")))?;
     sync_if_asked(gpu, name)
