@@ -266,15 +266,31 @@ fn main() {
         let dy = on(r.normal_vec(t * b * h, 1.0), &[t * b, h]);
         let fwd_flops = 2.0 * (t * b * (i + h) * 4 * h) as f64;
         let shape = format!("T{t} B{b} I{i} H{h}");
-        let ms = time_ms(&g, 20, || {
-            layer_forward(&codistill::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
-        });
-        rows.push(Row { name: "lstm layer fwd".into(), shape: shape.clone(), ms, flops: fwd_flops, bytes: 0.0 });
-        let ms = time_ms(&g, 20, || {
-            let out = layer_forward(&codistill::Backend::default(), &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
-            layer_backward(&codistill::Backend::default(), &x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
-        });
-        rows.push(Row { name: "lstm layer fwd+bwd".into(), shape, ms, flops: 3.0 * fwd_flops, bytes: 0.0 });
+        // The step layer (the default), then the persistent one (issue 28; CODISTILL_LSTM=persistent)
+        // where the plan fits this GPU, on the same inputs (tests/gpu.rs checks it against both),
+        // unless CODISTILL_TEST_SKIP_KERNELS names lstm-persistent (scripts/gpu_remote.sh does until
+        // its gate has passed: a trap would end this process's CUDA context).
+        let mut layers = vec![("", codistill::Backend::default())];
+        let skip = std::env::var("CODISTILL_TEST_SKIP_KERNELS").unwrap_or_default().split(',').any(|s| s.trim() == "lstm-persistent");
+        match codistill::ops::lstm::persistent::plan(&g, b, h) {
+            _ if skip => eprintln!("persistent lstm: not timed (CODISTILL_TEST_SKIP_KERNELS names lstm-persistent)"),
+            Ok(p) => {
+                eprintln!("persistent lstm at {shape}: {p:?}");
+                layers.push((" persistent", codistill::Backend { lstm: codistill::LstmKernel::Persistent, ..codistill::Backend::default() }));
+            }
+            Err(why) => eprintln!("persistent lstm at {shape}: not timed, no plan ({why})"),
+        }
+        for (tag, be) in layers {
+            let ms = time_ms(&g, 20, || {
+                layer_forward(&be, &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+            });
+            rows.push(Row { name: format!("lstm layer fwd{tag}"), shape: shape.clone(), ms, flops: fwd_flops, bytes: 0.0 });
+            let ms = time_ms(&g, 20, || {
+                let out = layer_forward(&be, &x, &h0, &c0, &w_ih, &w_hh, &bias, t).unwrap();
+                layer_backward(&be, &x, &h0, &w_ih, &w_hh, &out, &dy, None, None).unwrap();
+            });
+            rows.push(Row { name: format!("lstm layer fwd+bwd{tag}"), shape: shape.clone(), ms, flops: 3.0 * fwd_flops, bytes: 0.0 });
+        }
     }
 
     // Adam over 64M parameters: read w, g, m, v; write w, m, v.

@@ -15,6 +15,17 @@ typedef long long i64;
 // Grid-stride loop over [0, n).
 #define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n); i += (i64)gridDim.x * blockDim.x)
 
+// One tensor-core product c += a b on a 16 x 16 bf16 tile of A (row-major fragment: a[0] rows g,
+// k 2t..2t+1; a[1] rows g + 8; a[2], a[3] the same at k + 8) and a 16 x 8 tile of B (column
+// fragment: b0 k 2t..2t+1 of column g, b1 k + 8), fp32 accumulators (c[0], c[1] row g, columns 2t,
+// 2t + 1; c[2], c[3] row g + 8), with g = lane / 4, t = lane % 4.
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // The same numerically safe logistic function as ops::elementwise::sigmoid.
 __device__ __forceinline__ float sigmoid_f(float x) {
     if (x >= 0.f) {

@@ -97,13 +97,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned& r0, unsigned& r1, un
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(s));
 }
 
-__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Loads one operand tile into shared memory. The tile has `rows` rows of `cols` elements in the
 // operand's own layout (contiguous along cols); global row r0 + i, column c0 + j, leading
 // dimension ld, bounds R x Cn. Shared row stride cols + PAD.

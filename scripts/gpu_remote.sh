@@ -20,6 +20,12 @@
 #   memcheck  compute-sanitizer memcheck over the GPU suite, the ops' cuda legs and training steps;
 #   ncu       Nsight Compute sections for one launch of each 4096^3 matmul and the softmax-KL;
 #   criterion the criterion gpu_* groups of benches/kernels.rs;
+#   persistent  issue 28's persistent LSTM layer (CODISTILL_LSTM=persistent, not the default): its
+#             gate alone (tests/gpu.rs lstm_persistent_matches_the_step_layer: against the CPU layer
+#             and the step layer, five shapes up to the 2 x 1024 LM's), and only if it passed, the
+#             LSTM rows of gpu-bench (step and persistent layers, forward and forward+backward) beside
+#             cuDNN bf16 (scripts/gpu_compare.py); not sized on a GPU (caps 90 s and 150 + 150 s);
+#             STAGES=persistent (after gate: STAGES=gate,persistent).
 #   lab       the kernel lab (dev/README.md): the cp.async wgmma matmul's layout probe, its f64
 #             validation and its times beside the library's kernels (device-bin/lab-gemm-wgmma-cpasync);
 #             not in the default order: STAGES=lab.
@@ -129,6 +135,24 @@ fi
 export CODISTILL_BENCH_MATMUL=$bench_kernels
 note "later stages: CODISTILL_MATMUL_KERNEL=${CODISTILL_MATMUL_KERNEL:-auto} CODISTILL_SPLIT_K=${CODISTILL_SPLIT_K:-1} CODISTILL_WGMMA_MN=${CODISTILL_WGMMA_MN:-1}; benchmarked matmul kernels: $bench_kernels; left out of the suite: ${CODISTILL_TEST_SKIP_KERNELS:-none}"
 
+persistent_ok=0
+if want persistent; then
+  note "== persistent LSTM layer (issue 28): gate, then the layer against the step layer and cuDNN"
+  if step persistent-gate 90 "device-bin/tests/gpu --test-threads=1 --exact lstm_persistent_matches_the_step_layer --nocapture" \
+    && grep -q 'test result: ok. 1 passed' "$LOGS/persistent-gate.log"; then
+    grep -E "^T[0-9]+ B" "$LOGS/persistent-gate.log" | tee -a "$SUMMARY"
+    step persistent-bench 150 "CODISTILL_BENCH_ONLY=lstm device-bin/gpu-bench --json $LOGS/persistent.jsonl" || why persistent-bench 10
+    grep -E "^lstm layer|persistent lstm" "$LOGS/persistent-bench.log" | tee -a "$SUMMARY"
+    [ -s "$LOGS/persistent.jsonl" ] && step persistent-compare 150 "PYTHONUNBUFFERED=1 python3 scripts/gpu_compare.py $LOGS/persistent.jsonl" \
+      && grep -E "^lstm layer|^ +[0-9.]+ +[0-9.]+ TF/s" "$LOGS/persistent-compare.log" | tee -a "$SUMMARY"
+  else
+    note "FAIL    persistent-gate: the persistent layer is not timed"; why persistent-gate 20; status=1
+  fi
+  grep -q 'test result: ok. 1 passed' "$LOGS/persistent-gate.log" 2>/dev/null && persistent_ok=1
+fi
+# The suites below test the persistent layer only where its own gate passed in this call (a trap in
+# it would end their process's CUDA context and fail every test after it).
+[ "$persistent_ok" = 1 ] || export CODISTILL_TEST_SKIP_KERNELS=${CODISTILL_TEST_SKIP_KERNELS:+$CODISTILL_TEST_SKIP_KERNELS,}lstm-persistent
 if want gpu; then
   note "== GPU kernel suite (but the tests the gate ran)"
   step gpu 120 "device-bin/tests/gpu --test-threads=1 ${gate_tests[*]}" || why gpu 20

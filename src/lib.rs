@@ -85,7 +85,7 @@ mod testdir;
 pub mod train;
 
 pub use autograd::{Grads, Graph, Var};
-pub use backend::Backend;
+pub use backend::{Backend, LstmKernel};
 /// The command-line parser the config tables generate flags for (used by `config_table!`).
 #[doc(hidden)]
 pub use clap as __clap;

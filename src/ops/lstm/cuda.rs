@@ -3,8 +3,9 @@
 //! `GpuBuf::download` or `Gpu::sync` waits and surfaces asynchronous faults. Arguments are checked
 //! here (lengths, dtypes, ranges) so that a kernel never reads or writes past a buffer.
 
+use super::persistent;
 use super::{LstmCache, LstmDims, LstmGrads, LstmOutput};
-use crate::backend::Backend;
+use crate::backend::{Backend, LstmKernel};
 use crate::cuda::f32_to_bf16;
 use crate::cuda::launch::{elems, launch, need};
 use crate::cuda::{copy, Gemm, MatmulPrecision, Slice};
@@ -152,10 +153,17 @@ pub(super) fn forward(be: &Backend, x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: 
         let (a_in, mut a_out) = (whole(&act)?, whole(&act)?);
         add_row_bias(&a_in, b.cuda_f32()?, &mut a_out)?;
     }
-    let y = gpu.alloc::<f32>(rows * hidden)?;
-    let c_all = gpu.alloc::<f32>((t_len + 1) * bh)?;
+    let mut y = gpu.alloc::<f32>(rows * hidden)?;
+    let mut c_all = gpu.alloc::<f32>((t_len + 1) * bh)?;
     copy(c0.cuda_f32()?, &mut c_all.slice(0, bh)?)?;
     let h0b = h0.cuda_f32()?;
+    // The persistent layer where asked and where it fits (bf16 products only).
+    if let (LstmKernel::Persistent, Some(w)) = (be.lstm, &whh_r) {
+        if let Some(p) = persistent::plan_or_say(&gpu, batch, hidden) {
+            persistent::forward(&p, t_len, batch, hidden, &mut act, w, h0b, &mut c_all, &mut y)?;
+            return finish_forward(y, act, c_all, d);
+        }
+    }
     // In bf16 mode, hb holds h_{t-1} rounded: h_0 rounded here, then each step's cell kernel
     // writes its h_t there as well, after the step's product has read h_{t-1} (stream order).
     let mut hb = rounded(h0b, bf)?;
@@ -167,6 +175,14 @@ pub(super) fn forward(be: &Backend, x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: 
         let (mut c_t, mut h_t) = (c_all.slice((t + 1) * bh, bh)?, y.slice(t * bh, bh)?);
         lstm_cell_fwd(&mut gates, &c_prev, &mut c_t, &mut h_t, hb.as_mut(), batch, hidden)?;
     }
+    finish_forward(y, act, c_all, d)
+}
+
+/// The layer's outputs from its buffers: the last h and c copied out, the cache kept.
+fn finish_forward(y: GpuBuf<f32>, act: GpuBuf<f32>, c_all: GpuBuf<f32>, d: LstmDims) -> Result<LstmOutput> {
+    let LstmDims { steps: t_len, batch, hidden, .. } = d;
+    let (bh, g4, rows) = (batch * hidden, 4 * hidden, t_len * batch);
+    let gpu = y.gpu().clone();
     let mut h_last = gpu.alloc::<f32>(bh)?;
     copy(&y.slice((t_len - 1) * bh, bh)?, &mut h_last)?;
     let mut c_last = gpu.alloc::<f32>(bh)?;
@@ -210,9 +226,16 @@ pub(super) fn backward(
     };
     let (mut dh, mut dc) = (state(dh_last)?, state(dc_last)?);
     let whh_r = rounded(whh, bf)?;
-    let dgates = gpu.alloc::<f32>(rows * g4)?;
-    let mut dgb = if bf { Some(gpu.alloc::<bf16>(batch * g4)?) } else { None };
-    for t in (0..t_len).rev() {
+    let mut dgates = gpu.alloc::<f32>(rows * g4)?;
+    let plan = match (be.lstm, &whh_r) {
+        (LstmKernel::Persistent, Some(_)) => persistent::plan_or_say(&gpu, batch, hidden),
+        _ => None,
+    };
+    if let (Some(p), Some(w)) = (plan, &whh_r) {
+        persistent::backward(&p, t_len, batch, hidden, act, c_all, dyb, w, &mut dh, &mut dc, &mut dgates)?;
+    }
+    let mut dgb = if bf && plan.is_none() { Some(gpu.alloc::<bf16>(batch * g4)?) } else { None };
+    for t in (0..t_len).rev().filter(|_| plan.is_none()) {
         axpy(1.0, &dyb.slice(t * bh, bh)?, &mut dh)?;
         let mut dg = dgates.slice(t * batch * g4, batch * g4)?;
         let a_t = act.slice(t * batch * g4, batch * g4)?;

@@ -16,6 +16,7 @@
 //! call (`ops::matmul::packed`), not repacked at each of the T steps.
 
 pub mod cuda;
+pub mod persistent;
 mod tape;
 
 use super::matmul::bf16gemm::Bf16B;

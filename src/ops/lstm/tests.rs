@@ -81,7 +81,15 @@ pub fn forward_matches_f64_and_backward_matches_its_directional_derivative(dev: 
             }
         };
         let numeric = (loss(&along(step)) - loss(&along(-step))) / (2.0 * step);
-        for (name, be, tol) in backends(dev) {
+        // On a GPU also the persistent layer (where the shape fits it: hidden 96 and 256 here; the
+        // step layer elsewhere, said on stderr), unless CODISTILL_TEST_SKIP_KERNELS names
+        // lstm-persistent (scripts/gpu_remote.sh, until the layer has passed its own gate).
+        let mut all = backends(dev);
+        let skip = std::env::var("CODISTILL_TEST_SKIP_KERNELS").unwrap_or_default().split(',').any(|s| s.trim() == "lstm-persistent");
+        if let Some(&(_, be, tol)) = all.iter().find(|(n, ..)| *n == "bf16").filter(|_| !skip) {
+            all.push(("bf16 persistent", codistill::Backend { lstm: codistill::LstmKernel::Persistent, ..be }, tol));
+        }
+        for (name, be, tol) in all {
             let what = format!("lstm T{t_len} B{batch} In{input} H{hidden} {name}");
             poison(dev, t_len * batch * 4 * hidden);
             let (gx, gh0, gwih, gwhh) = (up(&x, dev), up(&h0, dev), up(&wih, dev), up(&whh, dev));
