@@ -17,9 +17,14 @@ throughput (result.json: tokens_per_s or train_rows_per_s, which excludes data p
 evaluation), on its synthetic data of the same vocabulary or field layout; on the GPU the mean of
 the logged intervals after the first (so the first step's kernel loading is not counted, as the
 warm-up steps are not on the PyTorch side). On the CPU the LM rows run again in bf16 (BF16=0
-skips them): codistill's --cpu-bf16 against PyTorch's bf16 autocast.
+skips them): codistill's --cpu-bf16 against PyTorch's bf16 autocast. On the GPU each model is
+also timed against the strongest PyTorch (issue 28): bf16 autocast (cuDNN's bf16 LSTM, bf16
+matmuls), and bf16 autocast under torch.compile where it compiles (a failure is printed as the
+row, not hidden; the compile happens in the warm-up steps, outside the timing). PERSISTENT=1 adds
+codistill with CODISTILL_LSTM=persistent (scripts/gpu_remote.sh sets it where the persistent
+layer passed its gate in the same call).
 
-Usage: [DEVICE=cuda] scripts/e2e_compare.py BIN OUTDIR  (scripts/cpu_compare.sh installs torch)
+Usage: [DEVICE=cuda] [PERSISTENT=1] scripts/e2e_compare.py BIN OUTDIR  (scripts/cpu_compare.sh installs torch)
 """
 import json
 import os
@@ -68,9 +73,10 @@ class LM(nn.Module):
         return self.out(self.drop(h)), state
 
 
-def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2, bf16=False):
+def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2, bf16=False, compiled=False):
     m = LM(vocab, emb, hidden, layers, 0.2).to(DEVICE)
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    fwd = torch.compile(m) if compiled else m
     data = torch.randint(0, vocab, (bptt + 1, batch), device=DEVICE)
     state = None
     t = None
@@ -79,7 +85,7 @@ def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2, bf16=Fals
             sync()
             t = time.perf_counter()
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
-            logits, state = m(data[:-1], state)
+            logits, state = fwd(data[:-1], state)
             state = tuple(s.detach() for s in state)
             loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), data[1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -91,7 +97,7 @@ def torch_lm(vocab, emb, hidden, layers, batch, bptt, steps, warmup=2, bf16=Fals
     return steps * batch * bptt / (time.perf_counter() - t)
 
 
-def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps, bf16=False):
+def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps, bf16=False, env=None):
     out = os.path.join(OUT, name)
     cmd = [BIN, "lm", "train", "--device", DEVICE, "--synthetic-vocab", str(vocab), "--synthetic-tokens", "300000",
            "--emb-dim", str(emb), "--hidden", str(hidden), "--layers", str(layers), "--batch", str(batch),
@@ -99,7 +105,7 @@ def ours_lm(name, vocab, emb, hidden, layers, batch, bptt, steps, bf16=False):
            "--eval-tokens", "2000", "--log-every", str(max(steps // 5, 1) if GPU else 100000),
            "--checkpoint-every", "100000", "--out", out, "--cache", os.path.join(OUT, "cache")]
     cmd += ["--cpu-bf16", "true"] if bf16 else []
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(out + ".log", "w"))
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(out + ".log", "w"), env={**os.environ, **(env or {})})
     return steady(out, "tokens_per_s")
 
 
@@ -118,8 +124,9 @@ class Ctr(nn.Module):
         return self.l3(torch.relu(self.l2(h))).squeeze(1)
 
 
-def torch_criteo(batch=512, steps=200, warmup=5):
+def torch_criteo(batch=512, steps=200, warmup=5, bf16=False, compiled=False):
     m = Ctr().to(DEVICE)
+    fwd = torch.compile(m) if compiled else m
     sparse = torch.optim.SparseAdam([m.emb.weight], lr=2e-3)
     rest = torch.optim.Adam([p for n, p in m.named_parameters() if n != "emb.weight"], lr=2e-3)
     offsets = torch.arange(26) * 65536
@@ -132,7 +139,8 @@ def torch_criteo(batch=512, steps=200, warmup=5):
         ids = (torch.randint(0, 65536, (batch, 26)) + offsets).to(DEVICE)
         dense = torch.randn(batch, 26).to(DEVICE)
         y = torch.randint(0, 2, (batch,)).float().to(DEVICE)
-        loss = nn.functional.binary_cross_entropy_with_logits(m(ids, dense), y)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.binary_cross_entropy_with_logits(fwd(ids, dense).float(), y)
         sparse.zero_grad(set_to_none=True)
         rest.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,26 +159,43 @@ def ours_criteo():
     return steady(out, "rows_per_s" if GPU else "train_rows_per_s")
 
 
+def peers(run, label):
+    """The PyTorch rows of one model: as before (fp32, TF32 on the GPU), then on the GPU bf16
+    autocast and bf16 autocast compiled; a configuration that fails is a row saying so."""
+    out = [(label, run(bf16=False, compiled=False))]
+    if GPU:
+        for tag, kw in [("bf16 autocast", dict(bf16=True, compiled=False)), ("bf16 autocast, compiled", dict(bf16=True, compiled=True))]:
+            try:
+                out.append((tag, run(**kw)))
+            except Exception as e:  # noqa: BLE001 - the row reports it
+                out.append((f"{tag}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})", None))
+    return out
+
+
 os.makedirs(OUT, exist_ok=True)
 rows = []
+BASE = "fp32, TF32" if GPU else "fp32"
 LMS = {"lm-issue7": (10000, 1024, 1024, 2, 64, 35, 100 if GPU else 12),
        "lm-brown": (14115, 256, 256, 1, 32, 35, 200 if GPU else 40)}
 for name, (v, e, h, l, b, t, steps) in LMS.items():
     ours = ours_lm(name, v, e, h, l, b, t, steps)
-    theirs = torch_lm(v, e, h, l, b, t, steps)
-    rows.append((name, "tokens/s", ours, theirs))
+    for peer, theirs in peers(lambda **kw: torch_lm(v, e, h, l, b, t, steps, **kw), BASE):
+        rows.append((name, "tokens/s", ours, theirs, peer))
+    if GPU and os.environ.get("PERSISTENT") == "1":
+        ours_p = ours_lm(name + "-persistent", v, e, h, l, b, t, steps, env={"CODISTILL_LSTM": "persistent"})
+        rows.append((name + " (persistent LSTM)", "tokens/s", ours_p, ours, "codistill, step LSTM"))
 if not GPU and os.environ.get("BF16", "1") != "0":
     # Both in bf16 on the CPU: codistill --cpu-bf16 (bf16 operands, f32 accumulation) against
     # PyTorch's bf16 autocast (oneDNN's bf16 kernels for the matmuls and the LSTM).
     for name, (v, e, h, l, b, t, steps) in LMS.items():
         ours = ours_lm(name + "-bf16", v, e, h, l, b, t, steps, bf16=True)
         theirs = torch_lm(v, e, h, l, b, t, steps, bf16=True)
-        rows.append((name + "-bf16", "tokens/s", ours, theirs))
+        rows.append((name + "-bf16", "tokens/s", ours, theirs, "bf16 autocast"))
 ours = ours_criteo()
-theirs = torch_criteo(steps=1000 if GPU else 200)
-rows.append(("criteo", "rows/s", ours, theirs))
+for peer, theirs in peers(lambda **kw: torch_criteo(steps=1000 if GPU else 200, **kw), BASE):
+    rows.append(("criteo", "rows/s", ours, theirs, peer))
 where = f"GPU: {torch.cuda.get_device_name()}" if GPU else f"CPU: {THREADS} threads"
 print(f"{where}, torch {torch.__version__}")
-print(f"{'model':<14} {'unit':<9} {'codistill':>11} {'pytorch':>11} {'ratio':>6}")
-for name, unit, a, b in rows:
-    print(f"{name:<14} {unit:<9} {a:>11.0f} {b:>11.0f} {a / b:>6.2f}")
+print(f"{'model':<28} {'unit':<9} {'codistill':>11} {'peer':>11} {'ratio':>6}  peer is")
+for name, unit, a, b, peer in rows:
+    print(f"{name:<28} {unit:<9} {a:>11.0f} {(b or 0):>11.0f} {(a / b if b else float('nan')):>6.2f}  {peer}")
