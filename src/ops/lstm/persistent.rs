@@ -14,7 +14,9 @@
 //! blocks fit on the GPU at once (a cooperative launch; the driver refuses a grid that does not)
 //! with their shared memory. The input projection, the bias and the weight gradients stay the step
 //! layer's large products. Not the default (`CODISTILL_LSTM=persistent`, [`crate::LstmKernel`])
-//! before it has passed its gate on a GPU (`tests/gpu.rs`, `lstm_persistent_*`).
+//! before it has passed its gate on a GPU (`tests/gpu.rs`, `lstm_persistent_*`). Without a GPU,
+//! `tools/emulate_persistent_lstm.py` (run in CI) emulates the kernels' loops lane by lane and
+//! fragment by fragment against a float64 LSTM: their index arithmetic, not their memory ordering.
 
 use crate::cuda::{f32_to_bf16, k, Gpu, GpuBuf, GpuRange};
 use crate::{bail, Error, Result};
