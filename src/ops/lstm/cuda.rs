@@ -5,7 +5,7 @@
 
 use super::persistent;
 use super::{LstmCache, LstmDims, LstmGrads, LstmOutput};
-use crate::backend::{Backend, LstmKernel};
+use crate::backend::Backend;
 use crate::cuda::f32_to_bf16;
 use crate::cuda::launch::{elems, launch, need};
 use crate::cuda::{copy, Gemm, MatmulPrecision, Slice};
@@ -158,11 +158,9 @@ pub(super) fn forward(be: &Backend, x: &Tensor, h0: &Tensor, c0: &Tensor, w_ih: 
     copy(c0.cuda_f32()?, &mut c_all.slice(0, bh)?)?;
     let h0b = h0.cuda_f32()?;
     // The persistent layer where asked and where it fits (bf16 products only).
-    if let (LstmKernel::Persistent, Some(w)) = (be.lstm, &whh_r) {
-        if let Some(p) = persistent::plan_or_say(&gpu, batch, hidden) {
-            persistent::forward(&p, t_len, batch, hidden, &mut act, w, h0b, &mut c_all, &mut y)?;
-            return finish_forward(y, act, c_all, d);
-        }
+    if let (Some(p), Some(w)) = (persistent::plan_if_asked(be.lstm, bf, &gpu, batch, hidden), &whh_r) {
+        persistent::forward(&p, t_len, batch, hidden, &mut act, w, h0b, &mut c_all, &mut y)?;
+        return finish_forward(y, act, c_all, d);
     }
     // In bf16 mode, hb holds h_{t-1} rounded: h_0 rounded here, then each step's cell kernel
     // writes its h_t there as well, after the step's product has read h_{t-1} (stream order).
@@ -227,10 +225,7 @@ pub(super) fn backward(
     let (mut dh, mut dc) = (state(dh_last)?, state(dc_last)?);
     let whh_r = rounded(whh, bf)?;
     let mut dgates = gpu.alloc::<f32>(rows * g4)?;
-    let plan = match (be.lstm, &whh_r) {
-        (LstmKernel::Persistent, Some(_)) => persistent::plan_or_say(&gpu, batch, hidden),
-        _ => None,
-    };
+    let plan = persistent::plan_if_asked(be.lstm, bf, &gpu, batch, hidden);
     if let (Some(p), Some(w)) = (plan, &whh_r) {
         persistent::backward(&p, t_len, batch, hidden, act, c_all, dyb, w, &mut dh, &mut dc, &mut dgates)?;
     }

@@ -83,20 +83,28 @@ pub fn plan(gpu: &Gpu, batch: usize, hidden: usize) -> std::result::Result<Plan,
     Err(why)
 }
 
-/// The plan, or None with the reason said once per shape on stderr (the step layer then runs).
-pub(super) fn plan_or_say(gpu: &Gpu, batch: usize, hidden: usize) -> Option<Plan> {
-    match plan(gpu, batch, hidden) {
-        Ok(p) => Some(p),
-        Err(why) => {
-            static SAID: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
-            let mut said = SAID.lock().unwrap();
-            if !said.contains(&(batch, hidden)) {
-                said.push((batch, hidden));
-                eprintln!("lstm: the persistent layer does not fit batch {batch}, hidden {hidden} here ({why}); the step layer runs");
-            }
-            None
-        }
+/// Where the backend asks for the persistent layer: its plan, or None with the reason said once
+/// per shape on stderr (the step layer then runs). `bf16`: the layer's products run in bf16 (the
+/// persistent kernels have no f32 products).
+pub(super) fn plan_if_asked(lstm: crate::LstmKernel, bf16: bool, gpu: &Gpu, batch: usize, hidden: usize) -> Option<Plan> {
+    if lstm != crate::LstmKernel::Persistent {
+        return None;
     }
+    let why = if bf16 {
+        match plan(gpu, batch, hidden) {
+            Ok(p) => return Some(p),
+            Err(why) => why,
+        }
+    } else {
+        "its products are bf16, and this run's are f32 (--matmul-f32)".to_string()
+    };
+    static SAID: std::sync::Mutex<Vec<(usize, usize, bool)>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap();
+    if !said.contains(&(batch, hidden, bf16)) {
+        said.push((batch, hidden, bf16));
+        eprintln!("lstm: the persistent layer does not run at batch {batch}, hidden {hidden} ({why}); the step layer runs");
+    }
+    None
 }
 
 /// A kernel of a plan, its shared memory set, and its launch configuration (one block of 256
