@@ -76,7 +76,7 @@ KERNEL void lstm_cell_bwd(const float* __restrict__ act, const float* __restrict
 
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
     unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    asm volatile("ld.acquire.gpu.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");  // a generic address
     return v;
 }
 
