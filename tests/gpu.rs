@@ -367,8 +367,9 @@ fn gemm_f32_rounded_to_bf16_matches_f64_reference() {
 }
 
 /// The persistent LSTM layer (issue 28; `CODISTILL_LSTM=persistent`) against the CPU layer in f32
-/// (within 1e-5 of float64: the bf16 bound 1e-2 applies) and against the GPU's step layer on the
-/// same bf16 operands (only the products' summation order differs: 2e-3), forward outputs and
+/// (within 1e-5 of float64: the bf16 bound 1e-2 applies to the outputs, 5e-2 to the gradients)
+/// and against the GPU's step layer on the same bf16 operands (only the products' summation order
+/// differs: 2e-3), forward outputs and
 /// every gradient, at odd batches and step counts, outputs poisoned first. A shape the plan refuses
 /// fails the test (it would otherwise pass on the step layer). `CODISTILL_TEST_SKIP_KERNELS` naming
 /// `lstm-persistent` leaves it out (scripts/gpu_remote.sh, unless its own gate passed first).
@@ -429,7 +430,10 @@ fn lstm_persistent_matches_the_step_layer() {
         for (i, name) in ["y", "h_last", "c_last", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db"].iter().enumerate() {
             let what = format!("persistent lstm T{t_len} B{batch} In{input} H{hidden} {name}");
             let (e_ref, e_step) = (norm_err(&what, &got[i], &want[i]), norm_err(&what, &got[i], &step[i]));
-            assert!(e_ref < 1e-2, "{what}: rel err {e_ref:.2e} against the CPU layer (f32)");
+            // Gradients carry the operands' bf16 rounding back through every step: 5x the
+            // forward's bound against f32 (the step layer's op test allows 10x).
+            let bound = if i < 3 { 1e-2 } else { 5e-2 };
+            assert!(e_ref < bound, "{what}: rel err {e_ref:.2e} against the CPU layer (f32)");
             assert!(e_step < 2e-3, "{what}: rel err {e_step:.2e} against the step layer (bf16; the CPU layer's: {e_ref:.2e})");
         }
     }
