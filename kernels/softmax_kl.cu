@@ -420,3 +420,98 @@ KERNEL void __launch_bounds__(512) softmax_div(const float* __restrict__ student
         row_hard[r] = use_hard ? -ns.log2p(srow[y]) * LN2 : 0.f;
     }
 }
+
+// Teachers weighted (ops::softmax_kl::mix, the twin of mix_teachers_cpu): K teachers' rows of class
+// logits folded into one row whose distribution at temperature T is their weighted mixture,
+//   out_j = T ln sum_k w_k softmax(z_k / T)_j        (mode 0)
+//   out_j = sum_k w_k z_kj                           (mode 1, the logit match)
+// with w_k = c_k conf_k / sum_k c_k conf_k, c_k the given weights (normalised, in wt.w), conf_k the
+// teacher's probability of its own top class on this row at temperature 1 (1 without confidence).
+// One block per row, two passes: the online log-sum-exps (each z_k at 1 and at 1/T), then the row.
+// fp32 throughout (the twin accumulates in f64: the bound is fp32's).
+struct TeacherWeights {
+    float w[MAX_TEACHERS];
+};
+
+KERNEL void __launch_bounds__(512) teacher_mix(TeacherPtrs tp, TeacherWeights wt, int K, int cols, float T, int mode, int confidence,
+                                               float* __restrict__ out) {
+    constexpr int NL = 2 * MAX_TEACHERS;
+    __shared__ float fbuf[66 * NL];
+    const i64 r = blockIdx.x;
+    const float c1 = L2E, ct = L2E / T;
+    const float* trow[MAX_TEACHERS];
+#pragma unroll
+    for (int k = 0; k < MAX_TEACHERS; k++) trow[k] = k < K ? tp.p[k] + r * cols : nullptr;
+    Lse st[NL];
+    float sc[NL];
+#pragma unroll
+    for (int i = 0; i < NL; i++) st[i] = Lse{-INFINITY, 0.f}, sc[i] = i < MAX_TEACHERS ? c1 : ct;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+#pragma unroll
+        for (int k = 0; k < MAX_TEACHERS; k++) {
+            if (k < K) {
+                const float v = trow[k][j];
+                if (confidence) lse_add(st[k], v, c1);
+                if (mode == 0) lse_add(st[MAX_TEACHERS + k], v, ct);
+            }
+        }
+    }
+    block_lse_n<NL>(st, sc, fbuf);
+    // The weights: the top class's probability at T = 1 is 1 / z (z sums 2^(c1 (x - max))).
+    float w[MAX_TEACHERS], wsum = 0.f;
+#pragma unroll
+    for (int k = 0; k < MAX_TEACHERS; k++) {
+        w[k] = k < K ? wt.w[k] * (confidence ? 1.f / st[k].z : 1.f) : 0.f;
+        wsum += w[k];
+    }
+    float lw[MAX_TEACHERS];
+    Norm nt[MAX_TEACHERS];
+#pragma unroll
+    for (int k = 0; k < MAX_TEACHERS; k++) {
+        w[k] /= wsum;
+        lw[k] = w[k] > 0.f ? log2f(w[k]) : -INFINITY;
+        nt[k] = Norm{st[MAX_TEACHERS + k].m, ct, k < K && mode == 0 ? log2f(st[MAX_TEACHERS + k].z) : 0.f};
+    }
+    float* orow = out + r * cols;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        if (mode == 1) {
+            float s = 0.f;
+#pragma unroll
+            for (int k = 0; k < MAX_TEACHERS; k++)
+                if (k < K) s += w[k] * trow[k][j];
+            orow[j] = s;
+        } else {
+            // log2 of the mixture's probability of j: a log-sum-exp over the teachers with weights.
+            float l[MAX_TEACHERS], mx = -INFINITY;
+#pragma unroll
+            for (int k = 0; k < MAX_TEACHERS; k++) {
+                l[k] = (k < K && w[k] > 0.f) ? lw[k] + nt[k].log2p(trow[k][j]) : -INFINITY;
+                mx = fmaxf(mx, l[k]);
+            }
+            float z = 0.f;
+#pragma unroll
+            for (int k = 0; k < MAX_TEACHERS; k++)
+                if (l[k] > -INFINITY) z += exp2f(l[k] - mx);
+            orow[j] = T * 0.69314718055994531f * (mx + log2f(z));
+        }
+    }
+}
+
+// The same for click models (one logit per row, a sigmoid): out_r = logit(clamp(sum_k w_k p_k,
+// 1e-7, 1 - 1e-7)) with p_k = sigmoid(z_k) and conf_k = max(p_k, 1 - p_k). One thread per row.
+KERNEL void teacher_mix_binary(TeacherPtrs tp, TeacherWeights wt, int K, int rows, int confidence, float* __restrict__ out) {
+    FOR_EACH(r, rows) {
+        float p[MAX_TEACHERS], w[MAX_TEACHERS], wsum = 0.f;
+#pragma unroll
+        for (int k = 0; k < MAX_TEACHERS; k++) {
+            p[k] = k < K ? sigmoid_f(tp.p[k][r]) : 0.f;
+            w[k] = k < K ? wt.w[k] * (confidence ? fmaxf(p[k], 1.f - p[k]) : 1.f) : 0.f;
+            wsum += w[k];
+        }
+        float m = 0.f;
+#pragma unroll
+        for (int k = 0; k < MAX_TEACHERS; k++) m += w[k] / wsum * p[k];
+        m = fminf(fmaxf(m, 1e-7f), 1.f - 1e-7f);
+        out[r] = logf(m / (1.f - m));
+    }
+}

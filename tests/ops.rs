@@ -61,6 +61,7 @@ fn main() {
             ("softmax_kl::bad_arguments_are_errors_that_name_the_problem", softmax_kl::bad_arguments_are_errors_that_name_the_problem),
             ("softmax_kl::trainer_shapes_match_the_closed_form", softmax_kl::trainer_shapes_match_the_closed_form),
             ("softmax_kl::every_divergence_matches_its_definition", softmax_kl::every_divergence_matches_its_definition),
+            ("softmax_kl::teacher_mix_matches_f64", softmax_kl::teacher_mix_matches_f64),
         ],
     )
 }

@@ -111,3 +111,52 @@ fn row_means(p: DistillParams, hard: &GpuBuf<f32>, soft: &GpuBuf<f32>, rows: usi
     let a = p.alpha as f64;
     Ok(DistillLoss { total: (1.0 - a) * hard + a * p.divergence.weight(p.temperature as f64) * soft, hard, soft })
 }
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TeacherWeights([f32; MAX_TEACHERS]);
+// SAFETY: plain floats, laid out as the kernel's struct TeacherWeights.
+unsafe impl DeviceRepr for TeacherWeights {}
+
+/// Twin of `mix::mix_teachers_cpu` for at most [`MAX_TEACHERS`] teachers, each `rows * cols`
+/// (`cols` 1 with `how.binary`); `weights` normalised (one per teacher). Writes `out [rows * cols]`.
+pub fn teacher_mix(
+    teachers: &[&impl GpuRange<f32>],
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    how: super::mix::TeacherMix,
+    out: &mut impl GpuRange<f32>,
+) -> Result<()> {
+    if teachers.is_empty() || teachers.len() > MAX_TEACHERS || weights.len() != teachers.len() {
+        bail!(Invalid, "teacher mix on the GPU: {} teachers and {} weights (1 to {MAX_TEACHERS} teachers, one weight each)", teachers.len(), weights.len());
+    }
+    if how.binary && cols != 1 {
+        bail!(Invalid, "teacher mix of click logits: {cols} columns, expected 1");
+    }
+    if !(how.temperature > 0.0 && how.temperature.is_finite()) {
+        bail!(Invalid, "teacher mix: temperature {} is not positive and finite", how.temperature);
+    }
+    need("out", out, rows * cols)?;
+    let (mut tp, mut wt) = (TeacherPtrs([0; MAX_TEACHERS]), TeacherWeights([0.0; MAX_TEACHERS]));
+    for (i, (t, &w)) in teachers.iter().zip(weights).enumerate() {
+        need("teacher", *t, rows * cols)?;
+        tp.0[i] = t.ptr();
+        wt.0[i] = w;
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let gpu = out.gpu().clone();
+    let (nk, conf, po) = (teachers.len() as i32, how.confidence as i32, out.ptr());
+    if how.binary {
+        let n = rows as i32;
+        launch!(gpu, k::softmax_kl::teacher_mix_binary, crate::cuda::launch::elems(rows); tp, wt, nk, n, conf, po);
+    } else {
+        let threads = if cols >= 4096 { 512 } else { 128 };
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (c, t, mode) = (cols as i32, how.temperature, how.logits as i32);
+        launch!(gpu, k::softmax_kl::teacher_mix, cfg; tp, wt, nk, c, t, mode, conf, po);
+    }
+    Ok(())
+}

@@ -11,8 +11,8 @@
 //!           confidence, as in confidence-aware multi-teacher distillation (Zhang et al. 2022).
 //! ```
 //!
-//! The rows are independent; the CPU computes them (from a GPU the teachers are copied to the host
-//! and the result back: correct, and a copy slower than a kernel would be).
+//! The rows are independent. On the GPU a kernel computes them (`kernels/softmax_kl.cu`,
+//! `teacher_mix` and `teacher_mix_binary`, fp32; up to 8 teachers, more are folded on the host).
 
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
@@ -116,6 +116,13 @@ pub fn mix_teachers(teachers: &[Tensor], weights: &[f32], how: TeacherMix) -> Re
         t.expect_shape(&format!("teacher {i} outputs"), &shape)?;
     }
     let dev = first.device();
+    if let (Device::Cuda(_), true) = (dev, teachers.len() <= super::cuda::MAX_TEACHERS) {
+        let bufs: Vec<&crate::cuda::GpuBuf<f32>> = teachers.iter().map(|t| t.cuda_f32()).collect::<Result<_>>()?;
+        let gpu = bufs[0].gpu().clone();
+        let mut out = gpu.alloc::<f32>(rows * cols)?;
+        super::cuda::teacher_mix(&bufs, &weights, rows, cols, how, &mut out)?;
+        return Tensor::from_gpu_f32(out, &shape);
+    }
     let host: Vec<Tensor> = teachers.iter().map(|t| t.to_device(Device::Cpu)).collect::<Result<_>>()?;
     let tv: Vec<&[f32]> = host.iter().map(|t| t.f32s()).collect::<Result<_>>()?;
     let mut out = vec![0f32; rows * cols];

@@ -316,3 +316,77 @@ pub fn every_divergence_matches_its_definition(dev: Device) {
         }
     }
 }
+
+/// Teachers weighted (`ops::softmax_kl::mix`): the folded row against the mixture written out in
+/// f64 (softmax rows: `softmax(out / T)` is the weighted mean of the teachers' `softmax(z / T)`,
+/// compared as `out` itself, `T ln` of that mean; the logit match; click logits), with and without
+/// confidence weights (each teacher's top-class probability at T = 1), a zero weight, one to three
+/// teachers, odd shapes up to Brown's vocabulary, and rows of +-30 logits. Bound: fp32's, 1e-5
+/// relative to the output's scale (its root mean square, at least 1). The output is poisoned first.
+pub fn teacher_mix_matches_f64(dev: Device) {
+    use codistill::ops::softmax_kl::mix::{mix_teachers, TeacherMix};
+    let mut r = rng("teacher mix", dev);
+    let lse = |x: &[f64]| {
+        let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+    };
+    for &(rows, cols, scale) in &[(1usize, 1usize, 1.0f32), (7, 5, 3.0), (3, 1000, 30.0), (5, 14115, 3.0)] {
+        for weights in [vec![1.0f32], vec![0.8, 0.2], vec![0.5, 0.0, 1.5]] {
+            let nk = weights.len();
+            let ts: Vec<Tensor> = (0..nk).map(|_| Tensor::randn(&[rows, cols], scale, &mut r)).collect();
+            let tv: Vec<Vec<f64>> = ts.iter().map(|t| t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()).collect();
+            let sum: f64 = weights.iter().map(|&w| w as f64).sum();
+            for (confidence, logits, temperature) in [(false, false, 1.0f32), (true, false, 2.0), (false, true, 1.0), (true, true, 1.0)] {
+                let how = TeacherMix { binary: false, logits, temperature, confidence };
+                let t = temperature as f64;
+                let mut want = vec![0f64; rows * cols];
+                for row in 0..rows {
+                    let z: Vec<&[f64]> = tv.iter().map(|v| &v[row * cols..(row + 1) * cols]).collect();
+                    let mut w: Vec<f64> = weights
+                        .iter()
+                        .zip(&z)
+                        .map(|(&c, zk)| c as f64 / sum * if confidence { (zk.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - lse(zk)).exp() } else { 1.0 })
+                        .collect();
+                    let ws: f64 = w.iter().sum();
+                    w.iter_mut().for_each(|v| *v /= ws);
+                    let lz: Vec<f64> = z.iter().map(|zk| lse(&zk.iter().map(|v| v / t).collect::<Vec<_>>())).collect();
+                    for j in 0..cols {
+                        want[row * cols + j] = if logits {
+                            (0..nk).map(|k| w[k] * z[k][j]).sum()
+                        } else {
+                            t * (0..nk).map(|k| w[k] * (z[k][j] / t - lz[k]).exp()).sum::<f64>().ln()
+                        };
+                    }
+                }
+                poison(dev, rows * cols);
+                let got = host("teacher mix", &mix_teachers(&ts.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(), dev);
+                let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt() / (want.len() as f64).sqrt();
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g as f64 - w).abs() <= 1e-5 * (norm.max(1.0) + w.abs()), "{rows}x{cols} weights {weights:?} {how:?} element {i}: {g} against {w} on {dev}");
+                }
+            }
+            // Click logits: one per row, the mixture of sigmoids.
+            let tb: Vec<Tensor> = (0..nk).map(|_| Tensor::randn(&[rows], 3.0, &mut r)).collect();
+            let bv: Vec<Vec<f64>> = tb.iter().map(|t| t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()).collect();
+            for confidence in [false, true] {
+                let how = TeacherMix { binary: true, logits: false, temperature: 1.0, confidence };
+                let want: Vec<f64> = (0..rows)
+                    .map(|row| {
+                        let p: Vec<f64> = bv.iter().map(|v| 1.0 / (1.0 + (-v[row]).exp())).collect();
+                        let w: Vec<f64> = weights.iter().zip(&p).map(|(&c, &pk)| c as f64 * if confidence { pk.max(1.0 - pk) } else { 1.0 }).collect();
+                        let m = (0..nk).map(|k| w[k] * p[k]).sum::<f64>() / w.iter().sum::<f64>();
+                        (m / (1.0 - m)).ln()
+                    })
+                    .collect();
+                poison(dev, rows);
+                let got = host("teacher mix (click)", &mix_teachers(&tb.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(), dev);
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "click {rows} rows weights {weights:?} confidence {confidence} row {i}: {g} against {w} on {dev}"
+                    );
+                }
+            }
+        }
+    }
+}
