@@ -168,6 +168,113 @@ GEMM_WGMMA_TMA(gemm_wgmma_tma_nn, false, true)
 GEMM_WGMMA_TMA(gemm_wgmma_tma_tn, true, true)
 GEMM_WGMMA_TMA(gemm_wgmma_tma_tt, true, false)
 
+// The persistent variant (issue 28; MatmulKernel::WgmmaTmaPersistent, opt-in until it has passed on
+// a GPU): min(tiles, SMs) blocks, each looping over output tiles t = blockIdx.x, + gridDim.x, ...
+// (128 x 256 tiles in row-major order of the output), with the same producer, consumers and stage
+// ring as above, its phases counted over every k-tile the block has run (`it`), so that the
+// producer loads the next tile's first stages while the consumers still store the last one's
+// accumulators (the epilogue overlapped with the next tile's loads). Every stage the consumers
+// take is released exactly once: the one before, after the next multiply's wait; a tile's last,
+// after the tile's final wait.
+template <bool A_MN, bool B_MN>
+__device__ __forceinline__ void gemm_wgmma_tma_persistent_body(const TmaMap& mapA, const TmaMap& mapB, int M, int N, int K,
+                                                               float alpha, float beta, float* __restrict__ C) {
+    constexpr int A_BYTES = WG_BM * WG_BK * 2;
+    constexpr int B_BYTES = TMA_BN * WG_BK * 2;
+    constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+    constexpr int BOX = 64 * WG_BK * 2;
+    constexpr int NACC = TMA_BN / 2;
+    const unsigned raw = (unsigned)__cvta_generic_to_shared(wg_smem);
+    const unsigned base = (raw + 1023u) & ~1023u;
+    const unsigned bars = base + TMA_STAGES * STAGE_BYTES;
+    const int ktiles = (K + WG_BK - 1) / WG_BK;
+    const int tiles_n = (N + TMA_BN - 1) / TMA_BN, tiles = ((M + WG_BM - 1) / WG_BM) * tiles_n;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < TMA_STAGES; s++) {
+            mbar_init(bars + 8 * s, 1);
+            mbar_init(bars + 8 * (TMA_STAGES + s), 256);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    }
+    __syncthreads();
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 0) {
+            int it = 0;
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int m0 = (tile / tiles_n) * WG_BM, n0 = (tile % tiles_n) * TMA_BN;
+                for (int kt = 0; kt < ktiles; kt++, it++) {
+                    const int s = it % TMA_STAGES;
+                    if (it >= TMA_STAGES) mbar_wait(bars + 8 * (TMA_STAGES + s), ((it / TMA_STAGES) - 1) & 1);
+                    const unsigned st = base + s * STAGE_BYTES, full = bars + 8 * s;
+                    mbar_arrive_expect_tx(full, STAGE_BYTES);
+                    if (A_MN) {
+#pragma unroll
+                        for (int b = 0; b < WG_BM / 64; b++) tma_load_2d(st + b * BOX, &mapA, m0 + 64 * b, kt * WG_BK, full);
+                    } else {
+                        tma_load_2d(st, &mapA, kt * WG_BK, m0, full);
+                    }
+                    if (B_MN) {
+#pragma unroll
+                        for (int b = 0; b < TMA_BN / 64; b++) tma_load_2d(st + A_BYTES + b * BOX, &mapB, n0 + 64 * b, kt * WG_BK, full);
+                    } else {
+                        tma_load_2d(st + A_BYTES, &mapB, kt * WG_BK, n0, full);
+                    }
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        const int cw = wg - 1;
+        int it = 0;
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const int m0 = (tile / tiles_n) * WG_BM, n0 = (tile % tiles_n) * TMA_BN;
+            float d[NACC];
+#pragma unroll
+            for (int i = 0; i < NACC; i++) d[i] = 0.f;
+            for (int kt = 0; kt < ktiles; kt++, it++) {
+                const int s = it % TMA_STAGES;
+                mbar_wait(bars + 8 * s, (it / TMA_STAGES) & 1);
+                const unsigned sa = base + s * STAGE_BYTES + cw * (64 * 128);
+                const unsigned sb = base + s * STAGE_BYTES + A_BYTES;
+#pragma unroll
+                for (int i = 0; i < NACC; i++) fence_operand(d[i]);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < WG_BK / 16; kk++) {
+                    const u64 da = A_MN ? desc_mnmajor_sw128(sa + kk * 2048) : desc_kmajor_sw128(sa + kk * 32);
+                    const u64 db = B_MN ? desc_mnmajor_sw128(sb + kk * 2048) : desc_kmajor_sw128(sb + kk * 32);
+                    wgmma_m64n256k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(d, da, db);
+                }
+                wgmma_commit();
+                wgmma_wait<1>();
+#pragma unroll
+                for (int i = 0; i < NACC; i++) fence_operand(d[i]);
+                // The multiplies of the k-tile before (of this output tile) are done: release it.
+                if (kt > 0) mbar_arrive(bars + 8 * (TMA_STAGES + (it - 1) % TMA_STAGES));
+            }
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < NACC; i++) fence_operand(d[i]);
+            // This tile's last stage is free; the producer may already be filling the next ones.
+            if (ktiles > 0) mbar_arrive(bars + 8 * (TMA_STAGES + (it - 1) % TMA_STAGES));
+            store_tile<TMA_BN>(d, M, N, alpha, beta, C, m0 + cw * 64, n0, threadIdx.x % 128);
+        }
+    }
+}
+
+#define GEMM_WGMMA_TMA_PERSISTENT(NAME, A_MN, B_MN)                                                                     \
+    KERNEL void __launch_bounds__(384, 1) NAME(const __grid_constant__ TmaMap mapA, const __grid_constant__ TmaMap mapB, \
+                                               int M, int N, int K, float alpha, float beta, float* __restrict__ C) {    \
+        gemm_wgmma_tma_persistent_body<A_MN, B_MN>(mapA, mapB, M, N, K, alpha, beta, C);                                 \
+    }
+GEMM_WGMMA_TMA_PERSISTENT(gemm_wgmma_tma_persistent, false, false)
+GEMM_WGMMA_TMA_PERSISTENT(gemm_wgmma_tma_persistent_nn, false, true)
+GEMM_WGMMA_TMA_PERSISTENT(gemm_wgmma_tma_persistent_tn, true, true)
+GEMM_WGMMA_TMA_PERSISTENT(gemm_wgmma_tma_persistent_tt, true, false)
+
 // out [C, R] = in [R, C]^T, rounded to bf16 (round to nearest even, as f32_to_bf16). Block 32 x 8
 // threads, a 32 x 32 tile through shared memory (padded a word per row: no bank conflicts).
 template <typename T>

@@ -11,7 +11,9 @@
 # Stages (STAGES, comma-separated, in this order by default):
 #   gate      the matmul kernels, each alone in its own process (a trapped kernel ends its
 #             process's CUDA context): mma.sync with and without split-K, the transposes,
-#             wgmma-tma (K-major, then MN-major operands); later stages use what passed (see below);
+#             wgmma-tma (K-major, then MN-major operands), the persistent wgmma-tma (issue 28,
+#             opt-in: benchmarked where it passed, never the later stages' kernel); later stages
+#             use what passed (see below);
 #   gpu       the GPU kernel suite (tests/gpu.rs, REQUIRE_GPU=1: fails rather than skips);
 #   training  the op suites on the GPU (tests/ops.rs and tests/gradcheck.rs, their cuda legs required),
 #             then the GPU training suite (tests/gpu_training.rs);
@@ -132,6 +134,12 @@ if want gate; then
     && gate gemm_bf16_wgmma_tma_matches_f64_reference wgmma-tma; tma_ok=$?
   if [ $t_ok -eq 0 ] && [ $tma_ok -eq 0 ]; then bench_kernels=$bench_kernels,wgmma-tma; skip=
   else export CODISTILL_MATMUL_KERNEL=mma; skip=wgmma-tma; fi
+  # The persistent TMA kernel (issue 28, opt-in; never the later stages' kernel): timed only where
+  # its probes and reference test passed; a failure here is reported and leaves the rest as is.
+  if [ $t_ok -eq 0 ] && gate gemm_bf16_wgmma_tma_persistent_layout_probe wgmma-tma-persistent-probe \
+    && gate gemm_bf16_wgmma_tma_persistent_matches_f64_reference wgmma-tma-persistent; then
+    bench_kernels=$bench_kernels,wgmma-tma-persistent
+  else skip=${skip:+$skip,}wgmma-tma-persistent; fi
   # The GPU suite leaves out the kernel that failed here (tests/gpu.rs, skipped()).
   export CODISTILL_TEST_SKIP_KERNELS=$skip
 fi

@@ -133,6 +133,7 @@ fn gpu_for(kernel: MatmulKernel) -> Option<Arc<Gpu>> {
 fn skipped(kernel: MatmulKernel) -> bool {
     let key = match kernel {
         MatmulKernel::WgmmaTma | MatmulKernel::Auto => "wgmma-tma",
+        MatmulKernel::WgmmaTmaPersistent => "wgmma-tma-persistent",
         _ => return false,
     };
     listed_as_skipped(key)
@@ -150,7 +151,7 @@ fn listed_as_skipped(key: &str) -> bool {
 /// The tensor-core kernels this GPU runs: mma.sync everywhere, wgmma on compute capability 9.0.
 fn tensor_core_kernels(g: &Gpu) -> Vec<MatmulKernel> {
     if g.has_wgmma() {
-        [MatmulKernel::MmaSync, MatmulKernel::WgmmaTma].into_iter().filter(|&k| !skipped(k)).collect()
+        [MatmulKernel::MmaSync, MatmulKernel::WgmmaTma, MatmulKernel::WgmmaTmaPersistent].into_iter().filter(|&k| !skipped(k)).collect()
     } else {
         eprintln!("this GPU is not compute capability 9.0: the wgmma kernel is not tested here");
         vec![MatmulKernel::MmaSync]
@@ -169,6 +170,9 @@ fn check_gemm_bf16(kernel: MatmulKernel) {
     // split-K on mma.sync (few output tiles, long k): the LSTM's per-step backward product, and
     // an uneven last split
     shapes.extend([(64, 1024, 4096), (33, 100, 3000)]);
+    // More 128 x 256 output tiles (9 x 17 = 153) than an H100 or H200 has multiprocessors (132), with
+    // partial tiles in m, n and k: the persistent TMA kernel's blocks loop over tiles.
+    shapes.push((1100, 4100, 136));
     for &(m, n, kk) in shapes.iter().filter(|&&(m, n, k)| within_cap(m, n, k)) {
         if kernel != MatmulKernel::MmaSync && kk % 8 != 0 {
             // wgmma takes inner dimensions in whole 16-byte chunks; the launcher says so.
@@ -205,6 +209,10 @@ fn gemm_bf16_mma_sync_matches_f64_reference() {
 
 fn gemm_bf16_wgmma_tma_matches_f64_reference() {
     check_gemm_bf16(MatmulKernel::WgmmaTma);
+}
+
+fn gemm_bf16_wgmma_tma_persistent_matches_f64_reference() {
+    check_gemm_bf16(MatmulKernel::WgmmaTmaPersistent);
 }
 
 /// Structured products whose every output is an exact small integer that names what the kernel
@@ -297,6 +305,16 @@ fn gemm_bf16_mma_sync_layout_probe() {
 
 fn gemm_bf16_wgmma_tma_layout_probe() {
     layout_probe(MatmulKernel::WgmmaTma, K_MAJOR);
+}
+
+fn gemm_bf16_wgmma_tma_persistent_layout_probe() {
+    // K-major, then (unless CODISTILL_WGMMA_MN=0) the MN-major variants. The probes' shapes have a
+    // few tiles, one per block; blocks that loop over several tiles are the reference test's
+    // 1100 x 4100 product (153 tiles).
+    layout_probe(MatmulKernel::WgmmaTmaPersistent, K_MAJOR);
+    if Gemm::from_env().unwrap().mn_major {
+        layout_probe(MatmulKernel::WgmmaTmaPersistent, &[(false, false), (true, false), (true, true)]);
+    }
 }
 
 fn gemm_bf16_wgmma_tma_mn_major_layout_probe() {
@@ -518,9 +536,11 @@ fn main() {
             ("gemm_f32_matches_f64_reference", gemm_f32_matches_f64_reference),
             ("gemm_bf16_mma_sync_matches_f64_reference", gemm_bf16_mma_sync_matches_f64_reference),
             ("gemm_bf16_wgmma_tma_matches_f64_reference", gemm_bf16_wgmma_tma_matches_f64_reference),
+            ("gemm_bf16_wgmma_tma_persistent_matches_f64_reference", gemm_bf16_wgmma_tma_persistent_matches_f64_reference),
             ("gemm_bf16_mma_sync_layout_probe", gemm_bf16_mma_sync_layout_probe),
             ("gemm_bf16_wgmma_tma_layout_probe", gemm_bf16_wgmma_tma_layout_probe),
             ("gemm_bf16_wgmma_tma_mn_major_layout_probe", gemm_bf16_wgmma_tma_mn_major_layout_probe),
+            ("gemm_bf16_wgmma_tma_persistent_layout_probe", gemm_bf16_wgmma_tma_persistent_layout_probe),
             ("gemm_on_unaligned_subranges_matches_f64_reference", gemm_on_unaligned_subranges_matches_f64_reference),
             ("gemm_f32_rounded_to_bf16_matches_f64_reference", gemm_f32_rounded_to_bf16_matches_f64_reference),
             ("lstm_persistent_matches_the_step_layer", lstm_persistent_matches_the_step_layer),

@@ -105,6 +105,10 @@ pub enum MatmulKernel {
     /// The cp.async `wgmma` kernel that preceded it (once `wgmma` and `auto-wgmma` here) is in the
     /// kernel lab (`dev/`, with its own validation and benchmark), not in the library.
     WgmmaTma,
+    /// The same kernel made persistent (`gemm_wgmma_tma_persistent*`: one block per multiprocessor
+    /// looping over output tiles, the next tile's loads overlapping the last one's stores; issue
+    /// 28); the same conditions. Written 2026-12-02 and not yet run on a GPU: opt-in only.
+    WgmmaTmaPersistent,
 }
 
 /// Kernel names `CODISTILL_MATMUL_KERNEL` took once and refuses now, with where each went.
@@ -115,7 +119,12 @@ const RETIRED: [(&str, &str); 3] = [
 ];
 
 impl MatmulKernel {
-    const ALL: [(MatmulKernel, &'static str); 3] = [(MatmulKernel::Auto, "auto"), (MatmulKernel::MmaSync, "mma"), (MatmulKernel::WgmmaTma, "wgmma-tma")];
+    const ALL: [(MatmulKernel, &'static str); 4] = [
+        (MatmulKernel::Auto, "auto"),
+        (MatmulKernel::MmaSync, "mma"),
+        (MatmulKernel::WgmmaTma, "wgmma-tma"),
+        (MatmulKernel::WgmmaTmaPersistent, "wgmma-tma-persistent"),
+    ];
 
     /// The name `CODISTILL_MATMUL_KERNEL` takes.
     pub fn name(self) -> &'static str {
@@ -148,7 +157,7 @@ impl Default for Gemm {
 }
 
 impl Gemm {
-    /// The defaults, changed by `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma-tma`),
+    /// The defaults, changed by `CODISTILL_MATMUL_KERNEL` (`auto`, `mma`, `wgmma-tma`, `wgmma-tma-persistent`),
     /// `CODISTILL_SPLIT_K=0` and `CODISTILL_WGMMA_MN=0`; any other value of these variables is an
     /// error that names it (a retired kernel name also says where that kernel went).
     pub fn from_env() -> Result<Self> {

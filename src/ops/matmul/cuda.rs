@@ -95,7 +95,7 @@ pub fn gemm_bf16_with(
         // The scratch operands go back to the allocator after the launch is queued: later work on
         // the same stream runs after the kernel.
         let layout = Operands { a: pa, a_mn, b: pb, b_mn };
-        return launch_wgmma(&gpu, m, n, k, alpha, layout, beta, c);
+        return launch_wgmma(&gpu, g.kernel, m, n, k, alpha, layout, beta, c);
     }
     // 16-byte copies need the operand's contiguous dimension in whole 8-element chunks.
     let a_contig = if trans_a { m } else { k };
@@ -202,7 +202,7 @@ pub fn gemm_f32_as_bf16_with(
             f32_to_bf16(&b.range(0, n * k)?, &mut bb)?;
         }
         let layout = Operands { a: ab.ptr(), a_mn, b: bb.ptr(), b_mn };
-        return launch_wgmma(&gpu, m, n, k, alpha, layout, beta, c);
+        return launch_wgmma(&gpu, g.kernel, m, n, k, alpha, layout, beta, c);
     }
     let mut ab = gpu.alloc::<bf16>(m * k)?;
     f32_to_bf16(&a.range(0, m * k)?, &mut ab)?;
@@ -231,7 +231,7 @@ fn wgmma_for(gpu: &Gpu, kernel: MatmulKernel, m: usize, n: usize, k: usize) -> R
     match kernel {
         MatmulKernel::MmaSync => Ok(false),
         MatmulKernel::Auto => Ok(gpu.has_wgmma() && k.is_multiple_of(8) && m >= 128 && n >= 128 && k >= 64),
-        MatmulKernel::WgmmaTma => {
+        MatmulKernel::WgmmaTma | MatmulKernel::WgmmaTmaPersistent => {
             if !gpu.has_wgmma() {
                 let cc = gpu.context().compute_capability().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| format!("unknown ({e:?})"));
                 bail!(Device, "the wgmma matmul needs a GPU of compute capability 9.0; cuda:{} has {cc}", gpu.ordinal());
@@ -313,22 +313,41 @@ fn operand_map(ptr: u64, mn_major: bool, rows: usize, k: usize, tile_rows: u32) 
     }
 }
 
-/// Launches the TMA `wgmma` kernel on `ops` (the variant of the operands' layouts).
+/// Launches the TMA `wgmma` kernel on `ops` (the variant of the operands' layouts): one block per
+/// 128 x 256 output tile, or with `WgmmaTmaPersistent` one per multiprocessor looping over them.
 #[allow(clippy::too_many_arguments)]
-fn launch_wgmma(gpu: &Arc<Gpu>, m: usize, n: usize, k: usize, alpha: f32, ops: Operands, beta: f32, c: &mut impl GpuRange<f32>) -> Result<()> {
+fn launch_wgmma(
+    gpu: &Arc<Gpu>,
+    choice: MatmulKernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    ops: Operands,
+    beta: f32,
+    c: &mut impl GpuRange<f32>,
+) -> Result<()> {
     let (mi, ni, ki, pc) = (m as i32, n as i32, k as i32, c.ptr());
     // 4 stages of a 128 x 64 and a 256 x 64 tile, 1 KiB for alignment, 8 mbarriers.
     let smem = 4 * (WG_STAGE_A + 256 * 64 * 2) + 1024 + 64;
-    let kernel = match (ops.a_mn, ops.b_mn) {
-        (false, false) => k::matmul_sm90a::gemm_wgmma_tma,
-        (false, true) => k::matmul_sm90a::gemm_wgmma_tma_nn,
-        (true, true) => k::matmul_sm90a::gemm_wgmma_tma_tn,
-        (true, false) => k::matmul_sm90a::gemm_wgmma_tma_tt,
+    use k::matmul_sm90a as km;
+    let persistent = choice == MatmulKernel::WgmmaTmaPersistent;
+    let kernel = match (persistent, ops.a_mn, ops.b_mn) {
+        (false, false, false) => km::gemm_wgmma_tma,
+        (false, false, true) => km::gemm_wgmma_tma_nn,
+        (false, true, true) => km::gemm_wgmma_tma_tn,
+        (false, true, false) => km::gemm_wgmma_tma_tt,
+        (true, false, false) => km::gemm_wgmma_tma_persistent,
+        (true, false, true) => km::gemm_wgmma_tma_persistent_nn,
+        (true, true, true) => km::gemm_wgmma_tma_persistent_tn,
+        (true, true, false) => km::gemm_wgmma_tma_persistent_tt,
     };
     let name = kernel.name;
     let f = gpu.function(kernel)?;
     f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
-    let cfg = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1), block_dim: (384, 1, 1), shared_mem_bytes: smem };
+    let tiles = n.div_ceil(256) * m.div_ceil(128);
+    let grid = if persistent { (tiles.min(gpu.sm_count()) as u32, 1, 1) } else { (n.div_ceil(256) as u32, m.div_ceil(128) as u32, 1) };
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (384, 1, 1), shared_mem_bytes: smem };
     let mut l = gpu.stream().launch_builder(&f);
     let maps = (operand_map(ops.a, ops.a_mn, m, k, 128)?, operand_map(ops.b, ops.b_mn, n, k, 256)?);
     l.arg(&maps.0).arg(&maps.1).arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&beta).arg(&pc);

@@ -362,7 +362,10 @@ pub fn teacher_mix_matches_f64(dev: Device) {
                 let got = host("teacher mix", &mix_teachers(&ts.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(), dev);
                 let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt() / (want.len() as f64).sqrt();
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                    assert!((g as f64 - w).abs() <= 1e-5 * (norm.max(1.0) + w.abs()), "{rows}x{cols} weights {weights:?} {how:?} element {i}: {g} against {w} on {dev}");
+                    assert!(
+                        (g as f64 - w).abs() <= 1e-5 * (norm.max(1.0) + w.abs()),
+                        "{rows}x{cols} weights {weights:?} {how:?} element {i}: {g} against {w} on {dev}"
+                    );
                 }
             }
             // Click logits: one per row, the mixture of sigmoids.
