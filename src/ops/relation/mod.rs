@@ -18,13 +18,30 @@
 //! The relations compare `N x N` structures, so student and teacher widths may differ (no map).
 //! Gradients are with respect to the student's states; the teacher's are a constant. Computed in
 //! f64 on the host (a GPU tensor is copied there and its gradient back: correct, not fast; no
-//! kernel is written for them yet). The relations cost `O(N^2 D)`: a language-model batch of
-//! 32 x 35 rows is 1.25M pairs.
+//! kernel is written for them yet), on the backend's CPU threads: each row of a Gram or distance
+//! matrix and each row of a gradient on one thread, every sum over rows in one fixed order, so
+//! that the results are the same bits on any number of threads. The relations cost `O(N^2 D)`: a
+//! language-model batch of 32 x 35 rows is 1.25M pairs.
 
 mod tape;
 
+use crate::backend::Backend;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
+
+/// `f(i)` for every `i < n`, on up to `threads` threads (contiguous blocks of indices), in order.
+fn rows_par<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let t = threads.clamp(1, n.max(1));
+    if t == 1 {
+        return (0..n).map(f).collect();
+    }
+    let chunk = n.div_ceil(t);
+    let f = &f;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..t).map(|c| s.spawn(move || (c * chunk..((c + 1) * chunk).min(n)).map(f).collect::<Vec<T>>())).collect();
+        parts.into_iter().flat_map(|h| h.join().expect("a relation-loss thread panicked")).collect()
+    })
+}
 
 /// Which hidden-state loss.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,15 +87,14 @@ fn cosine(a: &[f64], b: &[f64], n: usize, d: usize, grad: &mut [f64]) -> f64 {
 }
 
 /// Row-normalised Gram matrix `rn(X X^T)` and the row norms of `X X^T`.
-fn gram_rows(x: &[f64], n: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut g = vec![0.0; n * n];
-    for i in 0..n {
-        for j in i..n {
-            let v: f64 = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| p * q).sum();
-            g[i * n + j] = v;
-            g[j * n + i] = v;
-        }
-    }
+fn gram_rows(x: &[f64], n: usize, d: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
+    // Each row on its own (the dot product of rows i and j is the same bits either way round).
+    let mut g: Vec<f64> = rows_par(n, threads, |i| {
+        (0..n).map(|j| x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| p * q).sum::<f64>()).collect::<Vec<f64>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let norms: Vec<f64> = (0..n).map(|i| g[i * n..(i + 1) * n].iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
     for i in 0..n {
         g[i * n..(i + 1) * n].iter_mut().for_each(|v| *v /= norms[i]);
@@ -86,58 +102,68 @@ fn gram_rows(x: &[f64], n: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
     (g, norms)
 }
 
-fn sp(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut [f64]) -> f64 {
-    let (ga, na) = gram_rows(a, n, da);
-    let (gb, _) = gram_rows(b, n, db);
+fn sp(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, threads: usize, grad: &mut [f64]) -> f64 {
+    let (ga, na) = gram_rows(a, n, da, threads);
+    let (gb, _) = gram_rows(b, n, db, threads);
     let nn = (n * n) as f64;
     let diff: Vec<f64> = ga.iter().zip(&gb).map(|(x, y)| x - y).collect();
     let loss = diff.iter().map(|v| v * v).sum::<f64>() / nn;
     // d/d rn(G)_i = 2 D_i / N^2; through the row normalisation: (u - g (g . u)) / |G_i|.
-    let mut dg = vec![0.0; n * n];
-    for i in 0..n {
+    let dg: Vec<f64> = rows_par(n, threads, |i| {
         let row = &ga[i * n..(i + 1) * n];
         let u: Vec<f64> = diff[i * n..(i + 1) * n].iter().map(|v| 2.0 * v / nn).collect();
         let dot: f64 = row.iter().zip(&u).map(|(p, q)| p * q).sum();
-        for j in 0..n {
-            dg[i * n + j] = (u[j] - row[j] * dot) / na[i];
-        }
-    }
-    // G = A A^T: dA = (dG + dG^T) A.
-    grad.iter_mut().for_each(|g| *g = 0.0);
-    for i in 0..n {
+        (0..n).map(|j| (u[j] - row[j] * dot) / na[i]).collect::<Vec<f64>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    // G = A A^T: dA = (dG + dG^T) A, a row of dA at a time.
+    let rows = rows_par(n, threads, |i| {
+        let mut g = vec![0.0; da];
         for j in 0..n {
             let w = dg[i * n + j] + dg[j * n + i];
             if w != 0.0 {
                 for k in 0..da {
-                    grad[i * da + k] += w * a[j * da + k];
+                    g[k] += w * a[j * da + k];
                 }
             }
         }
+        g
+    });
+    for (dst, src) in grad.chunks_mut(da).zip(rows) {
+        dst.copy_from_slice(&src);
     }
     loss
 }
 
-fn distances(x: &[f64], n: usize, d: usize) -> (Vec<f64>, f64) {
-    let mut dist = vec![0.0; n * n];
+fn distances(x: &[f64], n: usize, d: usize, threads: usize) -> (Vec<f64>, f64) {
+    // The upper triangle, a row at a time; the sum in the rows' order.
+    let dist: Vec<f64> = rows_par(n, threads, |i| {
+        (0..n)
+            .map(|j| if j > i { x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt() } else { 0.0 })
+            .collect::<Vec<f64>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let mut sum = 0.0;
     for i in 0..n {
         for j in i + 1..n {
-            let v = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt();
-            dist[i * n + j] = v;
-            sum += v;
+            sum += dist[i * n + j];
         }
     }
     let pairs = (n * (n - 1) / 2) as f64;
     (dist, (sum / pairs).max(EPS))
 }
 
-fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut [f64]) -> f64 {
+fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, threads: usize, grad: &mut [f64]) -> f64 {
     grad.iter_mut().for_each(|g| *g = 0.0);
     if n < 2 {
         return 0.0;
     }
-    let (dsa, mua) = distances(a, n, da);
-    let (dsb, mub) = distances(b, n, db);
+    let (dsa, mua) = distances(a, n, da, threads);
+    let (dsb, mub) = distances(b, n, db, threads);
     let pairs = (n * (n - 1) / 2) as f64;
     let (mut loss, mut dpsi) = (0.0, vec![0.0; n * n]);
     for i in 0..n {
@@ -150,19 +176,31 @@ fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, grad: &mut
     // psi = d / mu, mu = mean d: dL/dd_kl = dpsi_kl / mu - (sum_ij dpsi_ij d_ij) / (P mu^2).
     let cross: f64 = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).map(|(i, j)| dpsi[i * n + j] * dsa[i * n + j]).sum::<f64>();
     let common = cross / (pairs * mua * mua);
-    for i in 0..n {
-        for j in i + 1..n {
-            let d = dsa[i * n + j];
-            if d <= EPS {
+    // Row r of the gradient: -v for each pair (j, r) with j < r, then +v for each pair (r, j) with
+    // j > r, v = dd (a_first - a_second) / d: the order in which a pass over the pairs (i < j)
+    // adding v to row i and -v to row j adds them.
+    let rows = rows_par(n, threads, |r| {
+        let mut g = vec![0.0; da];
+        for j in 0..n {
+            let (i, jj) = if j < r { (j, r) } else { (r, j) };
+            let d = dsa[i * n + jj];
+            if j == r || d <= EPS {
                 continue;
             }
-            let dd = dpsi[i * n + j] / mua - common;
+            let dd = dpsi[i * n + jj] / mua - common;
             for k in 0..da {
-                let v = dd * (a[i * da + k] - a[j * da + k]) / d;
-                grad[i * da + k] += v;
-                grad[j * da + k] -= v;
+                let v = dd * (a[i * da + k] - a[jj * da + k]) / d;
+                if j < r {
+                    g[k] -= v;
+                } else {
+                    g[k] += v;
+                }
             }
         }
+        g
+    });
+    for (dst, src) in grad.chunks_mut(da).zip(rows) {
+        dst.copy_from_slice(&src);
     }
     loss
 }
@@ -199,7 +237,8 @@ fn unit_differences(x: &[f64], m: usize, d: usize, j: usize) -> (Vec<f64>, Vec<f
 
 /// The RKD angle term over the rows `rows` of `a [n, da]` and `b [n, db]`; the gradient with
 /// respect to `a` added into `grad` (those rows only), scaled by `scale`.
-fn rkd_angle(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, scale: f64, grad: &mut [f64]) -> f64 {
+#[allow(clippy::too_many_arguments)]
+fn rkd_angle(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, scale: f64, threads: usize, grad: &mut [f64]) -> f64 {
     let m = n.min(ANGLE_ROWS);
     if m < 3 {
         return 0.0;
@@ -215,18 +254,26 @@ fn rkd_angle(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, scale: f64, g
         let (eb, _) = unit_differences(&xb, m, db, j);
         let dot = |e: &[f64], d: usize, i: usize, k: usize| -> f64 { e[i * d..(i + 1) * d].iter().zip(&e[k * d..(k + 1) * d]).map(|(p, q)| p * q).sum() };
         // G[i][k] = dL/dA_ik; dL/de_i = sum_k (G_ik + G_ki) e_k = 2 sum_k G_ik e_k (G symmetric).
-        let mut ge = vec![0.0; m * da];
-        for i in 0..m {
+        // A row i at a time: its m loss terms (added to the loss below in (i, k) order) and its
+        // row of dL/de.
+        let per_row = rows_par(m, threads, |i| {
+            let (mut terms, mut g) = (Vec::with_capacity(m), vec![0.0; da]);
             for k in 0..m {
                 let (l, dl) = huber(dot(&ea, da, i, k) - dot(&eb, db, i, k));
-                loss += l / triplets;
+                terms.push(l / triplets);
                 let w = 2.0 * dl / triplets;
                 if w != 0.0 {
                     for t in 0..da {
-                        ge[i * da + t] += w * ea[k * da + t];
+                        g[t] += w * ea[k * da + t];
                     }
                 }
             }
+            (terms, g)
+        });
+        let mut ge = Vec::with_capacity(m * da);
+        for (terms, g) in per_row {
+            terms.iter().for_each(|l| loss += l);
+            ge.extend(g);
         }
         // Through e_i = u_i / |u_i|: dL/du_i = (g - e (e . g)) / |u_i|; u_i = x_i - x_j.
         for i in 0..m {
@@ -252,7 +299,10 @@ fn rkd_angle(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, scale: f64, g
 
 /// CPU twin: the loss of the student's `a [n, da]` against the teacher's `b [n, db]`, and its
 /// gradient with respect to `a` written to `grad [n * da]` (fully). Mse and Cosine need `da == db`.
-pub fn hidden_loss_cpu(kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usize, db: usize, grad: &mut [f32]) -> f64 {
+/// On `threads` CPU threads (0: every core); the result is the same bits on any number.
+#[allow(clippy::too_many_arguments)]
+pub fn hidden_loss_cpu(threads: usize, kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usize, db: usize, grad: &mut [f32]) -> f64 {
+    let threads = if threads == 0 { crate::backend::machine_cores() } else { threads };
     let (a64, b64): (Vec<f64>, Vec<f64>) = (a.iter().map(|&v| v as f64).collect(), b.iter().map(|&v| v as f64).collect());
     let mut g = vec![0.0; n * da];
     let loss = match kind {
@@ -266,10 +316,10 @@ pub fn hidden_loss_cpu(kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usi
             s / m
         }
         HiddenLoss::Cosine => cosine(&a64, &b64, n, da, &mut g),
-        HiddenLoss::Sp => sp(&a64, &b64, n, da, db, &mut g),
-        HiddenLoss::RkdDistance => rkd_distance(&a64, &b64, n, da, db, &mut g),
-        HiddenLoss::RkdAngle => rkd_angle(&a64, &b64, n, da, db, 1.0, &mut g),
-        HiddenLoss::Rkd => rkd_distance(&a64, &b64, n, da, db, &mut g) + 2.0 * rkd_angle(&a64, &b64, n, da, db, 2.0, &mut g),
+        HiddenLoss::Sp => sp(&a64, &b64, n, da, db, threads, &mut g),
+        HiddenLoss::RkdDistance => rkd_distance(&a64, &b64, n, da, db, threads, &mut g),
+        HiddenLoss::RkdAngle => rkd_angle(&a64, &b64, n, da, db, 1.0, threads, &mut g),
+        HiddenLoss::Rkd => rkd_distance(&a64, &b64, n, da, db, threads, &mut g) + 2.0 * rkd_angle(&a64, &b64, n, da, db, 2.0, threads, &mut g),
     };
     for (o, v) in grad.iter_mut().zip(&g) {
         *o = *v as f32;
@@ -278,8 +328,9 @@ pub fn hidden_loss_cpu(kind: HiddenLoss, a: &[f32], b: &[f32], n: usize, da: usi
 }
 
 /// Tensor entry: `student [N, Da]`, `teacher [N, Db]` (one device); the loss and the gradient
-/// with respect to the student's states, on the student's device.
-pub fn hidden_loss(kind: HiddenLoss, student: &Tensor, teacher: &Tensor) -> Result<(f64, Tensor)> {
+/// with respect to the student's states, on the student's device (computed on the backend's CPU
+/// threads, `be.threads`).
+pub fn hidden_loss(be: &Backend, kind: HiddenLoss, student: &Tensor, teacher: &Tensor) -> Result<(f64, Tensor)> {
     let (n, da) = student.expect_2d("student hidden states")?;
     let (nb, db) = teacher.expect_2d("teacher hidden states")?;
     if nb != n {
@@ -291,7 +342,7 @@ pub fn hidden_loss(kind: HiddenLoss, student: &Tensor, teacher: &Tensor) -> Resu
     let dev = student.device();
     let (a, b) = (student.to_device(Device::Cpu)?, teacher.to_device(Device::Cpu)?);
     let mut grad = vec![0f32; n * da];
-    let loss = hidden_loss_cpu(kind, a.f32s()?, b.f32s()?, n, da, db, &mut grad);
+    let loss = hidden_loss_cpu(be.threads, kind, a.f32s()?, b.f32s()?, n, da, db, &mut grad);
     if !loss.is_finite() {
         bail!(Invalid, "the {kind} hidden-state loss is {loss}: the hidden states hold non-finite values");
     }
@@ -367,6 +418,26 @@ mod tests {
     }
 
     #[test]
+    fn every_relation_gives_the_same_bits_on_any_number_of_threads() {
+        // Rows that do not divide evenly among the threads, and more rows than ANGLE_ROWS.
+        let (n, da, db) = (70, 5, 7);
+        let a = Tensor::randn(&[n, da], 1.0, &mut Rng::new(11)).to_vec_f32().unwrap();
+        let b = Tensor::randn(&[n, db], 1.0, &mut Rng::new(12)).to_vec_f32().unwrap();
+        for kind in [HiddenLoss::Sp, HiddenLoss::RkdDistance, HiddenLoss::RkdAngle, HiddenLoss::Rkd] {
+            let run = |threads| {
+                let mut g = vec![0f32; n * da];
+                let l = hidden_loss_cpu(threads, kind, &a, &b, n, da, db, &mut g);
+                (l.to_bits(), g.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+            };
+            let one = run(1);
+            assert!(one.1.iter().any(|&v| v != 0), "{kind}: a zero gradient proves nothing");
+            for threads in [2, 3, 8] {
+                assert_eq!(run(threads), one, "{kind} on {threads} threads");
+            }
+        }
+    }
+
+    #[test]
     fn each_loss_is_zero_where_its_knowledge_is_the_same() {
         let (n, d) = (9, 4);
         let a = Tensor::randn(&[n, d], 1.0, &mut Rng::new(1));
@@ -377,7 +448,7 @@ mod tests {
             Tensor::from_f32(av.chunks(d).enumerate().flat_map(|(r, row)| row.iter().map(move |v| v * (1.0 + r as f32))).collect(), &[n, d]).unwrap();
         let flipped = Tensor::from_f32(av.iter().map(|v| -3.0 * v).collect(), &[n, d]).unwrap();
         let shifted = Tensor::from_f32(av.iter().map(|v| 2.0 * v + 5.0).collect(), &[n, d]).unwrap();
-        let l = |k, t: &Tensor| hidden_loss(k, &a, t).unwrap().0;
+        let l = |k, t: &Tensor| hidden_loss(&Backend::default(), k, &a, t).unwrap().0;
         assert!(l(HiddenLoss::Cosine, &scaled_rows) < 1e-12);
         assert!(l(HiddenLoss::Sp, &flipped) < 1e-12);
         assert!(l(HiddenLoss::RkdDistance, &shifted) < 1e-12);
@@ -389,9 +460,9 @@ mod tests {
         let (dist, angle) = (l(HiddenLoss::RkdDistance, &other), l(HiddenLoss::RkdAngle, &other));
         assert!((l(HiddenLoss::Rkd, &other) - (dist + 2.0 * angle)).abs() < 1e-12);
         // Widths must agree for the unit-wise losses; rows always.
-        assert!(hidden_loss(HiddenLoss::Cosine, &a, &other).unwrap_err().to_string().contains("map it first"));
+        assert!(hidden_loss(&Backend::default(), HiddenLoss::Cosine, &a, &other).unwrap_err().to_string().contains("map it first"));
         let short = Tensor::randn(&[n - 1, d], 1.0, &mut Rng::new(3));
-        assert!(hidden_loss(HiddenLoss::Sp, &a, &short).unwrap_err().to_string().contains("rows"));
+        assert!(hidden_loss(&Backend::default(), HiddenLoss::Sp, &a, &short).unwrap_err().to_string().contains("rows"));
         assert!("angle".parse::<HiddenLoss>().unwrap_err().contains("mse, cosine, sp, rkd, rkd-angle or rkd-full"));
     }
 }

@@ -11,7 +11,7 @@ impl Graph {
     /// A loss between the student's hidden states `h [N, D]` and the teacher's (a constant), a
     /// scalar (see [`crate::ops::relation`]).
     pub fn hidden_loss(&mut self, kind: HiddenLoss, h: Var, teacher: &Tensor) -> Result<Var> {
-        let (l, grad) = hidden_loss(kind, self.value(h), teacher)?;
+        let (l, grad) = hidden_loss(self.backend(), kind, self.value(h), teacher)?;
         Ok(self.push(Tensor::scalar(l as f32), &[h], move |g, grads| grads.add(h, scale(&grad, g.item()?)?)))
     }
 
