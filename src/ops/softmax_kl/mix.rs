@@ -54,14 +54,29 @@ fn lse(x: impl Iterator<Item = f64> + Clone) -> f64 {
 }
 
 /// CPU twin: `teachers` are K slices of `rows * cols` (cols 1 for click logits); `weights`
-/// normalised. Writes `out [rows * cols]`.
-pub fn mix_teachers_cpu(teachers: &[&[f32]], weights: &[f32], rows: usize, cols: usize, how: TeacherMix, out: &mut [f32]) {
+/// normalised. Writes `out [rows * cols]`, on up to `threads` threads (0: every core), blocks of
+/// rows each (rows are independent: the same bits on any number).
+pub fn mix_teachers_cpu(threads: usize, teachers: &[&[f32]], weights: &[f32], rows: usize, cols: usize, how: TeacherMix, out: &mut [f32]) {
+    let threads = if threads == 0 { crate::backend::machine_cores() } else { threads }.clamp(1, rows.max(1));
+    if threads == 1 || rows * cols < 1 << 14 {
+        return mix_rows(teachers, weights, 0, rows, cols, how, out);
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (c, chunk) in out.chunks_mut(per * cols).enumerate() {
+            s.spawn(move || mix_rows(teachers, weights, c * per, chunk.len() / cols, cols, how, chunk));
+        }
+    });
+}
+
+/// Rows `first .. first + rows` of the mix into `out [rows * cols]`.
+fn mix_rows(teachers: &[&[f32]], weights: &[f32], first: usize, rows: usize, cols: usize, how: TeacherMix, out: &mut [f32]) {
     let nk = teachers.len();
     let inv_t = 1.0 / how.temperature as f64;
     let mut w = vec![0f64; nk];
     let mut lse_t = vec![0f64; nk];
     for r in 0..rows {
-        let row = |k: usize| &teachers[k][r * cols..(r + 1) * cols];
+        let row = |k: usize| &teachers[k][(first + r) * cols..(first + r + 1) * cols];
         for k in 0..nk {
             let z = row(k);
             let conf = if !how.confidence {
@@ -100,7 +115,7 @@ pub fn mix_teachers_cpu(teachers: &[&[f32]], weights: &[f32], rows: usize, cols:
 
 /// The teachers' outputs (each shaped alike, on one device) folded into one, by `weights` (one
 /// per teacher, normalised here) and, with `how.confidence`, by each teacher's confidence per row.
-pub fn mix_teachers(teachers: &[Tensor], weights: &[f32], how: TeacherMix) -> Result<Tensor> {
+pub fn mix_teachers(be: &crate::Backend, teachers: &[Tensor], weights: &[f32], how: TeacherMix) -> Result<Tensor> {
     let Some(first) = teachers.first() else { bail!(Invalid, "no teacher outputs to weigh") };
     let weights = normalise_weights(weights, teachers.len())?;
     if !(how.temperature > 0.0 && how.temperature.is_finite()) {
@@ -126,7 +141,7 @@ pub fn mix_teachers(teachers: &[Tensor], weights: &[f32], how: TeacherMix) -> Re
     let host: Vec<Tensor> = teachers.iter().map(|t| t.to_device(Device::Cpu)).collect::<Result<_>>()?;
     let tv: Vec<&[f32]> = host.iter().map(|t| t.f32s()).collect::<Result<_>>()?;
     let mut out = vec![0f32; rows * cols];
-    mix_teachers_cpu(&tv, &weights, rows, cols, how, &mut out);
+    mix_teachers_cpu(be.threads, &tv, &weights, rows, cols, how, &mut out);
     Tensor::from_f32(out, &shape)?.to_device(dev)
 }
 
@@ -151,7 +166,7 @@ mod tests {
         let ta = Tensor::from_f32(a.clone(), &[rows, cols]).unwrap();
         let tb = Tensor::from_f32(b.clone(), &[rows, cols]).unwrap();
         let how = TeacherMix { binary: false, logits: false, temperature: t as f32, confidence: false };
-        let mixed = mix_teachers(&[ta.clone(), tb.clone()], &[3.0, 1.0], how).unwrap().to_vec_f32().unwrap();
+        let mixed = mix_teachers(&crate::Backend::default(), &[ta.clone(), tb.clone()], &[3.0, 1.0], how).unwrap().to_vec_f32().unwrap();
         for r in 0..rows {
             let (pa, pb) = (softmax(&a[r * cols..(r + 1) * cols], t), softmax(&b[r * cols..(r + 1) * cols], t));
             let pm = softmax(&mixed[r * cols..(r + 1) * cols], t);
@@ -161,18 +176,38 @@ mod tests {
             }
         }
         // A weight of 0 drops a teacher: the other's distribution alone.
-        let alone = mix_teachers(&[ta.clone(), tb.clone()], &[1.0, 0.0], how).unwrap().to_vec_f32().unwrap();
+        let alone = mix_teachers(&crate::Backend::default(), &[ta.clone(), tb.clone()], &[1.0, 0.0], how).unwrap().to_vec_f32().unwrap();
         for r in 0..rows {
             let (pa, p) = (softmax(&a[r * cols..(r + 1) * cols], t), softmax(&alone[r * cols..(r + 1) * cols], t));
             assert!(pa.iter().zip(&p).all(|(x, y)| (x - y).abs() < 1e-6));
         }
         // The logit match folds the logits.
-        let lm = mix_teachers(&[ta.clone(), tb.clone()], &[1.0, 3.0], TeacherMix { logits: true, ..how }).unwrap().to_vec_f32().unwrap();
+        let lm =
+            mix_teachers(&crate::Backend::default(), &[ta.clone(), tb.clone()], &[1.0, 3.0], TeacherMix { logits: true, ..how }).unwrap().to_vec_f32().unwrap();
         assert!((lm[7] - (0.25 * a[7] + 0.75 * b[7])).abs() < 1e-5);
         // Bad weights are refused by name.
-        assert!(mix_teachers(&[ta.clone(), tb.clone()], &[1.0], how).unwrap_err().to_string().contains("one per teacher"));
-        assert!(mix_teachers(&[ta.clone(), tb.clone()], &[0.0, 0.0], how).unwrap_err().to_string().contains("every weight is 0"));
-        assert!(mix_teachers(&[ta, tb], &[-1.0, 2.0], how).unwrap_err().to_string().contains("-1"));
+        assert!(mix_teachers(&crate::Backend::default(), &[ta.clone(), tb.clone()], &[1.0], how).unwrap_err().to_string().contains("one per teacher"));
+        assert!(mix_teachers(&crate::Backend::default(), &[ta.clone(), tb.clone()], &[0.0, 0.0], how).unwrap_err().to_string().contains("every weight is 0"));
+        assert!(mix_teachers(&crate::Backend::default(), &[ta, tb], &[-1.0, 2.0], how).unwrap_err().to_string().contains("-1"));
+    }
+
+    #[test]
+    fn the_mix_is_the_same_bits_on_any_number_of_threads() {
+        // 70 rows of 300 (enough elements to split) over uneven blocks of rows.
+        let (rows, cols) = (70, 300);
+        let ts: Vec<Vec<f32>> = (0..3).map(|k| Tensor::randn(&[rows, cols], 2.0, &mut Rng::new(20 + k)).to_vec_f32().unwrap()).collect();
+        let tv: Vec<&[f32]> = ts.iter().map(|t| t.as_slice()).collect();
+        let how = TeacherMix { binary: false, logits: false, temperature: 2.0, confidence: true };
+        let run = |threads| {
+            let mut out = vec![f32::NAN; rows * cols];
+            mix_teachers_cpu(threads, &tv, &[0.5, 0.3, 0.2], rows, cols, how, &mut out);
+            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let one = run(1);
+        assert!(one.iter().all(|&b| f32::from_bits(b).is_finite()));
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
     }
 
     #[test]
@@ -182,14 +217,17 @@ mod tests {
         let b = vec![0.1, 0.0, 0.0, 0.0, 8.0, 0.0];
         let (ta, tb) = (Tensor::from_f32(a, &[2, 3]).unwrap(), Tensor::from_f32(b, &[2, 3]).unwrap());
         let how = TeacherMix { binary: false, logits: false, temperature: 1.0, confidence: true };
-        let m = mix_teachers(&[ta, tb], &[1.0, 1.0], how).unwrap().to_vec_f32().unwrap();
+        let m = mix_teachers(&crate::Backend::default(), &[ta, tb], &[1.0, 1.0], how).unwrap().to_vec_f32().unwrap();
         let (p0, p1) = (softmax(&m[..3], 1.0), softmax(&m[3..], 1.0));
         // A plain average would give about 0.5 + 1/6 to the sure teacher's class; confidence more.
         assert!(p0[0] > 0.75 && p1[1] > 0.75, "{p0:?} {p1:?}");
         // Click logits: the mean probability, leaning toward the surer teacher.
         let (ca, cb) = (Tensor::from_f32(vec![4.0], &[1]).unwrap(), Tensor::from_f32(vec![0.0], &[1]).unwrap());
-        let plain = mix_teachers(&[ca.clone(), cb.clone()], &[1.0, 1.0], TeacherMix { binary: true, confidence: false, ..how }).unwrap().to_vec_f32().unwrap();
-        let sure = mix_teachers(&[ca, cb], &[1.0, 1.0], TeacherMix { binary: true, ..how }).unwrap().to_vec_f32().unwrap();
+        let plain = mix_teachers(&crate::Backend::default(), &[ca.clone(), cb.clone()], &[1.0, 1.0], TeacherMix { binary: true, confidence: false, ..how })
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let sure = mix_teachers(&crate::Backend::default(), &[ca, cb], &[1.0, 1.0], TeacherMix { binary: true, ..how }).unwrap().to_vec_f32().unwrap();
         let sig = |x: f32| 1.0 / (1.0 + (-x as f64).exp());
         assert!((sig(plain[0]) - (sig(4.0) + 0.5) / 2.0).abs() < 1e-6);
         assert!(sig(sure[0]) > sig(plain[0]) + 0.01);

@@ -359,7 +359,11 @@ pub fn teacher_mix_matches_f64(dev: Device) {
                     }
                 }
                 poison(dev, rows * cols);
-                let got = host("teacher mix", &mix_teachers(&ts.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(), dev);
+                let got = host(
+                    "teacher mix",
+                    &mix_teachers(&codistill::Backend::default(), &ts.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(),
+                    dev,
+                );
                 let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt() / (want.len() as f64).sqrt();
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -382,7 +386,11 @@ pub fn teacher_mix_matches_f64(dev: Device) {
                     })
                     .collect();
                 poison(dev, rows);
-                let got = host("teacher mix (click)", &mix_teachers(&tb.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(), dev);
+                let got = host(
+                    "teacher mix (click)",
+                    &mix_teachers(&codistill::Backend::default(), &tb.iter().map(|t| up(t, dev)).collect::<Vec<_>>(), &weights, how).unwrap(),
+                    dev,
+                );
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),

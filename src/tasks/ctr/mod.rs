@@ -493,7 +493,7 @@ impl Task for CtrTask {
 
     fn mix_teachers(&self, teachers: &[Tensor], weights: &[f32], confidence: bool, _progress: f32) -> Option<Result<Tensor>> {
         let how = TeacherMix { binary: true, logits: self.cfg.distill_loss == Divergence::Mse, temperature: 1.0, confidence };
-        Some(mix_teachers(teachers, weights, how))
+        Some(mix_teachers(&self.be, teachers, weights, how))
     }
 
     fn init_from(&self, store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Option<Result<String>> {

@@ -456,7 +456,7 @@ impl Task for LmTask {
 
     fn mix_teachers(&self, teachers: &[Tensor], weights: &[f32], confidence: bool, progress: f32) -> Option<Result<Tensor>> {
         let how = TeacherMix { binary: false, logits: self.cfg.distill_loss == Divergence::Mse, temperature: self.temperature_at(progress), confidence };
-        Some(mix_teachers(teachers, weights, how))
+        Some(mix_teachers(&self.be, teachers, weights, how))
     }
 
     fn init_from(&self, store: &mut ParamStore, ck: &Checkpoint, path: &Path) -> Option<Result<String>> {
