@@ -11,7 +11,8 @@
 #   twice the angle, weight 1),
 #   two-weighted (teacher and the labels-only student, 0.8/0.2), two-confidence,
 #   born-again (distilled from the labels-only student, same size), init-from (KD from the
-#   teacher's leading units), adversarial (discriminator, weight 0.1),
+#   teacher's leading units), adversarial (discriminator on the logits, weight 0.1),
+#   adversarial-probs (the same on the softmax rows),
 #   int8-kd, int4-kd, int4-labels (quantized students), data-free (text sampled from the teacher).
 # Prints one row per arm: best validation loss and test perplexity (the best checkpoint's, on the
 # whole test file as one stream) per seed; for the quantized students and the labels-only one also
@@ -32,7 +33,7 @@ TEACHER_STEPS=${TEACHER_STEPS:-$STEPS}
 SEEDS=${SEEDS:-1 2}
 PARALLEL=${PARALLEL:-1}
 THREADS=${THREADS:-0}
-ALL="labels kd kd-t2 reverse-kl js mse fading hint cosine-hint sp rkd rkd-full two-weighted two-confidence born-again init-from adversarial int8-kd int4-kd int4-labels data-free"
+ALL="labels kd kd-t2 reverse-kl js mse fading hint cosine-hint sp rkd rkd-full two-weighted two-confidence born-again init-from adversarial adversarial-probs int8-kd int4-kd int4-labels data-free"
 ARMS=${ARMS:-$ALL}
 [ -x "$BIN" ] || cargo build --release
 mkdir -p "$OUT"
@@ -60,6 +61,7 @@ options() {
     born-again) echo "--teacher $L --burn-in 0" ;;
     init-from) echo "--teacher $T --burn-in 0 --init-from $T" ;;
     adversarial) echo "--teacher $T --burn-in 0 --adversarial-weight 0.1" ;;
+    adversarial-probs) echo "--teacher $T --burn-in 0 --adversarial-weight 0.1 --adversarial-input probs" ;;
     int8-kd | int4-kd) echo "--teacher $T --burn-in 0 --quantize ${arm%-kd}" ;;
     int4-labels) echo "--quantize int4" ;;
     data-free) echo "--teacher $T --burn-in 0 --data-free true" ;;

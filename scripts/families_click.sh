@@ -7,7 +7,7 @@
 # 1), and with RKD's distance plus twice its angle (weight 1); KD with the weight fading linearly to 0; two teachers (the teacher and the labels-only
 # student) averaged, weighted 0.8/0.2, and weighted by confidence; a born-again second generation
 # of the labels-only student (same size, distilled from it); KD started from the teacher's layers
-# (--init-from); KD with a discriminator (adversarial weight 0.1). No weight was tuned. Prints each arm's final validation log-loss and AUC.
+# (--init-from); KD with a discriminator (adversarial weight 0.1) on the logit, and on the probability. No weight was tuned. Prints each arm's final validation log-loss and AUC.
 # Usage: [BIN=...] [SEEDS="1 2"] scripts/families_click.sh OUT
 set -euo pipefail
 OUT=${1:-runs/quantized-distill}
@@ -31,6 +31,7 @@ for S in $SEEDS; do
   run born-again --teacher "$L" --burn-in 0
   run init-from --teacher "$T" --burn-in 0 --init-from "$T"
   run adversarial --teacher "$T" --burn-in 0 --adversarial-weight 0.1
+  run adversarial-probs --teacher "$T" --burn-in 0 --adversarial-weight 0.1 --adversarial-input probs
 done
 python3 - "$OUT" <<'PY'
 import glob, json, re, sys

@@ -48,7 +48,7 @@
 #   regime_ngram  the same map on the n-gram stream fitted on Brown (FIT=device-bin/brown/train.txt,
 #             its 2,000 most frequent words; scripts/regime_map.sh), width 512, batch 256, 1,000
 #             steps, seeds 1 and 2; sized by estimate (as regime) to 480 s; STAGES=regime_ngram.
-#   families  issue 26's Brown table (scripts/families_brown.sh): the 256-wide teacher, then 21 arms
+#   families  issue 26's Brown table (scripts/families_brown.sh): the 256-wide teacher, then 22 arms
 #             x 2 seeds of the 64-wide student, 3,000 steps each, FAMILIES_PARALLEL (8) runs at a
 #             time on the one GPU; not sized on a GPU (an estimate of 10-20 s a run from the H100's
 #             LSTM rates; cap 480 s, and a rerun resumes where it stopped: finished runs are kept

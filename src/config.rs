@@ -221,6 +221,7 @@ pub fn shared_heading(key: &str) -> &'static str {
         | "quantize"
         | "adversarial_weight"
         | "adversarial_hidden"
+        | "adversarial_input"
         | "hint_weight"
         | "hint_loss"
         | "hint_layers"
@@ -406,6 +407,8 @@ macro_rules! with_run_options {
         adversarial_weight: f32 = 0.0,
         /// The discriminator's hidden width
         adversarial_hidden: usize = 64,
+        /// What the discriminator reads of each row: logits (the raw outputs) or probs (a language model's softmax, a click model's sigmoid: the distribution, blind to a shift of a row's logits)
+        adversarial_input: $crate::train::AdversarialInput = $crate::train::AdversarialInput::Logits,
         /// Born-again networks: train this many generations, each a fresh model of the same shape (the next seed) distilled from the previous generation's best checkpoint with the run's distillation settings (generation 0 as configured), into out/gen-G, with out/generations.json (1: one plain run)
         generations: usize = 1,
         /// Feature hints (FitNets) with --teacher: add this weight times the mean squared difference between the first teacher's last hidden layer (a language model's top LSTM layer) and a learned linear map (`lm.hint` or `ctr.hint`, trained with the model, kept in its checkpoints, ignored when one is loaded as a model) of the model's own, from burn_in on (0: off)

@@ -53,6 +53,18 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
 /// the student's (label 0). It trains with the model (its parameters are in the model's store,
 /// named `<prefix>.adv.*`, kept in checkpoints and ignored when one is loaded as a model), on its
 /// own term; the student's term asks it to call the student's rows the teachers'.
+/// What an adversarial discriminator reads of each output row (`--adversarial-input`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AdversarialInput {
+    /// The raw outputs (a language model's logits, a click model's logit).
+    #[default]
+    Logits,
+    /// The distribution: a softmax row (a click model's sigmoid), blind to a shift of the logits.
+    Probs,
+}
+
+crate::named_choices!(AdversarialInput, "a discriminator input", { Logits => "logits", Probs => "probs" });
+
 pub struct Discriminator {
     pub layers: [Linear; 2],
 }
@@ -83,18 +95,30 @@ impl Discriminator {
     /// The two terms for a batch: the student's `weight * BCE(D(student), 1)` (through the
     /// student's outputs `out`, the discriminator frozen) and the discriminator's
     /// `BCE(D(teacher), 1) + BCE(D(student), 0)` (through its weights only).
-    pub fn terms(&self, g: &mut Graph, store: &ParamStore, out: Var, teacher: &Tensor, weight: f32) -> Result<(Var, Var)> {
+    /// With `input` Probs each row is first turned into its distribution (softmax, or the sigmoid
+    /// of a single logit), for both the student and the teacher.
+    pub fn terms(&self, g: &mut Graph, store: &ParamStore, out: Var, teacher: &Tensor, weight: f32, input: AdversarialInput) -> Result<(Var, Var)> {
         let width = self.layers[0].in_dim;
         let n = g.value(out).numel() / width;
         let dev = teacher.device();
+        let read = |g: &mut Graph, x: Var| -> Result<Var> {
+            match (input, width) {
+                (AdversarialInput::Logits, _) => Ok(x),
+                (AdversarialInput::Probs, 1) => g.unary(Unary::Sigmoid, x),
+                (AdversarialInput::Probs, _) => g.softmax(x),
+            }
+        };
         let rows = g.reshape(out, &[n, width])?;
+        let rows = read(g, rows)?;
         let ones = Tensor::from_f32(vec![1.0; n], &[n, 1])?.to_device(dev)?;
         let zeros = Tensor::from_f32(vec![0.0; n], &[n, 1])?.to_device(dev)?;
         let fooled = self.forward(g, store, rows, true)?;
         let student = g.bce_with_logits(fooled, &ones)?;
         let student = g.unary(Unary::Scale(weight), student)?;
         let t = g.constant(teacher.reshape(&[n, width])?);
+        let t = read(g, t)?;
         let s = g.constant(g.value(out).reshape(&[n, width])?);
+        let s = read(g, s)?;
         let on_teacher = self.forward(g, store, t, false)?;
         let on_student = self.forward(g, store, s, false)?;
         let (a, b) = (g.bce_with_logits(on_teacher, &ones)?, g.bce_with_logits(on_student, &zeros)?);
@@ -118,4 +142,34 @@ pub(crate) fn restore_hint(store: &mut ParamStore, map: &Linear, ck: &Checkpoint
         store.insert(name, t.clone())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod adversarial_tests {
+    use super::*;
+
+    /// On probabilities the discriminator's term ignores a shift of a row's logits, so its gradient
+    /// with respect to each row sums to zero; on logits it does not.
+    #[test]
+    fn a_discriminator_on_probabilities_is_blind_to_a_row_shift() {
+        let (n, w) = (6, 9);
+        let mut rng = crate::Rng::new(5);
+        let mut store = ParamStore::new();
+        let d = Discriminator::new(&mut store, "t", w, 8, &mut rng).unwrap();
+        let out = Tensor::randn(&[n, w], 2.0, &mut rng);
+        let teacher = Tensor::randn(&[n, w], 2.0, &mut rng);
+        let row_sums = |input| {
+            let mut g = Graph::new();
+            let x = g.leaf(out.clone());
+            let (student, _) = d.terms(&mut g, &store, x, &teacher, 1.0, input).unwrap();
+            let grads = g.backward(student).unwrap();
+            let gx = grads.get(x).unwrap().to_vec_f32().unwrap();
+            let scale = gx.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            (gx.chunks(w).map(|r| r.iter().sum::<f32>().abs()).fold(0f32, f32::max), scale)
+        };
+        let (probs, scale) = row_sums(AdversarialInput::Probs);
+        assert!(scale > 0.0 && probs <= 1e-6 * scale.max(1.0), "row sums {probs:e} of a gradient of scale {scale:e}");
+        let (logits, _) = row_sums(AdversarialInput::Logits);
+        assert!(logits > 1e-4, "on logits a row's gradient sums to {logits:e}");
+    }
 }

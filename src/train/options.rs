@@ -59,7 +59,8 @@ crate::config_enum!(
     crate::distill::Anneal,
     crate::ops::relation::HiddenLoss,
     crate::ops::quant::Quant,
-    crate::distill::cache::CacheRest
+    crate::distill::cache::CacheRest,
+    crate::train::AdversarialInput
 );
 
 impl DeviceChoice {

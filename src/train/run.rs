@@ -844,7 +844,9 @@ pub fn train<T: Task>(cfg: &T::Config) -> Result<T::Summary> {
             };
             // The discriminator against the first (or the weighted) teacher's outputs.
             let adv_terms = match (&disc, fixed_out.first()) {
-                (Some(d), Some(t)) if distill => Some(d.terms(&mut g, quantized.as_ref().unwrap_or(&m.store), out, t, o.adversarial_weight)?),
+                (Some(d), Some(t)) if distill => {
+                    Some(d.terms(&mut g, quantized.as_ref().unwrap_or(&m.store), out, t, o.adversarial_weight, o.adversarial_input)?)
+                }
                 _ => None,
             };
             let mut loss = loss;
