@@ -13,7 +13,7 @@
 //! Where it runs ([`plan`]): bf16 products, `H` with an even divisor `U <= 16` such that `H / U`
 //! blocks fit on the GPU at once (a cooperative launch; the driver refuses a grid that does not)
 //! with their shared memory. The input projection, the bias and the weight gradients stay the step
-//! layer's large products. Not the default (`CODISTILL_LSTM=persistent`, [`crate::LstmKernel`])
+//! layer's large products. Not the default (`CODISTILL_LSTM=persistent`, [`crate::backend::LstmKernel`])
 //! before it has passed its gate on a GPU (`tests/gpu.rs`, `lstm_persistent_*`). Without a GPU,
 //! `tools/emulate_persistent_lstm.py` (run in CI) emulates the kernels' loops lane by lane and
 //! fragment by fragment against a float64 LSTM: their index arithmetic, not their memory ordering.
@@ -86,8 +86,8 @@ pub fn plan(gpu: &Gpu, batch: usize, hidden: usize) -> std::result::Result<Plan,
 /// Where the backend asks for the persistent layer: its plan, or None with the reason said once
 /// per shape on stderr (the step layer then runs). `bf16`: the layer's products run in bf16 (the
 /// persistent kernels have no f32 products).
-pub(super) fn plan_if_asked(lstm: crate::LstmKernel, bf16: bool, gpu: &Gpu, batch: usize, hidden: usize) -> Option<Plan> {
-    if lstm != crate::LstmKernel::Persistent {
+pub(super) fn plan_if_asked(lstm: crate::backend::LstmKernel, bf16: bool, gpu: &Gpu, batch: usize, hidden: usize) -> Option<Plan> {
+    if lstm != crate::backend::LstmKernel::Persistent {
         return None;
     }
     let why = if bf16 {
