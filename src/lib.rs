@@ -75,6 +75,7 @@ pub mod hash;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod par;
 pub mod params;
 mod progress;
 mod rng;

@@ -8,7 +8,7 @@ import os, re, sys
 # (layer, name, path prefixes), lowest first. A file belongs to the first layer whose prefix it
 # starts with, trying longer prefixes first.
 LAYERS = [
-    (0, "base", ["src/error.rs", "src/hash.rs", "src/rng.rs", "src/testdir.rs", "src/progress.rs"]),
+    (0, "base", ["src/error.rs", "src/hash.rs", "src/rng.rs", "src/testdir.rs", "src/progress.rs", "src/par.rs"]),
     (1, "device", ["src/cuda/", "src/tensor.rs", "src/backend.rs"]),
     (2, "ops", ["src/ops/"]),
     (3, "autograd", ["src/autograd.rs", "src/params.rs", "src/ops/*/tape.rs"]),
@@ -20,7 +20,7 @@ LAYERS = [
 # What each crate-level module path belongs to (the first segment after `crate::`).
 MODULES = {
     "error": 0, "hash": 0, "rng": 0, "testdir": 0, "progress": 0, "bail": 0, "Error": 0, "Result": 0,
-    "hash_uniform": 0, "Rng": 0, "named_choices": 0,
+    "hash_uniform": 0, "Rng": 0, "named_choices": 0, "par": 0,
     "cuda": 1, "tensor": 1, "Tensor": 1, "Device": 1, "DType": 1, "backend": 1, "Backend": 1,
     "ops": 2, "DistillLoss": 2, "DistillParams": 2,
     "autograd": 3, "params": 3, "Graph": 3, "Var": 3, "Grads": 3, "ParamStore": 3,

@@ -131,12 +131,8 @@ impl TeacherCache {
                 // The rows' top k on every core (a language model's row is the vocabulary), then
                 // written in order.
                 let rows: Vec<&[f32]> = v.chunks_exact(classes).collect();
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.len().max(1));
-                let per = rows.len().div_ceil(threads).max(1);
-                let tops: Vec<(Vec<i32>, Vec<f32>, f32)> = std::thread::scope(|sc| {
-                    let handles: Vec<_> = rows.chunks(per).map(|part| sc.spawn(move || part.iter().map(|r| top_k(r, k)).collect::<Vec<_>>())).collect();
-                    handles.into_iter().flat_map(|h| h.join().expect("a top-k thread panicked")).collect()
-                });
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let tops = crate::par::map(rows.len(), threads, |i| top_k(rows[i], k));
                 for ((ix, val, l), &key) in tops.into_iter().zip(keys) {
                     index[key * k..(key + 1) * k].copy_from_slice(&ix);
                     t.logits[key * k..(key + 1) * k].copy_from_slice(&val);

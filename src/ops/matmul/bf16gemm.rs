@@ -117,7 +117,7 @@ impl Bf16B {
         };
         if per > 0 {
             let threads = if k * n < 1 << 18 { 1 } else { threads.min(np) };
-            for_chunks(&mut panels[..np * per], per, threads, pack);
+            crate::par::rows(&mut panels[..np * per], per, threads, pack);
         }
         Bf16B { k, n, layout: Layout::Native(panels), threads }
     }
@@ -271,7 +271,7 @@ fn pack_a(m: usize, k: usize, a: &[f32], trans: bool, threads: usize) -> Vec<u32
     };
     let threads = if m * k < 1 << 18 { 1 } else { threads.min(m.div_ceil(MR)) };
     if per > 0 {
-        for_chunks(&mut out[..len], per, threads, pack);
+        crate::par::rows(&mut out[..len], per, threads, pack);
     }
     out
 }
@@ -324,28 +324,6 @@ impl Drop for Bf16B {
             pool::give(std::mem::take(v));
         }
     }
-}
-
-/// Calls `f(i, chunk)` for each `per`-long chunk of `buf`, on `threads` threads (contiguous ranges).
-fn for_chunks<T: Send>(buf: &mut [T], per: usize, threads: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let count = buf.len() / per;
-    if threads <= 1 || count <= 1 {
-        for (i, ch) in buf.chunks_exact_mut(per).enumerate() {
-            f(i, ch);
-        }
-        return;
-    }
-    let each = count.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (t, part) in buf.chunks_mut(each * per).enumerate() {
-            s.spawn(move || {
-                for (i, ch) in part.chunks_exact_mut(per).enumerate() {
-                    f(t * each + i, ch);
-                }
-            });
-        }
-    });
 }
 
 /// One register block: `C[rows, w] = alpha * Apanel @ Bpanel + beta * C` over `kp` pairs.

@@ -79,19 +79,14 @@ impl QuantMatrix {
             bail!(Invalid, "int8 product: a non-finite activation ({bad}) cannot be quantized");
         }
         let mut y = vec![0f32; rows * self.outputs];
-        let per = rows.div_ceil(threads.max(1)).max(64);
-        std::thread::scope(|sc| {
-            for (ys, xs) in y.chunks_mut(per * self.outputs).zip(x.chunks(per * k)) {
-                sc.spawn(move || {
-                    let mut qx = vec![0i8; k];
-                    for (out, row) in ys.chunks_mut(self.outputs).zip(xs.chunks(k)) {
-                        let sx = quantize_row(row, &mut qx);
-                        for (j, o) in out.iter_mut().enumerate() {
-                            let (col, sw) = self.column(j);
-                            *o = dot_i8(&qx, col) as f32 * (sx * sw);
-                        }
-                    }
-                });
+        crate::par::blocks(&mut y, self.outputs, threads, 64, |first, ys| {
+            let mut qx = vec![0i8; k];
+            for (out, row) in ys.chunks_mut(self.outputs).zip(x[first * k..].chunks(k)) {
+                let sx = quantize_row(row, &mut qx);
+                for (j, o) in out.iter_mut().enumerate() {
+                    let (col, sw) = self.column(j);
+                    *o = dot_i8(&qx, col) as f32 * (sx * sw);
+                }
             }
         });
         Ok(y)

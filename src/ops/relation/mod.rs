@@ -26,22 +26,9 @@
 mod tape;
 
 use crate::backend::Backend;
+use crate::par;
 use crate::tensor::{Device, Tensor};
 use crate::{bail, Result};
-
-/// `f(i)` for every `i < n`, on up to `threads` threads (contiguous blocks of indices), in order.
-fn rows_par<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let t = threads.clamp(1, n.max(1));
-    if t == 1 {
-        return (0..n).map(f).collect();
-    }
-    let chunk = n.div_ceil(t);
-    let f = &f;
-    std::thread::scope(|s| {
-        let parts: Vec<_> = (0..t).map(|c| s.spawn(move || (c * chunk..((c + 1) * chunk).min(n)).map(f).collect::<Vec<T>>())).collect();
-        parts.into_iter().flat_map(|h| h.join().expect("a relation-loss thread panicked")).collect()
-    })
-}
 
 /// Which hidden-state loss.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,12 +76,12 @@ fn cosine(a: &[f64], b: &[f64], n: usize, d: usize, grad: &mut [f64]) -> f64 {
 /// Row-normalised Gram matrix `rn(X X^T)` and the row norms of `X X^T`.
 fn gram_rows(x: &[f64], n: usize, d: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
     // Each row on its own (the dot product of rows i and j is the same bits either way round).
-    let mut g: Vec<f64> = rows_par(n, threads, |i| {
-        (0..n).map(|j| x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| p * q).sum::<f64>()).collect::<Vec<f64>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut g = vec![0.0; n * n];
+    par::rows(&mut g, n, threads, |i, row| {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| p * q).sum::<f64>();
+        }
+    });
     let norms: Vec<f64> = (0..n).map(|i| g[i * n..(i + 1) * n].iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
     for i in 0..n {
         g[i * n..(i + 1) * n].iter_mut().for_each(|v| *v /= norms[i]);
@@ -109,18 +96,18 @@ fn sp(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, threads: usize, grad
     let diff: Vec<f64> = ga.iter().zip(&gb).map(|(x, y)| x - y).collect();
     let loss = diff.iter().map(|v| v * v).sum::<f64>() / nn;
     // d/d rn(G)_i = 2 D_i / N^2; through the row normalisation: (u - g (g . u)) / |G_i|.
-    let dg: Vec<f64> = rows_par(n, threads, |i| {
+    let mut dg = vec![0.0; n * n];
+    par::rows(&mut dg, n, threads, |i, out| {
         let row = &ga[i * n..(i + 1) * n];
         let u: Vec<f64> = diff[i * n..(i + 1) * n].iter().map(|v| 2.0 * v / nn).collect();
         let dot: f64 = row.iter().zip(&u).map(|(p, q)| p * q).sum();
-        (0..n).map(|j| (u[j] - row[j] * dot) / na[i]).collect::<Vec<f64>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+        for (j, v) in out.iter_mut().enumerate() {
+            *v = (u[j] - row[j] * dot) / na[i];
+        }
+    });
     // G = A A^T: dA = (dG + dG^T) A, a row of dA at a time.
-    let rows = rows_par(n, threads, |i| {
-        let mut g = vec![0.0; da];
+    par::rows(&mut grad[..n * da], da, threads, |i, g| {
+        g.fill(0.0);
         for j in 0..n {
             let w = dg[i * n + j] + dg[j * n + i];
             if w != 0.0 {
@@ -129,24 +116,18 @@ fn sp(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, threads: usize, grad
                 }
             }
         }
-        g
     });
-    for (dst, src) in grad.chunks_mut(da).zip(rows) {
-        dst.copy_from_slice(&src);
-    }
     loss
 }
 
 fn distances(x: &[f64], n: usize, d: usize, threads: usize) -> (Vec<f64>, f64) {
     // The upper triangle, a row at a time; the sum in the rows' order.
-    let dist: Vec<f64> = rows_par(n, threads, |i| {
-        (0..n)
-            .map(|j| if j > i { x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt() } else { 0.0 })
-            .collect::<Vec<f64>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut dist = vec![0.0; n * n];
+    par::rows(&mut dist, n, threads, |i, row| {
+        for (j, v) in row.iter_mut().enumerate().skip(i + 1) {
+            *v = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| (p - q) * (p - q)).sum::<f64>().sqrt();
+        }
+    });
     let mut sum = 0.0;
     for i in 0..n {
         for j in i + 1..n {
@@ -179,8 +160,7 @@ fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, threads: u
     // Row r of the gradient: -v for each pair (j, r) with j < r, then +v for each pair (r, j) with
     // j > r, v = dd (a_first - a_second) / d: the order in which a pass over the pairs (i < j)
     // adding v to row i and -v to row j adds them.
-    let rows = rows_par(n, threads, |r| {
-        let mut g = vec![0.0; da];
+    par::rows(&mut grad[..n * da], da, threads, |r, g| {
         for j in 0..n {
             let (i, jj) = if j < r { (j, r) } else { (r, j) };
             let d = dsa[i * n + jj];
@@ -197,11 +177,7 @@ fn rkd_distance(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, threads: u
                 }
             }
         }
-        g
     });
-    for (dst, src) in grad.chunks_mut(da).zip(rows) {
-        dst.copy_from_slice(&src);
-    }
     loss
 }
 
@@ -256,7 +232,7 @@ fn rkd_angle(a: &[f64], b: &[f64], n: usize, da: usize, db: usize, scale: f64, t
         // G[i][k] = dL/dA_ik; dL/de_i = sum_k (G_ik + G_ki) e_k = 2 sum_k G_ik e_k (G symmetric).
         // A row i at a time: its m loss terms (added to the loss below in (i, k) order) and its
         // row of dL/de.
-        let per_row = rows_par(m, threads, |i| {
+        let per_row = par::map(m, threads, |i| {
             let (mut terms, mut g) = (Vec::with_capacity(m), vec![0.0; da]);
             for k in 0..m {
                 let (l, dl) = huber(dot(&ea, da, i, k) - dot(&eb, db, i, k));

@@ -61,12 +61,7 @@ pub fn mix_teachers_cpu(threads: usize, teachers: &[&[f32]], weights: &[f32], ro
     if threads == 1 || rows * cols < 1 << 14 {
         return mix_rows(teachers, weights, 0, rows, cols, how, out);
     }
-    let per = rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        for (c, chunk) in out.chunks_mut(per * cols).enumerate() {
-            s.spawn(move || mix_rows(teachers, weights, c * per, chunk.len() / cols, cols, how, chunk));
-        }
-    });
+    crate::par::blocks(&mut out[..rows * cols], cols, threads, 1, |first, chunk| mix_rows(teachers, weights, first, chunk.len() / cols, cols, how, chunk));
 }
 
 /// Rows `first .. first + rows` of the mix into `out [rows * cols]`.

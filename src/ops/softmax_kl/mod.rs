@@ -312,24 +312,23 @@ pub fn softmax_kl_cpu_on(
     p: DistillParams,
     grad: &mut [f32],
 ) -> DistillLoss {
-    let threads = threads.max(1);
-    let per = rows.div_ceil(threads).max(16);
-    let mut parts: Vec<(f64, f64)> = vec![(0.0, 0.0); rows];
     let inv_n = 1.0 / rows.max(1) as f32;
-    std::thread::scope(|sc| {
-        for (ci, (gchunk, pchunk)) in grad[..rows * cols].chunks_mut(per * cols).zip(parts.chunks_mut(per)).enumerate() {
-            sc.spawn(move || {
-                let mut w = RowScratch::new(cols);
-                let mut trows: Vec<&[f32]> = Vec::with_capacity(teachers.len());
-                for (i, (g, out)) in gchunk.chunks_mut(cols).zip(pchunk.iter_mut()).enumerate() {
-                    let r = ci * per + i;
-                    trows.clear();
-                    trows.extend(teachers.iter().map(|t| &t[r * cols..(r + 1) * cols]));
-                    *out = row_loss(&student[r * cols..(r + 1) * cols], &trows, targets.map(|y| y[r]), p, inv_n, g, &mut w);
-                }
-            });
+    // Each block of rows returns its rows' (hard, soft) parts; summed below in row order.
+    let parts: Vec<(f64, f64)> = crate::par::blocks(&mut grad[..rows * cols], cols, threads, 16, |first, gchunk| {
+        let mut w = RowScratch::new(cols);
+        let mut trows: Vec<&[f32]> = Vec::with_capacity(teachers.len());
+        let mut parts = Vec::with_capacity(gchunk.len() / cols.max(1));
+        for (i, g) in gchunk.chunks_mut(cols).enumerate() {
+            let r = first + i;
+            trows.clear();
+            trows.extend(teachers.iter().map(|t| &t[r * cols..(r + 1) * cols]));
+            parts.push(row_loss(&student[r * cols..(r + 1) * cols], &trows, targets.map(|y| y[r]), p, inv_n, g, &mut w));
         }
-    });
+        parts
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let n = rows.max(1) as f64;
     let hard = parts.iter().map(|x| x.0).sum::<f64>() / n;
     let soft = parts.iter().map(|x| x.1).sum::<f64>() / n;
@@ -341,20 +340,14 @@ pub fn softmax_kl_cpu_on(
 /// without the gradient: the CPU twin for evaluation, two passes over each row (its maximum, then
 /// the sum of exponentials) and nothing written. Summed in row order whatever the thread count.
 pub fn xent_value_cpu(threads: usize, logits: &[f32], targets: &[i32], rows: usize, cols: usize) -> f64 {
-    let threads = threads.max(1);
-    let per = rows.div_ceil(threads).max(16);
     let mut parts = vec![0f64; rows];
-    std::thread::scope(|sc| {
-        for (ci, chunk) in parts.chunks_mut(per).enumerate() {
-            sc.spawn(move || {
-                let mut e = vec![0f32; cols];
-                for (i, out) in chunk.iter_mut().enumerate() {
-                    let r = ci * per + i;
-                    let row = &logits[r * cols..(r + 1) * cols];
-                    let (max, sum) = exp_row(row, 1.0, &mut e);
-                    *out = max as f64 + sum.ln() - row[targets[r] as usize] as f64;
-                }
-            });
+    crate::par::blocks(&mut parts, 1, threads, 16, |first, chunk| {
+        let mut e = vec![0f32; cols];
+        for (i, out) in chunk.iter_mut().enumerate() {
+            let r = first + i;
+            let row = &logits[r * cols..(r + 1) * cols];
+            let (max, sum) = exp_row(row, 1.0, &mut e);
+            *out = max as f64 + sum.ln() - row[targets[r] as usize] as f64;
         }
     });
     parts.iter().sum::<f64>() / rows.max(1) as f64
