@@ -85,26 +85,23 @@ pub fn plan(gpu: &Gpu, batch: usize, hidden: usize) -> std::result::Result<Plan,
 
 /// Where the backend asks for the persistent layer: its plan, or None with the reason said once
 /// per shape on stderr (the step layer then runs). `bf16`: the layer's products run in bf16 (the
-/// persistent kernels have no f32 products).
+/// persistent kernels have no f32 products). Each (GPU, batch, hidden, bf16) is planned once per
+/// process (the plan's driver queries would otherwise run on every layer call, forward and back).
 pub(super) fn plan_if_asked(lstm: crate::backend::LstmKernel, bf16: bool, gpu: &Gpu, batch: usize, hidden: usize) -> Option<Plan> {
+    type Plans = std::collections::BTreeMap<(usize, usize, usize, bool), Option<Plan>>;
+    static PLANS: std::sync::Mutex<Plans> = std::sync::Mutex::new(Plans::new());
     if lstm != crate::backend::LstmKernel::Persistent {
         return None;
     }
-    let why = if bf16 {
-        match plan(gpu, batch, hidden) {
-            Ok(p) => return Some(p),
-            Err(why) => why,
-        }
-    } else {
-        "its products are bf16, and this run's are f32 (--matmul-f32)".to_string()
-    };
-    static SAID: std::sync::Mutex<Vec<(usize, usize, bool)>> = std::sync::Mutex::new(Vec::new());
-    let mut said = SAID.lock().unwrap();
-    if !said.contains(&(batch, hidden, bf16)) {
-        said.push((batch, hidden, bf16));
-        eprintln!("lstm: the persistent layer does not run at batch {batch}, hidden {hidden} ({why}); the step layer runs");
+    let key = (gpu.ordinal(), batch, hidden, bf16);
+    let mut plans = PLANS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&p) = plans.get(&key) {
+        return p;
     }
-    None
+    let found = if bf16 { plan(gpu, batch, hidden) } else { Err("its products are bf16, and this run's are f32 (--matmul-f32)".to_string()) };
+    let p = found.map_err(|why| eprintln!("lstm: the persistent layer does not run at batch {batch}, hidden {hidden} ({why}); the step layer runs")).ok();
+    plans.insert(key, p);
+    p
 }
 
 /// A kernel of a plan, its shared memory set, and its launch configuration (one block of 256
