@@ -16,7 +16,8 @@
 #   int8-kd, int4-kd, int4-labels (quantized students), data-free (text sampled from the teacher).
 # Prints one row per arm: best validation loss and test perplexity (the best checkpoint's, on the
 # whole test file as one stream) per seed; for the quantized students and the labels-only one also
-# the test perplexity with int8 products (`lm eval --products int8`). Runs go under OUT; a finished run is not run again.
+# the test perplexity with int8 products (`lm eval --products int8`); and the labels-only and KD
+# students quantized after training (int8, int4). Runs go under OUT; a finished run is not run again.
 # TEACHER_STEPS (default STEPS) trains the teacher longer than the students (a shortened table keeps
 # the full teacher). THREADS (default 0: every core) is each student run's --threads: with PARALLEL
 # runs at a time on a CPU, give each its share (the teacher, trained alone first, takes every core).
@@ -93,6 +94,18 @@ for S in $SEEDS; do
     [ -f "$f" ] && [ ! -f "$OUT/$A-s$S/int8-products.json" ] && "$BIN" lm eval --checkpoint "$f" --cache "$OUT/cache" --products int8 > "$OUT/$A-s$S/int8-products.json"
   done
 done
+# The full-precision students (labels only, plain KD) quantized after training (`codistill
+# quantize`, per output channel, int8 and int4) and scored on the test file: the post-training
+# baseline of the quantized students above.
+for S in $SEEDS; do
+  for A in labels kd; do
+    for Q in 8 4; do
+      f="$OUT/$A-s$S/best.safetensors" q="$OUT/ptq-int$Q-$A-s$S"
+      [ -f "$f" ] && [ ! -s "$q.json" ] && "$BIN" quantize --checkpoint "$f" --bits "$Q" --out "$q.safetensors" > /dev/null \
+        && "$BIN" lm eval --checkpoint "$q.safetensors" --cache "$OUT/cache" > "$q.json"
+    done
+  done
+done
 python3 - "$OUT" "$ALL" <<'PY'
 import json, os, sys
 out, arms = sys.argv[1], sys.argv[2].split()
@@ -112,4 +125,13 @@ for arm in arms:
             cells.append(cell)
     if cells:
         print(f"{arm:16s} " + "  ".join(cells))
+for q in ("int8", "int4"):
+    for a in ("labels", "kd"):
+        cells = []
+        for s in sorted(p[len(f"ptq-{q}-{a}-s"):-5] for p in os.listdir(out) if p.startswith(f"ptq-{q}-{a}-s") and p.endswith(".json")):
+            f = f"{out}/ptq-{q}-{a}-s{s}.json"
+            if os.path.getsize(f) > 0:
+                cells.append(f"{s}: test perplexity {json.load(open(f))['ppl']:.1f}")
+        if cells:
+            print(f"{a} quantized to {q} after training: " + "  ".join(cells))
 PY
