@@ -171,6 +171,16 @@ fn softmax_kl(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("fwd_bwd", format!("{rows}x{cols}_k{k}")), |bch| {
             bch.iter(|| softmax_kl_cpu(&s, &tv, Some(&y), rows, cols, DistillParams { temperature: 1.0, alpha: 0.5, ..Default::default() }, &mut g))
         });
+        if k == 1 {
+            // The language model's own case: one teacher, T 1, labels and the soft term (the
+            // divergences other than forward KL take the generic per-element path).
+            for div in [Divergence::ReverseKl, Divergence::JensenShannon] {
+                let p = DistillParams { temperature: 1.0, alpha: 0.5, divergence: div };
+                group.bench_function(BenchmarkId::new(format!("fused_{div}"), format!("{rows}x{cols}_k{k}")), |bch| {
+                    bch.iter(|| softmax_kl_cpu(&s, &tv, Some(&y), rows, cols, p, &mut g))
+                });
+            }
+        }
         if k == 3 {
             // Every divergence fused, beside its unfused composition (whole-matrix passes, as a
             // composition of tensor ops runs: log-softmaxes, the teachers' average, the divergence,

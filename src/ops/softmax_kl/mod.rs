@@ -167,11 +167,17 @@ fn other_soft(s: &[f32], teachers: &[&[f32]], p: DistillParams, qt: &[f32], lse_
     let inv_t = 1.0 / p.temperature;
     let lse_k: Vec<f64> = teachers.iter().map(|tk| softmax_row(tk, inv_t, &mut w.pk)).collect();
     w.lp.clear();
-    w.lp.extend((0..cols).map(|j| {
-        let l = |k: usize| (teachers[k][j] * inv_t) as f64 - lse_k[k];
-        let m = (0..nk).map(l).fold(f64::NEG_INFINITY, f64::max);
-        m + (0..nk).map(|k| (l(k) - m).exp()).sum::<f64>().ln() - (nk as f64).ln()
-    }));
+    if nk == 1 {
+        // One teacher: its log-softmax, the value the log-sum-exp below gives for one term
+        // (m + ln 1 - ln 1) without its two transcendental calls per element.
+        w.lp.extend(teachers[0].iter().map(|&v| (v * inv_t) as f64 - lse_k[0]));
+    } else {
+        w.lp.extend((0..cols).map(|j| {
+            let l = |k: usize| (teachers[k][j] * inv_t) as f64 - lse_k[k];
+            let m = (0..nk).map(l).fold(f64::NEG_INFINITY, f64::max);
+            m + (0..nk).map(|k| (l(k) - m).exp()).sum::<f64>().ln() - (nk as f64).ln()
+        }));
+    }
     let lq = |j: usize| (s[j] * inv_t) as f64 - lse_t;
     let c = a * t;
     match p.divergence {
