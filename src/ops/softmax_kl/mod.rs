@@ -324,7 +324,7 @@ pub fn softmax_kl_cpu_on(
         let mut w = RowScratch::new(cols);
         let mut trows: Vec<&[f32]> = Vec::with_capacity(teachers.len());
         let mut parts = Vec::with_capacity(gchunk.len() / cols.max(1));
-        for (i, g) in gchunk.chunks_mut(cols).enumerate() {
+        for (i, g) in gchunk.chunks_mut(cols.max(1)).enumerate() {
             let r = first + i;
             trows.clear();
             trows.extend(teachers.iter().map(|t| &t[r * cols..(r + 1) * cols]));
@@ -407,5 +407,19 @@ pub fn softmax_kl(be: &Backend, student: &Tensor, teachers: &[Tensor], targets: 
             let loss = cuda::softmax_kl(sb, &tv, yb, n, v, p, &mut grad)?;
             Ok((loss, Tensor::from_gpu_f32(grad, &[n, v])?))
         }
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_no_classes_are_no_loss_and_no_panic() {
+        for threads in [1, 2, 4] {
+            let l = softmax_kl_cpu_on(threads, &[], &[&[]], None, 40, 0, DistillParams { alpha: 1.0, ..Default::default() }, &mut []);
+            assert_eq!((l.total, l.hard, l.soft), (0.0, 0.0, 0.0));
+        }
+        assert_eq!(xent_value_cpu(2, &[], &[], 0, 0), 0.0);
     }
 }
