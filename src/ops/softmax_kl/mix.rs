@@ -70,10 +70,13 @@ fn mix_rows(teachers: &[&[f32]], weights: &[f32], first: usize, rows: usize, col
     let inv_t = 1.0 / how.temperature as f64;
     let mut w = vec![0f64; nk];
     let mut lse_t = vec![0f64; nk];
+    // Per row: ln of each live teacher's weight, and its index (the terms of an element's mix).
+    let (mut ln_w, mut live, mut terms) = (vec![0f64; nk], Vec::with_capacity(nk), vec![0f64; nk]);
     for r in 0..rows {
         let row = |k: usize| &teachers[k][(first + r) * cols..(first + r + 1) * cols];
         for k in 0..nk {
             let z = row(k);
+            let mut lse_1 = None;
             let conf = if !how.confidence {
                 1.0
             } else if how.binary {
@@ -81,11 +84,17 @@ fn mix_rows(teachers: &[&[f32]], weights: &[f32], first: usize, rows: usize, col
                 p.max(1.0 - p)
             } else {
                 let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                (max - lse(z.iter().map(|&v| v as f64))).exp()
+                let l = lse(z.iter().map(|&v| v as f64));
+                lse_1 = Some(l);
+                (max - l).exp()
             };
             w[k] = weights[k] as f64 * conf;
             if !how.binary && !how.logits {
-                lse_t[k] = lse(z.iter().map(|&v| v as f64 * inv_t));
+                // At T 1 the row's log normaliser is the one the confidence took (`v * 1.0` is `v`).
+                lse_t[k] = match lse_1 {
+                    Some(l) if inv_t == 1.0 => l,
+                    _ => lse(z.iter().map(|&v| v as f64 * inv_t)),
+                };
             }
         }
         let sum: f64 = w.iter().sum();
@@ -100,9 +109,16 @@ fn mix_rows(teachers: &[&[f32]], weights: &[f32], first: usize, rows: usize, col
             let p = p.clamp(1e-7, 1.0 - 1e-7);
             o[0] = (p / (1.0 - p)).ln() as f32;
         } else {
+            live.clear();
+            live.extend((0..nk).filter(|&k| w[k] > 0.0));
+            for &k in &live {
+                ln_w[k] = w[k].ln();
+            }
             for (j, oj) in o.iter_mut().enumerate() {
-                let terms = (0..nk).filter(|&k| w[k] > 0.0).map(|k| w[k].ln() + row(k)[j] as f64 * inv_t - lse_t[k]);
-                *oj = (how.temperature as f64 * lse(terms)) as f32;
+                for (t, &k) in terms.iter_mut().zip(&live) {
+                    *t = ln_w[k] + row(k)[j] as f64 * inv_t - lse_t[k];
+                }
+                *oj = (how.temperature as f64 * lse(terms[..live.len()].iter().copied())) as f32;
             }
         }
     }
