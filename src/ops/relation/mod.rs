@@ -75,13 +75,18 @@ fn cosine(a: &[f64], b: &[f64], n: usize, d: usize, grad: &mut [f64]) -> f64 {
 
 /// Row-normalised Gram matrix `rn(X X^T)` and the row norms of `X X^T`.
 fn gram_rows(x: &[f64], n: usize, d: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
-    // Each row on its own (the dot product of rows i and j is the same bits either way round).
+    // The upper triangle a row at a time (each pair once), then mirrored.
     let mut g = vec![0.0; n * n];
     par::rows(&mut g, n, threads, |i, row| {
-        for (j, v) in row.iter_mut().enumerate() {
+        for (j, v) in row.iter_mut().enumerate().skip(i) {
             *v = x[i * d..(i + 1) * d].iter().zip(&x[j * d..(j + 1) * d]).map(|(p, q)| p * q).sum::<f64>();
         }
     });
+    for i in 0..n {
+        for j in 0..i {
+            g[i * n + j] = g[j * n + i];
+        }
+    }
     let norms: Vec<f64> = (0..n).map(|i| g[i * n..(i + 1) * n].iter().map(|v| v * v).sum::<f64>().sqrt().max(EPS)).collect();
     for i in 0..n {
         g[i * n..(i + 1) * n].iter_mut().for_each(|v| *v /= norms[i]);
