@@ -48,11 +48,6 @@ pub fn hint_loss(g: &mut Graph, store: &ParamStore, map: &Linear, h: Var, target
     g.unary(Unary::Scale(weight), mse)
 }
 
-/// Adversarial distillation's discriminator: a two-layer MLP over a row of model outputs (a
-/// language model's logits, a click model's logit) that tells the teachers' rows (label 1) from
-/// the student's (label 0). It trains with the model (its parameters are in the model's store,
-/// named `<prefix>.adv.*`, kept in checkpoints and ignored when one is loaded as a model), on its
-/// own term; the student's term asks it to call the student's rows the teachers'.
 /// What an adversarial discriminator reads of each output row (`--adversarial-input`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AdversarialInput {
@@ -65,6 +60,11 @@ pub enum AdversarialInput {
 
 crate::named_choices!(AdversarialInput, "a discriminator input", { Logits => "logits", Probs => "probs" });
 
+/// Adversarial distillation's discriminator: a two-layer MLP over a row of model outputs (a
+/// language model's logits, a click model's logit) that tells the teachers' rows (label 1) from
+/// the student's (label 0). It trains with the model (its parameters are in the model's store,
+/// named `<prefix>.adv.*`, kept in checkpoints and ignored when one is loaded as a model), on its
+/// own term; the student's term asks it to call the student's rows the teachers'.
 pub struct Discriminator {
     pub layers: [Linear; 2],
 }
@@ -117,8 +117,9 @@ impl Discriminator {
         let student = g.unary(Unary::Scale(weight), student)?;
         let t = g.constant(teacher.reshape(&[n, width])?);
         let t = read(g, t)?;
-        let s = g.constant(g.value(out).reshape(&[n, width])?);
-        let s = read(g, s)?;
+        // The student's rows as the discriminator's own term sees them: the values read above, as
+        // a constant (no gradient to the student through this term).
+        let s = g.constant(g.value(rows).clone());
         let on_teacher = self.forward(g, store, t, false)?;
         let on_student = self.forward(g, store, s, false)?;
         let (a, b) = (g.bce_with_logits(on_teacher, &ones)?, g.bce_with_logits(on_student, &zeros)?);
